@@ -1,0 +1,37 @@
+//! The daemon's tunables, separate from how they are spelled on the command line so that
+//! tests (and any future front end) can build a `Config` directly.
+
+use std::time::Duration;
+
+/// Limits that keep one client from costing the others. See README.md for the semantics.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Longest line relayed, in bytes, counting its `\n`.
+    pub max_line: usize,
+    /// Clients served at once; the next one is told the server is full.
+    pub max_clients: usize,
+    /// Bytes queued for one peer (not yet accepted by its socket) before senders must wait.
+    pub max_pending: usize,
+    /// How long a sender waits for full peers before cutting them off; zero never waits.
+    pub stall_timeout: Duration,
+    /// How long one blocking write to a peer may make no progress.
+    pub write_timeout: Duration,
+    /// Disconnect a client that sends nothing for this long.
+    pub idle_timeout: Option<Duration>,
+    /// How long shutdown waits for queued bytes to reach their peers.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_line: 65536,
+            max_clients: 1024,
+            max_pending: 8 << 20,
+            stall_timeout: Duration::from_millis(2000),
+            write_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}

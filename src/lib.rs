@@ -1,0 +1,24 @@
+//! relayd relays lines between TCP clients: every line one client sends reaches every other
+//! connected client.
+//!
+//! Where to look:
+//! - [`server`]: the accept loop and the daemon's lifecycle (start, shutdown).
+//! - [`registry`]: who is connected, and [`registry::Registry::deliver`], the one function
+//!   that hands a chunk of lines to local peers.
+//! - [`connection`]: one client's thread, reading and framing its lines.
+//! - [`framing`]: what a line is, and the `--max-line` limit.
+//! - [`outbound`]: a peer's queue and writer, and the slow-consumer policy.
+//! - [`config`], [`shutdown`]: the tunables, and the stop handle.
+
+pub mod config;
+pub mod connection;
+pub mod framing;
+pub mod outbound;
+pub mod registry;
+pub mod server;
+pub mod shutdown;
+mod sync;
+
+pub use config::Config;
+pub use server::{bind, run};
+pub use shutdown::Shutdown;

@@ -1,0 +1,168 @@
+//! The `relayd` command: parses the command line, sets up logging and signals, binds the
+//! listeners, and runs the server until SIGINT or SIGTERM.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::process::ExitCode;
+use std::thread;
+use std::time::Duration;
+
+use clap::Parser;
+use log::{LevelFilter, error, info};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use relayd::{Config, Shutdown};
+
+const AFTER_HELP: &str = "\
+EXAMPLE:
+    Serve others on port 12345, then chat from two terminals:
+
+        relayd --bind 0.0.0.0:12345
+        nc HOST 12345        # terminal 1
+        nc HOST 12345        # terminal 2: lines typed here appear in terminal 1
+
+    Every line a client sends reaches every other connected client, byte for byte; the
+    sender does not get its own line back. Messages from relayd itself start with 'relayd: '.
+
+SIGNALS:
+    SIGINT, SIGTERM   stop accepting, flush what is queued, tell each client
+                      'relayd: shutting down', close, exit 0. A second signal exits at once.
+
+ENVIRONMENT:
+    RUST_LOG          log filter (e.g. 'debug', 'relayd=trace'); overrides -v/-q.";
+
+/// relayd — relay lines between TCP clients.
+///
+/// Every line (bytes up to and including a newline) that a connected client sends is
+/// forwarded, byte-exact and whole, to every other connected client.
+#[derive(Parser, Debug)]
+#[command(name = "relayd", version, after_help = AFTER_HELP)]
+struct Args {
+    /// Address to listen on; repeat for several (e.g. `--bind 0.0.0.0:12345 --bind [::]:12345`).
+    /// The default serves this machine only.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:12345")]
+    bind: Vec<String>,
+
+    /// Longest line relayed, in bytes, counting its newline. A longer line is discarded
+    /// whole and its sender told so.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
+    max_line: u64,
+
+    /// Clients served at once; the next one is told `relayd: server full (N clients)`.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_clients: usize,
+
+    /// Bytes queued for one client that its socket has not accepted yet. A sender whose
+    /// line does not fit waits up to --stall-timeout for that client to catch up.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
+    max_pending: usize,
+
+    /// How long a sender waits for clients whose queue is full before disconnecting them as
+    /// too slow. 0: never wait, disconnect a client as soon as its queue is full.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    stall_timeout: u64,
+
+    /// Disconnect a client whose socket accepts no bytes for this long.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    write_timeout: u64,
+
+    /// Disconnect a client that sends nothing for this long. 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    idle_timeout: u64,
+
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Less log output (-q: warnings and errors, -qq: errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
+}
+
+impl Args {
+    fn config(&self) -> Config {
+        Config {
+            max_line: self.max_line as usize,
+            max_clients: self.max_clients,
+            max_pending: self.max_pending,
+            stall_timeout: Duration::from_millis(self.stall_timeout),
+            write_timeout: Duration::from_secs(self.write_timeout),
+            idle_timeout: Some(Duration::from_secs(self.idle_timeout)).filter(|t| !t.is_zero()),
+            ..Config::default()
+        }
+    }
+
+    fn log_level(&self) -> LevelFilter {
+        match (self.verbose, self.quiet) {
+            (0, 0) => LevelFilter::Info,
+            (1, _) => LevelFilter::Debug,
+            (_, 1) => LevelFilter::Warn,
+            (_, 0) => LevelFilter::Trace,
+            (0, _) => LevelFilter::Error,
+            _ => LevelFilter::Info,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::new()
+        .filter_level(args.log_level())
+        .parse_default_env()
+        .format_timestamp_millis()
+        .init();
+    match serve(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("relayd: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &Args) -> Result<(), String> {
+    let addrs = args
+        .bind
+        .iter()
+        .map(|spec| resolve(spec).map(|addr| (spec, addr)))
+        .collect::<Result<Vec<_>, _>>()?;
+    // With both families bound, each listener keeps to its own family.
+    let v6_only = addrs.iter().any(|(_, a)| a.is_ipv4());
+    let listeners = addrs
+        .iter()
+        .map(|(spec, addr)| {
+            relayd::bind(*addr, v6_only).map_err(|e| format!("cannot bind {spec}: {e}"))
+        })
+        .collect::<Result<Vec<TcpListener>, _>>()?;
+
+    let shutdown = Shutdown::new();
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    {
+        let shutdown = shutdown.clone();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut signals = signals.forever();
+                if let Some(sig) = signals.next() {
+                    info!("received signal {sig}, shutting down");
+                    shutdown.trigger();
+                }
+                if signals.next().is_some() {
+                    error!("second signal: exiting without flushing");
+                    std::process::exit(1);
+                }
+            })
+            .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    }
+    relayd::run(listeners, args.config(), shutdown).map_err(|e| e.to_string())
+}
+
+fn resolve(spec: &str) -> Result<SocketAddr, String> {
+    let mut addrs = spec
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot bind {spec}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("cannot bind {spec}: no address found"))
+}

@@ -1,0 +1,375 @@
+//! A peer's outbound side: everything between "this chunk is for you" and the peer's socket.
+//!
+//! Why it looks the way it does:
+//! - Most deliveries go to a peer that has nothing queued. Those are sent straight from the
+//!   sender's thread with a non-blocking `send` (`MSG_DONTWAIT`): one syscall, no thread
+//!   switch, so latency stays a syscall rather than a context switch.
+//! - Only when the peer's socket is full is the rest queued, and a writer thread is started to
+//!   drain the queue with blocking, coalesced writes. It exits as soon as the queue is empty, so
+//!   an idle client costs one thread (its reader), not two: threads cost memory mappings and
+//!   Linux caps a process near 16,000 threads (`vm.max_map_count`).
+//! - Per-peer order is kept by one rule: a direct send happens only when the queue is empty and
+//!   no writer is running. Everything else goes to the back of the queue.
+//! - The queue is bounded in bytes (`--max-pending`). A sender that finds no room may wait for
+//!   it (`offer_until`), and a peer that stays full is cut off by whoever gave up on it.
+//!
+//! Nothing here knows what kind of connection the peer is: it needs a socket to write bytes to,
+//! and it is handed chunks of whole lines, already encoded.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use socket2::SockRef;
+
+use crate::config::Config;
+use crate::sync::lock;
+
+/// One or more whole lines, shared by every peer it is delivered to (never copied per peer).
+pub type Chunk = Arc<[u8]>;
+
+/// A client's number, unique for the life of the process.
+pub type PeerId = u64;
+
+/// A writer hands the kernel at most this much per call, so that progress (and so the
+/// waiting senders) moves in steps the size of a socket buffer, not of the whole backlog.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Well under Linux's `IOV_MAX` of 1024.
+const MAX_SLICES: usize = 256;
+/// A writer's frames are shallow: it only copies slices and calls `writev`.
+const WRITER_STACK: usize = 64 * 1024;
+
+pub struct Outbound {
+    id: PeerId,
+    sock: Arc<TcpStream>,
+    max_pending: usize,
+    stall_timeout: Duration,
+    state: Mutex<State>,
+    /// Signalled whenever `pending` shrinks or the peer closes: senders waiting for room and
+    /// flushes waiting for an empty queue sleep on it.
+    changed: Condvar,
+}
+
+struct State {
+    queue: VecDeque<Chunk>,
+    /// Bytes of `queue[0]` already handed to the kernel.
+    head: usize,
+    /// Bytes in `queue` not yet handed to the kernel (including a batch being written now).
+    pending: usize,
+    /// A writer thread is draining `queue`. Invariant: `writer == !queue.is_empty()`, except
+    /// after `closed`, when a writer may still be finishing its last call.
+    writer: bool,
+    /// Why the peer was closed, once it is.
+    closed: Option<String>,
+    /// The last byte handed to the kernel was not a `\n`: a notice sent now would land
+    /// inside someone's line.
+    mid_line: bool,
+    /// When the queue last got shorter (or started): a peer whose queue has not moved for
+    /// `stall_timeout` is stuck, not slow.
+    last_progress: Instant,
+}
+
+/// What became of a chunk handed to [`Outbound::offer_until`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Sent, queued, or dropped because the peer is already closed.
+    Taken,
+    /// No room before the deadline (or the peer is stuck); the caller decides its fate.
+    Full,
+}
+
+impl Outbound {
+    pub fn new(id: PeerId, sock: Arc<TcpStream>, config: &Config) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            id,
+            sock,
+            max_pending: config.max_pending,
+            stall_timeout: config.stall_timeout,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                head: 0,
+                pending: 0,
+                writer: false,
+                closed: None,
+                mid_line: false,
+                last_progress: Instant::now(),
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    /// Bytes queued for this peer that its socket has not taken yet.
+    pub fn pending(&self) -> usize {
+        lock(&self.state).pending
+    }
+
+    /// Why this peer was closed, if it was.
+    pub fn closed_reason(&self) -> Option<String> {
+        lock(&self.state).closed.clone()
+    }
+
+    /// Hands `chunk` to this peer if there is room, waiting for room until `deadline`
+    /// (`None`: not at all). "Room" means the chunk fits under `--max-pending`, or nothing is
+    /// queued at all, so a chunk larger than the limit still gets through to a healthy peer.
+    /// A peer whose queue has not moved for `--stall-timeout` is reported `Full` at once.
+    pub fn offer_until(self: &Arc<Self>, chunk: &Chunk, deadline: Option<Instant>) -> Offer {
+        let mut st = lock(&self.state);
+        loop {
+            if st.closed.is_some() {
+                return Offer::Taken;
+            }
+            if st.pending == 0 || st.pending + chunk.len() <= self.max_pending {
+                self.hand_over(st, chunk);
+                return Offer::Taken;
+            }
+            let now = Instant::now();
+            let stuck_at = st.last_progress + self.stall_timeout;
+            let until = match deadline {
+                Some(d) => d.min(stuck_at),
+                None => return Offer::Full,
+            };
+            if now >= until {
+                return Offer::Full;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Queues a line from the daemon itself (a notice for this client), regardless of
+    /// `--max-pending`: notices are few and short, and must not be lost to a full queue.
+    pub fn push_notice(self: &Arc<Self>, line: &[u8]) {
+        let st = lock(&self.state);
+        if st.closed.is_none() {
+            self.hand_over(st, &Chunk::from(line));
+        }
+    }
+
+    /// Sends directly when nothing is queued, else appends to the queue.
+    fn hand_over(self: &Arc<Self>, mut st: MutexGuard<'_, State>, chunk: &Chunk) {
+        if st.writer || !st.queue.is_empty() {
+            st.queue.push_back(Arc::clone(chunk));
+            st.pending += chunk.len();
+            return;
+        }
+        // Holding this peer's lock across a non-blocking send is what keeps two senders'
+        // direct sends to one peer from interleaving; it never waits on the network.
+        let sent = match send_dontwait(&self.sock, chunk) {
+            Ok(n) => n,
+            Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                // The reader sees the same broken socket and reports it; only stop writing.
+                debug!("client {}: send failed: {e}", self.id);
+                drop(st);
+                self.close(&format!("send failed: {e}"), None);
+                return;
+            }
+        };
+        if sent > 0 {
+            st.mid_line = chunk[sent - 1] != b'\n';
+        }
+        if sent == chunk.len() {
+            return;
+        }
+        st.queue.push_back(Arc::clone(chunk));
+        st.head = sent;
+        st.pending = chunk.len() - sent;
+        st.last_progress = Instant::now();
+        st.writer = true;
+        drop(st);
+        self.start_writer();
+    }
+
+    fn start_writer(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name(format!("writer-{}", self.id))
+            .stack_size(WRITER_STACK)
+            .spawn(move || me.write_backlog());
+        if let Err(e) = spawned {
+            warn!("client {}: cannot start a writer thread: {e}", self.id);
+            self.close("out of threads", Some(b"relayd: server out of resources\n"));
+            lock(&self.state).writer = false;
+        }
+    }
+
+    /// The writer thread: drains the queue with blocking, coalesced writes, then exits.
+    fn write_backlog(&self) {
+        let mut batch: Vec<Chunk> = Vec::new();
+        loop {
+            let head = {
+                let mut st = lock(&self.state);
+                if st.closed.is_some() || st.queue.is_empty() {
+                    st.writer = false;
+                    self.changed.notify_all();
+                    return;
+                }
+                let mut total = 0;
+                for chunk in &st.queue {
+                    batch.push(Arc::clone(chunk));
+                    total += chunk.len();
+                    if total - st.head >= WRITE_BATCH || batch.len() == MAX_SLICES {
+                        break;
+                    }
+                }
+                st.head
+            };
+            let result = write_batch(&self.sock, &batch, head);
+            batch.clear();
+            let mut st = lock(&self.state);
+            if st.closed.is_some() {
+                continue;
+            }
+            match result {
+                Ok(n) if n > 0 => {
+                    self.advance(&mut st, n);
+                    self.changed.notify_all();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_would_block(&e) => {
+                    // SO_SNDTIMEO (`--write-timeout`) expired without the peer taking a byte.
+                    let pending = st.pending;
+                    drop(st);
+                    if self.close(
+                        &format!("too slow (write timeout, {pending} bytes pending)"),
+                        Some(
+                            format!("relayd: disconnected: too slow ({pending} bytes pending)\n")
+                                .as_bytes(),
+                        ),
+                    ) {
+                        warn!(
+                            "client {}: write timed out, {pending} bytes pending: disconnected",
+                            self.id
+                        );
+                    }
+                }
+                Ok(_) | Err(_) => {
+                    drop(st);
+                    let why = match result {
+                        Err(e) => format!("write failed: {e}"),
+                        Ok(_) => "write failed: wrote zero bytes".to_string(),
+                    };
+                    self.close(&why, None);
+                }
+            }
+        }
+    }
+
+    /// Accounts for `n` bytes taken by the kernel from the front of the queue.
+    fn advance(&self, st: &mut State, mut n: usize) {
+        st.pending -= n;
+        st.last_progress = Instant::now();
+        while n > 0 {
+            let front = &st.queue[0];
+            let left = front.len() - st.head;
+            if n < left {
+                st.head += n;
+                st.mid_line = front[st.head - 1] != b'\n';
+                return;
+            }
+            n -= left;
+            st.mid_line = false;
+            st.queue.pop_front();
+            st.head = 0;
+        }
+    }
+
+    /// Waits until everything queued has reached the kernel, the peer closed, or `deadline`.
+    /// Returns whether the queue was drained.
+    pub fn flush(&self, deadline: Instant) -> bool {
+        let mut st = lock(&self.state);
+        loop {
+            if st.closed.is_some() {
+                return false;
+            }
+            if !st.writer && st.queue.is_empty() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Closes the peer: drops its backlog (freeing the memory at once), sends `notice` if the
+    /// socket can take it without blocking, and shuts the socket down, which also wakes the
+    /// peer's reader and writer threads. Returns false if it was already closed.
+    ///
+    /// The notice is best effort: a peer being cut off for not reading usually has a full
+    /// socket buffer, and waiting for room is exactly what we are giving up on.
+    pub fn close(&self, reason: &str, notice: Option<&[u8]>) -> bool {
+        let mut st = lock(&self.state);
+        if st.closed.is_some() {
+            return false;
+        }
+        st.closed = Some(reason.to_string());
+        st.queue = VecDeque::new();
+        st.pending = 0;
+        let writer_busy = st.writer;
+        let mid_line = st.mid_line;
+        self.changed.notify_all();
+        // A writer blocked in `write` would interleave with the notice; skip it then.
+        if let (Some(notice), false) = (notice, writer_busy) {
+            let notice = if mid_line {
+                [b"\n", notice].concat()
+            } else {
+                notice.to_vec()
+            };
+            let _ = send_dontwait(&self.sock, &notice);
+        }
+        drop(st);
+        let _ = self.sock.shutdown(Shutdown::Both);
+        true
+    }
+
+    /// Stops reading from the peer (its reader thread sees end of input) while leaving its
+    /// outbound side open, so that what is queued can still be flushed.
+    pub fn shutdown_read(&self) {
+        let _ = self.sock.shutdown(Shutdown::Read);
+    }
+}
+
+/// One non-blocking `send`: hands the kernel what fits, never waits.
+pub fn send_dontwait(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    SockRef::from(sock).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+fn write_batch(sock: &TcpStream, batch: &[Chunk], head: usize) -> io::Result<usize> {
+    let mut budget = WRITE_BATCH;
+    let mut slices = Vec::with_capacity(batch.len());
+    for (i, chunk) in batch.iter().enumerate() {
+        let bytes = if i == 0 { &chunk[head..] } else { &chunk[..] };
+        let bytes = &bytes[..bytes.len().min(budget)];
+        budget -= bytes.len();
+        slices.push(IoSlice::new(bytes));
+        if budget == 0 {
+            break;
+        }
+    }
+    let mut sock = sock;
+    sock.write_vectored(&slices)
+}
+
+fn is_would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

@@ -1,0 +1,272 @@
+//! The accept loop and the daemon's lifecycle: start, admit clients, shut down cleanly.
+
+use std::io;
+use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use socket2::{SockRef, TcpKeepalive};
+
+use crate::config::Config;
+use crate::connection;
+use crate::outbound::{Outbound, send_dontwait};
+use crate::registry::Registry;
+use crate::shutdown::Shutdown;
+use crate::sync::lock;
+
+/// A client thread's stack. Its deepest frame holds the 16 KiB read buffer; the rest is
+/// headroom for formatting log lines. Only touched pages cost memory.
+const CLIENT_STACK: usize = 128 * 1024;
+
+/// Accept errors that mean "out of something" (descriptors, memory): retrying at once would
+/// spin a core, so the loop backs off between these bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// What every client thread shares.
+pub struct Shared {
+    pub config: Config,
+    pub registry: Registry,
+    pub shutdown: Shutdown,
+    next_id: AtomicU64,
+    /// Client threads still running; shutdown waits for them to hand over their last lines.
+    readers: Mutex<usize>,
+    readers_done: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn reader_done(&self) {
+        let mut readers = lock(&self.readers);
+        *readers -= 1;
+        self.readers_done.notify_all();
+    }
+
+    fn wait_readers(&self, deadline: Instant) {
+        let mut readers = lock(&self.readers);
+        while *readers > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                warn!("{} client threads still busy at shutdown", *readers);
+                return;
+            }
+            readers = self
+                .readers_done
+                .wait_timeout(readers, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Serves clients on `listeners` until `shutdown` is triggered, then stops accepting, delivers
+/// what was already read, flushes every peer (bounded by `config.shutdown_grace`), tells each
+/// client `relayd: shutting down` and closes it.
+///
+/// Takes listeners already bound, so the caller owns address handling (and tests can bind
+/// port 0).
+pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> io::Result<()> {
+    match raise_fd_limit() {
+        Ok(limit) => info!(
+            "file descriptor limit {limit}: room for about {} clients",
+            limit.saturating_sub(32)
+        ),
+        Err(e) => warn!("cannot read or raise the file descriptor limit: {e}"),
+    }
+    let shared = Arc::new(Shared {
+        registry: Registry::new(config.max_clients, config.stall_timeout),
+        config,
+        shutdown: shutdown.clone(),
+        next_id: AtomicU64::new(1),
+        readers: Mutex::new(0),
+        readers_done: Condvar::new(),
+    });
+
+    let mut accepters = Vec::new();
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        info!("listening on {addr}");
+        let listener = Arc::new(listener);
+        let shared = Arc::clone(&shared);
+        let l = Arc::clone(&listener);
+        let handle = thread::Builder::new()
+            .name(format!("accept-{addr}"))
+            .spawn(move || accept_loop(&shared, &l))?;
+        accepters.push((listener, handle));
+    }
+
+    shutdown.wait();
+    info!("shutting down");
+    for (listener, _) in &accepters {
+        // Wakes a thread blocked in accept(2): on Linux it returns EINVAL once the listening
+        // socket is shut down. The Arc keeps the descriptor open until the thread is joined.
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+    for (_, handle) in accepters {
+        let _ = handle.join();
+    }
+
+    let peers = shared.registry.peers();
+    for peer in peers.iter() {
+        peer.shutdown_read();
+    }
+    // Readers blocked on a full peer wait at most --stall-timeout.
+    shared
+        .wait_readers(Instant::now() + shared.config.stall_timeout + shared.config.shutdown_grace);
+    let deadline = Instant::now() + shared.config.shutdown_grace;
+    for peer in peers.iter() {
+        peer.push_notice(b"relayd: shutting down\n");
+    }
+    let mut unflushed = 0;
+    for peer in peers.iter() {
+        if !peer.flush(deadline) {
+            unflushed += 1;
+        }
+        peer.close("shutdown", None);
+    }
+    if unflushed > 0 {
+        warn!("{unflushed} clients closed before their queue was flushed");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let accepted = listener.accept();
+        if shared.shutdown.is_triggered() {
+            return;
+        }
+        match accepted {
+            Ok((sock, addr)) => {
+                backoff = BACKOFF_MIN;
+                admit(shared, sock, addr);
+            }
+            Err(e) if is_transient(&e) => debug!("accept: {e}"),
+            Err(e) => {
+                if backoff == BACKOFF_MIN {
+                    error!("accept failed: {e}; retrying with back-off");
+                } else {
+                    debug!("accept failed: {e}");
+                }
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Errors that concern one connection (it was reset before we took it, a signal arrived),
+/// not the listener: the next accept can proceed at once.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::EHOSTUNREACH
+        )
+    )
+}
+
+/// Takes one accepted connection: registers it, or tells it why not.
+fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
+    if let Err(e) = configure(&sock, &shared.config) {
+        debug!("{addr}: cannot configure socket: {e}");
+        return;
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let sock = Arc::new(sock);
+    let peer = Outbound::new(id, Arc::clone(&sock), &shared.config);
+    let count = match shared.registry.join(Arc::clone(&peer)) {
+        Ok(count) => count,
+        Err(max) => {
+            info!("refused {addr}: server full ({max} clients)");
+            // A fresh socket's buffer is empty, so this never blocks the accept loop.
+            let _ = send_dontwait(
+                &sock,
+                format!("relayd: server full ({max} clients)\n").as_bytes(),
+            );
+            let _ = sock.shutdown(SocketShutdown::Write);
+            return;
+        }
+    };
+    info!("client {id} connected from {addr} ({count} clients)");
+    *lock(&shared.readers) += 1;
+    let spawned = {
+        let (shared, peer) = (Arc::clone(shared), Arc::clone(&peer));
+        thread::Builder::new()
+            .name(format!("client-{id}"))
+            .stack_size(CLIENT_STACK)
+            .spawn(move || connection::serve(shared, peer, sock, addr))
+    };
+    if let Err(e) = spawned {
+        let count = shared.registry.leave(id);
+        shared.reader_done();
+        peer.close(
+            "cannot start a thread",
+            Some(b"relayd: server out of resources, try again later\n"),
+        );
+        warn!("client {id} {addr} refused: cannot start a thread: {e} ({count} clients)");
+    }
+}
+
+fn configure(sock: &TcpStream, config: &Config) -> io::Result<()> {
+    sock.set_nodelay(true)?;
+    sock.set_write_timeout(Some(config.write_timeout).filter(|t| !t.is_zero()))?;
+    sock.set_read_timeout(config.idle_timeout)?;
+    // A peer that vanished (power loss, cable pulled) is found within about two minutes.
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    SockRef::from(sock).set_tcp_keepalive(&keepalive)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (one descriptor per client)
+/// and returns the limit now in force.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Binds a listening socket with a backlog of 1024 (std's `bind` uses 128, and a burst of
+/// connects overflowing it costs each dropped client a one-second SYN retry).
+/// `v6_only` keeps an IPv6 wildcard from also claiming the IPv4 port, for when both are bound.
+pub fn bind(addr: SocketAddr, v6_only: bool) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(v6_only)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
