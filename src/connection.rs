@@ -14,8 +14,9 @@ use crate::framing::Framer;
 use crate::outbound::{Chunk, Outbound};
 use crate::server::Shared;
 
-/// Bytes per `read`. Lives on the thread's stack and is never initialised by us, so an idle
-/// client's buffer costs no resident memory; only pages the kernel writes into do.
+/// Bytes per `read`. The buffer is heap memory we never initialise ourselves, so an idle
+/// client's buffer costs no resident memory; only the pages the kernel writes into do. (On the
+/// stack it would cost all of it: Rust probes every page of a large stack frame.)
 const READ_BUF: usize = 16 * 1024;
 
 /// Serves one client until it leaves. Runs on the client's own thread.
@@ -34,9 +35,9 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
     let config = &shared.config;
     let mut framer = Framer::new(config.max_line);
     let mut lines = Vec::new();
-    let mut buf = [MaybeUninit::<u8>::uninit(); READ_BUF];
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
     loop {
-        let data = match recv(sock, &mut buf) {
+        let data = match recv(sock, buf.spare_capacity_mut()) {
             Ok([]) => {
                 if let Some(reason) = peer.closed_reason() {
                     return reason;

@@ -1,0 +1,298 @@
+//! Test helpers: a server on 127.0.0.1 port 0 (in-process or the built binary) and clients
+//! whose every read has a deadline.
+//!
+//! Synchronisation without sleeps: the accept loop admits connections in the order they were
+//! made, so once a line sent by the most recently connected client has reached anyone, every
+//! earlier client is registered too.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use relayd::{Config, Shutdown};
+
+/// How long any single read in a test may block before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A relayd running in this process, on its own thread.
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: Shutdown,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    pub fn start(config: Config) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let s = shutdown.clone();
+        let thread = thread::spawn(move || relayd::run(vec![listener], config, s));
+        Server {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.shutdown.trigger();
+        if let Some(t) = self.thread.take() {
+            t.join()
+                .expect("server thread panicked")
+                .expect("run failed");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            self.stop_inner();
+        } else {
+            self.shutdown.trigger();
+        }
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let reader = BufReader::with_capacity(64 * 1024, stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one line (through `\n`); fails the test on timeout or end of stream.
+    pub fn line(&mut self) -> Vec<u8> {
+        let mut line = Vec::new();
+        match self.reader.read_until(b'\n', &mut line) {
+            Ok(_) if line.ends_with(b"\n") => line,
+            Ok(_) => panic!("stream ended after {:?}", String::from_utf8_lossy(&line)),
+            Err(e) => panic!(
+                "no line within {TIMEOUT:?} ({e}); got {:?}",
+                String::from_utf8_lossy(&line)
+            ),
+        }
+    }
+
+    pub fn expect(&mut self, want: &[u8]) {
+        let got = self.line();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.reader.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    /// Asserts the server closes the connection without sending anything more.
+    pub fn expect_eof(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "expected end of stream, got {:?}",
+                String::from_utf8_lossy(&rest)
+            ),
+            Err(e) => panic!("no end of stream within {TIMEOUT:?}: {e}"),
+        }
+    }
+
+    /// Reads everything until the server closes the connection.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        if let Err(e) = self.reader.read_to_end(&mut rest) {
+            panic!(
+                "no end of stream within {TIMEOUT:?}: {e} (after {} bytes)",
+                rest.len()
+            );
+        }
+        rest
+    }
+
+    pub fn half_close(&self) {
+        self.stream.shutdown(SocketShutdown::Write).unwrap();
+    }
+}
+
+/// The built `relayd` binary, running on 127.0.0.1 port 0, with its log captured.
+pub struct Daemon {
+    pub child: Child,
+    pub addrs: Vec<SocketAddr>,
+    log: Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts `relayd ARGS` (plus `--bind 127.0.0.1:0` unless ARGS bind) and waits for it to
+    /// log its listen addresses.
+    pub fn spawn(args: &[&str]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayd"));
+        if !args.contains(&"--bind") {
+            cmd.args(["--bind", "127.0.0.1:0"]);
+        }
+        let binds = args.iter().filter(|a| **a == "--bind").count().max(1);
+        let mut child = cmd
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            addrs: Vec::new(),
+            log,
+        };
+        if args.contains(&"-q") {
+            // Listen addresses are logged at info, which -q hides: the caller bound a known
+            // port, and we wait for it to accept.
+            let spec = args[args.iter().position(|a| *a == "--bind").unwrap() + 1];
+            let addr: SocketAddr = spec.parse().unwrap();
+            eventually("relayd to listen", || TcpStream::connect(addr).is_ok());
+            daemon.addrs.push(addr);
+            return daemon;
+        }
+        while daemon.addrs.len() < binds {
+            let line = daemon.wait_log("listening on ");
+            let addr = line.rsplit("listening on ").next().unwrap().trim();
+            daemon.addrs.push(addr.parse().unwrap());
+        }
+        daemon
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addrs[0])
+    }
+
+    /// A port on 127.0.0.1 that was free a moment ago, for a daemon whose log is too quiet
+    /// to tell its port.
+    pub fn free_addr() -> String {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_log(&self, needle: &str) -> String {
+        self.log_until(needle).pop().unwrap()
+    }
+
+    /// Returns the log lines up to and including the first that contains `needle`.
+    pub fn log_until(&self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("relayd never logged {needle:?}; it logged {seen:?}"),
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relayd did not exit within {TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The daemon's peak resident memory (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        status_field(self.child.id(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        status_field(self.child.id(), "VmRSS:")
+    }
+
+    pub fn threads(&self) -> u64 {
+        status_field(self.child.id(), "Threads:")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_field(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    line[key.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Polls `cond` every few milliseconds until it holds; fails the test after `TIMEOUT`.
+/// For conditions no event announces (a thread count falling back), never as a stand-in
+/// for reading the bytes a test expects.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}

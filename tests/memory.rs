@@ -1,0 +1,152 @@
+//! Clients that misbehave with volume: a never-ending line, a reader that stops, a reader
+//! that is merely slow. Run against the built binary so its memory can be read from /proc.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::thread;
+use std::time::Duration;
+
+use common::{Client, Daemon};
+
+const MIB: usize = 1 << 20;
+
+/// Lines of 1 KiB, each numbered, so a receiver can tell loss, order and corruption apart.
+fn numbered_lines(count: usize) -> Vec<u8> {
+    let mut all = Vec::with_capacity(count * 1024);
+    for i in 0..count {
+        let start = all.len();
+        write!(all, "{i:08} ").unwrap();
+        all.resize(start + 1023, b'a' + (i % 26) as u8);
+        all.push(b'\n');
+    }
+    all
+}
+
+fn send_in_background(mut client: Client, data: Vec<u8>) -> thread::JoinHandle<Client> {
+    thread::spawn(move || {
+        client
+            .stream
+            .set_write_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        client.send(&data);
+        client
+    })
+}
+
+#[test]
+fn a_200_mib_line_without_newline_never_grows_memory() {
+    let d = Daemon::spawn(&[]);
+    let mut a = d.connect();
+    let mut c = d.connect();
+    let b = d.connect();
+    let baseline = d.rss_kib();
+    let sender = send_in_background(b, vec![b'x'; 200 * MIB]);
+    // The others keep chatting while the flood streams in.
+    c.send(b"still talking\n");
+    a.expect(b"still talking\n");
+    let mut b = sender.join().unwrap();
+    b.send(b"\nafter the flood\n");
+    // b hears c's line and its own notice, in whichever order they were sent.
+    let mut heard = [b.line(), b.line()];
+    heard.sort();
+    assert_eq!(
+        heard,
+        [
+            b"relayd: line too long (max 65536 bytes), discarded\n".to_vec(),
+            b"still talking\n".to_vec()
+        ]
+    );
+    a.expect(b"after the flood\n");
+    c.expect(b"after the flood\n");
+    let peak = d.peak_rss_kib();
+    assert!(
+        peak < baseline + 16 * 1024,
+        "peak RSS {peak} KiB, baseline {baseline} KiB"
+    );
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_off_and_the_others_get_everything() {
+    stuck_client_is_cut_off(&[]);
+}
+
+/// The danmaku setting: senders never wait, a laggard is dropped when its queue is full.
+#[test]
+fn with_stall_timeout_zero_a_stuck_client_is_dropped_without_pacing_anyone() {
+    stuck_client_is_cut_off(&["--stall-timeout", "0", "--max-pending", "262144"]);
+}
+
+fn stuck_client_is_cut_off(args: &[&str]) {
+    let d = Daemon::spawn(args);
+    let mut stuck = d.connect();
+    let mut reader = d.connect();
+    let sender = d.connect();
+    let baseline = d.rss_kib();
+    let data = numbered_lines(64 * 1024);
+    let expected = data.clone();
+    let sending = send_in_background(sender, data);
+    let got = reader.bytes(expected.len());
+    assert!(
+        got == expected,
+        "the healthy reader's 64 MiB differ from what was sent"
+    );
+    sending.join().unwrap();
+    d.wait_log("slow consumer");
+    // The stuck client, reading at last, finds whole lines in order, then perhaps the notice
+    // (if its socket had room for it), then the end of the stream.
+    let mut rest = Vec::new();
+    stuck
+        .stream
+        .set_read_timeout(Some(common::TIMEOUT))
+        .unwrap();
+    stuck.stream.read_to_end(&mut rest).unwrap();
+    let notice_at = rest
+        .windows(9)
+        .position(|w| w == b"relayd: d")
+        .unwrap_or(rest.len());
+    let (lines, notice) = rest.split_at(notice_at);
+    assert!(
+        lines.len() < expected.len() && expected.starts_with(lines),
+        "stuck client got garbled data"
+    );
+    if !notice.is_empty() {
+        let notice = String::from_utf8_lossy(notice);
+        assert!(
+            notice.starts_with("relayd: disconnected: too slow (")
+                && notice.ends_with(" bytes pending)\n")
+        );
+    }
+    let peak = d.peak_rss_kib();
+    // One --max-pending (8 MiB) of backlog, shared chunks, plus slack for the allocator.
+    assert!(
+        peak < baseline + 24 * 1024,
+        "peak RSS {peak} KiB, baseline {baseline} KiB"
+    );
+}
+
+#[test]
+fn a_slow_but_steady_reader_gets_every_byte_and_stays_connected() {
+    let d = Daemon::spawn(&[]);
+    let mut slow = d.connect();
+    let sender = d.connect();
+    let data = numbered_lines(64 * 1024);
+    let expected = data.clone();
+    let sending = send_in_background(sender, data);
+    let mut got = Vec::with_capacity(expected.len());
+    let mut buf = vec![0; 64 * 1024];
+    while got.len() < expected.len() {
+        let n = slow.stream.read(&mut buf).unwrap();
+        assert!(n > 0, "disconnected after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        // Pacing, not synchronisation: this reader is slower than the sender.
+        thread::sleep(Duration::from_micros(500));
+    }
+    assert!(
+        got == expected,
+        "the slow reader's 64 MiB differ from what was sent"
+    );
+    let mut sender = sending.join().unwrap();
+    sender.send(b"still connected?\n");
+    slow.expect(b"still connected?\n");
+}
