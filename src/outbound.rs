@@ -68,6 +68,8 @@ struct State {
     /// The last byte handed to the kernel was not a `\n`: a notice sent now would land
     /// inside someone's line.
     mid_line: bool,
+    /// A notice for the writer to send once its write in flight returns (see `close`).
+    notice: Option<Vec<u8>>,
     /// When the queue last got shorter (or started): a peer whose queue has not moved for
     /// `stall_timeout` is stuck, not slow.
     last_progress: Instant,
@@ -96,6 +98,7 @@ impl Outbound {
                 writer: false,
                 closed: None,
                 mid_line: false,
+                notice: None,
                 last_progress: Instant::now(),
             }),
             changed: Condvar::new(),
@@ -210,7 +213,11 @@ impl Outbound {
         loop {
             let head = {
                 let mut st = lock(&self.state);
-                if st.closed.is_some() || st.queue.is_empty() {
+                if st.closed.is_some() {
+                    self.writer_finish_close(st);
+                    return;
+                }
+                if st.queue.is_empty() {
                     st.writer = false;
                     self.changed.notify_all();
                     return;
@@ -226,8 +233,11 @@ impl Outbound {
                 st.head
             };
             let result = write_batch(&self.sock, &batch, head);
-            batch.clear();
             let mut st = lock(&self.state);
+            if let Ok(n) = result {
+                st.mid_line = ends_mid_line(&batch, head, n).unwrap_or(st.mid_line);
+            }
+            batch.clear();
             if st.closed.is_some() {
                 continue;
             }
@@ -240,30 +250,42 @@ impl Outbound {
                 Err(e) if is_would_block(&e) => {
                     // SO_SNDTIMEO (`--write-timeout`) expired without the peer taking a byte.
                     let pending = st.pending;
-                    drop(st);
-                    if self.close(
+                    warn!(
+                        "client {}: write timed out, {pending} bytes pending: disconnected",
+                        self.id
+                    );
+                    let notice =
+                        format!("relayd: disconnected: too slow ({pending} bytes pending)\n");
+                    Self::mark_closed(
+                        &mut st,
                         &format!("too slow (write timeout, {pending} bytes pending)"),
-                        Some(
-                            format!("relayd: disconnected: too slow ({pending} bytes pending)\n")
-                                .as_bytes(),
-                        ),
-                    ) {
-                        warn!(
-                            "client {}: write timed out, {pending} bytes pending: disconnected",
-                            self.id
-                        );
-                    }
+                    );
+                    st.notice = Some(notice.into_bytes());
+                    self.changed.notify_all();
                 }
                 Ok(_) | Err(_) => {
-                    drop(st);
                     let why = match result {
                         Err(e) => format!("write failed: {e}"),
                         Ok(_) => "write failed: wrote zero bytes".to_string(),
                     };
-                    self.close(&why, None);
+                    Self::mark_closed(&mut st, &why);
+                    self.changed.notify_all();
                 }
             }
         }
+    }
+
+    /// The writer's last act on a closed peer: now that no write of its own is in flight, the
+    /// notice can go out (after a `\n` if a line was cut short), then the socket is shut.
+    fn writer_finish_close(&self, mut st: MutexGuard<'_, State>) {
+        st.writer = false;
+        let notice = st.notice.take();
+        let mid_line = st.mid_line;
+        self.changed.notify_all();
+        drop(st);
+        // This thread exists to block on this peer, so the notice may wait for room (up to
+        // --write-timeout) rather than be dropped for want of it.
+        self.send_notice_and_shut(notice.as_deref(), mid_line, true);
     }
 
     /// Accounts for `n` bytes taken by the kernel from the front of the queue.
@@ -275,11 +297,9 @@ impl Outbound {
             let left = front.len() - st.head;
             if n < left {
                 st.head += n;
-                st.mid_line = front[st.head - 1] != b'\n';
                 return;
             }
             n -= left;
-            st.mid_line = false;
             st.queue.pop_front();
             st.head = 0;
         }
@@ -308,35 +328,55 @@ impl Outbound {
         }
     }
 
-    /// Closes the peer: drops its backlog (freeing the memory at once), sends `notice` if the
-    /// socket can take it without blocking, and shuts the socket down, which also wakes the
-    /// peer's reader and writer threads. Returns false if it was already closed.
+    /// Closes the peer: drops its backlog (freeing the memory at once), sends `notice`, and
+    /// shuts the socket down, which also wakes the peer's reader thread. Returns false if it
+    /// was already closed.
     ///
-    /// The notice is best effort: a peer being cut off for not reading usually has a full
-    /// socket buffer, and waiting for room is exactly what we are giving up on.
+    /// If a writer is blocked in `write` right now, the notice cannot be sent without landing
+    /// inside its bytes, so only reading is shut down here (the client's slot is freed as
+    /// usual) and the writer sends the notice and closes the socket when its write returns —
+    /// at once if the client reads again, after `--write-timeout` if it never does. Either
+    /// way the notice is best effort: a client cut off for not reading may have no room for it.
     pub fn close(&self, reason: &str, notice: Option<&[u8]>) -> bool {
         let mut st = lock(&self.state);
         if st.closed.is_some() {
             return false;
         }
+        Self::mark_closed(&mut st, reason);
+        self.changed.notify_all();
+        if st.writer {
+            st.notice = notice.map(<[u8]>::to_vec);
+            drop(st);
+            let _ = self.sock.shutdown(Shutdown::Read);
+        } else {
+            let mid_line = st.mid_line;
+            drop(st);
+            self.send_notice_and_shut(notice, mid_line, false);
+        }
+        true
+    }
+
+    fn mark_closed(st: &mut State, reason: &str) {
         st.closed = Some(reason.to_string());
         st.queue = VecDeque::new();
+        st.head = 0;
         st.pending = 0;
-        let writer_busy = st.writer;
-        let mid_line = st.mid_line;
-        self.changed.notify_all();
-        // A writer blocked in `write` would interleave with the notice; skip it then.
-        if let (Some(notice), false) = (notice, writer_busy) {
+    }
+
+    fn send_notice_and_shut(&self, notice: Option<&[u8]>, mid_line: bool, may_block: bool) {
+        if let Some(notice) = notice {
             let notice = if mid_line {
                 [b"\n", notice].concat()
             } else {
                 notice.to_vec()
             };
-            let _ = send_dontwait(&self.sock, &notice);
+            if may_block {
+                let _ = (&*self.sock).write_all(&notice);
+            } else {
+                let _ = send_dontwait(&self.sock, &notice);
+            }
         }
-        drop(st);
         let _ = self.sock.shutdown(Shutdown::Both);
-        true
     }
 
     /// Stops reading from the peer (its reader thread sees end of input) while leaving its
@@ -365,6 +405,19 @@ fn write_batch(sock: &TcpStream, batch: &[Chunk], head: usize) -> io::Result<usi
     }
     let mut sock = sock;
     sock.write_vectored(&slices)
+}
+
+/// Whether the last of the `n` bytes written from `batch` (starting `head` bytes into its
+/// first chunk) left a line unfinished. `None` if nothing was written.
+fn ends_mid_line(batch: &[Chunk], head: usize, n: usize) -> Option<bool> {
+    let mut end = head + n;
+    for chunk in batch {
+        if end <= chunk.len() {
+            return (end > 0).then(|| chunk[end - 1] != b'\n');
+        }
+        end -= chunk.len();
+    }
+    None
 }
 
 fn is_would_block(e: &io::Error) -> bool {
