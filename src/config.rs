@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::access::Rules;
+
 /// Limits that keep one client from costing the others. See README.md for the semantics.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -20,6 +22,17 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// How long shutdown waits for queued bytes to reach their peers.
     pub shutdown_grace: Duration,
+    /// Which client addresses may connect.
+    pub rules: Rules,
+    /// Connections from one address at once; 0: no limit.
+    pub max_per_ip: usize,
+    /// The line a client must send first, if any (without its line ending).
+    pub secret: Option<Vec<u8>>,
+    /// How long a client has to send the secret.
+    pub auth_timeout: Duration,
+    /// How long a client that sent a wrong secret waits for its connection to close: each
+    /// guess costs a guesser this much.
+    pub auth_failure_delay: Duration,
 }
 
 impl Default for Config {
@@ -32,6 +45,11 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             idle_timeout: None,
             shutdown_grace: Duration::from_secs(3),
+            rules: Rules::default(),
+            max_per_ip: 0,
+            secret: None,
+            auth_timeout: Duration::from_secs(10),
+            auth_failure_delay: Duration::from_secs(1),
         }
     }
 }

@@ -5,13 +5,15 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, log_enabled, warn};
 use socket2::SockRef;
 
 use crate::framing::Framer;
 use crate::outbound::{Chunk, Outbound};
+use crate::secret;
 use crate::server::Shared;
 
 /// Bytes per `read`. The buffer is heap memory we never initialise ourselves, so an idle
@@ -36,7 +38,16 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
     let mut framer = Framer::new(config.max_line);
     let mut lines = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    let mut auth = config.secret.as_deref().map(|secret| Auth {
+        secret,
+        deadline: Instant::now() + config.auth_timeout,
+    });
     loop {
+        if let Some(auth) = &auth {
+            // Until the secret arrives the read timeout counts down to its deadline.
+            let left = auth.deadline.saturating_duration_since(Instant::now());
+            let _ = sock.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        }
         let data = match recv(sock, buf.spare_capacity_mut()) {
             Ok([]) => {
                 if let Some(reason) = peer.closed_reason() {
@@ -44,6 +55,9 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
                 }
                 if shared.shutdown.is_triggered() {
                     return "shutdown".into();
+                }
+                if auth.is_some() {
+                    return "closed by client before authenticating".into();
                 }
                 framer.finish(&mut lines);
                 relay(shared, peer, &mut lines);
@@ -57,7 +71,11 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                // SO_RCVTIMEO is only set when `--idle-timeout` is.
+                if auth.is_some() {
+                    peer.push_notice(b"relayd: authentication timeout\n");
+                    return "authentication timeout".into();
+                }
+                // SO_RCVTIMEO is otherwise only set when `--idle-timeout` is.
                 peer.push_notice(b"relayd: idle timeout\n");
                 return "idle timeout".into();
             }
@@ -80,6 +98,24 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
             );
             peer.push_notice(notice.as_bytes());
         }
+        if let Some(a) = &auth {
+            match a.check(&mut lines) {
+                None => continue,
+                Some(true) => {
+                    auth = None;
+                    peer.set_ready();
+                    let _ = sock.set_read_timeout(config.idle_timeout);
+                    info!("client {}: authenticated", peer.id());
+                }
+                Some(false) => {
+                    // The secret itself is never logged, not even the wrong one.
+                    warn!("client {}: wrong secret", peer.id());
+                    peer.push_notice(b"relayd: authentication failed\n");
+                    thread::sleep(config.auth_failure_delay);
+                    return "authentication failed".into();
+                }
+            }
+        }
         if shared.shutdown.is_triggered() {
             // What was read before the daemon stopped is delivered; a half line is not.
             framer.drop_partial();
@@ -87,6 +123,23 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
             return "shutdown".into();
         }
         relay(shared, peer, &mut lines);
+    }
+}
+
+/// A client that still owes the shared secret.
+struct Auth<'a> {
+    secret: &'a [u8],
+    deadline: Instant,
+}
+
+impl Auth<'_> {
+    /// Takes the first line, if one is complete, out of `lines` and says whether it is the
+    /// secret. `None`: no complete line yet.
+    fn check(&self, lines: &mut Vec<u8>) -> Option<bool> {
+        let end = memchr::memchr(b'\n', lines)?;
+        let ok = secret::matches(self.secret, &lines[..=end]);
+        lines.drain(..=end);
+        Some(ok)
     }
 }
 
@@ -130,6 +183,7 @@ impl Drop for Leave<'_> {
         let shared = self.shared;
         // The slot is free before the flush, so whoever pressed Ctrl-C can reconnect at once.
         let count = shared.registry.leave(self.peer.id());
+        shared.per_address.remove(self.addr.ip());
         if !shared.shutdown.is_triggered() {
             // The server's shutdown sequence flushes and closes every peer itself.
             self.peer

@@ -8,13 +8,16 @@
 //! - [`connection`]: one client's thread, reading and framing its lines.
 //! - [`framing`]: what a line is, and the `--max-line` limit.
 //! - [`outbound`]: a peer's queue and writer, and the slow-consumer policy.
+//! - [`access`], [`secret`]: who may connect, and the shared secret.
 //! - [`config`], [`shutdown`]: the tunables, and the stop handle.
 
+pub mod access;
 pub mod config;
 pub mod connection;
 pub mod framing;
 pub mod outbound;
 pub mod registry;
+pub mod secret;
 pub mod server;
 pub mod shutdown;
 mod sync;

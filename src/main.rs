@@ -11,7 +11,8 @@ use log::{LevelFilter, error, info};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use relayd::{Config, Shutdown};
+use relayd::access::{self, Rules};
+use relayd::{Config, Shutdown, secret};
 
 const AFTER_HELP: &str = "\
 EXAMPLE:
@@ -70,6 +71,33 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     idle_timeout: u64,
 
+    /// Admit clients from this address or network (CIDR, IPv4 or IPv6; repeatable). With any
+    /// --allow, every other address is refused.
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<String>,
+
+    /// Refuse clients from this address or network (repeatable). Deny wins over allow.
+    #[arg(long, value_name = "CIDR")]
+    deny: Vec<String>,
+
+    /// Read --allow entries from FILE: one per line, blank lines and # comments ignored.
+    #[arg(long, value_name = "FILE")]
+    allow_file: Vec<String>,
+
+    /// Read --deny entries from FILE, like --allow-file.
+    #[arg(long, value_name = "FILE")]
+    deny_file: Vec<String>,
+
+    /// Connections from one address at once; the next gets `relayd: too many connections from
+    /// your address`. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_per_ip: usize,
+
+    /// Require every client to send the first line of FILE as its first line before it sends
+    /// or receives anything. Not encryption: see README.md for TLS in front.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<String>,
+
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -80,8 +108,33 @@ struct Args {
 }
 
 impl Args {
-    fn config(&self) -> Config {
-        Config {
+    fn config(&self) -> Result<Config, String> {
+        let mut rules = Rules::default();
+        for (list, flag, entries) in [
+            (&mut rules.allow, "--allow", &self.allow),
+            (&mut rules.deny, "--deny", &self.deny),
+        ] {
+            for entry in entries {
+                list.push(entry.parse().map_err(|e| format!("{flag} {e}"))?);
+            }
+        }
+        for (list, flag, files) in [
+            (&mut rules.allow, "--allow-file", &self.allow_file),
+            (&mut rules.deny, "--deny-file", &self.deny_file),
+        ] {
+            for path in files {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| format!("{flag} {path}: {e}"))?;
+                list.extend(
+                    access::parse_rules_file(&text).map_err(|e| format!("{flag} {path}: {e}"))?,
+                );
+            }
+        }
+        let secret = self.secret_file.as_deref().map(secret::load).transpose()?;
+        Ok(Config {
+            rules,
+            max_per_ip: self.max_per_ip,
+            secret,
             max_line: self.max_line as usize,
             max_clients: self.max_clients,
             max_pending: self.max_pending,
@@ -89,7 +142,7 @@ impl Args {
             write_timeout: Duration::from_secs(self.write_timeout),
             idle_timeout: Some(Duration::from_secs(self.idle_timeout)).filter(|t| !t.is_zero()),
             ..Config::default()
-        }
+        })
     }
 
     fn log_level(&self) -> LevelFilter {
@@ -121,6 +174,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &Args) -> Result<(), String> {
+    let config = args.config()?;
     let addrs = args
         .bind
         .iter()
@@ -155,7 +209,7 @@ fn serve(args: &Args) -> Result<(), String> {
             })
             .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     }
-    relayd::run(listeners, args.config(), shutdown).map_err(|e| e.to_string())
+    relayd::run(listeners, config, shutdown).map_err(|e| e.to_string())
 }
 
 fn resolve(spec: &str) -> Result<SocketAddr, String> {

@@ -76,7 +76,10 @@ impl Registry {
         let peers = self.peers();
         let mut full = Vec::new();
         for peer in peers.iter() {
-            if Some(peer.id()) != from && peer.offer_until(chunk, None) == Offer::Full {
+            if Some(peer.id()) != from
+                && peer.is_ready()
+                && peer.offer_until(chunk, None) == Offer::Full
+            {
                 full.push(peer);
             }
         }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use socket2::{SockRef, TcpKeepalive};
 
+use crate::access::PerAddress;
 use crate::config::Config;
 use crate::connection;
 use crate::outbound::{Outbound, send_dontwait};
@@ -32,6 +33,8 @@ pub struct Shared {
     pub config: Config,
     pub registry: Registry,
     pub shutdown: Shutdown,
+    /// Open connections per client address, for `--max-per-ip`.
+    pub per_address: PerAddress,
     next_id: AtomicU64,
     /// Client threads still running; shutdown waits for them to hand over their last lines.
     readers: Mutex<usize>,
@@ -80,6 +83,7 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
         registry: Registry::new(config.max_clients, config.stall_timeout),
         config,
         shutdown: shutdown.clone(),
+        per_address: PerAddress::default(),
         next_id: AtomicU64::new(1),
         readers: Mutex::new(0),
         readers_done: Condvar::new(),
@@ -179,8 +183,23 @@ fn is_transient(e: &io::Error) -> bool {
 
 /// Takes one accepted connection: registers it, or tells it why not.
 fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
-    if let Err(e) = configure(&sock, &shared.config) {
+    let config = &shared.config;
+    if !config.rules.permits(addr.ip()) {
+        // Not a byte for someone who does not belong here, not even an error line.
+        info!("refused {addr}: not allowed by --allow/--deny");
+        return;
+    }
+    if !shared.per_address.try_add(addr.ip(), config.max_per_ip) {
+        info!(
+            "refused {addr}: more than {} connections from this address",
+            config.max_per_ip
+        );
+        refuse(&sock, b"relayd: too many connections from your address\n");
+        return;
+    }
+    if let Err(e) = configure(&sock, config) {
         debug!("{addr}: cannot configure socket: {e}");
+        shared.per_address.remove(addr.ip());
         return;
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -190,12 +209,11 @@ fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
         Ok(count) => count,
         Err(max) => {
             info!("refused {addr}: server full ({max} clients)");
-            // A fresh socket's buffer is empty, so this never blocks the accept loop.
-            let _ = send_dontwait(
+            shared.per_address.remove(addr.ip());
+            refuse(
                 &sock,
                 format!("relayd: server full ({max} clients)\n").as_bytes(),
             );
-            let _ = sock.shutdown(SocketShutdown::Write);
             return;
         }
     };
@@ -210,6 +228,7 @@ fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
     };
     if let Err(e) = spawned {
         let count = shared.registry.leave(id);
+        shared.per_address.remove(addr.ip());
         shared.reader_done();
         peer.close(
             "cannot start a thread",
@@ -217,6 +236,13 @@ fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
         );
         warn!("client {id} {addr} refused: cannot start a thread: {e} ({count} clients)");
     }
+}
+
+/// Tells a client why it is not served, and closes it. A fresh socket's buffer is empty, so
+/// the send never blocks the accept loop.
+fn refuse(sock: &TcpStream, notice: &[u8]) {
+    let _ = send_dontwait(sock, notice);
+    let _ = sock.shutdown(SocketShutdown::Write);
 }
 
 fn configure(sock: &TcpStream, config: &Config) -> io::Result<()> {

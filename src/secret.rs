@@ -1,0 +1,49 @@
+//! The shared secret (`--secret-file`): a password every client sends as its first line.
+//!
+//! It keeps strangers from reading or writing the stream; it is not encryption (anyone on the
+//! path sees it and the traffic; put TLS in front for that, see README.md).
+
+use std::fs;
+
+/// Reads the secret: the file's first line, without its `\n` or `\r\n`, nothing else trimmed.
+pub fn load(path: &str) -> Result<Vec<u8>, String> {
+    let text = fs::read(path).map_err(|e| format!("--secret-file {path}: {e}"))?;
+    let secret = strip_newline(text.split_inclusive(|&b| b == b'\n').next().unwrap_or(b""));
+    if secret.is_empty() {
+        return Err(format!("--secret-file {path}: the first line is empty"));
+    }
+    Ok(secret.to_vec())
+}
+
+/// Whether a client's first line (with its newline) is the secret. Takes the same time for
+/// every line of a given length, so response timing does not reveal how much of a guess
+/// was right.
+pub fn matches(secret: &[u8], line: &[u8]) -> bool {
+    let line = strip_newline(line);
+    let mut diff = secret.len() ^ line.len();
+    for (i, &s) in secret.iter().enumerate() {
+        diff |= usize::from(s ^ line.get(i).copied().unwrap_or(!s));
+    }
+    diff == 0
+}
+
+fn strip_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_without_the_line_ending_only() {
+        assert!(matches(b"s3cret", b"s3cret\n"));
+        assert!(matches(b"s3cret", b"s3cret\r\n"));
+        assert!(!matches(b"s3cret", b"s3cret \n"));
+        assert!(!matches(b"s3cret", b"s3cre\n"));
+        assert!(!matches(b"s3cret", b"s3crett\n"));
+        assert!(!matches(b"s3cret", b"\n"));
+        assert!(matches(b" x ", b" x \n"));
+    }
+}
