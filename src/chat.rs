@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::console;
 use crate::outbound::{Chunk, Outbound};
 use crate::rate::Bucket;
-use crate::registry::{LOBBY, RenameError};
+use crate::registry::{LOBBY, Members, RenameError};
 use crate::server::Shared;
 use crate::stats::add;
 
@@ -99,13 +99,10 @@ impl Chat {
         }
     }
 
-    /// Tells the lobby this client arrived; `online` counts the lobby with it.
-    pub fn announce(&self, shared: &Shared, peer: &Outbound, online: usize) {
-        let eol = shared.config.eol();
-        let notice = format!("* {} joined ({online} online){eol}", self.name);
-        shared
-            .registry
-            .notify(&self.room, Some(peer.id()), &Chunk::from(notice.as_bytes()));
+    /// Tells the lobby, as it was when this client joined, that it arrived.
+    pub fn announce(&self, shared: &Shared, peer: &Outbound, lobby: &Members) {
+        let line = format!("* {} joined ({} online)", self.name, lobby.online());
+        notify(shared, peer, lobby, &line);
     }
 
     /// Handles the whole lines of one read. Returns the reason if the client quit.
@@ -184,14 +181,6 @@ impl Chat {
             .deliver_to(peer, &Chunk::from(text.as_bytes()), 0);
     }
 
-    /// Tells the others in the room.
-    fn notify(&self, shared: &Shared, peer: &Outbound, room: &str, line: &str) {
-        let text = format!("{line}{}", shared.config.eol());
-        shared
-            .registry
-            .notify(room, Some(peer.id()), &Chunk::from(text.as_bytes()));
-    }
-
     /// Runs `/command` (given without its slash). Returns the reason if the client quit.
     fn command(&mut self, shared: &Shared, peer: &Arc<Outbound>, line: &str) -> Option<String> {
         let (command, arg) = match line.split_once([' ', '\t']) {
@@ -256,7 +245,8 @@ impl Chat {
             Ok(old) => {
                 self.name = name.to_string();
                 info!("client {}: {old} is now {name}", peer.id());
-                self.notify(shared, peer, &self.room, &format!("* {old} is now {name}"));
+                let room = shared.registry.members(&self.room);
+                notify(shared, peer, &room, &format!("* {old} is now {name}"));
                 self.reply(shared, peer, &format!("* you are now {name}"));
             }
             Err(RenameError::Taken) => {
@@ -304,21 +294,21 @@ impl Chat {
         let Some((left, joined)) = moved else {
             return;
         };
-        let old = std::mem::replace(&mut self.room, room.to_string());
+        self.room = room.to_string();
         let name = &self.name;
-        self.notify(
-            shared,
-            peer,
-            &old,
-            &format!("* {name} left (joined {room}) ({left} online)"),
-        );
-        self.notify(
-            shared,
-            peer,
-            room,
-            &format!("* {name} joined ({joined} online)"),
-        );
+        let line = format!("* {name} left (joined {room}) ({} online)", left.online());
+        notify(shared, peer, &left, &line);
+        let line = format!("* {name} joined ({} online)", joined.online());
+        notify(shared, peer, &joined, &line);
     }
+}
+
+/// Tells `members`, except the client it is about, `line`.
+fn notify(shared: &Shared, about: &Outbound, members: &Members, line: &str) {
+    let text = format!("{line}{}", shared.config.eol());
+    shared
+        .registry
+        .notify(members, Some(about.id()), &Chunk::from(text.as_bytes()));
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::console;
 use crate::framing::Framer;
 use crate::outbound::{Chunk, Outbound};
 use crate::rate::Bucket;
-use crate::registry::LOBBY;
+use crate::registry::{LOBBY, Members};
 use crate::server::Shared;
 use crate::stats::add;
 
@@ -31,14 +31,14 @@ enum Mode {
     Chat(Chat),
 }
 
-/// Serves one client until it leaves. Runs on the client's own thread. `online` counts the
-/// room it joined, itself included.
+/// Serves one client until it leaves. Runs on the client's own thread. `lobby` is who was
+/// in the lobby when it joined, itself included.
 pub fn serve(
     shared: Arc<Shared>,
     peer: Arc<Outbound>,
     sock: Arc<TcpStream>,
     addr: SocketAddr,
-    online: usize,
+    lobby: Members,
 ) {
     let mut leave = Leave {
         shared: &shared,
@@ -48,7 +48,7 @@ pub fn serve(
     };
     let mut mode = if shared.config.chat {
         let chat = Chat::new(&shared.config, format!("guest{}", peer.id()));
-        chat.announce(&shared, &peer, online);
+        chat.announce(&shared, &peer, &lobby);
         Mode::Chat(chat)
     } else {
         Mode::Raw(shared.config.rate.map(Bucket::new))
@@ -228,11 +228,13 @@ impl Drop for Leave<'_> {
             let eol = shared.config.eol();
             let notice = format!(
                 "* {} left ({}) ({} online){eol}",
-                left.name, self.reason, left.in_room
+                left.name,
+                self.reason,
+                left.members.online()
             );
             shared
                 .registry
-                .notify(&left.room, None, &Chunk::from(notice.as_bytes()));
+                .notify(&left.members, None, &Chunk::from(notice.as_bytes()));
         }
         if !shared.shutdown.is_triggered() {
             // The server's shutdown sequence flushes and closes every peer itself.

@@ -74,13 +74,26 @@ pub struct ClientInfo {
     pub peer: Arc<Outbound>,
 }
 
+/// A room's members just after someone entered or left it: who is told about it. Taken in
+/// the same critical section as the change, so the notice reaches exactly those who were
+/// there, and none who arrive later.
+pub struct Members {
+    pub room: String,
+    pub peers: Peers,
+}
+
+impl Members {
+    /// How many are in the room.
+    pub fn online(&self) -> usize {
+        self.peers.len()
+    }
+}
+
 /// What [`Registry::leave`] removed.
-#[derive(Debug)]
 pub struct Left {
     pub name: String,
-    pub room: String,
-    /// Members left in that room.
-    pub in_room: usize,
+    /// Who is still in the room it left.
+    pub members: Members,
 }
 
 /// Why a rename was refused.
@@ -109,14 +122,14 @@ impl Registry {
     /// Adds a client named `guest<ID>` to [`LOBBY`] unless `--max-clients` are already
     /// connected. `greet(name, members)` returns the lines it gets first (welcome, motd);
     /// they and the lobby's history are queued for it before any live line. Returns the
-    /// number of lobby members, or the limit when full. The caller must call
+    /// lobby's members, or the limit when full. The caller must call
     /// [`Outbound::start_sending`] afterwards.
     pub fn join(
         &self,
         peer: Arc<Outbound>,
         addr: SocketAddr,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
-    ) -> Result<usize, usize> {
+    ) -> Result<Members, usize> {
         let mut inner = lock(&self.inner);
         if inner.clients.len() >= self.max_clients {
             return Err(self.max_clients);
@@ -142,14 +155,14 @@ impl Registry {
     }
 
     /// Moves a client to `room` (created on demand), queuing `greet`'s lines and the room's
-    /// history for it as [`Registry::join`] does. Returns `(members left in the old room,
-    /// members of the new one)`, or `None` if the client is gone or already there.
+    /// history for it as [`Registry::join`] does. Returns the members of the old room and
+    /// of the new one, or `None` if the client is gone or already there.
     pub fn change_room(
         &self,
         id: PeerId,
         room: &str,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
-    ) -> Option<(usize, usize)> {
+    ) -> Option<(Members, Members)> {
         let mut inner = lock(&self.inner);
         let client = inner.clients.get_mut(&id)?;
         if client.room == room {
@@ -169,8 +182,9 @@ impl Registry {
         name: &str,
         room: &str,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
-    ) -> usize {
+    ) -> Members {
         let history = self.history;
+        let name_of_room = room;
         let room = inner.rooms.entry(room.to_string()).or_insert_with(|| Room {
             members: Arc::new(Vec::new()),
             history: History::new(history),
@@ -179,18 +193,25 @@ impl Registry {
         let mut lines = greet(name, room.members.len());
         lines.extend(room.history.replay());
         peer.queue_quietly(&lines);
-        room.members.len()
+        Members {
+            room: name_of_room.to_string(),
+            peers: Arc::clone(&room.members),
+        }
     }
 
-    /// Removes `id` from `room`'s members and returns how many are left. Rooms other than
-    /// the lobby go away when their last member leaves, so that rooms cannot pile up.
-    fn leave_room(&self, inner: &mut Inner, id: PeerId, room: &str) -> usize {
+    /// Removes `id` from `room`'s members and returns those left. Rooms other than the lobby
+    /// go away when their last member leaves, so that rooms cannot pile up.
+    fn leave_room(&self, inner: &mut Inner, id: PeerId, room: &str) -> Members {
+        let mut left = Members {
+            room: room.to_string(),
+            peers: Arc::new(Vec::new()),
+        };
         let Some(r) = inner.rooms.get_mut(room) else {
-            return 0;
+            return left;
         };
         Arc::make_mut(&mut r.members).retain(|p| p.id() != id);
-        let left = r.members.len();
-        if left == 0 && room != LOBBY {
+        left.peers = Arc::clone(&r.members);
+        if r.members.is_empty() && room != LOBBY {
             inner.rooms.remove(room);
         }
         left
@@ -201,11 +222,10 @@ impl Registry {
         let mut inner = lock(&self.inner);
         let client = inner.clients.remove(&id)?;
         inner.names.remove(&client.name.to_lowercase());
-        let in_room = self.leave_room(&mut inner, id, &client.room);
+        let members = self.leave_room(&mut inner, id, &client.room);
         Some(Left {
             name: client.name,
-            room: client.room,
-            in_room,
+            members,
         })
     }
 
@@ -241,6 +261,18 @@ impl Registry {
         let id = inner.names.get(&name.to_lowercase())?;
         let client = inner.clients.get(id)?;
         Some((client.name.clone(), Arc::clone(&client.peer)))
+    }
+
+    /// The members of `room` now.
+    pub fn members(&self, room: &str) -> Members {
+        let peers = match lock(&self.inner).rooms.get(room) {
+            Some(r) => Arc::clone(&r.members),
+            None => Arc::new(Vec::new()),
+        };
+        Members {
+            room: room.to_string(),
+            peers,
+        }
     }
 
     /// Names of the members of `room`, in order of arrival.
@@ -322,14 +354,10 @@ impl Registry {
         add(&self.stats.bytes_out, chunk.len() as u64 * sent);
     }
 
-    /// Delivers a notice from the daemon (someone joined, left, was renamed) to every member
-    /// of `room` except `from`. Unlike [`Registry::deliver`] it is not kept in the history.
-    pub fn notify(&self, room: &str, from: Option<PeerId>, chunk: &Chunk) {
-        let members = match lock(&self.inner).rooms.get(room) {
-            Some(r) => Arc::clone(&r.members),
-            None => return,
-        };
-        self.offer_all(&members, from, chunk, 0);
+    /// Delivers a notice from the daemon (someone joined, left, was renamed) to `members`
+    /// except `from`. Unlike [`Registry::deliver`] it is not kept in the history.
+    pub fn notify(&self, members: &Members, from: Option<PeerId>, chunk: &Chunk) {
+        self.offer_all(&members.peers, from, chunk, 0);
     }
 
     /// Delivers `chunk` (`lines` relayed lines) to one peer, with the same patience as

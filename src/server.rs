@@ -225,10 +225,10 @@ fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
     // What `join` queued (welcome, history) goes out now that the registry lock is free.
     // A fresh socket's buffer is empty, so this does not block the accept loop.
     peer.start_sending();
-    let online = match joined {
-        Ok(online) => {
+    let lobby = match joined {
+        Ok(lobby) => {
             add(&shared.stats.accepted, 1);
-            online
+            lobby
         }
         Err(max) => {
             add(&shared.stats.refused_full, 1);
@@ -252,7 +252,7 @@ fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
         thread::Builder::new()
             .name(format!("client-{id}"))
             .stack_size(CLIENT_STACK)
-            .spawn(move || connection::serve(shared, peer, sock, addr, online))
+            .spawn(move || connection::serve(shared, peer, sock, addr, lobby))
     };
     if let Err(e) = spawned {
         shared.registry.leave(id);
