@@ -487,6 +487,10 @@ fn reset_during_join() {
         drop(joiner.join().unwrap());
         let _ = round;
     }
+    // Connections may still wait in the backlog: first all admitted, then all gone.
+    chat_support::wait_until("all connections admitted", || {
+        server.stat("accepted") == 1 + 20 * 6
+    });
     server.wait_clients(1);
     // The daemon is alive and a still works.
     let (mut b, name) = server.join();
