@@ -165,11 +165,11 @@ impl Chat {
         if bucket.take(1, now) == 1 {
             return true;
         }
-        add(&shared.stats.dropped_rate_limit, 1);
         if let Some(warning) = bucket.warning(now) {
             info!("client {}: over the rate limit, dropping lines", peer.id());
             self.reply(shared, peer, &warning);
         }
+        add(&shared.stats.dropped_rate_limit, 1);
         false
     }
 

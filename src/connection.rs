@@ -97,7 +97,9 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream, mode: &m
         };
         add(&shared.stats.bytes_in, data.len() as u64);
         let too_long = framer.feed(data, &mut lines);
-        add(&shared.stats.too_long, too_long as u64);
+        if too_long > 0 {
+            add(&shared.stats.too_long, too_long as u64);
+        }
         for _ in 0..too_long {
             warn!(
                 "client {}: line longer than {} bytes discarded",
@@ -166,11 +168,11 @@ fn relay_raw(
                 k => memchr_iter(b'\n', lines).nth(k - 1).map_or(0, |i| i + 1),
             };
             lines.truncate(cut);
-            add(&shared.stats.dropped_rate_limit, (n - allowed) as u64);
             if let Some(warning) = bucket.warning(now) {
                 info!("client {}: over the rate limit, dropping lines", peer.id());
                 peer.push_notice(format!("{warning}\n").as_bytes());
             }
+            add(&shared.stats.dropped_rate_limit, (n - allowed) as u64);
             n = allowed;
             if n == 0 {
                 return;

@@ -349,9 +349,7 @@ impl Registry {
             r.history.push(chunk, lines);
             Arc::clone(&r.members)
         };
-        let sent = self.offer_all(&members, from, chunk, lines as u64);
-        add(&self.stats.lines_out, lines as u64 * sent);
-        add(&self.stats.bytes_out, chunk.len() as u64 * sent);
+        self.offer_all(&members, from, chunk, lines as u64);
     }
 
     /// Delivers a notice from the daemon (someone joined, left, was renamed) to `members`
@@ -363,27 +361,21 @@ impl Registry {
     /// Delivers `chunk` (`lines` relayed lines) to one peer, with the same patience as
     /// [`Registry::deliver`].
     pub fn deliver_to(&self, peer: &Arc<Outbound>, chunk: &Chunk, lines: usize) {
-        let sent = self.offer_all(std::slice::from_ref(peer), None, chunk, lines as u64);
-        add(&self.stats.lines_out, lines as u64 * sent);
-        add(&self.stats.bytes_out, chunk.len() as u64 * sent);
+        self.offer_all(std::slice::from_ref(peer), None, chunk, lines as u64);
     }
 
-    /// Offers `chunk` to `peers` except `from` (see [`Registry::deliver`]); returns to how
-    /// many.
-    fn offer_all(
-        &self,
-        peers: &[Arc<Outbound>],
-        from: Option<PeerId>,
-        chunk: &Chunk,
-        lines: u64,
-    ) -> u64 {
+    /// Offers `chunk`, holding `lines` relayed lines, to `peers` except `from` (see
+    /// [`Registry::deliver`]). Counted before it is sent, so that a reader who has it can
+    /// rely on the counters.
+    fn offer_all(&self, peers: &[Arc<Outbound>], from: Option<PeerId>, chunk: &Chunk, lines: u64) {
+        let to = (peers.len() - usize::from(peers.iter().any(|p| Some(p.id()) == from))) as u64;
+        add(&self.stats.lines_out, lines * to);
+        add(&self.stats.bytes_out, chunk.len() as u64 * to);
         let mut full = Vec::new();
-        let mut sent = 0;
         for peer in peers {
             if Some(peer.id()) == from {
                 continue;
             }
-            sent += 1;
             if lines > 0 {
                 peer.count_out(lines);
             }
@@ -392,7 +384,7 @@ impl Registry {
             }
         }
         if full.is_empty() {
-            return sent;
+            return;
         }
         let deadline = Instant::now() + self.stall_timeout;
         for peer in full {
@@ -411,6 +403,5 @@ impl Registry {
                 }
             }
         }
-        sent
     }
 }
