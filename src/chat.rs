@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::info;
+use log::{debug, info};
 
 use crate::config::Config;
 use crate::console;
@@ -175,6 +175,9 @@ impl Chat {
 
     /// Sends one line to this client only.
     fn reply(&self, shared: &Shared, peer: &Arc<Outbound>, line: &str) {
+        if let Some(error) = line.strip_prefix("relayd: ") {
+            debug!("client {} ({}): {error}", peer.id(), self.name);
+        }
         let text = format!("{line}{}", shared.config.eol());
         shared
             .registry

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use log::{LevelFilter, error, info};
+use log::{LevelFilter, error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -220,6 +220,9 @@ fn ctl(admin: &std::path::Path, command: &str) -> ExitCode {
 
 fn serve(args: &Args) -> Result<(), String> {
     let config = args.config()?;
+    if !config.chat && (args.motd.is_some() || args.crlf) {
+        warn!("--motd and --crlf apply to chat mode only; add --chat");
+    }
     let addrs = args
         .bind
         .iter()
