@@ -6,7 +6,6 @@ mod chat_support;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio};
 
 use chat_support::{Admin, Server, chat_config, socket_path, wait_until};
@@ -224,9 +223,15 @@ fn socket_file_lifecycle() {
     server.stop();
     assert!(!path.exists());
 
-    // A socket left behind by a crashed run (nobody listening) is replaced.
+    // A socket left behind by a crashed run (nobody listening) is replaced. Bound but never
+    // listening, so that a copy of the descriptor in a concurrently forked child cannot
+    // make it look alive.
     let stale = socket_path();
-    drop(UnixListener::bind(&stale).unwrap());
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&socket2::SockAddr::unix(&stale).unwrap())
+        .unwrap();
+    drop(socket);
     assert!(stale.exists());
     let listener = relayd::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
     let shutdown = Shutdown::new();
