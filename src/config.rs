@@ -1,9 +1,11 @@
 //! The daemon's tunables, separate from how they are spelled on the command line so that
 //! tests (and any future front end) can build a `Config` directly.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::access::Rules;
+use crate::rate::Rate;
 
 /// Limits that keep one client from costing the others. See README.md for the semantics.
 #[derive(Debug, Clone)]
@@ -33,6 +35,27 @@ pub struct Config {
     /// How long a client that sent a wrong secret waits for its connection to close: each
     /// guess costs a guesser this much.
     pub auth_failure_delay: Duration,
+    /// Chat mode (`--chat`): names, rooms, commands and notices instead of a raw byte pipe.
+    pub chat: bool,
+    /// End the lines the daemon writes in chat mode with `\r\n` instead of `\n`.
+    pub crlf: bool,
+    /// Relayed lines each room keeps and replays to whoever joins it; 0: none.
+    pub history: usize,
+    /// Lines sent after the welcome line in chat mode (the contents of `--motd FILE`).
+    pub motd: Vec<String>,
+    /// Flood control: at most this many lines per client, with bursts up to its `lines`.
+    pub rate: Option<Rate>,
+    /// Where to open the operator's control socket.
+    pub admin: Option<PathBuf>,
+    /// Echo relayed lines on stdout and push each line read from stdin to every client.
+    pub console: bool,
+}
+
+impl Config {
+    /// The end of every line the daemon itself writes in chat mode.
+    pub fn eol(&self) -> &'static str {
+        if self.chat && self.crlf { "\r\n" } else { "\n" }
+    }
 }
 
 impl Default for Config {
@@ -50,6 +73,13 @@ impl Default for Config {
             secret: None,
             auth_timeout: Duration::from_secs(10),
             auth_failure_delay: Duration::from_secs(1),
+            chat: false,
+            crlf: false,
+            history: 0,
+            motd: Vec::new(),
+            rate: None,
+            admin: None,
+            console: false,
         }
     }
 }

@@ -9,31 +9,58 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, log_enabled, warn};
+use memchr::memchr_iter;
 use socket2::SockRef;
 
+use crate::chat::Chat;
+use crate::console;
 use crate::framing::Framer;
 use crate::outbound::{Chunk, Outbound};
+use crate::rate::Bucket;
+use crate::registry::{LOBBY, Members};
 use crate::secret;
 use crate::server::Shared;
+use crate::stats::add;
 
 /// Bytes per `read`. The buffer is heap memory we never initialise ourselves, so an idle
 /// client's buffer costs no resident memory; only the pages the kernel writes into do. (On the
 /// stack it would cost all of it: Rust probes every page of a large stack frame.)
 const READ_BUF: usize = 16 * 1024;
 
-/// Serves one client until it leaves. Runs on the client's own thread.
-pub fn serve(shared: Arc<Shared>, peer: Arc<Outbound>, sock: Arc<TcpStream>, addr: SocketAddr) {
+/// What a client's lines mean: a raw byte pipe (the default) or chat (`--chat`).
+enum Mode {
+    /// The flood control bucket, with `--rate`.
+    Raw(Option<Bucket>),
+    Chat(Chat),
+}
+
+/// Serves one client until it leaves. Runs on the client's own thread. `lobby` is who was
+/// in the lobby when it joined, itself included.
+pub fn serve(
+    shared: Arc<Shared>,
+    peer: Arc<Outbound>,
+    sock: Arc<TcpStream>,
+    addr: SocketAddr,
+    lobby: Members,
+) {
     let mut leave = Leave {
         shared: &shared,
         peer: &peer,
         addr,
         reason: "thread panicked".into(),
     };
-    leave.reason = relay_lines(&shared, &peer, &sock);
+    let mut mode = if shared.config.chat {
+        let chat = Chat::new(&shared.config, format!("guest{}", peer.id()));
+        chat.announce(&shared, &peer, &lobby);
+        Mode::Chat(chat)
+    } else {
+        Mode::Raw(shared.config.rate.map(Bucket::new))
+    };
+    leave.reason = relay_lines(&shared, &peer, &sock, &mut mode);
 }
 
 /// The read loop. Returns why the client is leaving.
-fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> String {
+fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream, mode: &mut Mode) -> String {
     let config = &shared.config;
     let mut framer = Framer::new(config.max_line);
     let mut lines = Vec::new();
@@ -60,7 +87,9 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
                     return "closed by client before authenticating".into();
                 }
                 framer.finish(&mut lines);
-                relay(shared, peer, &mut lines);
+                if let Some(reason) = relay(shared, peer, mode, &mut lines) {
+                    return reason;
+                }
                 return "closed by client".into();
             }
             Ok(data) => data,
@@ -72,11 +101,13 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
                 ) =>
             {
                 if auth.is_some() {
-                    peer.push_notice(b"relayd: authentication timeout\n");
+                    peer.push_notice(
+                        format!("relayd: authentication timeout{}", config.eol()).as_bytes(),
+                    );
                     return "authentication timeout".into();
                 }
                 // SO_RCVTIMEO is otherwise only set when `--idle-timeout` is.
-                peer.push_notice(b"relayd: idle timeout\n");
+                peer.push_notice(format!("relayd: idle timeout{}", config.eol()).as_bytes());
                 return "idle timeout".into();
             }
             Err(e) => {
@@ -85,7 +116,11 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
                     .unwrap_or_else(|| format!("read error: {e}"));
             }
         };
+        add(&shared.stats.bytes_in, data.len() as u64);
         let too_long = framer.feed(data, &mut lines);
+        if too_long > 0 {
+            add(&shared.stats.too_long, too_long as u64);
+        }
         for _ in 0..too_long {
             warn!(
                 "client {}: line longer than {} bytes discarded",
@@ -93,8 +128,9 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
                 config.max_line
             );
             let notice = format!(
-                "relayd: line too long (max {} bytes), discarded\n",
-                config.max_line
+                "relayd: line too long (max {} bytes), discarded{}",
+                config.max_line,
+                config.eol()
             );
             peer.push_notice(notice.as_bytes());
         }
@@ -119,10 +155,12 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream) -> Strin
         if shared.shutdown.is_triggered() {
             // What was read before the daemon stopped is delivered; a half line is not.
             framer.drop_partial();
-            relay(shared, peer, &mut lines);
+            relay(shared, peer, mode, &mut lines);
             return "shutdown".into();
         }
-        relay(shared, peer, &mut lines);
+        if let Some(reason) = relay(shared, peer, mode, &mut lines) {
+            return reason;
+        }
     }
 }
 
@@ -143,10 +181,59 @@ impl Auth<'_> {
     }
 }
 
-/// Forwards the complete lines of one read as a single shared chunk.
-fn relay(shared: &Shared, peer: &Outbound, lines: &mut Vec<u8>) {
+/// Hands on the complete lines of one read. Returns the reason if the client quit.
+fn relay(
+    shared: &Shared,
+    peer: &Arc<Outbound>,
+    mode: &mut Mode,
+    lines: &mut Vec<u8>,
+) -> Option<String> {
     if lines.is_empty() {
-        return;
+        return None;
+    }
+    let n = memchr_iter(b'\n', lines).count();
+    peer.count_in(n as u64);
+    add(&shared.stats.lines_in, n as u64);
+    match mode {
+        Mode::Raw(bucket) => relay_raw(shared, peer, bucket.as_mut(), lines, n),
+        Mode::Chat(chat) => {
+            let quit = chat.handle(shared, peer, lines);
+            lines.clear();
+            return quit;
+        }
+    }
+    None
+}
+
+/// Forwards the complete lines (`n` of them) of one read as a single shared chunk, byte for
+/// byte, less those over the rate limit.
+fn relay_raw(
+    shared: &Shared,
+    peer: &Arc<Outbound>,
+    bucket: Option<&mut Bucket>,
+    lines: &mut Vec<u8>,
+    mut n: usize,
+) {
+    if let Some(bucket) = bucket {
+        let now = Instant::now();
+        let allowed = bucket.take(n, now);
+        if allowed < n {
+            // The excess is the tail of this read: keep the first `allowed` lines.
+            let cut = match allowed {
+                0 => 0,
+                k => memchr_iter(b'\n', lines).nth(k - 1).map_or(0, |i| i + 1),
+            };
+            lines.truncate(cut);
+            if let Some(warning) = bucket.warning(now) {
+                info!("client {}: over the rate limit, dropping lines", peer.id());
+                peer.push_notice(format!("{warning}\n").as_bytes());
+            }
+            add(&shared.stats.dropped_rate_limit, (n - allowed) as u64);
+            n = allowed;
+            if n == 0 {
+                return;
+            }
+        }
     }
     if log_enabled!(log::Level::Debug) {
         for line in lines.split_inclusive(|&b| b == b'\n') {
@@ -159,7 +246,10 @@ fn relay(shared: &Shared, peer: &Outbound, lines: &mut Vec<u8>) {
     }
     let chunk = Chunk::from(&lines[..]);
     lines.clear();
-    shared.registry.deliver(Some(peer.id()), &chunk);
+    if shared.config.console {
+        console::echo(peer.id(), &chunk);
+    }
+    shared.registry.deliver(LOBBY, Some(peer.id()), &chunk, n);
 }
 
 /// `read` into uninitialised memory (see [`READ_BUF`]).
@@ -182,8 +272,29 @@ impl Drop for Leave<'_> {
     fn drop(&mut self) {
         let shared = self.shared;
         // The slot is free before the flush, so whoever pressed Ctrl-C can reconnect at once.
-        let count = shared.registry.leave(self.peer.id());
+        let left = shared.registry.leave(self.peer.id());
+        let count = shared.registry.len();
         shared.per_address.remove(self.addr.ip());
+        if self.reason == "idle timeout" {
+            add(&shared.stats.idle_kicks, 1);
+        } else if self.reason.starts_with("too slow (write timeout") {
+            // Cut off by its own writer; those cut off by a sender are counted there.
+            add(&shared.stats.slow_consumer_kicks, 1);
+        }
+        if let (true, false, Some(left)) =
+            (shared.config.chat, shared.shutdown.is_triggered(), left)
+        {
+            let eol = shared.config.eol();
+            let notice = format!(
+                "* {} left ({}) ({} online){eol}",
+                left.name,
+                self.reason,
+                left.members.online()
+            );
+            shared
+                .registry
+                .notify(&left.members, None, &Chunk::from(notice.as_bytes()));
+        }
         if !shared.shutdown.is_triggered() {
             // The server's shutdown sequence flushes and closes every peer itself.
             self.peer

@@ -10,16 +10,26 @@
 //! - [`outbound`]: a peer's queue and writer, and the slow-consumer policy.
 //! - [`access`], [`secret`]: who may connect, and the shared secret.
 //! - [`config`], [`shutdown`]: the tunables, and the stop handle.
+//! - [`chat`]: `--chat` mode: names, rooms, commands, what others see.
+//! - [`history`], [`rate`]: `--history` replay and `--rate` flood control.
+//! - [`admin`], [`stats`], [`console`]: the operator's control socket, its counters, and
+//!   `--console`.
 
 pub mod access;
+pub mod admin;
+pub mod chat;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod framing;
+pub mod history;
 pub mod outbound;
+pub mod rate;
 pub mod registry;
 pub mod secret;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 mod sync;
 
 pub use config::Config;

@@ -2,16 +2,18 @@
 //! listeners, and runs the server until SIGINT or SIGTERM.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
 
-use clap::Parser;
-use log::{LevelFilter, error, info};
+use clap::{Parser, Subcommand};
+use log::{LevelFilter, error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use relayd::access::{self, Rules};
+use relayd::rate::Rate;
 use relayd::{Config, Shutdown, secret};
 
 const AFTER_HELP: &str = "\
@@ -25,6 +27,9 @@ EXAMPLE:
     Every line a client sends reaches every other connected client, byte for byte; the
     sender does not get its own line back. Messages from relayd itself start with 'relayd: '.
 
+    For people rather than programs, add --chat (names, rooms, /help); to kick, push and
+    watch, add --admin PATH and use 'relayd ctl --admin PATH help'.
+
 SIGNALS:
     SIGINT, SIGTERM   stop accepting, flush what is queued, tell each client
                       'relayd: shutting down', close, exit 0. A second signal exits at once.
@@ -37,8 +42,16 @@ ENVIRONMENT:
 /// Every line (bytes up to and including a newline) that a connected client sends is
 /// forwarded, byte-exact and whole, to every other connected client.
 #[derive(Parser, Debug)]
-#[command(name = "relayd", version, after_help = AFTER_HELP)]
+#[command(
+    name = "relayd",
+    version,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Address to listen on; repeat for several (e.g. `--bind 0.0.0.0:12345 --bind [::]:12345`).
     /// The default serves this machine only.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:12345")]
@@ -98,6 +111,37 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     secret_file: Option<String>,
 
+    /// Chat mode for people using nc/telnet: names, rooms, commands (/help), join and leave
+    /// notices, and `<name> ` before every line.
+    #[arg(long)]
+    chat: bool,
+
+    /// In chat mode, end every line relayd writes with CR LF instead of LF.
+    #[arg(long)]
+    crlf: bool,
+
+    /// Relayed lines each room keeps and replays to whoever joins it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    history: usize,
+
+    /// In chat mode, send the lines of FILE after the welcome line.
+    #[arg(long, value_name = "FILE")]
+    motd: Option<PathBuf>,
+
+    /// Flood control: at most LINES lines per SECONDS per client (bursts up to LINES);
+    /// excess lines are dropped. E.g. 20/5. Default: off.
+    #[arg(long, value_name = "LINES/SECONDS")]
+    rate: Option<Rate>,
+
+    /// Open the operator's control socket at PATH (mode 0600): clients, kick, broadcast,
+    /// send, stats. See `relayd ctl`.
+    #[arg(long, value_name = "PATH")]
+    admin: Option<PathBuf>,
+
+    /// Print relayed lines on stdout and push each line typed on stdin to every client.
+    #[arg(long)]
+    console: bool,
+
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -105,6 +149,20 @@ struct Args {
     /// Less log output (-q: warnings and errors, -qq: errors only).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     quiet: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send one command to a running relayd's control socket and print the answer; exits 1
+    /// if the answer is an error. E.g. `relayd ctl --admin /run/relayd.sock kick alice spam`.
+    Ctl {
+        /// The daemon's --admin socket.
+        #[arg(long, value_name = "PATH")]
+        admin: PathBuf,
+        /// The command and its arguments (try `help`).
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
 }
 
 impl Args {
@@ -131,6 +189,18 @@ impl Args {
             }
         }
         let secret = self.secret_file.as_deref().map(secret::load).transpose()?;
+        let motd = match &self.motd {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| format!("cannot read --motd {}: {e}", path.display()))?
+                .split(|&b| b == b'\n')
+                .map(|line| String::from_utf8_lossy(line).into_owned())
+                .collect::<Vec<_>>(),
+            None => Vec::new(),
+        };
+        let mut motd = motd;
+        if motd.last().is_some_and(|l| l.is_empty()) {
+            motd.pop();
+        }
         Ok(Config {
             rules,
             max_per_ip: self.max_per_ip,
@@ -141,6 +211,13 @@ impl Args {
             stall_timeout: Duration::from_millis(self.stall_timeout),
             write_timeout: Duration::from_secs(self.write_timeout),
             idle_timeout: Some(Duration::from_secs(self.idle_timeout)).filter(|t| !t.is_zero()),
+            chat: self.chat,
+            crlf: self.crlf,
+            history: self.history,
+            motd,
+            rate: self.rate,
+            admin: self.admin.clone(),
+            console: self.console,
             ..Config::default()
         })
     }
@@ -159,6 +236,9 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Ctl { admin, command }) = &args.command {
+        return ctl(admin, &command.join(" "));
+    }
     env_logger::Builder::new()
         .filter_level(args.log_level())
         .parse_default_env()
@@ -173,8 +253,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// `relayd ctl`: prints the answer; exit status 1 for `error: …` or no answer at all.
+fn ctl(admin: &std::path::Path, command: &str) -> ExitCode {
+    match relayd::admin::ctl(admin, command) {
+        Ok(answer) => {
+            print!("{answer}");
+            if answer.starts_with("error:") {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("relayd: cannot talk to {}: {e}", admin.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn serve(args: &Args) -> Result<(), String> {
     let config = args.config()?;
+    if !config.chat && (args.motd.is_some() || args.crlf) {
+        warn!("--motd and --crlf apply to chat mode only; add --chat");
+    }
     let addrs = args
         .bind
         .iter()

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -56,6 +56,10 @@ pub struct Outbound {
     /// Signalled whenever `pending` shrinks or the peer closes: senders waiting for room and
     /// flushes waiting for an empty queue sleep on it.
     changed: Condvar,
+    /// Lines this client sent and lines relayed to it, for the operator's `clients` list.
+    /// Atomics, so that counting costs a sender no lock.
+    lines_in: AtomicU64,
+    lines_out: AtomicU64,
 }
 
 struct State {
@@ -77,6 +81,9 @@ struct State {
     /// When the queue last got shorter (or started): a peer whose queue has not moved for
     /// `stall_timeout` is stuck, not slow.
     last_progress: Instant,
+    /// `queue_quietly` claimed the writer role and nothing is sending yet: `start_sending`
+    /// will.
+    held: bool,
 }
 
 /// What became of a chunk handed to [`Outbound::offer_until`].
@@ -105,9 +112,30 @@ impl Outbound {
                 mid_line: false,
                 notice: None,
                 last_progress: Instant::now(),
+                held: false,
             }),
             changed: Condvar::new(),
+            lines_in: AtomicU64::new(0),
+            lines_out: AtomicU64::new(0),
         })
+    }
+
+    /// Counts `n` lines read from this client.
+    pub fn count_in(&self, n: u64) {
+        self.lines_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` lines relayed to this client.
+    pub fn count_out(&self, n: u64) {
+        self.lines_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `(lines in, lines out)` so far.
+    pub fn line_counts(&self) -> (u64, u64) {
+        (
+            self.lines_in.load(Ordering::Relaxed),
+            self.lines_out.load(Ordering::Relaxed),
+        )
     }
 
     pub fn id(&self) -> PeerId {
@@ -172,6 +200,65 @@ impl Outbound {
         if st.closed.is_none() {
             self.hand_over(st, &Chunk::from(line));
         }
+    }
+
+    /// Queues `chunks` without sending anything yet, regardless of `--max-pending`, and holds
+    /// back every later chunk behind them until [`Outbound::start_sending`].
+    ///
+    /// This is for the lines a client gets on entering a room (welcome, history replay): they
+    /// are queued under the registry lock, so they land before any live line, with no gap or
+    /// duplicate; but no socket I/O (and no thread start) may happen under that lock, so the
+    /// sending is left to `start_sending`, called once the lock is released. Claiming the
+    /// writer role (`writer = true`) is what holds back direct sends meanwhile.
+    pub fn queue_quietly(&self, chunks: &[Chunk]) {
+        let mut st = lock(&self.state);
+        if st.closed.is_some() || chunks.is_empty() {
+            return;
+        }
+        for chunk in chunks {
+            st.queue.push_back(Chunk::clone(chunk));
+            st.pending += chunk.len();
+        }
+        if !st.writer {
+            st.writer = true;
+            st.held = true;
+            st.last_progress = Instant::now();
+        }
+    }
+
+    /// Sends what [`Outbound::queue_quietly`] held back: directly while the socket takes it,
+    /// and by a writer thread for the rest, as `hand_over` does.
+    pub fn start_sending(self: &Arc<Self>) {
+        let mut st = lock(&self.state);
+        if !st.held {
+            return;
+        }
+        st.held = false;
+        if st.closed.is_some() {
+            st.writer = false;
+            return;
+        }
+        while let Some(front) = st.queue.front() {
+            let front = Chunk::clone(front);
+            match send_dontwait(&self.sock, &front[st.head..]) {
+                Ok(n) if n > 0 => self.advance(&mut st, n),
+                Err(e) if !is_would_block(&e) && e.kind() != io::ErrorKind::Interrupted => {
+                    debug!("client {}: send failed: {e}", self.id);
+                    st.writer = false;
+                    drop(st);
+                    self.close(&format!("send failed: {e}"), None);
+                    return;
+                }
+                _ => break,
+            }
+        }
+        if st.queue.is_empty() {
+            st.writer = false;
+            self.changed.notify_all();
+            return;
+        }
+        drop(st);
+        self.start_writer();
     }
 
     /// Sends directly when nothing is queued, else appends to the queue.

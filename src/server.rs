@@ -13,11 +13,12 @@ use socket2::{SockRef, TcpKeepalive};
 
 use crate::access::PerAddress;
 use crate::config::Config;
-use crate::connection;
 use crate::outbound::{Outbound, send_dontwait};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
+use crate::stats::{Stats, add};
 use crate::sync::lock;
+use crate::{admin, chat, connection, console};
 
 /// A client thread's stack. Its deepest frame holds the 16 KiB read buffer; the rest is
 /// headroom for formatting log lines. Only touched pages cost memory.
@@ -35,6 +36,7 @@ pub struct Shared {
     pub shutdown: Shutdown,
     /// Open connections per client address, for `--max-per-ip`.
     pub per_address: PerAddress,
+    pub stats: Arc<Stats>,
     next_id: AtomicU64,
     /// Client threads still running; shutdown waits for them to hand over their last lines.
     readers: Mutex<usize>,
@@ -79,15 +81,35 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
         ),
         Err(e) => warn!("cannot read or raise the file descriptor limit: {e}"),
     }
+    // Opened first: a control socket that cannot be opened is a reason not to start at all.
+    let admin_socket = match &config.admin {
+        Some(path) => Some((
+            admin::open(path).map_err(|e| {
+                io::Error::new(e.kind(), format!("admin socket {}: {e}", path.display()))
+            })?,
+            path.clone(),
+        )),
+        None => None,
+    };
+    let stats = Arc::new(Stats::default());
     let shared = Arc::new(Shared {
-        registry: Registry::new(config.max_clients, config.stall_timeout),
+        registry: Registry::new(&config, Arc::clone(&stats)),
         config,
         shutdown: shutdown.clone(),
         per_address: PerAddress::default(),
+        stats,
         next_id: AtomicU64::new(1),
         readers: Mutex::new(0),
         readers_done: Condvar::new(),
     });
+
+    let admin = match admin_socket {
+        Some((listener, path)) => Some(admin::start(Arc::clone(&shared), listener, path)?),
+        None => None,
+    };
+    if shared.config.console {
+        console::spawn(Arc::clone(&shared))?;
+    }
 
     let mut accepters = Vec::new();
     for listener in listeners {
@@ -113,6 +135,9 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
     for (_, handle) in accepters {
         let _ = handle.join();
     }
+    if let Some(admin) = admin {
+        admin.stop();
+    }
 
     let peers = shared.registry.peers();
     for peer in peers.iter() {
@@ -122,8 +147,9 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
     shared
         .wait_readers(Instant::now() + shared.config.stall_timeout + shared.config.shutdown_grace);
     let deadline = Instant::now() + shared.config.shutdown_grace;
+    let notice = format!("relayd: shutting down{}", shared.config.eol());
     for peer in peers.iter() {
-        peer.push_notice(b"relayd: shutting down\n");
+        peer.push_notice(notice.as_bytes());
     }
     let mut unflushed = 0;
     for peer in peers.iter() {
@@ -205,29 +231,50 @@ fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let sock = Arc::new(sock);
     let peer = Outbound::new(id, Arc::clone(&sock), &shared.config);
-    let count = match shared.registry.join(Arc::clone(&peer)) {
-        Ok(count) => count,
+    let config = &shared.config;
+    let joined = shared
+        .registry
+        .join(Arc::clone(&peer), addr, |name, online| {
+            if config.chat {
+                chat::welcome(config, name, online)
+            } else {
+                Vec::new()
+            }
+        });
+    // What `join` queued (welcome, history) goes out now that the registry lock is free.
+    // A fresh socket's buffer is empty, so this does not block the accept loop.
+    peer.start_sending();
+    let lobby = match joined {
+        Ok(lobby) => {
+            add(&shared.stats.accepted, 1);
+            lobby
+        }
         Err(max) => {
+            add(&shared.stats.refused_full, 1);
             info!("refused {addr}: server full ({max} clients)");
             shared.per_address.remove(addr.ip());
             refuse(
                 &sock,
-                format!("relayd: server full ({max} clients)\n").as_bytes(),
+                format!("relayd: server full ({max} clients){}", config.eol()).as_bytes(),
             );
             return;
         }
     };
-    info!("client {id} connected from {addr} ({count} clients)");
+    info!(
+        "client {id} connected from {addr} ({} clients)",
+        shared.registry.len()
+    );
     *lock(&shared.readers) += 1;
     let spawned = {
         let (shared, peer) = (Arc::clone(shared), Arc::clone(&peer));
         thread::Builder::new()
             .name(format!("client-{id}"))
             .stack_size(CLIENT_STACK)
-            .spawn(move || connection::serve(shared, peer, sock, addr))
+            .spawn(move || connection::serve(shared, peer, sock, addr, lobby))
     };
     if let Err(e) = spawned {
-        let count = shared.registry.leave(id);
+        shared.registry.leave(id);
+        let count = shared.registry.len();
         shared.per_address.remove(addr.ip());
         shared.reader_done();
         peer.close(

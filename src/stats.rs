@@ -1,0 +1,79 @@
+//! Daemon-wide counters for the operator's `stats` command.
+//!
+//! Plain relaxed atomics: each is bumped on its own path, nothing reads two of them expecting
+//! them to agree, and a relaxed add costs the hot path next to nothing (no lock, no fence).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct Stats {
+    pub started: Instant,
+    pub peak_clients: AtomicU64,
+    pub accepted: AtomicU64,
+    pub refused_full: AtomicU64,
+    pub lines_in: AtomicU64,
+    pub lines_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub dropped_rate_limit: AtomicU64,
+    pub too_long: AtomicU64,
+    pub slow_consumer_kicks: AtomicU64,
+    pub idle_kicks: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            started: Instant::now(),
+            peak_clients: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            refused_full: AtomicU64::new(0),
+            lines_in: AtomicU64::new(0),
+            lines_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            dropped_rate_limit: AtomicU64::new(0),
+            too_long: AtomicU64::new(0),
+            slow_consumer_kicks: AtomicU64::new(0),
+            idle_kicks: AtomicU64::new(0),
+        }
+    }
+}
+
+/// `counter += n`, relaxed.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl Stats {
+    /// The `stats` answer: one `key value` line each, in a fixed order. `clients` and `rooms`
+    /// are the registry's, passed in because they are not counters.
+    pub fn report(&self, clients: usize, rooms: usize) -> String {
+        let rows: [(&str, u64); 14] = [
+            ("uptime_seconds", self.started.elapsed().as_secs()),
+            ("clients", clients as u64),
+            ("peak_clients", get(&self.peak_clients)),
+            ("accepted", get(&self.accepted)),
+            ("refused_full", get(&self.refused_full)),
+            ("lines_in", get(&self.lines_in)),
+            ("lines_out", get(&self.lines_out)),
+            ("bytes_in", get(&self.bytes_in)),
+            ("bytes_out", get(&self.bytes_out)),
+            ("dropped_rate_limit", get(&self.dropped_rate_limit)),
+            ("too_long", get(&self.too_long)),
+            ("slow_consumer_kicks", get(&self.slow_consumer_kicks)),
+            ("idle_kicks", get(&self.idle_kicks)),
+            ("rooms", rooms as u64),
+        ];
+        let mut out = String::new();
+        for (key, value) in rows {
+            out.push_str(&format!("{key} {value}\n"));
+        }
+        out
+    }
+}
