@@ -19,7 +19,7 @@ use crate::outbound::{Chunk, Outbound};
 use crate::rate::Bucket;
 use crate::registry::{LOBBY, Members};
 use crate::secret;
-use crate::server::Shared;
+use crate::server::{self, Shared};
 use crate::stats::add;
 
 /// Bytes per `read`. The buffer is heap memory we never initialise ourselves, so an idle
@@ -35,13 +35,14 @@ enum Mode {
 }
 
 /// Serves one client until it leaves. Runs on the client's own thread. `lobby` is who was
-/// in the lobby when it joined, itself included.
+/// in the lobby when it joined, itself included; `None` if it has yet to authenticate, and
+/// join, with `--secret-file`.
 pub fn serve(
     shared: Arc<Shared>,
     peer: Arc<Outbound>,
     sock: Arc<TcpStream>,
     addr: SocketAddr,
-    lobby: Members,
+    lobby: Option<Members>,
 ) {
     let mut leave = Leave {
         shared: &shared,
@@ -49,18 +50,32 @@ pub fn serve(
         addr,
         reason: "thread panicked".into(),
     };
-    let mut mode = if shared.config.chat {
-        let chat = Chat::new(&shared.config, format!("guest{}", peer.id()));
-        chat.announce(&shared, &peer, &lobby);
-        Mode::Chat(chat)
-    } else {
-        Mode::Raw(shared.config.rate.map(Bucket::new))
-    };
-    leave.reason = relay_lines(&shared, &peer, &sock, &mut mode);
+    let mode = lobby.map(|lobby| Mode::new(&shared, &peer, &lobby));
+    leave.reason = relay_lines(&shared, &peer, &sock, addr, mode);
 }
 
-/// The read loop. Returns why the client is leaving.
-fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream, mode: &mut Mode) -> String {
+impl Mode {
+    /// The client's mode, once it has joined; in chat mode the lobby hears of it.
+    fn new(shared: &Shared, peer: &Arc<Outbound>, lobby: &Members) -> Mode {
+        if shared.config.chat {
+            let chat = Chat::new(&shared.config, format!("guest{}", peer.id()));
+            chat.announce(shared, peer, lobby);
+            Mode::Chat(chat)
+        } else {
+            Mode::Raw(shared.config.rate.map(Bucket::new))
+        }
+    }
+}
+
+/// The read loop. Returns why the client is leaving. `mode` is `None` until the client has
+/// authenticated and joined.
+fn relay_lines(
+    shared: &Shared,
+    peer: &Arc<Outbound>,
+    sock: &TcpStream,
+    addr: SocketAddr,
+    mut mode: Option<Mode>,
+) -> String {
     let config = &shared.config;
     let mut framer = Framer::new(config.max_line);
     let mut lines = Vec::new();
@@ -83,9 +98,9 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream, mode: &m
                 if shared.shutdown.is_triggered() {
                     return "shutdown".into();
                 }
-                if auth.is_some() {
+                let Some(mode) = &mut mode else {
                     return "closed by client before authenticating".into();
-                }
+                };
                 framer.finish(&mut lines);
                 if let Some(reason) = relay(shared, peer, mode, &mut lines) {
                     return reason;
@@ -139,19 +154,37 @@ fn relay_lines(shared: &Shared, peer: &Arc<Outbound>, sock: &TcpStream, mode: &m
                 None => continue,
                 Some(true) => {
                     auth = None;
-                    peer.set_ready();
                     let _ = sock.set_read_timeout(config.idle_timeout);
-                    info!("client {}: authenticated", peer.id());
+                    server::stop_awaiting(shared, peer.id());
+                    match server::enter(shared, peer, addr) {
+                        Ok(lobby) => {
+                            // Logged once it is in, so that a log reader can count on it.
+                            info!("client {}: authenticated", peer.id());
+                            mode = Some(Mode::new(shared, peer, &lobby));
+                        }
+                        Err(max) => {
+                            let eol = config.eol();
+                            peer.push_notice(
+                                format!("relayd: server full ({max} clients){eol}").as_bytes(),
+                            );
+                            return "server full".into();
+                        }
+                    }
                 }
                 Some(false) => {
                     // The secret itself is never logged, not even the wrong one.
                     warn!("client {}: wrong secret", peer.id());
-                    peer.push_notice(b"relayd: authentication failed\n");
+                    peer.push_notice(
+                        format!("relayd: authentication failed{}", config.eol()).as_bytes(),
+                    );
                     thread::sleep(config.auth_failure_delay);
                     return "authentication failed".into();
                 }
             }
         }
+        let Some(mode) = &mut mode else {
+            continue;
+        };
         if shared.shutdown.is_triggered() {
             // What was read before the daemon stopped is delivered; a half line is not.
             framer.drop_partial();
@@ -273,6 +306,7 @@ impl Drop for Leave<'_> {
         let shared = self.shared;
         // The slot is free before the flush, so whoever pressed Ctrl-C can reconnect at once.
         let left = shared.registry.leave(self.peer.id());
+        server::stop_awaiting(shared, self.peer.id());
         let count = shared.registry.len();
         shared.per_address.remove(self.addr.ip());
         if self.reason == "idle timeout" {

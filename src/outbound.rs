@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -49,9 +49,6 @@ pub struct Outbound {
     sock: Arc<TcpStream>,
     max_pending: usize,
     stall_timeout: Duration,
-    /// Whether relayed lines are for this peer yet: a client that still owes the secret
-    /// receives only notices addressed to it.
-    ready: AtomicBool,
     state: Mutex<State>,
     /// Signalled whenever `pending` shrinks or the peer closes: senders waiting for room and
     /// flushes waiting for an empty queue sleep on it.
@@ -102,7 +99,6 @@ impl Outbound {
             sock,
             max_pending: config.max_pending,
             stall_timeout: config.stall_timeout,
-            ready: AtomicBool::new(config.secret.is_none()),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 head: 0,
@@ -140,16 +136,6 @@ impl Outbound {
 
     pub fn id(&self) -> PeerId {
         self.id
-    }
-
-    /// Whether relayed lines should be delivered to this peer.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-
-    /// From now on, relayed lines are for this peer too.
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
     }
 
     /// Bytes queued for this peer that its socket has not taken yet.

@@ -373,7 +373,7 @@ impl Registry {
         add(&self.stats.bytes_out, chunk.len() as u64 * to);
         let mut full = Vec::new();
         for peer in peers {
-            if Some(peer.id()) == from || !peer.is_ready() {
+            if Some(peer.id()) == from {
                 continue;
             }
             if lines > 0 {

@@ -13,8 +13,8 @@ use socket2::{SockRef, TcpKeepalive};
 
 use crate::access::PerAddress;
 use crate::config::Config;
-use crate::outbound::{Outbound, send_dontwait};
-use crate::registry::Registry;
+use crate::outbound::{Outbound, PeerId, send_dontwait};
+use crate::registry::{Members, Registry};
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
@@ -36,6 +36,9 @@ pub struct Shared {
     pub shutdown: Shutdown,
     /// Open connections per client address, for `--max-per-ip`.
     pub per_address: PerAddress,
+    /// Clients that still owe `--secret-file`'s secret: they hold a `--max-clients` slot but
+    /// are not in the registry yet, so they neither hear nor are heard, nor are announced.
+    awaiting_auth: Mutex<Vec<Arc<Outbound>>>,
     pub stats: Arc<Stats>,
     next_id: AtomicU64,
     /// Client threads still running; shutdown waits for them to hand over their last lines.
@@ -97,6 +100,7 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
         config,
         shutdown: shutdown.clone(),
         per_address: PerAddress::default(),
+        awaiting_auth: Mutex::new(Vec::new()),
         stats,
         next_id: AtomicU64::new(1),
         readers: Mutex::new(0),
@@ -139,6 +143,10 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
         admin.stop();
     }
 
+    let notice = format!("relayd: shutting down{}", shared.config.eol());
+    for peer in std::mem::take(&mut *lock(&shared.awaiting_auth)) {
+        peer.close("shutdown", Some(notice.as_bytes()));
+    }
     let peers = shared.registry.peers();
     for peer in peers.iter() {
         peer.shutdown_read();
@@ -147,7 +155,6 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
     shared
         .wait_readers(Instant::now() + shared.config.stall_timeout + shared.config.shutdown_grace);
     let deadline = Instant::now() + shared.config.shutdown_grace;
-    let notice = format!("relayd: shutting down{}", shared.config.eol());
     for peer in peers.iter() {
         peer.push_notice(notice.as_bytes());
     }
@@ -231,33 +238,22 @@ fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let sock = Arc::new(sock);
     let peer = Outbound::new(id, Arc::clone(&sock), &shared.config);
-    let config = &shared.config;
-    let joined = shared
-        .registry
-        .join(Arc::clone(&peer), addr, |name, online| {
-            if config.chat {
-                chat::welcome(config, name, online)
-            } else {
-                Vec::new()
-            }
-        });
-    // What `join` queued (welcome, history) goes out now that the registry lock is free.
-    // A fresh socket's buffer is empty, so this does not block the accept loop.
-    peer.start_sending();
-    let lobby = match joined {
-        Ok(lobby) => {
-            add(&shared.stats.accepted, 1);
-            lobby
-        }
-        Err(max) => {
-            add(&shared.stats.refused_full, 1);
-            info!("refused {addr}: server full ({max} clients)");
-            shared.per_address.remove(addr.ip());
-            refuse(
-                &sock,
-                format!("relayd: server full ({max} clients){}", config.eol()).as_bytes(),
-            );
+    let lobby = if config.secret.is_some() {
+        let mut awaiting = lock(&shared.awaiting_auth);
+        if shared.registry.len() + awaiting.len() >= config.max_clients {
+            drop(awaiting);
+            refuse_full(shared, &sock, addr);
             return;
+        }
+        awaiting.push(Arc::clone(&peer));
+        None
+    } else {
+        match enter(shared, &peer, addr) {
+            Ok(lobby) => Some(lobby),
+            Err(_) => {
+                refuse_full(shared, &sock, addr);
+                return;
+            }
         }
     };
     info!(
@@ -274,6 +270,7 @@ fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
     };
     if let Err(e) = spawned {
         shared.registry.leave(id);
+        stop_awaiting(shared, id);
         let count = shared.registry.len();
         shared.per_address.remove(addr.ip());
         shared.reader_done();
@@ -283,6 +280,50 @@ fn admit(shared: &Arc<Shared>, sock: TcpStream, addr: SocketAddr) {
         );
         warn!("client {id} {addr} refused: cannot start a thread: {e} ({count} clients)");
     }
+}
+
+/// Adds a client to the registry (and so to the lobby). In chat mode its welcome (and any
+/// history) is queued under the registry lock and sent once the lock is free, so nothing
+/// relayed can come between them. Returns the lobby's members, or the limit if full.
+pub(crate) fn enter(
+    shared: &Shared,
+    peer: &Arc<Outbound>,
+    addr: SocketAddr,
+) -> Result<Members, usize> {
+    let config = &shared.config;
+    let joined = shared
+        .registry
+        .join(Arc::clone(peer), addr, |name, online| {
+            if config.chat {
+                chat::welcome(config, name, online)
+            } else {
+                Vec::new()
+            }
+        });
+    // A fresh socket's buffer is empty, so this does not block the accept loop.
+    peer.start_sending();
+    add(
+        if joined.is_ok() {
+            &shared.stats.accepted
+        } else {
+            &shared.stats.refused_full
+        },
+        1,
+    );
+    joined
+}
+
+/// A client that has authenticated is no longer waiting to.
+pub(crate) fn stop_awaiting(shared: &Shared, id: PeerId) {
+    lock(&shared.awaiting_auth).retain(|p| p.id() != id);
+}
+
+fn refuse_full(shared: &Shared, sock: &TcpStream, addr: SocketAddr) {
+    let max = shared.config.max_clients;
+    info!("refused {addr}: server full ({max} clients)");
+    shared.per_address.remove(addr.ip());
+    let notice = format!("relayd: server full ({max} clients){}", shared.config.eol());
+    refuse(sock, notice.as_bytes());
 }
 
 /// Tells a client why it is not served, and closes it. A fresh socket's buffer is empty, so

@@ -84,8 +84,9 @@ fn max_per_ip_refuses_the_next_connection_from_that_address_only() {
     a.expect(b"from elsewhere\n");
     // A slot frees when one of the address's connections leaves (the server has let go of
     // the slot by the time it closes the connection).
+    a2.expect(b"from elsewhere\n");
     a2.half_close();
-    assert_eq!(a2.read_to_end(), b"from elsewhere\n");
+    a2.expect_eof();
     let mut a4 = connect_from("127.0.0.1", server.addr);
     a4.send(b"a4 is in\n");
     a.expect(b"a4 is in\n");
@@ -236,4 +237,26 @@ fn configuration_errors_are_one_line_naming_option_and_value() {
     }
     let _ = std::fs::remove_file(empty);
     let _ = std::fs::remove_file(bad_list);
+}
+
+#[test]
+fn in_chat_mode_a_client_joins_and_is_announced_only_once_authenticated() {
+    let path = std::env::temp_dir().join(format!("relayd-chat-sesame-{}", std::process::id()));
+    std::fs::write(&path, "open sesame\n").unwrap();
+    let d = Daemon::spawn(&["--chat", "--secret-file", path.to_str().unwrap()]);
+    let mut a = d.connect();
+    a.send(b"open sesame\n");
+    a.expect("* welcome to relayd, you are guest1 (1 online) — /help for commands\n".as_bytes());
+    let mut stranger = d.connect();
+    d.wait_log("client 2 connected");
+    let mut b = d.connect();
+    b.send(b"open sesame\nhello\n");
+    b.expect("* welcome to relayd, you are guest3 (2 online) — /help for commands\n".as_bytes());
+    // Had the stranger been announced (or counted), a would hear of guest2 first.
+    a.expect(b"* guest3 joined (2 online)\n");
+    a.expect(b"<guest3> hello\n");
+    stranger.send(b"wrong\n");
+    stranger.expect(b"relayd: authentication failed\n");
+    stranger.expect_eof();
+    let _ = std::fs::remove_file(path);
 }
