@@ -225,7 +225,9 @@ fn main() -> ExitCode {
 /// completes: loss is a result, not an error).
 fn run(a: &Args) -> Result<bool, String> {
     let p = params(a)?;
-    let need = p.clients as u64 * 2 + 64;
+    // One descriptor per client; ceiling holds both ends of each connection.
+    let ends = if p.kind == Kind::Ceiling { 2 } else { 1 };
+    let need = p.clients as u64 * ends + 64;
     match sys::raise_nofile() {
         Ok(limit) if limit < need => {
             return Err(format!(

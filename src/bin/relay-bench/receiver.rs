@@ -28,17 +28,26 @@ pub struct Progress {
     pub ready: AtomicUsize,
     /// When the first measured line was built (see [`payload::now_ns`]); 0 before.
     pub start_ns: AtomicU64,
+    /// When the senders finished (see [`payload::now_ns`]); 0 before.
+    pub done_ns: AtomicU64,
     /// The receiver has finished (all lines in, or it gave up): senders stop too.
     pub stop: AtomicBool,
 }
 
 impl Progress {
+    /// Marks the measured sending as over, and when.
+    pub fn finish_sending(&self) {
+        self.done_ns.store(now_ns(), Ordering::SeqCst);
+        self.done_sending.store(true, Ordering::SeqCst);
+    }
+
     pub fn new(senders: usize) -> Arc<Progress> {
         Arc::new(Progress {
             sent: (0..senders).map(|_| AtomicU64::new(0)).collect(),
             done_sending: AtomicBool::new(false),
             ready: AtomicUsize::new(0),
             start_ns: AtomicU64::new(0),
+            done_ns: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
     }

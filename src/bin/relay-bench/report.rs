@@ -28,7 +28,8 @@ pub struct Measure {
     pub notices: u64,
     pub disconnected: usize,
     pub timed_out: bool,
-    /// From the first measured line sent to the last one received.
+    /// From the first measured line sent to the last one received (or to the end of
+    /// sending, if that came later).
     pub secs: f64,
     pub per_sec: f64,
     pub mb_per_sec: f64,
@@ -42,11 +43,15 @@ impl Measure {
     pub fn new(
         rep: &RxReport,
         start_ns: u64,
+        done_ns: u64,
         size: usize,
         gen_cpu: f64,
         server_cpu: Option<f64>,
     ) -> Measure {
-        let secs = (rep.last_ns.saturating_sub(start_ns)) as f64 / 1e9;
+        // Up to the last delivery, but never before the sender finished: a relay that froze
+        // and delivered nothing more must not look fast for the little it did deliver.
+        let end = rep.last_ns.max(done_ns);
+        let secs = end.saturating_sub(start_ns) as f64 / 1e9;
         let per_sec = if secs > 0.0 {
             rep.delivered as f64 / secs
         } else {

@@ -160,14 +160,16 @@ impl Clock {
         }
     }
 
-    fn measure(&self, rep: &RxReport, start_ns: u64, size: usize) -> Measure {
+    fn measure(&self, rep: &RxReport, progress: &Progress, size: usize) -> Measure {
+        let start_ns = progress.start_ns.load(Ordering::SeqCst);
+        let done_ns = progress.done_ns.load(Ordering::SeqCst);
         let wall = self.wall.elapsed().as_secs_f64();
         let own = (sys::own_cpu_time() - self.own).as_secs_f64();
         let server = match (self.pid.and_then(procstat::cpu_secs), self.server) {
             (Some(b), Some(a)) => Some(100.0 * (b - a) / wall),
             _ => None,
         };
-        Measure::new(rep, start_ns, size, 100.0 * own / wall, server)
+        Measure::new(rep, start_ns, done_ns, size, 100.0 * own / wall, server)
     }
 }
 
@@ -221,7 +223,7 @@ fn fanout(
     let sent = sender::fanout(&sender, p.lines, p.size, p.rate, &progress, until);
     let rep = join_receiver(rx, &progress)?;
     sent.map_err(|e| format!("sender: {e}"))?;
-    let m = clock.measure(&rep, progress.start_ns.load(Ordering::SeqCst), p.size);
+    let m = clock.measure(&rep, &progress, p.size);
     let fresh = fresh.map(|h| h.join().unwrap_or(Fresh::Failed("thread panicked".into())));
     Ok((m, fresh))
 }
@@ -316,7 +318,7 @@ fn chatter(
     let sent = sender::chatter(&socks, rate, p.duration, p.size, &progress, until);
     let rep = join_receiver(rx, &progress)?;
     sent.map_err(|e| format!("sender: {e}"))?;
-    Ok(clock.measure(&rep, progress.start_ns.load(Ordering::SeqCst), p.size))
+    Ok(clock.measure(&rep, &progress, p.size))
 }
 
 /// The machine's loopback without a relay: this process writes one pre-built buffer of all
@@ -371,10 +373,10 @@ fn ceiling(p: &Params) -> Result<Measure, String> {
         let lines = ((k + 1) * piece / p.size).min(p.lines as usize);
         progress.sent[0].store(lines as u64, Ordering::SeqCst);
     }
-    progress.done_sending.store(true, Ordering::SeqCst);
+    progress.finish_sending();
     let rep = join_receiver(rx, &progress)?;
     result?;
-    let mut m = clock.measure(&rep, progress.start_ns.load(Ordering::SeqCst), p.size);
+    let mut m = clock.measure(&rep, &progress, p.size);
     // The lines were stamped when the buffer was built, not when sent.
     m.latency = None;
     Ok(m)

@@ -121,7 +121,7 @@ pub fn fanout(
         seq += count;
         progress.sent[0].store(seq, Ordering::SeqCst);
     }
-    progress.done_sending.store(true, Ordering::SeqCst);
+    progress.finish_sending();
     Ok(())
 }
 
@@ -191,7 +191,7 @@ pub fn chatter(
         };
         sleep_until(wake, until);
     }
-    progress.done_sending.store(true, Ordering::SeqCst);
+    progress.finish_sending();
     Ok(())
 }
 
