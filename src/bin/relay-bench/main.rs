@@ -1,0 +1,282 @@
+//! `relay-bench`: relayd's own load generator. It measures relayd, or any other line relay,
+//! with the same code in the same run, so that ratios hold on a noisy shared machine.
+//!
+//! Modules, one job each:
+//! - [`scenario`]: what each scenario connects, sends and measures.
+//! - [`sender`], [`receiver`]: the two sides of a run (one thread each).
+//! - [`payload`]: the self-checking line format; [`histogram`]: latency percentiles.
+//! - [`target`]: starting or finding the server; [`procstat`]: its cost from /proc.
+//! - [`report`]: the table, JSON, and `--compare` ratios; [`sys`]: epoll and friends.
+
+mod histogram;
+mod payload;
+mod procstat;
+mod receiver;
+mod report;
+mod scenario;
+mod sender;
+mod sys;
+mod target;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use report::Outcome;
+use scenario::{Kind, Params};
+use target::Spec;
+
+const AFTER_HELP: &str = "\
+SCENARIOS:
+    fanout      One sender, --clients receivers (default 100), --lines lines (default
+                500000) of --size bytes, as fast as the server takes them, or at --rate
+                lines/s. The basic throughput and latency test.
+    chatter     --clients clients (default 50), each sending --rate lines/s (default 100)
+                for --duration seconds (default 5) to all the others. Latency under many
+                concurrent senders.
+    slow        fanout twice on one server: once as is, once with one more client that
+                connects and never reads. Reports both rows, the share of deliveries/s the
+                healthy receivers kept, and how long a client that connects a quarter of the
+                way through the stalled run waits for its first line (given up after 1 s).
+                Defaults: 50 receivers, 100000 lines.
+    connscale   --clients idle clients (default 1000), then a fanout of --lines lines
+                (default 1000) to all of them. Shows per-connection memory (peak RSS divided
+                by clients) and throughput at scale. Add --relayd-args for relayd's limits
+                if needed; its --max-clients is sized for the run already.
+    ceiling     No server at all: this process writes one pre-built buffer of all the lines,
+                16 KiB at a time, to each of --clients sockets (default 100; --lines default
+                500000), and reads them
+                back with the same checking receiver. What this machine's loopback can do:
+                the limit a relay is measured against. It has no latency figures.
+
+TARGET:
+    By default every run starts a fresh copy of the relayd built next to this binary
+    (target/release/relayd) on a free 127.0.0.1 port, with -q and --max-clients sized for
+    the run, and stops it afterwards. --server-cmd starts any other line relay the same
+    way; --connect uses one already running (no server CPU or memory figures then).
+    --compare CMD runs relayd and CMD alternately (A B A B ...) --repeat times and prints,
+    for each figure, both medians and the median of the per-pair ratios relayd/CMD.
+
+HOW IT MEASURES:
+    Every line carries its sender, a sequence number and the time it was sent on the
+    generator's monotonic clock, plus padding that depends on both, so each receiver checks
+    loss, order, duplication and corruption line by line. Before measuring, probe lines are
+    sent until every client has seen one, so a client the server has not registered yet is
+    never counted as loss. One thread sends, one thread reads every socket through epoll.
+
+FIGURES:
+    deliveries/s  measured lines received (each line counts once per receiver) divided by
+                  the time from the first line sent to the last line received.
+    MB/s          the same in bytes of line.
+    lost          lines owed to a receiver that it never got (includes disconnected ones).
+    ooo           lines that arrived after a later line from the same sender (reordered or
+                  duplicated).
+    bad           lines that failed the format check (corrupt, spliced, echoed to sender).
+    disc          receivers the server disconnected during the run.
+    p50 .. max    per-delivery latency: receive time minus send time. At full speed it is
+                  dominated by queueing; use --rate for latency figures that mean something.
+    srvCPU%       server CPU (user+system) over the measured phase; 100 = one core.
+    srvRSS        server peak resident memory (VmHWM) over its whole life.
+    thr           most server threads seen (sampled every 50 ms).
+    genCPU%       this generator's CPU over the measured phase. If it is near 100 per busy
+                  thread, the generator, not the server, may be the limit.
+
+EXAMPLES:
+    cargo build --release
+    cargo run --release --bin relay-bench -- fanout
+    cargo run --release --bin relay-bench -- fanout --compare 'ncat -l 127.0.0.1 {port} --broker'
+    cargo run --release --bin relay-bench -- fanout --rate 2000 --lines 10000
+    cargo run --release --bin relay-bench -- connscale --clients 10000 --lines 200
+    cargo run --release --bin relay-bench -- ceiling --json
+
+Every run is bounded by --timeout and targets 127.0.0.1 only.";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScenarioArg {
+    Fanout,
+    Chatter,
+    Slow,
+    Connscale,
+    Ceiling,
+}
+
+/// relay-bench — load generator for relayd and other line relays.
+///
+/// Runs one scenario against a freshly started relayd (or another server) on 127.0.0.1 and
+/// reports deliveries/s, MB/s, loss, latency percentiles, and the server's and its own cost.
+#[derive(Parser, Debug)]
+#[command(name = "relay-bench", version, after_help = AFTER_HELP)]
+struct Args {
+    /// What to measure; see SCENARIOS below.
+    #[arg(value_enum)]
+    scenario: ScenarioArg,
+
+    /// Receivers (fanout, slow, connscale, ceiling) or clients (chatter).
+    #[arg(short = 'n', long, value_name = "N")]
+    clients: Option<usize>,
+
+    /// Measured lines sent (fanout, slow, connscale, ceiling).
+    #[arg(short = 'm', long, value_name = "M")]
+    lines: Option<u64>,
+
+    /// Bytes per line, newline included (34 to 65536).
+    #[arg(short, long, value_name = "BYTES", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(payload::MIN_SIZE as u64..=payload::MAX_SIZE as u64))]
+    size: u64,
+
+    /// Lines per second: the sender's (fanout, slow, connscale) or each client's (chatter,
+    /// default 100). Without it, fanout sends as fast as the server takes lines.
+    #[arg(short, long, value_name = "LINES")]
+    rate: Option<f64>,
+
+    /// How long chatter's clients send, in seconds.
+    #[arg(short, long, value_name = "SECS", default_value_t = 5.0)]
+    duration: f64,
+
+    /// Use a server already listening on HOST:PORT (loopback only).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["server_cmd", "compare"])]
+    connect: Option<String>,
+
+    /// Start this server instead of relayd, e.g. 'ncat -l 127.0.0.1 {port} --broker'.
+    #[arg(long, value_name = "CMD", conflicts_with = "compare")]
+    server_cmd: Option<String>,
+
+    /// Run against relayd and CMD alternately and print the ratio of every figure.
+    #[arg(long, value_name = "CMD")]
+    compare: Option<String>,
+
+    /// Runs per target (default: 3 with --compare, else 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
+    repeat: Option<u64>,
+
+    /// Extra arguments for the relayd started here, split on whitespace
+    /// (e.g. '--stall-timeout 500').
+    #[arg(
+        long,
+        value_name = "ARGS",
+        allow_hyphen_values = true,
+        default_value = ""
+    )]
+    relayd_args: String,
+
+    /// Longest one run may take, in seconds, connecting included.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+
+    /// After the last line is sent, how long to wait for missing lines, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    drain: u64,
+
+    /// One JSON object per result (and per compared figure) instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn params(a: &Args) -> Result<Params, String> {
+    let (kind, clients, lines) = match a.scenario {
+        ScenarioArg::Fanout => (Kind::Fanout, 100, 500_000),
+        ScenarioArg::Chatter => (Kind::Chatter, 50, 0),
+        ScenarioArg::Slow => (Kind::Slow, 50, 100_000),
+        ScenarioArg::Connscale => (Kind::Connscale, 1000, 1000),
+        ScenarioArg::Ceiling => (Kind::Ceiling, 100, 500_000),
+    };
+    let clients = a.clients.unwrap_or(clients);
+    if clients == 0 || clients > 60_000 {
+        return Err(format!("--clients must be 1 to 60000, not {clients}"));
+    }
+    if kind == Kind::Chatter && clients > u16::MAX as usize {
+        return Err("chatter supports at most 65535 clients".into());
+    }
+    if let Some(r) = a.rate
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(format!("--rate must be a positive number, not {r}"));
+    }
+    if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 3600.0) {
+        return Err("--duration must be between 0 and 3600 seconds".into());
+    }
+    Ok(Params {
+        kind,
+        clients,
+        lines: a.lines.unwrap_or(lines),
+        size: a.size as usize,
+        rate: a.rate,
+        duration: Duration::from_secs_f64(a.duration),
+        timeout: Duration::from_secs(a.timeout.max(1)),
+        drain: Duration::from_millis(a.drain),
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(msg) => {
+            eprintln!("relay-bench: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs everything asked for; returns whether every run completed (a run with loss still
+/// completes: loss is a result, not an error).
+fn run(a: &Args) -> Result<bool, String> {
+    let p = params(a)?;
+    // One descriptor per client; ceiling holds both ends of each connection.
+    let ends = if p.kind == Kind::Ceiling { 2 } else { 1 };
+    let need = p.clients as u64 * ends + 64;
+    match sys::raise_nofile() {
+        Ok(limit) if limit < need => {
+            return Err(format!(
+                "{} clients need about {need} open files; the limit here is {limit}",
+                p.clients
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("cannot raise the open file limit: {e}")),
+    }
+    let relayd = Spec::Relayd {
+        args: a.relayd_args.split_whitespace().map(String::from).collect(),
+    };
+    if let Some(addr) = &a.connect {
+        target::loopback(addr)?;
+    }
+    let (first, second) = match (&a.connect, &a.server_cmd, &a.compare) {
+        (Some(addr), _, _) => (Spec::Connect(addr.clone()), None),
+        (_, Some(cmd), _) => (Spec::Command(cmd.clone()), None),
+        (_, _, Some(cmd)) => (relayd, Some(Spec::Command(cmd.clone()))),
+        _ => (relayd, None),
+    };
+    if p.kind == Kind::Ceiling && second.is_some() {
+        return Err("ceiling runs without a server; --compare does not apply".into());
+    }
+    let repeat = a.repeat.unwrap_or(if second.is_some() { 3 } else { 1 }) as usize;
+    let mut out = std::io::stdout();
+    if !a.json {
+        let _ = writeln!(out, "{}", report::TABLE_HEAD);
+    }
+    let (mut ra, mut rb): (Vec<Outcome>, Vec<Outcome>) = (Vec::new(), Vec::new());
+    let mut ok = true;
+    for i in 1..=repeat {
+        for (spec, results) in [(Some(&first), &mut ra), (second.as_ref(), &mut rb)] {
+            let Some(spec) = spec else { continue };
+            let o = scenario::run(&p, spec, i);
+            ok &= o.error.is_none();
+            let text = if a.json {
+                report::json(&o) + "\n"
+            } else {
+                report::table(&o)
+            };
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+            results.push(o);
+        }
+    }
+    if second.is_some() {
+        let _ = out.write_all(report::compare(&ra, &rb, a.json).as_bytes());
+    }
+    Ok(ok)
+}

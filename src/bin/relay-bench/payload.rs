@@ -1,0 +1,161 @@
+//! The line format every generated line follows, so that a receiver can check each delivery
+//! on its own, with no shared table of what was sent:
+//!
+//! ```text
+//! K SSSS QQQQQQQQQQQQ TTTTTTTTTTTTTTTT padding… \n      (no spaces; 33-byte header)
+//! ```
+//!
+//! `K` is `D` (a measured line) or `P` (a probe, sent before measuring to learn that every
+//! client is registered), `SSSS` the sender's number, `QQ…` the sequence number, `TT…` the
+//! send time in nanoseconds on the generator's monotonic clock, all lowercase hex. The
+//! padding is a run of letters that depends on the sequence number and the position, so a
+//! line spliced from two others, shifted, or cut short fails the check. Hex keeps the line
+//! free of stray `\n` bytes; a fixed width keeps parsing to table look-ups.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+pub const HEADER: usize = 33;
+/// Shortest line: the header and its newline.
+pub const MIN_SIZE: usize = HEADER + 1;
+pub const MAX_SIZE: usize = 65536;
+
+/// The generator's monotonic clock, in nanoseconds since its first use. Sender and receivers
+/// are threads of one process, so their readings compare directly.
+pub fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn letters() -> &'static [u8] {
+    static PAT: OnceLock<Vec<u8>> = OnceLock::new();
+    PAT.get_or_init(|| (0..26 + MAX_SIZE).map(|i| b'a' + (i % 26) as u8).collect())
+}
+
+/// The padding a line with sequence number `seq` carries, `len` bytes.
+fn padding(seq: u64, len: usize) -> &'static [u8] {
+    let start = ((seq + HEADER as u64) % 26) as usize;
+    &letters()[start..start + len]
+}
+
+fn put_hex(out: &mut Vec<u8>, value: u64, digits: usize) {
+    for i in (0..digits).rev() {
+        out.push(HEX[((value >> (4 * i)) & 0xf) as usize]);
+    }
+}
+
+/// Appends one line of `size` bytes (newline included) to `out`.
+pub fn encode(out: &mut Vec<u8>, probe: bool, sender: u16, seq: u64, ts: u64, size: usize) {
+    out.push(if probe { b'P' } else { b'D' });
+    put_hex(out, sender as u64, 4);
+    put_hex(out, seq, 12);
+    put_hex(out, ts, 16);
+    out.extend_from_slice(padding(seq, size - MIN_SIZE));
+    out.push(b'\n');
+}
+
+/// What one received line turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Data {
+        sender: u16,
+        seq: u64,
+        ts: u64,
+    },
+    Probe,
+    /// A line from the server itself (`relayd: ...`), not ours.
+    Notice,
+    Corrupt,
+}
+
+const BAD: u8 = 0xff;
+
+fn hex_table() -> &'static [u8; 256] {
+    static T: OnceLock<[u8; 256]> = OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = [BAD; 256];
+        for (i, &c) in HEX.iter().enumerate() {
+            t[c as usize] = i as u8;
+        }
+        t
+    })
+}
+
+fn hex(digits: &[u8]) -> Option<u64> {
+    let t = hex_table();
+    let mut v = 0u64;
+    for &d in digits {
+        let x = t[d as usize];
+        if x == BAD {
+            return None;
+        }
+        v = (v << 4) | x as u64;
+    }
+    Some(v)
+}
+
+/// Checks one line, given without its newline, against the expected `size`.
+pub fn decode(line: &[u8], size: usize) -> Line {
+    if line.starts_with(b"relayd: ") {
+        return Line::Notice;
+    }
+    if line.len() + 1 != size {
+        return Line::Corrupt;
+    }
+    let (Some(sender), Some(seq), Some(ts)) =
+        (hex(&line[1..5]), hex(&line[5..17]), hex(&line[17..33]))
+    else {
+        return Line::Corrupt;
+    };
+    if line[HEADER..] != *padding(seq, size - MIN_SIZE) {
+        return Line::Corrupt;
+    }
+    match line[0] {
+        b'D' => Line::Data {
+            sender: sender as u16,
+            seq,
+            ts,
+        },
+        b'P' => Line::Probe,
+        _ => Line::Corrupt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        for size in [MIN_SIZE, 64, 1000] {
+            let mut out = Vec::new();
+            encode(&mut out, false, 7, 123_456, 987_654_321, size);
+            assert_eq!(out.len(), size);
+            assert_eq!(*out.last().unwrap(), b'\n');
+            assert_eq!(
+                decode(&out[..size - 1], size),
+                Line::Data {
+                    sender: 7,
+                    seq: 123_456,
+                    ts: 987_654_321
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn splices_and_flips_are_caught() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode(&mut a, false, 1, 5, 10, 64);
+        encode(&mut b, false, 1, 6, 10, 64);
+        let mut spliced = a[..40].to_vec();
+        spliced.extend_from_slice(&b[40..63]);
+        assert_eq!(decode(&spliced, 64), Line::Corrupt);
+        a[50] ^= 1;
+        assert_eq!(decode(&a[..63], 64), Line::Corrupt);
+        assert_eq!(decode(&b[..62], 64), Line::Corrupt);
+        assert_eq!(decode(b"relayd: too slow", 64), Line::Notice);
+    }
+}

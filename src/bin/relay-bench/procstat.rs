@@ -1,0 +1,82 @@
+//! The server's cost, read from /proc/PID: CPU time over the measured window, peak resident
+//! memory (`VmHWM`, kept by the kernel so no sample can miss the peak) and the largest thread
+//! count seen by a sampler. Reported next to the generator's own CPU so that a saturated
+//! generator is never mistaken for a slow server.
+
+use std::fs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+/// CPU seconds (user + system) the process has used, from /proc/PID/stat.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields are counted after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / sys::clock_ticks() as f64)
+}
+
+fn status_field(pid: u32, name: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Peak resident set size in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmHWM:")
+}
+
+pub fn threads(pid: u32) -> Option<u64> {
+    status_field(pid, "Threads:")
+}
+
+/// Samples the thread count every 50 ms until stopped; returns the largest seen.
+pub struct ThreadSampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl ThreadSampler {
+    pub fn start(pid: u32) -> ThreadSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicU64::new(threads(pid).unwrap_or(0)));
+        let handle = {
+            let (stop, max) = (Arc::clone(&stop), Arc::clone(&max));
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(t) = threads(pid) {
+                        max.fetch_max(t, Ordering::SeqCst);
+                    }
+                    let until = Instant::now() + Duration::from_millis(50);
+                    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        };
+        ThreadSampler {
+            stop,
+            max,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn finish(mut self, pid: u32) -> u64 {
+        if let Some(t) = threads(pid) {
+            self.max.fetch_max(t, Ordering::SeqCst);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.max.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,490 @@
+//! Results and how they are shown: a table for people, one JSON object per line for scripts,
+//! and for `--compare` the ratio of every figure, pair by pair.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::receiver::RxReport;
+use crate::scenario::Params;
+use crate::target::Spec;
+
+/// Latency percentiles, in microseconds.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// The figures of one measured phase.
+#[derive(Clone, Debug)]
+pub struct Measure {
+    pub delivered: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub out_of_order: u64,
+    pub corrupt: u64,
+    pub notices: u64,
+    pub disconnected: usize,
+    pub timed_out: bool,
+    /// From the first measured line sent to the last one received (or to the end of
+    /// sending, if that came later).
+    pub secs: f64,
+    pub per_sec: f64,
+    pub mb_per_sec: f64,
+    pub latency: Option<Latency>,
+    /// Percent of one core, over the measured phase.
+    pub gen_cpu: f64,
+    pub server_cpu: Option<f64>,
+}
+
+impl Measure {
+    pub fn new(
+        rep: &RxReport,
+        start_ns: u64,
+        done_ns: u64,
+        size: usize,
+        gen_cpu: f64,
+        server_cpu: Option<f64>,
+    ) -> Measure {
+        // Up to the last delivery, but never before the sender finished: a relay that froze
+        // and delivered nothing more must not look fast for the little it did deliver.
+        let end = rep.last_ns.max(done_ns);
+        let secs = end.saturating_sub(start_ns) as f64 / 1e9;
+        let per_sec = if secs > 0.0 {
+            rep.delivered as f64 / secs
+        } else {
+            0.0
+        };
+        let us = |q: f64| rep.latency.quantile(q).unwrap_or(0) as f64 / 1e3;
+        Measure {
+            delivered: rep.delivered,
+            expected: rep.expected,
+            lost: rep.expected.saturating_sub(rep.delivered),
+            out_of_order: rep.out_of_order,
+            corrupt: rep.corrupt,
+            notices: rep.notices,
+            disconnected: rep.disconnected,
+            timed_out: rep.timed_out,
+            secs,
+            per_sec,
+            mb_per_sec: per_sec * size as f64 / 1e6,
+            latency: (rep.latency.count() > 0).then(|| Latency {
+                p50: us(0.5),
+                p99: us(0.99),
+                p999: us(0.999),
+                max: rep.latency.max() as f64 / 1e3,
+            }),
+            gen_cpu,
+            server_cpu,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerCost {
+    pub peak_rss_kib: Option<u64>,
+    pub threads_max: u64,
+}
+
+/// How a client that connects during the stalled run fared.
+#[derive(Clone, Debug)]
+pub enum Fresh {
+    FirstLine(Duration),
+    Failed(String),
+}
+
+/// One run of one scenario against one target.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub target: String,
+    pub scenario: &'static str,
+    pub run: usize,
+    pub clients: usize,
+    pub lines: u64,
+    pub size: usize,
+    pub main: Option<Measure>,
+    /// slow: the same fanout without the stalled client, on the same server.
+    pub baseline: Option<Measure>,
+    pub fresh: Option<Fresh>,
+    pub server: Option<ServerCost>,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn new(p: &Params, spec: &Spec, run: usize) -> Outcome {
+        Outcome {
+            target: if p.kind.name() == "ceiling" {
+                "loopback".into()
+            } else {
+                spec.label()
+            },
+            scenario: p.kind.name(),
+            run,
+            clients: p.clients,
+            lines: p.lines,
+            size: p.size,
+            main: None,
+            baseline: None,
+            fresh: None,
+            server: None,
+            error: None,
+        }
+    }
+
+    /// slow: the stalled run's deliveries/s as a percentage of the baseline's.
+    pub fn kept_pct(&self) -> Option<f64> {
+        let (m, b) = (self.main.as_ref()?, self.baseline.as_ref()?);
+        (b.per_sec > 0.0).then(|| 100.0 * m.per_sec / b.per_sec)
+    }
+
+    pub fn fresh_ms(&self) -> Option<f64> {
+        match &self.fresh {
+            Some(Fresh::FirstLine(d)) => Some(d.as_secs_f64() * 1e3),
+            _ => None,
+        }
+    }
+
+    pub fn rss_per_conn_kib(&self) -> Option<f64> {
+        let rss = self.server.as_ref()?.peak_rss_kib? as f64;
+        Some(rss / self.clients.max(1) as f64)
+    }
+}
+
+fn lat(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0}us")
+    } else if us < 1e6 {
+        format!("{:.2}ms", us / 1e3)
+    } else {
+        format!("{:.2}s", us / 1e6)
+    }
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "-".into())
+}
+
+pub const TABLE_HEAD: &str = "target       scenario  run  deliveries/s      MB/s  lost  ooo  bad  disc     p50     p99   p99.9     max  srvCPU%  srvRSS  thr  genCPU%";
+
+fn row(name: &str, o: &Outcome, m: &Measure) -> String {
+    let l = m.latency.as_ref();
+    let srv = o.server.as_ref();
+    format!(
+        "{:<12} {:<9} {:>3} {:>13.0} {:>9.1} {:>5} {:>4} {:>4} {:>5} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>4} {:>8.0}",
+        truncate(&o.target, 12),
+        name,
+        o.run,
+        m.per_sec,
+        m.mb_per_sec,
+        m.lost,
+        m.out_of_order,
+        m.corrupt,
+        m.disconnected,
+        opt(l, |l| lat(l.p50)),
+        opt(l, |l| lat(l.p99)),
+        opt(l, |l| lat(l.p999)),
+        opt(l, |l| lat(l.max)),
+        opt(m.server_cpu, |c| format!("{c:.0}")),
+        opt(srv.and_then(|s| s.peak_rss_kib), |k| format!(
+            "{:.1}M",
+            k as f64 / 1024.0
+        )),
+        opt(srv.map(|s| s.threads_max), |t| t.to_string()),
+        m.gen_cpu,
+    )
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The table rows (and remarks) for one outcome.
+pub fn table(o: &Outcome) -> String {
+    let mut s = String::new();
+    if let Some(e) = &o.error {
+        let _ = writeln!(
+            s,
+            "{:<12} {:<9} {:>3} FAILED: {e}",
+            truncate(&o.target, 12),
+            o.scenario,
+            o.run
+        );
+    }
+    if let Some(b) = &o.baseline {
+        let _ = writeln!(s, "{}", row("slow:base", o, b));
+    }
+    if let Some(m) = &o.main {
+        let _ = writeln!(s, "{}", row(o.scenario, o, m));
+        let mut notes = Vec::new();
+        if m.timed_out {
+            notes.push("hit --timeout".to_string());
+        }
+        if m.notices > 0 {
+            notes.push(format!("{} server notices", m.notices));
+        }
+        if let Some(k) = o.kept_pct() {
+            notes.push(format!(
+                "stalled run kept {k:.0}% of the baseline's deliveries/s"
+            ));
+        }
+        match &o.fresh {
+            Some(Fresh::FirstLine(d)) => notes.push(format!(
+                "fresh client's first line after {:.1} ms",
+                d.as_secs_f64() * 1e3
+            )),
+            Some(Fresh::Failed(why)) => notes.push(format!("fresh client: {why}")),
+            None => {}
+        }
+        if o.scenario == "connscale"
+            && let Some(k) = o.rss_per_conn_kib()
+        {
+            notes.push(format!("server peak RSS {k:.1} KiB per connection"));
+        }
+        if !notes.is_empty() {
+            let _ = writeln!(s, "{:>31} {}", "", notes.join("; "));
+        }
+    }
+    s
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.3}"),
+        _ => "null".into(),
+    }
+}
+
+fn measure_json(m: &Measure) -> String {
+    let l = m.latency.as_ref();
+    format!(
+        "{{\"deliveries\":{},\"expected\":{},\"lost\":{},\"out_of_order\":{},\"corrupt\":{},\
+         \"notices\":{},\"disconnected\":{},\"timed_out\":{},\"secs\":{},\"deliveries_per_sec\":{},\
+         \"mb_per_sec\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\
+         \"generator_cpu_pct\":{},\"server_cpu_pct\":{}}}",
+        m.delivered,
+        m.expected,
+        m.lost,
+        m.out_of_order,
+        m.corrupt,
+        m.notices,
+        m.disconnected,
+        m.timed_out,
+        json_num(Some(m.secs)),
+        json_num(Some(m.per_sec)),
+        json_num(Some(m.mb_per_sec)),
+        json_num(l.map(|l| l.p50)),
+        json_num(l.map(|l| l.p99)),
+        json_num(l.map(|l| l.p999)),
+        json_num(l.map(|l| l.max)),
+        json_num(Some(m.gen_cpu)),
+        json_num(m.server_cpu),
+    )
+}
+
+/// One JSON object, on one line, for one outcome.
+pub fn json(o: &Outcome) -> String {
+    let srv = o.server.as_ref();
+    format!(
+        "{{\"target\":{},\"scenario\":{},\"run\":{},\"clients\":{},\"lines\":{},\"size\":{},\
+         \"result\":{},\"baseline\":{},\"kept_pct\":{},\"fresh_first_line_ms\":{},\
+         \"fresh_error\":{},\"server_peak_rss_kib\":{},\"server_rss_per_conn_kib\":{},\
+         \"server_threads_max\":{},\"error\":{}}}",
+        json_str(&o.target),
+        json_str(o.scenario),
+        o.run,
+        o.clients,
+        o.lines,
+        o.size,
+        o.main.as_ref().map_or("null".into(), measure_json),
+        o.baseline.as_ref().map_or("null".into(), measure_json),
+        json_num(o.kept_pct()),
+        json_num(o.fresh_ms()),
+        match &o.fresh {
+            Some(Fresh::Failed(why)) => json_str(why),
+            _ => "null".into(),
+        },
+        srv.and_then(|s| s.peak_rss_kib)
+            .map_or("null".into(), |k| k.to_string()),
+        json_num(o.rss_per_conn_kib()),
+        srv.map_or("null".into(), |s| s.threads_max.to_string()),
+        o.error.as_ref().map_or("null".into(), |e| json_str(e)),
+    )
+}
+
+/// A figure compared across targets: its name, and how to read it from an outcome.
+struct Figure {
+    name: &'static str,
+    get: fn(&Outcome) -> Option<f64>,
+}
+
+fn figures() -> Vec<Figure> {
+    fn m(o: &Outcome) -> Option<&Measure> {
+        o.main.as_ref()
+    }
+    fn l(o: &Outcome) -> Option<&Latency> {
+        m(o)?.latency.as_ref()
+    }
+    vec![
+        Figure {
+            name: "deliveries/s",
+            get: |o| m(o).map(|m| m.per_sec),
+        },
+        Figure {
+            name: "lost",
+            get: |o| m(o).map(|m| m.lost as f64),
+        },
+        Figure {
+            name: "p50 (us)",
+            get: |o| l(o).map(|l| l.p50),
+        },
+        Figure {
+            name: "p99 (us)",
+            get: |o| l(o).map(|l| l.p99),
+        },
+        Figure {
+            name: "p99.9 (us)",
+            get: |o| l(o).map(|l| l.p999),
+        },
+        Figure {
+            name: "max (us)",
+            get: |o| l(o).map(|l| l.max),
+        },
+        Figure {
+            name: "server CPU %",
+            get: |o| m(o).and_then(|m| m.server_cpu),
+        },
+        Figure {
+            name: "server peak RSS (KiB)",
+            get: |o| o.server.as_ref()?.peak_rss_kib.map(|k| k as f64),
+        },
+        Figure {
+            name: "generator CPU %",
+            get: |o| m(o).map(|m| m.gen_cpu),
+        },
+        Figure {
+            name: "slow: kept % of baseline",
+            get: Outcome::kept_pct,
+        },
+        Figure {
+            name: "slow: fresh first line (ms)",
+            get: Outcome::fresh_ms,
+        },
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn short(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v.abs() >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The comparison of `a` (relayd) against `b` (the peer), runs paired in the order they ran:
+/// per figure, each side's median and the median of the per-pair ratios a/b, then each ratio.
+pub fn compare(a: &[Outcome], b: &[Outcome], json: bool) -> String {
+    let (an, bn) = (
+        a.first().map_or("A".into(), |o| o.target.clone()),
+        b.first().map_or("B".into(), |o| o.target.clone()),
+    );
+    let mut s = String::new();
+    if !json {
+        let _ = writeln!(
+            s,
+            "\n{:<28} {:>10} {:>10}  {:>12}  per pair",
+            "figure",
+            truncate(&an, 10),
+            truncate(&bn, 10),
+            "ratio median"
+        );
+    }
+    for f in figures() {
+        let va: Vec<Option<f64>> = a.iter().map(f.get).collect();
+        let vb: Vec<Option<f64>> = b.iter().map(f.get).collect();
+        if va.iter().chain(&vb).all(Option::is_none) {
+            continue;
+        }
+        let ratios: Vec<Option<f64>> = va
+            .iter()
+            .zip(&vb)
+            .map(|(x, y)| match (x, y) {
+                (Some(x), Some(y)) if *y != 0.0 => Some(x / y),
+                _ => None,
+            })
+            .collect();
+        let ma = median(va.iter().flatten().copied().collect());
+        let mb = median(vb.iter().flatten().copied().collect());
+        let mr = median(ratios.iter().flatten().copied().collect());
+        if json {
+            let list = ratios
+                .iter()
+                .map(|r| json_num(*r))
+                .collect::<Vec<_>>()
+                .join(",");
+            let _ = writeln!(
+                s,
+                "{{\"compare\":{},\"a\":{},\"b\":{},\"a_median\":{},\"b_median\":{},\
+                 \"ratio_median\":{},\"ratios\":[{}]}}",
+                json_str(f.name),
+                json_str(&an),
+                json_str(&bn),
+                json_num(ma),
+                json_num(mb),
+                json_num(mr),
+                list
+            );
+        } else {
+            let list = ratios
+                .iter()
+                .map(|r| opt(*r, |r| format!("{r:.2}x")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = writeln!(
+                s,
+                "{:<28} {:>10} {:>10}  {:>12}  {}",
+                f.name,
+                opt(ma, short),
+                opt(mb, short),
+                opt(mr, |r| format!("{r:.2}x")),
+                list
+            );
+        }
+    }
+    s
+}

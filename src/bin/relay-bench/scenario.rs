@@ -1,0 +1,383 @@
+//! The scenarios: how many clients, who sends what, and what is measured. Each one connects
+//! its clients, waits until the relay has registered all of them (probe lines), then runs the
+//! measured phase with one sending thread and one receiving thread.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::payload::{self, now_ns};
+use crate::procstat::{self, ThreadSampler};
+use crate::receiver::{self, Limits, Progress, RxConn, RxReport};
+use crate::report::{Fresh, Measure, Outcome, ServerCost};
+use crate::sender;
+use crate::sys;
+use crate::target::{self, Spec};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Fanout,
+    Chatter,
+    Slow,
+    Connscale,
+    Ceiling,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Fanout => "fanout",
+            Kind::Chatter => "chatter",
+            Kind::Slow => "slow",
+            Kind::Connscale => "connscale",
+            Kind::Ceiling => "ceiling",
+        }
+    }
+}
+
+/// Everything a run needs to know, with each scenario's defaults already filled in.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub kind: Kind,
+    /// Receivers (fanout, slow, connscale, ceiling) or clients (chatter).
+    pub clients: usize,
+    /// Measured lines the sender sends (not chatter).
+    pub lines: u64,
+    /// Bytes per line, newline included.
+    pub size: usize,
+    /// Lines per second: the sender's (fanout, slow, connscale) or each client's (chatter).
+    pub rate: Option<f64>,
+    /// How long chatter clients send.
+    pub duration: Duration,
+    /// Hard limit on one run, connecting included.
+    pub timeout: Duration,
+    /// How long to wait for missing lines after the last one is sent.
+    pub drain: Duration,
+}
+
+/// Runs one scenario against a fresh instance of `spec` (or no server at all, for ceiling).
+pub fn run(params: &Params, spec: &Spec, run: usize) -> Outcome {
+    let mut out = Outcome::new(params, spec, run);
+    let result = match params.kind {
+        Kind::Ceiling => ceiling(params).map(|m| out.main = Some(m)),
+        _ => with_server(params, spec, &mut out),
+    };
+    if let Err(e) = result {
+        out.error = Some(e);
+    }
+    out
+}
+
+fn with_server(params: &Params, spec: &Spec, out: &mut Outcome) -> Result<(), String> {
+    let server = target::start(spec, params.clients + 2)?;
+    let sampler = server.pid.map(ThreadSampler::start);
+    let until = Instant::now() + params.timeout;
+    let result = match params.kind {
+        Kind::Fanout | Kind::Connscale => {
+            fanout(params, &server.addr, server.pid, false, until).map(|(m, _)| out.main = Some(m))
+        }
+        Kind::Slow => fanout(params, &server.addr, server.pid, false, until).and_then(|(b, _)| {
+            out.baseline = Some(b);
+            let (m, fresh) = fanout(params, &server.addr, server.pid, true, until)?;
+            out.main = Some(m);
+            out.fresh = fresh;
+            Ok(())
+        }),
+        Kind::Chatter => {
+            chatter(params, &server.addr, server.pid, until).map(|m| out.main = Some(m))
+        }
+        Kind::Ceiling => unreachable!("ceiling runs without a server"),
+    };
+    if let (Some(pid), Some(sampler)) = (server.pid, sampler) {
+        out.server = Some(ServerCost {
+            peak_rss_kib: procstat::peak_rss_kib(pid),
+            threads_max: sampler.finish(pid),
+        });
+    }
+    result
+}
+
+fn connect(addr: &SocketAddr, n: usize, what: &str) -> Result<Vec<Arc<TcpStream>>, String> {
+    (0..n)
+        .map(|i| {
+            let s = TcpStream::connect_timeout(addr, Duration::from_secs(5))
+                .map_err(|e| format!("{what} {i} of {n}: cannot connect to {addr}: {e}"))?;
+            s.set_nodelay(true)
+                .map_err(|e| format!("{what} {i}: set TCP_NODELAY: {e}"))?;
+            Ok(Arc::new(s))
+        })
+        .collect()
+}
+
+/// Seconds to let the relay register `n` clients before calling it stuck.
+fn register_timeout(n: usize) -> Duration {
+    Duration::from_secs(10) + Duration::from_millis(n as u64)
+}
+
+type Rx = thread::JoinHandle<io::Result<RxReport>>;
+
+fn spawn_receiver(
+    conns: Vec<RxConn>,
+    size: usize,
+    progress: &Arc<Progress>,
+    limits: Limits,
+) -> Result<Rx, String> {
+    let progress = Arc::clone(progress);
+    thread::Builder::new()
+        .name("receiver".into())
+        .spawn(move || receiver::receive(conns, size, progress, limits))
+        .map_err(|e| format!("cannot start the receiver thread: {e}"))
+}
+
+fn join_receiver(rx: Rx, progress: &Progress) -> Result<RxReport, String> {
+    let r = rx.join();
+    progress.stop.store(true, Ordering::SeqCst);
+    match r {
+        Ok(Ok(rep)) => Ok(rep),
+        Ok(Err(e)) => Err(format!("receiver: {e}")),
+        Err(_) => Err("receiver thread panicked".into()),
+    }
+}
+
+/// CPU readings at the start of the measured phase.
+struct Clock {
+    wall: Instant,
+    own: Duration,
+    server: Option<f64>,
+    pid: Option<u32>,
+}
+
+impl Clock {
+    fn start(pid: Option<u32>) -> Clock {
+        Clock {
+            wall: Instant::now(),
+            own: sys::own_cpu_time(),
+            server: pid.and_then(procstat::cpu_secs),
+            pid,
+        }
+    }
+
+    fn measure(&self, rep: &RxReport, progress: &Progress, size: usize) -> Measure {
+        let start_ns = progress.start_ns.load(Ordering::SeqCst);
+        let done_ns = progress.done_ns.load(Ordering::SeqCst);
+        let wall = self.wall.elapsed().as_secs_f64();
+        let own = (sys::own_cpu_time() - self.own).as_secs_f64();
+        let server = match (self.pid.and_then(procstat::cpu_secs), self.server) {
+            (Some(b), Some(a)) => Some(100.0 * (b - a) / wall),
+            _ => None,
+        };
+        Measure::new(rep, start_ns, done_ns, size, 100.0 * own / wall, server)
+    }
+}
+
+/// One sender, `clients` receivers; with `stalled`, one more client that never reads, and a
+/// fresh client that connects a quarter of the way through and times its first line.
+fn fanout(
+    p: &Params,
+    addr: &SocketAddr,
+    pid: Option<u32>,
+    stalled: bool,
+    until: Instant,
+) -> Result<(Measure, Option<Fresh>), String> {
+    let receivers = connect(addr, p.clients, "receiver")?;
+    let sender = connect(addr, 1, "sender")?.remove(0);
+    let _stalled = if stalled {
+        Some(connect(addr, 1, "stalled client")?)
+    } else {
+        None
+    };
+    let progress = Progress::new(1);
+    let conns = receivers
+        .into_iter()
+        .map(|sock| RxConn {
+            sock,
+            own: None,
+            prober: false,
+        })
+        .collect();
+    let limits = Limits {
+        deadline: until,
+        drain: p.drain,
+    };
+    let rx = spawn_receiver(conns, p.size, &progress, limits)?;
+    if let Err(e) = sender::probe(
+        &sender,
+        0,
+        p.size,
+        p.clients,
+        &progress,
+        register_timeout(p.clients),
+    ) {
+        progress.stop.store(true, Ordering::SeqCst);
+        let _ = rx.join();
+        return Err(e);
+    }
+    let clock = Clock::start(pid);
+    let fresh = stalled.then(|| {
+        let (progress, addr, quarter) = (Arc::clone(&progress), *addr, p.lines / 4);
+        thread::spawn(move || fresh_client(&addr, &progress, quarter))
+    });
+    let sent = sender::fanout(&sender, p.lines, p.size, p.rate, &progress, until);
+    let rep = join_receiver(rx, &progress)?;
+    sent.map_err(|e| format!("sender: {e}"))?;
+    let m = clock.measure(&rep, &progress, p.size);
+    let fresh = fresh.map(|h| h.join().unwrap_or(Fresh::Failed("thread panicked".into())));
+    Ok((m, fresh))
+}
+
+/// Connects once `after` lines are sent and times the first whole line, up to 1 s; then keeps
+/// reading so that it does not become a second stalled client.
+fn fresh_client(addr: &SocketAddr, progress: &Progress, after: u64) -> Fresh {
+    while progress.sent[0].load(Ordering::SeqCst) < after {
+        if progress.stop.load(Ordering::SeqCst) || progress.done_sending.load(Ordering::SeqCst) {
+            return Fresh::Failed("the run ended before it connected".into());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    let t0 = Instant::now();
+    let mut sock = match TcpStream::connect_timeout(addr, Duration::from_secs(1)) {
+        Ok(s) => s,
+        Err(e) => return Fresh::Failed(format!("cannot connect: {e}")),
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut first = None;
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if first.is_none() && buf[..n].contains(&b'\n') {
+                    first = Some(t0.elapsed());
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => break,
+        }
+        if first.is_none() && t0.elapsed() >= Duration::from_secs(1) {
+            return Fresh::Failed("no line within 1 s".into());
+        }
+        if first.is_some() && progress.stop.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    match first {
+        Some(d) => Fresh::FirstLine(d),
+        None => Fresh::Failed("connection closed before a line".into()),
+    }
+}
+
+/// `clients` clients, each sending `rate` lines/s for `duration` to all the others.
+fn chatter(
+    p: &Params,
+    addr: &SocketAddr,
+    pid: Option<u32>,
+    until: Instant,
+) -> Result<Measure, String> {
+    if p.clients < 2 {
+        return Err("chatter needs at least 2 clients".into());
+    }
+    let socks = connect(addr, p.clients, "client")?;
+    let progress = Progress::new(p.clients);
+    let conns = socks
+        .iter()
+        .enumerate()
+        .map(|(i, sock)| RxConn {
+            sock: Arc::clone(sock),
+            own: Some(i as u16),
+            prober: i == 0,
+        })
+        .collect();
+    let limits = Limits {
+        deadline: until,
+        drain: p.drain,
+    };
+    let rx = spawn_receiver(conns, p.size, &progress, limits)?;
+    if let Err(e) = sender::probe(
+        &socks[0],
+        0,
+        p.size,
+        p.clients,
+        &progress,
+        register_timeout(p.clients),
+    ) {
+        progress.stop.store(true, Ordering::SeqCst);
+        let _ = rx.join();
+        return Err(e);
+    }
+    let clock = Clock::start(pid);
+    let rate = p.rate.unwrap_or(100.0);
+    let sent = sender::chatter(&socks, rate, p.duration, p.size, &progress, until);
+    let rep = join_receiver(rx, &progress)?;
+    sent.map_err(|e| format!("sender: {e}"))?;
+    Ok(clock.measure(&rep, &progress, p.size))
+}
+
+/// The machine's loopback without a relay: this process writes one pre-built buffer of all
+/// the lines, in 16 KiB pieces (what relayd reads at a time), to each of `clients` sockets in
+/// turn, and the same receiver as in every other scenario reads and checks them.
+fn ceiling(p: &Params) -> Result<Measure, String> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("ceiling: cannot listen: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("ceiling: {e}"))?;
+    let mut receivers = Vec::with_capacity(p.clients);
+    let mut writers = Vec::with_capacity(p.clients);
+    for _ in 0..p.clients {
+        receivers.push(connect(&addr, 1, "receiver")?.remove(0));
+        let (w, _) = listener
+            .accept()
+            .map_err(|e| format!("ceiling: accept: {e}"))?;
+        w.set_nodelay(true).map_err(|e| format!("ceiling: {e}"))?;
+        w.set_write_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| format!("ceiling: {e}"))?;
+        writers.push(w);
+    }
+    let ts = now_ns();
+    let mut all = Vec::with_capacity(p.lines as usize * p.size);
+    for seq in 0..p.lines {
+        payload::encode(&mut all, false, 0, seq, ts, p.size);
+    }
+    let progress = Progress::new(1);
+    let conns = receivers
+        .into_iter()
+        .map(|sock| RxConn {
+            sock,
+            own: None,
+            prober: false,
+        })
+        .collect();
+    let limits = Limits {
+        deadline: Instant::now() + p.timeout,
+        drain: p.drain,
+    };
+    let rx = spawn_receiver(conns, p.size, &progress, limits)?;
+    let clock = Clock::start(None);
+    progress.start_ns.store(now_ns(), Ordering::SeqCst);
+    let piece = (16 * 1024 / p.size).max(1) * p.size;
+    let mut result = Ok(());
+    'send: for (k, chunk) in all.chunks(piece).enumerate() {
+        for w in &writers {
+            if let Err(e) = io::Write::write_all(&mut &*w, chunk) {
+                result = Err(format!("ceiling: write: {e}"));
+                break 'send;
+            }
+        }
+        let lines = ((k + 1) * piece / p.size).min(p.lines as usize);
+        progress.sent[0].store(lines as u64, Ordering::SeqCst);
+    }
+    progress.finish_sending();
+    let rep = join_receiver(rx, &progress)?;
+    result?;
+    let mut m = clock.measure(&rep, &progress, p.size);
+    // The lines were stamped when the buffer was built, not when sent.
+    m.latency = None;
+    Ok(m)
+}

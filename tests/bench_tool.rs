@@ -1,0 +1,124 @@
+//! relay-bench checks itself: a small fanout through the real relayd must report every line
+//! delivered, in order, uncorrupted. A correctness test only; no speed is asserted.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Runs relay-bench with `args`, killing it if it outlives `limit`. Returns its stdout.
+fn run_bench(args: &[&str], limit: Duration) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start relay-bench");
+    let until = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for relay-bench") {
+            break status;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("relay-bench did not finish within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.success(),
+        "relay-bench failed: {status}\n{out}\n{err}"
+    );
+    out
+}
+
+/// The integer after `"key":` in a JSON object printed on one line.
+fn field(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pat.len();
+    json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not an integer in {json}"))
+}
+
+#[test]
+fn fanout_through_relayd_delivers_every_line_in_order() {
+    let out = run_bench(
+        &[
+            "fanout",
+            "--clients",
+            "4",
+            "--lines",
+            "2000",
+            "--json",
+            "--timeout",
+            "20",
+        ],
+        Duration::from_secs(30),
+    );
+    let line = out.lines().next().expect("one JSON result");
+    assert!(line.contains("\"target\":\"relayd\""), "{line}");
+    assert!(line.contains("\"error\":null"), "{line}");
+    assert_eq!(field(line, "expected"), 4 * 2000, "{line}");
+    assert_eq!(field(line, "deliveries"), 4 * 2000, "{line}");
+    assert_eq!(field(line, "lost"), 0, "{line}");
+    assert_eq!(field(line, "out_of_order"), 0, "{line}");
+    assert_eq!(field(line, "corrupt"), 0, "{line}");
+    assert_eq!(field(line, "disconnected"), 0, "{line}");
+}
+
+#[test]
+fn chatter_through_relayd_reaches_every_other_client() {
+    let out = run_bench(
+        &[
+            "chatter",
+            "--clients",
+            "3",
+            "--rate",
+            "50",
+            "--duration",
+            "0.4",
+            "--json",
+            "--timeout",
+            "20",
+        ],
+        Duration::from_secs(30),
+    );
+    let line = out.lines().next().expect("one JSON result");
+    // 3 clients × 20 lines, each line owed to the 2 others.
+    assert_eq!(field(line, "expected"), 3 * 20 * 2, "{line}");
+    assert_eq!(field(line, "deliveries"), 3 * 20 * 2, "{line}");
+    assert_eq!(field(line, "corrupt"), 0, "{line}");
+}
+
+#[test]
+fn bad_options_fail_with_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
+        .args(["fanout", "--connect", "10.1.2.3:9"])
+        .output()
+        .expect("run relay-bench");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("relay-bench: "), "{err}");
+    assert!(err.contains("loopback"), "{err}");
+}
