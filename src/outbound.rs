@@ -41,6 +41,10 @@ pub type PeerId = u64;
 const WRITE_BATCH: usize = 64 * 1024;
 /// Well under Linux's `IOV_MAX` of 1024.
 const MAX_SLICES: usize = 256;
+/// How many non-blocking sends a sender's thread makes for one peer's queue before it hands
+/// the rest to a writer thread: enough to take what other senders piled up meanwhile, few
+/// enough that its own line reaches its other peers soon.
+const MAX_SENDER_ROUNDS: usize = 64;
 /// A writer's frames are shallow: it only copies slices and calls `writev`.
 const WRITER_STACK: usize = 64 * 1024;
 
@@ -65,9 +69,12 @@ struct State {
     head: usize,
     /// Bytes in `queue` not yet handed to the kernel (including a batch being written now).
     pending: usize,
-    /// A writer thread is draining `queue`. Invariant: `writer == !queue.is_empty()`, except
-    /// after `closed`, when a writer may still be finishing its last call.
+    /// A writer thread is draining `queue`, with blocking writes.
     writer: bool,
+    /// A sender's thread is draining `queue` with non-blocking sends (see `hand_over`).
+    /// Invariant: `queue` is non-empty only while `writer` or `sending` is set (or `held`),
+    /// except after `closed`, when the owner may still be finishing its last call.
+    sending: bool,
     /// Why the peer was closed, once it is.
     closed: Option<String>,
     /// The last byte handed to the kernel was not a `\n`: a notice sent now would land
@@ -104,6 +111,7 @@ impl Outbound {
                 head: 0,
                 pending: 0,
                 writer: false,
+                sending: false,
                 closed: None,
                 mid_line: false,
                 notice: None,
@@ -205,7 +213,7 @@ impl Outbound {
             st.queue.push_back(Chunk::clone(chunk));
             st.pending += chunk.len();
         }
-        if !st.writer {
+        if !st.writer && !st.sending {
             st.writer = true;
             st.held = true;
             st.last_progress = Instant::now();
@@ -248,38 +256,55 @@ impl Outbound {
     }
 
     /// Sends directly when nothing is queued, else appends to the queue.
+    ///
+    /// The send happens outside the peer's lock: a sender that finds another thread already
+    /// sending to this peer appends its chunk and moves on to the next peer instead of
+    /// waiting, and whoever is sending takes what piled up meanwhile in the same `sendmsg`.
+    /// Under load from many senders this coalesces their deliveries to one peer into fewer
+    /// syscalls, and no sender sleeps on a lock that is held across a syscall.
     fn hand_over(self: &Arc<Self>, mut st: MutexGuard<'_, State>, chunk: &Chunk) {
-        if st.writer || !st.queue.is_empty() {
+        if st.writer || st.sending || !st.queue.is_empty() {
             st.queue.push_back(Arc::clone(chunk));
             st.pending += chunk.len();
             return;
         }
-        // Holding this peer's lock across a non-blocking send is what keeps two senders'
-        // direct sends to one peer from interleaving; it never waits on the network.
-        let sent = match send_dontwait(&self.sock, chunk) {
+        st.sending = true;
+        drop(st);
+        let result = send_dontwait(&self.sock, chunk);
+        let mut st = lock(&self.state);
+        let sent = match result {
             Ok(n) => n,
             Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => {
                 // The reader sees the same broken socket and reports it; only stop writing.
                 debug!("client {}: send failed: {e}", self.id);
-                drop(st);
-                self.close(&format!("send failed: {e}"), None);
+                if st.closed.is_none() {
+                    Self::mark_closed(&mut st, &format!("send failed: {e}"));
+                }
+                self.finish_close(st, false);
                 return;
             }
         };
         if sent > 0 {
             st.mid_line = chunk[sent - 1] != b'\n';
         }
-        if sent == chunk.len() {
+        if st.closed.is_some() {
+            self.finish_close(st, false);
             return;
         }
-        st.queue.push_back(Arc::clone(chunk));
-        st.head = sent;
-        st.pending = chunk.len() - sent;
+        if sent < chunk.len() {
+            // Ahead of whatever other senders appended while this one was sending.
+            st.queue.push_front(Arc::clone(chunk));
+            st.head = sent;
+            st.pending += chunk.len() - sent;
+        }
+        if st.queue.is_empty() {
+            st.sending = false;
+            return;
+        }
         st.last_progress = Instant::now();
-        st.writer = true;
         drop(st);
-        self.start_writer();
+        self.drain(false);
     }
 
     fn start_writer(self: &Arc<Self>) {
@@ -287,27 +312,43 @@ impl Outbound {
         let spawned = thread::Builder::new()
             .name(format!("writer-{}", self.id))
             .stack_size(WRITER_STACK)
-            .spawn(move || me.write_backlog());
+            .spawn(move || me.drain(true));
         if let Err(e) = spawned {
             warn!("client {}: cannot start a writer thread: {e}", self.id);
-            self.close("out of threads", Some(b"relayd: server out of resources\n"));
-            lock(&self.state).writer = false;
+            let mut st = lock(&self.state);
+            st.writer = false;
+            if st.closed.is_none() {
+                Self::mark_closed(&mut st, "out of threads");
+            }
+            drop(st);
+            self.send_notice_and_shut(Some(b"relayd: server out of resources\n"), true, false);
         }
     }
 
-    /// The writer thread: drains the queue with blocking, coalesced writes, then exits.
-    fn write_backlog(&self) {
+    /// Drains the queue with coalesced writes (up to `WRITE_BATCH` bytes a call), then
+    /// gives up the role. `blocking`: this is the writer thread, whose writes may wait for the
+    /// peer (up to `--write-timeout`). Otherwise it is a sender's thread, whose sends never
+    /// wait: when the socket is full, or after `MAX_SENDER_ROUNDS` calls (a sender has its
+    /// own line to deliver to other peers), it hands the rest to a writer thread.
+    fn drain(self: &Arc<Self>, blocking: bool) {
         let mut batch: Vec<Chunk> = Vec::new();
+        let mut rounds = 0;
         loop {
             let head = {
                 let mut st = lock(&self.state);
                 if st.closed.is_some() {
-                    self.writer_finish_close(st);
+                    self.finish_close(st, blocking);
                     return;
                 }
                 if st.queue.is_empty() {
                     st.writer = false;
+                    st.sending = false;
                     self.changed.notify_all();
+                    return;
+                }
+                if !blocking && rounds == MAX_SENDER_ROUNDS {
+                    drop(st);
+                    self.hand_to_writer();
                     return;
                 }
                 let mut total = 0;
@@ -320,7 +361,8 @@ impl Outbound {
                 }
                 st.head
             };
-            let result = write_batch(&self.sock, &batch, head);
+            rounds += 1;
+            let (attempted, result) = write_batch(&self.sock, &batch, head, blocking);
             let mut st = lock(&self.state);
             if let Ok(n) = result {
                 st.mid_line = ends_mid_line(&batch, head, n).unwrap_or(st.mid_line);
@@ -333,8 +375,18 @@ impl Outbound {
                 Ok(n) if n > 0 => {
                     self.advance(&mut st, n);
                     self.changed.notify_all();
+                    if !blocking && n < attempted {
+                        drop(st);
+                        self.hand_to_writer();
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_would_block(&e) && !blocking => {
+                    drop(st);
+                    self.hand_to_writer();
+                    return;
+                }
                 Err(e) if is_would_block(&e) => {
                     // SO_SNDTIMEO (`--write-timeout`) expired without the peer taking a byte.
                     let pending = st.pending;
@@ -363,17 +415,31 @@ impl Outbound {
         }
     }
 
-    /// The writer's last act on a closed peer: now that no write of its own is in flight, the
-    /// notice can go out (after a `\n` if a line was cut short), then the socket is shut.
-    fn writer_finish_close(&self, mut st: MutexGuard<'_, State>) {
+    /// A sender's thread gives the rest of the queue to a writer thread, which may block.
+    fn hand_to_writer(self: &Arc<Self>) {
+        let mut st = lock(&self.state);
+        st.sending = false;
+        if st.closed.is_some() {
+            self.finish_close(st, false);
+            return;
+        }
+        st.writer = true;
+        drop(st);
+        self.start_writer();
+    }
+
+    /// The queue owner's last act on a closed peer: now that no write of its own is in
+    /// flight, the notice can go out (after a `\n` if a line was cut short), then the socket
+    /// is shut. The writer thread exists to block on this peer, so it may wait for room for
+    /// the notice (up to --write-timeout); a sender's thread may not.
+    fn finish_close(&self, mut st: MutexGuard<'_, State>, may_block: bool) {
         st.writer = false;
+        st.sending = false;
         let notice = st.notice.take();
         let mid_line = st.mid_line;
         self.changed.notify_all();
         drop(st);
-        // This thread exists to block on this peer, so the notice may wait for room (up to
-        // --write-timeout) rather than be dropped for want of it.
-        self.send_notice_and_shut(notice.as_deref(), mid_line, true);
+        self.send_notice_and_shut(notice.as_deref(), mid_line, may_block);
     }
 
     /// Accounts for `n` bytes taken by the kernel from the front of the queue.
@@ -401,7 +467,7 @@ impl Outbound {
             if st.closed.is_some() {
                 return false;
             }
-            if !st.writer && st.queue.is_empty() {
+            if !st.writer && !st.sending && st.queue.is_empty() {
                 return true;
             }
             let now = Instant::now();
@@ -432,7 +498,7 @@ impl Outbound {
         }
         Self::mark_closed(&mut st, reason);
         self.changed.notify_all();
-        if st.writer {
+        if st.writer || st.sending {
             st.notice = notice.map(<[u8]>::to_vec);
             drop(st);
             let _ = self.sock.shutdown(Shutdown::Read);
@@ -479,7 +545,14 @@ pub fn send_dontwait(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     SockRef::from(sock).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
-fn write_batch(sock: &TcpStream, batch: &[Chunk], head: usize) -> io::Result<usize> {
+/// Writes `batch` (from `head` bytes into its first chunk, at most `WRITE_BATCH` bytes) in
+/// one call. Returns how many bytes it tried to write, and the call's result.
+fn write_batch(
+    sock: &TcpStream,
+    batch: &[Chunk],
+    head: usize,
+    blocking: bool,
+) -> (usize, io::Result<usize>) {
     let mut budget = WRITE_BATCH;
     let mut slices = Vec::with_capacity(batch.len());
     for (i, chunk) in batch.iter().enumerate() {
@@ -491,8 +564,15 @@ fn write_batch(sock: &TcpStream, batch: &[Chunk], head: usize) -> io::Result<usi
             break;
         }
     }
-    let mut sock = sock;
-    sock.write_vectored(&slices)
+    let attempted = WRITE_BATCH - budget;
+    let result = if blocking {
+        let mut sock = sock;
+        sock.write_vectored(&slices)
+    } else {
+        SockRef::from(sock)
+            .send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    (attempted, result)
 }
 
 /// Whether the last of the `n` bytes written from `batch` (starting `head` bytes into its
