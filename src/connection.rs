@@ -128,14 +128,22 @@ struct Leave<'a> {
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
         let shared = self.shared;
-        // The slot is free before the flush, so whoever pressed Ctrl-C can reconnect at once.
-        let count = shared.registry.leave(self.peer.id());
-        if !shared.shutdown.is_triggered() {
-            // The server's shutdown sequence flushes and closes every peer itself.
+        let count = if shared.shutdown.is_triggered() {
+            // The server's shutdown sequence flushes, notifies and closes every registered
+            // peer itself, and lines other readers relay until it does must still reach this
+            // one: it stays registered. (Leaving here, a reader that read once more after the
+            // signal missed those lines, and the notice if it left before the server took
+            // its list of peers.)
+            shared.registry.len()
+        } else {
+            // The slot is free before the flush, so whoever pressed Ctrl-C can reconnect at
+            // once.
+            let count = shared.registry.leave(self.peer.id());
             self.peer
                 .flush(Instant::now() + shared.config.write_timeout);
             self.peer.close(&self.reason, None);
-        }
+            count
+        };
         info!(
             "client {} {} disconnected: {} ({count} clients)",
             self.peer.id(),
