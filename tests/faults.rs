@@ -213,7 +213,7 @@ fn resets_racing_joins(args: &[&str]) {
 /// take keep relaying, and once they leave the waiting ones are taken within 5 s.
 #[test]
 fn out_of_descriptors_does_not_spin_and_recovers() {
-    let d = Daemon::spawn_limited(&[], Some(64));
+    let d = Daemon::spawn_limited(&[], Some((64, 64)));
     let mut clients: Vec<Client> = (0..100).map(|_| d.connect()).collect();
     let log = d.log_until("os error 24");
     let taken = log

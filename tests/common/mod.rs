@@ -174,17 +174,17 @@ impl Daemon {
         Daemon::spawn_limited(args, None)
     }
 
-    /// Like [`Daemon::spawn`], with `RLIMIT_NOFILE` set to `nofile` (soft and hard) in the
-    /// child before it starts. Both must be set: relayd raises its soft limit to the hard one.
-    pub fn spawn_limited(args: &[&str], nofile: Option<u64>) -> Daemon {
+    /// Like [`Daemon::spawn`], with `RLIMIT_NOFILE` set to `(soft, hard)` in the child before
+    /// it starts. To cap relayd, set both: it raises its soft limit to the hard one.
+    pub fn spawn_limited(args: &[&str], nofile: Option<(u64, u64)>) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayd"));
-        if let Some(n) = nofile {
+        if let Some((soft, hard)) = nofile {
             // SAFETY: setrlimit is async-signal-safe and touches only the child.
             unsafe {
                 cmd.pre_exec(move || {
                     let lim = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
+                        rlim_cur: soft,
+                        rlim_max: hard,
                     };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(io::Error::last_os_error());
