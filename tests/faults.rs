@@ -777,18 +777,20 @@ fn sigterm_delivers_megabytes_queued_for_slow_readers_that_are_typing() {
     sigterm_with_megabytes_queued(&[], true);
 }
 
-/// One sender, one prompt reader and 20 readers that read nothing until after the signal.
+/// One sender, one prompt reader and 8 readers that read nothing until after the signal
+/// (8 × 10 MiB to read within the daemon's shutdown grace of 3 s, even on a loaded machine).
 /// The sender sends 10 MiB of numbered lines and half a line; once the prompt reader has all
 /// 10 MiB (so relayd has read them), megabytes wait inside relayd for each slow reader. With
 /// `typing`, the slow readers have also each sent half a line of their own and keep typing a
 /// key every 10 ms until their stream ends, so bytes keep arriving that relayd no longer
-/// reads. (A socket closed with unread input sends an RST, and the RST throws away what the
-/// kernel still had to send: that must not cost the reader its last megabytes.) SIGTERM; every reader then reads: it must get the
-/// 10 MiB in order, then `relayd: shutting down\n`, then EOF; exit status 0.
+/// reads. (A socket shut down, or closed with unread input, answers such bytes with an RST,
+/// and the RST throws away what the kernel still had to send: that must not cost the reader
+/// its last megabytes.) SIGTERM; every reader then reads: it must get the 10 MiB in order,
+/// then `relayd: shutting down\n`, then EOF; exit status 0.
 fn sigterm_with_megabytes_queued(args: &[&str], typing: bool) {
     let mut d = Daemon::spawn(args);
     let mut prompt = d.connect();
-    let mut slow: Vec<Client> = (0..20).map(|_| d.connect()).collect();
+    let mut slow: Vec<Client> = (0..8).map(|_| d.connect()).collect();
     let mut sender = d.connect();
     sender.send(b"ready\n");
     prompt.expect(b"ready\n");
