@@ -304,10 +304,8 @@ struct Leave<'a> {
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
         let shared = self.shared;
-        // The slot is free before the flush, so whoever pressed Ctrl-C can reconnect at once.
-        let left = shared.registry.leave(self.peer.id());
+        let stopping = shared.shutdown.is_triggered();
         server::stop_awaiting(shared, self.peer.id());
-        let count = shared.registry.len();
         shared.per_address.remove(self.addr.ip());
         if self.reason == "idle timeout" {
             add(&shared.stats.idle_kicks, 1);
@@ -315,26 +313,33 @@ impl Drop for Leave<'_> {
             // Cut off by its own writer; those cut off by a sender are counted there.
             add(&shared.stats.slow_consumer_kicks, 1);
         }
-        if let (true, false, Some(left)) =
-            (shared.config.chat, shared.shutdown.is_triggered(), left)
-        {
-            let eol = shared.config.eol();
-            let notice = format!(
-                "* {} left ({}) ({} online){eol}",
-                left.name,
-                self.reason,
-                left.members.online()
-            );
-            shared
-                .registry
-                .notify(&left.members, None, &Chunk::from(notice.as_bytes()));
-        }
-        if !shared.shutdown.is_triggered() {
-            // The server's shutdown sequence flushes and closes every peer itself.
+        if stopping {
+            // The server's shutdown sequence flushes, notifies and closes every registered
+            // peer itself, and lines other readers relay until it does must still reach this
+            // one: it stays registered. (Leaving here, a reader that read once more after the
+            // signal missed those lines, and the notice if it left before the server took
+            // its list of peers.)
+        } else {
+            // The slot is free before the flush, so whoever pressed Ctrl-C can reconnect at
+            // once.
+            let left = shared.registry.leave(self.peer.id());
+            if let (true, Some(left)) = (shared.config.chat, left) {
+                let eol = shared.config.eol();
+                let notice = format!(
+                    "* {} left ({}) ({} online){eol}",
+                    left.name,
+                    self.reason,
+                    left.members.online()
+                );
+                shared
+                    .registry
+                    .notify(&left.members, None, &Chunk::from(notice.as_bytes()));
+            }
             self.peer
                 .flush(Instant::now() + shared.config.write_timeout);
             self.peer.close(&self.reason, None);
         }
+        let count = shared.registry.len();
         info!(
             "client {} {} disconnected: {} ({count} clients)",
             self.peer.id(),

@@ -18,7 +18,9 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::mem::MaybeUninit;
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -538,6 +540,25 @@ impl Outbound {
     pub fn shutdown_read(&self) {
         let _ = self.sock.shutdown(Shutdown::Read);
     }
+
+    /// For a peer about to be closed for good: reads and throws away whatever it has sent,
+    /// and returns how many bytes the kernel still holds for it, unsent or unacknowledged
+    /// (see `server::linger` for why).
+    pub fn discard_input_and_unsent(&self) -> usize {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); 4096];
+        let sock = SockRef::from(&*self.sock);
+        // Ends at EAGAIN, at end of input, or on an error (nothing more will arrive then).
+        while matches!(sock.recv_with_flags(&mut scratch, libc::MSG_DONTWAIT), Ok(n) if n > 0) {}
+        if is_reset(&self.sock) {
+            // The kernel has dropped the connection: nothing more will be delivered (and the
+            // count below no longer shrinks).
+            return 0;
+        }
+        let mut unsent: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int, into `unsent`.
+        let ok = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) } == 0;
+        if ok { unsent.max(0) as usize } else { 0 }
+    }
 }
 
 /// One non-blocking `send`: hands the kernel what fits, never waits.
@@ -586,6 +607,25 @@ fn ends_mid_line(batch: &[Chunk], head: usize, n: usize) -> Option<bool> {
         end -= chunk.len();
     }
     None
+}
+
+/// Whether the connection is gone in the kernel (TCP state CLOSE: reset, or timed out).
+fn is_reset(sock: &TcpStream) -> bool {
+    /// `TCP_CLOSE` in Linux's `enum tcp_state`.
+    const TCP_CLOSE: u8 = 7;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        rc != 0 || info.tcpi_state == TCP_CLOSE
+    }
 }
 
 fn is_would_block(e: &io::Error) -> bool {

@@ -163,13 +163,40 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
         if !peer.flush(deadline) {
             unflushed += 1;
         }
-        peer.close("shutdown", None);
     }
     if unflushed > 0 {
         warn!("{unflushed} clients closed before their queue was flushed");
     }
+    linger(&peers, deadline);
+    for peer in peers.iter() {
+        peer.close("shutdown", None);
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Before the peers are closed: waits, until `deadline`, for every peer's kernel to
+/// acknowledge what was sent to it, throwing away what peers send meanwhile.
+///
+/// Why: a client still typing when the daemon stops would otherwise lose the end of its
+/// stream. A socket shut down for reading and writing answers any further data with an RST
+/// (RFC 1122; Linux counts it as TCPAbortOnData), and so does a close with unread input; an
+/// RST discards what the kernel had not sent yet, which for a slow reader was megabytes and
+/// the shutdown notice. Once everything is acknowledged, a late RST costs the client nothing:
+/// the bytes are in its own kernel, and it reads them and then end of stream.
+fn linger(peers: &[Arc<Outbound>], deadline: Instant) {
+    loop {
+        let unsent: usize = peers.iter().map(|p| p.discard_input_and_unsent()).sum();
+        if unsent == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            warn!("{unsent} bytes still unacknowledged by clients at exit");
+            return;
+        }
+        // Polling: no event announces an acknowledgement; this costs a few wake-ups, once.
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {

@@ -8,6 +8,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
@@ -102,9 +103,22 @@ impl Client {
         }
     }
 
+    /// Reads up to and including the next `\n`, or what is left before end of stream (empty
+    /// at end of stream). For readers that must tell EOF, a reset and a timeout apart.
+    pub fn try_line(&mut self) -> io::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line)?;
+        Ok(line)
+    }
+
     pub fn expect(&mut self, want: &[u8]) {
         let got = self.line();
         assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+    }
+
+    /// The buffered reading side, for reads the helpers here do not cover.
+    pub fn reader_mut(&mut self) -> &mut BufReader<TcpStream> {
+        &mut self.reader
     }
 
     /// Reads exactly `n` bytes.
@@ -142,6 +156,11 @@ impl Client {
     pub fn half_close(&self) {
         self.stream.shutdown(SocketShutdown::Write).unwrap();
     }
+
+    /// Vanishes abruptly: closes with `SO_LINGER` 0, so the server gets an RST, not a FIN.
+    pub fn reset(self) {
+        reset(self.stream);
+    }
 }
 
 /// The built `relayd` binary, running on 127.0.0.1 port 0, with its log captured.
@@ -155,7 +174,28 @@ impl Daemon {
     /// Starts `relayd ARGS` (plus `--bind 127.0.0.1:0` unless ARGS bind) and waits for it to
     /// log its listen addresses.
     pub fn spawn(args: &[&str]) -> Daemon {
+        Daemon::spawn_limited(args, None)
+    }
+
+    /// Like [`Daemon::spawn`], with `RLIMIT_NOFILE` set to `(soft, hard)` in the child before
+    /// it starts. To cap relayd, set both: it raises its soft limit to the hard one.
+    pub fn spawn_limited(args: &[&str], nofile: Option<(u64, u64)>) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayd"));
+        if let Some((soft, hard)) = nofile {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         if !args.contains(&"--bind") {
             cmd.args(["--bind", "127.0.0.1:0"]);
         }
@@ -218,6 +258,11 @@ impl Daemon {
         self.log_until(needle).pop().unwrap()
     }
 
+    /// The log lines logged so far and not yet consumed, for failure messages.
+    pub fn log_so_far(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
     /// Returns the log lines up to and including the first that contains `needle`.
     pub fn log_until(&self, needle: &str) -> Vec<String> {
         let deadline = Instant::now() + TIMEOUT;
@@ -269,6 +314,24 @@ impl Daemon {
     pub fn threads(&self) -> u64 {
         status_field(self.child.id(), "Threads:")
     }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// CPU time the daemon has used so far (user + system, all threads).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
 }
 
 impl Drop for Daemon {
@@ -287,6 +350,14 @@ fn status_field(pid: u32, key: &str) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Closes `stream` with `SO_LINGER` 0: the kernel sends an RST instead of a FIN.
+pub fn reset(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
 }
 
 /// Polls `cond` every few milliseconds until it holds; fails the test after `TIMEOUT`.
