@@ -266,6 +266,11 @@ impl Outbound {
     /// syscalls, and no sender sleeps on a lock that is held across a syscall.
     fn hand_over(self: &Arc<Self>, mut st: MutexGuard<'_, State>, chunk: &Chunk) {
         if st.writer || st.sending || !st.queue.is_empty() {
+            if st.pending == 0 {
+                // The backlog starts now: "no progress for --stall-timeout" counts from here,
+                // not from whenever this peer's queue last moved.
+                st.last_progress = Instant::now();
+            }
             st.queue.push_back(Arc::clone(chunk));
             st.pending += chunk.len();
             return;
@@ -289,6 +294,7 @@ impl Outbound {
         };
         if sent > 0 {
             st.mid_line = chunk[sent - 1] != b'\n';
+            st.last_progress = Instant::now();
         }
         if st.closed.is_some() {
             self.finish_close(st, false);
@@ -304,7 +310,6 @@ impl Outbound {
             st.sending = false;
             return;
         }
-        st.last_progress = Instant::now();
         drop(st);
         self.drain(false);
     }

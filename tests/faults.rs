@@ -559,7 +559,11 @@ fn random_bytes_from_twenty_clients(args: &[&str], verify_relay: bool) {
                     notices += 1;
                     continue;
                 }
-                assert!(line.len() >= 9 && line[0] == 1, "client {s} got garbage");
+                assert!(
+                    line.len() >= 9 && line[0] == 1,
+                    "client {s} got garbage: {:?}",
+                    String::from_utf8_lossy(&line[..line.len().min(300)])
+                );
                 let from: usize = std::str::from_utf8(&line[1..3]).unwrap().parse().unwrap();
                 assert_ne!(from, s, "client {s} got its own line back");
                 let want = traffic[from].lines.get(next[from]);
