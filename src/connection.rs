@@ -92,20 +92,14 @@ fn relay_lines(
         }
         let data = match recv(sock, buf.spare_capacity_mut()) {
             Ok([]) => {
-                if let Some(reason) = peer.closed_reason() {
-                    return reason;
-                }
-                if shared.shutdown.is_triggered() {
-                    return "shutdown".into();
-                }
-                let Some(mode) = &mut mode else {
-                    return "closed by client before authenticating".into();
-                };
-                framer.finish(&mut lines);
-                if let Some(reason) = relay(shared, peer, mode, &mut lines) {
-                    return reason;
-                }
-                return "closed by client".into();
+                return end_of_input(
+                    shared,
+                    peer,
+                    &mut framer,
+                    &mut lines,
+                    mode.as_mut(),
+                    "closed by client",
+                );
             }
             Ok(data) => data,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -125,10 +119,12 @@ fn relay_lines(
                 peer.push_notice(format!("relayd: idle timeout{}", config.eol()).as_bytes());
                 return "idle timeout".into();
             }
+            // A reset is the client leaving too, abruptly: what it sent before is kept as
+            // with an orderly end of input (the kernel reports a reset on read or, if a send
+            // met it first, as end of input: both end the same way).
             Err(e) => {
-                return peer
-                    .closed_reason()
-                    .unwrap_or_else(|| format!("read error: {e}"));
+                let why = format!("read error: {e}");
+                return end_of_input(shared, peer, &mut framer, &mut lines, mode.as_mut(), &why);
             }
         };
         add(&shared.stats.bytes_in, data.len() as u64);
@@ -195,6 +191,30 @@ fn relay_lines(
             return reason;
         }
     }
+}
+
+/// The client's input has ended (`why`): an unfinished line is completed with `\n` and
+/// relayed, unless the daemon closed this client itself, is shutting down (a half line read
+/// then is dropped), or the client never authenticated. Returns why the client is leaving.
+fn end_of_input(
+    shared: &Shared,
+    peer: &Arc<Outbound>,
+    framer: &mut Framer,
+    lines: &mut Vec<u8>,
+    mode: Option<&mut Mode>,
+    why: &str,
+) -> String {
+    if let Some(reason) = peer.cut_off_reason() {
+        return reason;
+    }
+    if shared.shutdown.is_triggered() {
+        return "shutdown".into();
+    }
+    let Some(mode) = mode else {
+        return format!("{why} before authenticating");
+    };
+    framer.finish(lines);
+    relay(shared, peer, mode, lines).unwrap_or_else(|| why.to_string())
 }
 
 /// A client that still owes the shared secret.

@@ -79,6 +79,8 @@ struct State {
     sending: bool,
     /// Why the peer was closed, once it is.
     closed: Option<String>,
+    /// It was closed because its connection failed under a send, not by the daemon's choice.
+    failed: bool,
     /// The last byte handed to the kernel was not a `\n`: a notice sent now would land
     /// inside someone's line.
     mid_line: bool,
@@ -115,6 +117,7 @@ impl Outbound {
                 writer: false,
                 sending: false,
                 closed: None,
+                failed: false,
                 mid_line: false,
                 notice: None,
                 last_progress: Instant::now(),
@@ -156,6 +159,13 @@ impl Outbound {
     /// Why this peer was closed, if it was.
     pub fn closed_reason(&self) -> Option<String> {
         lock(&self.state).closed.clone()
+    }
+
+    /// Why the daemon cut this peer off (too slow, kicked, shutdown), if it did; `None` also
+    /// when its connection merely failed under a send, which is the client leaving.
+    pub fn cut_off_reason(&self) -> Option<String> {
+        let st = lock(&self.state);
+        st.closed.clone().filter(|_| !st.failed)
     }
 
     /// Hands `chunk` to this peer if there is room, waiting for room until `deadline`
@@ -287,6 +297,7 @@ impl Outbound {
                 debug!("client {}: send failed: {e}", self.id);
                 if st.closed.is_none() {
                     Self::mark_closed(&mut st, &format!("send failed: {e}"));
+                    st.failed = true;
                 }
                 self.finish_close(st, false);
                 return;
@@ -416,6 +427,7 @@ impl Outbound {
                         Ok(_) => "write failed: wrote zero bytes".to_string(),
                     };
                     Self::mark_closed(&mut st, &why);
+                    st.failed = true;
                     self.changed.notify_all();
                 }
             }
