@@ -62,8 +62,42 @@ pub fn clean(line: &[u8]) -> String {
         .collect()
 }
 
+/// What one line from a chat client is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Nothing left once cleaned: not relayed.
+    Empty,
+    /// A message for the room (`//text` is the message `/text`).
+    Text(String),
+    /// `/name arg…`: `name` as typed, `arg` trimmed (possibly empty).
+    Command { name: String, arg: String },
+}
+
+/// Reads one line (with or without its line end) as a chat client meant it. Total: any bytes
+/// give an `Input`, which is what the property tests in `tests/chat_parser.rs` hold it to.
+pub fn parse(line: &[u8]) -> Input {
+    let text = clean(line);
+    if text.is_empty() {
+        return Input::Empty;
+    }
+    match text.strip_prefix('/') {
+        Some(literal) if literal.starts_with('/') => Input::Text(literal.to_string()),
+        Some(command) => {
+            let (name, arg) = match command.split_once([' ', '\t']) {
+                Some((name, arg)) => (name, arg.trim()),
+                None => (command, ""),
+            };
+            Input::Command {
+                name: name.to_string(),
+                arg: arg.to_string(),
+            }
+        }
+        None => Input::Text(text),
+    }
+}
+
 /// A valid name or room name: 1–32 letters, digits, `_`, `-` or `.`.
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len())
         && name
             .bytes()
@@ -71,7 +105,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// `guest<digits>` names are handed out by the daemon; nobody may take one.
-fn reserved(name: &str) -> bool {
+pub fn reserved(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower
         .strip_prefix("guest")
@@ -114,20 +148,16 @@ impl Chat {
     ) -> Option<String> {
         let eol = shared.config.eol();
         for line in lines.split_inclusive(|&b| b == b'\n') {
-            let text = clean(line);
-            if text.is_empty() {
-                continue;
-            }
-            let text = match text.strip_prefix('/') {
-                Some(literal) if literal.starts_with('/') => literal,
-                Some(command) => {
+            let text = match parse(line) {
+                Input::Empty => continue,
+                Input::Command { name, arg } => {
                     self.flush(shared, peer);
-                    if let Some(reason) = self.command(shared, peer, command) {
+                    if let Some(reason) = self.command(shared, peer, &name, &arg) {
                         return Some(reason);
                     }
                     continue;
                 }
-                None => &text,
+                Input::Text(text) => text,
             };
             if !self.allow(shared, peer) {
                 continue;
@@ -185,11 +215,13 @@ impl Chat {
     }
 
     /// Runs `/command` (given without its slash). Returns the reason if the client quit.
-    fn command(&mut self, shared: &Shared, peer: &Arc<Outbound>, line: &str) -> Option<String> {
-        let (command, arg) = match line.split_once([' ', '\t']) {
-            Some((command, arg)) => (command, arg.trim()),
-            None => (line, ""),
-        };
+    fn command(
+        &mut self,
+        shared: &Shared,
+        peer: &Arc<Outbound>,
+        command: &str,
+        arg: &str,
+    ) -> Option<String> {
         match command.to_ascii_lowercase().as_str() {
             "nick" => self.nick(shared, peer, arg),
             "who" => {

@@ -228,7 +228,8 @@ fn run(a: &Args) -> Result<bool, String> {
     // One descriptor per client; ceiling holds both ends of each connection.
     let ends = if p.kind == Kind::Ceiling { 2 } else { 1 };
     let need = p.clients as u64 * ends + 64;
-    match sys::raise_nofile() {
+    // connscale holds one descriptor per simulated client, far past the usual soft limit.
+    match relayd::server::raise_fd_limit() {
         Ok(limit) if limit < need => {
             return Err(format!(
                 "{} clients need about {need} open files; the limit here is {limit}",

@@ -81,28 +81,6 @@ pub fn empty_event() -> Event {
     libc::epoll_event { events: 0, u64: 0 }
 }
 
-/// Raises the soft limit on open descriptors to the hard limit: connscale holds one
-/// descriptor per simulated client, far past the usual soft limit of 1024.
-pub fn raise_nofile() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(lim.rlim_cur)
-}
-
 /// CPU time (user + system) this process has used so far, all threads together.
 pub fn own_cpu_time() -> Duration {
     // SAFETY: an all-zero rusage is valid, and getrusage only writes into it.
