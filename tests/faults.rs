@@ -19,7 +19,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, eventually, reset};
+use common::{Client, Daemon, eventually, numbered_lines, reset};
 
 /// A small seeded generator (splitmix64), so every run sends the same "random" bytes and a
 /// failure can be replayed.
@@ -38,18 +38,6 @@ impl Rng {
     fn range(&mut self, lo: usize, hi: usize) -> usize {
         lo + (self.next() % (hi - lo) as u64) as usize
     }
-}
-
-/// Lines of 1 KiB, each numbered, so a receiver can tell loss, order and corruption apart.
-fn numbered_lines(count: usize) -> Vec<u8> {
-    let mut all = Vec::with_capacity(count * 1024);
-    for i in 0..count {
-        let start = all.len();
-        write!(all, "{i:08} ").unwrap();
-        all.resize(start + 1023, b'a' + (i % 26) as u8);
-        all.push(b'\n');
-    }
-    all
 }
 
 /// Makes every client in `clients` provably registered: the last one (connected last, so
@@ -465,6 +453,38 @@ fn random_bytes_from_twenty_clients_arrive_whole_and_memory_stays_bounded() {
     random_bytes_from_twenty_clients(&[], true);
 }
 
+/// Client `s` sends its traffic in writes of random size (a quarter of them tiny), on a thread
+/// of its own. Only the non-reader may find its connection cut.
+fn send_randomly(
+    client: &Client,
+    s: usize,
+    seed: u64,
+    bytes: impl FnOnce() -> Vec<u8> + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let mut stream = client.stream.try_clone().unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    thread::spawn(move || {
+        let bytes = bytes();
+        let mut rng = Rng(seed ^ 0xabc ^ s as u64);
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = if rng.range(0, 4) == 0 {
+                rng.range(1, 8)
+            } else {
+                rng.range(1, 16 * 1024)
+            };
+            let end = (at + n).min(bytes.len());
+            if let Err(e) = stream.write_all(&bytes[at..end]) {
+                assert_eq!(s, NON_READER, "client {s} could not send: {e}");
+                return;
+            }
+            at = end;
+        }
+    })
+}
+
 const FUZZ_CLIENTS: usize = 20;
 /// This client sends like the others but never reads: it will be cut off as too slow, and
 /// what it sent until then must still arrive whole, as a prefix of its lines.
@@ -536,29 +556,9 @@ fn random_bytes_from_twenty_clients(args: &[&str], verify_relay: bool) {
     let mut senders = Vec::new();
     let mut readers = Vec::new();
     for (s, mut client) in clients.into_iter().enumerate() {
-        let mut stream = client.stream.try_clone().unwrap();
-        stream
-            .set_write_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
         let mine = Arc::clone(&traffic);
-        senders.push(thread::spawn(move || {
-            let mut rng = Rng(seed ^ 0xabc ^ s as u64);
-            let bytes = &mine[s].bytes;
-            let mut at = 0;
-            while at < bytes.len() {
-                let n = if rng.range(0, 4) == 0 {
-                    rng.range(1, 8)
-                } else {
-                    rng.range(1, 16 * 1024)
-                };
-                let end = (at + n).min(bytes.len());
-                if let Err(e) = stream.write_all(&bytes[at..end]) {
-                    // Only the non-reader is ever cut off.
-                    assert_eq!(s, NON_READER, "client {s} could not send: {e}");
-                    return;
-                }
-                at = end;
-            }
+        senders.push(send_randomly(&client, s, seed, move || {
+            mine[s].bytes.clone()
         }));
         if s == NON_READER {
             readers.push(thread::spawn(move || client));
@@ -947,22 +947,8 @@ fn random_bytes_from_twenty_chat_clients_reach_everyone_clean() {
     let mut senders = Vec::new();
     let mut readers = Vec::new();
     for (s, mut client) in clients.into_iter().enumerate() {
-        let mut stream = client.stream.try_clone().unwrap();
-        stream
-            .set_write_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let bytes = traffic(s, seed).bytes;
-        senders.push(thread::spawn(move || {
-            let mut rng = Rng(seed ^ s as u64);
-            let mut at = 0;
-            while at < bytes.len() {
-                let end = (at + rng.range(1, 16 * 1024)).min(bytes.len());
-                if stream.write_all(&bytes[at..end]).is_err() {
-                    assert_eq!(s, NON_READER, "client {s} could not send");
-                    return;
-                }
-                at = end;
-            }
+        senders.push(send_randomly(&client, s, seed, move || {
+            traffic(s, seed).bytes
         }));
         if s == NON_READER {
             readers.push(thread::spawn(move || client));

@@ -3,25 +3,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::thread;
 use std::time::Duration;
 
-use common::{Client, Daemon};
+use common::{Client, Daemon, numbered_lines};
 
 const MIB: usize = 1 << 20;
-
-/// Lines of 1 KiB, each numbered, so a receiver can tell loss, order and corruption apart.
-fn numbered_lines(count: usize) -> Vec<u8> {
-    let mut all = Vec::with_capacity(count * 1024);
-    for i in 0..count {
-        let start = all.len();
-        write!(all, "{i:08} ").unwrap();
-        all.resize(start + 1023, b'a' + (i % 26) as u8);
-        all.push(b'\n');
-    }
-    all
-}
 
 fn send_in_background(mut client: Client, data: Vec<u8>) -> thread::JoinHandle<Client> {
     thread::spawn(move || {

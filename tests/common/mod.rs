@@ -360,6 +360,18 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+/// Lines of 1 KiB, each numbered, so a receiver can tell loss, order and corruption apart.
+pub fn numbered_lines(count: usize) -> Vec<u8> {
+    let mut all = Vec::with_capacity(count * 1024);
+    for i in 0..count {
+        let start = all.len();
+        write!(all, "{i:08} ").unwrap();
+        all.resize(start + 1023, b'a' + (i % 26) as u8);
+        all.push(b'\n');
+    }
+    all
+}
+
 /// Polls `cond` every few milliseconds until it holds; fails the test after `TIMEOUT`.
 /// For conditions no event announces (a thread count falling back), never as a stand-in
 /// for reading the bytes a test expects.
