@@ -152,3 +152,39 @@ fn a_slow_but_steady_reader_gets_every_byte_and_stays_connected() {
     sender.send(b"still connected?\n");
     slow.expect(b"still connected?\n");
 }
+
+/// Three clients that never read fill up one after another: the first has a tiny receive
+/// buffer, so its queue fills megabytes before the others'. The sender waits for it (one
+/// --stall-timeout, 2 s); the others' backlogs, begun before that wait, have not moved since,
+/// so when they fill they are cut off without a wait of their own: the healthy reader's
+/// 64 MiB take about one stall, not three.
+#[test]
+fn stuck_clients_cost_one_stall_in_all_not_one_each() {
+    let d = Daemon::spawn(&[]);
+    let tiny = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    tiny.set_recv_buffer_size(4096).unwrap();
+    tiny.connect(&d.addrs[0].into()).unwrap();
+    let _stuck = [Client::from_stream(tiny.into()), d.connect(), d.connect()];
+    let mut reader = d.connect();
+    let sender = d.connect();
+    let data = numbered_lines(64 * 1024);
+    let expected = data.clone();
+    let start = std::time::Instant::now();
+    let sending = send_in_background(sender, data);
+    let got = reader.bytes(expected.len());
+    let took = start.elapsed();
+    assert!(
+        got == expected,
+        "the healthy reader's 64 MiB differ from what was sent"
+    );
+    sending.join().unwrap();
+    for _ in 0..3 {
+        d.wait_log("slow consumer");
+    }
+    // One stall is 2 s; a stall for the first and another for the two that fill together
+    // would be 4 s.
+    assert!(
+        took < Duration::from_millis(3500),
+        "three stuck clients held the stream for {took:?}"
+    );
+}
