@@ -140,12 +140,7 @@ fn nick() {
 #[test]
 fn who_me_msg_rooms_help() {
     let server = Server::start(chat_config());
-    let (mut a, _) = server.join();
-    let (mut b, _) = server.join();
-    a.expect("* guest2 joined (2 online)\n");
-    let (mut c, _) = server.join();
-    a.expect("* guest3 joined (3 online)\n");
-    b.expect("* guest3 joined (3 online)\n");
+    let [mut a, mut b, mut c] = server.join_three();
     a.send("/nick alice\n");
     a.expect("* you are now alice\n");
     b.expect("* guest1 is now alice\n");
@@ -192,12 +187,7 @@ fn who_me_msg_rooms_help() {
 #[test]
 fn join_rooms() {
     let server = Server::start(chat_config());
-    let (mut a, _) = server.join();
-    let (mut b, _) = server.join();
-    a.expect("* guest2 joined (2 online)\n");
-    let (mut c, _) = server.join();
-    a.expect("* guest3 joined (3 online)\n");
-    b.expect("* guest3 joined (3 online)\n");
+    let [mut a, mut b, mut c] = server.join_three();
     c.send("/join games\n");
     c.expect("* you are now in games (1 online)\n");
     a.expect("* guest3 left (joined games) (2 online)\n");
@@ -268,12 +258,7 @@ fn slow_consumer_leaves_with_notice() {
         stall_timeout: Duration::from_millis(200),
         ..chat_config()
     });
-    let (mut a, _) = server.join();
-    let (mut b, _) = server.join();
-    a.expect("* guest2 joined (2 online)\n");
-    let (slow, _) = server.join();
-    a.expect("* guest3 joined (3 online)\n");
-    b.expect("* guest3 joined (3 online)\n");
+    let [a, mut b, slow] = server.join_three();
     // a writes until the server gives up on guest3; b reads all of it meanwhile.
     let line = format!("{}\n", "z".repeat(1000));
     let writer = {

@@ -86,6 +86,18 @@ impl Server {
         (c, name)
     }
 
+    /// Three clients, guest1 to guest3 (a fresh server's first three), each having heard the
+    /// join notices of those after it.
+    pub fn join_three(&self) -> [Client; 3] {
+        let (mut a, _) = self.join();
+        let (mut b, _) = self.join();
+        a.expect("* guest2 joined (2 online)\n");
+        let (c, _) = self.join();
+        a.expect("* guest3 joined (3 online)\n");
+        b.expect("* guest3 joined (3 online)\n");
+        [a, b, c]
+    }
+
     /// One admin command over the control socket; the answer without its closing empty line.
     pub fn admin(&self, command: &str) -> String {
         let mut admin = Admin::connect(self);

@@ -63,6 +63,17 @@ pub struct RxConn {
     pub prober: bool,
 }
 
+impl RxConn {
+    /// A client that only listens.
+    pub fn listener(sock: Arc<TcpStream>) -> RxConn {
+        RxConn {
+            sock,
+            own: None,
+            prober: false,
+        }
+    }
+}
+
 /// When the receiver stops waiting.
 pub struct Limits {
     /// Hard end of the run.

@@ -190,14 +190,7 @@ fn fanout(
         None
     };
     let progress = Progress::new(1);
-    let conns = receivers
-        .into_iter()
-        .map(|sock| RxConn {
-            sock,
-            own: None,
-            prober: false,
-        })
-        .collect();
+    let conns = receivers.into_iter().map(RxConn::listener).collect();
     let limits = Limits {
         deadline: until,
         drain: p.drain,
@@ -346,14 +339,7 @@ fn ceiling(p: &Params) -> Result<Measure, String> {
         payload::encode(&mut all, false, 0, seq, ts, p.size);
     }
     let progress = Progress::new(1);
-    let conns = receivers
-        .into_iter()
-        .map(|sock| RxConn {
-            sock,
-            own: None,
-            prober: false,
-        })
-        .collect();
+    let conns = receivers.into_iter().map(RxConn::listener).collect();
     let limits = Limits {
         deadline: Instant::now() + p.timeout,
         drain: p.drain,
