@@ -3,15 +3,22 @@
 use proptest::prelude::*;
 use relayd::framing::Framer;
 
+/// Where each read ends when `data` is read in pieces cut at `cuts` (taken modulo its
+/// length, in order), the last at its end.
+fn read_ends(data: &[u8], cuts: &[usize]) -> Vec<usize> {
+    let mut ends: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+    ends.sort();
+    ends.push(data.len());
+    ends
+}
+
 /// Frames `data` read in pieces cut at `cuts`, returning the lines and the too-long count.
 fn frame(max_line: usize, data: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
     let mut framer = Framer::new(max_line);
     let mut lines = Vec::new();
     let mut too_long = 0;
     let mut at = 0;
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-    cuts.sort();
-    for cut in cuts.into_iter().chain([data.len()]) {
+    for cut in read_ends(data, cuts) {
         too_long += framer.feed(&data[at..cut], &mut lines);
         at = cut;
     }
@@ -74,9 +81,7 @@ fn check_incremental(max_line: usize, data: &[u8], cuts: &[usize]) -> Result<(),
     let mut lines = Vec::new();
     let mut too_long = 0;
     let mut at = 0;
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-    cuts.sort();
-    for cut in cuts.into_iter().chain([data.len()]) {
+    for cut in read_ends(data, cuts) {
         too_long += framer.feed(&data[at..cut], &mut lines);
         at = cut;
         let (want, want_too_long) = reference_so_far(max_line, data, cut);
