@@ -158,11 +158,8 @@ fn relay_lines(
                             info!("client {}: authenticated", peer.id());
                             mode = Some(Mode::new(shared, peer, &lobby));
                         }
-                        Err(max) => {
-                            let eol = config.eol();
-                            peer.push_notice(
-                                format!("relayd: server full ({max} clients){eol}").as_bytes(),
-                            );
+                        Err(_) => {
+                            peer.push_notice(server::full_notice(config).as_bytes());
                             return "server full".into();
                         }
                     }

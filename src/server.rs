@@ -349,8 +349,16 @@ fn refuse_full(shared: &Shared, sock: &TcpStream, addr: SocketAddr) {
     let max = shared.config.max_clients;
     info!("refused {addr}: server full ({max} clients)");
     shared.per_address.remove(addr.ip());
-    let notice = format!("relayd: server full ({max} clients){}", shared.config.eol());
-    refuse(sock, notice.as_bytes());
+    refuse(sock, full_notice(&shared.config).as_bytes());
+}
+
+/// What a client that finds every `--max-clients` slot taken is told.
+pub(crate) fn full_notice(config: &Config) -> String {
+    format!(
+        "relayd: server full ({} clients){}",
+        config.max_clients,
+        config.eol()
+    )
 }
 
 /// Tells a client why it is not served, and closes it. A fresh socket's buffer is empty, so
