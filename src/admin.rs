@@ -8,7 +8,9 @@
 //! where it stops; actions answer `ok` or `error: …`.
 //!
 //! Each admin connection gets a thread of its own: there are a handful at most, and it keeps
-//! the control path as plain blocking code as the client path.
+//! the control path as plain blocking code as the client path. At most [`MAX_CONNECTIONS`]
+//! are served at once, and one that sends nothing for `--admin-idle-timeout` is closed, so
+//! forgotten `nc -U` sessions cannot lock the operator out.
 
 use std::collections::HashMap;
 use std::fs;
@@ -22,12 +24,11 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use log::{debug, info, warn};
+use socket2::SockRef;
 
-use crate::chat;
-use crate::outbound::Chunk;
-use crate::server::Shared;
-use crate::stats::add;
+use crate::daemon::Daemon;
 use crate::sync::lock;
+use crate::sys;
 
 /// Longest command line accepted.
 const MAX_COMMAND: u64 = 64 * 1024;
@@ -46,7 +47,7 @@ help                       this list
 /// Opens the control socket at `path`, readable and writable by the daemon's user only.
 /// A socket file left by a crashed run is replaced; one that a live daemon answers on is an
 /// error, as is any other kind of file.
-pub fn open(path: &Path) -> io::Result<UnixListener> {
+pub(crate) fn open(path: &Path) -> io::Result<UnixListener> {
     let listener = match bind_private(path) {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
             let meta = fs::symlink_metadata(path)?;
@@ -72,18 +73,14 @@ pub fn open(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Binds with a umask that leaves the socket file mode 0600 from the start, so there is no
-/// moment at which others could connect. This runs before any client thread exists.
+/// Binds mode 0600 from the start. This runs before any client thread exists, so the
+/// process-wide umask it changes for a moment affects nothing else.
 fn bind_private(path: &Path) -> io::Result<UnixListener> {
-    // SAFETY: umask only swaps the process's file creation mask.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    unsafe { libc::umask(old) };
-    bound
+    sys::bind_unix_private(path)
 }
 
 /// The running control socket.
-pub struct Admin {
+pub(crate) struct Admin {
     path: PathBuf,
     listener: Arc<UnixListener>,
     thread: JoinHandle<()>,
@@ -94,14 +91,18 @@ pub struct Admin {
 type Connections = Arc<Mutex<HashMap<u64, UnixStream>>>;
 
 /// Serves `listener` (from [`open`]) on its own thread until [`Admin::stop`].
-pub fn start(shared: Arc<Shared>, listener: UnixListener, path: PathBuf) -> io::Result<Admin> {
+pub(crate) fn start(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    path: PathBuf,
+) -> io::Result<Admin> {
     let listener = Arc::new(listener);
     let connections = Connections::default();
     let thread = {
         let (listener, connections) = (Arc::clone(&listener), Arc::clone(&connections));
         thread::Builder::new()
             .name("admin".into())
-            .spawn(move || accept_loop(&shared, &listener, &connections))?
+            .spawn(move || accept_loop(&daemon, &listener, &connections))?
     };
     info!("admin socket at {}", path.display());
     Ok(Admin {
@@ -115,17 +116,11 @@ pub fn start(shared: Arc<Shared>, listener: UnixListener, path: PathBuf) -> io::
 impl Admin {
     /// Stops accepting, ends open admin connections and removes the socket file. Call after
     /// the shutdown handle was triggered.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         // A connection wakes the accept loop, which then sees the shutdown; shutting the
         // listener down is the fallback if the file is already gone.
         if UnixStream::connect(&self.path).is_err() {
-            // SAFETY: plain syscall on a descriptor we own.
-            unsafe {
-                libc::shutdown(
-                    std::os::fd::AsRawFd::as_raw_fd(&*self.listener),
-                    libc::SHUT_RDWR,
-                )
-            };
+            let _ = SockRef::from(&*self.listener).shutdown(SocketShutdown::Both);
         }
         let _ = self.thread.join();
         for conn in lock(&self.connections).values() {
@@ -137,11 +132,11 @@ impl Admin {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, connections: &Connections) {
+fn accept_loop(daemon: &Arc<Daemon>, listener: &UnixListener, connections: &Connections) {
     let mut next = 0u64;
     loop {
         let accepted = listener.accept();
-        if shared.shutdown.is_triggered() {
+        if daemon.is_stopping() {
             return;
         }
         let mut stream = match accepted {
@@ -165,11 +160,11 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, connections: &Conn
             let _ = stream.write_all(b"error: too many admin connections\n\n");
             continue;
         }
-        let (id, shared, conns) = (next, Arc::clone(shared), Arc::clone(connections));
+        let (id, daemon, conns) = (next, Arc::clone(daemon), Arc::clone(connections));
         let spawned = thread::Builder::new()
             .name(format!("admin-{id}"))
             .spawn(move || {
-                if let Err(e) = serve(&shared, stream) {
+                if let Err(e) = serve(&daemon, stream) {
                     debug!("admin connection {id}: {e}");
                 }
                 lock(&conns).remove(&id);
@@ -181,17 +176,28 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, connections: &Conn
     }
 }
 
-/// Answers the commands of one admin connection until it closes.
-fn serve(shared: &Shared, stream: UnixStream) -> io::Result<()> {
+/// Answers the commands of one admin connection until it closes or stays idle too long.
+fn serve(daemon: &Daemon, stream: UnixStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(daemon.config().admin_idle_timeout))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut reader)
-            .take(MAX_COMMAND)
-            .read_until(b'\n', &mut line)?;
-        if n == 0 || shared.shutdown.is_triggered() {
+        let n = match (&mut reader).take(MAX_COMMAND).read_until(b'\n', &mut line) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                writer.write_all(b"error: idle timeout\n\n")?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 || daemon.is_stopping() {
             return Ok(());
         }
         if line.last() != Some(&b'\n') && n as u64 == MAX_COMMAND {
@@ -203,26 +209,27 @@ fn serve(shared: &Shared, stream: UnixStream) -> io::Result<()> {
         if command.is_empty() {
             continue;
         }
-        let mut answer = execute(shared, command);
+        let mut answer = execute(daemon, command);
         answer.push('\n');
         writer.write_all(answer.as_bytes())?;
     }
 }
 
 /// Runs one command; the answer ends with `\n` (the caller adds the empty line).
-fn execute(shared: &Shared, command: &str) -> String {
+fn execute(daemon: &Daemon, command: &str) -> String {
     let (verb, arg) = split_word(command);
     match verb {
         "clients" => {
             let mut out = String::new();
-            for c in shared.registry.clients() {
+            for c in daemon.clients() {
                 let (lines_in, lines_out) = c.peer.line_counts();
                 out.push_str(&format!(
                     "{} {} {} {} {} {lines_in} {lines_out} {}\n",
                     c.id,
                     c.addr,
                     c.name,
-                    c.room,
+                    // Not authenticated yet: in no room.
+                    c.room.as_deref().unwrap_or("-"),
                     c.connected.as_secs(),
                     c.peer.pending(),
                 ));
@@ -231,29 +238,17 @@ fn execute(shared: &Shared, command: &str) -> String {
         }
         "kick" if !arg.is_empty() => {
             let (target, reason) = split_word(arg);
-            let Some((name, peer)) = shared.registry.find(target) else {
-                return "error: no such client\n".into();
-            };
-            let eol = shared.config.eol();
-            let (why, notice) = if reason.is_empty() {
-                (
-                    "kicked by operator".to_string(),
-                    format!("relayd: kicked by operator{eol}"),
-                )
-            } else {
-                (
-                    format!("kicked by operator: {reason}"),
-                    format!("relayd: kicked by operator: {reason}{eol}"),
-                )
-            };
-            if !peer.close(&why, Some(notice.as_bytes())) {
-                return "error: no such client\n".into();
+            let reason = (!reason.is_empty()).then_some(reason);
+            match daemon.kick(target, reason) {
+                Ok((id, name)) => {
+                    info!("admin: kicked client {id} ({name})");
+                    "ok\n".into()
+                }
+                Err(_) => "error: no such client\n".into(),
             }
-            info!("admin: kicked client {} ({name}): {why}", peer.id());
-            "ok\n".into()
         }
         "broadcast" if !arg.is_empty() => {
-            let n = broadcast(shared, arg);
+            let n = daemon.broadcast(arg);
             info!("admin: pushed a line to {n} clients");
             "ok\n".into()
         }
@@ -262,45 +257,16 @@ fn execute(shared: &Shared, command: &str) -> String {
             if text.is_empty() {
                 return "error: usage: send ID|NAME TEXT\n".into();
             }
-            let Some((_, peer)) = shared.registry.find(target) else {
-                return "error: no such client\n".into();
-            };
-            let chunk = push_line(shared, text);
-            add(&shared.stats.bytes_out, chunk.len() as u64);
-            peer.push_notice(&chunk);
-            "ok\n".into()
+            match daemon.push_to(target, text) {
+                Ok(()) => "ok\n".into(),
+                Err(_) => "error: no such client\n".into(),
+            }
         }
-        "stats" => {
-            let registry = &shared.registry;
-            shared.stats.report(registry.len(), registry.rooms().len())
-        }
+        "stats" => daemon.stats_report(),
         "help" => HELP.into(),
         "kick" => "error: usage: kick ID|NAME [REASON]\n".into(),
         "broadcast" => "error: usage: broadcast TEXT\n".into(),
         _ => "error: unknown command\n".into(),
-    }
-}
-
-/// Pushes `text` to every client, as a server line; returns to how many.
-pub fn broadcast(shared: &Shared, text: &str) -> usize {
-    let chunk = push_line(shared, text);
-    let peers = shared.registry.peers();
-    for peer in &peers {
-        peer.push_notice(&chunk);
-    }
-    add(&shared.stats.bytes_out, (chunk.len() * peers.len()) as u64);
-    peers.len()
-}
-
-/// An operator's push as a client sees it: `* [server] TEXT` in chat mode (cleaned like any
-/// chat line), the bare line in raw mode.
-fn push_line(shared: &Shared, text: &str) -> Chunk {
-    let config = &shared.config;
-    if config.chat {
-        let text = chat::clean(text.as_bytes());
-        Chunk::from(format!("* [server] {text}{}", config.eol()).as_bytes())
-    } else {
-        Chunk::from(format!("{text}\n").as_bytes())
     }
 }
 
@@ -313,8 +279,15 @@ fn split_word(s: &str) -> (&str, &str) {
 }
 
 /// `relayd ctl`: sends one command to the control socket at `path` and returns the answer
-/// without its closing empty line.
+/// without its closing empty line. A command with a line break in it is refused: the socket
+/// would read it as two commands.
 pub fn ctl(path: &Path, command: &str) -> io::Result<String> {
+    if command.contains(['\n', '\r']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a command cannot contain a line break",
+        ));
+    }
     let mut stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(format!("{command}\n").as_bytes())?;

@@ -15,19 +15,22 @@ use std::time::Instant;
 use log::{debug, info};
 
 use crate::config::Config;
-use crate::console;
-use crate::outbound::{Chunk, Outbound};
+use crate::daemon::Daemon;
+use crate::notice::clean;
+use crate::peer::{Chunk, Peer};
 use crate::rate::Bucket;
 use crate::registry::{LOBBY, Members, RenameError};
-use crate::server::Shared;
 use crate::stats::add;
 
 /// Longest name or room name, in characters.
 const MAX_NAME: usize = 32;
 
+/// What a valid name is, as people are told.
+const NAME_RULE: &str = "1-32 letters, digits, _ - .; not only digits";
+
 const HELP: &[&str] = &[
     "* commands:",
-    "*   /nick NAME       change your name (1-32 letters, digits, _ - .)",
+    "*   /nick NAME       change your name (1-32 letters, digits, _ - .; not only digits)",
     "*   /who             who is in your room",
     "*   /me TEXT         say TEXT as an action: * name TEXT",
     "*   /msg NAME TEXT   send TEXT to NAME only",
@@ -37,30 +40,6 @@ const HELP: &[&str] = &[
     "*   /help            this list",
     "* a line starting with // sends the rest starting with a single /",
 ];
-
-/// The lines a client gets on connecting: the welcome line, then the `--motd` lines.
-pub fn welcome(config: &Config, name: &str, online: usize) -> Vec<Chunk> {
-    let eol = config.eol();
-    let mut text =
-        format!("* welcome to relayd, you are {name} ({online} online) — /help for commands{eol}");
-    for line in &config.motd {
-        text.push_str(&clean(line.as_bytes()));
-        text.push_str(eol);
-    }
-    vec![Chunk::from(text.as_bytes())]
-}
-
-/// One line as others may see it: without its line end (`\n`, and the `\r` of telnet), invalid
-/// UTF-8 replaced by U+FFFD, and control characters other than TAB removed, so that nobody can
-/// send terminal escape sequences to others' screens.
-pub fn clean(line: &[u8]) -> String {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    String::from_utf8_lossy(line)
-        .chars()
-        .filter(|&c| c == '\t' || !c.is_control())
-        .collect()
-}
 
 /// What one line from a chat client is.
 #[derive(Debug, PartialEq, Eq)]
@@ -96,12 +75,18 @@ pub fn parse(line: &[u8]) -> Input {
     }
 }
 
-/// A valid name or room name: 1–32 letters, digits, `_`, `-` or `.`.
-pub fn valid_name(name: &str) -> bool {
+/// A valid room name: 1–32 letters, digits, `_`, `-` or `.`.
+pub fn valid_room(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A valid name: as a room name, but not only digits, so that the operator's `kick 7` can only
+/// mean client id 7.
+pub fn valid_name(name: &str) -> bool {
+    valid_room(name) && !name.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// `guest<digits>` names are handed out by the daemon; nobody may take one.
@@ -113,7 +98,7 @@ pub fn reserved(name: &str) -> bool {
 }
 
 /// One chat client's state, owned by its thread.
-pub struct Chat {
+pub(crate) struct Chat {
     name: String,
     room: String,
     bucket: Option<Bucket>,
@@ -123,7 +108,7 @@ pub struct Chat {
 }
 
 impl Chat {
-    pub fn new(config: &Config, name: String) -> Chat {
+    pub(crate) fn new(config: &Config, name: String) -> Chat {
         Chat {
             name,
             room: LOBBY.to_string(),
@@ -134,60 +119,56 @@ impl Chat {
     }
 
     /// Tells the lobby, as it was when this client joined, that it arrived.
-    pub fn announce(&self, shared: &Shared, peer: &Outbound, lobby: &Members) {
-        let line = format!("* {} joined ({} online)", self.name, lobby.online());
-        notify(shared, peer, lobby, &line);
+    pub(crate) fn announce(&self, daemon: &Daemon, peer: &Peer, lobby: &Members) {
+        let notice = daemon.notices().joined(&self.name, lobby.online());
+        daemon.notify(lobby, peer.id(), &notice);
     }
 
-    /// Handles the whole lines of one read. Returns the reason if the client quit.
-    pub fn handle(
+    /// Handles the whole lines of one read. Returns the `/quit` reason if the client quit
+    /// (`Some(None)` without one).
+    pub(crate) fn handle(
         &mut self,
-        shared: &Shared,
-        peer: &Arc<Outbound>,
+        daemon: &Daemon,
+        peer: &Arc<Peer>,
         lines: &[u8],
-    ) -> Option<String> {
-        let eol = shared.config.eol();
+    ) -> Option<Option<String>> {
+        let eol = daemon.notices().eol();
         for line in lines.split_inclusive(|&b| b == b'\n') {
             let text = match parse(line) {
                 Input::Empty => continue,
                 Input::Command { name, arg } => {
-                    self.flush(shared, peer);
-                    if let Some(reason) = self.command(shared, peer, &name, &arg) {
+                    self.flush(daemon, peer);
+                    if let Some(reason) = self.command(daemon, peer, &name, &arg) {
                         return Some(reason);
                     }
                     continue;
                 }
                 Input::Text(text) => text,
             };
-            if !self.allow(shared, peer) {
+            if !self.allow(daemon, peer) {
                 continue;
             }
             self.out.push_str(&format!("<{}> {text}{eol}", self.name));
             self.out_lines += 1;
         }
-        self.flush(shared, peer);
+        self.flush(daemon, peer);
         None
     }
 
     /// Delivers the formatted lines gathered so far to the room.
-    fn flush(&mut self, shared: &Shared, peer: &Outbound) {
+    fn flush(&mut self, daemon: &Daemon, peer: &Peer) {
         if self.out.is_empty() {
             return;
         }
         let chunk = Chunk::from(self.out.as_bytes());
-        if shared.config.console {
-            console::echo(peer.id(), &chunk);
-        }
-        shared
-            .registry
-            .deliver(&self.room, Some(peer.id()), &chunk, self.out_lines);
+        daemon.relay(&self.room, peer.id(), &chunk, self.out_lines);
         self.out.clear();
         self.out_lines = 0;
     }
 
     /// Takes a token for one relayed line, or drops the line and (at most once per period)
     /// tells the client.
-    fn allow(&mut self, shared: &Shared, peer: &Arc<Outbound>) -> bool {
+    fn allow(&mut self, daemon: &Daemon, peer: &Arc<Peer>) -> bool {
         let Some(bucket) = &mut self.bucket else {
             return true;
         };
@@ -197,153 +178,142 @@ impl Chat {
         }
         if let Some(warning) = bucket.warning(now) {
             info!("client {}: over the rate limit, dropping lines", peer.id());
-            self.reply(shared, peer, &warning);
+            daemon.send_to(peer, &daemon.notices().line(warning), 0);
         }
-        add(&shared.stats.dropped_rate_limit, 1);
+        add(&daemon.stats().dropped_rate_limit, 1);
         false
     }
 
     /// Sends one line to this client only.
-    fn reply(&self, shared: &Shared, peer: &Arc<Outbound>, line: &str) {
+    fn reply(&self, daemon: &Daemon, peer: &Arc<Peer>, line: &str) {
         if let Some(error) = line.strip_prefix("relayd: ") {
             debug!("client {} ({}): {error}", peer.id(), self.name);
         }
-        let text = format!("{line}{}", shared.config.eol());
-        shared
-            .registry
-            .deliver_to(peer, &Chunk::from(text.as_bytes()), 0);
+        daemon.send_to(peer, &daemon.notices().line(line), 0);
     }
 
-    /// Runs `/command` (given without its slash). Returns the reason if the client quit.
+    /// Runs `/command` (given without its slash). Returns the `/quit` reason if the client
+    /// quit.
     fn command(
         &mut self,
-        shared: &Shared,
-        peer: &Arc<Outbound>,
+        daemon: &Daemon,
+        peer: &Arc<Peer>,
         command: &str,
         arg: &str,
-    ) -> Option<String> {
+    ) -> Option<Option<String>> {
         match command.to_ascii_lowercase().as_str() {
-            "nick" => self.nick(shared, peer, arg),
+            "nick" => self.nick(daemon, peer, arg),
             "who" => {
-                let names = shared.registry.names_in(&self.room);
+                let names = daemon.names_in(&self.room);
                 let line = format!("* {} in {}: {}", names.len(), self.room, names.join(", "));
-                self.reply(shared, peer, &line);
+                self.reply(daemon, peer, &line);
             }
-            "me" if arg.is_empty() => self.reply(shared, peer, "relayd: usage: /me TEXT"),
+            "me" if arg.is_empty() => self.reply(daemon, peer, "relayd: usage: /me TEXT"),
             "me" => {
-                if self.allow(shared, peer) {
-                    let eol = shared.config.eol();
+                if self.allow(daemon, peer) {
+                    let eol = daemon.notices().eol();
                     self.out.push_str(&format!("* {} {arg}{eol}", self.name));
                     self.out_lines += 1;
-                    self.flush(shared, peer);
+                    self.flush(daemon, peer);
                 }
             }
-            "msg" => self.msg(shared, peer, arg),
-            "join" => self.join(shared, peer, arg),
+            "msg" => self.msg(daemon, peer, arg),
+            "join" => self.join(daemon, peer, arg),
             "rooms" => {
-                let rooms: Vec<String> = shared
-                    .registry
+                let rooms: Vec<String> = daemon
                     .rooms()
                     .iter()
                     .map(|(name, n)| format!("{name} ({n})"))
                     .collect();
-                self.reply(shared, peer, &format!("* rooms: {}", rooms.join(", ")));
+                self.reply(daemon, peer, &format!("* rooms: {}", rooms.join(", ")));
             }
-            "quit" => {
-                return Some(if arg.is_empty() { "quit" } else { arg }.to_string());
-            }
+            "quit" => return Some((!arg.is_empty()).then(|| arg.to_string())),
             "help" => {
                 for line in HELP {
-                    self.reply(shared, peer, line);
+                    self.reply(daemon, peer, line);
                 }
             }
             _ => {
                 let line = format!("relayd: unknown command /{command} (try /help)");
-                self.reply(shared, peer, &line);
+                self.reply(daemon, peer, &line);
             }
         }
         None
     }
 
-    fn nick(&mut self, shared: &Shared, peer: &Arc<Outbound>, name: &str) {
+    fn nick(&mut self, daemon: &Daemon, peer: &Arc<Peer>, name: &str) {
         if !valid_name(name) {
-            let line = format!("relayd: invalid name {name:?} (1-32 letters, digits, _ - .)");
-            return self.reply(shared, peer, &line);
+            let line = format!("relayd: invalid name {name:?} ({NAME_RULE})");
+            return self.reply(daemon, peer, &line);
         }
         if name == self.name {
-            return self.reply(shared, peer, &format!("* you are already {name}"));
+            return self.reply(daemon, peer, &format!("* you are already {name}"));
         }
         if reserved(name) {
-            return self.reply(shared, peer, &format!("relayd: name {name} is reserved"));
+            return self.reply(daemon, peer, &format!("relayd: name {name} is reserved"));
         }
-        match shared.registry.rename(peer.id(), name) {
+        match daemon.rename(peer.id(), name) {
             Ok(old) => {
                 self.name = name.to_string();
                 info!("client {}: {old} is now {name}", peer.id());
-                let room = shared.registry.members(&self.room);
-                notify(shared, peer, &room, &format!("* {old} is now {name}"));
-                self.reply(shared, peer, &format!("* you are now {name}"));
+                let room = daemon.members(&self.room);
+                let notice = daemon.notices().line(format_args!("* {old} is now {name}"));
+                daemon.notify(&room, peer.id(), &notice);
+                self.reply(daemon, peer, &format!("* you are now {name}"));
             }
             Err(RenameError::Taken) => {
-                self.reply(shared, peer, &format!("relayd: name {name} is taken"))
+                self.reply(daemon, peer, &format!("relayd: name {name} is taken"))
             }
             Err(RenameError::Gone) => {}
         }
     }
 
-    fn msg(&mut self, shared: &Shared, peer: &Arc<Outbound>, arg: &str) {
+    fn msg(&mut self, daemon: &Daemon, peer: &Arc<Peer>, arg: &str) {
         let Some((to, text)) = arg
             .split_once([' ', '\t'])
             .map(|(to, text)| (to, text.trim()))
             .filter(|(_, text)| !text.is_empty())
         else {
-            return self.reply(shared, peer, "relayd: usage: /msg NAME TEXT");
+            return self.reply(daemon, peer, "relayd: usage: /msg NAME TEXT");
         };
-        let Some((_, target)) = shared.registry.find_name(to) else {
-            return self.reply(shared, peer, &format!("relayd: no such user {to}"));
+        // By name only: an id is the operator's way to name a client, not people's.
+        let target = match daemon.find(to) {
+            Some((_, target)) if valid_name(to) => target,
+            _ => return self.reply(daemon, peer, &format!("relayd: no such user {to}")),
         };
-        if !self.allow(shared, peer) {
+        if target.id() == peer.id() {
+            return self.reply(daemon, peer, "relayd: that is you");
+        }
+        if !self.allow(daemon, peer) {
             return;
         }
-        let eol = shared.config.eol();
-        let line = format!("[private] <{}> {text}{eol}", self.name);
-        shared
-            .registry
-            .deliver_to(&target, &Chunk::from(line.as_bytes()), 1);
+        let line = daemon
+            .notices()
+            .line(format_args!("[private] <{}> {text}", self.name));
+        daemon.send_to(&target, &line, 1);
     }
 
-    fn join(&mut self, shared: &Shared, peer: &Arc<Outbound>, room: &str) {
-        if !valid_name(room) {
+    fn join(&mut self, daemon: &Daemon, peer: &Arc<Peer>, room: &str) {
+        if !valid_room(room) {
             let line = format!("relayd: invalid room {room:?} (1-32 letters, digits, _ - .)");
-            return self.reply(shared, peer, &line);
+            return self.reply(daemon, peer, &line);
         }
         if room == self.room {
-            return self.reply(shared, peer, &format!("relayd: you are already in {room}"));
+            return self.reply(daemon, peer, &format!("relayd: you are already in {room}"));
         }
-        let eol = shared.config.eol();
-        let moved = shared.registry.change_room(peer.id(), room, |_, online| {
-            let line = format!("* you are now in {room} ({online} online){eol}");
-            vec![Chunk::from(line.as_bytes())]
+        let notices = daemon.notices();
+        let moved = daemon.change_room(peer, room, |_, online| {
+            vec![notices.line(format_args!("* you are now in {room} ({online} online)"))]
         });
-        peer.start_sending();
         let Some((left, joined)) = moved else {
             return;
         };
         self.room = room.to_string();
         let name = &self.name;
         let line = format!("* {name} left (joined {room}) ({} online)", left.online());
-        notify(shared, peer, &left, &line);
-        let line = format!("* {name} joined ({} online)", joined.online());
-        notify(shared, peer, &joined, &line);
+        daemon.notify(&left, peer.id(), &notices.line(line));
+        daemon.notify(&joined, peer.id(), &notices.joined(name, joined.online()));
     }
-}
-
-/// Tells `members`, except the client it is about, `line`.
-fn notify(shared: &Shared, about: &Outbound, members: &Members, line: &str) {
-    let text = format!("{line}{}", shared.config.eol());
-    shared
-        .registry
-        .notify(members, Some(about.id()), &Chunk::from(text.as_bytes()));
 }
 
 #[cfg(test)]
@@ -351,21 +321,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cleans_lines() {
-        assert_eq!(clean(b"hi\r\n"), "hi");
-        assert_eq!(clean(b"a\tb\n"), "a\tb");
-        assert_eq!(clean(b"\x1b[31mred\x1b[0m\n"), "[31mred[0m");
-        assert_eq!(
-            clean("h\u{e9}\u{9b}x \u{1F600}\n".as_bytes()),
-            "h\u{e9}x \u{1F600}"
-        );
-        assert_eq!(clean(b"a\xffb\n"), "a\u{FFFD}b");
-        assert_eq!(clean(b"\x07\x7f\r\n"), "");
-    }
-
-    #[test]
     fn names() {
         assert!(valid_name("alice_B-2.0"));
+        assert!(valid_name("7a"));
+        assert!(!valid_name("7"));
+        assert!(!valid_name("007"));
+        assert!(valid_room("007"));
         assert!(!valid_name(""));
         assert!(!valid_name(&"x".repeat(33)));
         assert!(!valid_name("al ice"));

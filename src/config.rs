@@ -47,15 +47,10 @@ pub struct Config {
     pub rate: Option<Rate>,
     /// Where to open the operator's control socket.
     pub admin: Option<PathBuf>,
+    /// How long an operator's connection to the control socket may stay silent.
+    pub admin_idle_timeout: Duration,
     /// Echo relayed lines on stdout and push each line read from stdin to every client.
     pub console: bool,
-}
-
-impl Config {
-    /// The end of every line the daemon itself writes in chat mode.
-    pub fn eol(&self) -> &'static str {
-        if self.chat && self.crlf { "\r\n" } else { "\n" }
-    }
 }
 
 impl Default for Config {
@@ -79,6 +74,7 @@ impl Default for Config {
             motd: Vec::new(),
             rate: None,
             admin: None,
+            admin_idle_timeout: Duration::from_secs(60),
             console: false,
         }
     }

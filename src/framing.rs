@@ -5,7 +5,12 @@
 //! that outgrows the limit is dropped *while it streams in* (never buffered whole), which is
 //! what keeps a client sending 200 MiB without a newline from growing the daemon's memory.
 
+use std::sync::Arc;
+
 use memchr::memchr;
+
+/// One or more whole lines, shared by every peer it is delivered to (never copied per peer).
+pub(crate) type Chunk = Arc<[u8]>;
 
 /// Splits a byte stream into lines, at most `max_line` bytes each (counting the `\n`).
 #[derive(Debug)]

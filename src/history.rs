@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use memchr::memchr_iter;
 
-use crate::outbound::Chunk;
+use crate::peer::Chunk;
 
 #[derive(Debug)]
 pub struct History {

@@ -1,36 +1,46 @@
 //! relayd relays lines between TCP clients: every line one client sends reaches every other
 //! connected client.
 //!
-//! Where to look:
-//! - [`server`]: the accept loop and the daemon's lifecycle (start, shutdown).
-//! - [`registry`]: who is connected, and [`registry::Registry::deliver`], the one function
-//!   that hands a chunk of lines to local peers.
-//! - [`connection`]: one client's thread, reading and framing its lines.
-//! - [`framing`]: what a line is, and the `--max-line` limit.
-//! - [`outbound`]: a peer's queue and writer, and the slow-consumer policy.
-//! - [`access`], [`secret`]: who may connect, and the shared secret.
-//! - [`config`], [`shutdown`]: the tunables, and the stop handle.
-//! - [`chat`]: `--chat` mode: names, rooms, commands, what others see.
-//! - [`history`], [`rate`]: `--history` replay and `--rate` flood control.
-//! - [`admin`], [`stats`], [`console`]: the operator's control socket, its counters, and
-//!   `--console`.
+//! Where to look, from the outside in (each module uses only those listed after it):
+//! - [`server`]: the daemon's lifecycle (start, shutdown); `accept`: the accept loop.
+//! - `client`: one client's life on its own thread (authenticate, read, frame, hand on);
+//!   `tcp`: its transport; `telnet`: telnet commands taken out in chat mode.
+//! - [`chat`]: `--chat` mode: names, rooms, commands, what others see. [`framing`]: what a
+//!   line is, and the `--max-line` limit.
+//! - [`admin`], `console`: the operator's control socket and `--console`, which act through
+//!   the daemon.
+//! - `daemon`: the daemon's shared state behind one handle — admission, relaying, pushes,
+//!   kicks — and a client's `Slot`, released on `Drop`.
+//! - `registry`: who is connected, in which room, and delivery to them; `peer`: one client's
+//!   queue and writer, and the slow-consumer policy; `notice`: every line relayd writes
+//!   itself, and why a client left; `echo`: `--console`'s output.
+//! - [`access`], [`secret`], [`rate`], `history`, `stats`, [`config`], [`shutdown`]: who may
+//!   connect, the shared secret, flood control, room history, counters, tunables, the stop
+//!   handle. `sys`: every `unsafe` system call.
 
+mod accept;
 pub mod access;
 pub mod admin;
 pub mod chat;
+mod client;
 pub mod config;
-pub mod connection;
-pub mod console;
+mod console;
+mod daemon;
+mod echo;
 pub mod framing;
-pub mod history;
-pub mod outbound;
+mod history;
+mod notice;
+mod peer;
 pub mod rate;
-pub mod registry;
+mod registry;
 pub mod secret;
 pub mod server;
 pub mod shutdown;
-pub mod stats;
+mod stats;
 mod sync;
+mod sys;
+mod tcp;
+mod telnet;
 
 pub use config::Config;
 pub use server::{bind, run};

@@ -37,6 +37,10 @@ SIGNALS:
 ENVIRONMENT:
     RUST_LOG          log filter (e.g. 'debug', 'relayd=trace'); overrides -v/-q.";
 
+/// The longest any timeout may be: a year. Longer ones are typing mistakes, and would overflow
+/// the clock arithmetic they feed.
+const MAX_SECS: u64 = 365 * 24 * 3600;
+
 /// relayd — relay lines between TCP clients.
 ///
 /// Every line (bytes up to and including a newline) that a connected client sends is
@@ -73,15 +77,15 @@ struct Args {
 
     /// How long a sender waits for clients whose queue is full before disconnecting them as
     /// too slow. 0: never wait, disconnect a client as soon as its queue is full.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(..=MAX_SECS * 1000))]
     stall_timeout: u64,
 
     /// Disconnect a client whose socket accepts no bytes for this long.
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     write_timeout: u64,
 
     /// Disconnect a client that sends nothing for this long. 0: never.
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=MAX_SECS))]
     idle_timeout: u64,
 
     /// Admit clients from this address or network (CIDR, IPv4 or IPv6; repeatable). With any
@@ -138,6 +142,11 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     admin: Option<PathBuf>,
 
+    /// Close an operator's connection to the control socket after this long without a
+    /// command.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
+    admin_idle_timeout: u64,
+
     /// Print relayed lines on stdout and push each line typed on stdin to every client.
     #[arg(long)]
     console: bool,
@@ -189,6 +198,14 @@ impl Args {
             }
         }
         let secret = self.secret_file.as_deref().map(secret::load).transpose()?;
+        if let (Some(secret), Some(path)) = (&secret, &self.secret_file)
+            && secret.len() + 1 > self.max_line as usize
+        {
+            return Err(format!(
+                "--secret-file {path}: the secret is longer than --max-line {} allows",
+                self.max_line
+            ));
+        }
         let motd = match &self.motd {
             Some(path) => std::fs::read(path)
                 .map_err(|e| format!("cannot read --motd {}: {e}", path.display()))?
@@ -217,6 +234,7 @@ impl Args {
             motd,
             rate: self.rate,
             admin: self.admin.clone(),
+            admin_idle_timeout: Duration::from_secs(self.admin_idle_timeout),
             console: self.console,
             ..Config::default()
         })
@@ -235,7 +253,18 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line, like every other startup error: clap's first line, which names the
+            // option and the value, without its "error: " and the usage that follows.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("relayd: {}", first.strip_prefix("error: ").unwrap_or(first));
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(Command::Ctl { admin, command }) = &args.command {
         return ctl(admin, &command.join(" "));
     }

@@ -9,14 +9,24 @@
 //! recipients and appends to the room's history in one critical section, and a joiner takes
 //! the history snapshot and becomes a member in one critical section, so every line reaches a
 //! joiner exactly once, either replayed or live. The replay is only *queued* under the lock
-//! ([`Outbound::queue_quietly`]); the caller sends it after releasing it.
+//! ([`Peer::enter_room`]); the caller sends it after releasing it. A snapshot remembers each
+//! member's stay in the room (its epoch), so a sender that waits for a full member before
+//! handing it a line cannot hand it to one that left, or left and came back, meanwhile.
 //!
-//! [`Registry::deliver`] is the single way a chunk of relayed lines reaches local peers; a
-//! future remote feed (another node's lines arriving over pub/sub) calls it with `from: None`.
-//! Raw mode has one room, [`LOBBY`], so it pays for rooms with one map lookup per read.
+//! Every line for a client goes through [`Registry::offer_all`], with the same patience and
+//! the same slow-consumer policy, whoever sends it: relayed lines ([`Registry::deliver`]),
+//! notices to a room ([`Registry::notify`]), and lines for one client (replies, private
+//! messages, operator pushes: [`Registry::deliver_to`]).
+//!
+//! A client is in the registry from admission (holding a `--max-clients` slot) to its leaving;
+//! until it has authenticated it is in no room, so it neither hears nor is heard. A client
+//! the daemon cuts off ([`Registry::expel`]) is taken out at once, so its slot is free and
+//! nothing more it sent is delivered; what its room is told is kept for its own thread to
+//! say, after the last line it relayed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,153 +34,165 @@ use log::warn;
 
 use crate::config::Config;
 use crate::history::History;
-use crate::outbound::{Chunk, Offer, Outbound, PeerId};
+use crate::notice::Departure;
+use crate::peer::{Chunk, Offer, Peer, PeerId};
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
-pub type Peers = Arc<Vec<Arc<Outbound>>>;
-
 /// The room everyone starts in (and the only one in raw mode).
-pub const LOBBY: &str = "lobby";
+pub(crate) const LOBBY: &str = "lobby";
 
-pub struct Registry {
+pub(crate) struct Registry {
     inner: Mutex<Inner>,
     max_clients: usize,
     stall_timeout: Duration,
     history: usize,
-    /// Line end of the daemon's own notices (`--crlf`).
-    eol: &'static str,
     stats: Arc<Stats>,
 }
 
 struct Inner {
     /// By id, so listings come out in connection order.
-    clients: BTreeMap<PeerId, Client>,
+    clients: BTreeMap<PeerId, Entry>,
     /// Lower-cased name to id: names are unique case-insensitively.
     names: HashMap<String, PeerId>,
     rooms: BTreeMap<String, Room>,
+    /// Clients taken out by [`Registry::expel`] whose threads have not left yet: where they
+    /// were, for the leave notice.
+    expelled: HashMap<PeerId, Left>,
 }
 
-struct Client {
-    peer: Arc<Outbound>,
+struct Entry {
+    peer: Arc<Peer>,
     name: String,
-    room: String,
+    /// `None` until the client has authenticated.
+    room: Option<String>,
     addr: SocketAddr,
     since: Instant,
 }
 
 struct Room {
-    members: Peers,
+    members: Arc<Vec<Member>>,
     history: History,
 }
 
+/// A member of a room, during one stay in it.
+#[derive(Clone)]
+struct Member {
+    peer: Arc<Peer>,
+    epoch: u64,
+}
+
 /// One row of the operator's `clients` list.
-pub struct ClientInfo {
-    pub id: PeerId,
-    pub addr: SocketAddr,
-    pub name: String,
-    pub room: String,
-    pub connected: Duration,
-    pub peer: Arc<Outbound>,
+pub(crate) struct ClientInfo {
+    pub(crate) id: PeerId,
+    pub(crate) addr: SocketAddr,
+    pub(crate) name: String,
+    /// `None`: not authenticated yet.
+    pub(crate) room: Option<String>,
+    pub(crate) connected: Duration,
+    pub(crate) peer: Arc<Peer>,
 }
 
 /// A room's members just after someone entered or left it: who is told about it. Taken in
 /// the same critical section as the change, so the notice reaches exactly those who were
 /// there, and none who arrive later.
-pub struct Members {
-    pub room: String,
-    pub peers: Peers,
+pub(crate) struct Members {
+    list: Arc<Vec<Member>>,
 }
 
 impl Members {
     /// How many are in the room.
-    pub fn online(&self) -> usize {
-        self.peers.len()
+    pub(crate) fn online(&self) -> usize {
+        self.list.len()
     }
 }
 
-/// What [`Registry::leave`] removed.
-pub struct Left {
-    pub name: String,
-    /// Who is still in the room it left.
-    pub members: Members,
+/// Where a client was when it left.
+pub(crate) struct Left {
+    pub(crate) name: String,
+    /// Who is still in the room it left; `None` if it never entered one.
+    pub(crate) members: Option<Members>,
 }
 
 /// Why a rename was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum RenameError {
+pub(crate) enum RenameError {
     Taken,
     Gone,
 }
 
 impl Registry {
-    pub fn new(config: &Config, stats: Arc<Stats>) -> Registry {
+    pub(crate) fn new(config: &Config, stats: Arc<Stats>) -> Registry {
         Registry {
             inner: Mutex::new(Inner {
                 clients: BTreeMap::new(),
                 names: HashMap::new(),
                 rooms: BTreeMap::new(),
+                expelled: HashMap::new(),
             }),
             max_clients: config.max_clients,
             stall_timeout: config.stall_timeout,
             history: config.history,
-            eol: config.eol(),
             stats,
         }
     }
 
-    /// Adds a client named `guest<ID>` to [`LOBBY`] unless `--max-clients` are already
-    /// connected. `greet(name, members)` returns the lines it gets first (welcome, motd);
-    /// they and the lobby's history are queued for it before any live line. Returns the
-    /// lobby's members, or the limit when full. The caller must call
-    /// [`Outbound::start_sending`] afterwards.
-    pub fn join(
-        &self,
-        peer: Arc<Outbound>,
-        addr: SocketAddr,
-        greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
-    ) -> Result<Members, usize> {
+    /// Gives a client, named `guest<ID>`, one of the `--max-clients` slots, in no room yet.
+    /// Returns the limit if every slot is taken.
+    pub(crate) fn admit(&self, peer: Arc<Peer>, addr: SocketAddr) -> Result<(), usize> {
         let mut inner = lock(&self.inner);
         if inner.clients.len() >= self.max_clients {
             return Err(self.max_clients);
         }
-        let id = peer.id();
-        let name = format!("guest{id}");
-        inner.names.insert(name.to_lowercase(), id);
         inner.clients.insert(
-            id,
-            Client {
-                peer: Arc::clone(&peer),
-                name: name.clone(),
-                room: LOBBY.to_string(),
+            peer.id(),
+            Entry {
+                name: format!("guest{}", peer.id()),
+                peer,
+                room: None,
                 addr,
                 since: Instant::now(),
             },
         );
         let total = inner.clients.len() as u64;
-        self.stats
-            .peak_clients
-            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
-        Ok(self.enter_room(&mut inner, &peer, &name, LOBBY, greet))
+        self.stats.peak_clients.fetch_max(total, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts an admitted client into [`LOBBY`]. `greet(name, online)` returns the lines it gets
+    /// first (welcome, motd); they and the lobby's history are queued for it before any live
+    /// line. Returns the lobby's members, or `None` if the client is gone. The caller must
+    /// call [`Peer::start_sending`] afterwards.
+    pub(crate) fn enter(
+        &self,
+        id: PeerId,
+        greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
+    ) -> Option<Members> {
+        let mut inner = lock(&self.inner);
+        let entry = inner.clients.get_mut(&id)?;
+        entry.room = Some(LOBBY.to_string());
+        let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
+        inner.names.insert(name.to_lowercase(), id);
+        Some(self.enter_room(&mut inner, &peer, &name, LOBBY, greet))
     }
 
     /// Moves a client to `room` (created on demand), queuing `greet`'s lines and the room's
-    /// history for it as [`Registry::join`] does. Returns the members of the old room and
+    /// history for it as [`Registry::enter`] does. Returns the members of the old room and
     /// of the new one, or `None` if the client is gone or already there.
-    pub fn change_room(
+    pub(crate) fn change_room(
         &self,
         id: PeerId,
         room: &str,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
         let mut inner = lock(&self.inner);
-        let client = inner.clients.get_mut(&id)?;
-        if client.room == room {
+        let entry = inner.clients.get_mut(&id)?;
+        let old = entry.room.replace(room.to_string())?;
+        if old == room {
             return None;
         }
-        let old = std::mem::replace(&mut client.room, room.to_string());
-        let (peer, name) = (Arc::clone(&client.peer), client.name.clone());
-        let left = self.leave_room(&mut inner, id, &old);
+        let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
+        let left = self.leave_room(&mut inner, &peer, &old);
         let joined = self.enter_room(&mut inner, &peer, &name, room, greet);
         Some((left, joined))
     }
@@ -178,117 +200,130 @@ impl Registry {
     fn enter_room(
         &self,
         inner: &mut Inner,
-        peer: &Arc<Outbound>,
+        peer: &Arc<Peer>,
         name: &str,
         room: &str,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Members {
         let history = self.history;
-        let name_of_room = room;
         let room = inner.rooms.entry(room.to_string()).or_insert_with(|| Room {
             members: Arc::new(Vec::new()),
             history: History::new(history),
         });
-        Arc::make_mut(&mut room.members).push(Arc::clone(peer));
-        let mut lines = greet(name, room.members.len());
+        let mut lines = greet(name, room.members.len() + 1);
         lines.extend(room.history.replay());
-        peer.queue_quietly(&lines);
+        let epoch = peer.enter_room(&lines);
+        Arc::make_mut(&mut room.members).push(Member {
+            peer: Arc::clone(peer),
+            epoch,
+        });
         Members {
-            room: name_of_room.to_string(),
-            peers: Arc::clone(&room.members),
+            list: Arc::clone(&room.members),
         }
     }
 
-    /// Removes `id` from `room`'s members and returns those left. Rooms other than the lobby
-    /// go away when their last member leaves, so that rooms cannot pile up.
-    fn leave_room(&self, inner: &mut Inner, id: PeerId, room: &str) -> Members {
-        let mut left = Members {
-            room: room.to_string(),
-            peers: Arc::new(Vec::new()),
-        };
+    /// Removes `peer` from `room`'s members and returns those left. Rooms other than the
+    /// lobby go away when their last member leaves, so that rooms cannot pile up.
+    fn leave_room(&self, inner: &mut Inner, peer: &Peer, room: &str) -> Members {
+        peer.leave_room();
         let Some(r) = inner.rooms.get_mut(room) else {
-            return left;
+            return Members {
+                list: Arc::new(Vec::new()),
+            };
         };
-        Arc::make_mut(&mut r.members).retain(|p| p.id() != id);
-        left.peers = Arc::clone(&r.members);
+        Arc::make_mut(&mut r.members).retain(|m| m.peer.id() != peer.id());
+        let left = Members {
+            list: Arc::clone(&r.members),
+        };
         if r.members.is_empty() && room != LOBBY {
             inner.rooms.remove(room);
         }
         left
     }
 
-    /// Removes a client (if present).
-    pub fn leave(&self, id: PeerId) -> Option<Left> {
-        let mut inner = lock(&self.inner);
-        let client = inner.clients.remove(&id)?;
-        inner.names.remove(&client.name.to_lowercase());
-        let members = self.leave_room(&mut inner, id, &client.room);
-        Some(Left {
-            name: client.name,
+    fn remove(&self, inner: &mut Inner, id: PeerId) -> Option<(Arc<Peer>, Left)> {
+        let entry = inner.clients.remove(&id)?;
+        let members = entry.room.map(|room| {
+            inner.names.remove(&entry.name.to_lowercase());
+            self.leave_room(inner, &entry.peer, &room)
+        });
+        let left = Left {
+            name: entry.name,
             members,
-        })
+        };
+        Some((entry.peer, left))
+    }
+
+    /// Takes a client the daemon cut off out at once: its slot is free, and nothing more it
+    /// sends is delivered. Its thread's [`Registry::leave`] then says where it was. Returns
+    /// its peer, or `None` if it is gone already.
+    pub(crate) fn expel(&self, id: PeerId) -> Option<Arc<Peer>> {
+        let mut inner = lock(&self.inner);
+        let (peer, left) = self.remove(&mut inner, id)?;
+        inner.expelled.insert(id, left);
+        Some(peer)
+    }
+
+    /// Removes a client for good, whether it is still here or was expelled. Returns where it
+    /// was, or `None` if it has left already.
+    pub(crate) fn leave(&self, id: PeerId) -> Option<Left> {
+        let mut inner = lock(&self.inner);
+        if let Some(left) = inner.expelled.remove(&id) {
+            return Some(left);
+        }
+        self.remove(&mut inner, id).map(|(_, left)| left)
     }
 
     /// Renames a client; `Ok` holds the old name.
-    pub fn rename(&self, id: PeerId, new: &str) -> Result<String, RenameError> {
+    pub(crate) fn rename(&self, id: PeerId, new: &str) -> Result<String, RenameError> {
         let mut inner = lock(&self.inner);
         let key = new.to_lowercase();
         if inner.names.get(&key).is_some_and(|&owner| owner != id) {
             return Err(RenameError::Taken);
         }
-        let client = inner.clients.get_mut(&id).ok_or(RenameError::Gone)?;
-        let old = std::mem::replace(&mut client.name, new.to_string());
+        let entry = inner.clients.get_mut(&id).ok_or(RenameError::Gone)?;
+        let old = std::mem::replace(&mut entry.name, new.to_string());
         inner.names.remove(&old.to_lowercase());
         inner.names.insert(key, id);
         Ok(old)
     }
 
-    /// The client with this id, or else this name (case-insensitively): its name and peer.
-    pub fn find(&self, id_or_name: &str) -> Option<(String, Arc<Outbound>)> {
+    /// The client with this id (all digits) or else this name (case-insensitively; names are
+    /// never all digits, so the two cannot be confused): its name and peer.
+    pub(crate) fn find(&self, id_or_name: &str) -> Option<(String, Arc<Peer>)> {
         let inner = lock(&self.inner);
-        let id = id_or_name
-            .parse::<PeerId>()
-            .ok()
-            .filter(|id| inner.clients.contains_key(id))
-            .or_else(|| inner.names.get(&id_or_name.to_lowercase()).copied())?;
-        let client = inner.clients.get(&id)?;
-        Some((client.name.clone(), Arc::clone(&client.peer)))
-    }
-
-    /// The client with this name (case-insensitively): its name and peer.
-    pub fn find_name(&self, name: &str) -> Option<(String, Arc<Outbound>)> {
-        let inner = lock(&self.inner);
-        let id = inner.names.get(&name.to_lowercase())?;
-        let client = inner.clients.get(id)?;
-        Some((client.name.clone(), Arc::clone(&client.peer)))
+        let id = if !id_or_name.is_empty() && id_or_name.bytes().all(|b| b.is_ascii_digit()) {
+            id_or_name.parse::<PeerId>().ok()?
+        } else {
+            *inner.names.get(&id_or_name.to_lowercase())?
+        };
+        let entry = inner.clients.get(&id)?;
+        Some((entry.name.clone(), Arc::clone(&entry.peer)))
     }
 
     /// The members of `room` now.
-    pub fn members(&self, room: &str) -> Members {
-        let peers = match lock(&self.inner).rooms.get(room) {
+    pub(crate) fn members(&self, room: &str) -> Members {
+        let list = match lock(&self.inner).rooms.get(room) {
             Some(r) => Arc::clone(&r.members),
             None => Arc::new(Vec::new()),
         };
-        Members {
-            room: room.to_string(),
-            peers,
-        }
+        Members { list }
     }
 
     /// Names of the members of `room`, in order of arrival.
-    pub fn names_in(&self, room: &str) -> Vec<String> {
+    pub(crate) fn names_in(&self, room: &str) -> Vec<String> {
         let inner = lock(&self.inner);
         let Some(r) = inner.rooms.get(room) else {
             return Vec::new();
         };
         r.members
             .iter()
-            .filter_map(|p| inner.clients.get(&p.id()).map(|c| c.name.clone()))
+            .filter_map(|m| inner.clients.get(&m.peer.id()).map(|c| c.name.clone()))
             .collect()
     }
 
     /// Rooms with members, with their member counts, by name.
-    pub fn rooms(&self) -> Vec<(String, usize)> {
+    pub(crate) fn rooms(&self) -> Vec<(String, usize)> {
         lock(&self.inner)
             .rooms
             .iter()
@@ -297,7 +332,7 @@ impl Registry {
             .collect()
     }
 
-    pub fn clients(&self) -> Vec<ClientInfo> {
+    pub(crate) fn clients(&self) -> Vec<ClientInfo> {
         let inner = lock(&self.inner);
         let now = Instant::now();
         inner
@@ -314,35 +349,37 @@ impl Registry {
             .collect()
     }
 
-    pub fn len(&self) -> usize {
+    /// Clients holding a slot, authenticated or not.
+    pub(crate) fn len(&self) -> usize {
         lock(&self.inner).clients.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Every connected peer.
-    pub fn peers(&self) -> Vec<Arc<Outbound>> {
+    /// Every client holding a slot: `joined` only those in a room, else all.
+    pub(crate) fn peers(&self, which: Which) -> Vec<Arc<Peer>> {
         let inner = lock(&self.inner);
         inner
             .clients
             .values()
+            .filter(|c| which == Which::All || c.room.is_some())
             .map(|c| Arc::clone(&c.peer))
             .collect()
     }
 
     /// Delivers `chunk`, which holds `lines` relayed lines, to every member of `room` except
-    /// `from`, and remembers it in the room's history.
+    /// `from`, and remembers it in the room's history. Nothing is delivered for a sender that
+    /// is no longer registered (kicked or cut off).
     ///
     /// Peers with room take it at once. If some are full, the caller waits for all of them
     /// together, against one deadline `--stall-timeout` from now, so N stuck peers cost one
     /// stall, not N. While it waits its own thread reads nothing more, which is how TCP
     /// backpressure reaches a sender that outruns its slowest reader. Peers still full at the
     /// deadline are cut off as slow consumers.
-    pub fn deliver(&self, room: &str, from: Option<PeerId>, chunk: &Chunk, lines: usize) {
+    pub(crate) fn deliver(&self, room: &str, from: Option<PeerId>, chunk: &Chunk, lines: usize) {
         let members = {
             let mut inner = lock(&self.inner);
+            if from.is_some_and(|id| !inner.clients.contains_key(&id)) {
+                return;
+            }
             let Some(r) = inner.rooms.get_mut(room) else {
                 return;
             };
@@ -353,55 +390,102 @@ impl Registry {
     }
 
     /// Delivers a notice from the daemon (someone joined, left, was renamed) to `members`
-    /// except `from`. Unlike [`Registry::deliver`] it is not kept in the history.
-    pub fn notify(&self, members: &Members, from: Option<PeerId>, chunk: &Chunk) {
-        self.offer_all(&members.peers, from, chunk, 0);
+    /// except `about`. Unlike [`Registry::deliver`] it is not kept in the history.
+    pub(crate) fn notify(&self, members: &Members, about: Option<PeerId>, chunk: &Chunk) {
+        self.offer_all(&members.list, about, chunk, 0);
     }
 
-    /// Delivers `chunk` (`lines` relayed lines) to one peer, with the same patience as
-    /// [`Registry::deliver`].
-    pub fn deliver_to(&self, peer: &Arc<Outbound>, chunk: &Chunk, lines: usize) {
-        self.offer_all(std::slice::from_ref(peer), None, chunk, lines as u64);
+    /// Delivers `chunk` (`lines` relayed lines) to `peers`, whatever room they are in, with
+    /// the same patience as [`Registry::deliver`].
+    pub(crate) fn deliver_to(&self, peers: &[Arc<Peer>], chunk: &Chunk, lines: usize) {
+        let members: Vec<Member> = peers
+            .iter()
+            .map(|peer| Member {
+                peer: Arc::clone(peer),
+                epoch: 0,
+            })
+            .collect();
+        self.offer(&members, None, chunk, lines as u64, Epochs::Ignore);
     }
 
-    /// Offers `chunk`, holding `lines` relayed lines, to `peers` except `from` (see
+    fn offer_all(&self, members: &[Member], from: Option<PeerId>, chunk: &Chunk, lines: u64) {
+        self.offer(members, from, chunk, lines, Epochs::Check);
+    }
+
+    /// Offers `chunk`, holding `lines` relayed lines, to `members` except `from` (see
     /// [`Registry::deliver`]). Counted before it is sent, so that a reader who has it can
     /// rely on the counters.
-    fn offer_all(&self, peers: &[Arc<Outbound>], from: Option<PeerId>, chunk: &Chunk, lines: u64) {
-        let to = (peers.len() - usize::from(peers.iter().any(|p| Some(p.id()) == from))) as u64;
-        add(&self.stats.lines_out, lines * to);
-        add(&self.stats.bytes_out, chunk.len() as u64 * to);
+    fn offer(
+        &self,
+        members: &[Member],
+        from: Option<PeerId>,
+        chunk: &Chunk,
+        lines: u64,
+        epochs: Epochs,
+    ) {
+        let to = members.len() - usize::from(members.iter().any(|m| Some(m.peer.id()) == from));
+        add(&self.stats.lines_out, lines * to as u64);
+        add(&self.stats.bytes_out, (chunk.len() * to) as u64);
+        let epoch = |m: &Member| (epochs == Epochs::Check).then_some(m.epoch);
         let mut full = Vec::new();
-        for peer in peers {
-            if Some(peer.id()) == from {
+        for m in members {
+            if Some(m.peer.id()) == from {
                 continue;
             }
             if lines > 0 {
-                peer.count_out(lines);
+                m.peer.count_out(lines);
             }
-            if peer.offer_until(chunk, None) == Offer::Full {
-                full.push(peer);
+            if m.peer.offer(chunk, None, epoch(m)) == Offer::Full {
+                full.push(m);
             }
         }
         if full.is_empty() {
             return;
         }
         let deadline = Instant::now() + self.stall_timeout;
-        for peer in full {
-            if peer.offer_until(chunk, Some(deadline)) == Offer::Full {
-                let pending = peer.pending();
-                let eol = self.eol;
-                let notice =
-                    format!("relayd: disconnected: too slow ({pending} bytes pending){eol}");
-                let reason = format!("too slow ({pending} bytes pending)");
-                if peer.close(&reason, Some(notice.as_bytes())) {
-                    add(&self.stats.slow_consumer_kicks, 1);
-                    warn!(
-                        "client {}: slow consumer, {pending} bytes pending: disconnected",
-                        peer.id()
-                    );
-                }
+        for m in full {
+            if m.peer.offer(chunk, Some(deadline), epoch(m)) == Offer::Full {
+                self.cut_off_slow(&m.peer);
             }
         }
     }
+
+    /// Cuts off a peer that stayed full for `--stall-timeout`.
+    fn cut_off_slow(&self, peer: &Arc<Peer>) {
+        let pending = peer.pending();
+        if peer.close(Departure::TooSlow { pending }) {
+            add(&self.stats.slow_consumer_kicks, 1);
+            warn!(
+                "client {}: slow consumer, {pending} bytes pending: disconnected",
+                peer.id()
+            );
+            self.expel(peer.id());
+        }
+    }
+
+    /// Waits, up to `--stall-timeout`, for a peer that the daemon just queued lines for on its
+    /// own account (a welcome, a history replay) to have room again, and cuts it off as too
+    /// slow if it does not. Called on the peer's own thread: a client that never reads pays
+    /// for its own commands with its connection, not with the daemon's memory.
+    pub(crate) fn settle(&self, peer: &Arc<Peer>) {
+        if !peer.wait_room(Instant::now() + self.stall_timeout) {
+            self.cut_off_slow(peer);
+        }
+    }
+}
+
+/// Which clients [`Registry::peers`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    /// Those that have authenticated and are in a room.
+    Joined,
+    /// Everyone holding a slot.
+    All,
+}
+
+/// Whether an offer is for a room stay, and so dropped for members who left it meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Epochs {
+    Check,
+    Ignore,
 }

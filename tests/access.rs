@@ -100,27 +100,32 @@ fn secret_config() -> Config {
     }
 }
 
-/// A daemon requiring the secret "open sesame". Which clients have authenticated is learnt
-/// from its log: that is the only outside sign of it.
-fn secret_daemon() -> (Daemon, std::path::PathBuf) {
+/// A daemon started with `args` and a `--secret-file` holding `contents`, and that file's path
+/// (the caller removes it). Which clients have authenticated is learnt from its log: that is
+/// the only outside sign of it.
+fn secret_daemon(contents: &str, args: &[&str]) -> (Daemon, std::path::PathBuf) {
     let path = std::env::temp_dir().join(format!(
-        "relayd-sesame-{}-{:?}",
+        "relayd-secret-{}-{:?}",
         std::process::id(),
         std::thread::current().id()
     ));
-    std::fs::write(&path, "open sesame\n").unwrap();
-    (
-        Daemon::spawn(&["--secret-file", path.to_str().unwrap()]),
-        path,
-    )
+    std::fs::write(&path, contents).unwrap();
+    let args = [args, &["--secret-file", path.to_str().unwrap()]].concat();
+    (Daemon::spawn(&args), path)
+}
+
+/// The daemon's first client, once it has sent `secret` and the daemon has let it in.
+fn first_client_in(d: &Daemon, secret: &[u8]) -> Client {
+    let mut a = d.connect();
+    a.send(secret);
+    d.wait_log("client 1: authenticated");
+    a
 }
 
 #[test]
 fn a_client_owing_the_secret_hears_nothing_and_is_not_heard() {
-    let (d, path) = secret_daemon();
-    let mut a = d.connect();
-    a.send(b"open sesame\r\n");
-    d.wait_log("client 1: authenticated");
+    let (d, path) = secret_daemon("open sesame\n", &[]);
+    let mut a = first_client_in(&d, b"open sesame\r\n");
     let mut b = d.connect();
     // b has not authenticated: its line is not relayed, and a's line does not reach it.
     b.send(b"let me in? ");
@@ -137,10 +142,8 @@ fn a_client_owing_the_secret_hears_nothing_and_is_not_heard() {
 
 #[test]
 fn the_secret_line_itself_is_not_relayed_and_later_lines_are() {
-    let (d, path) = secret_daemon();
-    let mut a = d.connect();
-    a.send(b"open sesame\n");
-    d.wait_log("client 1: authenticated");
+    let (d, path) = secret_daemon("open sesame\n", &[]);
+    let mut a = first_client_in(&d, b"open sesame\n");
     let mut b = d.connect();
     b.send(b"open sesame\nhello\n");
     a.expect(b"hello\n");
@@ -178,18 +181,14 @@ fn no_secret_in_time_is_a_timeout() {
 
 #[test]
 fn the_secret_is_never_logged() {
-    let dir = std::env::temp_dir().join(format!("relayd-secret-{}", std::process::id()));
-    std::fs::write(&dir, "hunter2-xyzzy\nsecond line ignored\n").unwrap();
-    let d = Daemon::spawn(&["-vv", "--secret-file", dir.to_str().unwrap()]);
-    let mut a = d.connect();
-    a.send(b"hunter2-xyzzy\n");
-    d.wait_log("client 1: authenticated");
+    let (d, path) = secret_daemon("hunter2-xyzzy\nsecond line ignored\n", &["-vv"]);
+    let _a = first_client_in(&d, b"hunter2-xyzzy\n");
     let mut b = d.connect();
     b.send(b"hunter2-xyzz\n");
     b.expect(b"relayd: authentication failed\n");
     let log = d.log_until("client 2: wrong secret");
     assert!(log.iter().all(|l| !l.contains("hunter2")), "{log:?}");
-    let _ = std::fs::remove_file(dir);
+    let _ = std::fs::remove_file(path);
 }
 
 #[test]
@@ -241,9 +240,7 @@ fn configuration_errors_are_one_line_naming_option_and_value() {
 
 #[test]
 fn in_chat_mode_a_client_joins_and_is_announced_only_once_authenticated() {
-    let path = std::env::temp_dir().join(format!("relayd-chat-sesame-{}", std::process::id()));
-    std::fs::write(&path, "open sesame\n").unwrap();
-    let d = Daemon::spawn(&["--chat", "--secret-file", path.to_str().unwrap()]);
+    let (d, path) = secret_daemon("open sesame\n", &["--chat"]);
     let mut a = d.connect();
     a.send(b"open sesame\n");
     a.expect("* welcome to relayd, you are guest1 (1 online) — /help for commands\n".as_bytes());

@@ -4,8 +4,9 @@
 mod chat_support;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use chat_support::{Admin, Server, chat_config, socket_path, wait_until};
@@ -42,13 +43,21 @@ fn ctl(server: &Server, args: &[&str]) -> (String, i32) {
     )
 }
 
+/// How `relayd::run` fails when told to put its admin socket at `admin`.
+fn run_error(admin: &Path) -> io::Error {
+    let listener = relayd::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+    let config = Config {
+        admin: Some(admin.to_path_buf()),
+        ..Config::default()
+    };
+    relayd::run(vec![listener], config, Shutdown::new()).unwrap_err()
+}
+
 /// `clients` in raw mode: every client has an id and a `guest<ID>` name; counters move.
 #[test]
 fn clients_in_raw_mode() {
     let server = Server::start(Config::default());
-    let mut a = server.connect();
-    let mut b = server.connect();
-    server.wait_clients(2);
+    let [mut a, mut b] = server.connect_registered();
     a.send("one\ntwo\n");
     assert_eq!(b.bytes(8), b"one\ntwo\n");
     let clients = server.admin("clients");
@@ -70,9 +79,7 @@ fn clients_in_raw_mode() {
 #[test]
 fn kick() {
     let server = Server::start(chat_config());
-    let (mut a, _) = server.join();
-    let (mut b, _) = server.join();
-    a.expect("* guest2 joined (2 online)\n");
+    let [mut a, mut b] = server.join_two();
     b.send("/nick bob\n");
     b.expect("* you are now bob\n");
     a.expect("* guest2 is now bob\n");
@@ -99,9 +106,7 @@ fn kick() {
 #[test]
 fn kick_raw() {
     let server = Server::start(Config::default());
-    let mut a = server.connect();
-    let mut b = server.connect();
-    server.wait_clients(2);
+    let [mut a, mut b] = server.connect_registered();
     assert_eq!(server.admin("kick guest1 bye now"), "ok\n");
     a.expect("relayd: kicked by operator: bye now\n");
     a.expect_eof();
@@ -115,9 +120,7 @@ fn kick_raw() {
 #[test]
 fn push_chat() {
     let server = Server::start(chat_config());
-    let (mut a, _) = server.join();
-    let (mut b, _) = server.join();
-    a.expect("* guest2 joined (2 online)\n");
+    let [mut a, mut b] = server.join_two();
     assert_eq!(server.admin("broadcast maintenance at 10:00"), "ok\n");
     a.expect("* [server] maintenance at 10:00\n");
     b.expect("* [server] maintenance at 10:00\n");
@@ -136,9 +139,7 @@ fn push_chat() {
 #[test]
 fn push_raw() {
     let server = Server::start(Config::default());
-    let mut a = server.connect();
-    let mut b = server.connect();
-    server.wait_clients(2);
+    let [mut a, mut b] = server.connect_registered();
     assert_eq!(server.admin("broadcast hello all"), "ok\n");
     a.expect("hello all\n");
     b.expect("hello all\n");
@@ -157,9 +158,7 @@ fn stats() {
         max_line: 10,
         ..Config::default()
     });
-    let mut a = server.connect();
-    let mut b = server.connect();
-    server.wait_clients(2);
+    let [mut a, mut b] = server.connect_registered();
     let mut refused = server.connect();
     refused.expect("relayd: server full (2 clients)\n");
     a.send("12345\nthis is too long\n");
@@ -179,7 +178,11 @@ fn stats() {
         ("lines_in", 1),
         ("lines_out", 1),
         ("bytes_in", 23),
-        ("bytes_out", 6),
+        // The relayed line, and the notice to its sender: every byte queued for a client.
+        (
+            "bytes_out",
+            6 + "relayd: line too long (max 10 bytes), discarded\n".len() as u64,
+        ),
         ("dropped_rate_limit", 0),
         ("too_long", 1),
         ("slow_consumer_kicks", 0),
@@ -211,12 +214,7 @@ fn socket_file_lifecycle() {
     assert_eq!(mode & 0o777, 0o600);
 
     // A second daemon on the same path fails rather than stealing it.
-    let listener = relayd::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
-    let config = Config {
-        admin: Some(path.clone()),
-        ..Config::default()
-    };
-    let err = relayd::run(vec![listener], config, Shutdown::new()).unwrap_err();
+    let err = run_error(&path);
     assert!(err.to_string().contains("in use"), "{err}");
     assert_eq!(server.admin("clients"), "");
 
@@ -255,12 +253,7 @@ fn socket_file_lifecycle() {
     // Any other kind of file is left alone.
     let file = socket_path();
     fs::write(&file, "not a socket").unwrap();
-    let listener = relayd::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
-    let config = Config {
-        admin: Some(file.clone()),
-        ..Config::default()
-    };
-    let err = relayd::run(vec![listener], config, Shutdown::new()).unwrap_err();
+    let err = run_error(&file);
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(fs::read_to_string(&file).unwrap(), "not a socket");
     fs::remove_file(&file).unwrap();
@@ -294,9 +287,7 @@ fn netcat() {
 #[test]
 fn relayd_ctl() {
     let server = Server::start(chat_config());
-    let (mut a, _) = server.join();
-    let (mut b, _) = server.join();
-    a.expect("* guest2 joined (2 online)\n");
+    let [mut a, mut b] = server.join_two();
     assert_eq!(
         ctl(&server, &["broadcast", "server", "restarts", "soon"]),
         ("ok\n".into(), 0)

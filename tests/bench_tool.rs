@@ -6,10 +6,13 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Runs relay-bench with `args`, killing it if it outlives `limit`. Returns its stdout.
-fn run_bench(args: &[&str], limit: Duration) -> String {
+/// Runs relay-bench with `args` and a 20 s run timeout, killing it if it outlives 30 s.
+/// Returns its JSON result line.
+fn run_bench(args: &[&str]) -> String {
+    let limit = Duration::from_secs(30);
     let mut child = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
         .args(args)
+        .args(["--json", "--timeout", "20"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -43,7 +46,7 @@ fn run_bench(args: &[&str], limit: Duration) -> String {
         status.success(),
         "relay-bench failed: {status}\n{out}\n{err}"
     );
-    out
+    out.lines().next().expect("one JSON result").to_string()
 }
 
 /// The integer after `"key":` in a JSON object printed on one line.
@@ -63,20 +66,7 @@ fn field(json: &str, key: &str) -> u64 {
 
 #[test]
 fn fanout_through_relayd_delivers_every_line_in_order() {
-    let out = run_bench(
-        &[
-            "fanout",
-            "--clients",
-            "4",
-            "--lines",
-            "2000",
-            "--json",
-            "--timeout",
-            "20",
-        ],
-        Duration::from_secs(30),
-    );
-    let line = out.lines().next().expect("one JSON result");
+    let line = &run_bench(&["fanout", "--clients", "4", "--lines", "2000"]);
     assert!(line.contains("\"target\":\"relayd\""), "{line}");
     assert!(line.contains("\"error\":null"), "{line}");
     assert_eq!(field(line, "expected"), 4 * 2000, "{line}");
@@ -89,22 +79,15 @@ fn fanout_through_relayd_delivers_every_line_in_order() {
 
 #[test]
 fn chatter_through_relayd_reaches_every_other_client() {
-    let out = run_bench(
-        &[
-            "chatter",
-            "--clients",
-            "3",
-            "--rate",
-            "50",
-            "--duration",
-            "0.4",
-            "--json",
-            "--timeout",
-            "20",
-        ],
-        Duration::from_secs(30),
-    );
-    let line = out.lines().next().expect("one JSON result");
+    let line = &run_bench(&[
+        "chatter",
+        "--clients",
+        "3",
+        "--rate",
+        "50",
+        "--duration",
+        "0.4",
+    ]);
     // 3 clients × 20 lines, each line owed to the 2 others.
     assert_eq!(field(line, "expected"), 3 * 20 * 2, "{line}");
     assert_eq!(field(line, "deliveries"), 3 * 20 * 2, "{line}");

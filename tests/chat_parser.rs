@@ -54,7 +54,8 @@ proptest! {
     #[test]
     fn names_are_what_the_rules_say(name in "\\PC{0,40}") {
         let by_rule = (1..=32).contains(&name.len())
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            && !name.bytes().all(|b| b.is_ascii_digit());
         prop_assert_eq!(valid_name(&name), by_rule);
         if reserved(&name) {
             prop_assert!(name.to_ascii_lowercase().starts_with("guest"));

@@ -12,9 +12,7 @@ use relayd::rate::Rate;
 #[test]
 fn raw_mode_is_byte_for_byte() {
     let server = Server::start(Config::default());
-    let mut a = server.connect();
-    let mut b = server.connect();
-    server.wait_clients(2);
+    let [mut a, mut b] = server.connect_registered();
     let data: &[u8] = b"\x1b[31mred\x1b[0m\r\n\n\xff\xfe\x00bin\n/nick x\n";
     a.send_bytes(data);
     assert_eq!(b.bytes(data.len()), data);
@@ -43,9 +41,7 @@ fn raw_history() {
         history: 2,
         ..Config::default()
     });
-    let mut a = server.connect();
-    let mut watcher = server.connect();
-    server.wait_clients(2);
+    let [mut a, mut watcher] = server.connect_registered();
     a.send("a\nb\nc\n");
     assert_eq!(watcher.bytes(6), b"a\nb\nc\n");
     let mut b = server.connect();
@@ -67,10 +63,7 @@ fn raw_rate_limit() {
         }),
         ..Config::default()
     });
-    let mut a = server.connect();
-    let mut b = server.connect();
-    let mut c = server.connect();
-    server.wait_clients(3);
+    let [mut a, mut b, mut c] = server.connect_registered();
     a.send("1\n2\n3\n");
     a.expect("relayd: rate limit exceeded (2 lines per 60 s), line dropped\n");
     assert_eq!(b.bytes(4), b"1\n2\n");

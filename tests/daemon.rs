@@ -2,13 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 
-use common::{Daemon, TIMEOUT};
+use common::{Daemon, TIMEOUT, lines_of};
 
 #[test]
 fn sigterm_flushes_tells_clients_and_exits_zero() {
@@ -152,15 +150,8 @@ fn two_netcats_talk() {
             .stdout(Stdio::piped())
             .spawn()
             .expect("nc (netcat-openbsd) must be installed");
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        (child, rx)
+        let out = lines_of(child.stdout.take().unwrap());
+        (child, out)
     };
     let (mut nc_a, out_a) = spawn_nc();
     d.wait_log("(1 clients)");

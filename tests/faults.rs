@@ -485,6 +485,26 @@ fn send_randomly(
     })
 }
 
+/// Waits for every sender of [`send_randomly`] but the non-reader's: its writes may block
+/// until relayd's --write-timeout closes it.
+fn join_senders(senders: Vec<thread::JoinHandle<()>>) {
+    for (s, h) in senders.into_iter().enumerate() {
+        if s != NON_READER {
+            h.join().unwrap();
+        }
+    }
+}
+
+/// Two new clients still talk after a fuzz run: the daemon survived as a relay, not just as
+/// a process. `a_hears` reads the second one's `still up` line at the first, as the mode
+/// frames it.
+fn new_clients_still_talk(d: &Daemon, a_hears: impl FnOnce(&mut Client)) {
+    let mut a = d.connect();
+    let mut b = d.connect();
+    b.send(b"still up\n");
+    a_hears(&mut a);
+}
+
 const FUZZ_CLIENTS: usize = 20;
 /// This client sends like the others but never reads: it will be cut off as too slow, and
 /// what it sent until then must still arrive whole, as a prefix of its lines.
@@ -604,12 +624,7 @@ fn random_bytes_from_twenty_clients(args: &[&str], verify_relay: bool) {
             client
         }));
     }
-    for (s, h) in senders.into_iter().enumerate() {
-        // The non-reader's writes may block until relayd's --write-timeout closes it.
-        if s != NON_READER {
-            h.join().unwrap();
-        }
-    }
+    join_senders(senders);
     let clients: Vec<Client> = readers.into_iter().map(|h| h.join().unwrap()).collect();
     let took = start.elapsed();
     let peak = d.peak_rss_kib();
@@ -626,10 +641,7 @@ fn random_bytes_from_twenty_clients(args: &[&str], verify_relay: bool) {
         "peak RSS {peak} KiB, baseline {baseline} KiB"
     );
     drop(clients);
-    let mut a = d.connect();
-    let mut b = d.connect();
-    b.send(b"still up\n");
-    a.expect(b"still up\n");
+    new_clients_still_talk(&d, |a| a.expect(b"still up\n"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -973,11 +985,7 @@ fn random_bytes_from_twenty_chat_clients_reach_everyone_clean() {
             client
         }));
     }
-    for (s, h) in senders.into_iter().enumerate() {
-        if s != NON_READER {
-            h.join().unwrap();
-        }
-    }
+    join_senders(senders);
     let mut finisher = d.connect();
     finisher.send(b"all sent\n");
     let clients: Vec<Client> = readers.into_iter().map(|h| h.join().unwrap()).collect();
@@ -985,14 +993,7 @@ fn random_bytes_from_twenty_chat_clients_reach_everyone_clean() {
     d.wait_log("slow consumer");
     let took = start.elapsed();
     assert!(took < Duration::from_secs(30), "took {took:?}");
-    let peak = d.peak_rss_kib();
-    assert!(
-        peak < baseline + 40 * 1024,
-        "peak RSS {peak} KiB, baseline {baseline} KiB"
-    );
+    d.assert_peak_rss_within(baseline, 40 * 1024);
     drop(clients);
-    let mut a = d.connect();
-    let mut b = d.connect();
-    b.send(b"still up\n");
-    skip_notices_until(&mut a, "> still up\n");
+    new_clients_still_talk(&d, |a| skip_notices_until(a, "> still up\n"));
 }

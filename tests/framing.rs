@@ -12,16 +12,30 @@ fn read_ends(data: &[u8], cuts: &[usize]) -> Vec<usize> {
     ends
 }
 
-/// Frames `data` read in pieces cut at `cuts`, returning the lines and the too-long count.
-fn frame(max_line: usize, data: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
-    let mut framer = Framer::new(max_line);
+/// Feeds `data` to `framer` in pieces cut at `cuts`, calling `after_read` with where the read
+/// ended, the lines so far and the too-long count so far after each one. Returns the lines
+/// and the too-long count, or the first error `after_read` returned.
+fn feed_in_pieces(
+    framer: &mut Framer,
+    data: &[u8],
+    cuts: &[usize],
+    mut after_read: impl FnMut(usize, &[u8], usize) -> Result<(), TestCaseError>,
+) -> Result<(Vec<u8>, usize), TestCaseError> {
     let mut lines = Vec::new();
     let mut too_long = 0;
     let mut at = 0;
     for cut in read_ends(data, cuts) {
         too_long += framer.feed(&data[at..cut], &mut lines);
         at = cut;
+        after_read(cut, &lines, too_long)?;
     }
+    Ok((lines, too_long))
+}
+
+/// Frames `data` read in pieces cut at `cuts`, returning the lines and the too-long count.
+fn frame(max_line: usize, data: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
+    let mut framer = Framer::new(max_line);
+    let (mut lines, too_long) = feed_in_pieces(&mut framer, data, cuts, |_, _, _| Ok(())).unwrap();
     framer.finish(&mut lines);
     (lines, too_long)
 }
@@ -78,21 +92,17 @@ fn reference_so_far(max_line: usize, data: &[u8], end: usize) -> (Vec<u8>, usize
 /// over-long line is reported once, as soon as it cannot fit.
 fn check_incremental(max_line: usize, data: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
     let mut framer = Framer::new(max_line);
-    let mut lines = Vec::new();
-    let mut too_long = 0;
-    let mut at = 0;
-    for cut in read_ends(data, cuts) {
-        too_long += framer.feed(&data[at..cut], &mut lines);
-        at = cut;
+    feed_in_pieces(&mut framer, data, cuts, |cut, lines, too_long| {
         let (want, want_too_long) = reference_so_far(max_line, data, cut);
-        prop_assert_eq!(&lines, &want, "lines after {} bytes", cut);
+        prop_assert_eq!(lines, &want[..], "lines after {} bytes", cut);
         prop_assert_eq!(
             too_long,
             want_too_long,
             "too-long count after {} bytes",
             cut
         );
-    }
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -131,14 +141,7 @@ proptest! {
         max_line in 1usize..100_000,
     ) {
         let mut framer = Framer::new(max_line);
-        let mut lines = Vec::new();
-        let mut at = 0;
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-        cuts.sort();
-        for cut in cuts.into_iter().chain([data.len()]) {
-            framer.feed(&data[at..cut], &mut lines);
-            at = cut;
-        }
+        feed_in_pieces(&mut framer, &data, &cuts, |_, _, _| Ok(()))?;
         framer.drop_partial();
         let mut after = Vec::new();
         let too_long = framer.feed(&rest, &mut after);

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Read;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Client, Daemon, numbered_lines};
 
@@ -20,6 +20,31 @@ fn send_in_background(mut client: Client, data: Vec<u8>) -> thread::JoinHandle<C
         client.send(&data);
         client
     })
+}
+
+/// Sends 64 MiB of numbered lines from `sender` while `reader` reads them all; asserts they
+/// arrived intact. Returns them, and how long the reader took from the first write.
+fn relay_64_mib(reader: &mut Client, sender: Client) -> (Vec<u8>, Duration) {
+    let data = numbered_lines(64 * 1024);
+    let expected = data.clone();
+    let start = Instant::now();
+    let sending = send_in_background(sender, data);
+    let got = reader.bytes(expected.len());
+    let took = start.elapsed();
+    assert!(
+        got == expected,
+        "the healthy reader's 64 MiB differ from what was sent"
+    );
+    sending.join().unwrap();
+    (expected, took)
+}
+
+/// Where the server's closing notice starts in what a cut-off client read before the end of
+/// its stream (the end itself if there is no notice).
+fn notice_at(rest: &[u8]) -> usize {
+    rest.windows(9)
+        .position(|w| w == b"relayd: d")
+        .unwrap_or(rest.len())
 }
 
 #[test]
@@ -47,11 +72,7 @@ fn a_200_mib_line_without_newline_never_grows_memory() {
     );
     a.expect(b"after the flood\n");
     c.expect(b"after the flood\n");
-    let peak = d.peak_rss_kib();
-    assert!(
-        peak < baseline + 16 * 1024,
-        "peak RSS {peak} KiB, baseline {baseline} KiB"
-    );
+    d.assert_peak_rss_within(baseline, 16 * 1024);
 }
 
 #[test]
@@ -72,10 +93,7 @@ fn with_stall_timeout_zero_a_stuck_client_is_dropped_without_pacing_anyone() {
     let mut sender = send_in_background(sender, data.clone()).join().unwrap();
     d.wait_log("slow consumer");
     let rest = stuck.read_to_end();
-    let notice_at = rest
-        .windows(9)
-        .position(|w| w == b"relayd: d")
-        .unwrap_or(rest.len());
+    let notice_at = notice_at(&rest);
     assert!(
         notice_at < data.len() && data.starts_with(&rest[..notice_at]),
         "stuck client got garbled data"
@@ -91,24 +109,12 @@ fn stuck_client_is_cut_off(args: &[&str]) {
     let mut reader = d.connect();
     let sender = d.connect();
     let baseline = d.rss_kib();
-    let data = numbered_lines(64 * 1024);
-    let expected = data.clone();
-    let sending = send_in_background(sender, data);
-    let got = reader.bytes(expected.len());
-    assert!(
-        got == expected,
-        "the healthy reader's 64 MiB differ from what was sent"
-    );
-    sending.join().unwrap();
+    let (expected, _) = relay_64_mib(&mut reader, sender);
     d.wait_log("slow consumer");
     // The stuck client, reading at last, finds whole lines in order, then the notice (sent by
     // its writer once the write in flight completes), then the end of the stream.
     let rest = stuck.read_to_end();
-    let notice_at = rest
-        .windows(9)
-        .position(|w| w == b"relayd: d")
-        .unwrap_or(rest.len());
-    let (lines, notice) = rest.split_at(notice_at);
+    let (lines, notice) = rest.split_at(notice_at(&rest));
     assert!(
         lines.len() < expected.len() && expected.starts_with(lines),
         "stuck client got garbled data"
@@ -119,12 +125,8 @@ fn stuck_client_is_cut_off(args: &[&str]) {
             && notice.ends_with(" bytes pending)\n"),
         "no notice: {notice:?}"
     );
-    let peak = d.peak_rss_kib();
     // One --max-pending (8 MiB) of backlog, shared chunks, plus slack for the allocator.
-    assert!(
-        peak < baseline + 24 * 1024,
-        "peak RSS {peak} KiB, baseline {baseline} KiB"
-    );
+    d.assert_peak_rss_within(baseline, 24 * 1024);
 }
 
 #[test]
@@ -167,17 +169,7 @@ fn stuck_clients_cost_one_stall_in_all_not_one_each() {
     let _stuck = [Client::from_stream(tiny.into()), d.connect(), d.connect()];
     let mut reader = d.connect();
     let sender = d.connect();
-    let data = numbered_lines(64 * 1024);
-    let expected = data.clone();
-    let start = std::time::Instant::now();
-    let sending = send_in_background(sender, data);
-    let got = reader.bytes(expected.len());
-    let took = start.elapsed();
-    assert!(
-        got == expected,
-        "the healthy reader's 64 MiB differ from what was sent"
-    );
-    sending.join().unwrap();
+    let (_, took) = relay_64_mib(&mut reader, sender);
     for _ in 0..3 {
         d.wait_log("slow consumer");
     }

@@ -6,10 +6,10 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc;
 use std::thread;
 
-use common::{Daemon, TIMEOUT};
+use common::{Daemon, TIMEOUT, lines_of};
 
 struct Killed(Child);
 
@@ -18,20 +18,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn lines_of(child: &mut Child) -> Receiver<String> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 #[test]
@@ -99,7 +85,7 @@ fn two_tls_clients_talk_through_stunnel() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let out = lines_of(&mut child);
+        let out = lines_of(child.stdout.take().unwrap());
         (Killed(child), out)
     };
     let (mut a, out_a) = s_client();

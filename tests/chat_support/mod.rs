@@ -3,15 +3,19 @@
 
 #![allow(dead_code)]
 
+// The in-process server and the polling are the raw-mode tests' own, shared rather than
+// written twice; only the admin socket and the timeout are this module's.
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use relayd::{Config, Shutdown};
+use relayd::Config;
 
 /// How long any single expected event may take.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,8 +23,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Server {
     pub addr: SocketAddr,
     pub admin: PathBuf,
-    shutdown: Shutdown,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    running: common::Server,
 }
 
 /// A fresh admin socket path for this test.
@@ -34,12 +37,8 @@ pub fn socket_path() -> PathBuf {
 }
 
 /// Polls `ready` until it holds, failing the test after [`TIMEOUT`].
-pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
+pub fn wait_until(what: &str, ready: impl FnMut() -> bool) {
+    common::eventually_within(what, TIMEOUT, ready);
 }
 
 pub fn chat_config() -> Config {
@@ -54,19 +53,13 @@ impl Server {
         let admin = socket_path();
         config.admin = Some(admin.clone());
         let listener = relayd::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = Shutdown::new();
-        let thread = {
-            let shutdown = shutdown.clone();
-            thread::spawn(move || relayd::run(vec![listener], config, shutdown))
-        };
+        let running = common::Server::start_on(listener, config);
         // The admin socket is opened before the first client is accepted.
         wait_until("the admin socket", || UnixStream::connect(&admin).is_ok());
         Server {
-            addr,
+            addr: running.addr,
             admin,
-            shutdown,
-            thread: Some(thread),
+            running,
         }
     }
 
@@ -86,16 +79,31 @@ impl Server {
         (c, name)
     }
 
+    /// Two clients, guest1 and guest2 (a fresh server's first two), the first having heard
+    /// the second join.
+    pub fn join_two(&self) -> [Client; 2] {
+        let (mut a, _) = self.join();
+        let (b, _) = self.join();
+        a.expect("* guest2 joined (2 online)\n");
+        [a, b]
+    }
+
     /// Three clients, guest1 to guest3 (a fresh server's first three), each having heard the
     /// join notices of those after it.
     pub fn join_three(&self) -> [Client; 3] {
-        let (mut a, _) = self.join();
-        let (mut b, _) = self.join();
-        a.expect("* guest2 joined (2 online)\n");
+        let [mut a, mut b] = self.join_two();
         let (c, _) = self.join();
         a.expect("* guest3 joined (3 online)\n");
         b.expect("* guest3 joined (3 online)\n");
         [a, b, c]
+    }
+
+    /// `N` raw-mode clients on a fresh server, connected in order, once the server has
+    /// registered all of them (raw mode sends nothing that would tell).
+    pub fn connect_registered<const N: usize>(&self) -> [Client; N] {
+        let clients = std::array::from_fn(|_| self.connect());
+        self.wait_clients(N);
+        clients
     }
 
     /// One admin command over the control socket; the answer without its closing empty line.
@@ -123,25 +131,8 @@ impl Server {
             .unwrap()
     }
 
-    pub fn stop(mut self) {
-        self.finish();
-    }
-
-    fn finish(&mut self) {
-        self.shutdown.trigger();
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if !thread::panicking() {
-            self.finish();
-        } else {
-            self.shutdown.trigger();
-        }
+    pub fn stop(self) {
+        self.running.stop();
     }
 }
 
@@ -228,9 +219,7 @@ impl Client {
 
     /// Reads exactly `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut buf = vec![0; n];
-        self.reader.read_exact(&mut buf).unwrap();
-        buf
+        common::read_exactly(&mut self.reader, n)
     }
 
     /// Asserts the server closed the connection (after everything read so far).

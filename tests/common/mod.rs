@@ -28,7 +28,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: Config) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Server::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), config)
+    }
+
+    /// Like [`Server::start`], on a listener the caller bound (with `relayd::bind`, say).
+    pub fn start_on(listener: TcpListener, config: Config) -> Server {
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
         let s = shutdown.clone();
@@ -123,9 +127,7 @@ impl Client {
 
     /// Reads exactly `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut buf = vec![0; n];
-        self.reader.read_exact(&mut buf).unwrap();
-        buf
+        read_exactly(&mut self.reader, n)
     }
 
     /// Asserts the server closes the connection without sending anything more.
@@ -207,16 +209,7 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let log = lines_of(child.stderr.take().unwrap());
         let mut daemon = Daemon {
             child,
             addrs: Vec::new(),
@@ -311,6 +304,15 @@ impl Daemon {
         status_field(self.child.id(), "VmRSS:")
     }
 
+    /// Asserts the daemon's peak resident memory stayed under `baseline_kib + slack_kib`.
+    pub fn assert_peak_rss_within(&self, baseline_kib: u64, slack_kib: u64) {
+        let peak = self.peak_rss_kib();
+        assert!(
+            peak < baseline_kib + slack_kib,
+            "peak RSS {peak} KiB, baseline {baseline_kib} KiB"
+        );
+    }
+
     pub fn threads(&self) -> u64 {
         status_field(self.child.id(), "Threads:")
     }
@@ -375,10 +377,37 @@ pub fn numbered_lines(count: usize) -> Vec<u8> {
 /// Polls `cond` every few milliseconds until it holds; fails the test after `TIMEOUT`.
 /// For conditions no event announces (a thread count falling back), never as a stand-in
 /// for reading the bytes a test expects.
-pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
+pub fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, TIMEOUT, cond);
+}
+
+/// [`eventually`] with another limit than `TIMEOUT`, for helpers whose tests wait less.
+pub fn eventually_within(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Reads exactly `n` bytes from `reader`, failing the test if they do not come.
+pub fn read_exactly(reader: &mut impl Read, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    reader.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Each line `output` yields (a child's stdout or log), sent on as it comes by a thread of
+/// its own, until the end of the output or until the receiver is dropped.
+pub fn lines_of(output: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

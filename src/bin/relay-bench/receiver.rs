@@ -189,18 +189,7 @@ pub fn receive(
             }
         }
         if expected.is_none() && progress.done_sending.load(Ordering::SeqCst) {
-            let sent: Vec<u64> = progress
-                .sent
-                .iter()
-                .map(|s| s.load(Ordering::SeqCst))
-                .collect();
-            let total: u64 = sent.iter().sum();
-            expected = Some(
-                conns
-                    .iter()
-                    .map(|c| total - c.own.map_or(0, |s| sent[s as usize]))
-                    .sum(),
-            );
+            expected = Some(sent_so_far(&progress, &conns));
             last_progress = Instant::now();
         }
         if let Some(e) = expected
@@ -223,6 +212,8 @@ pub fn receive(
     Ok(rep)
 }
 
+/// The measured lines `conns` are owed for what has been sent so far: every sender's lines,
+/// to each connection but the sender's own.
 fn sent_so_far(progress: &Progress, conns: &[Conn]) -> u64 {
     let sent: Vec<u64> = progress
         .sent
@@ -254,8 +245,7 @@ fn read_once(
     let n = match (&*c.sock).read(&mut buf[keep..]) {
         Ok(0) => return false,
         Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+        Err(e) if sys::retryable(&e) => return true,
         Err(_) => return false,
     };
     rep.bytes += n as u64;

@@ -338,6 +338,12 @@ struct Figure {
     get: fn(&Outcome) -> Option<f64>,
 }
 
+impl Figure {
+    fn new(name: &'static str, get: fn(&Outcome) -> Option<f64>) -> Figure {
+        Figure { name, get }
+    }
+}
+
 fn figures() -> Vec<Figure> {
     fn m(o: &Outcome) -> Option<&Measure> {
         o.main.as_ref()
@@ -346,50 +352,19 @@ fn figures() -> Vec<Figure> {
         m(o)?.latency.as_ref()
     }
     vec![
-        Figure {
-            name: "deliveries/s",
-            get: |o| m(o).map(|m| m.per_sec),
-        },
-        Figure {
-            name: "lost",
-            get: |o| m(o).map(|m| m.lost as f64),
-        },
-        Figure {
-            name: "p50 (us)",
-            get: |o| l(o).map(|l| l.p50),
-        },
-        Figure {
-            name: "p99 (us)",
-            get: |o| l(o).map(|l| l.p99),
-        },
-        Figure {
-            name: "p99.9 (us)",
-            get: |o| l(o).map(|l| l.p999),
-        },
-        Figure {
-            name: "max (us)",
-            get: |o| l(o).map(|l| l.max),
-        },
-        Figure {
-            name: "server CPU %",
-            get: |o| m(o).and_then(|m| m.server_cpu),
-        },
-        Figure {
-            name: "server peak RSS (KiB)",
-            get: |o| o.server.as_ref()?.peak_rss_kib.map(|k| k as f64),
-        },
-        Figure {
-            name: "generator CPU %",
-            get: |o| m(o).map(|m| m.gen_cpu),
-        },
-        Figure {
-            name: "slow: kept % of baseline",
-            get: Outcome::kept_pct,
-        },
-        Figure {
-            name: "slow: fresh first line (ms)",
-            get: Outcome::fresh_ms,
-        },
+        Figure::new("deliveries/s", |o| m(o).map(|m| m.per_sec)),
+        Figure::new("lost", |o| m(o).map(|m| m.lost as f64)),
+        Figure::new("p50 (us)", |o| l(o).map(|l| l.p50)),
+        Figure::new("p99 (us)", |o| l(o).map(|l| l.p99)),
+        Figure::new("p99.9 (us)", |o| l(o).map(|l| l.p999)),
+        Figure::new("max (us)", |o| l(o).map(|l| l.max)),
+        Figure::new("server CPU %", |o| m(o).and_then(|m| m.server_cpu)),
+        Figure::new("server peak RSS (KiB)", |o| {
+            o.server.as_ref()?.peak_rss_kib.map(|k| k as f64)
+        }),
+        Figure::new("generator CPU %", |o| m(o).map(|m| m.gen_cpu)),
+        Figure::new("slow: kept % of baseline", Outcome::kept_pct),
+        Figure::new("slow: fresh first line (ms)", Outcome::fresh_ms),
     ]
 }
 

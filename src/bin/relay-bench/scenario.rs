@@ -132,6 +132,36 @@ fn spawn_receiver(
         .map_err(|e| format!("cannot start the receiver thread: {e}"))
 }
 
+/// Starts the receiver on `conns`, then sends probe lines from `prober` until the relay has
+/// registered all `p.clients` clients. Should it never, the receiver is stopped and joined
+/// before the error returns, so that no thread of a failed run lives on.
+fn receive_registered(
+    conns: Vec<RxConn>,
+    prober: &TcpStream,
+    p: &Params,
+    progress: &Arc<Progress>,
+    until: Instant,
+) -> Result<Rx, String> {
+    let limits = Limits {
+        deadline: until,
+        drain: p.drain,
+    };
+    let rx = spawn_receiver(conns, p.size, progress, limits)?;
+    if let Err(e) = sender::probe(
+        prober,
+        0,
+        p.size,
+        p.clients,
+        progress,
+        register_timeout(p.clients),
+    ) {
+        progress.stop.store(true, Ordering::SeqCst);
+        let _ = rx.join();
+        return Err(e);
+    }
+    Ok(rx)
+}
+
 fn join_receiver(rx: Rx, progress: &Progress) -> Result<RxReport, String> {
     let r = rx.join();
     progress.stop.store(true, Ordering::SeqCst);
@@ -191,23 +221,7 @@ fn fanout(
     };
     let progress = Progress::new(1);
     let conns = receivers.into_iter().map(RxConn::listener).collect();
-    let limits = Limits {
-        deadline: until,
-        drain: p.drain,
-    };
-    let rx = spawn_receiver(conns, p.size, &progress, limits)?;
-    if let Err(e) = sender::probe(
-        &sender,
-        0,
-        p.size,
-        p.clients,
-        &progress,
-        register_timeout(p.clients),
-    ) {
-        progress.stop.store(true, Ordering::SeqCst);
-        let _ = rx.join();
-        return Err(e);
-    }
+    let rx = receive_registered(conns, &sender, p, &progress, until)?;
     let clock = Clock::start(pid);
     let fresh = stalled.then(|| {
         let (progress, addr, quarter) = (Arc::clone(&progress), *addr, p.lines / 4);
@@ -246,13 +260,7 @@ fn fresh_client(addr: &SocketAddr, progress: &Progress, after: u64) -> Fresh {
                     first = Some(t0.elapsed());
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if sys::retryable(&e) => {}
             Err(_) => break,
         }
         if first.is_none() && t0.elapsed() >= Duration::from_secs(1) {
@@ -289,23 +297,7 @@ fn chatter(
             prober: i == 0,
         })
         .collect();
-    let limits = Limits {
-        deadline: until,
-        drain: p.drain,
-    };
-    let rx = spawn_receiver(conns, p.size, &progress, limits)?;
-    if let Err(e) = sender::probe(
-        &socks[0],
-        0,
-        p.size,
-        p.clients,
-        &progress,
-        register_timeout(p.clients),
-    ) {
-        progress.stop.store(true, Ordering::SeqCst);
-        let _ = rx.join();
-        return Err(e);
-    }
+    let rx = receive_registered(conns, &socks[0], p, &progress, until)?;
     let clock = Clock::start(pid);
     let rate = p.rate.unwrap_or(100.0);
     let sent = sender::chatter(&socks, rate, p.duration, p.size, &progress, until);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::payload::{self, now_ns};
 use crate::receiver::Progress;
+use crate::sys;
 
 /// A full-speed write carries about this much, the size of a socket buffer's worth of lines.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -60,14 +61,7 @@ fn write_until(mut sock: &TcpStream, buf: &[u8], until: Instant) -> io::Result<b
         match sock.write(&buf[off..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => off += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
+            Err(e) if sys::retryable(&e) => {
                 if Instant::now() >= until {
                     return Ok(false);
                 }
@@ -167,8 +161,7 @@ pub fn chatter(
                     Ok(w) => {
                         backlog[i].drain(..w);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if sys::retryable(&e) => {}
                     Err(e) => return Err(e),
                 }
                 busy |= !backlog[i].is_empty();

@@ -1,6 +1,6 @@
 //! The few Linux calls the generator needs beyond std: epoll, the descriptor limit, and the
-//! process's own CPU time. Kept in one place so that every `unsafe` block is next to the
-//! others and the rest of the tool stays safe code.
+//! process's own CPU time; and which socket errors only mean "not now". Kept in one place so
+//! that every `unsafe` block is next to the others and the rest of the tool stays safe code.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -79,6 +79,16 @@ impl Epoll {
 
 pub fn empty_event() -> Event {
     libc::epoll_event { events: 0, u64: 0 }
+}
+
+/// Whether a socket read or write that failed with `e` is worth simply trying again: nothing
+/// to read or no room yet (a non-blocking socket, or a socket timeout, which Linux reports as
+/// WouldBlock and other systems as TimedOut), or a signal came first.
+pub fn retryable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// CPU time (user + system) this process has used so far, all threads together.

@@ -1,4 +1,5 @@
-//! A peer's outbound side: everything between "this chunk is for you" and the peer's socket.
+//! A peer: a connected client as the rest of the daemon sends to it — its queue, its writer,
+//! and the slow-consumer policy. Everything between "this chunk is for you" and its socket.
 //!
 //! Why it looks the way it does:
 //! - Most deliveries go to a peer that has nothing queued. Those are sent straight from the
@@ -10,17 +11,22 @@
 //!   Linux caps a process near 16,000 threads (`vm.max_map_count`).
 //! - Per-peer order is kept by one rule: a direct send happens only when the queue is empty and
 //!   no writer is running. Everything else goes to the back of the queue.
-//! - The queue is bounded in bytes (`--max-pending`). A sender that finds no room may wait for
-//!   it (`offer_until`), and a peer that stays full is cut off by whoever gave up on it.
+//! - The queue is bounded (`--max-pending`), and everything in it counts: relayed lines,
+//!   relayd's own notices and replies, history replays, and [`CHUNK_COST`] of bookkeeping per
+//!   queued chunk, so that neither a client's own commands nor a stream of tiny lines can make
+//!   it hold more than the limit says. A sender that finds no room may wait for it (`offer`),
+//!   and a peer that stays full is cut off by whoever gave up on it.
+//! - A peer remembers which room membership a chunk was meant for (its `epoch`): a sender that
+//!   picked its recipients before a wait hands a room's line only to those still in the same
+//!   stay in that room, so a line reaches a member at most once and never after it left.
 //!
-//! Nothing here knows what kind of connection the peer is: it needs a socket to write bytes to,
+//! Nothing here knows what kind of client the peer is: it needs a socket to write bytes to,
 //! and it is handed chunks of whole lines, already encoded.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::mem::MaybeUninit;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -30,13 +36,20 @@ use log::{debug, warn};
 use socket2::SockRef;
 
 use crate::config::Config;
+use crate::notice::{Departure, Notices};
 use crate::sync::lock;
+use crate::sys;
 
-/// One or more whole lines, shared by every peer it is delivered to (never copied per peer).
-pub type Chunk = Arc<[u8]>;
+pub(crate) use crate::framing::Chunk;
 
 /// A client's number, unique for the life of the process.
-pub type PeerId = u64;
+pub(crate) type PeerId = u64;
+
+/// What a queued chunk costs beyond its bytes, counted against `--max-pending`: its slot in
+/// the queue (16 bytes) and, when no one else holds it, the allocation's reference counts and
+/// rounding (16 to 32 bytes). Without it a stream of 2-byte lines made a lagging peer hold
+/// about 24 times its limit.
+pub(crate) const CHUNK_COST: usize = 48;
 
 /// A writer hands the kernel at most this much per call, so that progress (and so the
 /// waiting senders) moves in steps the size of a socket buffer, not of the whole backlog.
@@ -50,14 +63,15 @@ const MAX_SENDER_ROUNDS: usize = 64;
 /// A writer's frames are shallow: it only copies slices and calls `writev`.
 const WRITER_STACK: usize = 64 * 1024;
 
-pub struct Outbound {
+pub(crate) struct Peer {
     id: PeerId,
     sock: Arc<TcpStream>,
     max_pending: usize,
     stall_timeout: Duration,
+    notices: Notices,
     state: Mutex<State>,
-    /// Signalled whenever `pending` shrinks or the peer closes: senders waiting for room and
-    /// flushes waiting for an empty queue sleep on it.
+    /// Signalled whenever the queue shrinks, a send ends or the peer closes: senders waiting
+    /// for room and flushes waiting for an empty queue sleep on it.
     changed: Condvar,
     /// Lines this client sent and lines relayed to it, for the operator's `clients` list.
     /// Atomics, so that counting costs a sender no lock.
@@ -78,38 +92,73 @@ struct State {
     /// except after `closed`, when the owner may still be finishing its last call.
     sending: bool,
     /// Why the peer was closed, once it is.
-    closed: Option<String>,
-    /// It was closed because its connection failed under a send, not by the daemon's choice.
-    failed: bool,
+    closed: Option<Departure>,
     /// The last byte handed to the kernel was not a `\n`: a notice sent now would land
     /// inside someone's line.
     mid_line: bool,
     /// A notice for the writer to send once its write in flight returns (see `close`).
-    notice: Option<Vec<u8>>,
-    /// When the queue last got shorter (or started): a peer whose queue has not moved for
-    /// `stall_timeout` is stuck, not slow.
+    notice: Option<Chunk>,
+    /// When the queue last got shorter, or the backlog started: a peer whose queue has not
+    /// moved for `stall_timeout` is stuck, not slow.
     last_progress: Instant,
     /// `queue_quietly` claimed the writer role and nothing is sending yet: `start_sending`
     /// will.
     held: bool,
+    /// Which stay in a room this is: bumped each time the peer enters or leaves one.
+    epoch: u64,
 }
 
-/// What became of a chunk handed to [`Outbound::offer_until`].
+impl State {
+    /// What the queue costs against `--max-pending`.
+    fn cost(&self) -> usize {
+        self.pending + CHUNK_COST * self.queue.len()
+    }
+
+    /// Appends `chunk` to the queue. A backlog that starts now is not stuck: "no progress for
+    /// --stall-timeout" counts from here, not from whenever this peer's queue last moved.
+    fn enqueue(&mut self, chunk: &Chunk) {
+        if self.pending == 0 {
+            self.last_progress = Instant::now();
+        }
+        self.queue.push_back(Chunk::clone(chunk));
+        self.pending += chunk.len();
+    }
+}
+
+/// What became of a chunk handed to [`Peer::offer`].
 #[derive(Debug, PartialEq, Eq)]
-pub enum Offer {
-    /// Sent, queued, or dropped because the peer is already closed.
+pub(crate) enum Offer {
+    /// Sent, queued, or dropped because the peer is closed or no longer in the room the chunk
+    /// was for.
     Taken,
     /// No room before the deadline (or the peer is stuck); the caller decides its fate.
     Full,
 }
 
-impl Outbound {
-    pub fn new(id: PeerId, sock: Arc<TcpStream>, config: &Config) -> Arc<Outbound> {
-        Arc::new(Outbound {
+/// Who is draining a peer's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drainer {
+    /// The peer's writer thread: its writes may wait for the peer, up to `--write-timeout`.
+    Writer,
+    /// A sender's thread, which has other peers to serve: its sends never wait.
+    Sender,
+}
+
+/// Whether the bytes already sent to a peer end inside a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    AtLineEnd,
+    MidLine,
+}
+
+impl Peer {
+    pub(crate) fn new(id: PeerId, sock: Arc<TcpStream>, config: &Config) -> Arc<Peer> {
+        Arc::new(Peer {
             id,
             sock,
             max_pending: config.max_pending,
             stall_timeout: config.stall_timeout,
+            notices: Notices::new(config),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 head: 0,
@@ -117,11 +166,11 @@ impl Outbound {
                 writer: false,
                 sending: false,
                 closed: None,
-                failed: false,
                 mid_line: false,
                 notice: None,
                 last_progress: Instant::now(),
                 held: false,
+                epoch: 0,
             }),
             changed: Condvar::new(),
             lines_in: AtomicU64::new(0),
@@ -129,112 +178,146 @@ impl Outbound {
         })
     }
 
+    pub(crate) fn id(&self) -> PeerId {
+        self.id
+    }
+
     /// Counts `n` lines read from this client.
-    pub fn count_in(&self, n: u64) {
+    pub(crate) fn count_in(&self, n: u64) {
         self.lines_in.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts `n` lines relayed to this client.
-    pub fn count_out(&self, n: u64) {
+    pub(crate) fn count_out(&self, n: u64) {
         self.lines_out.fetch_add(n, Ordering::Relaxed);
     }
 
     /// `(lines in, lines out)` so far.
-    pub fn line_counts(&self) -> (u64, u64) {
+    pub(crate) fn line_counts(&self) -> (u64, u64) {
         (
             self.lines_in.load(Ordering::Relaxed),
             self.lines_out.load(Ordering::Relaxed),
         )
     }
 
-    pub fn id(&self) -> PeerId {
-        self.id
-    }
-
     /// Bytes queued for this peer that its socket has not taken yet.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         lock(&self.state).pending
     }
 
     /// Why this peer was closed, if it was.
-    pub fn closed_reason(&self) -> Option<String> {
+    pub(crate) fn closed(&self) -> Option<Departure> {
         lock(&self.state).closed.clone()
     }
 
     /// Why the daemon cut this peer off (too slow, kicked, shutdown), if it did; `None` also
     /// when its connection merely failed under a send, which is the client leaving.
-    pub fn cut_off_reason(&self) -> Option<String> {
-        let st = lock(&self.state);
-        st.closed.clone().filter(|_| !st.failed)
+    pub(crate) fn cut_off(&self) -> Option<Departure> {
+        self.closed().filter(Departure::by_daemon)
     }
 
     /// Hands `chunk` to this peer if there is room, waiting for room until `deadline`
     /// (`None`: not at all). "Room" means the chunk fits under `--max-pending`, or nothing is
     /// queued at all, so a chunk larger than the limit still gets through to a healthy peer.
     /// A peer whose queue has not moved for `--stall-timeout` is reported `Full` at once.
-    pub fn offer_until(self: &Arc<Self>, chunk: &Chunk, deadline: Option<Instant>) -> Offer {
+    /// With `epoch`, the chunk is for the room stay it names and is dropped if the peer has
+    /// moved on since.
+    pub(crate) fn offer(
+        self: &Arc<Self>,
+        chunk: &Chunk,
+        deadline: Option<Instant>,
+        epoch: Option<u64>,
+    ) -> Offer {
         let mut st = lock(&self.state);
         loop {
-            if st.closed.is_some() {
+            if st.closed.is_some() || epoch.is_some_and(|e| e != st.epoch) {
                 return Offer::Taken;
             }
-            if st.pending == 0 || st.pending + chunk.len() <= self.max_pending {
+            if st.pending == 0 || st.cost() + chunk.len() + CHUNK_COST <= self.max_pending {
                 self.hand_over(st, chunk);
                 return Offer::Taken;
             }
-            let now = Instant::now();
-            let stuck_at = st.last_progress + self.stall_timeout;
             let until = match deadline {
-                Some(d) => d.min(stuck_at),
+                Some(d) => d.min(st.last_progress + self.stall_timeout),
                 None => return Offer::Full,
             };
+            let now = Instant::now();
             if now >= until {
                 return Offer::Full;
             }
-            st = self
-                .changed
-                .wait_timeout(st, until - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.wait(st, until - now);
         }
     }
 
-    /// Queues a line from the daemon itself (a notice for this client), regardless of
-    /// `--max-pending`: notices are few and short, and must not be lost to a full queue.
-    pub fn push_notice(self: &Arc<Self>, line: &[u8]) {
-        let st = lock(&self.state);
-        if st.closed.is_none() {
-            self.hand_over(st, &Chunk::from(line));
+    /// Waits until this peer's queue is within `--max-pending` again (it may exceed it by
+    /// what [`Peer::queue_quietly`] added), or `deadline`. Returns whether it is.
+    pub(crate) fn wait_room(&self, deadline: Instant) -> bool {
+        let mut st = lock(&self.state);
+        loop {
+            if st.closed.is_some() || st.cost() <= self.max_pending {
+                return true;
+            }
+            let now = Instant::now();
+            let until = deadline.min(st.last_progress + self.stall_timeout);
+            if now >= until {
+                return false;
+            }
+            st = self.wait(st, until - now);
         }
     }
 
-    /// Queues `chunks` without sending anything yet, regardless of `--max-pending`, and holds
-    /// back every later chunk behind them until [`Outbound::start_sending`].
+    fn wait<'a>(&self, st: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+        self.changed
+            .wait_timeout(st, timeout)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
+    /// Starts a new stay in a room and returns its epoch: chunks offered for an earlier stay
+    /// are dropped from now on. Then queues `chunks` (the room's welcome and history) as
+    /// [`Peer::queue_quietly`] does. Called under the registry lock, which orders it against
+    /// every delivery to the room.
+    pub(crate) fn enter_room(&self, chunks: &[Chunk]) -> u64 {
+        let mut st = lock(&self.state);
+        st.epoch += 1;
+        let epoch = st.epoch;
+        drop(st);
+        self.queue_quietly(chunks);
+        epoch
+    }
+
+    /// Ends the peer's stay in its room: chunks offered for it are dropped from now on.
+    pub(crate) fn leave_room(&self) {
+        lock(&self.state).epoch += 1;
+    }
+
+    /// Queues `chunks` without sending anything yet, whatever room is left under
+    /// `--max-pending` (the overshoot is bounded by a welcome and a room's history, and the
+    /// joiner's thread then waits for room with [`Peer::wait_room`]), and holds back every
+    /// later chunk behind them until [`Peer::start_sending`].
     ///
     /// This is for the lines a client gets on entering a room (welcome, history replay): they
     /// are queued under the registry lock, so they land before any live line, with no gap or
     /// duplicate; but no socket I/O (and no thread start) may happen under that lock, so the
     /// sending is left to `start_sending`, called once the lock is released. Claiming the
     /// writer role (`writer = true`) is what holds back direct sends meanwhile.
-    pub fn queue_quietly(&self, chunks: &[Chunk]) {
+    pub(crate) fn queue_quietly(&self, chunks: &[Chunk]) {
         let mut st = lock(&self.state);
         if st.closed.is_some() || chunks.is_empty() {
             return;
         }
         for chunk in chunks {
-            st.queue.push_back(Chunk::clone(chunk));
-            st.pending += chunk.len();
+            st.enqueue(chunk);
         }
         if !st.writer && !st.sending {
             st.writer = true;
             st.held = true;
-            st.last_progress = Instant::now();
         }
     }
 
-    /// Sends what [`Outbound::queue_quietly`] held back: directly while the socket takes it,
-    /// and by a writer thread for the rest, as `hand_over` does.
-    pub fn start_sending(self: &Arc<Self>) {
+    /// Sends what [`Peer::queue_quietly`] held back: directly while the socket takes it, and
+    /// by a writer thread for the rest, as `hand_over` does.
+    pub(crate) fn start_sending(self: &Arc<Self>) {
         let mut st = lock(&self.state);
         if !st.held {
             return;
@@ -250,9 +333,8 @@ impl Outbound {
                 Ok(n) if n > 0 => self.advance(&mut st, n),
                 Err(e) if !is_would_block(&e) && e.kind() != io::ErrorKind::Interrupted => {
                     debug!("client {}: send failed: {e}", self.id);
-                    st.writer = false;
-                    drop(st);
-                    self.close(&format!("send failed: {e}"), None);
+                    Self::mark_closed(&mut st, Departure::SendFailed(e.to_string()));
+                    self.finish_close(st, Drainer::Sender);
                     return;
                 }
                 _ => break,
@@ -267,6 +349,14 @@ impl Outbound {
         self.start_writer();
     }
 
+    /// Queues one last line (the shutdown notice), whatever the limit: nothing more follows.
+    pub(crate) fn push_last(self: &Arc<Self>, chunk: &Chunk) {
+        let st = lock(&self.state);
+        if st.closed.is_none() {
+            self.hand_over(st, chunk);
+        }
+    }
+
     /// Sends directly when nothing is queued, else appends to the queue.
     ///
     /// The send happens outside the peer's lock: a sender that finds another thread already
@@ -276,13 +366,7 @@ impl Outbound {
     /// syscalls, and no sender sleeps on a lock that is held across a syscall.
     fn hand_over(self: &Arc<Self>, mut st: MutexGuard<'_, State>, chunk: &Chunk) {
         if st.writer || st.sending || !st.queue.is_empty() {
-            if st.pending == 0 {
-                // The backlog starts now: "no progress for --stall-timeout" counts from here,
-                // not from whenever this peer's queue last moved.
-                st.last_progress = Instant::now();
-            }
-            st.queue.push_back(Arc::clone(chunk));
-            st.pending += chunk.len();
+            st.enqueue(chunk);
             return;
         }
         st.sending = true;
@@ -296,10 +380,9 @@ impl Outbound {
                 // The reader sees the same broken socket and reports it; only stop writing.
                 debug!("client {}: send failed: {e}", self.id);
                 if st.closed.is_none() {
-                    Self::mark_closed(&mut st, &format!("send failed: {e}"));
-                    st.failed = true;
+                    Self::mark_closed(&mut st, Departure::SendFailed(e.to_string()));
                 }
-                self.finish_close(st, false);
+                self.finish_close(st, Drainer::Sender);
                 return;
             }
         };
@@ -308,21 +391,26 @@ impl Outbound {
             st.last_progress = Instant::now();
         }
         if st.closed.is_some() {
-            self.finish_close(st, false);
+            self.finish_close(st, Drainer::Sender);
             return;
         }
         if sent < chunk.len() {
             // Ahead of whatever other senders appended while this one was sending.
-            st.queue.push_front(Arc::clone(chunk));
+            if st.pending == 0 {
+                st.last_progress = Instant::now();
+            }
+            st.queue.push_front(Chunk::clone(chunk));
             st.head = sent;
             st.pending += chunk.len() - sent;
         }
         if st.queue.is_empty() {
             st.sending = false;
+            // A flush may be waiting for this send to end.
+            self.changed.notify_all();
             return;
         }
         drop(st);
-        self.drain(false);
+        self.drain(Drainer::Sender);
     }
 
     fn start_writer(self: &Arc<Self>) {
@@ -330,32 +418,29 @@ impl Outbound {
         let spawned = thread::Builder::new()
             .name(format!("writer-{}", self.id))
             .stack_size(WRITER_STACK)
-            .spawn(move || me.drain(true));
+            .spawn(move || me.drain(Drainer::Writer));
         if let Err(e) = spawned {
             warn!("client {}: cannot start a writer thread: {e}", self.id);
             let mut st = lock(&self.state);
-            st.writer = false;
             if st.closed.is_none() {
-                Self::mark_closed(&mut st, "out of threads");
+                Self::mark_closed(&mut st, Departure::OutOfThreads);
+                st.notice = self.notices.farewell(&Departure::OutOfThreads);
             }
-            drop(st);
-            self.send_notice_and_shut(Some(b"relayd: server out of resources\n"), true, false);
+            self.finish_close(st, Drainer::Sender);
         }
     }
 
-    /// Drains the queue with coalesced writes (up to `WRITE_BATCH` bytes a call), then
-    /// gives up the role. `blocking`: this is the writer thread, whose writes may wait for the
-    /// peer (up to `--write-timeout`). Otherwise it is a sender's thread, whose sends never
-    /// wait: when the socket is full, or after `MAX_SENDER_ROUNDS` calls (a sender has its
-    /// own line to deliver to other peers), it hands the rest to a writer thread.
-    fn drain(self: &Arc<Self>, blocking: bool) {
+    /// Drains the queue with coalesced writes (up to `WRITE_BATCH` bytes a call), then gives
+    /// up the role. A sender's thread hands the rest to a writer thread when the socket is
+    /// full, or after `MAX_SENDER_ROUNDS` calls (it has its own line to deliver elsewhere).
+    fn drain(self: &Arc<Self>, by: Drainer) {
         let mut batch: Vec<Chunk> = Vec::new();
         let mut rounds = 0;
         loop {
             let head = {
                 let mut st = lock(&self.state);
                 if st.closed.is_some() {
-                    self.finish_close(st, blocking);
+                    self.finish_close(st, by);
                     return;
                 }
                 if st.queue.is_empty() {
@@ -364,14 +449,14 @@ impl Outbound {
                     self.changed.notify_all();
                     return;
                 }
-                if !blocking && rounds == MAX_SENDER_ROUNDS {
+                if by == Drainer::Sender && rounds == MAX_SENDER_ROUNDS {
                     drop(st);
                     self.hand_to_writer();
                     return;
                 }
                 let mut total = 0;
                 for chunk in &st.queue {
-                    batch.push(Arc::clone(chunk));
+                    batch.push(Chunk::clone(chunk));
                     total += chunk.len();
                     if total - st.head >= WRITE_BATCH || batch.len() == MAX_SLICES {
                         break;
@@ -380,7 +465,7 @@ impl Outbound {
                 st.head
             };
             rounds += 1;
-            let (attempted, result) = write_batch(&self.sock, &batch, head, blocking);
+            let (attempted, result) = write_batch(&self.sock, &batch, head, by);
             let mut st = lock(&self.state);
             if let Ok(n) = result {
                 st.mid_line = ends_mid_line(&batch, head, n).unwrap_or(st.mid_line);
@@ -393,14 +478,14 @@ impl Outbound {
                 Ok(n) if n > 0 => {
                     self.advance(&mut st, n);
                     self.changed.notify_all();
-                    if !blocking && n < attempted {
+                    if by == Drainer::Sender && n < attempted {
                         drop(st);
                         self.hand_to_writer();
                         return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_would_block(&e) && !blocking => {
+                Err(e) if is_would_block(&e) && by == Drainer::Sender => {
                     drop(st);
                     self.hand_to_writer();
                     return;
@@ -412,13 +497,9 @@ impl Outbound {
                         "client {}: write timed out, {pending} bytes pending: disconnected",
                         self.id
                     );
-                    let notice =
-                        format!("relayd: disconnected: too slow ({pending} bytes pending)\n");
-                    Self::mark_closed(
-                        &mut st,
-                        &format!("too slow (write timeout, {pending} bytes pending)"),
-                    );
-                    st.notice = Some(notice.into_bytes());
+                    let why = Departure::WriteTimeout { pending };
+                    st.notice = self.notices.farewell(&why);
+                    Self::mark_closed(&mut st, why);
                     self.changed.notify_all();
                 }
                 Ok(_) | Err(_) => {
@@ -426,8 +507,7 @@ impl Outbound {
                         Err(e) => format!("write failed: {e}"),
                         Ok(_) => "write failed: wrote zero bytes".to_string(),
                     };
-                    Self::mark_closed(&mut st, &why);
-                    st.failed = true;
+                    Self::mark_closed(&mut st, Departure::SendFailed(why));
                     self.changed.notify_all();
                 }
             }
@@ -439,7 +519,7 @@ impl Outbound {
         let mut st = lock(&self.state);
         st.sending = false;
         if st.closed.is_some() {
-            self.finish_close(st, false);
+            self.finish_close(st, Drainer::Sender);
             return;
         }
         st.writer = true;
@@ -448,17 +528,21 @@ impl Outbound {
     }
 
     /// The queue owner's last act on a closed peer: now that no write of its own is in
-    /// flight, the notice can go out (after a `\n` if a line was cut short), then the socket
-    /// is shut. The writer thread exists to block on this peer, so it may wait for room for
-    /// the notice (up to --write-timeout); a sender's thread may not.
-    fn finish_close(&self, mut st: MutexGuard<'_, State>, may_block: bool) {
+    /// flight, the notice can go out (after a line end if a line was cut short), then the
+    /// socket is shut. The writer thread exists to block on this peer, so it may wait for
+    /// room for the notice (up to --write-timeout); a sender's thread may not.
+    fn finish_close(&self, mut st: MutexGuard<'_, State>, by: Drainer) {
         st.writer = false;
         st.sending = false;
         let notice = st.notice.take();
-        let mid_line = st.mid_line;
+        let cut = if st.mid_line {
+            Cut::MidLine
+        } else {
+            Cut::AtLineEnd
+        };
         self.changed.notify_all();
         drop(st);
-        self.send_notice_and_shut(notice.as_deref(), mid_line, may_block);
+        self.send_last(notice.as_deref(), cut, by);
     }
 
     /// Accounts for `n` bytes taken by the kernel from the front of the queue.
@@ -480,7 +564,7 @@ impl Outbound {
 
     /// Waits until everything queued has reached the kernel, the peer closed, or `deadline`.
     /// Returns whether the queue was drained.
-    pub fn flush(&self, deadline: Instant) -> bool {
+    pub(crate) fn flush(&self, deadline: Instant) -> bool {
         let mut st = lock(&self.state);
         loop {
             if st.closed.is_some() {
@@ -493,60 +577,63 @@ impl Outbound {
             if now >= deadline {
                 return false;
             }
-            st = self
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.wait(st, deadline - now);
         }
     }
 
-    /// Closes the peer: drops its backlog (freeing the memory at once), sends `notice`, and
-    /// shuts the socket down, which also wakes the peer's reader thread. Returns false if it
-    /// was already closed.
+    /// Closes the peer for `why`: drops its backlog (freeing the memory at once), sends the
+    /// farewell notice that goes with `why`, if any, and shuts the socket down, which also
+    /// wakes the peer's reader thread. Returns false if it was already closed.
     ///
-    /// If a writer is blocked in `write` right now, the notice cannot be sent without landing
-    /// inside its bytes, so only reading is shut down here (the client's slot is freed as
-    /// usual) and the writer sends the notice and closes the socket when its write returns —
-    /// at once if the client reads again, after `--write-timeout` if it never does. Either
-    /// way the notice is best effort: a client cut off for not reading may have no room for it.
-    pub fn close(&self, reason: &str, notice: Option<&[u8]>) -> bool {
+    /// If a write is in flight right now, the notice cannot be sent without landing inside its
+    /// bytes, so only reading is shut down here (the reader leaves as usual) and whoever owns
+    /// the write sends the notice and closes the socket when it returns — at once if the
+    /// client reads again, after `--write-timeout` if it never does. Either way the notice is
+    /// best effort: a client cut off for not reading may have no room for it.
+    pub(crate) fn close(&self, why: Departure) -> bool {
+        let notice = self.notices.farewell(&why);
         let mut st = lock(&self.state);
         if st.closed.is_some() {
             return false;
         }
-        Self::mark_closed(&mut st, reason);
+        Self::mark_closed(&mut st, why);
         self.changed.notify_all();
         if st.writer || st.sending {
-            st.notice = notice.map(<[u8]>::to_vec);
+            st.notice = notice;
             drop(st);
             let _ = self.sock.shutdown(Shutdown::Read);
         } else {
-            let mid_line = st.mid_line;
+            let cut = if st.mid_line {
+                Cut::MidLine
+            } else {
+                Cut::AtLineEnd
+            };
             drop(st);
-            self.send_notice_and_shut(notice, mid_line, false);
+            self.send_last(notice.as_deref(), cut, Drainer::Sender);
         }
         true
     }
 
-    fn mark_closed(st: &mut State, reason: &str) {
-        st.closed = Some(reason.to_string());
+    fn mark_closed(st: &mut State, why: Departure) {
+        st.closed = Some(why);
         st.queue = VecDeque::new();
         st.head = 0;
         st.pending = 0;
     }
 
-    fn send_notice_and_shut(&self, notice: Option<&[u8]>, mid_line: bool, may_block: bool) {
+    fn send_last(&self, notice: Option<&[u8]>, cut: Cut, by: Drainer) {
         if let Some(notice) = notice {
-            let notice = if mid_line {
-                [b"\n", notice].concat()
-            } else {
-                notice.to_vec()
+            let notice = match cut {
+                Cut::MidLine => [self.notices.eol().as_bytes(), notice].concat(),
+                Cut::AtLineEnd => notice.to_vec(),
             };
-            if may_block {
-                let _ = (&*self.sock).write_all(&notice);
-            } else {
-                let _ = send_dontwait(&self.sock, &notice);
+            match by {
+                Drainer::Writer => {
+                    let _ = (&*self.sock).write_all(&notice);
+                }
+                Drainer::Sender => {
+                    let _ = send_dontwait(&self.sock, &notice);
+                }
             }
         }
         let _ = self.sock.shutdown(Shutdown::Both);
@@ -554,32 +641,29 @@ impl Outbound {
 
     /// Stops reading from the peer (its reader thread sees end of input) while leaving its
     /// outbound side open, so that what is queued can still be flushed.
-    pub fn shutdown_read(&self) {
+    pub(crate) fn shutdown_read(&self) {
         let _ = self.sock.shutdown(Shutdown::Read);
     }
 
     /// For a peer about to be closed for good: reads and throws away whatever it has sent,
     /// and returns how many bytes the kernel still holds for it, unsent or unacknowledged
     /// (see `server::linger` for why).
-    pub fn discard_input_and_unsent(&self) -> usize {
+    pub(crate) fn discard_input_and_unsent(&self) -> usize {
         let mut scratch = [MaybeUninit::<u8>::uninit(); 4096];
         let sock = SockRef::from(&*self.sock);
         // Ends at EAGAIN, at end of input, or on an error (nothing more will arrive then).
         while matches!(sock.recv_with_flags(&mut scratch, libc::MSG_DONTWAIT), Ok(n) if n > 0) {}
-        if is_reset(&self.sock) {
+        if sys::is_reset(&self.sock) {
             // The kernel has dropped the connection: nothing more will be delivered (and the
             // count below no longer shrinks).
             return 0;
         }
-        let mut unsent: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int, into `unsent`.
-        let ok = unsafe { libc::ioctl(self.sock.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) } == 0;
-        if ok { unsent.max(0) as usize } else { 0 }
+        sys::unacknowledged(&self.sock).unwrap_or(0)
     }
 }
 
 /// One non-blocking `send`: hands the kernel what fits, never waits.
-pub fn send_dontwait(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn send_dontwait(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     SockRef::from(sock).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
@@ -589,7 +673,7 @@ fn write_batch(
     sock: &TcpStream,
     batch: &[Chunk],
     head: usize,
-    blocking: bool,
+    by: Drainer,
 ) -> (usize, io::Result<usize>) {
     let mut budget = WRITE_BATCH;
     let mut slices = Vec::with_capacity(batch.len());
@@ -603,12 +687,13 @@ fn write_batch(
         }
     }
     let attempted = WRITE_BATCH - budget;
-    let result = if blocking {
-        let mut sock = sock;
-        sock.write_vectored(&slices)
-    } else {
-        SockRef::from(sock)
-            .send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    let result = match by {
+        Drainer::Writer => {
+            let mut sock = sock;
+            sock.write_vectored(&slices)
+        }
+        Drainer::Sender => SockRef::from(sock)
+            .send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
     };
     (attempted, result)
 }
@@ -624,25 +709,6 @@ fn ends_mid_line(batch: &[Chunk], head: usize, n: usize) -> Option<bool> {
         end -= chunk.len();
     }
     None
-}
-
-/// Whether the connection is gone in the kernel (TCP state CLOSE: reset, or timed out).
-fn is_reset(sock: &TcpStream) -> bool {
-    /// `TCP_CLOSE` in Linux's `enum tcp_state`.
-    const TCP_CLOSE: u8 = 7;
-    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
-    unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        );
-        rc != 0 || info.tcpi_state == TCP_CLOSE
-    }
 }
 
 fn is_would_block(e: &io::Error) -> bool {

@@ -1,0 +1,311 @@
+//! A client's life, on its own thread: authenticate (with `--secret-file`), then read, frame
+//! and hand on its lines until it leaves, however it leaves (end of input, error, `/quit`,
+//! kick, idle, panic). Its [`Slot`] releases everything it held when the thread ends.
+
+use std::io;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use log::{debug, info, log_enabled, warn};
+use memchr::memchr_iter;
+
+use crate::chat::Chat;
+use crate::daemon::{Daemon, Slot};
+use crate::framing::Framer;
+use crate::notice::Departure;
+use crate::peer::{Chunk, Peer};
+use crate::rate::Bucket;
+use crate::registry::{LOBBY, Members};
+use crate::secret;
+use crate::stats::add;
+use crate::tcp::{READ_BUF, Tcp};
+use crate::telnet::Telnet;
+
+/// Buffers that grew past this for one long line are given back afterwards, so that a burst
+/// of long lines does not leave every client holding its peak.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Where a client is in its life.
+enum Phase {
+    /// `--secret-file`: its first line must be the secret, by `deadline` (counted from
+    /// connecting, whatever arrives meanwhile).
+    AwaitingSecret {
+        deadline: Instant,
+    },
+    /// A raw byte pipe; the flood control bucket, with `--rate`.
+    Raw(Option<Bucket>),
+    Chat(Chat),
+}
+
+struct Client {
+    daemon: Arc<Daemon>,
+    slot: Slot,
+    transport: Tcp,
+    /// Chat mode speaks to telnet: its commands are taken out before framing.
+    telnet: Option<Telnet>,
+    framer: Framer,
+    phase: Phase,
+    /// Complete lines of the current read.
+    lines: Vec<u8>,
+    /// What telnet left of the current read, and what it asks us to answer.
+    text: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+/// Serves one admitted client until it leaves. Runs on the client's own thread.
+pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Tcp) {
+    slot.set_departure(Departure::Panicked);
+    let config = daemon.config();
+    let phase = match config.secret {
+        Some(_) => Phase::AwaitingSecret {
+            deadline: Instant::now() + config.auth_timeout,
+        },
+        None => {
+            let lobby = slot.take_lobby();
+            joined_phase(&daemon, slot.peer(), lobby)
+        }
+    };
+    let mut client = Client {
+        telnet: config.chat.then(Telnet::new),
+        framer: Framer::new(config.max_line),
+        daemon: Arc::clone(&daemon),
+        slot,
+        transport,
+        phase,
+        lines: Vec::new(),
+        text: Vec::new(),
+        reply: Vec::new(),
+    };
+    let why = client.run();
+    client.slot.set_departure(why);
+}
+
+/// The phase of a client that is in the lobby: in chat mode the lobby hears of it. `lobby` is
+/// who was there when it entered, if the caller saw it enter.
+fn joined_phase(daemon: &Daemon, peer: &Arc<Peer>, lobby: Option<Members>) -> Phase {
+    let config = daemon.config();
+    // What entering queued for it (welcome, history) must fit its queue like anything else.
+    daemon.settle(peer);
+    if config.chat {
+        let chat = Chat::new(config, format!("guest{}", peer.id()));
+        let lobby = lobby.unwrap_or_else(|| daemon.members(LOBBY));
+        chat.announce(daemon, peer, &lobby);
+        Phase::Chat(chat)
+    } else {
+        Phase::Raw(config.rate.map(Bucket::new))
+    }
+}
+
+impl Client {
+    fn peer(&self) -> &Arc<Peer> {
+        self.slot.peer()
+    }
+
+    /// The read loop. Returns why the client is leaving.
+    fn run(&mut self) -> Departure {
+        let mut buf = Vec::with_capacity(READ_BUF);
+        loop {
+            if let Phase::AwaitingSecret { deadline } = self.phase {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Departure::AuthTimeout;
+                }
+                self.transport.set_read_timeout(Some(left));
+            }
+            match self.transport.read(&mut buf) {
+                Ok(0) => return self.end_of_input(Departure::ClosedByClient),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return match self.phase {
+                        Phase::AwaitingSecret { .. } => Departure::AuthTimeout,
+                        // SO_RCVTIMEO is otherwise only set when `--idle-timeout` is.
+                        _ => Departure::IdleTimeout,
+                    };
+                }
+                // A reset is the client leaving too, abruptly: what it sent before is kept as
+                // with an orderly end of input (the kernel reports a reset on read or, if a
+                // send met it first, as end of input: both end the same way).
+                Err(e) => return self.end_of_input(Departure::ReadError(e.to_string())),
+            }
+            // Kicked or cut off: what is still in its socket is never relayed.
+            if let Some(why) = self.peer().cut_off() {
+                return why;
+            }
+            self.take(&buf);
+            if self.daemon.is_stopping() {
+                // What was read before the daemon stopped is delivered; a half line is not.
+                self.framer.drop_partial();
+                self.hand_on();
+                return Departure::Shutdown;
+            }
+            if let Some(why) = self.hand_on() {
+                return why;
+            }
+        }
+    }
+
+    /// Frames the bytes of one read into `lines` (taking telnet's commands out first, in chat
+    /// mode), and tells the client about each line that was too long.
+    fn take(&mut self, data: &[u8]) {
+        let daemon = &*self.daemon;
+        add(&daemon.stats().bytes_in, data.len() as u64);
+        let too_long = match &mut self.telnet {
+            Some(telnet) => {
+                self.text.clear();
+                self.reply.clear();
+                telnet.feed(data, &mut self.text, &mut self.reply);
+                if !self.reply.is_empty() {
+                    daemon.send_to(self.slot.peer(), &Chunk::from(&self.reply[..]), 0);
+                }
+                self.framer.feed(&self.text, &mut self.lines)
+            }
+            None => self.framer.feed(data, &mut self.lines),
+        };
+        if too_long == 0 {
+            return;
+        }
+        let max_line = daemon.config().max_line;
+        add(&daemon.stats().too_long, too_long as u64);
+        warn!(
+            "client {}: line longer than {max_line} bytes discarded",
+            self.peer().id()
+        );
+        let notice = daemon.notices().line_too_long(max_line);
+        for _ in 0..too_long {
+            daemon.send_to(self.slot.peer(), &notice, 0);
+        }
+    }
+
+    /// The client's input has ended (`why`): an unfinished line is completed with `\n` and
+    /// relayed, unless the daemon closed this client itself, is shutting down (a half line
+    /// read then is dropped), or the client never authenticated.
+    fn end_of_input(&mut self, why: Departure) -> Departure {
+        if let Some(cut_off) = self.peer().cut_off() {
+            return cut_off;
+        }
+        if self.daemon.is_stopping() {
+            return Departure::Shutdown;
+        }
+        if let Phase::AwaitingSecret { .. } = self.phase {
+            return why;
+        }
+        self.framer.finish(&mut self.lines);
+        self.hand_on().unwrap_or(why)
+    }
+
+    /// Hands on the complete lines read so far, as the client's phase says. Returns why the
+    /// client leaves, if it does.
+    fn hand_on(&mut self) -> Option<Departure> {
+        if let Phase::AwaitingSecret { .. } = self.phase
+            && let Err(why) = self.authenticate()
+        {
+            return Some(why);
+        }
+        if self.lines.is_empty() {
+            return None;
+        }
+        let n = memchr_iter(b'\n', &self.lines).count();
+        self.peer().count_in(n as u64);
+        add(&self.daemon.stats().lines_in, n as u64);
+        let left = match &mut self.phase {
+            Phase::AwaitingSecret { .. } => None,
+            Phase::Raw(bucket) => {
+                relay_raw(
+                    &self.daemon,
+                    self.slot.peer(),
+                    bucket.as_mut(),
+                    &mut self.lines,
+                    n,
+                );
+                None
+            }
+            Phase::Chat(chat) => chat
+                .handle(&self.daemon, self.slot.peer(), &self.lines)
+                .map(Departure::Quit),
+        };
+        self.lines.clear();
+        if self.lines.capacity() > KEEP_CAPACITY {
+            self.lines = Vec::new();
+        }
+        left
+    }
+
+    /// Checks the first line, once one is complete, against the secret, and enters the
+    /// lobby if it matches; until then `lines` holds no complete line. A wrong secret is the
+    /// client's departure.
+    fn authenticate(&mut self) -> Result<(), Departure> {
+        let Some(end) = memchr::memchr(b'\n', &self.lines) else {
+            return Ok(());
+        };
+        let secret = self.daemon.config().secret.as_deref().unwrap_or_default();
+        let ok = secret::matches(secret, &self.lines[..=end]);
+        self.lines.drain(..=end);
+        let peer = Arc::clone(self.peer());
+        if !ok {
+            self.lines.clear();
+            // The secret itself is never logged, not even the wrong one.
+            warn!("client {}: wrong secret", peer.id());
+            self.daemon
+                .send_to(&peer, &self.daemon.notices().auth_failed(), 0);
+            // Each guess costs the guesser this long.
+            thread::sleep(self.daemon.config().auth_failure_delay);
+            return Err(Departure::AuthFailed);
+        }
+        self.transport
+            .set_read_timeout(self.daemon.config().idle_timeout);
+        let lobby = self.daemon.enter(&peer);
+        // Logged once it is in, so that a log reader can count on it.
+        info!("client {}: authenticated", peer.id());
+        self.phase = joined_phase(&self.daemon, &peer, lobby);
+        Ok(())
+    }
+}
+
+/// Forwards the complete lines (`n` of them) of one read as a single shared chunk, byte for
+/// byte, less those over the rate limit.
+fn relay_raw(
+    daemon: &Daemon,
+    peer: &Arc<Peer>,
+    bucket: Option<&mut Bucket>,
+    lines: &mut Vec<u8>,
+    mut n: usize,
+) {
+    if let Some(bucket) = bucket {
+        let now = Instant::now();
+        let allowed = bucket.take(n, now);
+        if allowed < n {
+            // The excess is the tail of this read: keep the first `allowed` lines.
+            let cut = match allowed {
+                0 => 0,
+                k => memchr_iter(b'\n', lines).nth(k - 1).map_or(0, |i| i + 1),
+            };
+            lines.truncate(cut);
+            if let Some(warning) = bucket.warning(now) {
+                info!("client {}: over the rate limit, dropping lines", peer.id());
+                daemon.send_to(peer, &daemon.notices().line(warning), 0);
+            }
+            add(&daemon.stats().dropped_rate_limit, (n - allowed) as u64);
+            n = allowed;
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    if log_enabled!(log::Level::Debug) {
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            debug!(
+                "client {}: relaying a line of {} bytes",
+                peer.id(),
+                line.len()
+            );
+        }
+    }
+    daemon.relay(LOBBY, peer.id(), &Chunk::from(&lines[..]), n);
+}

@@ -1,0 +1,245 @@
+//! Every line relayd writes on its own account — welcome, notices, errors, refusals — and why
+//! a client left.
+//!
+//! They are built here, and only here, so that the line ending (`--crlf` in chat mode) is
+//! applied once and a client never gets a line that ends differently from the others.
+//! Clients tell relayd's own lines by their start: `relayd: ` for errors and refusals, `* `
+//! for chat notices.
+
+use std::fmt;
+
+use crate::config::Config;
+use crate::framing::Chunk;
+
+/// Why a client left. Its `Display` is what the log and the client's room are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Departure {
+    /// End of input: Ctrl-C in `nc`, a half-close.
+    ClosedByClient,
+    /// A read failed, e.g. the client reset the connection.
+    ReadError(String),
+    /// `/quit [REASON]`.
+    Quit(Option<String>),
+    /// The operator's `kick`, with its reason.
+    Kicked(Option<String>),
+    /// Its queue stayed full for `--stall-timeout`.
+    TooSlow {
+        pending: usize,
+    },
+    /// Its socket took no byte for `--write-timeout`.
+    WriteTimeout {
+        pending: usize,
+    },
+    /// A send to it failed: its connection is gone.
+    SendFailed(String),
+    IdleTimeout,
+    AuthTimeout,
+    AuthFailed,
+    Shutdown,
+    /// No thread could be started for it.
+    OutOfThreads,
+    /// Its thread panicked (a bug): it is still taken out cleanly.
+    Panicked,
+}
+
+impl Departure {
+    /// Whether relayd ended the connection itself, rather than the client or its network.
+    pub(crate) fn by_daemon(&self) -> bool {
+        !matches!(
+            self,
+            Departure::ClosedByClient
+                | Departure::ReadError(_)
+                | Departure::Quit(_)
+                | Departure::SendFailed(_)
+        )
+    }
+}
+
+impl fmt::Display for Departure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Departure::ClosedByClient => f.write_str("closed by client"),
+            Departure::ReadError(e) => write!(f, "read error: {e}"),
+            Departure::Quit(None) => f.write_str("quit"),
+            Departure::Quit(Some(reason)) => f.write_str(reason),
+            Departure::Kicked(None) => f.write_str("kicked by operator"),
+            Departure::Kicked(Some(reason)) => write!(f, "kicked by operator: {reason}"),
+            Departure::TooSlow { pending } => write!(f, "too slow ({pending} bytes pending)"),
+            Departure::WriteTimeout { pending } => {
+                write!(f, "too slow (write timeout, {pending} bytes pending)")
+            }
+            Departure::SendFailed(e) => write!(f, "send failed: {e}"),
+            Departure::IdleTimeout => f.write_str("idle timeout"),
+            Departure::AuthTimeout => f.write_str("authentication timeout"),
+            Departure::AuthFailed => f.write_str("authentication failed"),
+            Departure::Shutdown => f.write_str("shutdown"),
+            Departure::OutOfThreads => f.write_str("out of threads"),
+            Departure::Panicked => f.write_str("thread panicked"),
+        }
+    }
+}
+
+/// Builds relayd's own lines with the right line ending.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Notices {
+    eol: &'static str,
+}
+
+impl Notices {
+    pub(crate) fn new(config: &Config) -> Notices {
+        Notices {
+            eol: if config.chat && config.crlf {
+                "\r\n"
+            } else {
+                "\n"
+            },
+        }
+    }
+
+    /// The line ending, for code that gathers several lines into one chunk.
+    pub(crate) fn eol(&self) -> &'static str {
+        self.eol
+    }
+
+    /// `text` as a line.
+    pub(crate) fn line(&self, text: impl fmt::Display) -> Chunk {
+        Chunk::from(format!("{text}{}", self.eol).as_bytes())
+    }
+
+    /// An error or refusal for one client: `relayd: WHAT`.
+    pub(crate) fn error(&self, what: impl fmt::Display) -> Chunk {
+        self.line(format_args!("relayd: {what}"))
+    }
+
+    /// What a client is told as it is closed for `why`, if anything.
+    pub(crate) fn farewell(&self, why: &Departure) -> Option<Chunk> {
+        Some(match why {
+            Departure::TooSlow { pending } | Departure::WriteTimeout { pending } => self.error(
+                format_args!("disconnected: too slow ({pending} bytes pending)"),
+            ),
+            Departure::Kicked(_) | Departure::IdleTimeout | Departure::AuthTimeout => {
+                self.error(why)
+            }
+            Departure::OutOfThreads => self.error("server out of resources, try again later"),
+            _ => return None,
+        })
+    }
+
+    /// The last line every client gets when the daemon stops.
+    pub(crate) fn shutting_down(&self) -> Chunk {
+        self.error("shutting down")
+    }
+
+    pub(crate) fn server_full(&self, max_clients: usize) -> Chunk {
+        self.error(format_args!("server full ({max_clients} clients)"))
+    }
+
+    pub(crate) fn too_many_from_address(&self) -> Chunk {
+        self.error("too many connections from your address")
+    }
+
+    /// Said at once to a client that sent a wrong secret (the connection closes a little
+    /// later, to slow guessing).
+    pub(crate) fn auth_failed(&self) -> Chunk {
+        self.error("authentication failed")
+    }
+
+    pub(crate) fn line_too_long(&self, max_line: usize) -> Chunk {
+        self.error(format_args!(
+            "line too long (max {max_line} bytes), discarded"
+        ))
+    }
+
+    /// The chat welcome: the welcome line, then the `--motd` lines, in one chunk.
+    pub(crate) fn welcome(&self, name: &str, online: usize, motd: &[String]) -> Chunk {
+        let eol = self.eol;
+        let mut text = format!(
+            "* welcome to relayd, you are {name} ({online} online) — /help for commands{eol}"
+        );
+        for line in motd {
+            text.push_str(&clean(line.as_bytes()));
+            text.push_str(eol);
+        }
+        Chunk::from(text.as_bytes())
+    }
+
+    pub(crate) fn joined(&self, name: &str, online: usize) -> Chunk {
+        self.line(format_args!("* {name} joined ({online} online)"))
+    }
+
+    pub(crate) fn left(&self, name: &str, why: &Departure, online: usize) -> Chunk {
+        self.line(format_args!("* {name} left ({why}) ({online} online)"))
+    }
+
+    /// An operator's push: `* [server] TEXT` in chat mode (cleaned like any chat line), the
+    /// bare line in raw mode.
+    pub(crate) fn push(&self, chat: bool, text: &str) -> Chunk {
+        if chat {
+            self.line(format_args!("* [server] {}", clean(text.as_bytes())))
+        } else {
+            self.line(text)
+        }
+    }
+}
+
+/// One line as people may see it: without its line end (`\n`, and the `\r` of telnet),
+/// invalid UTF-8 replaced by U+FFFD, and control characters other than TAB removed, so that
+/// nobody can send terminal escape sequences to others' screens.
+pub(crate) fn clean(line: &[u8]) -> String {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    String::from_utf8_lossy(line)
+        .chars()
+        .filter(|&c| c == '\t' || !c.is_control())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_lines() {
+        assert_eq!(clean(b"hi\r\n"), "hi");
+        assert_eq!(clean(b"a\tb\n"), "a\tb");
+        assert_eq!(clean(b"\x1b[31mred\x1b[0m\n"), "[31mred[0m");
+        assert_eq!(
+            clean("h\u{e9}\u{9b}x \u{1F600}\n".as_bytes()),
+            "h\u{e9}x \u{1F600}"
+        );
+        assert_eq!(clean(b"a\xffb\n"), "a\u{FFFD}b");
+        assert_eq!(clean(b"\x07\x7f\r\n"), "");
+    }
+
+    #[test]
+    fn every_line_ends_with_the_configured_ending() {
+        let crlf = Notices::new(&Config {
+            chat: true,
+            crlf: true,
+            ..Config::default()
+        });
+        let why = Departure::TooSlow { pending: 7 };
+        for chunk in [
+            crlf.server_full(3),
+            crlf.too_many_from_address(),
+            crlf.farewell(&why).unwrap(),
+            crlf.farewell(&Departure::OutOfThreads).unwrap(),
+            crlf.welcome("a", 1, &["motd".into()]),
+        ] {
+            assert!(
+                chunk.ends_with(b"\r\n"),
+                "{:?}",
+                String::from_utf8_lossy(&chunk)
+            );
+        }
+        // --crlf is a chat-mode option: raw mode is a byte pipe and keeps `\n`.
+        let raw = Notices::new(&Config {
+            crlf: true,
+            ..Config::default()
+        });
+        assert_eq!(
+            &*raw.too_many_from_address(),
+            b"relayd: too many connections from your address\n"
+        );
+    }
+}
