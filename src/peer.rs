@@ -717,3 +717,73 @@ fn is_would_block(e: &io::Error) -> bool {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Both ends of a loopback connection: the daemon's side first.
+    fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        (server, client)
+    }
+
+    /// A backlog's stall clock starts when the backlog does, also when the socket took
+    /// nothing of the first chunk: a client idle for longer than --stall-timeout whose socket
+    /// happens to be full gets the whole --stall-timeout before it is cut off. (It used to be
+    /// cut off at once, the clock reading from its last progress long before.)
+    #[test]
+    fn a_backlog_that_starts_on_a_full_socket_gets_the_whole_stall_timeout() {
+        let (server, _client) = connection();
+        let stall = Duration::from_millis(300);
+        let config = Config {
+            max_pending: 4096,
+            stall_timeout: stall,
+            ..Config::default()
+        };
+        let peer = Peer::new(1, Arc::new(server), &config);
+        // Time passes, as for any quiet client: the clock under test, not a synchronisation.
+        thread::sleep(stall + Duration::from_millis(100));
+        // Fill the socket behind the peer's back, the way earlier deliveries would have.
+        let filler = [b'x'; 65536];
+        while send_dontwait(&peer.sock, &filler).is_ok() {}
+        let chunk = Chunk::from(&[b'y'; 3000][..]);
+        assert_eq!(peer.offer(&chunk, None, None), Offer::Taken);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        assert_eq!(peer.offer(&chunk, Some(deadline), None), Offer::Full);
+        let waited = start.elapsed();
+        assert!(
+            waited >= stall - Duration::from_millis(50),
+            "a fresh backlog was treated as stuck after {waited:?}"
+        );
+    }
+
+    /// Everything queued counts, with its bookkeeping: tiny chunks fill the limit long before
+    /// their bytes alone would.
+    #[test]
+    fn tiny_chunks_count_their_bookkeeping() {
+        let (server, _client) = connection();
+        let config = Config {
+            max_pending: 10 * CHUNK_COST,
+            ..Config::default()
+        };
+        let peer = Peer::new(1, Arc::new(server), &config);
+        let filler = [b'x'; 65536];
+        while send_dontwait(&peer.sock, &filler).is_ok() {}
+        let tiny = Chunk::from(&b"a\n"[..]);
+        let mut taken = 0;
+        while peer.offer(&tiny, None, None) == Offer::Taken {
+            taken += 1;
+            assert!(taken < 100, "a 2-byte chunk is counted as 2 bytes");
+        }
+        assert!((5..=10).contains(&taken), "{taken} tiny chunks fit");
+    }
+}

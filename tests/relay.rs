@@ -227,3 +227,50 @@ fn shutdown_tells_every_client_and_closes_it() {
     b.expect(b"relayd: shutting down\n");
     b.expect_eof();
 }
+
+/// A client that leaves while another is sending to it is closed at once, not after
+/// --write-timeout: the leaving client's flush waits for the send in flight, and the send's
+/// end must wake it. (It did not: a direct send that emptied the queue woke no one, so the
+/// close waited out the whole --write-timeout whenever a sender was mid-send to it.)
+#[test]
+fn a_client_leaving_mid_stream_is_closed_at_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let server = Server::start(Config {
+        write_timeout: Duration::from_secs(30),
+        ..Config::default()
+    });
+    let mut sender = server.connect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut watcher = server.connect();
+    sender.send(b"start\n");
+    watcher.expect(b"start\n");
+    let flood = {
+        let (stop, mut stream) = (Arc::clone(&stop), sender.stream.try_clone().unwrap());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                stream
+                    .write_all(b"a line that keeps every reader busy\n")
+                    .unwrap();
+            }
+        })
+    };
+    for round in 0..30 {
+        let mut leaver = server.connect();
+        // It receives the stream, so sends to it are in flight most of the time.
+        leaver.expect(b"a line that keeps every reader busy\n");
+        leaver.half_close();
+        let start = Instant::now();
+        leaver.read_to_end();
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "round {round}: the leaving client was closed only after {took:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    drop(watcher);
+}
