@@ -293,6 +293,10 @@ fn ctl(admin: &std::path::Path, command: &str) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            eprintln!("relayd: ctl: {e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("relayd: cannot talk to {}: {e}", admin.display());
             ExitCode::FAILURE
