@@ -97,7 +97,7 @@ impl fmt::Display for Net {
 
 /// An IPv4 client arriving on an IPv6 listener shows up as `::ffff:a.b.c.d`; rules written
 /// for IPv4 must still match it.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -136,13 +136,13 @@ pub fn parse_rules_file(text: &str) -> Result<Vec<Net>, String> {
 
 /// Open connections per client address, for `--max-per-ip`.
 #[derive(Default)]
-pub struct PerAddress {
+pub(crate) struct PerAddress {
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl PerAddress {
     /// Counts one more connection from `ip`, unless it already has `max` (0: no limit).
-    pub fn try_add(&self, ip: IpAddr, max: usize) -> bool {
+    pub(crate) fn try_add(&self, ip: IpAddr, max: usize) -> bool {
         let mut counts = lock(&self.counts);
         let n = counts.entry(canonical(ip)).or_insert(0);
         if max > 0 && *n >= max {
@@ -152,7 +152,7 @@ impl PerAddress {
         true
     }
 
-    pub fn remove(&self, ip: IpAddr) {
+    pub(crate) fn remove(&self, ip: IpAddr) {
         let mut counts = lock(&self.counts);
         let ip = canonical(ip);
         if let Some(n) = counts.get_mut(&ip) {

@@ -76,7 +76,7 @@ pub fn parse(line: &[u8]) -> Input {
 }
 
 /// A valid room name: 1–32 letters, digits, `_`, `-` or `.`.
-pub fn valid_room(name: &str) -> bool {
+pub(crate) fn valid_room(name: &str) -> bool {
     (1..=MAX_NAME).contains(&name.len())
         && name
             .bytes()

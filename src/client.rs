@@ -15,7 +15,7 @@ use crate::daemon::{Daemon, Slot};
 use crate::framing::Framer;
 use crate::notice::Departure;
 use crate::peer::{Chunk, Peer};
-use crate::rate::Bucket;
+use crate::rate::{Bucket, Rate};
 use crate::registry::{LOBBY, Members};
 use crate::secret;
 use crate::stats::add;
@@ -25,6 +25,12 @@ use crate::telnet::Telnet;
 /// Buffers that grew past this for one long line are given back afterwards, so that a burst
 /// of long lines does not leave every client holding its peak.
 const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// How many `line too long` notices a client may get: a burst of 5, then one a second.
+const TOO_LONG_NOTICES: Rate = Rate {
+    lines: 5,
+    seconds: 5,
+};
 
 /// Where a client is in its life.
 enum Phase {
@@ -51,6 +57,9 @@ struct Client {
     /// What telnet left of the current read, and what it asks us to answer.
     text: Vec<u8>,
     reply: Vec<u8>,
+    /// `line too long` notices are rate-limited (a burst of a few, then one a second), so a
+    /// stream of long lines cannot make it queue a stream of notices.
+    too_long_notices: Bucket,
 }
 
 /// Serves one admitted client until it leaves. Runs on the client's own thread.
@@ -76,6 +85,7 @@ pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Tcp) {
         lines: Vec::new(),
         text: Vec::new(),
         reply: Vec::new(),
+        too_long_notices: Bucket::new(TOO_LONG_NOTICES),
     };
     let why = client.run();
     client.slot.set_departure(why);
@@ -177,9 +187,12 @@ impl Client {
             "client {}: line longer than {max_line} bytes discarded",
             self.peer().id()
         );
-        let notice = daemon.notices().line_too_long(max_line);
-        for _ in 0..too_long {
-            daemon.send_to(self.slot.peer(), &notice, 0);
+        if self.too_long_notices.take(1, Instant::now()) == 1 {
+            daemon.send_to(
+                self.slot.peer(),
+                &daemon.notices().line_too_long(max_line),
+                0,
+            );
         }
     }
 

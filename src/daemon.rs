@@ -171,10 +171,11 @@ impl Daemon {
 
     /// Relays `chunk` (`lines` lines) from `from` to the others in `room`.
     pub(crate) fn relay(&self, room: &str, from: PeerId, chunk: &Chunk, lines: usize) {
-        if let Some(echo) = &self.echo {
+        if self.registry.deliver(room, Some(from), chunk, lines)
+            && let Some(echo) = &self.echo
+        {
             echo.echo(from, chunk);
         }
-        self.registry.deliver(room, Some(from), chunk, lines);
     }
 
     /// Tells `members`, except `about`, a notice.

@@ -38,7 +38,7 @@ impl fmt::Display for Rate {
 
 /// One client's bucket. Lives on the client's own thread, so it needs no lock.
 #[derive(Debug)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     rate: Rate,
     tokens: f64,
     last: Instant,
@@ -48,7 +48,7 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    pub fn new(rate: Rate) -> Bucket {
+    pub(crate) fn new(rate: Rate) -> Bucket {
         Bucket {
             rate,
             tokens: f64::from(rate.lines),
@@ -58,7 +58,7 @@ impl Bucket {
     }
 
     /// Takes up to `n` tokens and returns how many lines may be relayed (the first ones).
-    pub fn take(&mut self, n: usize, now: Instant) -> usize {
+    pub(crate) fn take(&mut self, n: usize, now: Instant) -> usize {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         let per_second = f64::from(self.rate.lines) / f64::from(self.rate.seconds);
@@ -70,7 +70,7 @@ impl Bucket {
 
     /// The notice for a dropped line, if the client has not had one in the last
     /// `rate.seconds`.
-    pub fn warning(&mut self, now: Instant) -> Option<String> {
+    pub(crate) fn warning(&mut self, now: Instant) -> Option<String> {
         let quiet = Duration::from_secs(u64::from(self.rate.seconds));
         if self
             .warned

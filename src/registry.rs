@@ -374,19 +374,28 @@ impl Registry {
     /// stall, not N. While it waits its own thread reads nothing more, which is how TCP
     /// backpressure reaches a sender that outruns its slowest reader. Peers still full at the
     /// deadline are cut off as slow consumers.
-    pub(crate) fn deliver(&self, room: &str, from: Option<PeerId>, chunk: &Chunk, lines: usize) {
+    ///
+    /// Returns whether the sender was still registered.
+    pub(crate) fn deliver(
+        &self,
+        room: &str,
+        from: Option<PeerId>,
+        chunk: &Chunk,
+        lines: usize,
+    ) -> bool {
         let members = {
             let mut inner = lock(&self.inner);
             if from.is_some_and(|id| !inner.clients.contains_key(&id)) {
-                return;
+                return false;
             }
             let Some(r) = inner.rooms.get_mut(room) else {
-                return;
+                return true;
             };
             r.history.push(chunk, lines);
             Arc::clone(&r.members)
         };
         self.offer_all(&members, from, chunk, lines as u64);
+        true
     }
 
     /// Delivers a notice from the daemon (someone joined, left, was renamed) to `members`

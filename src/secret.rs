@@ -18,7 +18,7 @@ pub fn load(path: &str) -> Result<Vec<u8>, String> {
 /// Whether a client's first line (with its newline) is the secret. Takes the same time for
 /// every line of a given length, so response timing does not reveal how much of a guess
 /// was right.
-pub fn matches(secret: &[u8], line: &[u8]) -> bool {
+pub(crate) fn matches(secret: &[u8], line: &[u8]) -> bool {
     let line = strip_newline(line);
     let mut diff = secret.len() ^ line.len();
     for (i, &s) in secret.iter().enumerate() {
