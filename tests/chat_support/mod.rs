@@ -6,7 +6,7 @@
 // The in-process server and the polling are the raw-mode tests' own, shared rather than
 // written twice; only the admin socket and the timeout are this module's.
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
