@@ -50,15 +50,22 @@ impl FromStr for Net {
         let addr: IpAddr = addr
             .parse()
             .map_err(|_| format!("{s}: not an IP address or network"))?;
+        // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 network it maps: clients
+        // are matched as IPv4, so the rule must be too, with its prefix counted in IPv4 bits.
+        let mapped = addr.is_ipv6() && canonical(addr).is_ipv4();
         let addr = canonical(addr);
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let (min, max) = match (addr.is_ipv4(), mapped) {
+            (true, true) => (96, 128),
+            (true, false) => (0, 32),
+            (false, _) => (0, 128),
+        };
         let prefix = match prefix {
             None => max,
             Some(p) => match p.parse::<u8>() {
-                Ok(p) if p <= max => p,
-                _ => return Err(format!("{s}: prefix length must be 0 to {max}")),
+                Ok(p) if (min..=max).contains(&p) => p,
+                _ => return Err(format!("{s}: prefix length must be {min} to {max}")),
             },
-        };
+        } - min;
         let net = Net { addr, prefix };
         let network = net.network();
         if network != addr {
@@ -187,6 +194,11 @@ mod tests {
     #[test]
     fn mapped_ipv4_matches_ipv4_rules() {
         assert!(net("127.0.0.0/8").contains("::ffff:127.0.0.1".parse().unwrap()));
+        // Mapped networks are the IPv4 networks they map, their prefixes counted from 96.
+        assert_eq!(net("::ffff:0:0/96"), net("0.0.0.0/0"));
+        assert_eq!(net("::ffff:127.0.0.0/104"), net("127.0.0.0/8"));
+        assert_eq!(net("::ffff:10.1.2.3"), net("10.1.2.3"));
+        assert!("::ffff:0:0/95".parse::<Net>().is_err());
     }
 
     #[test]

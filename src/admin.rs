@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown as SocketShutdown;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -82,6 +82,8 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
 /// The running control socket.
 pub(crate) struct Admin {
     path: PathBuf,
+    /// The socket file we created, as (device, inode).
+    file: (u64, u64),
     listener: Arc<UnixListener>,
     thread: JoinHandle<()>,
     connections: Connections,
@@ -105,7 +107,9 @@ pub(crate) fn start(
             .spawn(move || accept_loop(&daemon, &listener, &connections))?
     };
     info!("admin socket at {}", path.display());
+    let meta = fs::symlink_metadata(&path)?;
     Ok(Admin {
+        file: (meta.dev(), meta.ino()),
         path,
         listener,
         thread,
@@ -116,18 +120,29 @@ pub(crate) fn start(
 impl Admin {
     /// Stops accepting, ends open admin connections and removes the socket file. Call after
     /// the shutdown handle was triggered.
+    ///
+    /// Never through the path: by now it may belong to another daemon (someone removed our
+    /// file and started a second one on the same path), which must neither be woken nor lose
+    /// its socket file.
     pub(crate) fn stop(self) {
-        // A connection wakes the accept loop, which then sees the shutdown; shutting the
-        // listener down is the fallback if the file is already gone.
-        if UnixStream::connect(&self.path).is_err() {
-            let _ = SockRef::from(&*self.listener).shutdown(SocketShutdown::Both);
-        }
+        // Wakes the accept loop: on Linux accept(2) returns EINVAL once the listening socket
+        // is shut down, Unix sockets as TCP ones.
+        let _ = SockRef::from(&*self.listener).shutdown(SocketShutdown::Both);
         let _ = self.thread.join();
         for conn in lock(&self.connections).values() {
             let _ = conn.shutdown(SocketShutdown::Both);
         }
-        if let Err(e) = fs::remove_file(&self.path) {
-            warn!("cannot remove admin socket {}: {e}", self.path.display());
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.file => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    warn!("cannot remove admin socket {}: {e}", self.path.display());
+                }
+            }
+            Ok(_) => warn!(
+                "admin socket {} is no longer ours: left in place",
+                self.path.display()
+            ),
+            Err(_) => {}
         }
     }
 }

@@ -201,7 +201,12 @@ impl Chat {
         command: &str,
         arg: &str,
     ) -> Option<Option<String>> {
-        match command.to_ascii_lowercase().as_str() {
+        let command = command.to_ascii_lowercase();
+        // Commands that make others see a line take a token, like the line itself would.
+        if matches!(command.as_str(), "nick" | "join") && !self.allow(daemon, peer) {
+            return None;
+        }
+        match command.as_str() {
             "nick" => self.nick(daemon, peer, arg),
             "who" => {
                 let names = daemon.names_in(&self.room);

@@ -24,7 +24,7 @@ use crate::telnet::Telnet;
 
 /// Buffers that grew past this for one long line are given back afterwards, so that a burst
 /// of long lines does not leave every client holding its peak.
-const KEEP_CAPACITY: usize = 64 * 1024;
+const KEEP_CAPACITY: usize = 16 * 1024;
 
 /// How many `line too long` notices a client may get: a burst of 5, then one a second.
 const TOO_LONG_NOTICES: Rate = Rate {

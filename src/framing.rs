@@ -12,6 +12,9 @@ use memchr::memchr;
 /// One or more whole lines, shared by every peer it is delivered to (never copied per peer).
 pub(crate) type Chunk = Arc<[u8]>;
 
+/// The most an unfinished-line buffer keeps once its line is complete.
+const KEEP_PARTIAL: usize = 4096;
+
 /// Splits a byte stream into lines, at most `max_line` bytes each (counting the `\n`).
 #[derive(Debug)]
 pub struct Framer {
@@ -62,6 +65,11 @@ impl Framer {
                         lines.extend_from_slice(line);
                     }
                     self.partial.clear();
+                    if self.partial.capacity() > KEEP_PARTIAL {
+                        // One long line must not cost this client its length for the rest
+                        // of the connection.
+                        self.partial = Vec::new();
+                    }
                 }
                 None => {
                     // No newline in the rest of this read. If even the newline could no
