@@ -11,11 +11,11 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::access::PerAddress;
 use crate::config::Config;
@@ -39,6 +39,8 @@ pub(crate) struct Daemon {
     /// Client threads still running; shutdown waits for them to hand over their last lines.
     readers: Mutex<usize>,
     readers_done: Condvar,
+    /// Clients that have left and are still flushing what was queued for them.
+    flushing: AtomicUsize,
     /// `--console`'s stdout.
     echo: Option<Echo>,
 }
@@ -74,6 +76,7 @@ impl Daemon {
             next_id: AtomicU64::new(1),
             readers: Mutex::new(0),
             readers_done: Condvar::new(),
+            flushing: AtomicUsize::new(0),
             echo,
         }))
     }
@@ -338,10 +341,20 @@ impl Drop for Slot {
                 daemon.registry.notify(&members, None, &notice);
             }
             // The flush still holds a socket and threads, so it counts against the address's
-            // `--max-per-ip` until it ends; the count is free by the time the client sees
-            // its connection close.
-            self.peer
-                .flush(Instant::now() + daemon.config.write_timeout);
+            // `--max-per-ip` until it ends (the count is free by the time the client sees its
+            // connection close), and at most `--max-clients` leaving clients flush at once:
+            // clients that connect, half-close and never read cannot pile up threads.
+            let flushing = daemon.flushing.fetch_add(1, Ordering::Relaxed);
+            if flushing < daemon.config.max_clients {
+                self.peer
+                    .flush(Instant::now() + daemon.config.write_timeout);
+            } else {
+                debug!(
+                    "client {}: {flushing} clients already flushing, closing without flush",
+                    self.peer.id()
+                );
+            }
+            daemon.flushing.fetch_sub(1, Ordering::Relaxed);
             daemon.per_address.remove(self.addr.ip());
             self.peer.close(why.clone());
         }

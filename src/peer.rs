@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::mem::MaybeUninit;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -77,6 +77,9 @@ pub(crate) struct Peer {
     /// Atomics, so that counting costs a sender no lock.
     lines_in: AtomicU64,
     lines_out: AtomicU64,
+    /// Set once `closed` is: read without the lock by senders waiting on *other* peers, to
+    /// give up on a line whose sender was cut off meanwhile.
+    is_closed: AtomicBool,
 }
 
 struct State {
@@ -175,6 +178,7 @@ impl Peer {
             changed: Condvar::new(),
             lines_in: AtomicU64::new(0),
             lines_out: AtomicU64::new(0),
+            is_closed: AtomicBool::new(false),
         })
     }
 
@@ -210,6 +214,11 @@ impl Peer {
         lock(&self.state).closed.clone()
     }
 
+    /// Whether this peer was closed; no lock taken.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::Acquire)
+    }
+
     /// Why the daemon cut this peer off (too slow, kicked, shutdown), if it did; `None` also
     /// when its connection merely failed under a send, which is the client leaving.
     pub(crate) fn cut_off(&self) -> Option<Departure> {
@@ -221,16 +230,21 @@ impl Peer {
     /// queued at all, so a chunk larger than the limit still gets through to a healthy peer.
     /// A peer whose queue has not moved for `--stall-timeout` is reported `Full` at once.
     /// With `epoch`, the chunk is for the room stay it names and is dropped if the peer has
-    /// moved on since.
+    /// moved on since; with `sender`, it is dropped if the sender is cut off (kicked) while
+    /// this waits, so that nothing it sent reaches anyone after its leave notice.
     pub(crate) fn offer(
         self: &Arc<Self>,
         chunk: &Chunk,
         deadline: Option<Instant>,
         epoch: Option<u64>,
+        sender: Option<&Peer>,
     ) -> Offer {
         let mut st = lock(&self.state);
         loop {
-            if st.closed.is_some() || epoch.is_some_and(|e| e != st.epoch) {
+            if st.closed.is_some()
+                || epoch.is_some_and(|e| e != st.epoch)
+                || sender.is_some_and(Peer::is_closed)
+            {
                 return Offer::Taken;
             }
             if st.pending == 0 || st.cost() + chunk.len() + CHUNK_COST <= self.max_pending {
@@ -333,7 +347,7 @@ impl Peer {
                 Ok(n) if n > 0 => self.advance(&mut st, n),
                 Err(e) if !is_would_block(&e) && e.kind() != io::ErrorKind::Interrupted => {
                     debug!("client {}: send failed: {e}", self.id);
-                    Self::mark_closed(&mut st, Departure::SendFailed(e.to_string()));
+                    self.mark_closed(&mut st, Departure::SendFailed(e.to_string()));
                     self.finish_close(st, Drainer::Sender);
                     return;
                 }
@@ -380,7 +394,7 @@ impl Peer {
                 // The reader sees the same broken socket and reports it; only stop writing.
                 debug!("client {}: send failed: {e}", self.id);
                 if st.closed.is_none() {
-                    Self::mark_closed(&mut st, Departure::SendFailed(e.to_string()));
+                    self.mark_closed(&mut st, Departure::SendFailed(e.to_string()));
                 }
                 self.finish_close(st, Drainer::Sender);
                 return;
@@ -423,7 +437,7 @@ impl Peer {
             warn!("client {}: cannot start a writer thread: {e}", self.id);
             let mut st = lock(&self.state);
             if st.closed.is_none() {
-                Self::mark_closed(&mut st, Departure::OutOfThreads);
+                self.mark_closed(&mut st, Departure::OutOfThreads);
                 st.notice = self.notices.farewell(&Departure::OutOfThreads);
             }
             self.finish_close(st, Drainer::Sender);
@@ -499,7 +513,7 @@ impl Peer {
                     );
                     let why = Departure::WriteTimeout { pending };
                     st.notice = self.notices.farewell(&why);
-                    Self::mark_closed(&mut st, why);
+                    self.mark_closed(&mut st, why);
                     self.changed.notify_all();
                 }
                 Ok(_) | Err(_) => {
@@ -507,7 +521,7 @@ impl Peer {
                         Err(e) => format!("write failed: {e}"),
                         Ok(_) => "write failed: wrote zero bytes".to_string(),
                     };
-                    Self::mark_closed(&mut st, Departure::SendFailed(why));
+                    self.mark_closed(&mut st, Departure::SendFailed(why));
                     self.changed.notify_all();
                 }
             }
@@ -596,7 +610,7 @@ impl Peer {
         if st.closed.is_some() {
             return false;
         }
-        Self::mark_closed(&mut st, why);
+        self.mark_closed(&mut st, why);
         self.changed.notify_all();
         if st.writer || st.sending {
             st.notice = notice;
@@ -614,7 +628,8 @@ impl Peer {
         true
     }
 
-    fn mark_closed(st: &mut State, why: Departure) {
+    fn mark_closed(&self, st: &mut State, why: Departure) {
+        self.is_closed.store(true, Ordering::Release);
         st.closed = Some(why);
         st.queue = VecDeque::new();
         st.head = 0;
@@ -755,10 +770,10 @@ mod tests {
         let filler = [b'x'; 65536];
         while send_dontwait(&peer.sock, &filler).is_ok() {}
         let chunk = Chunk::from(&[b'y'; 3000][..]);
-        assert_eq!(peer.offer(&chunk, None, None), Offer::Taken);
+        assert_eq!(peer.offer(&chunk, None, None, None), Offer::Taken);
         let start = Instant::now();
         let deadline = start + Duration::from_secs(5);
-        assert_eq!(peer.offer(&chunk, Some(deadline), None), Offer::Full);
+        assert_eq!(peer.offer(&chunk, Some(deadline), None, None), Offer::Full);
         let waited = start.elapsed();
         assert!(
             waited >= stall - Duration::from_millis(50),
@@ -780,7 +795,7 @@ mod tests {
         while send_dontwait(&peer.sock, &filler).is_ok() {}
         let tiny = Chunk::from(&b"a\n"[..]);
         let mut taken = 0;
-        while peer.offer(&tiny, None, None) == Offer::Taken {
+        while peer.offer(&tiny, None, None, None) == Offer::Taken {
             taken += 1;
             assert!(taken < 100, "a 2-byte chunk is counted as 2 bytes");
         }

@@ -437,14 +437,16 @@ impl Registry {
         add(&self.stats.bytes_out, (chunk.len() * to) as u64);
         let epoch = |m: &Member| (epochs == Epochs::Check).then_some(m.epoch);
         let mut full = Vec::new();
+        let mut sender = None;
         for m in members {
             if Some(m.peer.id()) == from {
+                sender = Some(&*m.peer);
                 continue;
             }
             if lines > 0 {
                 m.peer.count_out(lines);
             }
-            if m.peer.offer(chunk, None, epoch(m)) == Offer::Full {
+            if m.peer.offer(chunk, None, epoch(m), None) == Offer::Full {
                 full.push(m);
             }
         }
@@ -453,7 +455,7 @@ impl Registry {
         }
         let deadline = Instant::now() + self.stall_timeout;
         for m in full {
-            if m.peer.offer(chunk, Some(deadline), epoch(m)) == Offer::Full {
+            if m.peer.offer(chunk, Some(deadline), epoch(m), sender) == Offer::Full {
                 self.cut_off_slow(&m.peer);
             }
         }

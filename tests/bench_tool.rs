@@ -105,3 +105,47 @@ fn bad_options_fail_with_one_line() {
     assert!(err.starts_with("relay-bench: "), "{err}");
     assert!(err.contains("loopback"), "{err}");
 }
+
+#[test]
+fn cpu_placement_is_applied_and_reported() {
+    let line = &run_bench(&[
+        "chatter",
+        "--clients",
+        "3",
+        "--rate",
+        "50",
+        "--duration",
+        "0.4",
+        "--server-cpus",
+        "0",
+        "--client-cpus",
+        "0",
+    ]);
+    assert_eq!(field(line, "deliveries"), 3 * 20 * 2, "{line}");
+    // Read back from the server's /proc/PID/status, so this is where it really ran.
+    assert!(line.contains("\"server_cpus\":\"0\""), "{line}");
+    assert!(line.contains("\"client_cpus\":\"0\""), "{line}");
+    assert!(
+        line.contains("\"server_cpu_s_per_m_deliveries\":"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bad_cpu_lists_fail_with_one_line() {
+    for (flag, list, says) in [
+        ("--server-cpus", "0-x", "not a CPU number"),
+        ("--client-cpus", "1-0", "backwards"),
+        ("--server-cpus", "1023", "no CPU 1023"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
+            .args(["chatter", flag, list])
+            .output()
+            .expect("run relay-bench");
+        assert_eq!(out.status.code(), Some(2), "{flag} {list}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("relay-bench: "), "{err}");
+        assert!(err.contains(flag) && err.contains(says), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

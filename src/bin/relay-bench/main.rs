@@ -26,6 +26,7 @@ use clap::{Parser, ValueEnum};
 
 use report::Outcome;
 use scenario::{Kind, Params};
+use sys::Cpus;
 use target::Spec;
 
 const AFTER_HELP: &str = "\
@@ -59,6 +60,17 @@ TARGET:
     --compare CMD runs relayd and CMD alternately (A B A B ...) --repeat times and prints,
     for each figure, both medians and the median of the per-pair ratios relayd/CMD.
 
+CPU PLACEMENT:
+    --server-cpus LIST runs every server started here (relayd, --server-cmd, and both
+    targets of --compare) on the CPUs in LIST; --client-cpus LIST runs this generator, all
+    its threads, on those. LIST is CPU numbers and ranges: 0, 1, 0-1, 0,2-3. Each CPU must
+    be online on this machine; the lists may overlap. The server's mask is set in its
+    process before it execs, so every thread it ever starts inherits it; the generator sets
+    its own before it starts any thread. With only --client-cpus, the server gets the CPUs
+    this process had at start, not the generator's. Not with --connect (a server started
+    elsewhere); the table notes where both ran, and --json gives server_cpus (read back
+    from /proc/PID/status) and client_cpus.
+
 HOW IT MEASURES:
     Every line carries its sender, a sequence number and the time it was sent on the
     generator's monotonic clock, plus padding that depends on both, so each receiver checks
@@ -78,6 +90,11 @@ FIGURES:
     p50 .. max    per-delivery latency: receive time minus send time. At full speed it is
                   dominated by queueing; use --rate for latency figures that mean something.
     srvCPU%       server CPU (user+system) over the measured phase; 100 = one core.
+    CPU-s per M   (note under the row; 'server CPU-s / M deliveries' in --compare,
+                  server_cpu_s_per_m_deliveries in --json) server CPU seconds over the
+                  measured phase per million deliveries: what each delivery cost the server,
+                  apart from its latency. Counted in clock ticks (10 ms), so a phase that
+                  costs the server under a second of CPU is only roughly measured.
     srvRSS        server peak resident memory (VmHWM) over its whole life.
     thr           most server threads seen (sampled every 50 ms).
     genCPU%       this generator's CPU over the measured phase. If it is near 100 per busy
@@ -88,6 +105,8 @@ EXAMPLES:
     cargo run --release --bin relay-bench -- fanout
     cargo run --release --bin relay-bench -- fanout --compare 'ncat -l 127.0.0.1 {port} --broker'
     cargo run --release --bin relay-bench -- fanout --rate 2000 --lines 10000
+    cargo run --release --bin relay-bench -- chatter --server-cpus 0 --client-cpus 1 \\
+        --compare 'ncat -l 127.0.0.1 {port} --broker -m 20000'
     cargo run --release --bin relay-bench -- connscale --clients 10000 --lines 200
     cargo run --release --bin relay-bench -- ceiling --json
 
@@ -172,6 +191,15 @@ struct Args {
     /// One JSON object per result (and per compared figure) instead of the table.
     #[arg(long)]
     json: bool,
+
+    /// Run the server (relayd, --server-cmd, and both targets of --compare) on these CPUs,
+    /// e.g. 0, 0-1 or 0,2; see CPU PLACEMENT.
+    #[arg(long, value_name = "LIST", conflicts_with = "connect")]
+    server_cpus: Option<String>,
+
+    /// Run this generator (all its threads) on these CPUs; see CPU PLACEMENT.
+    #[arg(long, value_name = "LIST")]
+    client_cpus: Option<String>,
 }
 
 fn params(a: &Args) -> Result<Params, String> {
@@ -206,7 +234,51 @@ fn params(a: &Args) -> Result<Params, String> {
         duration: Duration::from_secs_f64(a.duration),
         timeout: Duration::from_secs(a.timeout.max(1)),
         drain: Duration::from_millis(a.drain),
+        server_cpus: None,
+        client_cpus: None,
     })
+}
+
+/// Parses the CPU list given to `flag` and checks that this machine has every CPU in it.
+fn cpu_list(flag: &str, list: &str, online: &Cpus) -> Result<Cpus, String> {
+    let cpus = Cpus::parse(list)
+        .map_err(|e| format!("{flag} '{list}': {e} (a CPU list is like 0, 1, 0-1 or 0,2)"))?;
+    let missing = cpus.missing_from(online);
+    if !missing.is_empty() {
+        return Err(format!(
+            "{flag} '{list}': no CPU {missing} on this machine (it has {online})"
+        ));
+    }
+    Ok(cpus)
+}
+
+/// Applies --client-cpus to this process and works out where the server goes. Must run
+/// before any thread starts, so that every thread inherits the generator's CPUs.
+fn place(a: &Args, p: &mut Params) -> Result<(), String> {
+    if a.server_cpus.is_none() && a.client_cpus.is_none() {
+        return Ok(());
+    }
+    let online = sys::online_cpus().map_err(|e| format!("cannot list this machine's CPUs: {e}"))?;
+    let server = match &a.server_cpus {
+        Some(list) => Some(cpu_list("--server-cpus", list, &online)?),
+        None => None,
+    };
+    let client = match &a.client_cpus {
+        Some(list) => Some(cpu_list("--client-cpus", list, &online)?),
+        None => None,
+    };
+    if p.kind == Kind::Ceiling && server.is_some() {
+        return Err("ceiling runs without a server; --server-cpus does not apply".into());
+    }
+    // Read before pinning: a server without --server-cpus gets what this process had, not
+    // the generator's CPUs it would otherwise inherit.
+    let before = sys::own_affinity().map_err(|e| format!("cannot read my CPU affinity: {e}"))?;
+    if let Some(c) = &client {
+        sys::pin_self(c).map_err(|e| format!("--client-cpus '{c}': cannot run there: {e}"))?;
+    }
+    p.server_cpus = server.or(client.is_some().then_some(before));
+    p.client_cpus = client;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -224,7 +296,8 @@ fn main() -> ExitCode {
 /// Runs everything asked for; returns whether every run completed (a run with loss still
 /// completes: loss is a result, not an error).
 fn run(a: &Args) -> Result<bool, String> {
-    let p = params(a)?;
+    let mut p = params(a)?;
+    place(a, &mut p)?;
     // One descriptor per client; ceiling holds both ends of each connection.
     let ends = if p.kind == Kind::Ceiling { 2 } else { 1 };
     let need = p.clients as u64 * ends + 64;

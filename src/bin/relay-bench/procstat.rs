@@ -33,6 +33,16 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmHWM:")
 }
 
+/// The CPUs the process may run on (`Cpus_allowed_list`, e.g. `0-1`), as its main thread
+/// has them; the threads it starts inherit them.
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    Some(line["Cpus_allowed_list:".len()..].trim().to_string())
+}
+
 pub fn threads(pid: u32) -> Option<u64> {
     status_field(pid, "Threads:")
 }

@@ -37,6 +37,8 @@ pub struct Measure {
     /// Percent of one core, over the measured phase.
     pub gen_cpu: f64,
     pub server_cpu: Option<f64>,
+    /// Server CPU seconds (user + system) over the measured phase.
+    pub server_cpu_secs: Option<f64>,
 }
 
 impl Measure {
@@ -47,6 +49,7 @@ impl Measure {
         size: usize,
         gen_cpu: f64,
         server_cpu: Option<f64>,
+        server_cpu_secs: Option<f64>,
     ) -> Measure {
         // Up to the last delivery, but never before the sender finished: a relay that froze
         // and delivered nothing more must not look fast for the little it did deliver.
@@ -78,7 +81,29 @@ impl Measure {
             }),
             gen_cpu,
             server_cpu,
+            server_cpu_secs,
         }
+    }
+
+    /// Server CPU seconds per million deliveries: what the relay spent per line it handed
+    /// on, apart from how fast or late it did so.
+    pub fn server_cpu_per_m(&self) -> Option<f64> {
+        let secs = self.server_cpu_secs?;
+        (self.delivered > 0).then(|| secs / self.delivered as f64 * 1e6)
+    }
+}
+
+/// CPU-s per million deliveries with three significant digits: full-speed fanout costs
+/// hundredths of a second, chatter whole seconds.
+fn per_m(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
     }
 }
 
@@ -86,6 +111,8 @@ impl Measure {
 pub struct ServerCost {
     pub peak_rss_kib: Option<u64>,
     pub threads_max: u64,
+    /// Its `Cpus_allowed_list` at the end of the run.
+    pub cpus_allowed: Option<String>,
 }
 
 /// How a client that connects during the stalled run fared.
@@ -109,6 +136,10 @@ pub struct Outcome {
     pub baseline: Option<Measure>,
     pub fresh: Option<Fresh>,
     pub server: Option<ServerCost>,
+    /// --client-cpus, if given.
+    pub client_cpus: Option<String>,
+    /// Whether --server-cpus or --client-cpus placed the processes.
+    pub pinned: bool,
     pub error: Option<String>,
 }
 
@@ -129,6 +160,8 @@ impl Outcome {
             baseline: None,
             fresh: None,
             server: None,
+            client_cpus: p.client_cpus.as_ref().map(ToString::to_string),
+            pinned: p.server_cpus.is_some() || p.client_cpus.is_some(),
             error: None,
         }
     }
@@ -245,6 +278,17 @@ pub fn table(o: &Outcome) -> String {
         {
             notes.push(format!("server peak RSS {k:.1} KiB per connection"));
         }
+        if let Some(c) = m.server_cpu_per_m() {
+            notes.push(format!("server {} CPU-s per M deliveries", per_m(c)));
+        }
+        if o.pinned {
+            let srv = o.server.as_ref().and_then(|s| s.cpus_allowed.as_deref());
+            notes.push(format!(
+                "CPUs: server {}, generator {}",
+                srv.unwrap_or("?"),
+                o.client_cpus.as_deref().unwrap_or("any")
+            ));
+        }
         if !notes.is_empty() {
             let _ = writeln!(s, "{:>31} {}", "", notes.join("; "));
         }
@@ -275,13 +319,22 @@ fn json_num(v: Option<f64>) -> String {
     }
 }
 
+/// As `json_num` with six decimals, for figures well below 1 (CPU-s per M deliveries).
+fn json_fine(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.6}"),
+        _ => "null".into(),
+    }
+}
+
 fn measure_json(m: &Measure) -> String {
     let l = m.latency.as_ref();
     format!(
         "{{\"deliveries\":{},\"expected\":{},\"lost\":{},\"out_of_order\":{},\"corrupt\":{},\
          \"notices\":{},\"disconnected\":{},\"timed_out\":{},\"secs\":{},\"deliveries_per_sec\":{},\
          \"mb_per_sec\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\
-         \"generator_cpu_pct\":{},\"server_cpu_pct\":{}}}",
+         \"generator_cpu_pct\":{},\"server_cpu_pct\":{},\"server_cpu_secs\":{},\
+         \"server_cpu_s_per_m_deliveries\":{}}}",
         m.delivered,
         m.expected,
         m.lost,
@@ -299,6 +352,8 @@ fn measure_json(m: &Measure) -> String {
         json_num(l.map(|l| l.max)),
         json_num(Some(m.gen_cpu)),
         json_num(m.server_cpu),
+        json_num(m.server_cpu_secs),
+        json_fine(m.server_cpu_per_m()),
     )
 }
 
@@ -309,7 +364,7 @@ pub fn json(o: &Outcome) -> String {
         "{{\"target\":{},\"scenario\":{},\"run\":{},\"clients\":{},\"lines\":{},\"size\":{},\
          \"result\":{},\"baseline\":{},\"kept_pct\":{},\"fresh_first_line_ms\":{},\
          \"fresh_error\":{},\"server_peak_rss_kib\":{},\"server_rss_per_conn_kib\":{},\
-         \"server_threads_max\":{},\"error\":{}}}",
+         \"server_threads_max\":{},\"server_cpus\":{},\"client_cpus\":{},\"error\":{}}}",
         json_str(&o.target),
         json_str(o.scenario),
         o.run,
@@ -328,6 +383,9 @@ pub fn json(o: &Outcome) -> String {
             .map_or("null".into(), |k| k.to_string()),
         json_num(o.rss_per_conn_kib()),
         srv.map_or("null".into(), |s| s.threads_max.to_string()),
+        srv.and_then(|s| s.cpus_allowed.as_deref())
+            .map_or("null".into(), json_str),
+        o.client_cpus.as_deref().map_or("null".into(), json_str),
         o.error.as_ref().map_or("null".into(), |e| json_str(e)),
     )
 }
@@ -336,11 +394,33 @@ pub fn json(o: &Outcome) -> String {
 struct Figure {
     name: &'static str,
     get: fn(&Outcome) -> Option<f64>,
+    /// Shown with three significant digits rather than one decimal (values well below 1).
+    fine: bool,
 }
 
 impl Figure {
     fn new(name: &'static str, get: fn(&Outcome) -> Option<f64>) -> Figure {
-        Figure { name, get }
+        Figure {
+            name,
+            get,
+            fine: false,
+        }
+    }
+
+    fn fine(name: &'static str, get: fn(&Outcome) -> Option<f64>) -> Figure {
+        Figure {
+            name,
+            get,
+            fine: true,
+        }
+    }
+
+    fn text(&self, v: f64) -> String {
+        if self.fine { per_m(v) } else { short(v) }
+    }
+
+    fn json(&self, v: Option<f64>) -> String {
+        if self.fine { json_fine(v) } else { json_num(v) }
     }
 }
 
@@ -359,6 +439,9 @@ fn figures() -> Vec<Figure> {
         Figure::new("p99.9 (us)", |o| l(o).map(|l| l.p999)),
         Figure::new("max (us)", |o| l(o).map(|l| l.max)),
         Figure::new("server CPU %", |o| m(o).and_then(|m| m.server_cpu)),
+        Figure::fine("server CPU-s / M deliveries", |o| {
+            m(o).and_then(Measure::server_cpu_per_m)
+        }),
         Figure::new("server peak RSS (KiB)", |o| {
             o.server.as_ref()?.peak_rss_kib.map(|k| k as f64)
         }),
@@ -439,8 +522,8 @@ pub fn compare(a: &[Outcome], b: &[Outcome], json: bool) -> String {
                 json_str(f.name),
                 json_str(&an),
                 json_str(&bn),
-                json_num(ma),
-                json_num(mb),
+                f.json(ma),
+                f.json(mb),
                 json_num(mr),
                 list
             );
@@ -454,8 +537,8 @@ pub fn compare(a: &[Outcome], b: &[Outcome], json: bool) -> String {
                 s,
                 "{:<28} {:>10} {:>10}  {:>12}  {}",
                 f.name,
-                opt(ma, short),
-                opt(mb, short),
+                opt(ma, |v| f.text(v)),
+                opt(mb, |v| f.text(v)),
                 opt(mr, |r| format!("{r:.2}x")),
                 list
             );

@@ -14,7 +14,7 @@ use crate::procstat::{self, ThreadSampler};
 use crate::receiver::{self, Limits, Progress, RxConn, RxReport};
 use crate::report::{Fresh, Measure, Outcome, ServerCost};
 use crate::sender;
-use crate::sys;
+use crate::sys::{self, Cpus};
 use crate::target::{self, Spec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,11 @@ pub struct Params {
     pub timeout: Duration,
     /// How long to wait for missing lines after the last one is sent.
     pub drain: Duration,
+    /// Where a server started here runs (--server-cpus; the CPUs this process had at start
+    /// when only --client-cpus is given, so that it does not inherit the generator's).
+    pub server_cpus: Option<Cpus>,
+    /// Where this generator runs (--client-cpus), applied in `main` before any thread.
+    pub client_cpus: Option<Cpus>,
 }
 
 /// Runs one scenario against a fresh instance of `spec` (or no server at all, for ceiling).
@@ -72,7 +77,7 @@ pub fn run(params: &Params, spec: &Spec, run: usize) -> Outcome {
 }
 
 fn with_server(params: &Params, spec: &Spec, out: &mut Outcome) -> Result<(), String> {
-    let server = target::start(spec, params.clients + 2)?;
+    let server = target::start(spec, params.clients + 2, params.server_cpus.as_ref())?;
     let sampler = server.pid.map(ThreadSampler::start);
     let until = Instant::now() + params.timeout;
     let result = match params.kind {
@@ -95,6 +100,7 @@ fn with_server(params: &Params, spec: &Spec, out: &mut Outcome) -> Result<(), St
         out.server = Some(ServerCost {
             peak_rss_kib: procstat::peak_rss_kib(pid),
             threads_max: sampler.finish(pid),
+            cpus_allowed: procstat::cpus_allowed(pid),
         });
     }
     result
@@ -195,11 +201,20 @@ impl Clock {
         let done_ns = progress.done_ns.load(Ordering::SeqCst);
         let wall = self.wall.elapsed().as_secs_f64();
         let own = (sys::own_cpu_time() - self.own).as_secs_f64();
-        let server = match (self.pid.and_then(procstat::cpu_secs), self.server) {
-            (Some(b), Some(a)) => Some(100.0 * (b - a) / wall),
+        let server_secs = match (self.pid.and_then(procstat::cpu_secs), self.server) {
+            (Some(b), Some(a)) => Some(b - a),
             _ => None,
         };
-        Measure::new(rep, start_ns, done_ns, size, 100.0 * own / wall, server)
+        let server = server_secs.map(|s| 100.0 * s / wall);
+        Measure::new(
+            rep,
+            start_ns,
+            done_ns,
+            size,
+            100.0 * own / wall,
+            server,
+            server_secs,
+        )
     }
 }
 

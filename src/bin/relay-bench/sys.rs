@@ -1,9 +1,13 @@
-//! The few Linux calls the generator needs beyond std: epoll, the descriptor limit, and the
-//! process's own CPU time; and which socket errors only mean "not now". Kept in one place so
-//! that every `unsafe` block is next to the others and the rest of the tool stays safe code.
+//! The few Linux calls the generator needs beyond std: epoll, the descriptor limit, the
+//! process's own CPU time, and CPU affinity (for itself and the server it starts); and which
+//! socket errors only mean "not now". Kept in one place so that every `unsafe` block is next
+//! to the others and the rest of the tool stays safe code.
 
+use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
 
 /// A level-triggered epoll set. Level-triggered because a receiver reads at most one buffer
@@ -112,4 +116,151 @@ pub fn clock_ticks() -> u64 {
 pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: plain syscall on a PID we spawned ourselves.
     unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// A set of CPU numbers, written like `0`, `0-1`, `0,2-3` (the kernel's and taskset's form).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cpus(Vec<usize>);
+
+/// The most CPUs a `cpu_set_t` holds.
+const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
+
+impl Cpus {
+    /// Parses a CPU list; the error says what is wrong with it, without the list itself.
+    pub fn parse(list: &str) -> Result<Cpus, String> {
+        let mut cpus = Vec::new();
+        for part in list.trim().split(',') {
+            let num = |s: &str| -> Result<usize, String> {
+                let n = s
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("'{}' is not a CPU number", s.trim()))?;
+                if n >= MAX_CPUS {
+                    return Err(format!(
+                        "CPU {n} is past {}, the last a CPU mask holds",
+                        MAX_CPUS - 1
+                    ));
+                }
+                Ok(n)
+            };
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (num(a)?, num(b)?),
+                None => (num(part)?, num(part)?),
+            };
+            if lo > hi {
+                return Err(format!("range {lo}-{hi} is backwards"));
+            }
+            cpus.extend(lo..=hi);
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(Cpus(cpus))
+    }
+
+    /// The CPUs of `self` that are not in `of`.
+    pub fn missing_from(&self, of: &Cpus) -> Cpus {
+        Cpus(
+            self.0
+                .iter()
+                .copied()
+                .filter(|c| !of.0.contains(c))
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn mask(&self) -> libc::cpu_set_t {
+        // SAFETY: an all-zero cpu_set_t is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &c in &self.0 {
+            // SAFETY: `c` < CPU_SETSIZE, checked by `parse` (and true of what the kernel
+            // reports), so CPU_SET stays inside `set`.
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+        set
+    }
+}
+
+impl fmt::Display for Cpus {
+    /// The same compact form `parse` reads: `0-3,6`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let mut i = 0;
+        while i < self.0.len() {
+            let mut j = i;
+            while j + 1 < self.0.len() && self.0[j + 1] == self.0[j] + 1 {
+                j += 1;
+            }
+            let sep = if first { "" } else { "," };
+            first = false;
+            if j == i {
+                write!(f, "{sep}{}", self.0[i])?;
+            } else {
+                write!(f, "{sep}{}-{}", self.0[i], self.0[j])?;
+            }
+            i = j + 1;
+        }
+        Ok(())
+    }
+}
+
+/// The CPUs this machine has online (`/sys/devices/system/cpu/online`), or, should that be
+/// unreadable, the ones this process may use.
+pub fn online_cpus() -> io::Result<Cpus> {
+    match std::fs::read_to_string("/sys/devices/system/cpu/online") {
+        Ok(s) => Cpus::parse(&s).map_err(io::Error::other),
+        Err(_) => own_affinity(),
+    }
+}
+
+/// The CPUs this thread may run on now (what `nproc` counts).
+pub fn own_affinity() -> io::Result<Cpus> {
+    // SAFETY: an all-zero cpu_set_t is valid; the kernel writes at most its size into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let has = |c: usize| {
+        // SAFETY: `c` < CPU_SETSIZE, so CPU_ISSET reads inside `set`.
+        unsafe { libc::CPU_ISSET(c, &set) }
+    };
+    Ok(Cpus((0..MAX_CPUS).filter(|&c| has(c)).collect()))
+}
+
+/// Restricts the calling thread to `cpus`. Called while the process has no other thread, it
+/// places the whole process: threads started later inherit the mask.
+pub fn pin_self(cpus: &Cpus) -> io::Result<()> {
+    let set = cpus.mask();
+    // SAFETY: `set` is a valid cpu_set_t for the duration of the call; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the process `cmd` starts run on `cpus` from its first instruction: the mask is set in
+/// the child between fork and exec, so it survives exec and every thread the program starts
+/// inherits it. Should the kernel refuse the mask, spawning fails with its error.
+pub fn pin_child(cmd: &mut Command, cpus: &Cpus) {
+    let set = cpus.mask();
+    let hook = move || {
+        // Only an async-signal-safe syscall on a copy of `set` made before fork: no
+        // allocation, no lock. Pid 0 is the (single-threaded) child.
+        // SAFETY: `set` is a valid cpu_set_t owned by this closure.
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: `pre_exec` runs `hook` in the forked child before exec, where only
+    // async-signal-safe work is allowed; `hook` makes one raw syscall and, on failure, builds
+    // an io::Error from errno, which does not allocate.
+    unsafe { cmd.pre_exec(hook) };
 }

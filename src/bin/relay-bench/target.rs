@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::sys;
+use crate::sys::{self, Cpus};
 
 /// How to reach (and maybe start) a server.
 #[derive(Clone, Debug)]
@@ -41,8 +41,9 @@ pub struct Server {
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts (or finds) the server. `clients` sizes relayd's `--max-clients`.
-pub fn start(spec: &Spec, clients: usize) -> Result<Server, String> {
+/// Starts (or finds) the server. `clients` sizes relayd's `--max-clients`; `cpus`, if given,
+/// is where a server started here runs (set before it execs, so all its threads inherit it).
+pub fn start(spec: &Spec, clients: usize, cpus: Option<&Cpus>) -> Result<Server, String> {
     match spec {
         Spec::Connect(addr) => Ok(Server {
             addr: loopback(addr)?,
@@ -67,7 +68,7 @@ pub fn start(spec: &Spec, clients: usize) -> Result<Server, String> {
                 .arg("--max-clients")
                 .arg((clients + 64).to_string())
                 .args(args);
-            spawn(cmd, port, &exe.display().to_string())
+            spawn(cmd, port, cpus, &exe.display().to_string())
         }
         Spec::Command(template) => {
             if !template.contains("{port}") {
@@ -80,18 +81,24 @@ pub fn start(spec: &Spec, clients: usize) -> Result<Server, String> {
             // `exec` makes the server itself the child, so its PID is the one we watch.
             let mut cmd = Command::new("sh");
             cmd.arg("-c").arg(format!("exec {line}"));
-            spawn(cmd, port, &line)
+            spawn(cmd, port, cpus, &line)
         }
     }
 }
 
-fn spawn(mut cmd: Command, port: u16, what: &str) -> Result<Server, String> {
+fn spawn(mut cmd: Command, port: u16, cpus: Option<&Cpus>, what: &str) -> Result<Server, String> {
+    if let Some(cpus) = cpus {
+        sys::pin_child(&mut cmd, cpus);
+    }
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start '{what}': {e}"))?;
+        .map_err(|e| match cpus {
+            Some(c) => format!("cannot start '{what}' on CPUs {c}: {e}"),
+            None => format!("cannot start '{what}': {e}"),
+        })?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut server = Server {
         addr,
