@@ -64,6 +64,22 @@ fn field(json: &str, key: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{key} is not an integer in {json}"))
 }
 
+/// `run_bench` of a short chatter: 3 clients at 50 lines/s for 0.4 s (20 lines each), plus
+/// `extra` options.
+fn run_chatter(extra: &[&str]) -> String {
+    let mut args = vec![
+        "chatter",
+        "--clients",
+        "3",
+        "--rate",
+        "50",
+        "--duration",
+        "0.4",
+    ];
+    args.extend_from_slice(extra);
+    run_bench(&args)
+}
+
 #[test]
 fn fanout_through_relayd_delivers_every_line_in_order() {
     let line = &run_bench(&["fanout", "--clients", "4", "--lines", "2000"]);
@@ -79,15 +95,7 @@ fn fanout_through_relayd_delivers_every_line_in_order() {
 
 #[test]
 fn chatter_through_relayd_reaches_every_other_client() {
-    let line = &run_bench(&[
-        "chatter",
-        "--clients",
-        "3",
-        "--rate",
-        "50",
-        "--duration",
-        "0.4",
-    ]);
+    let line = &run_chatter(&[]);
     // 3 clients × 20 lines, each line owed to the 2 others.
     assert_eq!(field(line, "expected"), 3 * 20 * 2, "{line}");
     assert_eq!(field(line, "deliveries"), 3 * 20 * 2, "{line}");
@@ -108,19 +116,7 @@ fn bad_options_fail_with_one_line() {
 
 #[test]
 fn cpu_placement_is_applied_and_reported() {
-    let line = &run_bench(&[
-        "chatter",
-        "--clients",
-        "3",
-        "--rate",
-        "50",
-        "--duration",
-        "0.4",
-        "--server-cpus",
-        "0",
-        "--client-cpus",
-        "0",
-    ]);
+    let line = &run_chatter(&["--server-cpus", "0", "--client-cpus", "0"]);
     assert_eq!(field(line, "deliveries"), 3 * 20 * 2, "{line}");
     // Read back from the server's /proc/PID/status, so this is where it really ran.
     assert!(line.contains("\"server_cpus\":\"0\""), "{line}");

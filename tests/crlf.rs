@@ -4,15 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, TIMEOUT};
-use socket2::{Domain, Socket, Type};
+use common::{Client, Daemon};
 
 const WELCOME_1: &str = "* welcome to relayd, you are guest1 (1 online) — /help for commands\r\n";
 const WELCOME_2: &str = "* welcome to relayd, you are guest2 (2 online) — /help for commands\r\n";
@@ -30,10 +27,7 @@ fn text(i: usize) -> String {
 
 /// A client with a small receive buffer, so that relayd's queue for it fills soon.
 fn small_window_client(addr: SocketAddr) -> Client {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    Client::from_stream(sock.into())
+    Client::from_stream(common::connect_small_rcvbuf(addr, 4096))
 }
 
 fn admin_path() -> PathBuf {
@@ -54,34 +48,15 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// One admin command; the answer without its closing empty line.
-fn admin(path: &PathBuf, command: &str) -> String {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s.write_all(format!("{command}\n").as_bytes()).unwrap();
-    let mut reader = BufReader::new(s);
-    let mut answer = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        assert!(
-            line.ends_with('\n'),
-            "admin answer cut short: {answer}{line}"
-        );
-        if line == "\n" {
-            return answer;
-        }
-        answer.push_str(&line);
-    }
-}
-
 /// Bytes relayd has queued for client `id` (the `clients` listing's last column), or `None`
 /// once it is no longer listed.
-fn pending(path: &PathBuf, id: u64) -> Option<u64> {
-    admin(path, "clients").lines().find_map(|row| {
-        let cols: Vec<&str> = row.split(' ').collect();
-        (cols[0] == id.to_string()).then(|| cols[7].parse().unwrap())
-    })
+fn pending(path: &Path, id: u64) -> Option<u64> {
+    common::admin_command(path, "clients")
+        .lines()
+        .find_map(|row| {
+            let cols: Vec<&str> = row.split(' ').collect();
+            (cols[0] == id.to_string()).then(|| cols[7].parse().unwrap())
+        })
 }
 
 /// Whether a log line says client `id` (not client `id`0…) was disconnected.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -14,19 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, TIMEOUT, numbered_lines};
+use common::{AdminConn, Client, Daemon, TIMEOUT, connect_small_rcvbuf, numbered_lines};
 
 const KIB: u64 = 1024;
 const MIB: usize = 1 << 20;
-
-/// A connection whose receive buffer is set to `rcvbuf` bytes before it connects (the kernel
-/// fixes the window scale then), so the daemon's writes to it fill up quickly.
-fn connect_small(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(rcvbuf).unwrap();
-    s.connect(&addr.into()).unwrap();
-    s.into()
-}
 
 /// A fresh path for an admin socket, removed again when dropped.
 struct SocketPath(PathBuf);
@@ -54,10 +45,7 @@ impl Drop for SocketPath {
 
 /// A connection to the daemon's control socket. Its reads wait longer than a stall: a kick
 /// may take up to --stall-timeout to answer.
-struct Admin {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
-}
+struct Admin(AdminConn);
 
 impl Admin {
     fn connect(path: &Path) -> Admin {
@@ -66,31 +54,12 @@ impl Admin {
             stream = UnixStream::connect(path).ok();
             stream.is_some()
         });
-        let s = stream.unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Admin {
-            writer: s.try_clone().unwrap(),
-            reader: BufReader::new(s),
-        }
+        Admin(AdminConn::new(stream.unwrap(), Duration::from_secs(20)))
     }
 
     /// One command; its answer without the closing empty line.
     fn command(&mut self, command: &str) -> String {
-        self.writer
-            .write_all(format!("{command}\n").as_bytes())
-            .unwrap();
-        let mut answer = String::new();
-        loop {
-            let mut line = String::new();
-            self.reader
-                .read_line(&mut line)
-                .unwrap_or_else(|e| panic!("no answer to {command:?}: {e} (got {answer:?})"));
-            assert!(line.ends_with('\n'), "answer cut short: {answer}{line}");
-            if line == "\n" {
-                return answer;
-            }
-            answer.push_str(&line);
-        }
+        self.0.command(command)
     }
 
     /// The `clients` row of the client connected from `addr`, split into its columns (id,
@@ -241,7 +210,7 @@ fn a_client_that_never_reads_cannot_grow_memory_through_commands() {
         reader.expect(format!("<guest4> lobby history {i} {text}\n").as_bytes());
     }
 
-    let hostile = connect_small(d.addrs[0], 4096);
+    let hostile = connect_small_rcvbuf(d.addrs[0], 4096);
     let mut hostile = Client::from_stream(hostile);
     let hostile_name = welcome_name(&hostile.line());
     assert_eq!(hostile_name, "guest5");
@@ -342,7 +311,7 @@ fn a_queue_of_tiny_chunks_is_bounded_by_max_pending_including_bookkeeping() {
         path.as_str(),
     ]);
     let mut admin = Admin::connect(&path.0);
-    let mut stuck = Client::from_stream(connect_small(d.addrs[0], 4096));
+    let mut stuck = Client::from_stream(connect_small_rcvbuf(d.addrs[0], 4096));
     let stuck_addr = stuck.stream.local_addr().unwrap();
     let mut sender = d.connect();
     sender.stream.set_nodelay(true).unwrap();
@@ -476,7 +445,7 @@ struct Paced {
 const K_LINES: usize = 16 * 1024;
 
 fn paced_flood(d: &Daemon, admin: &mut Admin, chat: bool) -> Paced {
-    let mut r = Client::from_stream(connect_small(d.addrs[0], 8192));
+    let mut r = Client::from_stream(connect_small_rcvbuf(d.addrs[0], 8192));
     if chat {
         r.expect(
             "* welcome to relayd, you are guest1 (1 online) — /help for commands\n".as_bytes(),
@@ -502,32 +471,13 @@ fn paced_flood(d: &Daemon, admin: &mut Admin, chat: bool) -> Paced {
 
     // Paced: R's queue is (nearly) full and K's writes have stopped moving.
     let r_addr = r.stream.local_addr().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut last, mut since) = (0, Instant::now());
-    loop {
-        let pending: usize = admin
+    common::wait_until_paced("K", "R", &written, &flooding, || {
+        admin
             .client_row(r_addr)
             .expect("R is not in the clients list")[7]
             .parse()
-            .unwrap();
-        let now = written.load(Ordering::Relaxed);
-        if now != last {
-            (last, since) = (now, Instant::now());
-        }
-        assert!(
-            !flooding.is_finished(),
-            "K's flood ended before it was paced ({now} bytes written)"
-        );
-        if pending >= 32 * 1024 && since.elapsed() >= Duration::from_millis(500) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "K was never paced on R (R pending {pending}, K wrote {now} bytes)"
-        );
-        // Polling interval for the admin list and K's progress, not a synchronisation.
-        thread::sleep(Duration::from_millis(50));
-    }
+            .unwrap()
+    });
     Paced {
         r,
         _k: k,
@@ -555,6 +505,32 @@ fn kick(admin: &mut Admin, paced: &Paced) -> usize {
     read
 }
 
+/// A daemon (`chat` or raw) whose K was paced on R and then kicked: its admin socket path
+/// (`tag` in the name), the daemon, the admin connection, the flood, and how many of K's
+/// lines the daemon had read before the kick.
+fn kicked_flood(tag: &str, chat: bool) -> (SocketPath, Daemon, Admin, Paced, usize) {
+    let path = SocketPath::new(tag);
+    let d = kick_daemon(chat, &path);
+    let mut admin = Admin::connect(&path.0);
+    let paced = paced_flood(&d, &mut admin, chat);
+    let read = kick(&mut admin, &paced);
+    (path, d, admin, paced, read)
+}
+
+/// Asserts that `text`, a line of K's that R got, is K's line `next` of `data` and one of the
+/// `read` lines the daemon had read from K before the kick.
+fn assert_next_k_line(text: &[u8], next: usize, read: usize, data: &[u8]) {
+    assert!(
+        next < read,
+        "R got K's line {next}, but the daemon had read only {read} of K's lines when it \
+         kicked K"
+    );
+    assert!(
+        text == &data[next * 1024..(next + 1) * 1024],
+        "K's line {next} is not next (lines out of order or garbled)"
+    );
+}
+
 /// Defect: kicking a client only shut its socket; its thread went on reading what it had
 /// already sent (megabytes in its socket buffers while it was paced) and relaying it, and its
 /// --max-clients slot stayed taken until it had relayed it all.
@@ -564,11 +540,7 @@ fn kick(admin: &mut Admin, paced: &Paced) -> usize {
 /// with the right count, and no line of K's after it.
 #[test]
 fn a_kicked_chat_client_is_not_heard_any_more() {
-    let path = SocketPath::new("kick-chat");
-    let d = kick_daemon(true, &path);
-    let mut admin = Admin::connect(&path.0);
-    let paced = paced_flood(&d, &mut admin, true);
-    let read = kick(&mut admin, &paced);
+    let (_path, d, _admin, paced, read) = kicked_flood("kick-chat", true);
     let Paced {
         mut r,
         stop,
@@ -592,15 +564,7 @@ fn a_kicked_chat_client_is_not_heard_any_more() {
         let line = r.line();
         if let Some(text) = line.strip_prefix(b"<guest2> ") {
             assert!(!left, "R got a line of K's after K's leave notice");
-            assert!(
-                next < read,
-                "R got K's line {next}, but the daemon had read only {read} of K's lines when \
-                 it kicked K"
-            );
-            assert!(
-                text == &data[next * 1024..(next + 1) * 1024],
-                "K's line {next} is not next (lines out of order or garbled)"
-            );
+            assert_next_k_line(text, next, read, &data);
             next += 1;
             continue;
         }
@@ -619,11 +583,7 @@ fn a_kicked_chat_client_is_not_heard_any_more() {
 /// read yet is never relayed, and a new client takes K's slot at once.
 #[test]
 fn a_kicked_raw_client_is_not_heard_any_more() {
-    let path = SocketPath::new("kick-raw");
-    let d = kick_daemon(false, &path);
-    let mut admin = Admin::connect(&path.0);
-    let paced = paced_flood(&d, &mut admin, false);
-    let read = kick(&mut admin, &paced);
+    let (_path, d, mut admin, paced, read) = kicked_flood("kick-raw", false);
     let Paced {
         mut r,
         stop,
@@ -657,15 +617,7 @@ fn a_kicked_raw_client_is_not_heard_any_more() {
         if line.len() != 1024 || !line[..8].iter().all(u8::is_ascii_digit) {
             break line;
         }
-        assert!(
-            next < read,
-            "R got K's line {next}, but the daemon had read only {read} of K's lines when it \
-             kicked K"
-        );
-        assert!(
-            line == data[next * 1024..(next + 1) * 1024],
-            "K's line {next} is not next (lines out of order or garbled)"
-        );
+        assert_next_k_line(&line, next, read, &data);
         next += 1;
     };
     assert_eq!(String::from_utf8_lossy(&after), "probe after the kick\n");

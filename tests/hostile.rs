@@ -5,9 +5,6 @@
 //! in time, talks to 127.0.0.0/8 only, and stops by itself.
 
 mod chat_support;
-// chat_support includes common too (in this tree); the raw-mode helpers are used by name here.
-#[allow(clippy::duplicate_mod)]
-mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,7 +18,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use chat_support::common::{self, Daemon, admin_command};
 use relayd::Config;
 use relayd::rate::Rate;
 
@@ -100,36 +97,9 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// One command over the control socket at `path`; the answer without its closing empty line.
-fn admin_command(path: &Path, command: &str) -> String {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
-    s.write_all(format!("{command}\n").as_bytes()).unwrap();
-    let mut reader = BufReader::new(s);
-    let mut answer = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        assert!(
-            line.ends_with('\n'),
-            "admin answer cut short: {answer}{line}"
-        );
-        if line == "\n" {
-            return answer;
-        }
-        answer.push_str(&line);
-    }
-}
-
 /// The value of one `stats` counter, read over the control socket at `path`.
 fn admin_stat(path: &Path, key: &str) -> u64 {
-    let stats = admin_command(path, "stats");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} ")))
-        .unwrap_or_else(|| panic!("no {key} in {stats}"))
-        .parse()
-        .unwrap()
+    common::stat_in(&admin_command(path, "stats"), key)
 }
 
 /// Runs `relayd ARGS` to completion, killing it (and failing the test) if it has not exited
@@ -646,25 +616,9 @@ struct Console {
 
 impl Console {
     fn spawn() -> Console {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relayd"))
-            .args(["--bind", "127.0.0.1:0", "--console"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = common::spawn_console();
         let stdin = child.stdin.take().unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (log_tx, log) = mpsc::channel();
-        thread::spawn(move || {
-            for line in stderr.lines() {
-                let Ok(line) = line else { break };
-                if log_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let log = common::lines_of(child.stderr.take().unwrap());
         let stdout = child.stdout.take().unwrap();
         let (tx, out) = mpsc::channel();
         thread::spawn(move || {

@@ -93,15 +93,8 @@ impl Drop for Reaper {
 /// receiver byte-exact and in order within 20 s.
 #[test]
 fn console_never_blocks_a_sender() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relayd"))
-        .args(["--bind", "127.0.0.1:0", "--console"])
-        .env_remove("RUST_LOG")
-        // Both pipes stay open and unread for the whole test.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Its stdin and stdout pipes stay open and unread for the whole test.
+    let mut child = common::spawn_console();
     let stderr = child.stderr.take().unwrap();
     let _stdin = child.stdin.take().unwrap();
     let _stdout = child.stdout.take().unwrap();

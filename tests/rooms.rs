@@ -62,12 +62,12 @@ struct Paced {
 }
 
 fn paced(server: &Server) -> Paced {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     // Small, and set before connecting (the kernel fixes the window scale then), so M's queue
     // fills after a few kilobytes reach its socket.
-    sock.set_recv_buffer_size(8192).unwrap();
-    sock.connect(&server.addr.into()).unwrap();
-    let mut m = Client::new(sock.into());
+    let mut m = Client::new(chat_support::common::connect_small_rcvbuf(
+        server.addr,
+        8192,
+    ));
     m.expect("* welcome to relayd, you are guest1 (1 online) — /help for commands\n");
     let m_addr = m.stream().local_addr().unwrap();
     let (s, s_name) = server.join();
@@ -80,28 +80,9 @@ fn paced(server: &Server) -> Paced {
     };
 
     // Paced: M's queue is (nearly) full and S's writes have stopped moving.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut last, mut since) = (0, Instant::now());
-    loop {
-        let pending = pending_of(server, m_addr);
-        let now = written.load(Ordering::Relaxed);
-        if now != last {
-            (last, since) = (now, Instant::now());
-        }
-        assert!(
-            !flooding.is_finished(),
-            "S's flood ended before it was paced ({now} bytes written)"
-        );
-        if pending >= 32 * 1024 && since.elapsed() >= Duration::from_millis(500) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "S was never paced on M (M pending {pending}, S wrote {now} bytes)"
-        );
-        // Polling interval for the admin list and S's progress, not a synchronisation.
-        thread::sleep(Duration::from_millis(50));
-    }
+    chat_support::common::wait_until_paced("S", "M", &written, &flooding, || {
+        pending_of(server, m_addr)
+    });
     Paced {
         m,
         s,

@@ -122,13 +122,7 @@ impl Server {
 
     /// The value of one `stats` counter.
     pub fn stat(&self, key: &str) -> u64 {
-        let stats = self.admin("stats");
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key} ")))
-            .unwrap_or_else(|| panic!("no {key} in {stats}"))
-            .parse()
-            .unwrap()
+        common::stat_in(&self.admin("stats"), key)
     }
 
     pub fn stop(self) {
@@ -137,38 +131,18 @@ impl Server {
 }
 
 /// A connection to the control socket.
-pub struct Admin {
-    writer: UnixStream,
-    reader: BufReader<UnixStream>,
-}
+pub struct Admin(common::AdminConn);
 
 impl Admin {
     pub fn connect(server: &Server) -> Admin {
-        let s = UnixStream::connect(&server.admin).unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        Admin {
-            writer: s.try_clone().unwrap(),
-            reader: BufReader::new(s),
-        }
+        Admin(common::AdminConn::new(
+            UnixStream::connect(&server.admin).unwrap(),
+            TIMEOUT,
+        ))
     }
 
     pub fn command(&mut self, command: &str) -> String {
-        self.writer
-            .write_all(format!("{command}\n").as_bytes())
-            .unwrap();
-        let mut answer = String::new();
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            assert!(
-                line.ends_with('\n'),
-                "admin answer cut short: {answer}{line}"
-            );
-            if line == "\n" {
-                return answer;
-            }
-            answer.push_str(&line);
-        }
+        self.0.command(command)
     }
 }
 

@@ -8,8 +8,11 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -410,4 +413,118 @@ pub fn lines_of(output: impl Read + Send + 'static) -> Receiver<String> {
         }
     });
     rx
+}
+
+/// A TCP connection to `addr` whose receive buffer is set to `rcvbuf` bytes before it
+/// connects (the kernel fixes the window scale then), so the daemon's writes to it fill up
+/// quickly.
+pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(rcvbuf).unwrap();
+    s.connect(&addr.into()).unwrap();
+    s.into()
+}
+
+/// A connection to the daemon's control socket.
+pub struct AdminConn {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl AdminConn {
+    /// Wraps a connected control socket; each read waits at most `timeout`.
+    pub fn new(s: UnixStream, timeout: Duration) -> AdminConn {
+        s.set_read_timeout(Some(timeout)).unwrap();
+        AdminConn {
+            writer: s.try_clone().unwrap(),
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// One command; its answer without the closing empty line.
+    pub fn command(&mut self, command: &str) -> String {
+        self.writer
+            .write_all(format!("{command}\n").as_bytes())
+            .unwrap();
+        let mut answer = String::new();
+        loop {
+            let mut line = String::new();
+            self.reader
+                .read_line(&mut line)
+                .unwrap_or_else(|e| panic!("no answer to {command:?}: {e} (got {answer:?})"));
+            assert!(
+                line.ends_with('\n'),
+                "admin answer cut short: {answer}{line}"
+            );
+            if line == "\n" {
+                return answer;
+            }
+            answer.push_str(&line);
+        }
+    }
+}
+
+/// One command over the control socket at `path` (reads wait at most [`TIMEOUT`]); the
+/// answer without its closing empty line.
+pub fn admin_command(path: &Path, command: &str) -> String {
+    AdminConn::new(UnixStream::connect(path).unwrap(), TIMEOUT).command(command)
+}
+
+/// The value of the counter `key` in the answer to an admin `stats`.
+pub fn stat_in(stats: &str, key: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the thread `flooding`, which counts the bytes it has written in `written`, is
+/// paced on a slow receiver: `pending` (the bytes the daemon holds for the receiver) is at
+/// least 32 KiB and `written` has not moved for half a second. `sender` and `receiver` name
+/// the two in failure messages. Fails if the flood ends first or after 20 s.
+pub fn wait_until_paced<T>(
+    sender: &str,
+    receiver: &str,
+    written: &AtomicUsize,
+    flooding: &JoinHandle<T>,
+    mut pending: impl FnMut() -> usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut last, mut since) = (0, Instant::now());
+    loop {
+        let pending = pending();
+        let now = written.load(Ordering::Relaxed);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        assert!(
+            !flooding.is_finished(),
+            "{sender}'s flood ended before it was paced ({now} bytes written)"
+        );
+        if pending >= 32 * 1024 && since.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sender} was never paced on {receiver} ({receiver} pending {pending}, {sender} \
+             wrote {now} bytes)"
+        );
+        // Polling interval for the admin list and the sender's progress, not a
+        // synchronisation.
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `relayd --bind 127.0.0.1:0 --console`, with its stdin, stdout and stderr piped.
+pub fn spawn_console() -> Child {
+    Command::new(env!("CARGO_BIN_EXE_relayd"))
+        .args(["--bind", "127.0.0.1:0", "--console"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
