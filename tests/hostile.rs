@@ -350,7 +350,7 @@ fn long_line_flood(reads_slowly: bool) -> (Vec<u8>, Duration) {
         // Short enough for --max-line 16.
         let line = format!("ping {rounds}\n");
         a.send(line.as_bytes());
-        b.expect(line.as_bytes());
+        expect_past_hostile_tail(&mut b, line.as_bytes());
         if d.peak_rss_kib() >= baseline + slack_kib {
             break; // fails below, without waiting out the flood
         }
@@ -369,8 +369,23 @@ fn long_line_flood(reads_slowly: bool) -> (Vec<u8>, Duration) {
         peak - baseline
     );
     b.send(b"after\n");
-    a.expect(b"after\n");
+    expect_past_hostile_tail(&mut a, b"after\n");
     (got, flooded)
+}
+
+/// Reads the next line, which must be `want`, passing over one line of the hostile client's
+/// `x`s: when its flood ends with a write cut short (its 1 s write timeout), the start of its
+/// last line, under `--max-line`, is relayed with a `\n` as relayd does for any client that
+/// leaves mid-line.
+fn expect_past_hostile_tail(client: &mut common::Client, want: &[u8]) {
+    let mut line = client.line();
+    if line.len() > 1 && line[..line.len() - 1].iter().all(|&b| b == b'x') {
+        line = client.line();
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&line),
+        String::from_utf8_lossy(want)
+    );
 }
 
 /// Defect: each discarded long line queued a `line too long` notice outside `--max-pending`
