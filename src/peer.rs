@@ -358,7 +358,7 @@ impl Peer {
     /// are queued under the registry lock, so they land before any live line, with no gap or
     /// duplicate; but no socket I/O (and no thread start) may happen under that lock, so the
     /// sending is left to `start_sending`, called once the lock is released. Claiming the
-    /// writer role (`writer = true`) is what keeps the deliverer off the queue meanwhile.
+    /// writer role (`writer = true`) is what holds back direct sends meanwhile.
     pub(crate) fn queue_quietly(&self, chunks: &[Chunk]) {
         let mut st = lock(&self.state);
         if st.closed.is_some() || chunks.is_empty() {
@@ -551,7 +551,7 @@ impl Peer {
     /// The queue owner's last act on a closed peer: now that no write of its own is in
     /// flight, the notice can go out (after a line end if a line was cut short), then the
     /// socket is shut. The writer thread exists to block on this peer, so it may wait for
-    /// room for the notice (up to --write-timeout); the deliverer and other threads may not.
+    /// room for the notice (up to --write-timeout); a sender's thread may not.
     fn finish_close(&self, mut st: MutexGuard<'_, State>, by: Drainer) {
         st.writer = false;
         st.sending = false;
