@@ -65,20 +65,15 @@ pub(crate) const CHUNK_COST: usize = 48;
 const WRITE_BATCH: usize = 64 * 1024;
 /// Well under Linux's `IOV_MAX` of 1024.
 const MAX_SLICES: usize = 256;
-/// How many non-blocking writes (of up to `WRITE_BATCH` each) the deliverer makes for one
-/// peer's queue in a row before it serves the others and comes back to this one. Small, so
-/// that a turn over 50 busy peers stays a few megabytes: with 16, a client that connected
-/// during a full-speed stream waited 15–34 ms for its first line (`relay-bench slow`).
-const MAX_SENDER_ROUNDS: usize = 2;
+/// How many non-blocking writes the deliverer makes for one peer's queue in a row before it
+/// serves the others and comes back to this one.
+const MAX_SENDER_ROUNDS: usize = 16;
 /// How long a sender waits for the deliverer to serve a peer whose queue is over
 /// `--max-pending` before judging the peer by the slow-consumer policy. The deliverer never
 /// blocks, so this is a bound, not an expected wait; without it, a sender's line queued a
 /// moment before the deliverer's turn would count as the peer being slow (and with
 /// `--stall-timeout 0` cut it off).
 const DELIVERER_TURN: Duration = Duration::from_secs(1);
-
-/// Queue slots an empty queue keeps; more are given back.
-const KEEP_SLOTS: usize = 16;
 
 /// A writer's frames are shallow: it only copies slices and calls `writev`.
 const WRITER_STACK: usize = 64 * 1024;
@@ -461,10 +456,6 @@ impl Peer {
                 if st.queue.is_empty() {
                     st.writer = false;
                     st.sending = false;
-                    if st.queue.capacity() > KEEP_SLOTS {
-                        // A burst's slots are not kept for the life of an idle connection.
-                        st.queue = VecDeque::new();
-                    }
                     self.changed.notify_all();
                     return;
                 }
