@@ -2,24 +2,15 @@
 //! and the slow-consumer policy. Everything between "this chunk is for you" and its socket.
 //!
 //! Why it looks the way it does:
-//! - A sender's thread only queues: it appends its chunk to each recipient's queue and, for a
-//!   recipient that was idle, puts it on the run list of the daemon's one [`Deliverer`]
-//!   thread, which sends with non-blocking, coalesced `writev`s. Everything a peer was handed
-//!   since the deliverer last served it goes out in one call, whichever senders it came from.
-//!   Why not send from the sender's thread, as relayd first did: with 50 chatting clients that
-//!   was 50 threads each making 49 `sendmsg` calls per line, twice ncat's CPU, and with the CPU
-//!   scarce (daemon pinned to one core) a sender preempted while it held a peer's sending role
-//!   held up every other sender's lines for that peer: p99 16 times ncat's. One thread that
-//!   serves peers in turn is what a single-threaded relay does, and when it falls behind it
-//!   batches more per call instead of making more calls, so it degrades gracefully. See the
-//!   note on [`Deliverer`] for the figures.
-//! - Only when the peer's socket is full is the rest handed to a writer thread that drains the
-//!   queue with blocking, coalesced writes. It exits as soon as the queue is empty, so an idle
-//!   client costs one thread (its reader), not two: threads cost memory mappings and Linux caps
-//!   a process near 16,000 threads (`vm.max_map_count`).
-//! - Per-peer order is kept by one rule: one drainer at a time (the deliverer, a writer, or a
-//!   joiner's own thread sending its welcome), and everything else goes to the back of the
-//!   queue.
+//! - Most deliveries go to a peer that has nothing queued. Those are sent straight from the
+//!   sender's thread with a non-blocking `send` (`MSG_DONTWAIT`): one syscall, no thread
+//!   switch, so latency stays a syscall rather than a context switch.
+//! - Only when the peer's socket is full is the rest queued, and a writer thread is started to
+//!   drain the queue with blocking, coalesced writes. It exits as soon as the queue is empty, so
+//!   an idle client costs one thread (its reader), not two: threads cost memory mappings and
+//!   Linux caps a process near 16,000 threads (`vm.max_map_count`).
+//! - Per-peer order is kept by one rule: a direct send happens only when the queue is empty and
+//!   no writer is running. Everything else goes to the back of the queue.
 //! - The queue is bounded (`--max-pending`), and everything in it counts: relayed lines,
 //!   relayd's own notices and replies, history replays, and [`CHUNK_COST`] of bookkeeping per
 //!   queued chunk, so that neither a client's own commands nor a stream of tiny lines can make
@@ -65,23 +56,16 @@ pub(crate) const CHUNK_COST: usize = 48;
 const WRITE_BATCH: usize = 64 * 1024;
 /// Well under Linux's `IOV_MAX` of 1024.
 const MAX_SLICES: usize = 256;
-/// How many non-blocking writes the deliverer makes for one peer's queue in a row before it
-/// serves the others and comes back to this one.
-const MAX_SENDER_ROUNDS: usize = 16;
-/// How long a sender waits for the deliverer to serve a peer whose queue is over
-/// `--max-pending` before judging the peer by the slow-consumer policy. The deliverer never
-/// blocks, so this is a bound, not an expected wait; without it, a sender's line queued a
-/// moment before the deliverer's turn would count as the peer being slow (and with
-/// `--stall-timeout 0` cut it off).
-const DELIVERER_TURN: Duration = Duration::from_secs(1);
-
+/// How many non-blocking sends a sender's thread makes for one peer's queue before it hands
+/// the rest to a writer thread: enough to take what other senders piled up meanwhile, few
+/// enough that its own line reaches its other peers soon.
+const MAX_SENDER_ROUNDS: usize = 64;
 /// A writer's frames are shallow: it only copies slices and calls `writev`.
 const WRITER_STACK: usize = 64 * 1024;
 
 pub(crate) struct Peer {
     id: PeerId,
     sock: Arc<TcpStream>,
-    deliverer: Arc<Deliverer>,
     max_pending: usize,
     stall_timeout: Duration,
     notices: Notices,
@@ -106,8 +90,7 @@ struct State {
     pending: usize,
     /// A writer thread is draining `queue`, with blocking writes.
     writer: bool,
-    /// The deliverer has this peer on its run list, or is draining its queue with
-    /// non-blocking writes (see `hand_over`); or a joiner's own thread is, in `start_sending`.
+    /// A sender's thread is draining `queue` with non-blocking sends (see `hand_over`).
     /// Invariant: `queue` is non-empty only while `writer` or `sending` is set (or `held`),
     /// except after `closed`, when the owner may still be finishing its last call.
     sending: bool,
@@ -129,12 +112,6 @@ struct State {
 }
 
 impl State {
-    /// Whether what is queued only waits for the deliverer's turn: the socket was not found
-    /// full, so the peer is not slow, only not served yet.
-    fn awaits_deliverer(&self) -> bool {
-        self.sending && !self.writer
-    }
-
     /// What the queue costs against `--max-pending`.
     fn cost(&self) -> usize {
         self.pending + CHUNK_COST * self.queue.len()
@@ -166,7 +143,7 @@ pub(crate) enum Offer {
 enum Drainer {
     /// The peer's writer thread: its writes may wait for the peer, up to `--write-timeout`.
     Writer,
-    /// The deliverer, which has other peers to serve: its writes never wait.
+    /// A sender's thread, which has other peers to serve: its sends never wait.
     Sender,
 }
 
@@ -178,16 +155,10 @@ enum Cut {
 }
 
 impl Peer {
-    pub(crate) fn new(
-        id: PeerId,
-        sock: Arc<TcpStream>,
-        config: &Config,
-        deliverer: &Arc<Deliverer>,
-    ) -> Arc<Peer> {
+    pub(crate) fn new(id: PeerId, sock: Arc<TcpStream>, config: &Config) -> Arc<Peer> {
         Arc::new(Peer {
             id,
             sock,
-            deliverer: Arc::clone(deliverer),
             max_pending: config.max_pending,
             stall_timeout: config.stall_timeout,
             notices: Notices::new(config),
@@ -268,7 +239,6 @@ impl Peer {
         epoch: Option<u64>,
         sender: Option<&Peer>,
     ) -> Offer {
-        let deliverer_due = Instant::now() + DELIVERER_TURN;
         let mut st = lock(&self.state);
         loop {
             if st.closed.is_some()
@@ -281,15 +251,11 @@ impl Peer {
                 self.hand_over(st, chunk);
                 return Offer::Taken;
             }
-            let now = Instant::now();
-            let until = if st.awaits_deliverer() && now < deliverer_due {
-                deliverer_due
-            } else {
-                match deadline {
-                    Some(d) => d.min(st.last_progress + self.stall_timeout),
-                    None => return Offer::Full,
-                }
+            let until = match deadline {
+                Some(d) => d.min(st.last_progress + self.stall_timeout),
+                None => return Offer::Full,
             };
+            let now = Instant::now();
             if now >= until {
                 return Offer::Full;
             }
@@ -300,18 +266,13 @@ impl Peer {
     /// Waits until this peer's queue is within `--max-pending` again (it may exceed it by
     /// what [`Peer::queue_quietly`] added), or `deadline`. Returns whether it is.
     pub(crate) fn wait_room(&self, deadline: Instant) -> bool {
-        let deliverer_due = Instant::now() + DELIVERER_TURN;
         let mut st = lock(&self.state);
         loop {
             if st.closed.is_some() || st.cost() <= self.max_pending {
                 return true;
             }
             let now = Instant::now();
-            let until = if st.awaits_deliverer() && now < deliverer_due {
-                deliverer_due
-            } else {
-                deadline.min(st.last_progress + self.stall_timeout)
-            };
+            let until = deadline.min(st.last_progress + self.stall_timeout);
             if now >= until {
                 return false;
             }
@@ -410,16 +371,60 @@ impl Peer {
         }
     }
 
-    /// Appends `chunk` to the queue and, if no one is draining it, puts the peer on the
-    /// deliverer's run list.
+    /// Sends directly when nothing is queued, else appends to the queue.
+    ///
+    /// The send happens outside the peer's lock: a sender that finds another thread already
+    /// sending to this peer appends its chunk and moves on to the next peer instead of
+    /// waiting, and whoever is sending takes what piled up meanwhile in the same `sendmsg`.
+    /// Under load from many senders this coalesces their deliveries to one peer into fewer
+    /// syscalls, and no sender sleeps on a lock that is held across a syscall.
     fn hand_over(self: &Arc<Self>, mut st: MutexGuard<'_, State>, chunk: &Chunk) {
-        st.enqueue(chunk);
-        if st.writer || st.sending {
+        if st.writer || st.sending || !st.queue.is_empty() {
+            st.enqueue(chunk);
             return;
         }
         st.sending = true;
         drop(st);
-        self.deliverer.schedule(Arc::clone(self));
+        let result = send_dontwait(&self.sock, chunk);
+        let mut st = lock(&self.state);
+        let sent = match result {
+            Ok(n) => n,
+            Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                // The reader sees the same broken socket and reports it; only stop writing.
+                debug!("client {}: send failed: {e}", self.id);
+                if st.closed.is_none() {
+                    self.mark_closed(&mut st, Departure::SendFailed(e.to_string()));
+                }
+                self.finish_close(st, Drainer::Sender);
+                return;
+            }
+        };
+        if sent > 0 {
+            st.mid_line = chunk[sent - 1] != b'\n';
+            st.last_progress = Instant::now();
+        }
+        if st.closed.is_some() {
+            self.finish_close(st, Drainer::Sender);
+            return;
+        }
+        if sent < chunk.len() {
+            // Ahead of whatever other senders appended while this one was sending.
+            if st.pending == 0 {
+                st.last_progress = Instant::now();
+            }
+            st.queue.push_front(Chunk::clone(chunk));
+            st.head = sent;
+            st.pending += chunk.len() - sent;
+        }
+        if st.queue.is_empty() {
+            st.sending = false;
+            // A flush may be waiting for this send to end.
+            self.changed.notify_all();
+            return;
+        }
+        drop(st);
+        self.drain(Drainer::Sender);
     }
 
     fn start_writer(self: &Arc<Self>) {
@@ -440,9 +445,8 @@ impl Peer {
     }
 
     /// Drains the queue with coalesced writes (up to `WRITE_BATCH` bytes a call), then gives
-    /// up the role. The deliverer hands the rest to a writer thread when the socket is full,
-    /// and after `MAX_SENDER_ROUNDS` calls puts the peer back at the end of its run list, so
-    /// that one busy peer does not hold up the others.
+    /// up the role. A sender's thread hands the rest to a writer thread when the socket is
+    /// full, or after `MAX_SENDER_ROUNDS` calls (it has its own line to deliver elsewhere).
     fn drain(self: &Arc<Self>, by: Drainer) {
         let mut batch: Vec<Chunk> = Vec::new();
         let mut rounds = 0;
@@ -461,7 +465,7 @@ impl Peer {
                 }
                 if by == Drainer::Sender && rounds == MAX_SENDER_ROUNDS {
                     drop(st);
-                    self.deliverer.schedule(Arc::clone(self));
+                    self.hand_to_writer();
                     return;
                 }
                 let mut total = 0;
@@ -524,7 +528,7 @@ impl Peer {
         }
     }
 
-    /// The deliverer gives the rest of the queue to a writer thread, which may block.
+    /// A sender's thread gives the rest of the queue to a writer thread, which may block.
     fn hand_to_writer(self: &Arc<Self>) {
         let mut st = lock(&self.state);
         st.sending = false;
@@ -533,8 +537,6 @@ impl Peer {
             return;
         }
         st.writer = true;
-        // Senders waiting for the deliverer now wait for a full socket, by the usual rules.
-        self.changed.notify_all();
         drop(st);
         self.start_writer();
     }
@@ -675,91 +677,6 @@ impl Peer {
     }
 }
 
-/// The daemon's delivery thread: serves, in turn, every peer that has something queued and
-/// nobody draining it, with one non-blocking coalesced `writev` per peer per turn.
-///
-/// Chosen over the alternatives by `relay-bench chatter --clients 50 --rate 100` beside
-/// `ncat --broker` (figures in README.md, Performance):
-/// - sending from each sender's own thread (relayd's first design) costs a `sendmsg` per
-///   delivery from 50 threads on 2 cores: twice ncat's CPU, and p99 16× ncat's when the
-///   daemon is pinned to one core, where 50 runnable threads take turns in 3 ms slices;
-/// - handing a peer's sending role between senders without blocking (the design just before
-///   this one) coalesced only what piled up during one `sendmsg`, and a preempted role holder
-///   still held everyone's lines for that peer;
-/// - one deliverer per core would need peers split among them and gains nothing on this
-///   2-core machine, where the readers need the other core.
-///
-/// The reader threads stay: they read, frame and queue, and a sender that outruns a slow
-/// peer still waits in its own thread (`Peer::offer`), so TCP backpressure works as before.
-pub(crate) struct Deliverer {
-    run: Mutex<RunList>,
-    wake: Condvar,
-}
-
-struct RunList {
-    peers: Vec<Arc<Peer>>,
-    /// The thread is waiting for work: the next `schedule` must wake it. Kept so that a busy
-    /// deliverer costs its schedulers no wake-up call.
-    idle: bool,
-    stopping: bool,
-}
-
-impl Deliverer {
-    /// Starts the delivery thread.
-    pub(crate) fn start() -> io::Result<Arc<Deliverer>> {
-        let deliverer = Arc::new(Deliverer {
-            run: Mutex::new(RunList {
-                peers: Vec::new(),
-                idle: false,
-                stopping: false,
-            }),
-            wake: Condvar::new(),
-        });
-        let me = Arc::clone(&deliverer);
-        thread::Builder::new()
-            .name("deliverer".into())
-            .spawn(move || me.serve())?;
-        Ok(deliverer)
-    }
-
-    /// Puts `peer`, which has its `sending` role set, on the run list.
-    fn schedule(&self, peer: Arc<Peer>) {
-        let mut run = lock(&self.run);
-        run.peers.push(peer);
-        if run.idle {
-            run.idle = false;
-            self.wake.notify_one();
-        }
-    }
-
-    /// Lets the thread end once its run list is empty. Call when no peer will be handed
-    /// anything more.
-    pub(crate) fn stop(&self) {
-        lock(&self.run).stopping = true;
-        self.wake.notify_one();
-    }
-
-    fn serve(&self) {
-        let mut turn = Vec::new();
-        loop {
-            {
-                let mut run = lock(&self.run);
-                while run.peers.is_empty() {
-                    if run.stopping {
-                        return;
-                    }
-                    run.idle = true;
-                    run = self.wake.wait(run).unwrap_or_else(|e| e.into_inner());
-                }
-                std::mem::swap(&mut turn, &mut run.peers);
-            }
-            for peer in turn.drain(..) {
-                peer.drain(Drainer::Sender);
-            }
-        }
-    }
-}
-
 /// One non-blocking `send`: hands the kernel what fits, never waits.
 pub(crate) fn send_dontwait(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     SockRef::from(sock).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
@@ -846,7 +763,7 @@ mod tests {
             stall_timeout: stall,
             ..Config::default()
         };
-        let peer = Peer::new(1, Arc::new(server), &config, &Deliverer::start().unwrap());
+        let peer = Peer::new(1, Arc::new(server), &config);
         // Time passes, as for any quiet client: the clock under test, not a synchronisation.
         thread::sleep(stall + Duration::from_millis(100));
         // Fill the socket behind the peer's back, the way earlier deliveries would have.
@@ -873,7 +790,7 @@ mod tests {
             max_pending: 10 * CHUNK_COST,
             ..Config::default()
         };
-        let peer = Peer::new(1, Arc::new(server), &config, &Deliverer::start().unwrap());
+        let peer = Peer::new(1, Arc::new(server), &config);
         let filler = [b'x'; 65536];
         while send_dontwait(&peer.sock, &filler).is_ok() {}
         let tiny = Chunk::from(&b"a\n"[..]);
