@@ -109,6 +109,8 @@ struct State {
     held: bool,
     /// Which stay in a room this is: bumped each time the peer enters or leaves one.
     epoch: u64,
+    /// Threads waiting on `changed` (for room, or for a flush).
+    waiters: usize,
 }
 
 impl State {
@@ -174,6 +176,7 @@ impl Peer {
                 last_progress: Instant::now(),
                 held: false,
                 epoch: 0,
+                waiters: 0,
             }),
             changed: Condvar::new(),
             lines_in: AtomicU64::new(0),
@@ -222,6 +225,11 @@ impl Peer {
     /// Why the daemon cut this peer off (too slow, kicked, shutdown), if it did; `None` also
     /// when its connection merely failed under a send, which is the client leaving.
     pub(crate) fn cut_off(&self) -> Option<Departure> {
+        // Asked by the client's reader after every read: the common answer costs no lock (the
+        // state lock is the one every sender to this peer takes).
+        if !self.is_closed() {
+            return None;
+        }
         self.closed().filter(Departure::by_daemon)
     }
 
@@ -280,11 +288,23 @@ impl Peer {
         }
     }
 
-    fn wait<'a>(&self, st: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
-        self.changed
+    fn wait<'a>(&self, mut st: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+        st.waiters += 1;
+        let mut st = self
+            .changed
             .wait_timeout(st, timeout)
             .unwrap_or_else(|e| e.into_inner())
-            .0
+            .0;
+        st.waiters -= 1;
+        st
+    }
+
+    /// Wakes whoever waits on this peer (for room, or for a flush), if anyone does: a wake-up
+    /// is a system call, and most changes (every delivery) have no one waiting.
+    fn notify(&self, st: &State) {
+        if st.waiters > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Starts a new stay in a room and returns its epoch: chunks offered for an earlier stay
@@ -356,7 +376,7 @@ impl Peer {
         }
         if st.queue.is_empty() {
             st.writer = false;
-            self.changed.notify_all();
+            self.notify(&st);
             return;
         }
         drop(st);
@@ -420,7 +440,7 @@ impl Peer {
         if st.queue.is_empty() {
             st.sending = false;
             // A flush may be waiting for this send to end.
-            self.changed.notify_all();
+            self.notify(&st);
             return;
         }
         drop(st);
@@ -460,7 +480,7 @@ impl Peer {
                 if st.queue.is_empty() {
                     st.writer = false;
                     st.sending = false;
-                    self.changed.notify_all();
+                    self.notify(&st);
                     return;
                 }
                 if by == Drainer::Sender && rounds == MAX_SENDER_ROUNDS {
@@ -491,7 +511,7 @@ impl Peer {
             match result {
                 Ok(n) if n > 0 => {
                     self.advance(&mut st, n);
-                    self.changed.notify_all();
+                    self.notify(&st);
                     if by == Drainer::Sender && n < attempted {
                         drop(st);
                         self.hand_to_writer();
@@ -514,7 +534,7 @@ impl Peer {
                     let why = Departure::WriteTimeout { pending };
                     st.notice = self.notices.farewell(&why);
                     self.mark_closed(&mut st, why);
-                    self.changed.notify_all();
+                    self.notify(&st);
                 }
                 Ok(_) | Err(_) => {
                     let why = match result {
@@ -522,7 +542,7 @@ impl Peer {
                         Ok(_) => "write failed: wrote zero bytes".to_string(),
                     };
                     self.mark_closed(&mut st, Departure::SendFailed(why));
-                    self.changed.notify_all();
+                    self.notify(&st);
                 }
             }
         }
@@ -554,7 +574,7 @@ impl Peer {
         } else {
             Cut::AtLineEnd
         };
-        self.changed.notify_all();
+        self.notify(&st);
         drop(st);
         self.send_last(notice.as_deref(), cut, by);
     }
@@ -611,7 +631,7 @@ impl Peer {
             return false;
         }
         self.mark_closed(&mut st, why);
-        self.changed.notify_all();
+        self.notify(&st);
         if st.writer || st.sending {
             st.notice = notice;
             drop(st);
