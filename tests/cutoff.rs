@@ -136,13 +136,7 @@ fn write_in_background(
                         pos = 0;
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if common::retryable(&e) => {}
                 Err(e) => return Some(e),
             }
         }

@@ -4,14 +4,14 @@
 
 mod chat_support;
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use chat_support::{Client, Server, chat_config};
+use chat_support::{Client, Server, chat_config, common};
 use relayd::Config;
 
 /// Bytes per numbered line S sends, `\n` included.
@@ -107,13 +107,7 @@ fn flood(stream: TcpStream, data: Vec<u8>, written: &AtomicUsize) {
                 pos += n;
                 written.store(pos, Ordering::Relaxed);
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if common::retryable(&e) => {}
             Err(_) => return,
         }
     }

@@ -528,3 +528,12 @@ pub fn spawn_console() -> Child {
         .spawn()
         .unwrap()
 }
+
+/// Whether a socket error only means "not now" (a timeout set so that a loop can look at its
+/// stop flag, or a signal): the loop goes on rather than ending.
+pub fn retryable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
