@@ -21,7 +21,7 @@ use crate::access::PerAddress;
 use crate::config::Config;
 use crate::echo::Echo;
 use crate::notice::{Departure, Notices, clean};
-use crate::peer::{Chunk, Peer, PeerId};
+use crate::peer::{Chunk, Deliverer, Peer, PeerId};
 use crate::registry::{ClientInfo, Members, Registry, RenameError, Which};
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
@@ -43,6 +43,8 @@ pub(crate) struct Daemon {
     flushing: AtomicUsize,
     /// `--console`'s stdout.
     echo: Option<Echo>,
+    /// The thread that sends what is queued for peers.
+    deliverer: Arc<Deliverer>,
 }
 
 /// Why a connection is not admitted.
@@ -78,6 +80,7 @@ impl Daemon {
             readers_done: Condvar::new(),
             flushing: AtomicUsize::new(0),
             echo,
+            deliverer: Deliverer::start()?,
         }))
     }
 
@@ -114,7 +117,7 @@ impl Daemon {
             return Err(Refusal::TooManyFromAddress);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let peer = Peer::new(id, sock, config);
+        let peer = Peer::new(id, sock, config, &self.deliverer);
         if self.registry.admit(Arc::clone(&peer), addr).is_err() {
             self.per_address.remove(addr.ip());
             add(&self.stats.refused_full, 1);
@@ -275,6 +278,11 @@ impl Daemon {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Ends the delivery thread once it has sent what it has: after every peer is closed.
+    pub(crate) fn stop_delivering(&self) {
+        self.deliverer.stop();
     }
 
     /// Clients holding a slot.

@@ -12,7 +12,8 @@
 //! - `daemon`: the daemon's shared state behind one handle — admission, relaying, pushes,
 //!   kicks — and a client's `Slot`, released on `Drop`.
 //! - `registry`: who is connected, in which room, and delivery to them; `peer`: one client's
-//!   queue and writer, and the slow-consumer policy; `notice`: every line relayd writes
+//!   queue, the deliverer thread that sends what is queued, writers for full sockets, and the
+//!   slow-consumer policy; `notice`: every line relayd writes
 //!   itself, and why a client left; `echo`: `--console`'s output.
 //! - [`access`], [`secret`], [`rate`], `history`, `stats`, [`config`], [`shutdown`]: who may
 //!   connect, the shared secret, flood control, room history, counters, tunables, the stop

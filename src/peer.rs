@@ -2,15 +2,24 @@
 //! and the slow-consumer policy. Everything between "this chunk is for you" and its socket.
 //!
 //! Why it looks the way it does:
-//! - Most deliveries go to a peer that has nothing queued. Those are sent straight from the
-//!   sender's thread with a non-blocking `send` (`MSG_DONTWAIT`): one syscall, no thread
-//!   switch, so latency stays a syscall rather than a context switch.
-//! - Only when the peer's socket is full is the rest queued, and a writer thread is started to
-//!   drain the queue with blocking, coalesced writes. It exits as soon as the queue is empty, so
-//!   an idle client costs one thread (its reader), not two: threads cost memory mappings and
-//!   Linux caps a process near 16,000 threads (`vm.max_map_count`).
-//! - Per-peer order is kept by one rule: a direct send happens only when the queue is empty and
-//!   no writer is running. Everything else goes to the back of the queue.
+//! - A sender's thread only queues: it appends its chunk to each recipient's queue and, for a
+//!   recipient that was idle, puts it on the run list of the daemon's one [`Deliverer`]
+//!   thread, which sends with non-blocking, coalesced `writev`s. Everything a peer was handed
+//!   since the deliverer last served it goes out in one call, whichever senders it came from.
+//!   Why not send from the sender's thread, as relayd first did: with 50 chatting clients that
+//!   was 50 threads each making 49 `sendmsg` calls per line, twice ncat's CPU, and with the CPU
+//!   scarce (daemon pinned to one core) a sender preempted while it held a peer's sending role
+//!   held up every other sender's lines for that peer: p99 16 times ncat's. One thread that
+//!   serves peers in turn is what a single-threaded relay does, and when it falls behind it
+//!   batches more per call instead of making more calls, so it degrades gracefully. See the
+//!   note on [`Deliverer`] for the figures.
+//! - Only when the peer's socket is full is the rest handed to a writer thread that drains the
+//!   queue with blocking, coalesced writes. It exits as soon as the queue is empty, so an idle
+//!   client costs one thread (its reader), not two: threads cost memory mappings and Linux caps
+//!   a process near 16,000 threads (`vm.max_map_count`).
+//! - Per-peer order is kept by one rule: one drainer at a time (the deliverer, a writer, or a
+//!   joiner's own thread sending its welcome), and everything else goes to the back of the
+//!   queue.
 //! - The queue is bounded (`--max-pending`), and everything in it counts: relayed lines,
 //!   relayd's own notices and replies, history replays, and [`CHUNK_COST`] of bookkeeping per
 //!   queued chunk, so that neither a client's own commands nor a stream of tiny lines can make
@@ -51,21 +60,38 @@ pub(crate) type PeerId = u64;
 /// about 24 times its limit.
 pub(crate) const CHUNK_COST: usize = 48;
 
+/// A chunk this short (a chat line or a few) may use the part of `--max-pending` that longer
+/// chunks leave free, one `RESERVE_SHARE`th of it: see [`Peer::fits`].
+const SHORT_CHUNK: usize = 1024;
+const RESERVE_SHARE: usize = 8;
+
 /// A writer hands the kernel at most this much per call, so that progress (and so the
 /// waiting senders) moves in steps the size of a socket buffer, not of the whole backlog.
 const WRITE_BATCH: usize = 64 * 1024;
 /// Well under Linux's `IOV_MAX` of 1024.
 const MAX_SLICES: usize = 256;
-/// How many non-blocking sends a sender's thread makes for one peer's queue before it hands
-/// the rest to a writer thread: enough to take what other senders piled up meanwhile, few
-/// enough that its own line reaches its other peers soon.
-const MAX_SENDER_ROUNDS: usize = 64;
+/// How many non-blocking writes (of up to `WRITE_BATCH` each) the deliverer makes for one
+/// peer's queue in a row before it serves the others and comes back to this one. Small, so
+/// that a turn over 50 busy peers stays a few megabytes: with 16, a client that connected
+/// during a full-speed stream waited 15–34 ms for its first line (`relay-bench slow`).
+const MAX_SENDER_ROUNDS: usize = 2;
+/// How long a sender waits for the deliverer to serve a peer whose queue is over
+/// `--max-pending` before judging the peer by the slow-consumer policy. The deliverer never
+/// blocks, so this is a bound, not an expected wait; without it, a sender's line queued a
+/// moment before the deliverer's turn would count as the peer being slow (and with
+/// `--stall-timeout 0` cut it off).
+const DELIVERER_TURN: Duration = Duration::from_secs(1);
+
+/// Queue slots an empty queue keeps; more are given back.
+const KEEP_SLOTS: usize = 16;
+
 /// A writer's frames are shallow: it only copies slices and calls `writev`.
 const WRITER_STACK: usize = 64 * 1024;
 
 pub(crate) struct Peer {
     id: PeerId,
     sock: Arc<TcpStream>,
+    deliverer: Arc<Deliverer>,
     max_pending: usize,
     stall_timeout: Duration,
     notices: Notices,
@@ -90,7 +116,8 @@ struct State {
     pending: usize,
     /// A writer thread is draining `queue`, with blocking writes.
     writer: bool,
-    /// A sender's thread is draining `queue` with non-blocking sends (see `hand_over`).
+    /// The deliverer has this peer on its run list, or is draining its queue with
+    /// non-blocking writes (see `hand_over`); or a joiner's own thread is, in `start_sending`.
     /// Invariant: `queue` is non-empty only while `writer` or `sending` is set (or `held`),
     /// except after `closed`, when the owner may still be finishing its last call.
     sending: bool,
@@ -114,6 +141,12 @@ struct State {
 }
 
 impl State {
+    /// Whether what is queued only waits for the deliverer's turn: the socket was not found
+    /// full, so the peer is not slow, only not served yet.
+    fn awaits_deliverer(&self) -> bool {
+        self.sending && !self.writer
+    }
+
     /// What the queue costs against `--max-pending`.
     fn cost(&self) -> usize {
         self.pending + CHUNK_COST * self.queue.len()
@@ -136,8 +169,19 @@ pub(crate) enum Offer {
     /// Sent, queued, or dropped because the peer is closed or no longer in the room the chunk
     /// was for.
     Taken,
-    /// No room before the deadline (or the peer is stuck); the caller decides its fate.
+    /// No room (yet): the caller may wait again, or serve others first.
     Full,
+    /// The slow-consumer policy gives up on the peer: the caller cuts it off.
+    Stuck,
+}
+
+/// How long a sender waits in [`Peer::offer`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    /// When the sender began waiting for this peer, from which its patience is counted.
+    pub(crate) since: Instant,
+    /// When this call returns `Full` if there is still no room.
+    pub(crate) until: Instant,
 }
 
 /// Who is draining a peer's queue.
@@ -145,7 +189,7 @@ pub(crate) enum Offer {
 enum Drainer {
     /// The peer's writer thread: its writes may wait for the peer, up to `--write-timeout`.
     Writer,
-    /// A sender's thread, which has other peers to serve: its sends never wait.
+    /// The deliverer, which has other peers to serve: its writes never wait.
     Sender,
 }
 
@@ -157,10 +201,16 @@ enum Cut {
 }
 
 impl Peer {
-    pub(crate) fn new(id: PeerId, sock: Arc<TcpStream>, config: &Config) -> Arc<Peer> {
+    pub(crate) fn new(
+        id: PeerId,
+        sock: Arc<TcpStream>,
+        config: &Config,
+        deliverer: &Arc<Deliverer>,
+    ) -> Arc<Peer> {
         Arc::new(Peer {
             id,
             sock,
+            deliverer: Arc::clone(deliverer),
             max_pending: config.max_pending,
             stall_timeout: config.stall_timeout,
             notices: Notices::new(config),
@@ -233,17 +283,18 @@ impl Peer {
         self.closed().filter(Departure::by_daemon)
     }
 
-    /// Hands `chunk` to this peer if there is room, waiting for room until `deadline`
-    /// (`None`: not at all). "Room" means the chunk fits under `--max-pending`, or nothing is
-    /// queued at all, so a chunk larger than the limit still gets through to a healthy peer.
-    /// A peer whose queue has not moved for `--stall-timeout` is reported `Full` at once.
+    /// Hands `chunk` to this peer if there is room; with `wait`, waits for room until
+    /// `wait.until`. "Room" means the chunk fits under `--max-pending`, or nothing is queued
+    /// at all, so a chunk larger than the limit still gets through to a healthy peer.
+    /// Without `wait` it never blocks and never judges the peer: no room is `Full`. With it,
+    /// a peer the slow-consumer policy gives up on (see [`Peer::gives_up_at`]) is `Stuck`.
     /// With `epoch`, the chunk is for the room stay it names and is dropped if the peer has
     /// moved on since; with `sender`, it is dropped if the sender is cut off (kicked) while
     /// this waits, so that nothing it sent reaches anyone after its leave notice.
     pub(crate) fn offer(
         self: &Arc<Self>,
         chunk: &Chunk,
-        deadline: Option<Instant>,
+        wait: Option<Wait>,
         epoch: Option<u64>,
         sender: Option<&Peer>,
     ) -> Offer {
@@ -255,36 +306,71 @@ impl Peer {
             {
                 return Offer::Taken;
             }
-            if st.pending == 0 || st.cost() + chunk.len() + CHUNK_COST <= self.max_pending {
+            if self.fits(&st, chunk) {
                 self.hand_over(st, chunk);
                 return Offer::Taken;
             }
-            let until = match deadline {
-                Some(d) => d.min(st.last_progress + self.stall_timeout),
-                None => return Offer::Full,
+            let Some(wait) = wait else {
+                return Offer::Full;
             };
             let now = Instant::now();
-            if now >= until {
+            let give_up = self.gives_up_at(&st, wait.since);
+            if now >= give_up {
+                return Offer::Stuck;
+            }
+            if now >= wait.until {
                 return Offer::Full;
             }
-            st = self.wait(st, until - now);
+            st = self.wait(st, give_up.min(wait.until) - now);
+        }
+    }
+
+    /// Whether `chunk` may join the queue: if it is empty, or the chunk fits under the limit.
+    /// A chunk of more than [`SHORT_CHUNK`] bytes must leave [`RESERVE_SHARE`] of the limit
+    /// free: a client flooding a peer that stopped reading fills its queue with 16 KiB reads,
+    /// and without a reserve a short line from anyone else found no room and waited with the
+    /// flood, up to `--stall-timeout` (whether it fitted depended on how the 16 KiB chunks
+    /// happened to add up to the limit: `faults.rs`'s probe test failed 1 run in 10).
+    fn fits(&self, st: &State, chunk: &Chunk) -> bool {
+        let limit = if chunk.len() <= SHORT_CHUNK {
+            self.max_pending
+        } else {
+            self.max_pending - self.max_pending / RESERVE_SHARE
+        };
+        st.pending == 0 || st.cost() + chunk.len() + CHUNK_COST <= limit
+    }
+
+    /// When a sender that began waiting for room at `since` gives up on this peer: once its
+    /// queue has not moved for `--stall-timeout`, or the sender has waited that long,
+    /// whichever comes first, but never before the deliverer has had a turn at a queue that
+    /// only waits for it. The deliverer never blocks, so that turn is a bound, not an
+    /// expected wait; without it, a line queued a moment before the deliverer came by would
+    /// count as the peer being slow (and with `--stall-timeout 0` cut it off).
+    fn gives_up_at(&self, st: &State, since: Instant) -> Instant {
+        let at = (st.last_progress + self.stall_timeout).min(since + self.stall_timeout);
+        if st.awaits_deliverer() {
+            at.max(since + DELIVERER_TURN)
+        } else {
+            at
         }
     }
 
     /// Waits until this peer's queue is within `--max-pending` again (it may exceed it by
-    /// what [`Peer::queue_quietly`] added), or `deadline`. Returns whether it is.
-    pub(crate) fn wait_room(&self, deadline: Instant) -> bool {
+    /// what [`Peer::queue_quietly`] added), or the slow-consumer policy gives up on it.
+    /// Returns whether it is.
+    pub(crate) fn wait_room(&self) -> bool {
+        let since = Instant::now();
         let mut st = lock(&self.state);
         loop {
             if st.closed.is_some() || st.cost() <= self.max_pending {
                 return true;
             }
             let now = Instant::now();
-            let until = deadline.min(st.last_progress + self.stall_timeout);
-            if now >= until {
+            let give_up = self.gives_up_at(&st, since);
+            if now >= give_up {
                 return false;
             }
-            st = self.wait(st, until - now);
+            st = self.wait(st, give_up - now);
         }
     }
 
@@ -334,7 +420,7 @@ impl Peer {
     /// are queued under the registry lock, so they land before any live line, with no gap or
     /// duplicate; but no socket I/O (and no thread start) may happen under that lock, so the
     /// sending is left to `start_sending`, called once the lock is released. Claiming the
-    /// writer role (`writer = true`) is what holds back direct sends meanwhile.
+    /// writer role (`writer = true`) is what keeps the deliverer off the queue meanwhile.
     pub(crate) fn queue_quietly(&self, chunks: &[Chunk]) {
         let mut st = lock(&self.state);
         if st.closed.is_some() || chunks.is_empty() {
@@ -391,60 +477,16 @@ impl Peer {
         }
     }
 
-    /// Sends directly when nothing is queued, else appends to the queue.
-    ///
-    /// The send happens outside the peer's lock: a sender that finds another thread already
-    /// sending to this peer appends its chunk and moves on to the next peer instead of
-    /// waiting, and whoever is sending takes what piled up meanwhile in the same `sendmsg`.
-    /// Under load from many senders this coalesces their deliveries to one peer into fewer
-    /// syscalls, and no sender sleeps on a lock that is held across a syscall.
+    /// Appends `chunk` to the queue and, if no one is draining it, puts the peer on the
+    /// deliverer's run list.
     fn hand_over(self: &Arc<Self>, mut st: MutexGuard<'_, State>, chunk: &Chunk) {
-        if st.writer || st.sending || !st.queue.is_empty() {
-            st.enqueue(chunk);
+        st.enqueue(chunk);
+        if st.writer || st.sending {
             return;
         }
         st.sending = true;
         drop(st);
-        let result = send_dontwait(&self.sock, chunk);
-        let mut st = lock(&self.state);
-        let sent = match result {
-            Ok(n) => n,
-            Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(e) => {
-                // The reader sees the same broken socket and reports it; only stop writing.
-                debug!("client {}: send failed: {e}", self.id);
-                if st.closed.is_none() {
-                    self.mark_closed(&mut st, Departure::SendFailed(e.to_string()));
-                }
-                self.finish_close(st, Drainer::Sender);
-                return;
-            }
-        };
-        if sent > 0 {
-            st.mid_line = chunk[sent - 1] != b'\n';
-            st.last_progress = Instant::now();
-        }
-        if st.closed.is_some() {
-            self.finish_close(st, Drainer::Sender);
-            return;
-        }
-        if sent < chunk.len() {
-            // Ahead of whatever other senders appended while this one was sending.
-            if st.pending == 0 {
-                st.last_progress = Instant::now();
-            }
-            st.queue.push_front(Chunk::clone(chunk));
-            st.head = sent;
-            st.pending += chunk.len() - sent;
-        }
-        if st.queue.is_empty() {
-            st.sending = false;
-            // A flush may be waiting for this send to end.
-            self.notify(&st);
-            return;
-        }
-        drop(st);
-        self.drain(Drainer::Sender);
+        self.deliverer.schedule(Arc::clone(self));
     }
 
     fn start_writer(self: &Arc<Self>) {
@@ -465,8 +507,9 @@ impl Peer {
     }
 
     /// Drains the queue with coalesced writes (up to `WRITE_BATCH` bytes a call), then gives
-    /// up the role. A sender's thread hands the rest to a writer thread when the socket is
-    /// full, or after `MAX_SENDER_ROUNDS` calls (it has its own line to deliver elsewhere).
+    /// up the role. The deliverer hands the rest to a writer thread when the socket is full,
+    /// and after `MAX_SENDER_ROUNDS` calls puts the peer back at the end of its run list, so
+    /// that one busy peer does not hold up the others.
     fn drain(self: &Arc<Self>, by: Drainer) {
         let mut batch: Vec<Chunk> = Vec::new();
         let mut rounds = 0;
@@ -480,12 +523,16 @@ impl Peer {
                 if st.queue.is_empty() {
                     st.writer = false;
                     st.sending = false;
+                    if st.queue.capacity() > KEEP_SLOTS {
+                        // A burst's slots are not kept for the life of an idle connection.
+                        st.queue = VecDeque::new();
+                    }
                     self.notify(&st);
                     return;
                 }
                 if by == Drainer::Sender && rounds == MAX_SENDER_ROUNDS {
                     drop(st);
-                    self.hand_to_writer();
+                    self.deliverer.schedule(Arc::clone(self));
                     return;
                 }
                 let mut total = 0;
@@ -548,7 +595,7 @@ impl Peer {
         }
     }
 
-    /// A sender's thread gives the rest of the queue to a writer thread, which may block.
+    /// The deliverer gives the rest of the queue to a writer thread, which may block.
     fn hand_to_writer(self: &Arc<Self>) {
         let mut st = lock(&self.state);
         st.sending = false;
@@ -557,6 +604,8 @@ impl Peer {
             return;
         }
         st.writer = true;
+        // Senders waiting for the deliverer now wait for a full socket, by the usual rules.
+        self.notify(&st);
         drop(st);
         self.start_writer();
     }
@@ -564,7 +613,7 @@ impl Peer {
     /// The queue owner's last act on a closed peer: now that no write of its own is in
     /// flight, the notice can go out (after a line end if a line was cut short), then the
     /// socket is shut. The writer thread exists to block on this peer, so it may wait for
-    /// room for the notice (up to --write-timeout); a sender's thread may not.
+    /// room for the notice (up to --write-timeout); the deliverer and other threads may not.
     fn finish_close(&self, mut st: MutexGuard<'_, State>, by: Drainer) {
         st.writer = false;
         st.sending = false;
@@ -697,6 +746,91 @@ impl Peer {
     }
 }
 
+/// The daemon's delivery thread: serves, in turn, every peer that has something queued and
+/// nobody draining it, with one non-blocking coalesced `writev` per peer per turn.
+///
+/// Chosen over the alternatives by `relay-bench chatter --clients 50 --rate 100` beside
+/// `ncat --broker` (figures in README.md, Performance):
+/// - sending from each sender's own thread (relayd's first design) costs a `sendmsg` per
+///   delivery from 50 threads on 2 cores: twice ncat's CPU, and p99 16× ncat's when the
+///   daemon is pinned to one core, where 50 runnable threads take turns in 3 ms slices;
+/// - handing a peer's sending role between senders without blocking (the design just before
+///   this one) coalesced only what piled up during one `sendmsg`, and a preempted role holder
+///   still held everyone's lines for that peer;
+/// - one deliverer per core would need peers split among them and gains nothing on this
+///   2-core machine, where the readers need the other core.
+///
+/// The reader threads stay: they read, frame and queue, and a sender that outruns a slow
+/// peer still waits in its own thread (`Peer::offer`), so TCP backpressure works as before.
+pub(crate) struct Deliverer {
+    run: Mutex<RunList>,
+    wake: Condvar,
+}
+
+struct RunList {
+    peers: Vec<Arc<Peer>>,
+    /// The thread is waiting for work: the next `schedule` must wake it. Kept so that a busy
+    /// deliverer costs its schedulers no wake-up call.
+    idle: bool,
+    stopping: bool,
+}
+
+impl Deliverer {
+    /// Starts the delivery thread.
+    pub(crate) fn start() -> io::Result<Arc<Deliverer>> {
+        let deliverer = Arc::new(Deliverer {
+            run: Mutex::new(RunList {
+                peers: Vec::new(),
+                idle: false,
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let me = Arc::clone(&deliverer);
+        thread::Builder::new()
+            .name("deliverer".into())
+            .spawn(move || me.serve())?;
+        Ok(deliverer)
+    }
+
+    /// Puts `peer`, which has its `sending` role set, on the run list.
+    fn schedule(&self, peer: Arc<Peer>) {
+        let mut run = lock(&self.run);
+        run.peers.push(peer);
+        if run.idle {
+            run.idle = false;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Lets the thread end once its run list is empty. Call when no peer will be handed
+    /// anything more.
+    pub(crate) fn stop(&self) {
+        lock(&self.run).stopping = true;
+        self.wake.notify_one();
+    }
+
+    fn serve(&self) {
+        let mut turn = Vec::new();
+        loop {
+            {
+                let mut run = lock(&self.run);
+                while run.peers.is_empty() {
+                    if run.stopping {
+                        return;
+                    }
+                    run.idle = true;
+                    run = self.wake.wait(run).unwrap_or_else(|e| e.into_inner());
+                }
+                std::mem::swap(&mut turn, &mut run.peers);
+            }
+            for peer in turn.drain(..) {
+                peer.drain(Drainer::Sender);
+            }
+        }
+    }
+}
+
 /// One non-blocking `send`: hands the kernel what fits, never waits.
 pub(crate) fn send_dontwait(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
     SockRef::from(sock).send_with_flags(buf, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
@@ -783,7 +917,7 @@ mod tests {
             stall_timeout: stall,
             ..Config::default()
         };
-        let peer = Peer::new(1, Arc::new(server), &config);
+        let peer = Peer::new(1, Arc::new(server), &config, &Deliverer::start().unwrap());
         // Time passes, as for any quiet client: the clock under test, not a synchronisation.
         thread::sleep(stall + Duration::from_millis(100));
         // Fill the socket behind the peer's back, the way earlier deliveries would have.
@@ -792,8 +926,11 @@ mod tests {
         let chunk = Chunk::from(&[b'y'; 3000][..]);
         assert_eq!(peer.offer(&chunk, None, None, None), Offer::Taken);
         let start = Instant::now();
-        let deadline = start + Duration::from_secs(5);
-        assert_eq!(peer.offer(&chunk, Some(deadline), None, None), Offer::Full);
+        let wait = Wait {
+            since: start,
+            until: start + Duration::from_secs(5),
+        };
+        assert_eq!(peer.offer(&chunk, Some(wait), None, None), Offer::Stuck);
         let waited = start.elapsed();
         assert!(
             waited >= stall - Duration::from_millis(50),
@@ -810,7 +947,7 @@ mod tests {
             max_pending: 10 * CHUNK_COST,
             ..Config::default()
         };
-        let peer = Peer::new(1, Arc::new(server), &config);
+        let peer = Peer::new(1, Arc::new(server), &config, &Deliverer::start().unwrap());
         let filler = [b'x'; 65536];
         while send_dontwait(&peer.sock, &filler).is_ok() {}
         let tiny = Chunk::from(&b"a\n"[..]);

@@ -35,17 +35,19 @@ use log::warn;
 use crate::config::Config;
 use crate::history::History;
 use crate::notice::Departure;
-use crate::peer::{Chunk, Offer, Peer, PeerId};
+use crate::peer::{Chunk, Offer, Peer, PeerId, Wait};
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
 /// The room everyone starts in (and the only one in raw mode).
 pub(crate) const LOBBY: &str = "lobby";
 
+/// How long a sender waits for one full member before it looks at the others again.
+const WAIT_STEP: Duration = Duration::from_millis(5);
+
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     max_clients: usize,
-    stall_timeout: Duration,
     history: usize,
     stats: Arc<Stats>,
 }
@@ -131,7 +133,6 @@ impl Registry {
                 expelled: HashMap::new(),
             }),
             max_clients: config.max_clients,
-            stall_timeout: config.stall_timeout,
             history: config.history,
             stats,
         }
@@ -450,13 +451,28 @@ impl Registry {
                 full.push(m);
             }
         }
-        if full.is_empty() {
-            return;
-        }
-        let deadline = Instant::now() + self.stall_timeout;
-        for m in full {
-            if m.peer.offer(chunk, Some(deadline), epoch(m), sender) == Offer::Full {
-                self.cut_off_slow(&m.peer);
+        // The full ones are waited for together, not one after another: a stuck member, who
+        // may hold the sender for up to --stall-timeout, must not hold up a line for another
+        // member that is only briefly full. So each wait is short, in turn, and a member that
+        // has room meanwhile gets the chunk on the next round.
+        let since = Instant::now();
+        let mut turn = 0;
+        while !full.is_empty() {
+            let i = turn % full.len();
+            let m = full[i];
+            let wait = Wait {
+                since,
+                until: Instant::now() + WAIT_STEP,
+            };
+            match m.peer.offer(chunk, Some(wait), epoch(m), sender) {
+                Offer::Taken => {
+                    full.remove(i);
+                }
+                Offer::Stuck => {
+                    self.cut_off_slow(&m.peer);
+                    full.remove(i);
+                }
+                Offer::Full => turn += 1,
             }
         }
     }
@@ -479,7 +495,7 @@ impl Registry {
     /// slow if it does not. Called on the peer's own thread: a client that never reads pays
     /// for its own commands with its connection, not with the daemon's memory.
     pub(crate) fn settle(&self, peer: &Arc<Peer>) {
-        if !peer.wait_room(Instant::now() + self.stall_timeout) {
+        if !peer.wait_room() {
             self.cut_off_slow(peer);
         }
     }

@@ -107,6 +107,7 @@ fn stop_clients(daemon: &Daemon) {
     for peer in &peers {
         peer.close(Departure::Shutdown);
     }
+    daemon.stop_delivering();
 }
 
 /// Before the peers are closed: waits, until `deadline`, for every peer's kernel to

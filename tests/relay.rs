@@ -245,6 +245,9 @@ fn a_client_leaving_mid_stream_is_closed_at_once() {
     let mut sender = server.connect();
     let stop = Arc::new(AtomicBool::new(false));
     let mut watcher = server.connect();
+    // A line from the watcher proves it is in the room, so it hears the sender from now on.
+    watcher.send(b"watching\n");
+    sender.expect(b"watching\n");
     sender.send(b"start\n");
     watcher.expect(b"start\n");
     let flood = {
