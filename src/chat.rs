@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use log::{debug, info};
 
+use crate::chunk::Chunk;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::notice::clean;
-use crate::peer::{Chunk, Peer};
+use crate::peer::Peer;
 use crate::rate::Bucket;
 use crate::registry::{LOBBY, Members, RenameError};
 use crate::stats::add;
@@ -160,7 +161,7 @@ impl Chat {
         if self.out.is_empty() {
             return;
         }
-        let chunk = Chunk::from(self.out.as_bytes());
+        let chunk = Chunk::relayed(self.out.as_bytes(), self.out_lines);
         daemon.relay(&self.room, peer.id(), &chunk, self.out_lines);
         self.out.clear();
         self.out_lines = 0;

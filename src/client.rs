@@ -11,10 +11,11 @@ use log::{debug, info, log_enabled, warn};
 use memchr::memchr_iter;
 
 use crate::chat::Chat;
+use crate::chunk::Chunk;
 use crate::daemon::{Daemon, Slot};
 use crate::framing::Framer;
 use crate::notice::Departure;
-use crate::peer::{Chunk, Peer};
+use crate::peer::Peer;
 use crate::rate::{Bucket, Rate};
 use crate::registry::{LOBBY, Members};
 use crate::secret;
@@ -320,5 +321,5 @@ fn relay_raw(
             );
         }
     }
-    daemon.relay(LOBBY, peer.id(), &Chunk::from(&lines[..]), n);
+    daemon.relay(LOBBY, peer.id(), &Chunk::relayed(&lines[..], n), n);
 }

@@ -18,10 +18,11 @@ use std::time::Instant;
 use log::{debug, info, warn};
 
 use crate::access::PerAddress;
+use crate::chunk::Chunk;
 use crate::config::Config;
 use crate::echo::Echo;
 use crate::notice::{Departure, Notices, clean};
-use crate::peer::{Chunk, Deliverer, Peer, PeerId};
+use crate::peer::{Deliverer, Peer, PeerId};
 use crate::registry::{ClientInfo, Members, Registry, RenameError, Which};
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};

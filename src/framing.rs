@@ -5,12 +5,7 @@
 //! that outgrows the limit is dropped *while it streams in* (never buffered whole), which is
 //! what keeps a client sending 200 MiB without a newline from growing the daemon's memory.
 
-use std::sync::Arc;
-
 use memchr::memchr;
-
-/// One or more whole lines, shared by every peer it is delivered to (never copied per peer).
-pub(crate) type Chunk = Arc<[u8]>;
 
 /// The most an unfinished-line buffer keeps once its line is complete.
 const KEEP_PARTIAL: usize = 4096;

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use memchr::memchr_iter;
 
-use crate::peer::Chunk;
+use crate::chunk::Chunk;
 
 #[derive(Debug)]
 pub struct History {
@@ -48,7 +48,7 @@ impl History {
 
     /// The last `cap` lines, oldest first.
     pub fn replay(&self) -> Vec<Chunk> {
-        let mut out: Vec<Chunk> = self.chunks.iter().map(|(c, _)| Chunk::clone(c)).collect();
+        let mut out: Vec<Chunk> = self.chunks.iter().map(|(c, _)| c.unstamped()).collect();
         let excess = self.lines.saturating_sub(self.cap);
         if excess > 0 {
             let cut = memchr_iter(b'\n', &out[0])

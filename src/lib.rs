@@ -23,6 +23,7 @@ mod accept;
 pub mod access;
 pub mod admin;
 pub mod chat;
+mod chunk;
 mod client;
 pub mod config;
 mod console;

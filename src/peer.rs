@@ -11,8 +11,9 @@
 //!   scarce (daemon pinned to one core) a sender preempted while it held a peer's sending role
 //!   held up every other sender's lines for that peer: p99 16 times ncat's. One thread that
 //!   serves peers in turn is what a single-threaded relay does, and when it falls behind it
-//!   batches more per call instead of making more calls, so it degrades gracefully. See the
-//!   note on [`Deliverer`] for the figures.
+//!   batches more per call instead of making more calls, so it degrades gracefully. It also
+//!   starts a turn at most once a millisecond, so that under load every peer gets what
+//!   piled up in one call. See the note on [`Deliverer`] for the figures.
 //! - Only when the peer's socket is full is the rest handed to a writer thread that drains the
 //!   queue with blocking, coalesced writes. It exits as soon as the queue is empty, so an idle
 //!   client costs one thread (its reader), not two: threads cost memory mappings and Linux caps
@@ -24,7 +25,9 @@
 //!   relayd's own notices and replies, history replays, and [`CHUNK_COST`] of bookkeeping per
 //!   queued chunk, so that neither a client's own commands nor a stream of tiny lines can make
 //!   it hold more than the limit says. A sender that finds no room may wait for it (`offer`),
-//!   and a peer that stays full is cut off by whoever gave up on it.
+//!   and a peer that stays full is cut off by whoever gave up on it. Long chunks leave an
+//!   eighth of the limit to short ones ([`Peer::fits`]), so a flood into a stuck queue does
+//!   not make every chat line wait with it.
 //! - A peer remembers which room membership a chunk was meant for (its `epoch`): a sender that
 //!   picked its recipients before a wait hands a room's line only to those still in the same
 //!   stay in that room, so a line reaches a member at most once and never after it left.
@@ -49,7 +52,7 @@ use crate::notice::{Departure, Notices};
 use crate::sync::lock;
 use crate::sys;
 
-pub(crate) use crate::framing::Chunk;
+use crate::chunk::Chunk;
 
 /// A client's number, unique for the life of the process.
 pub(crate) type PeerId = u64;
@@ -59,6 +62,14 @@ pub(crate) type PeerId = u64;
 /// rounding (16 to 32 bytes). Without it a stream of 2-byte lines made a lagging peer hold
 /// about 24 times its limit.
 pub(crate) const CHUNK_COST: usize = 48;
+
+/// The deliverer starts a turn at most this often. A turn that follows the last one closely is
+/// put off until this much after it, so that what senders hand over meanwhile goes out in the
+/// same `writev` per peer: with 50 clients chatting at 100 lines/s each, that took the server's
+/// CPU per delivery from about ncat's to about half of it, for under a millisecond of p50.
+/// A line after a quiet spell goes out at once, and a turn that itself takes longer (a wide
+/// fanout) is never delayed.
+const TURN_INTERVAL: Duration = Duration::from_millis(1);
 
 /// A chunk this short (a chat line or a few) may use the part of `--max-pending` that longer
 /// chunks leave free, one `RESERVE_SHARE`th of it: see [`Peer::fits`].
@@ -747,18 +758,23 @@ impl Peer {
 }
 
 /// The daemon's delivery thread: serves, in turn, every peer that has something queued and
-/// nobody draining it, with one non-blocking coalesced `writev` per peer per turn.
+/// nobody draining it, with one non-blocking coalesced `writev` per peer per turn, and starts
+/// a turn at most every [`TURN_INTERVAL`].
 ///
-/// Chosen over the alternatives by `relay-bench chatter --clients 50 --rate 100` beside
-/// `ncat --broker` (figures in README.md, Performance):
-/// - sending from each sender's own thread (relayd's first design) costs a `sendmsg` per
-///   delivery from 50 threads on 2 cores: twice ncat's CPU, and p99 16× ncat's when the
-///   daemon is pinned to one core, where 50 runnable threads take turns in 3 ms slices;
+/// Chosen by `relay-bench chatter --clients 50 --rate 100 --repeat 3` beside `ncat --broker`,
+/// as is and with the daemon pinned to one core (`--server-cpus 0 --client-cpus 1`; figures of
+/// 2026-12-03, README.md, Performance). Tried and rejected:
+/// - sending from each sender's own thread (relayd's first design): a `sendmsg` per delivery
+///   from 50 threads on 2 cores, 1.6–2.1× ncat's CPU per delivery as is, and p99 2.5–16×
+///   ncat's pinned, where 50 runnable threads take turns in 3 ms slices;
 /// - handing a peer's sending role between senders without blocking (the design just before
-///   this one) coalesced only what piled up during one `sendmsg`, and a preempted role holder
-///   still held everyone's lines for that peer;
-/// - one deliverer per core would need peers split among them and gains nothing on this
-///   2-core machine, where the readers need the other core.
+///   this one): it coalesced only what piled up during one `sendmsg`, and a role holder that
+///   was preempted still held everyone's lines for that peer;
+/// - this thread without the turn interval: p99 0.1–0.3× ncat's, but CPU 0.95–1.6× ncat's,
+///   one `sendmsg` per delivery again because at 5,000 lines/s it was idle between lines;
+///   with turns at most every 0.3 ms CPU was 0.8×, every 1 ms 0.5× (p50 0.7 ms, ncat's 5 ms);
+/// - one deliverer per core: peers split among them, and nothing to gain on a 2-core
+///   machine where the readers need the other core.
 ///
 /// The reader threads stay: they read, frame and queue, and a sender that outruns a slow
 /// peer still waits in its own thread (`Peer::offer`), so TCP backpressure works as before.
@@ -812,6 +828,7 @@ impl Deliverer {
 
     fn serve(&self) {
         let mut turn = Vec::new();
+        let mut last_start: Option<Instant> = None;
         loop {
             {
                 let mut run = lock(&self.run);
@@ -822,8 +839,15 @@ impl Deliverer {
                     run.idle = true;
                     run = self.wake.wait(run).unwrap_or_else(|e| e.into_inner());
                 }
-                std::mem::swap(&mut turn, &mut run.peers);
             }
+            if let Some(due) = last_start.map(|t| t + TURN_INTERVAL) {
+                let now = Instant::now();
+                if now < due {
+                    thread::sleep(due - now);
+                }
+            }
+            last_start = Some(Instant::now());
+            std::mem::swap(&mut turn, &mut lock(&self.run).peers);
             for peer in turn.drain(..) {
                 peer.drain(Drainer::Sender);
             }

@@ -32,10 +32,11 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
+use crate::chunk::Chunk;
 use crate::config::Config;
 use crate::history::History;
 use crate::notice::Departure;
-use crate::peer::{Chunk, Offer, Peer, PeerId, Wait};
+use crate::peer::{Offer, Peer, PeerId, Wait};
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
