@@ -32,6 +32,7 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// see [`crate::systemd`]. `watch` is the loop's index there.
 pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener, watch: usize) {
     let notifier = daemon.notifier();
+    // Accepted sockets inherit this timeout; `tcp::configure` replaces it with their own.
     if let Err(e) = SockRef::from(listener).set_read_timeout(Some(notifier.tick_interval())) {
         warn!("cannot set the accept timeout: {e}; the watchdog may fire on a quiet port");
     }

@@ -152,7 +152,7 @@ struct Args {
     rate: Option<Rate>,
 
     /// Open the operator's control socket at PATH (mode 0600): clients, kick, broadcast,
-    /// send, stats. See `relayd ctl`.
+    /// send, stats, reload. See `relayd ctl`.
     #[arg(long, value_name = "PATH")]
     admin: Option<PathBuf>,
 
