@@ -65,13 +65,15 @@ fn metrics_parse_match_stats_and_move_with_traffic() {
 
     let mut a = d.connect();
     let mut b = d.connect();
+    // The last to connect sends: the daemon admits in connection order, so a and b are in
+    // by the time its first line is relayed.
     let mut c = d.connect();
     for i in 0..10 {
-        b.send(format!("line {i}\n").as_bytes());
+        c.send(format!("line {i}\n").as_bytes());
     }
     for i in 0..10 {
         a.expect(format!("line {i}\n").as_bytes());
-        c.expect(format!("line {i}\n").as_bytes());
+        b.expect(format!("line {i}\n").as_bytes());
     }
     let after = scrape(addr);
     assert_eq!(counter(&after, "relayd_received_lines_total"), 10.0);

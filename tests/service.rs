@@ -233,7 +233,9 @@ fn socket_activation_with_an_explicit_bind_serves_both() {
     let bound_s = bound.to_string();
     let d = socket_activated(&[passed], None, &["--bind", &bound_s]);
     let mut a = Client::connect(passed);
-    d.log_until(&format!("listening on {bound}"));
+    // Two listeners, two accept loops: a must be in before b's line is relayed. The bound
+    // port listens before any client is admitted.
+    d.log_until("client 1 connected");
     let mut b = Client::connect(bound);
     b.send(b"from the bound port\n");
     a.expect(b"from the bound port\n");
