@@ -8,6 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use log::{debug, error, info, warn};
+use socket2::SockRef;
 
 use crate::client;
 use crate::daemon::{Daemon, Refusal};
@@ -25,7 +26,16 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Accepts connections on `listener` until the daemon stops (the caller shuts the listener
 /// down to wake it).
-pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener) {
+///
+/// The loop also wakes when no connection comes for a while (a receive timeout on the
+/// listener, which accept(2) honours), and reports in to the service manager's watchdog:
+/// see [`crate::systemd`]. `watch` is the loop's index there.
+pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener, watch: usize) {
+    let notifier = daemon.notifier();
+    // Accepted sockets inherit this timeout; `tcp::configure` replaces it with their own.
+    if let Err(e) = SockRef::from(listener).set_read_timeout(Some(notifier.tick_interval())) {
+        warn!("cannot set the accept timeout: {e}; the watchdog may fire on a quiet port");
+    }
     let mut backoff = BACKOFF_MIN;
     loop {
         let accepted = listener.accept();
@@ -37,6 +47,11 @@ pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener) {
                 backoff = BACKOFF_MIN;
                 admit(daemon, sock, addr);
             }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) if is_transient(&e) => debug!("accept: {e}"),
             Err(e) => {
                 if backoff == BACKOFF_MIN {
@@ -48,6 +63,7 @@ pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener) {
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+        notifier.tick(watch, || daemon.client_count());
     }
 }
 

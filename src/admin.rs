@@ -27,6 +27,7 @@ use log::{debug, info, warn};
 use socket2::SockRef;
 
 use crate::daemon::Daemon;
+use crate::reload;
 use crate::sync::lock;
 use crate::sys;
 
@@ -41,6 +42,7 @@ kick ID|NAME [REASON]      disconnect a client, telling it and its room why
 broadcast TEXT             push TEXT to every client
 send ID|NAME TEXT          push TEXT to one client
 stats                      counters, one 'key value' line each
+reload                     read --allow-file, --deny-file, --secret-file and --motd again
 help                       this list
 ";
 
@@ -278,6 +280,10 @@ fn execute(daemon: &Daemon, command: &str) -> String {
             }
         }
         "stats" => daemon.stats_report(),
+        "reload" => match reload::reload(daemon) {
+            Ok(done) => format!("ok: {done}\n"),
+            Err(e) => format!("error: reload failed, keeping the previous settings: {e}\n"),
+        },
         "help" => HELP.into(),
         "kick" => "error: usage: kick ID|NAME [REASON]\n".into(),
         "broadcast" => "error: usage: broadcast TEXT\n".into(),

@@ -26,8 +26,6 @@ impl Chunk {
 
     /// When the lines of a [`Chunk::relayed`] chunk were read, and how many it holds; `None`
     /// for the lines relayd writes itself.
-    // Read by the delivery path once the histogram of issue 11 lands.
-    #[allow(dead_code)]
     pub(crate) fn relayed_lines(&self) -> Option<(Instant, u64)> {
         let field = |at: usize| u64::from_ne_bytes(self.0[at..at + 8].try_into().unwrap());
         let lines = field(8);

@@ -67,7 +67,7 @@ struct Client {
 pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Tcp) {
     slot.set_departure(Departure::Panicked);
     let config = daemon.config();
-    let phase = match config.secret {
+    let phase = match daemon.settings().secret {
         Some(_) => Phase::AwaitingSecret {
             deadline: Instant::now() + config.auth_timeout,
         },
@@ -258,7 +258,9 @@ impl Client {
         let Some(end) = memchr::memchr(b'\n', &self.lines) else {
             return Ok(());
         };
-        let secret = self.daemon.config().secret.as_deref().unwrap_or_default();
+        // The secret in force now: a reload may have changed it since the client connected.
+        let settings = self.daemon.settings();
+        let secret = settings.secret.as_deref().unwrap_or_default();
         let ok = secret::matches(secret, &self.lines[..=end]);
         self.lines.drain(..=end);
         let peer = Arc::clone(self.peer());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::access::Rules;
 use crate::rate::Rate;
+use crate::settings::Sources;
 
 /// Limits that keep one client from costing the others. See README.md for the semantics.
 #[derive(Debug, Clone)]
@@ -24,11 +25,12 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// How long shutdown waits for queued bytes to reach their peers.
     pub shutdown_grace: Duration,
-    /// Which client addresses may connect.
+    /// Which client addresses may connect, at startup (a reload may change them: see
+    /// `sources`).
     pub rules: Rules,
     /// Connections from one address at once; 0: no limit.
     pub max_per_ip: usize,
-    /// The line a client must send first, if any (without its line ending).
+    /// The line a client must send first, if any (without its line ending), at startup.
     pub secret: Option<Vec<u8>>,
     /// How long a client has to send the secret.
     pub auth_timeout: Duration,
@@ -41,8 +43,11 @@ pub struct Config {
     pub crlf: bool,
     /// Relayed lines each room keeps and replays to whoever joins it; 0: none.
     pub history: usize,
-    /// Lines sent after the welcome line in chat mode (the contents of `--motd FILE`).
+    /// Lines sent after the welcome line in chat mode (the contents of `--motd FILE`), at
+    /// startup.
     pub motd: Vec<String>,
+    /// The files `rules`, `secret` and `motd` came from, read again on every reload.
+    pub sources: Sources,
     /// Flood control: at most this many lines per client, with bursts up to its `lines`.
     pub rate: Option<Rate>,
     /// Where to open the operator's control socket.
@@ -72,6 +77,7 @@ impl Default for Config {
             crlf: false,
             history: 0,
             motd: Vec::new(),
+            sources: Sources::default(),
             rate: None,
             admin: None,
             admin_idle_timeout: Duration::from_secs(60),

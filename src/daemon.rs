@@ -12,7 +12,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
 use log::{debug, info, warn};
@@ -24,9 +24,11 @@ use crate::echo::Echo;
 use crate::notice::{Departure, Notices, clean};
 use crate::peer::{Deliverer, Peer, PeerId};
 use crate::registry::{ClientInfo, Members, Registry, RenameError, Which};
+use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
+use crate::systemd::Notifier;
 
 pub(crate) struct Daemon {
     config: Config,
@@ -46,6 +48,13 @@ pub(crate) struct Daemon {
     echo: Option<Echo>,
     /// The thread that sends what is queued for peers.
     deliverer: Arc<Deliverer>,
+    /// The rules, secret and motd in force; a reload swaps them whole. Admission holds the
+    /// read lock from its rules check until the client is registered, so once a reload has
+    /// swapped them, every client admitted under the old rules is in the registry, where
+    /// the reload checks it against the new ones.
+    settings: RwLock<Arc<Settings>>,
+    /// The service manager's notifications (readiness, status, watchdog).
+    notifier: Notifier,
 }
 
 /// Why a connection is not admitted.
@@ -72,7 +81,6 @@ impl Daemon {
         Ok(Arc::new(Daemon {
             notices: Notices::new(&config),
             registry: Registry::new(&config, Arc::clone(&stats)),
-            config,
             stats,
             shutdown,
             per_address: PerAddress::default(),
@@ -82,6 +90,13 @@ impl Daemon {
             flushing: AtomicUsize::new(0),
             echo,
             deliverer: Deliverer::start()?,
+            settings: RwLock::new(Arc::new(Settings {
+                rules: config.rules.clone(),
+                secret: config.secret.clone(),
+                motd: config.motd.clone(),
+            })),
+            notifier: Notifier::from_env(),
+            config,
         }))
     }
 
@@ -111,14 +126,15 @@ impl Daemon {
         addr: SocketAddr,
     ) -> Result<Slot, Refusal> {
         let config = &self.config;
-        if !config.rules.permits(addr.ip()) {
+        let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        if !settings.rules.permits(addr.ip()) {
             return Err(Refusal::NotAllowed);
         }
         if !self.per_address.try_add(addr.ip(), config.max_per_ip) {
             return Err(Refusal::TooManyFromAddress);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let peer = Peer::new(id, sock, config, &self.deliverer);
+        let peer = Peer::new(id, sock, config, &self.deliverer, &self.stats);
         if self.registry.admit(Arc::clone(&peer), addr).is_err() {
             self.per_address.remove(addr.ip());
             add(&self.stats.refused_full, 1);
@@ -126,10 +142,9 @@ impl Daemon {
         }
         add(&self.stats.accepted, 1);
         *lock(&self.readers) += 1;
-        let lobby = match config.secret {
-            Some(_) => None,
-            None => self.enter(&peer),
-        };
+        let secret = settings.secret.is_some();
+        drop(settings);
+        let lobby = if secret { None } else { self.enter(&peer) };
         Ok(Slot {
             daemon: Arc::clone(self),
             peer,
@@ -144,9 +159,10 @@ impl Daemon {
     /// come between them. Returns the lobby's members, itself included.
     pub(crate) fn enter(&self, peer: &Arc<Peer>) -> Option<Members> {
         let (notices, config) = (self.notices, &self.config);
+        let settings = self.settings();
         let members = self.registry.enter(peer.id(), |name, online| {
             if config.chat {
-                vec![notices.welcome(name, online, &config.motd)]
+                vec![notices.welcome(name, online, &settings.motd)]
             } else {
                 Vec::new()
             }
@@ -254,9 +270,44 @@ impl Daemon {
         let (name, peer) = self.find(id_or_name).ok_or(NoSuchClient)?;
         // The reason reaches the client and its room: cleaned like any chat line.
         let why = Departure::Kicked(reason.map(|r| clean(r.as_bytes())));
+        self.expel(&peer, why)?;
+        Ok((peer.id(), name))
+    }
+
+    /// Disconnects a client on the daemon's own account, as [`Daemon::kick`] does.
+    fn expel(&self, peer: &Arc<Peer>, why: Departure) -> Result<(), NoSuchClient> {
         self.registry.expel(peer.id()).ok_or(NoSuchClient)?;
         peer.close(why);
-        Ok((peer.id(), name))
+        Ok(())
+    }
+
+    /// The rules, secret and motd in force.
+    pub(crate) fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts `settings` in force for whoever connects from now on, and disconnects the
+    /// connected clients its rules refuse (`relayd: no longer allowed`); returns how many.
+    /// Clients that are still allowed stay, whatever else changed: a new secret or motd is
+    /// for new clients.
+    pub(crate) fn apply(&self, settings: Settings) -> usize {
+        let rules = settings.rules.clone();
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+        let mut refused = 0;
+        for client in self.registry.clients() {
+            if !rules.permits(client.addr.ip())
+                && self.expel(&client.peer, Departure::NoLongerAllowed).is_ok()
+            {
+                info!("client {} {}: no longer allowed", client.id, client.addr);
+                refused += 1;
+            }
+        }
+        refused
+    }
+
+    /// The service manager's notifications.
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 
     /// Every client holding a slot, for the shutdown sequence.

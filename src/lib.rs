@@ -15,9 +15,13 @@
 //!   queue, the deliverer thread that sends what is queued, writers for full sockets, and the
 //!   slow-consumer policy; `notice`: every line relayd writes
 //!   itself, and why a client left; `echo`: `--console`'s output.
+//! - [`reload`]: SIGHUP and the admin `reload`; `metrics`: `--metrics`, the Prometheus
+//!   endpoint.
 //! - [`access`], [`secret`], [`rate`], `history`, `stats`, [`config`], [`shutdown`]: who may
 //!   connect, the shared secret, flood control, room history, counters, tunables, the stop
-//!   handle. `sys`: every `unsafe` system call.
+//!   handle. [`settings`]: the rules, secret and motd a reload reads again; `latency`: the
+//!   line-wait histogram; [`systemd`]: readiness, watchdog and socket activation. `sys`:
+//!   every `unsafe` system call.
 
 mod accept;
 pub mod access;
@@ -31,19 +35,24 @@ mod daemon;
 mod echo;
 pub mod framing;
 mod history;
+mod latency;
+mod metrics;
 mod notice;
 mod peer;
 pub mod rate;
 mod registry;
+pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod settings;
 pub mod shutdown;
 mod stats;
 mod sync;
 mod sys;
+pub mod systemd;
 mod tcp;
 mod telnet;
 
 pub use config::Config;
-pub use server::{bind, run};
+pub use server::{Listeners, bind, run, serve};
 pub use shutdown::Shutdown;

@@ -1,20 +1,24 @@
 //! The `relayd` command: parses the command line, sets up logging and signals, binds the
-//! listeners, and runs the server until SIGINT or SIGTERM.
+//! listeners (or takes those systemd passed), and runs the server until SIGINT or SIGTERM.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use log::{LevelFilter, error, info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use relayd::access::{self, Rules};
 use relayd::rate::Rate;
-use relayd::{Config, Shutdown, secret};
+use relayd::reload::Reloads;
+use relayd::settings::Sources;
+use relayd::systemd::{self, Kind};
+use relayd::{Config, Listeners, Shutdown};
 
 const AFTER_HELP: &str = "\
 EXAMPLE:
@@ -33,9 +37,19 @@ EXAMPLE:
 SIGNALS:
     SIGINT, SIGTERM   stop accepting, flush what is queued, tell each client
                       'relayd: shutting down', close, exit 0. A second signal exits at once.
+    SIGHUP            read --allow-file, --deny-file, --secret-file and --motd again; a file
+                      that no longer parses leaves the old settings in force. Clients stay,
+                      except those the new rules refuse ('relayd: no longer allowed').
 
 ENVIRONMENT:
-    RUST_LOG          log filter (e.g. 'debug', 'relayd=trace'); overrides -v/-q.";
+    RUST_LOG          log filter (e.g. 'debug', 'relayd=trace'); overrides -v/-q.
+    NOTIFY_SOCKET, WATCHDOG_USEC, LISTEN_FDS, LISTEN_FDNAMES
+                      set by systemd: readiness and watchdog notifications (Type=notify),
+                      socket activation (sockets named 'relay' or 'tcp' for clients,
+                      'metrics' for --metrics). See README.md.
+
+MAN PAGE AND COMPLETIONS:
+    relayd generate man|bash|zsh|fish   print them on stdout";
 
 /// The longest any timeout may be: a year. Longer ones are typing mistakes, and would overflow
 /// the clock arithmetic they feed.
@@ -138,7 +152,7 @@ struct Args {
     rate: Option<Rate>,
 
     /// Open the operator's control socket at PATH (mode 0600): clients, kick, broadcast,
-    /// send, stats. See `relayd ctl`.
+    /// send, stats, reload. See `relayd ctl`.
     #[arg(long, value_name = "PATH")]
     admin: Option<PathBuf>,
 
@@ -150,6 +164,11 @@ struct Args {
     /// Print relayed lines on stdout and push each line typed on stdin to every client.
     #[arg(long)]
     console: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9123). Its own
+    /// listener, never the relay port. Default: off.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -172,56 +191,45 @@ enum Command {
         #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Print the man page (roff) or a shell's completion script on stdout, generated from
+    /// this very command line definition. See README.md for where to install them.
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Generated {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
 }
 
 impl Args {
     fn config(&self) -> Result<Config, String> {
-        let mut rules = Rules::default();
+        let mut sources = Sources {
+            allow_files: self.allow_file.iter().map(PathBuf::from).collect(),
+            deny_files: self.deny_file.iter().map(PathBuf::from).collect(),
+            secret_file: self.secret_file.as_ref().map(PathBuf::from),
+            motd: self.motd.clone(),
+            ..Sources::default()
+        };
         for (list, flag, entries) in [
-            (&mut rules.allow, "--allow", &self.allow),
-            (&mut rules.deny, "--deny", &self.deny),
+            (&mut sources.allow, "--allow", &self.allow),
+            (&mut sources.deny, "--deny", &self.deny),
         ] {
             for entry in entries {
                 list.push(entry.parse().map_err(|e| format!("{flag} {e}"))?);
             }
         }
-        for (list, flag, files) in [
-            (&mut rules.allow, "--allow-file", &self.allow_file),
-            (&mut rules.deny, "--deny-file", &self.deny_file),
-        ] {
-            for path in files {
-                let text =
-                    std::fs::read_to_string(path).map_err(|e| format!("{flag} {path}: {e}"))?;
-                list.extend(
-                    access::parse_rules_file(&text).map_err(|e| format!("{flag} {path}: {e}"))?,
-                );
-            }
-        }
-        let secret = self.secret_file.as_deref().map(secret::load).transpose()?;
-        if let (Some(secret), Some(path)) = (&secret, &self.secret_file)
-            && secret.len() + 1 > self.max_line as usize
-        {
-            return Err(format!(
-                "--secret-file {path}: the secret is longer than --max-line {} allows",
-                self.max_line
-            ));
-        }
-        let motd = match &self.motd {
-            Some(path) => std::fs::read(path)
-                .map_err(|e| format!("cannot read --motd {}: {e}", path.display()))?
-                .split(|&b| b == b'\n')
-                .map(|line| String::from_utf8_lossy(line).into_owned())
-                .collect::<Vec<_>>(),
-            None => Vec::new(),
-        };
-        let mut motd = motd;
-        if motd.last().is_some_and(|l| l.is_empty()) {
-            motd.pop();
-        }
+        let settings = sources.load(self.max_line as usize)?;
         Ok(Config {
-            rules,
+            rules: settings.rules,
             max_per_ip: self.max_per_ip,
-            secret,
+            secret: settings.secret,
             max_line: self.max_line as usize,
             max_clients: self.max_clients,
             max_pending: self.max_pending,
@@ -231,7 +239,8 @@ impl Args {
             chat: self.chat,
             crlf: self.crlf,
             history: self.history,
-            motd,
+            motd: settings.motd,
+            sources,
             rate: self.rate,
             admin: self.admin.clone(),
             admin_idle_timeout: Duration::from_secs(self.admin_idle_timeout),
@@ -253,8 +262,11 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(args) => args,
+    let parsed = Args::command()
+        .try_get_matches()
+        .and_then(|m| Ok((Args::from_arg_matches(&m)?, m)));
+    let (args, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             // One line, like every other startup error: clap's first line, which names the
@@ -265,15 +277,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Ctl { admin, command }) = &args.command {
-        return ctl(admin, &command.join(" "));
+    match &args.command {
+        Some(Command::Ctl { admin, command }) => return ctl(admin, &command.join(" ")),
+        Some(Command::Generate { what }) => return generate(*what),
+        None => {}
     }
+    // With sockets passed by systemd, the default --bind is not wanted; one given on the
+    // command line still is.
+    let explicit_bind = matches.value_source("bind") == Some(ValueSource::CommandLine);
     env_logger::Builder::new()
         .filter_level(args.log_level())
         .parse_default_env()
         .format_timestamp_millis()
         .init();
-    match serve(&args) {
+    match serve(&args, explicit_bind) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("relayd: {msg}");
@@ -304,46 +321,119 @@ fn ctl(admin: &std::path::Path, command: &str) -> ExitCode {
     }
 }
 
-fn serve(args: &Args) -> Result<(), String> {
+/// `relayd generate`: the man page or a completion script, on stdout.
+fn generate(what: Generated) -> ExitCode {
+    let mut command = Args::command();
+    let shell = match what {
+        Generated::Man => None,
+        Generated::Bash => Some(clap_complete::Shell::Bash),
+        Generated::Zsh => Some(clap_complete::Shell::Zsh),
+        Generated::Fish => Some(clap_complete::Shell::Fish),
+    };
+    // Rendered whole first: the output is small, and a write error is then one line.
+    let mut text = Vec::new();
+    match shell {
+        Some(shell) => clap_complete::generate(shell, &mut command, "relayd", &mut text),
+        // The man page's NAME line puts "relayd \-" before the description itself.
+        None => {
+            let man = clap_mangen::Man::new(command.about("relay lines between TCP clients"));
+            if let Err(e) = man.render(&mut text) {
+                eprintln!("relayd: generate: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match std::io::stdout().lock().write_all(&text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relayd: generate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &Args, explicit_bind: bool) -> Result<(), String> {
     let config = args.config()?;
     if !config.chat && (args.motd.is_some() || args.crlf) {
         warn!("--motd and --crlf apply to chat mode only; add --chat");
     }
-    let addrs = args
-        .bind
+    let mut listeners = Listeners {
+        relay: Vec::new(),
+        metrics: None,
+    };
+    for (kind, listener) in systemd::passed_listeners()? {
+        match kind {
+            Kind::Relay => listeners.relay.push(listener),
+            Kind::Metrics if listeners.metrics.is_none() => listeners.metrics = Some(listener),
+            Kind::Metrics => return Err("socket activation: more than one 'metrics' socket".into()),
+        }
+    }
+    if !listeners.relay.is_empty() || listeners.metrics.is_some() {
+        info!(
+            "socket activation: serving {} passed client sockets{}",
+            listeners.relay.len(),
+            if listeners.metrics.is_some() {
+                " and a metrics socket"
+            } else {
+                ""
+            }
+        );
+    }
+    let binds: &[String] = if listeners.relay.is_empty() || explicit_bind {
+        &args.bind
+    } else {
+        &[]
+    };
+    let addrs = binds
         .iter()
         .map(|spec| resolve(spec).map(|addr| (spec, addr)))
         .collect::<Result<Vec<_>, _>>()?;
     // With both families bound, each listener keeps to its own family.
     let v6_only = addrs.iter().any(|(_, a)| a.is_ipv4());
-    let listeners = addrs
-        .iter()
-        .map(|(spec, addr)| {
-            relayd::bind(*addr, v6_only).map_err(|e| format!("cannot bind {spec}: {e}"))
-        })
-        .collect::<Result<Vec<TcpListener>, _>>()?;
+    for (spec, addr) in &addrs {
+        listeners
+            .relay
+            .push(relayd::bind(*addr, v6_only).map_err(|e| format!("cannot bind {spec}: {e}"))?);
+    }
+    if let Some(spec) = &args.metrics {
+        if listeners.metrics.is_some() {
+            return Err(format!(
+                "--metrics {spec}: systemd passed a 'metrics' socket already; drop one of them"
+            ));
+        }
+        let addr = resolve(spec).map_err(|e| format!("--metrics {e}"))?;
+        let listener =
+            relayd::bind(addr, false).map_err(|e| format!("--metrics cannot bind {spec}: {e}"))?;
+        listeners.metrics = Some(listener);
+    }
 
     let shutdown = Shutdown::new();
-    let mut signals = Signals::new([SIGINT, SIGTERM])
+    let reloads = Reloads::new();
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     {
-        let shutdown = shutdown.clone();
+        let (shutdown, reloads) = (shutdown.clone(), reloads.clone());
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                let mut signals = signals.forever();
-                if let Some(sig) = signals.next() {
-                    info!("received signal {sig}, shutting down");
-                    shutdown.trigger();
-                }
-                if signals.next().is_some() {
-                    error!("second signal: exiting without flushing");
-                    std::process::exit(1);
+                let mut stopping = false;
+                for sig in signals.forever() {
+                    if sig == SIGHUP {
+                        info!("received SIGHUP, reloading");
+                        reloads.request();
+                    } else if !stopping {
+                        info!("received signal {sig}, shutting down");
+                        shutdown.trigger();
+                        stopping = true;
+                    } else {
+                        error!("second signal: exiting without flushing");
+                        std::process::exit(1);
+                    }
                 }
             })
             .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     }
-    relayd::run(listeners, config, shutdown).map_err(|e| e.to_string())
+    relayd::serve(listeners, config, shutdown, reloads).map_err(|e| e.to_string())
 }
 
 fn resolve(spec: &str) -> Result<SocketAddr, String> {

@@ -22,6 +22,8 @@ pub(crate) enum Departure {
     Quit(Option<String>),
     /// The operator's `kick`, with its reason.
     Kicked(Option<String>),
+    /// A reload brought `--allow`/`--deny` rules that refuse its address.
+    NoLongerAllowed,
     /// Its queue stayed full for `--stall-timeout`.
     TooSlow {
         pending: usize,
@@ -64,6 +66,7 @@ impl fmt::Display for Departure {
             Departure::Quit(Some(reason)) => f.write_str(reason),
             Departure::Kicked(None) => f.write_str("kicked by operator"),
             Departure::Kicked(Some(reason)) => write!(f, "kicked by operator: {reason}"),
+            Departure::NoLongerAllowed => f.write_str("no longer allowed"),
             Departure::TooSlow { pending } => write!(f, "too slow ({pending} bytes pending)"),
             Departure::WriteTimeout { pending } => {
                 write!(f, "too slow (write timeout, {pending} bytes pending)")
@@ -117,9 +120,10 @@ impl Notices {
             Departure::TooSlow { pending } | Departure::WriteTimeout { pending } => self.error(
                 format_args!("disconnected: too slow ({pending} bytes pending)"),
             ),
-            Departure::Kicked(_) | Departure::IdleTimeout | Departure::AuthTimeout => {
-                self.error(why)
-            }
+            Departure::Kicked(_)
+            | Departure::NoLongerAllowed
+            | Departure::IdleTimeout
+            | Departure::AuthTimeout => self.error(why),
             Departure::OutOfThreads => self.error("server out of resources, try again later"),
             _ => return None,
         })

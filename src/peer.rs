@@ -49,6 +49,7 @@ use socket2::SockRef;
 
 use crate::config::Config;
 use crate::notice::{Departure, Notices};
+use crate::stats::Stats;
 use crate::sync::lock;
 use crate::sys;
 
@@ -103,6 +104,8 @@ pub(crate) struct Peer {
     id: PeerId,
     sock: Arc<TcpStream>,
     deliverer: Arc<Deliverer>,
+    /// Where the time relayed lines waited is recorded.
+    stats: Arc<Stats>,
     max_pending: usize,
     stall_timeout: Duration,
     notices: Notices,
@@ -217,11 +220,13 @@ impl Peer {
         sock: Arc<TcpStream>,
         config: &Config,
         deliverer: &Arc<Deliverer>,
+        stats: &Arc<Stats>,
     ) -> Arc<Peer> {
         Arc::new(Peer {
             id,
             sock,
             deliverer: Arc::clone(deliverer),
+            stats: Arc::clone(stats),
             max_pending: config.max_pending,
             stall_timeout: config.stall_timeout,
             notices: Notices::new(config),
@@ -640,9 +645,12 @@ impl Peer {
     }
 
     /// Accounts for `n` bytes taken by the kernel from the front of the queue.
+    /// A chunk of relayed lines whose last byte the kernel took is one observation of how
+    /// long those lines waited in relayd (`/metrics`).
     fn advance(&self, st: &mut State, mut n: usize) {
+        let now = Instant::now();
         st.pending -= n;
-        st.last_progress = Instant::now();
+        st.last_progress = now;
         while n > 0 {
             let front = &st.queue[0];
             let left = front.len() - st.head;
@@ -651,6 +659,10 @@ impl Peer {
                 return;
             }
             n -= left;
+            if let Some((read_at, lines)) = front.relayed_lines() {
+                let waited = now.saturating_duration_since(read_at);
+                self.stats.line_wait.observe(waited, lines);
+            }
             st.queue.pop_front();
             st.head = 0;
         }
@@ -941,7 +953,13 @@ mod tests {
             stall_timeout: stall,
             ..Config::default()
         };
-        let peer = Peer::new(1, Arc::new(server), &config, &Deliverer::start().unwrap());
+        let peer = Peer::new(
+            1,
+            Arc::new(server),
+            &config,
+            &Deliverer::start().unwrap(),
+            &Arc::default(),
+        );
         // Time passes, as for any quiet client: the clock under test, not a synchronisation.
         thread::sleep(stall + Duration::from_millis(100));
         // Fill the socket behind the peer's back, the way earlier deliveries would have.
@@ -971,7 +989,13 @@ mod tests {
             max_pending: 10 * CHUNK_COST,
             ..Config::default()
         };
-        let peer = Peer::new(1, Arc::new(server), &config, &Deliverer::start().unwrap());
+        let peer = Peer::new(
+            1,
+            Arc::new(server),
+            &config,
+            &Deliverer::start().unwrap(),
+            &Arc::default(),
+        );
         let filler = [b'x'; 65536];
         while send_dontwait(&peer.sock, &filler).is_ok() {}
         let tiny = Chunk::from(&b"a\n"[..]);

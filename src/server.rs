@@ -1,5 +1,6 @@
-//! The daemon's lifecycle: start (control socket, console, one accept thread per listener),
-//! wait for the stop signal, and shut down cleanly.
+//! The daemon's lifecycle: start (control socket, console, metrics, one accept thread per
+//! listener), tell the service manager it is ready, serve reloads, wait for the stop signal,
+//! and shut down cleanly.
 
 use std::io;
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener};
@@ -15,8 +16,10 @@ use crate::admin;
 use crate::config::Config;
 use crate::console;
 use crate::daemon::Daemon;
+use crate::metrics;
 use crate::notice::Departure;
 use crate::peer::Peer;
+use crate::reload::{self, Reloads};
 use crate::shutdown::Shutdown;
 
 pub use crate::sys::raise_fd_limit;
@@ -28,6 +31,31 @@ pub use crate::sys::raise_fd_limit;
 /// Takes listeners already bound, so the caller owns address handling (and tests can bind
 /// port 0).
 pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> io::Result<()> {
+    let listeners = Listeners {
+        relay: listeners,
+        metrics: None,
+    };
+    serve(listeners, config, shutdown, Reloads::new())
+}
+
+/// The listening sockets the daemon serves, bound by the caller or passed by the service
+/// manager.
+pub struct Listeners {
+    /// Where clients connect.
+    pub relay: Vec<TcpListener>,
+    /// `--metrics`: the Prometheus endpoint.
+    pub metrics: Option<TcpListener>,
+}
+
+/// [`run`], with a metrics listener and reloads: each request on `reloads` (SIGHUP) reads
+/// the settings files again. Once every listener is served and the control socket is open,
+/// the service manager, if any, is told the daemon is ready.
+pub fn serve(
+    listeners: Listeners,
+    config: Config,
+    shutdown: Shutdown,
+    reloads: Reloads,
+) -> io::Result<()> {
     match raise_fd_limit() {
         Ok(limit) => info!(
             "file descriptor limit {limit}: room for about {} clients",
@@ -54,20 +82,44 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
         console::spawn(Arc::clone(&daemon))?;
     }
 
+    let metrics = match listeners.metrics {
+        Some(listener) => Some(metrics::start(Arc::clone(&daemon), listener)?),
+        None => None,
+    };
+
     let mut accepters = Vec::new();
-    for listener in listeners {
+    for listener in listeners.relay {
         let addr = listener.local_addr()?;
         info!("listening on {addr}");
         let listener = Arc::new(listener);
         let (daemon, l) = (Arc::clone(&daemon), Arc::clone(&listener));
+        let watch = daemon.notifier().add_loop();
         let handle = thread::Builder::new()
             .name(format!("accept-{addr}"))
-            .spawn(move || accept::accept_loop(&daemon, &l))?;
+            .spawn(move || accept::accept_loop(&daemon, &l, watch))?;
         accepters.push((listener, handle));
     }
+    let reloader = {
+        let (daemon, reloads) = (Arc::clone(&daemon), reloads.clone());
+        thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                while reloads.wait() {
+                    // The outcome is logged; a signal has no one to answer.
+                    let _ = reload::reload(&daemon);
+                }
+            })?
+    };
+    daemon.notifier().ready(daemon.client_count());
 
     shutdown.wait();
+    daemon.notifier().stopping();
     info!("shutting down");
+    reloads.close();
+    let _ = reloader.join();
+    if let Some(metrics) = metrics {
+        metrics.stop();
+    }
     for (listener, _) in &accepters {
         // Wakes a thread blocked in accept(2): on Linux it returns EINVAL once the listening
         // socket is shut down. The Arc keeps the descriptor open until the thread is joined.

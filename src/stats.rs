@@ -1,10 +1,12 @@
-//! Daemon-wide counters for the operator's `stats` command.
+//! Daemon-wide counters for the operator's `stats` command and `/metrics`.
 //!
 //! Plain relaxed atomics: each is bumped on its own path, nothing reads two of them expecting
 //! them to agree, and a relaxed add costs the hot path next to nothing (no lock, no fence).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+use crate::latency::Histogram;
 
 #[derive(Debug)]
 pub struct Stats {
@@ -20,6 +22,8 @@ pub struct Stats {
     pub too_long: AtomicU64,
     pub slow_consumer_kicks: AtomicU64,
     pub idle_kicks: AtomicU64,
+    /// How long relayed lines waited in relayd, from read to written to a recipient's socket.
+    pub line_wait: Histogram,
 }
 
 impl Default for Stats {
@@ -37,6 +41,7 @@ impl Default for Stats {
             too_long: AtomicU64::new(0),
             slow_consumer_kicks: AtomicU64::new(0),
             idle_kicks: AtomicU64::new(0),
+            line_wait: Histogram::default(),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! standard library and socket2 do not offer.
 
 use std::io;
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -82,4 +82,13 @@ pub(crate) fn is_reset(sock: &TcpStream) -> bool {
         )
     };
     rc != 0 || info.tcpi_state == TCP_CLOSE
+}
+
+/// The listening socket the service manager passed as descriptor `fd` (socket activation).
+/// The caller checks what kind of socket it is before serving it.
+pub(crate) fn take_listener(fd: RawFd) -> TcpListener {
+    // SAFETY: `fd` is one of the descriptors the service manager passed to this process
+    // (LISTEN_FDS, for our pid), open and owned by nobody else in it; the caller takes each
+    // one once, at startup, so ownership moves to the listener exactly once.
+    unsafe { TcpListener::from_raw_fd(fd) }
 }

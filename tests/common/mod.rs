@@ -201,23 +201,24 @@ impl Daemon {
                 });
             }
         }
+        Daemon::spawn_command(cmd, args)
+    }
+
+    /// Like [`Daemon::spawn`], with these environment variables set for the daemon.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayd"));
+        cmd.envs(env.iter().copied());
+        Daemon::spawn_command(cmd, args)
+    }
+
+    /// Starts `cmd`, the relayd binary, with `args` (and `--bind 127.0.0.1:0` unless they
+    /// bind), its log captured, and waits for it to listen.
+    fn spawn_command(mut cmd: Command, args: &[&str]) -> Daemon {
         if !args.contains(&"--bind") {
             cmd.args(["--bind", "127.0.0.1:0"]);
         }
-        let binds = args.iter().filter(|a| **a == "--bind").count().max(1);
-        let mut child = cmd
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = lines_of(child.stderr.take().unwrap());
-        let mut daemon = Daemon {
-            child,
-            addrs: Vec::new(),
-            log,
-        };
+        cmd.args(args);
+        let mut daemon = Daemon::start(cmd);
         if args.contains(&"-q") {
             // Listen addresses are logged at info, which -q hides: the caller bound a known
             // port, and we wait for it to accept.
@@ -227,12 +228,35 @@ impl Daemon {
             daemon.addrs.push(addr);
             return daemon;
         }
-        while daemon.addrs.len() < binds {
-            let line = daemon.wait_log("listening on ");
-            let addr = line.rsplit("listening on ").next().unwrap().trim();
-            daemon.addrs.push(addr.parse().unwrap());
-        }
+        let binds = args.iter().filter(|a| **a == "--bind").count().max(1);
+        daemon.wait_listening(binds);
         daemon
+    }
+
+    /// Starts `cmd` (relayd, or a program that runs it) with its log captured, without
+    /// waiting for anything.
+    pub fn start(mut cmd: Command) -> Daemon {
+        let mut child = cmd
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = lines_of(child.stderr.take().unwrap());
+        Daemon {
+            child,
+            addrs: Vec::new(),
+            log,
+        }
+    }
+
+    /// Waits until the daemon has logged `n` more listen addresses, and records them.
+    pub fn wait_listening(&mut self, n: usize) {
+        for _ in 0..n {
+            let line = self.wait_log("listening on ");
+            let addr = line.rsplit("listening on ").next().unwrap().trim();
+            self.addrs.push(addr.parse().unwrap());
+        }
     }
 
     pub fn connect(&self) -> Client {
@@ -355,6 +379,16 @@ fn status_field(pid: u32, key: &str) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// A path in the temporary directory that no other test (or test process) uses.
+pub fn temp_path(what: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "relayd-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Closes `stream` with `SO_LINGER` 0: the kernel sends an RST instead of a FIN.
@@ -536,4 +570,17 @@ pub fn retryable(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
+}
+
+/// One HTTP request to `addr` (`GET /metrics`, say): the status line and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: relayd\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {response:?}"));
+    (head.lines().next().unwrap().to_string(), body.to_string())
 }

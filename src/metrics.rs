@@ -1,0 +1,301 @@
+//! `--metrics ADDR`: `GET /metrics` in the Prometheus text format (version 0.0.4), on a
+//! listener of its own, never the relay port.
+//!
+//! A scrape cannot slow relaying: the figures are gathered first (each lock taken briefly,
+//! none held while writing), and each scrape is served on its own thread, with read and write
+//! timeouts, at most [`MAX_SCRAPES`] at once. A scraper that connects and never reads (or
+//! never asks) holds one of those threads until its timeout, and nothing else.
+//!
+//! The text format is written by hand: it is a dozen lines of `name value`, and
+//! `tests/metrics.rs` parses it with a Prometheus parser.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown as SocketShutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use socket2::SockRef;
+
+use crate::daemon::Daemon;
+
+/// Scrapes served at once; more are closed unanswered until one ends. Prometheus makes one
+/// at a time per target; the rest is room for people with curl and for stuck connections.
+const MAX_SCRAPES: usize = 16;
+/// How long a scraper has to send its request (a real one sends it at once)...
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// ...and to take the answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request (request line and headers) read.
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// The running endpoint.
+pub(crate) struct Metrics {
+    listener: Arc<TcpListener>,
+    thread: JoinHandle<()>,
+}
+
+/// Serves `listener` on a thread of its own until [`Metrics::stop`].
+pub(crate) fn start(daemon: Arc<Daemon>, listener: TcpListener) -> io::Result<Metrics> {
+    info!("metrics on http://{}/metrics", listener.local_addr()?);
+    let listener = Arc::new(listener);
+    let l = Arc::clone(&listener);
+    let thread = thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || accept_loop(&daemon, &l))?;
+    Ok(Metrics { listener, thread })
+}
+
+impl Metrics {
+    /// Stops accepting scrapes. One being answered ends on its own, within its timeouts.
+    pub(crate) fn stop(self) {
+        // Wakes the accept loop, as for the relay listeners.
+        let _ = SockRef::from(&*self.listener).shutdown(SocketShutdown::Both);
+        let _ = self.thread.join();
+    }
+}
+
+fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = listener.accept();
+        if daemon.is_stopping() {
+            return;
+        }
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                debug!("metrics accept: {e}");
+                // Out of descriptors, say: the relay matters more than a scrape.
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPES {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            debug!("metrics: {MAX_SCRAPES} scrapes already in progress, closing one more");
+            continue;
+        }
+        let (daemon, done) = (Arc::clone(daemon), Arc::clone(&busy));
+        let spawned = thread::Builder::new()
+            .name("metrics-scrape".into())
+            .spawn(move || {
+                if let Err(e) = serve(&daemon, stream) {
+                    debug!("metrics scrape: {e}");
+                }
+                done.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            warn!("cannot start a metrics thread: {e}");
+        }
+    }
+}
+
+/// Answers one request, then closes the connection.
+fn serve(daemon: &Daemon, mut stream: TcpStream) -> io::Result<()> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let request = read_request(&stream)?;
+    let response = match route(&request) {
+        Route::Metrics => respond(
+            "200 OK",
+            "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
+            &render(daemon),
+        ),
+        Route::NotFound => respond("404 Not Found", "", "only /metrics is served here\n"),
+        Route::BadMethod => respond(
+            "405 Method Not Allowed",
+            "Allow: GET\r\n",
+            "only GET is served here\n",
+        ),
+        Route::BadRequest => respond("400 Bad Request", "", "bad request\n"),
+    };
+    stream.write_all(response.as_bytes())?;
+    let _ = stream.shutdown(SocketShutdown::Write);
+    Ok(())
+}
+
+/// Reads the request line and headers, up to the empty line, within [`REQUEST_TIMEOUT`] in
+/// all.
+fn read_request(mut stream: &TcpStream) -> io::Result<Vec<u8>> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut request = Vec::new();
+    let mut buf = [0; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(request);
+        }
+        request.extend_from_slice(&buf[..n]);
+        if request.windows(4).any(|w| w == b"\r\n\r\n")
+            || request.windows(2).any(|w| w == b"\n\n")
+            || request.len() >= MAX_REQUEST
+        {
+            return Ok(request);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    NotFound,
+    BadMethod,
+    BadRequest,
+}
+
+fn route(request: &[u8]) -> Route {
+    let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/") {
+        return Route::BadRequest;
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    match (path, method) {
+        ("/metrics", "GET") => Route::Metrics,
+        ("/metrics", _) => Route::BadMethod,
+        _ => Route::NotFound,
+    }
+}
+
+fn respond(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The exposition: every counter of the admin `stats`, the gauges, and the histogram.
+fn render(daemon: &Daemon) -> String {
+    let stats = daemon.stats();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    // Each peer's lock in turn, after the registry's is released.
+    let pending: usize = daemon.all_peers().iter().map(|p| p.pending()).sum();
+    let gauges: [(&str, &str, u64); 6] = [
+        (
+            "relayd_uptime_seconds",
+            "Seconds since the daemon started.",
+            stats.started.elapsed().as_secs(),
+        ),
+        (
+            "relayd_clients",
+            "Clients connected now, authenticated or not (each holds a --max-clients slot).",
+            daemon.client_count() as u64,
+        ),
+        (
+            "relayd_max_clients",
+            "The --max-clients limit.",
+            daemon.config().max_clients as u64,
+        ),
+        (
+            "relayd_peak_clients",
+            "The most clients connected at once since the daemon started.",
+            get(&stats.peak_clients),
+        ),
+        (
+            "relayd_rooms",
+            "Rooms with at least one member.",
+            daemon.rooms().len() as u64,
+        ),
+        (
+            "relayd_pending_bytes",
+            "Bytes queued for clients that their sockets have not taken yet.",
+            pending as u64,
+        ),
+    ];
+    let counters: [(&str, &str, u64); 10] = [
+        (
+            "relayd_connections_accepted_total",
+            "Connections admitted.",
+            get(&stats.accepted),
+        ),
+        (
+            "relayd_connections_refused_full_total",
+            "Connections refused because --max-clients were connected.",
+            get(&stats.refused_full),
+        ),
+        (
+            "relayd_received_lines_total",
+            "Complete lines read from clients.",
+            get(&stats.lines_in),
+        ),
+        (
+            "relayd_queued_lines_total",
+            "Relayed lines queued for recipients, once per recipient.",
+            get(&stats.lines_out),
+        ),
+        (
+            "relayd_received_bytes_total",
+            "Bytes read from clients.",
+            get(&stats.bytes_in),
+        ),
+        (
+            "relayd_queued_bytes_total",
+            "Bytes queued for clients, relayd's own lines included.",
+            get(&stats.bytes_out),
+        ),
+        (
+            "relayd_rate_limited_lines_total",
+            "Lines dropped by --rate.",
+            get(&stats.dropped_rate_limit),
+        ),
+        (
+            "relayd_too_long_lines_total",
+            "Lines longer than --max-line, discarded.",
+            get(&stats.too_long),
+        ),
+        (
+            "relayd_slow_consumer_disconnects_total",
+            "Clients disconnected as too slow (--stall-timeout, --max-pending, --write-timeout).",
+            get(&stats.slow_consumer_kicks),
+        ),
+        (
+            "relayd_idle_disconnects_total",
+            "Clients disconnected by --idle-timeout.",
+            get(&stats.idle_kicks),
+        ),
+    ];
+    let mut out = String::new();
+    for (kind, rows) in [("gauge", &gauges[..]), ("counter", &counters[..])] {
+        for (name, help, value) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+    stats.line_wait.expose(
+        "relayd_line_wait_seconds",
+        "How long relayed lines waited in relayd, from read to written to a recipient's socket.",
+        &mut out,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_only_get_metrics() {
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
+        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
+        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::BadMethod);
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"hello\n\n"), Route::BadRequest);
+        assert_eq!(route(b""), Route::BadRequest);
+    }
+}
