@@ -502,7 +502,7 @@ impl Peer {
         }
         st.sending = true;
         drop(st);
-        self.deliverer.schedule(Arc::clone(self));
+        self.deliverer.schedule(Arc::clone(self), Backlog::Fresh);
     }
 
     fn start_writer(self: &Arc<Self>) {
@@ -548,7 +548,7 @@ impl Peer {
                 }
                 if by == Drainer::Sender && rounds == MAX_SENDER_ROUNDS {
                     drop(st);
-                    self.deliverer.schedule(Arc::clone(self));
+                    self.deliverer.schedule(Arc::clone(self), Backlog::Remains);
                     return;
                 }
                 let mut total = 0;
@@ -796,7 +796,12 @@ pub(crate) struct Deliverer {
 }
 
 struct RunList {
-    peers: Vec<Arc<Peer>>,
+    /// Peers that had nothing queued: served first, also in the middle of a turn, so that a
+    /// chat line or a fresh client's first line does not wait behind a turn over every busy
+    /// peer of a full-speed stream.
+    fresh: Vec<Arc<Peer>>,
+    /// Peers with more left after their share of the last turn.
+    busy: Vec<Arc<Peer>>,
     /// The thread is waiting for work: the next `schedule` must wake it. Kept so that a busy
     /// deliverer costs its schedulers no wake-up call.
     idle: bool,
@@ -808,7 +813,8 @@ impl Deliverer {
     pub(crate) fn start() -> io::Result<Arc<Deliverer>> {
         let deliverer = Arc::new(Deliverer {
             run: Mutex::new(RunList {
-                peers: Vec::new(),
+                fresh: Vec::new(),
+                busy: Vec::new(),
                 idle: false,
                 stopping: false,
             }),
@@ -822,9 +828,12 @@ impl Deliverer {
     }
 
     /// Puts `peer`, which has its `sending` role set, on the run list.
-    fn schedule(&self, peer: Arc<Peer>) {
+    fn schedule(&self, peer: Arc<Peer>, backlog: Backlog) {
         let mut run = lock(&self.run);
-        run.peers.push(peer);
+        match backlog {
+            Backlog::Fresh => run.fresh.push(peer),
+            Backlog::Remains => run.busy.push(peer),
+        }
         if run.idle {
             run.idle = false;
             self.wake.notify_one();
@@ -839,12 +848,12 @@ impl Deliverer {
     }
 
     fn serve(&self) {
-        let mut turn = Vec::new();
+        let (mut fresh, mut busy) = (Vec::new(), Vec::new());
         let mut last_start: Option<Instant> = None;
         loop {
             {
                 let mut run = lock(&self.run);
-                while run.peers.is_empty() {
+                while run.fresh.is_empty() && run.busy.is_empty() {
                     if run.stopping {
                         return;
                     }
@@ -859,12 +868,31 @@ impl Deliverer {
                 }
             }
             last_start = Some(Instant::now());
-            std::mem::swap(&mut turn, &mut lock(&self.run).peers);
-            for peer in turn.drain(..) {
+            std::mem::swap(&mut busy, &mut lock(&self.run).busy);
+            self.serve_fresh(&mut fresh);
+            for peer in busy.drain(..) {
+                self.serve_fresh(&mut fresh);
                 peer.drain(Drainer::Sender);
             }
         }
     }
+
+    /// Serves the peers scheduled fresh since this was last called.
+    fn serve_fresh(&self, fresh: &mut Vec<Arc<Peer>>) {
+        std::mem::swap(fresh, &mut lock(&self.run).fresh);
+        for peer in fresh.drain(..) {
+            peer.drain(Drainer::Sender);
+        }
+    }
+}
+
+/// Why a peer goes on the deliverer's run list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backlog {
+    /// It had nothing queued until now.
+    Fresh,
+    /// It had its share of the last turn and has more.
+    Remains,
 }
 
 /// One non-blocking `send`: hands the kernel what fits, never waits.
