@@ -1,19 +1,38 @@
 //! The accept loop: takes connections from a listener, admits them or tells them why not,
 //! and starts a thread for each client admitted.
+//!
+//! On a `--ws-bind` listener the thread starts first: it reads the HTTP request (up to
+//! `http::HEAD_TIMEOUT`, which the accept loop must not wait for), serves the page or does
+//! the WebSocket handshake, and only then is the client admitted, so that nothing is queued
+//! for it before the handshake's answer is on the wire.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use log::{debug, error, info, warn};
 use socket2::SockRef;
 
-use crate::client;
+use crate::chunk::Chunk;
+use crate::client::{self, Transport};
 use crate::daemon::{Daemon, Refusal};
+use crate::http;
 use crate::notice::Departure;
 use crate::tcp::{self, Tcp};
+use crate::ws::{self, Ws};
+use crate::ws_frame;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Plain TCP clients (`--bind`).
+    Tcp,
+    /// Browsers: the page and WebSocket clients (`--ws-bind`).
+    Ws,
+}
 
 /// A client thread's stack: the read buffer is on the heap, so this is headroom for the
 /// deepest call chain (delivery, formatting a log line). Only touched pages cost memory.
@@ -30,13 +49,15 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// The loop also wakes when no connection comes for a while (a receive timeout on the
 /// listener, which accept(2) honours), and reports in to the service manager's watchdog:
 /// see [`crate::systemd`]. `watch` is the loop's index there.
-pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener, watch: usize) {
+pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener, kind: Kind, watch: usize) {
     let notifier = daemon.notifier();
     // Accepted sockets inherit this timeout; `tcp::configure` replaces it with their own.
     if let Err(e) = SockRef::from(listener).set_read_timeout(Some(notifier.tick_interval())) {
         warn!("cannot set the accept timeout: {e}; the watchdog may fire on a quiet port");
     }
     let mut backoff = BACKOFF_MIN;
+    // HTTP requests being read, on threads of their own, not yet clients.
+    let fronts = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = listener.accept();
         if daemon.is_stopping() {
@@ -45,7 +66,10 @@ pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener, watch: u
         match accepted {
             Ok((sock, addr)) => {
                 backoff = BACKOFF_MIN;
-                admit(daemon, sock, addr);
+                match kind {
+                    Kind::Tcp => admit(daemon, sock, addr),
+                    Kind::Ws => start_front(daemon, sock, addr, &fronts),
+                }
             }
             Err(e)
                 if matches!(
@@ -91,7 +115,7 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
     }
     let sock = Arc::new(sock);
     let notices = daemon.notices();
-    let mut slot = match daemon.admit(Arc::clone(&sock), addr) {
+    let mut slot = match daemon.admit(Arc::clone(&sock), addr, false) {
         Ok(slot) => slot,
         Err(Refusal::NotAllowed) => {
             // Not a byte for someone who does not belong here, not even an error line.
@@ -112,10 +136,7 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
         }
     };
     let id = slot.peer().id();
-    info!(
-        "client {id} connected from {addr} ({} clients)",
-        daemon.client_count()
-    );
+    log_connected(daemon, id, addr, "");
     // What the slot says if the thread never runs: the closure, and the slot in it, is
     // dropped at once.
     slot.set_departure(Departure::OutOfThreads);
@@ -124,9 +145,121 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
         thread::Builder::new()
             .name(format!("client-{id}"))
             .stack_size(CLIENT_STACK)
-            .spawn(move || client::serve(daemon, slot, Tcp::new(sock)))
+            .spawn(move || client::serve(daemon, slot, Transport::Tcp(Tcp::new(sock))))
     };
     if let Err(e) = spawned {
         warn!("client {id} {addr} refused: cannot start a thread: {e}");
     }
+}
+
+fn log_connected(daemon: &Daemon, id: u64, addr: SocketAddr, how: &str) {
+    info!(
+        "client {id} connected from {addr}{how} ({} clients)",
+        daemon.client_count()
+    );
+}
+
+/// Starts the thread that reads an HTTP request from a `--ws-bind` connection and, if it is
+/// a WebSocket, serves the client. At most `--max-clients` requests are read at once, so
+/// connections that never send a request cannot pile up threads.
+fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: &Arc<AtomicUsize>) {
+    // Not a byte for someone who does not belong here, not even an HTTP error.
+    if !daemon.settings().rules.permits(addr.ip()) {
+        info!("refused {addr}: not allowed by --allow/--deny");
+        return;
+    }
+    if let Err(e) = tcp::configure(&sock, daemon.config()) {
+        debug!("{addr}: cannot configure socket: {e}");
+        return;
+    }
+    if fronts.fetch_add(1, Ordering::Relaxed) >= daemon.config().max_clients {
+        fronts.fetch_sub(1, Ordering::Relaxed);
+        info!("refused {addr}: too many HTTP requests being read");
+        return;
+    }
+    let spawned = {
+        let (daemon, fronts) = (Arc::clone(daemon), Arc::clone(fronts));
+        thread::Builder::new()
+            .name(format!("http-{addr}"))
+            .stack_size(CLIENT_STACK)
+            .spawn(move || {
+                let upgrade = http::front(&sock, addr);
+                fronts.fetch_sub(1, Ordering::Relaxed);
+                if let Some(head) = upgrade {
+                    serve_websocket(&daemon, Arc::new(sock), addr, head);
+                }
+            })
+    };
+    if let Err(e) = spawned {
+        fronts.fetch_sub(1, Ordering::Relaxed);
+        warn!("{addr} refused: cannot start a thread: {e}");
+    }
+}
+
+/// Completes the handshake of a WebSocket request, admits the client and serves it, on the
+/// thread that read the request.
+fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr, head: Vec<u8>) {
+    let config = daemon.config();
+    let socket = match ws::handshake(Arc::clone(&sock), head, config) {
+        Ok(socket) => socket,
+        Err(ws::Refused::Answered(why)) => {
+            info!("http {addr}: websocket refused: {why}");
+            return;
+        }
+        Err(ws::Refused::Failed(why)) => {
+            http::bad_request(&sock, addr, &format!("bad websocket handshake: {why}"));
+            return;
+        }
+    };
+    let _ = sock.set_read_timeout(config.idle_timeout);
+    let mut slot = match daemon.admit(Arc::clone(&sock), addr, true) {
+        Ok(slot) => slot,
+        Err(refusal) => return refuse_websocket(daemon, &sock, addr, refusal),
+    };
+    let id = slot.peer().id();
+    log_connected(daemon, id, addr, " over WebSocket");
+    let peer = Arc::clone(slot.peer());
+    let transport = Transport::Ws(Box::new(Ws::new(socket, Arc::clone(daemon), peer)));
+    // The client gets a thread of its own rather than this one: the request and the handshake
+    // touched stack pages an idle client would keep for its whole life, and a thread's stack
+    // is given back when it ends: 1,000 idle browsers cost 19.2 KiB each so, 33.9 KiB on the
+    // thread that did the handshake (2026-12-03).
+    slot.set_departure(Departure::OutOfThreads);
+    let spawned = {
+        let daemon = Arc::clone(daemon);
+        thread::Builder::new()
+            .name(format!("client-{id}"))
+            .stack_size(CLIENT_STACK)
+            .spawn(move || client::serve(daemon, slot, transport))
+    };
+    if let Err(e) = spawned {
+        warn!("client {id} {addr} refused: cannot start a thread: {e}");
+    }
+}
+
+/// Tells a WebSocket client, which completed its handshake, why it is not served: the
+/// notice a TCP client would get, as a text message, then a close frame.
+fn refuse_websocket(daemon: &Daemon, sock: &TcpStream, addr: SocketAddr, refusal: Refusal) {
+    let notices = daemon.notices();
+    let notice = match refusal {
+        Refusal::NotAllowed => {
+            info!("refused {addr}: not allowed by --allow/--deny");
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        Refusal::TooManyFromAddress => {
+            let max = daemon.config().max_per_ip;
+            info!("refused {addr}: more than {max} connections from this address");
+            notices.too_many_from_address()
+        }
+        Refusal::Full => {
+            let max = daemon.config().max_clients;
+            info!("refused {addr}: server full ({max} clients)");
+            notices.server_full(max)
+        }
+    };
+    let reason = String::from_utf8_lossy(&notice).trim_end().to_string();
+    let mut bytes = Chunk::wire(&notice, true).to_vec();
+    bytes.extend_from_slice(&ws_frame::close(1013, &reason));
+    tcp::refuse(sock, &bytes);
 }

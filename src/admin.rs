@@ -37,7 +37,7 @@ const MAX_COMMAND: u64 = 64 * 1024;
 const MAX_CONNECTIONS: usize = 16;
 
 const HELP: &str = "\
-clients                    one line per client: id address name room seconds lines_in lines_out bytes_pending
+clients                    one line per client: id address name room seconds lines_in lines_out bytes_pending transport
 kick ID|NAME [REASON]      disconnect a client, telling it and its room why
 broadcast TEXT             push TEXT to every client
 send ID|NAME TEXT          push TEXT to one client
@@ -241,7 +241,7 @@ fn execute(daemon: &Daemon, command: &str) -> String {
             for c in daemon.clients() {
                 let (lines_in, lines_out) = c.peer.line_counts();
                 out.push_str(&format!(
-                    "{} {} {} {} {} {lines_in} {lines_out} {}\n",
+                    "{} {} {} {} {} {lines_in} {lines_out} {} {}\n",
                     c.id,
                     c.addr,
                     c.name,
@@ -249,6 +249,7 @@ fn execute(daemon: &Daemon, command: &str) -> String {
                     c.room.as_deref().unwrap_or("-"),
                     c.connected.as_secs(),
                     c.peer.pending(),
+                    c.peer.transport(),
                 ));
             }
             out

@@ -3,56 +3,87 @@
 //!
 //! A chunk of relayed lines also carries when it was read and how many lines it holds, so that
 //! the peer whose socket takes its last byte can tell `/metrics` how long those lines waited in
-//! relayd. Both sit in a 16-byte header in the same allocation as the bytes: a chunk stays one
-//! allocation shared by every recipient, and a queue slot stays a pointer and a length.
+//! relayd.
+//!
+//! WebSocket peers get the same lines as WebSocket frames, one text message per line. A
+//! server's frames are not masked, so they are the same bytes for every WebSocket recipient:
+//! the first one to need them builds them and the others share them (`OnceLock`), and a chunk
+//! no WebSocket client receives never builds them at all. A chunk can also hold frames
+//! already (a pong or a ping relayd writes to one WebSocket client): those go out as they
+//! are.
 
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Nanoseconds since [`epoch`] when the lines were read, then how many lines (0: not relayed
-/// lines), each a native-endian `u64`.
-const HEADER: usize = 16;
+use crate::ws_frame;
 
 #[derive(Clone, Debug)]
-pub(crate) struct Chunk(Arc<[u8]>);
+pub(crate) struct Chunk(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    /// Nanoseconds since [`epoch`] when the lines were read.
+    read_at: u64,
+    /// How many lines (0: not relayed lines).
+    lines: u64,
+    /// `bytes` are WebSocket frames already, not lines.
+    frames: bool,
+    /// The lines as WebSocket frames, built on first use.
+    ws: OnceLock<Box<[u8]>>,
+    bytes: Box<[u8]>,
+}
 
 impl Chunk {
     /// `lines` lines a client sent, read just now.
     pub(crate) fn relayed(bytes: &[u8], lines: usize) -> Chunk {
         let read_at = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Chunk::with_header(bytes, read_at, lines as u64)
+        Chunk::new(bytes, read_at, lines as u64, false)
+    }
+
+    /// WebSocket frames, sent as they are (only ever queued for a WebSocket peer).
+    pub(crate) fn frames(bytes: &[u8]) -> Chunk {
+        Chunk::new(bytes, 0, 0, true)
     }
 
     /// When the lines of a [`Chunk::relayed`] chunk were read, and how many it holds; `None`
     /// for the lines relayd writes itself.
     pub(crate) fn relayed_lines(&self) -> Option<(Instant, u64)> {
-        let field = |at: usize| u64::from_ne_bytes(self.0[at..at + 8].try_into().unwrap());
-        let lines = field(8);
-        (lines > 0).then(|| (epoch() + Duration::from_nanos(field(0)), lines))
+        let lines = self.0.lines;
+        (lines > 0).then(|| (epoch() + Duration::from_nanos(self.0.read_at), lines))
     }
 
     /// The same bytes, not counted as relayed lines when sent: a history replay is not a
     /// line waiting in relayd since it was read.
     pub(crate) fn unstamped(&self) -> Chunk {
-        Chunk::from(&self[..])
+        Chunk::new(&self.0.bytes, 0, 0, self.0.frames)
     }
 
-    fn with_header(bytes: &[u8], read_at: u64, lines: u64) -> Chunk {
-        // Collected from an iterator of known length: one allocation, no intermediate Vec.
-        let all = read_at
-            .to_ne_bytes()
-            .into_iter()
-            .chain(lines.to_ne_bytes())
-            .chain(bytes.iter().copied())
-            .collect();
-        Chunk(all)
+    /// What goes on the wire: the bytes as they are for a TCP peer, and for a WebSocket peer
+    /// one text frame per line (built once, whoever asks first).
+    pub(crate) fn wire(&self, websocket: bool) -> &[u8] {
+        if !websocket || self.0.frames {
+            return &self.0.bytes;
+        }
+        self.0
+            .ws
+            .get_or_init(|| ws_frame::text_frames(&self.0.bytes))
+    }
+
+    fn new(bytes: &[u8], read_at: u64, lines: u64, frames: bool) -> Chunk {
+        Chunk(Arc::new(Inner {
+            read_at,
+            lines,
+            frames,
+            ws: OnceLock::new(),
+            bytes: bytes.into(),
+        }))
     }
 }
 
 impl From<&[u8]> for Chunk {
     fn from(bytes: &[u8]) -> Chunk {
-        Chunk::with_header(bytes, 0, 0)
+        Chunk::new(bytes, 0, 0, false)
     }
 }
 
@@ -60,7 +91,7 @@ impl Deref for Chunk {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.0[HEADER..]
+        &self.0.bytes
     }
 }
 
@@ -88,5 +119,20 @@ mod tests {
         assert_eq!(&replay[..], b"a\nb\n");
         assert_eq!(replay.relayed_lines(), None);
         assert_eq!(Chunk::from(&b"x\n"[..]).relayed_lines(), None);
+    }
+
+    #[test]
+    fn the_websocket_form_is_built_once_and_shared() {
+        let chunk = Chunk::relayed(b"a\nb\n", 2);
+        let copy = chunk.clone();
+        let first = chunk.wire(true);
+        assert_eq!(first, b"\x81\x01a\x81\x01b");
+        assert!(
+            std::ptr::eq(first, copy.wire(true)),
+            "built again for another recipient"
+        );
+        assert_eq!(chunk.wire(false), b"a\nb\n");
+        let frames = Chunk::frames(b"\x89\x00");
+        assert_eq!(frames.wire(true), b"\x89\x00");
     }
 }

@@ -1,11 +1,15 @@
 //! A client's life, on its own thread: authenticate (with `--secret-file`), then read, frame
 //! and hand on its lines until it leaves, however it leaves (end of input, error, `/quit`,
 //! kick, idle, panic). Its [`Slot`] releases everything it held when the thread ends.
+//!
+//! A client comes over one of two transports, each in the module named after it: `tcp` (`nc`,
+//! `telnet`, programs) and `ws` (browsers, over WebSocket). Past the transport, the two are
+//! the same client: same framing, limits, rooms and departures.
 
 use std::io;
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, log_enabled, warn};
 use memchr::memchr_iter;
@@ -22,6 +26,41 @@ use crate::secret;
 use crate::stats::add;
 use crate::tcp::{READ_BUF, Tcp};
 use crate::telnet::Telnet;
+use crate::ws::Ws;
+
+/// How a client's bytes come in.
+pub(crate) enum Transport {
+    Tcp(Tcp),
+    Ws(Box<Ws>),
+}
+
+impl Transport {
+    /// Waits for the next bytes (a TCP read, or a WebSocket message's lines) and leaves them
+    /// in `buf` (allocated with [`READ_BUF`] of capacity). Returns how many: 0 at end of input.
+    fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(tcp) => tcp.read(buf),
+            Transport::Ws(ws) => ws.read(buf),
+        }
+    }
+
+    /// How long a read may wait: `None` for ever.
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        match self {
+            Transport::Tcp(tcp) => tcp.set_read_timeout(timeout),
+            Transport::Ws(ws) => ws.set_read_timeout(timeout),
+        }
+    }
+
+    /// Why the client must leave, when a failed read was the transport's verdict (a
+    /// WebSocket client that broke the rules) rather than the connection failing.
+    fn departure(&mut self) -> Option<Departure> {
+        match self {
+            Transport::Tcp(_) => None,
+            Transport::Ws(ws) => ws.departure(),
+        }
+    }
+}
 
 /// Buffers that grew past this for one long line are given back afterwards, so that a burst
 /// of long lines does not leave every client holding its peak.
@@ -48,7 +87,7 @@ enum Phase {
 struct Client {
     daemon: Arc<Daemon>,
     slot: Slot,
-    transport: Tcp,
+    transport: Transport,
     /// Chat mode speaks to telnet: its commands are taken out before framing.
     telnet: Option<Telnet>,
     framer: Framer,
@@ -64,7 +103,7 @@ struct Client {
 }
 
 /// Serves one admitted client until it leaves. Runs on the client's own thread.
-pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Tcp) {
+pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Transport) {
     slot.set_departure(Departure::Panicked);
     let config = daemon.config();
     let phase = match daemon.settings().secret {
@@ -77,7 +116,8 @@ pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Tcp) {
         }
     };
     let mut client = Client {
-        telnet: config.chat.then(Telnet::new),
+        // Browsers do not speak telnet.
+        telnet: (config.chat && matches!(transport, Transport::Tcp(_))).then(Telnet::new),
         framer: Framer::new(config.max_line),
         daemon: Arc::clone(&daemon),
         slot,
@@ -139,6 +179,10 @@ impl Client {
                         // SO_RCVTIMEO is otherwise only set when `--idle-timeout` is.
                         _ => Departure::IdleTimeout,
                     };
+                }
+                Err(_) if let Some(why) = self.transport.departure() => {
+                    warn!("client {}: {why}", self.peer().id());
+                    return why;
                 }
                 // A reset is the client leaving too, abruptly: what it sent before is kept as
                 // with an orderly end of input (the kernel reports a reset on read or, if a

@@ -56,6 +56,10 @@ pub struct Config {
     pub admin_idle_timeout: Duration,
     /// Echo relayed lines on stdout and push each line read from stdin to every client.
     pub console: bool,
+    /// `--ws-origin`: the only origins a browser may open a WebSocket from; empty: any.
+    pub ws_origins: Vec<String>,
+    /// A WebSocket client that sent nothing for this long is pinged.
+    pub ws_ping_interval: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +86,8 @@ impl Default for Config {
             admin: None,
             admin_idle_timeout: Duration::from_secs(60),
             console: false,
+            ws_origins: Vec::new(),
+            ws_ping_interval: Duration::from_secs(30),
         }
     }
 }

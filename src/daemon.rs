@@ -124,6 +124,7 @@ impl Daemon {
         self: &Arc<Self>,
         sock: Arc<TcpStream>,
         addr: SocketAddr,
+        websocket: bool,
     ) -> Result<Slot, Refusal> {
         let config = &self.config;
         let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
@@ -134,7 +135,7 @@ impl Daemon {
             return Err(Refusal::TooManyFromAddress);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let peer = Peer::new(id, sock, config, &self.deliverer, &self.stats);
+        let peer = Peer::new(id, sock, websocket, config, &self.deliverer, &self.stats);
         if self.registry.admit(Arc::clone(&peer), addr).is_err() {
             self.per_address.remove(addr.ip());
             add(&self.stats.refused_full, 1);

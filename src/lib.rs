@@ -35,6 +35,7 @@ mod daemon;
 mod echo;
 pub mod framing;
 mod history;
+mod http;
 mod latency;
 mod metrics;
 mod notice;
@@ -52,6 +53,8 @@ mod sys;
 pub mod systemd;
 mod tcp;
 mod telnet;
+mod ws;
+mod ws_frame;
 
 pub use config::Config;
 pub use server::{Listeners, bind, run, serve};

@@ -34,6 +34,10 @@ EXAMPLE:
     For people rather than programs, add --chat (names, rooms, /help); to kick, push and
     watch, add --admin PATH and use 'relayd ctl --admin PATH help'.
 
+    For browsers, add --ws-bind 127.0.0.1:8080 and open http://127.0.0.1:8080/ (chat view;
+    ?view=danmaku for comments flying over the page, ?room=NAME and ?name=NAME in --chat
+    mode). Browsers and nc users share the same rooms.
+
 SIGNALS:
     SIGINT, SIGTERM   stop accepting, flush what is queued, tell each client
                       'relayd: shutting down', close, exit 0. A second signal exits at once.
@@ -46,7 +50,7 @@ ENVIRONMENT:
     NOTIFY_SOCKET, WATCHDOG_USEC, LISTEN_FDS, LISTEN_FDNAMES
                       set by systemd: readiness and watchdog notifications (Type=notify),
                       socket activation (sockets named 'relay' or 'tcp' for clients,
-                      'metrics' for --metrics). See README.md.
+                      'ws' for browsers, 'metrics' for --metrics). See README.md.
 
 MAN PAGE AND COMPLETIONS:
     relayd generate man|bash|zsh|fish   print them on stdout";
@@ -165,6 +169,22 @@ struct Args {
     #[arg(long)]
     console: bool,
 
+    /// Serve browsers on ADDR (HTTP): the page at `/` and WebSocket clients, in the same rooms
+    /// as TCP clients; repeat for several. Default: off.
+    #[arg(long, value_name = "ADDR")]
+    ws_bind: Vec<String>,
+
+    /// Accept WebSocket connections only from a page of this origin (e.g.
+    /// `https://chat.example.org`); repeat for several. Without it, any origin is accepted:
+    /// any web page a visitor opens can connect to relayd as that visitor.
+    #[arg(long, value_name = "ORIGIN")]
+    ws_origin: Vec<String>,
+
+    /// Ping a WebSocket client that sent nothing for this long (it must answer within
+    /// --write-timeout).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS), hide = true)]
+    ws_ping_interval: u64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9123). Its own
     /// listener, never the relay port. Default: off.
     #[arg(long, value_name = "ADDR")]
@@ -245,6 +265,8 @@ impl Args {
             admin: self.admin.clone(),
             admin_idle_timeout: Duration::from_secs(self.admin_idle_timeout),
             console: self.console,
+            ws_origins: self.ws_origin.clone(),
+            ws_ping_interval: Duration::from_secs(self.ws_ping_interval),
             ..Config::default()
         })
     }
@@ -359,19 +381,26 @@ fn serve(args: &Args, explicit_bind: bool) -> Result<(), String> {
     }
     let mut listeners = Listeners {
         relay: Vec::new(),
+        ws: Vec::new(),
         metrics: None,
     };
     for (kind, listener) in systemd::passed_listeners()? {
         match kind {
             Kind::Relay => listeners.relay.push(listener),
+            Kind::Ws => listeners.ws.push(listener),
             Kind::Metrics if listeners.metrics.is_none() => listeners.metrics = Some(listener),
             Kind::Metrics => return Err("socket activation: more than one 'metrics' socket".into()),
         }
     }
-    if !listeners.relay.is_empty() || listeners.metrics.is_some() {
+    let passed_ws = !listeners.ws.is_empty();
+    if !listeners.relay.is_empty() || passed_ws || listeners.metrics.is_some() {
         info!(
-            "socket activation: serving {} passed client sockets{}",
+            "socket activation: serving {} passed client sockets{}{}",
             listeners.relay.len(),
+            match listeners.ws.len() {
+                0 => String::new(),
+                n => format!(", {n} for browsers"),
+            },
             if listeners.metrics.is_some() {
                 " and a metrics socket"
             } else {
@@ -379,7 +408,7 @@ fn serve(args: &Args, explicit_bind: bool) -> Result<(), String> {
             }
         );
     }
-    let binds: &[String] = if listeners.relay.is_empty() || explicit_bind {
+    let binds: &[String] = if (listeners.relay.is_empty() && !passed_ws) || explicit_bind {
         &args.bind
     } else {
         &[]
@@ -394,6 +423,12 @@ fn serve(args: &Args, explicit_bind: bool) -> Result<(), String> {
         listeners
             .relay
             .push(relayd::bind(*addr, v6_only).map_err(|e| format!("cannot bind {spec}: {e}"))?);
+    }
+    for spec in &args.ws_bind {
+        let addr = resolve(spec).map_err(|e| format!("--ws-bind {e}"))?;
+        let listener =
+            relayd::bind(addr, false).map_err(|e| format!("--ws-bind cannot bind {spec}: {e}"))?;
+        listeners.ws.push(listener);
     }
     if let Some(spec) = &args.metrics {
         if listeners.metrics.is_some() {

@@ -42,6 +42,17 @@ pub(crate) enum Departure {
     OutOfThreads,
     /// Its thread panicked (a bug): it is still taken out cleanly.
     Panicked,
+    /// A WebSocket client sent a binary message: relayd relays text.
+    BinaryMessage,
+    /// A WebSocket client sent a message longer than `--max-line` bytes.
+    MessageTooLong(usize),
+    /// A WebSocket client broke the protocol (a bad frame; `utf8`: text that is not UTF-8).
+    Protocol {
+        utf8: bool,
+        what: String,
+    },
+    /// A WebSocket client did not answer a ping within `--write-timeout`.
+    NoPong,
 }
 
 impl Departure {
@@ -54,6 +65,30 @@ impl Departure {
                 | Departure::Quit(_)
                 | Departure::SendFailed(_)
         )
+    }
+
+    /// The close code a WebSocket client is told (RFC 6455, 7.4.1); `None` when it closed
+    /// the connection itself, or it is gone.
+    pub(crate) fn ws_close_code(&self) -> Option<u16> {
+        Some(match self {
+            Departure::ClosedByClient | Departure::ReadError(_) | Departure::SendFailed(_) => {
+                return None;
+            }
+            Departure::Quit(_) | Departure::IdleTimeout => 1000,
+            Departure::Shutdown | Departure::NoPong => 1001,
+            Departure::Protocol { utf8: false, .. } => 1002,
+            Departure::BinaryMessage => 1003,
+            Departure::Protocol { utf8: true, .. } => 1007,
+            Departure::Kicked(_)
+            | Departure::NoLongerAllowed
+            | Departure::TooSlow { .. }
+            | Departure::WriteTimeout { .. }
+            | Departure::AuthTimeout
+            | Departure::AuthFailed => 1008,
+            Departure::MessageTooLong(_) => 1009,
+            Departure::Panicked => 1011,
+            Departure::OutOfThreads => 1013,
+        })
     }
 }
 
@@ -78,6 +113,10 @@ impl fmt::Display for Departure {
             Departure::Shutdown => f.write_str("shutdown"),
             Departure::OutOfThreads => f.write_str("out of threads"),
             Departure::Panicked => f.write_str("thread panicked"),
+            Departure::BinaryMessage => f.write_str("binary message"),
+            Departure::MessageTooLong(max) => write!(f, "message too long (max {max} bytes)"),
+            Departure::Protocol { what, .. } => write!(f, "protocol error: {what}"),
+            Departure::NoPong => f.write_str("no answer to ping"),
         }
     }
 }
@@ -123,7 +162,10 @@ impl Notices {
             Departure::Kicked(_)
             | Departure::NoLongerAllowed
             | Departure::IdleTimeout
-            | Departure::AuthTimeout => self.error(why),
+            | Departure::AuthTimeout
+            | Departure::MessageTooLong(_)
+            | Departure::Protocol { .. } => self.error(why),
+            Departure::BinaryMessage => self.error("binary messages are not accepted, send text"),
             Departure::OutOfThreads => self.error("server out of resources, try again later"),
             _ => return None,
         })

@@ -32,8 +32,10 @@
 //!   picked its recipients before a wait hands a room's line only to those still in the same
 //!   stay in that room, so a line reaches a member at most once and never after it left.
 //!
-//! Nothing here knows what kind of client the peer is: it needs a socket to write bytes to,
-//! and it is handed chunks of whole lines, already encoded.
+//! What kind of client the peer is matters in one way only: a WebSocket peer is written each
+//! chunk's WebSocket form (one text frame per line, see `chunk.rs`) instead of its bytes, and
+//! everything counted for it (`--max-pending`, progress, where a write stopped) counts those
+//! frames, which are what is really queued. Its farewell ends with a close frame.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -54,6 +56,7 @@ use crate::sync::lock;
 use crate::sys;
 
 use crate::chunk::Chunk;
+use crate::ws_frame;
 
 /// A client's number, unique for the life of the process.
 pub(crate) type PeerId = u64;
@@ -103,6 +106,8 @@ const WRITER_STACK: usize = 64 * 1024;
 pub(crate) struct Peer {
     id: PeerId,
     sock: Arc<TcpStream>,
+    /// A WebSocket client: it is written frames, not lines.
+    websocket: bool,
     deliverer: Arc<Deliverer>,
     /// Where the time relayed lines waited is recorded.
     stats: Arc<Stats>,
@@ -168,12 +173,12 @@ impl State {
 
     /// Appends `chunk` to the queue. A backlog that starts now is not stuck: "no progress for
     /// --stall-timeout" counts from here, not from whenever this peer's queue last moved.
-    fn enqueue(&mut self, chunk: &Chunk) {
+    fn enqueue(&mut self, chunk: &Chunk, websocket: bool) {
         if self.pending == 0 {
             self.last_progress = Instant::now();
         }
         self.queue.push_back(Chunk::clone(chunk));
-        self.pending += chunk.len();
+        self.pending += chunk.wire(websocket).len();
     }
 }
 
@@ -218,6 +223,7 @@ impl Peer {
     pub(crate) fn new(
         id: PeerId,
         sock: Arc<TcpStream>,
+        websocket: bool,
         config: &Config,
         deliverer: &Arc<Deliverer>,
         stats: &Arc<Stats>,
@@ -225,6 +231,7 @@ impl Peer {
         Arc::new(Peer {
             id,
             sock,
+            websocket,
             deliverer: Arc::clone(deliverer),
             stats: Arc::clone(stats),
             max_pending: config.max_pending,
@@ -253,6 +260,16 @@ impl Peer {
 
     pub(crate) fn id(&self) -> PeerId {
         self.id
+    }
+
+    /// How the client is connected, for the operator's `clients` list.
+    pub(crate) fn transport(&self) -> &'static str {
+        if self.websocket { "ws" } else { "tcp" }
+    }
+
+    /// What `chunk` puts on this peer's wire.
+    fn wire<'a>(&self, chunk: &'a Chunk) -> &'a [u8] {
+        chunk.wire(self.websocket)
     }
 
     /// Counts `n` lines read from this client.
@@ -348,12 +365,13 @@ impl Peer {
     /// flood, up to `--stall-timeout` (whether it fitted depended on how the 16 KiB chunks
     /// happened to add up to the limit: `faults.rs`'s probe test failed 1 run in 10).
     fn fits(&self, st: &State, chunk: &Chunk) -> bool {
-        let limit = if chunk.len() <= SHORT_CHUNK {
+        let len = self.wire(chunk).len();
+        let limit = if len <= SHORT_CHUNK {
             self.max_pending
         } else {
             self.max_pending - self.max_pending / RESERVE_SHARE
         };
-        st.pending == 0 || st.cost() + chunk.len() + CHUNK_COST <= limit
+        st.pending == 0 || st.cost() + len + CHUNK_COST <= limit
     }
 
     /// When a sender that began waiting for room at `since` gives up on this peer: once its
@@ -443,7 +461,7 @@ impl Peer {
             return;
         }
         for chunk in chunks {
-            st.enqueue(chunk);
+            st.enqueue(chunk, self.websocket);
         }
         if !st.writer && !st.sending {
             st.writer = true;
@@ -465,7 +483,7 @@ impl Peer {
         }
         while let Some(front) = st.queue.front() {
             let front = Chunk::clone(front);
-            match send_dontwait(&self.sock, &front[st.head..]) {
+            match send_dontwait(&self.sock, &self.wire(&front)[st.head..]) {
                 Ok(n) if n > 0 => self.advance(&mut st, n),
                 Err(e) if !is_would_block(&e) && e.kind() != io::ErrorKind::Interrupted => {
                     debug!("client {}: send failed: {e}", self.id);
@@ -496,7 +514,7 @@ impl Peer {
     /// Appends `chunk` to the queue and, if no one is draining it, puts the peer on the
     /// deliverer's run list.
     fn hand_over(self: &Arc<Self>, mut st: MutexGuard<'_, State>, chunk: &Chunk) {
-        st.enqueue(chunk);
+        st.enqueue(chunk, self.websocket);
         if st.writer || st.sending {
             return;
         }
@@ -554,7 +572,7 @@ impl Peer {
                 let mut total = 0;
                 for chunk in &st.queue {
                     batch.push(Chunk::clone(chunk));
-                    total += chunk.len();
+                    total += self.wire(chunk).len();
                     if total - st.head >= WRITE_BATCH || batch.len() == MAX_SLICES {
                         break;
                     }
@@ -562,10 +580,10 @@ impl Peer {
                 st.head
             };
             rounds += 1;
-            let (attempted, result) = write_batch(&self.sock, &batch, head, by);
+            let (attempted, result) = write_batch(&self.sock, &batch, head, self.websocket, by);
             let mut st = lock(&self.state);
             if let Ok(n) = result {
-                st.mid_line = ends_mid_line(&batch, head, n).unwrap_or(st.mid_line);
+                st.mid_line = ends_mid_line(&batch, head, n, self.websocket).unwrap_or(st.mid_line);
             }
             batch.clear();
             if st.closed.is_some() {
@@ -639,9 +657,10 @@ impl Peer {
         } else {
             Cut::AtLineEnd
         };
+        let why = st.closed.clone().unwrap_or(Departure::Shutdown);
         self.notify(&st);
         drop(st);
-        self.send_last(notice.as_deref(), cut, by);
+        self.send_last(notice.as_ref(), &why, cut, by);
     }
 
     /// Accounts for `n` bytes taken by the kernel from the front of the queue.
@@ -653,7 +672,7 @@ impl Peer {
         st.last_progress = now;
         while n > 0 {
             let front = &st.queue[0];
-            let left = front.len() - st.head;
+            let left = self.wire(front).len() - st.head;
             if n < left {
                 st.head += n;
                 return;
@@ -702,7 +721,7 @@ impl Peer {
         if st.closed.is_some() {
             return false;
         }
-        self.mark_closed(&mut st, why);
+        self.mark_closed(&mut st, why.clone());
         self.notify(&st);
         if st.writer || st.sending {
             st.notice = notice;
@@ -715,7 +734,7 @@ impl Peer {
                 Cut::AtLineEnd
             };
             drop(st);
-            self.send_last(notice.as_deref(), cut, Drainer::Sender);
+            self.send_last(notice.as_ref(), &why, cut, Drainer::Sender);
         }
         true
     }
@@ -728,12 +747,24 @@ impl Peer {
         st.pending = 0;
     }
 
-    fn send_last(&self, notice: Option<&[u8]>, cut: Cut, by: Drainer) {
-        if let Some(notice) = notice {
-            let notice = match cut {
+    fn send_last(&self, notice: Option<&Chunk>, why: &Departure, cut: Cut, by: Drainer) {
+        let last = if self.websocket {
+            // A frame cut short cannot be finished with anything that makes sense to the
+            // client: it gets no farewell, only the end of the connection.
+            (cut == Cut::AtLineEnd).then(|| {
+                let mut last = notice.map_or_else(Vec::new, |n| n.wire(true).to_vec());
+                if let Some(code) = why.ws_close_code() {
+                    last.extend_from_slice(&ws_frame::close(code, &why.to_string()));
+                }
+                last
+            })
+        } else {
+            notice.map(|notice| match cut {
                 Cut::MidLine => [self.notices.eol().as_bytes(), notice].concat(),
                 Cut::AtLineEnd => notice.to_vec(),
-            };
+            })
+        };
+        if let Some(notice) = last.filter(|l| !l.is_empty()) {
             match by {
                 Drainer::Writer => {
                     let _ = (&*self.sock).write_all(&notice);
@@ -906,12 +937,14 @@ fn write_batch(
     sock: &TcpStream,
     batch: &[Chunk],
     head: usize,
+    websocket: bool,
     by: Drainer,
 ) -> (usize, io::Result<usize>) {
     let mut budget = WRITE_BATCH;
     let mut slices = Vec::with_capacity(batch.len());
     for (i, chunk) in batch.iter().enumerate() {
-        let bytes = if i == 0 { &chunk[head..] } else { &chunk[..] };
+        let wire = chunk.wire(websocket);
+        let bytes = if i == 0 { &wire[head..] } else { wire };
         let bytes = &bytes[..bytes.len().min(budget)];
         budget -= bytes.len();
         slices.push(IoSlice::new(bytes));
@@ -932,14 +965,23 @@ fn write_batch(
 }
 
 /// Whether the last of the `n` bytes written from `batch` (starting `head` bytes into its
-/// first chunk) left a line unfinished. `None` if nothing was written.
-fn ends_mid_line(batch: &[Chunk], head: usize, n: usize) -> Option<bool> {
+/// first chunk) left a line unfinished. `None` if nothing was written. For a WebSocket peer
+/// only a chunk's end is known to end a frame: a write that stopped inside a chunk counts as
+/// stopping inside a frame.
+fn ends_mid_line(batch: &[Chunk], head: usize, n: usize, websocket: bool) -> Option<bool> {
     let mut end = head + n;
     for chunk in batch {
-        if end <= chunk.len() {
-            return (end > 0).then(|| chunk[end - 1] != b'\n');
+        let wire = chunk.wire(websocket);
+        if end <= wire.len() {
+            return (end > 0).then(|| {
+                if websocket {
+                    end != wire.len()
+                } else {
+                    wire[end - 1] != b'\n'
+                }
+            });
         }
-        end -= chunk.len();
+        end -= wire.len();
     }
     None
 }
@@ -984,6 +1026,7 @@ mod tests {
         let peer = Peer::new(
             1,
             Arc::new(server),
+            false,
             &config,
             &Deliverer::start().unwrap(),
             &Arc::default(),
@@ -1020,6 +1063,7 @@ mod tests {
         let peer = Peer::new(
             1,
             Arc::new(server),
+            false,
             &config,
             &Deliverer::start().unwrap(),
             &Arc::default(),

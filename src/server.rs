@@ -33,6 +33,7 @@ pub use crate::sys::raise_fd_limit;
 pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> io::Result<()> {
     let listeners = Listeners {
         relay: listeners,
+        ws: Vec::new(),
         metrics: None,
     };
     serve(listeners, config, shutdown, Reloads::new())
@@ -43,6 +44,8 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
 pub struct Listeners {
     /// Where clients connect.
     pub relay: Vec<TcpListener>,
+    /// `--ws-bind`: where browsers get the page and connect over WebSocket.
+    pub ws: Vec<TcpListener>,
     /// `--metrics`: the Prometheus endpoint.
     pub metrics: Option<TcpListener>,
 }
@@ -88,15 +91,23 @@ pub fn serve(
     };
 
     let mut accepters = Vec::new();
-    for listener in listeners.relay {
+    let kinds = listeners
+        .relay
+        .into_iter()
+        .map(|l| (l, accept::Kind::Tcp))
+        .chain(listeners.ws.into_iter().map(|l| (l, accept::Kind::Ws)));
+    for (listener, kind) in kinds {
         let addr = listener.local_addr()?;
-        info!("listening on {addr}");
+        match kind {
+            accept::Kind::Tcp => info!("listening on {addr}"),
+            accept::Kind::Ws => info!("listening for browsers on http://{addr}/"),
+        }
         let listener = Arc::new(listener);
         let (daemon, l) = (Arc::clone(&daemon), Arc::clone(&listener));
         let watch = daemon.notifier().add_loop();
         let handle = thread::Builder::new()
             .name(format!("accept-{addr}"))
-            .spawn(move || accept::accept_loop(&daemon, &l, watch))?;
+            .spawn(move || accept::accept_loop(&daemon, &l, kind, watch))?;
         accepters.push((listener, handle));
     }
     let reloader = {

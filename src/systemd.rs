@@ -186,6 +186,8 @@ pub enum Kind {
     /// (`unknown` from `systemd-socket-activate`, the unit's name such as `relayd.socket` from
     /// a socket unit without `FileDescriptorName=`).
     Relay,
+    /// Browsers (the page and WebSocket clients), like `--ws-bind`: named `ws`.
+    Ws,
     /// The Prometheus endpoint, like `--metrics`: named `metrics`.
     Metrics,
 }
@@ -195,6 +197,7 @@ impl Kind {
         match name {
             "relay" | "tcp" | "unknown" | "" => Some(Kind::Relay),
             "metrics" => Some(Kind::Metrics),
+            "ws" => Some(Kind::Ws),
             n if n.ends_with(".socket") => Some(Kind::Relay),
             _ => None,
         }
@@ -206,8 +209,7 @@ impl Kind {
 ///
 /// A socket relayd cannot serve is an error rather than a warning: systemd keeps accepting
 /// connections on it, and clients would wait forever for an answer that never comes. That
-/// includes sockets for a kind of listener relayd does not have (a `ws` socket for
-/// browsers, say) and sockets that are not listening TCP stream sockets.
+/// includes sockets for a kind of listener relayd does not have and sockets that are not listening TCP stream sockets.
 ///
 /// Call once, at startup: it takes ownership of the descriptors.
 pub fn passed_listeners() -> Result<Vec<(Kind, TcpListener)>, String> {
@@ -219,8 +221,8 @@ pub fn passed_listeners() -> Result<Vec<(Kind, TcpListener)>, String> {
         let kind = Kind::of(&name).ok_or_else(|| {
             format!(
                 "socket activation: the socket named '{name}' (FileDescriptorName=) is for no \
-                 listener relayd has; name plain TCP sockets 'relay' and the metrics socket \
-                 'metrics'"
+                 listener relayd has; name plain TCP sockets 'relay', browsers' sockets 'ws' \
+                 and the metrics socket 'metrics'"
             )
         })?;
         let listener = sys::take_listener(fd);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
@@ -210,20 +210,39 @@ fn socket_activation_serves_passed_sockets() {
     assert_eq!(d.wait_exit(), Some(0));
 }
 
-/// Proves: a passed socket of a kind relayd does not serve (a `ws` socket for browsers) is a
+/// Proves: a passed socket of a kind relayd does not serve (one named `irc`, say) is a
 /// one-line startup error and exit status 1, not a port that silently never answers.
 #[test]
 fn socket_activation_refuses_an_unknown_socket_name() {
     let addr = free_addr();
-    let mut d = socket_activated(&[addr], Some("ws"), &[]);
+    let mut d = socket_activated(&[addr], Some("irc"), &[]);
     let _trigger = TcpStream::connect(addr).unwrap();
     let line = d.wait_log("relayd:");
     assert_eq!(
         line,
-        "relayd: socket activation: the socket named 'ws' (FileDescriptorName=) is for no \
-         listener relayd has; name plain TCP sockets 'relay' and the metrics socket 'metrics'"
+        "relayd: socket activation: the socket named 'irc' (FileDescriptorName=) is for no \
+         listener relayd has; name plain TCP sockets 'relay', browsers' sockets 'ws' and the \
+         metrics socket 'metrics'"
     );
     assert_eq!(d.wait_exit(), Some(1));
+}
+
+/// Proves: a passed socket named `ws` is served as `--ws-bind` would be: the page at `/`.
+#[test]
+fn socket_activation_serves_a_ws_socket_to_browsers() {
+    let addr = free_addr();
+    let mut d = socket_activated(&[addr], Some("ws"), &[]);
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    sock.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:.200}");
+    assert!(answer.contains("<!doctype html>"), "{answer:.200}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(), Some(0));
 }
 
 /// Proves: `--bind` given with passed sockets is served too (both ports relay to each other).

@@ -1,0 +1,292 @@
+//! The WebSocket transport: how a browser's messages come in (RFC 6455), after the HTTP
+//! front (`http.rs`) has seen an upgrade request. What goes out is the peer's business, as
+//! for TCP clients: relayed lines are queued as chunks, and the peer writes each one's
+//! WebSocket form, built once for all WebSocket recipients (`chunk.rs`, `ws_frame.rs`).
+//!
+//! Why the reader and the writer are split this way: a tungstenite `WebSocket` cannot be read
+//! on one thread while it is written on another, because reading queues replies (a pong for
+//! a ping, a close frame for a close) that it then writes itself. So the client's own thread
+//! owns the `WebSocket` and is its only user, for reading; it is never used to send a line.
+//! Its write side is a [`Duplex`] that puts whatever tungstenite writes (its pongs and close
+//! replies, each whole frames) into the peer's queue, behind and before relayed lines, so
+//! the one drainer of that queue (deliverer or writer) is the only thread that writes to the
+//! socket, and frames never interleave. Lines for the client go into the same queue as
+//! pre-built frames; relayd's own pings too.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info};
+use tungstenite::handshake::HandshakeError;
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::http::{HeaderValue, StatusCode};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Error, Message, WebSocket};
+
+use crate::chunk::Chunk;
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::notice::Departure;
+use crate::peer::Peer;
+use crate::ws_frame;
+
+/// What tungstenite reads into; it is zeroed and so resident once used, so it is kept small
+/// (its default is 128 KiB): an idle browser must cost little more than an idle `nc`.
+const READ_BUFFER: usize = 4096;
+
+/// The stream under the reader's `WebSocket` (see the module's note).
+pub(crate) struct Duplex {
+    sock: Arc<TcpStream>,
+    /// The request head the HTTP front already read, for tungstenite to read again.
+    head: Vec<u8>,
+    at: usize,
+    /// Once the client is admitted: where tungstenite's writes go.
+    queue: Option<(Arc<Daemon>, Arc<Peer>)>,
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at < self.head.len() {
+            let n = buf.len().min(self.head.len() - self.at);
+            buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
+            self.at += n;
+            if self.at == self.head.len() {
+                self.head = Vec::new();
+                self.at = 0;
+            }
+            return Ok(n);
+        }
+        (&*self.sock).read(buf)
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &self.queue {
+            // The handshake's answer, before anything can be queued for the client.
+            None => (&*self.sock).write(buf),
+            Some((daemon, peer)) => {
+                daemon.send_to(peer, &Chunk::frames(buf), 0);
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why a handshake did not complete.
+pub(crate) enum Refused {
+    /// Refused with an HTTP answer already written (a wrong origin).
+    Answered(String),
+    /// Not a valid WebSocket request: nothing was answered.
+    Failed(String),
+}
+
+/// Completes the WebSocket handshake on `sock`, whose request head `head` the HTTP front has
+/// read (and found to be an upgrade). With `--ws-origin`, a request from any other origin
+/// (or none) is refused with 403: a page on another site could otherwise open a WebSocket
+/// to relayd with its visitor's browser (cross-site WebSocket hijacking).
+pub(crate) fn handshake(
+    sock: Arc<TcpStream>,
+    head: Vec<u8>,
+    config: &Config,
+) -> Result<WebSocket<Duplex>, Refused> {
+    let origins = &config.ws_origins;
+    let seen = RefCell::new(None);
+    // tungstenite's callback signature, which is not ours to change.
+    #[allow(clippy::result_large_err)]
+    let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        let origin = request
+            .headers()
+            .get("origin")
+            .and_then(|o| o.to_str().ok());
+        seen.replace(origin.map(str::to_string));
+        if origins.is_empty() || origin.is_some_and(|o| origins.iter().any(|a| a == o)) {
+            return Ok(response);
+        }
+        let body = "relayd: origin not allowed\n";
+        let mut refusal = ErrorResponse::new(Some(body.into()));
+        *refusal.status_mut() = StatusCode::FORBIDDEN;
+        let headers = refusal.headers_mut();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.insert("content-length", HeaderValue::from(body.len()));
+        headers.insert("connection", HeaderValue::from_static("close"));
+        Err(refusal)
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_line))
+        .max_frame_size(Some(config.max_line));
+    let duplex = Duplex {
+        sock,
+        head,
+        at: 0,
+        queue: None,
+    };
+    match tungstenite::accept_hdr_with_config(duplex, check, Some(ws_config)) {
+        Ok(socket) => Ok(socket),
+        Err(HandshakeError::Failure(Error::Http(response))) => Err(Refused::Answered(format!(
+            "{} (origin {})",
+            response.status(),
+            seen.take().as_deref().unwrap_or("none")
+        ))),
+        Err(HandshakeError::Failure(e)) => Err(Refused::Failed(e.to_string())),
+        Err(HandshakeError::Interrupted(_)) => Err(Refused::Failed("timed out".into())),
+    }
+}
+
+/// A WebSocket client's inbound side, on the client's own thread.
+pub(crate) struct Ws {
+    socket: WebSocket<Duplex>,
+    /// How long a read may wait for a message: `None` for ever.
+    timeout: Option<Duration>,
+    /// When a quiet client is pinged, and how long it has to answer.
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    /// When the client last sent a frame, of any kind.
+    heard: Instant,
+    /// When relayd pinged it, if it has not answered yet.
+    pinged: Option<Instant>,
+    /// Why the client must leave, once a read has found out.
+    departure: Option<Departure>,
+}
+
+impl Ws {
+    /// The transport of an admitted client: from now on, what tungstenite writes goes into
+    /// `peer`'s queue.
+    pub(crate) fn new(mut socket: WebSocket<Duplex>, daemon: Arc<Daemon>, peer: Arc<Peer>) -> Ws {
+        let config = daemon.config();
+        let (ping_interval, pong_timeout) = (config.ws_ping_interval, config.write_timeout);
+        let timeout = config.idle_timeout;
+        socket.get_mut().queue = Some((daemon, peer));
+        Ws {
+            socket,
+            timeout,
+            ping_interval,
+            pong_timeout,
+            heard: Instant::now(),
+            pinged: None,
+            departure: None,
+        }
+    }
+
+    /// Waits for the next text message and leaves its lines in `buf`, each ending with `\n`
+    /// (a trailing `\r` dropped). Returns how many bytes: 0 when the client closed. Pings are
+    /// answered, and a quiet client pinged, meanwhile. An error with [`Ws::departure`] set
+    /// says why the client must go (a binary message, one too long, a protocol error, no
+    /// answer to a ping); a `TimedOut` error is the read timeout, as for TCP.
+    pub(crate) fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        buf.clear();
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        loop {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let ping_due = match self.pinged {
+                Some(at) if now >= at + self.pong_timeout => {
+                    info!("websocket client: no answer to a ping");
+                    return self.leave(Departure::NoPong);
+                }
+                Some(at) => at + self.pong_timeout,
+                None if now >= self.heard + self.ping_interval => {
+                    self.pinged = Some(now);
+                    self.ping();
+                    continue;
+                }
+                None => self.heard + self.ping_interval,
+            };
+            let wake = deadline.map_or(ping_due, |d| d.min(ping_due));
+            let wait = wake
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
+            let _ = self.socket.get_ref().sock.set_read_timeout(Some(wait));
+            let message = match self.socket.read() {
+                Ok(message) => message,
+                Err(Error::Io(e)) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {
+                    continue;
+                }
+                Err(e) => return self.failed(e),
+            };
+            self.heard = Instant::now();
+            match message {
+                Message::Text(text) => {
+                    for line in text.split_inclusive('\n') {
+                        let line = line.strip_suffix('\n').unwrap_or(line);
+                        let line = line.strip_suffix('\r').unwrap_or(line);
+                        buf.extend_from_slice(line.as_bytes());
+                        buf.push(b'\n');
+                    }
+                    if !buf.is_empty() {
+                        return Ok(buf.len());
+                    }
+                }
+                Message::Binary(_) => return self.leave(Departure::BinaryMessage),
+                Message::Pong(_) => self.pinged = None,
+                Message::Close(_) => {
+                    // Sends tungstenite's reply to the close, queued by the read.
+                    let _ = self.socket.flush();
+                    return Ok(0);
+                }
+                // Answered by tungstenite (the pong is queued by the read, sent by the flush).
+                Message::Ping(_) => {
+                    let _ = self.socket.flush();
+                }
+                Message::Frame(_) => {}
+            }
+        }
+    }
+
+    /// How long a read may wait for a message: `None` for ever.
+    pub(crate) fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// Why the client must leave, if a read found a reason.
+    pub(crate) fn departure(&mut self) -> Option<Departure> {
+        self.departure.take()
+    }
+
+    fn ping(&mut self) {
+        if let Some((daemon, peer)) = &self.socket.get_ref().queue {
+            daemon.send_to(peer, &Chunk::frames(&ws_frame::ping()), 0);
+        }
+    }
+
+    fn leave(&mut self, why: Departure) -> io::Result<usize> {
+        let e = io::Error::other(why.to_string());
+        self.departure = Some(why);
+        Err(e)
+    }
+
+    fn failed(&mut self, e: Error) -> io::Result<usize> {
+        debug!("websocket read: {e}");
+        match e {
+            Error::ConnectionClosed | Error::AlreadyClosed => Ok(0),
+            Error::Io(e) => Err(e),
+            Error::Capacity(_) => {
+                let max = self.socket.get_config().max_message_size.unwrap_or(0);
+                self.leave(Departure::MessageTooLong(max))
+            }
+            Error::Utf8(what) => self.leave(Departure::Protocol { utf8: true, what }),
+            e => self.leave(Departure::Protocol {
+                utf8: false,
+                what: e.to_string(),
+            }),
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

@@ -1,0 +1,81 @@
+//! The WebSocket frames relayd writes (RFC 6455, section 5): text messages for lines, and
+//! the close and ping frames of its own. A server's frames are not masked, so a frame is the
+//! same bytes for every recipient and can be built once and shared (see `chunk.rs`).
+//!
+//! Headers are formatted by tungstenite's `FrameHeader`, never by hand; the payload is copied
+//! straight after it, so a line costs one copy, not a `Frame` of its own.
+
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::{Frame, FrameHeader};
+
+/// One text message per line of `lines` (each ending with `\n`, which, like a `\r` before
+/// it, is not part of the message). Bytes that are not UTF-8 (possible from a raw-mode TCP
+/// client) become U+FFFD: a text message must be UTF-8, and a browser closes the
+/// connection on one that is not.
+pub(crate) fn text_frames(lines: &[u8]) -> Box<[u8]> {
+    let count = memchr::memchr_iter(b'\n', lines).count() + 1;
+    // Headers of at most 10 bytes: a server's frames carry no mask.
+    let mut out = Vec::with_capacity(lines.len() + 10 * count);
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let text = String::from_utf8_lossy(line);
+        // Writing to a Vec cannot fail.
+        let _ = header.format(text.len() as u64, &mut out);
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.into_boxed_slice()
+}
+
+/// A close frame with `code` and `reason` (cut to the 123 bytes a control frame has room
+/// for, at a character boundary).
+pub(crate) fn close(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    frame(Frame::close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason[..end].into(),
+    })))
+}
+
+/// A ping, to learn whether a quiet client is still there.
+pub(crate) fn ping() -> Vec<u8> {
+    frame(Frame::ping(&b"relayd"[..]))
+}
+
+fn frame(frame: Frame) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len());
+    let _ = frame.format(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_line_is_one_unmasked_text_frame_without_its_line_ending() {
+        assert_eq!(&*text_frames(b"hi\r\n\n"), b"\x81\x02hi\x81\x00");
+        // Not UTF-8: U+FFFD (3 bytes) in place of the invalid byte.
+        assert_eq!(&*text_frames(b"a\xffb\n"), b"\x81\x05a\xef\xbf\xbdb");
+        let long = vec![b'x'; 300];
+        let frames = text_frames(&[&long[..], b"\n"].concat());
+        assert_eq!(&frames[..4], b"\x81\x7e\x01\x2c");
+        assert_eq!(frames.len(), 304);
+    }
+
+    #[test]
+    fn close_frames_carry_the_code_and_a_reason_that_fits() {
+        assert_eq!(close(1000, "bye"), b"\x88\x05\x03\xe8bye");
+        let long = "é".repeat(100);
+        let frame = close(1001, &long);
+        assert!(frame.len() <= 2 + 125, "{}", frame.len());
+    }
+}

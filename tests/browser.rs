@@ -1,0 +1,115 @@
+//! The page in a real browser: headless Chromium (Debian's `chromium`, which `.ci/run`
+//! installs) on `--ws-bind`'s page, against a real daemon, with an `nc`-like TCP client in
+//! the same room.
+//!
+//! Chromium's `--dump-dom` does not wait for WebSocket traffic, so the page reports what it
+//! saw itself: with `?selftest=TOKEN` it says `selftest TOKEN ready` into the room until the
+//! test's probe line arrives, then types a line into its own input and reports what its DOM
+//! shows for the probe. The test reads all of it over TCP.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, temp_path};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The whole test, Chromium's start included, must fit in this.
+const BUDGET: Duration = Duration::from_secs(30);
+
+/// Headless Chromium on `url`, with a fresh profile, and the flags a machine without a
+/// network and a root user need (no sandbox as root; no calls home).
+fn chromium(url: &str, profile: &Path) -> Child {
+    Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1000,700",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start /usr/bin/chromium (install Debian's chromium; .ci/run does)")
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Proves, in Chromium: the page connects over WebSocket; a line sent by a TCP client appears
+/// in its DOM as text (a line of HTML shows its characters and creates no element); a line
+/// typed into the page's input reaches the TCP client.
+#[test]
+fn the_page_in_chromium_talks_with_a_tcp_client() {
+    let start = Instant::now();
+    let d = Daemon::spawn(&["--ws-bind", "127.0.0.1:0"]);
+    let line = d.wait_log("listening for browsers on http://");
+    let ws: SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mut nc = d.connect();
+    nc.reader_mut()
+        .get_ref()
+        .set_read_timeout(Some(BUDGET))
+        .unwrap();
+    let token = format!("t{}", std::process::id());
+    let profile = temp_path("chromium-profile");
+    std::fs::create_dir_all(&profile).unwrap();
+    let _browser = Killed(chromium(
+        &format!("http://{ws}/?selftest={token}"),
+        &profile,
+    ));
+
+    // The page's "ready" proves both ends are in the room: it was sent by a registered client
+    // and reached this one.
+    let ready = format!("selftest {token} ready\n");
+    let first = nc.line();
+    assert_eq!(String::from_utf8_lossy(&first), ready);
+    let probe = format!("probe-{token} <img src=x onerror=alert(1)> & <b>bold</b>");
+    nc.send(format!("{probe}\n").as_bytes());
+
+    let typed = format!("selftest {token} typed in the page\n");
+    let saw = format!("selftest {token} saw 1 item(s), 0 element(s) inside: {probe}\n");
+    let mut got_typed = false;
+    let mut got_saw = false;
+    while !(got_typed && got_saw) {
+        assert!(
+            start.elapsed() < BUDGET,
+            "the page did not report within {BUDGET:?}"
+        );
+        let line = String::from_utf8_lossy(&nc.line()).to_string();
+        if line == ready {
+            continue;
+        }
+        got_typed |= line == typed;
+        got_saw |= line == saw;
+        assert!(
+            line == typed || line == saw,
+            "unexpected line from the page: {line:?}"
+        );
+    }
+    drop(_browser);
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(start.elapsed() < BUDGET, "took {:?}", start.elapsed());
+}

@@ -1,0 +1,369 @@
+//! Browsers' clients: WebSocket clients (tungstenite's own client) and `--ws-bind`'s HTTP
+//! front, against the real binary, beside TCP clients in the same rooms.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Client, Daemon, TIMEOUT, admin_command, eventually, temp_path};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// A daemon with a TCP port, a `--ws-bind` port and an admin socket.
+struct Browsers {
+    d: Daemon,
+    ws: SocketAddr,
+    admin: PathBuf,
+}
+
+impl Browsers {
+    fn spawn(args: &[&str]) -> Browsers {
+        let admin = temp_path("ws-admin");
+        let admin_s = admin.to_str().unwrap().to_string();
+        let mut all = vec!["--ws-bind", "127.0.0.1:0", "--admin", &admin_s];
+        all.extend_from_slice(args);
+        let d = Daemon::spawn(&all);
+        let line = d.wait_log("listening for browsers on http://");
+        let ws = line
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        Browsers { d, ws, admin }
+    }
+
+    fn tcp(&self) -> Client {
+        self.d.connect()
+    }
+
+    fn ws(&self) -> WebSocket<TcpStream> {
+        ws_connect(self.ws, None)
+    }
+
+    fn clients(&self) -> Vec<String> {
+        admin_command(&self.admin, "clients")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until `n` clients are registered: lines sent from now on reach all of them.
+    fn wait_clients(&self, n: usize) {
+        eventually(&format!("{n} clients"), || self.clients().len() == n);
+    }
+}
+
+impl Drop for Browsers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.admin);
+    }
+}
+
+fn ws_connect(addr: SocketAddr, origin: Option<&str>) -> WebSocket<TcpStream> {
+    try_ws_connect(addr, origin).unwrap_or_else(|e| panic!("websocket handshake: {e}"))
+}
+
+fn try_ws_connect(
+    addr: SocketAddr,
+    origin: Option<&str>,
+) -> Result<WebSocket<TcpStream>, tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest;
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    match tungstenite::client(request, sock) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(e) => panic!("handshake interrupted: {e}"),
+    }
+}
+
+/// The next text message (pings are answered by tungstenite as it reads).
+fn text(ws: &mut WebSocket<TcpStream>) -> String {
+    loop {
+        match ws.read().expect("a message") {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+fn send(ws: &mut WebSocket<TcpStream>, text: &str) {
+    ws.send(Message::text(text)).unwrap();
+}
+
+/// Reads until the close frame, returning its code; the text messages before it go to `texts`.
+fn close_code(ws: &mut WebSocket<TcpStream>, texts: &mut Vec<String>) -> CloseCode {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => texts.push(t.to_string()),
+            Ok(Message::Close(Some(frame))) => return frame.code,
+            Ok(Message::Close(None)) => panic!("a close frame without a code"),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e} (after {texts:?})"),
+        }
+    }
+}
+
+/// One raw HTTP exchange: the status line of the answer.
+fn http_status(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+/// Proves: in raw mode a browser's messages reach `nc` as lines (a message with `\n` is
+/// several lines, a trailing `\r` dropped), and `nc`'s lines reach the browser as one text
+/// message each, without `\n`, with U+FFFD for bytes that are not UTF-8.
+#[test]
+fn raw_lines_cross_between_websocket_and_tcp() {
+    let b = Browsers::spawn(&[]);
+    let mut nc = b.tcp();
+    let mut ws = b.ws();
+    b.wait_clients(2);
+    send(&mut ws, "from the browser");
+    send(&mut ws, "two\r\nlines");
+    nc.expect(b"from the browser\n");
+    nc.expect(b"two\n");
+    nc.expect(b"lines\n");
+    nc.send(b"from nc\n\xffz\r\n");
+    assert_eq!(text(&mut ws), "from nc");
+    assert_eq!(text(&mut ws), "\u{fffd}z");
+    let clients = b.clients();
+    assert!(clients[0].ends_with(" tcp"), "{clients:?}");
+    assert!(clients[1].ends_with(" ws"), "{clients:?}");
+}
+
+/// Proves: in chat mode browsers and `nc` users share names and rooms: notices, `/nick`,
+/// `/join`, and lines only within the room.
+#[test]
+fn chat_rooms_and_names_across_transports() {
+    let b = Browsers::spawn(&["--chat"]);
+    let mut nc = b.tcp();
+    nc.expect("* welcome to relayd, you are guest1 (1 online) — /help for commands\n".as_bytes());
+    let mut ws = b.ws();
+    assert_eq!(
+        text(&mut ws),
+        "* welcome to relayd, you are guest2 (2 online) — /help for commands"
+    );
+    nc.expect(b"* guest2 joined (2 online)\n");
+    send(&mut ws, "/nick web");
+    nc.expect(b"* guest2 is now web\n");
+    assert_eq!(text(&mut ws), "* you are now web");
+    nc.send(b"/nick term\n");
+    nc.expect(b"* you are now term\n");
+    assert_eq!(text(&mut ws), "* guest1 is now term");
+    send(&mut ws, "/join games");
+    while !text(&mut ws).contains("games") {}
+    nc.expect(b"* web left (joined games) (1 online)\n");
+    nc.send(b"/join games\n");
+    assert_eq!(text(&mut ws), "* term joined (2 online)");
+    while !String::from_utf8_lossy(&nc.line()).contains("games") {}
+    nc.send(b"hello from nc\n");
+    assert_eq!(text(&mut ws), "<term> hello from nc");
+    send(&mut ws, "<b>hi</b>");
+    nc.expect(b"<web> <b>hi</b>\n");
+}
+
+/// Proves: the operator's `kick` treats a browser like any client: it gets the notice, as a
+/// text message, then a close frame (1008), and the room is told.
+#[test]
+fn kick_a_websocket_client() {
+    let b = Browsers::spawn(&["--chat"]);
+    let mut nc = b.tcp();
+    nc.line();
+    let mut ws = b.ws();
+    text(&mut ws);
+    nc.expect(b"* guest2 joined (2 online)\n");
+    assert_eq!(admin_command(&b.admin, "kick guest2 spam"), "ok\n");
+    let mut texts = Vec::new();
+    assert_eq!(close_code(&mut ws, &mut texts), CloseCode::Policy);
+    assert_eq!(texts, ["relayd: kicked by operator: spam"]);
+    nc.expect(b"* guest2 left (kicked by operator: spam) (1 online)\n");
+}
+
+/// Proves: `--rate` limits a browser's lines as a TCP client's, and tells it so.
+#[test]
+fn rate_limit_applies_to_websocket_clients() {
+    let b = Browsers::spawn(&["--rate", "2/3600"]);
+    let mut nc = b.tcp();
+    let mut ws = b.ws();
+    b.wait_clients(2);
+    for i in 0..4 {
+        send(&mut ws, &format!("line {i}"));
+    }
+    assert_eq!(
+        text(&mut ws),
+        "relayd: rate limit exceeded (2 lines per 3600 s), line dropped"
+    );
+    nc.expect(b"line 0\n");
+    nc.expect(b"line 1\n");
+    nc.send(b"after\n");
+    assert_eq!(text(&mut ws), "after");
+}
+
+/// Proves: a message longer than `--max-line` gets the notice and close code 1009; a binary
+/// message the notice and 1003. Others are not affected.
+#[test]
+fn oversize_and_binary_messages_close_with_their_codes() {
+    let b = Browsers::spawn(&["--max-line", "100"]);
+    let mut nc = b.tcp();
+    let mut long = b.ws();
+    let mut binary = b.ws();
+    b.wait_clients(3);
+    send(&mut long, &"x".repeat(200));
+    let mut texts = Vec::new();
+    assert_eq!(close_code(&mut long, &mut texts), CloseCode::Size);
+    assert_eq!(texts, ["relayd: message too long (max 100 bytes)"]);
+    binary.send(Message::binary(&b"\x00\x01"[..])).unwrap();
+    texts.clear();
+    assert_eq!(close_code(&mut binary, &mut texts), CloseCode::Unsupported);
+    assert_eq!(
+        texts,
+        ["relayd: binary messages are not accepted, send text"]
+    );
+    b.wait_clients(1);
+    let mut ws = b.ws();
+    b.wait_clients(2);
+    send(&mut ws, "fine");
+    nc.expect(b"fine\n");
+}
+
+/// Proves: the HTTP front answers what is not a WebSocket with plain errors, and serves the
+/// page at `/`.
+#[test]
+fn http_errors_and_the_page() {
+    let b = Browsers::spawn(&[]);
+    let page = http_status(b.ws, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(page, "HTTP/1.1 200 OK");
+    let (status, body) = common::http(b.ws, "GET", "/?view=danmaku");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("<!doctype html>"), "{body:.100}");
+    assert_eq!(
+        http_status(b.ws, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "HTTP/1.1 404 Not Found"
+    );
+    assert_eq!(
+        http_status(b.ws, b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    assert_eq!(
+        http_status(b.ws, b"hello there\r\n\r\n"),
+        "HTTP/1.1 400 Bad Request"
+    );
+    let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(9000));
+    assert_eq!(
+        http_status(b.ws, big.as_bytes()),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // An upgrade without a key is not a WebSocket handshake.
+    assert_eq!(
+        http_status(
+            b.ws,
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        ),
+        "HTTP/1.1 400 Bad Request"
+    );
+    b.d.wait_log("404 not found");
+    assert!(b.clients().is_empty());
+}
+
+/// Proves: with `--ws-origin`, a handshake from another origin (or none) is refused with 403,
+/// and one from a listed origin is served.
+#[test]
+fn wrong_origin_is_refused() {
+    let b = Browsers::spawn(&["--ws-origin", "http://good.example"]);
+    for origin in [Some("http://evil.example"), None] {
+        match try_ws_connect(b.ws, origin) {
+            Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+            other => panic!("origin {origin:?} not refused: {:?}", other.map(|_| ())),
+        }
+    }
+    b.d.wait_log("websocket refused: 403");
+    let mut nc = b.tcp();
+    let mut ws = ws_connect(b.ws, Some("http://good.example"));
+    b.wait_clients(2);
+    send(&mut ws, "good");
+    nc.expect(b"good\n");
+}
+
+/// Proves: a browser that stops reading is cut off as a TCP client would be (too slow), and
+/// costs the others nothing: a TCP reader gets every line meanwhile.
+#[test]
+fn a_websocket_client_that_stops_reading_is_cut_off() {
+    let b = Browsers::spawn(&["--max-pending", "65536", "--stall-timeout", "300"]);
+    let mut reader = b.tcp();
+    let mut sender = b.tcp();
+    let _stuck = b.ws();
+    b.wait_clients(3);
+    let line = format!("{}\n", "z".repeat(999));
+    let deadline = Instant::now() + TIMEOUT;
+    let mut sent = 0;
+    while b.clients().len() == 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck browser was never cut off"
+        );
+        for _ in 0..100 {
+            sender.send(line.as_bytes());
+        }
+        sent += 100;
+        for _ in 0..100 {
+            reader.expect(line.as_bytes());
+        }
+    }
+    b.d.wait_log("too slow");
+    assert!(sent > 64, "cut off after {sent} lines");
+}
+
+/// Proves: a quiet client is pinged, one that answers (tungstenite's client does, as it
+/// reads) stays, and one that does not is closed after `--write-timeout`.
+#[test]
+fn ping_keeps_answering_clients_and_closes_silent_ones() {
+    let b = Browsers::spawn(&["--ws-ping-interval", "1", "--write-timeout", "1"]);
+    let mut answering = b.ws();
+    let _silent = b.ws();
+    b.wait_clients(2);
+    let start = Instant::now();
+    answering
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Reading is what makes tungstenite answer pings.
+    while b.clients().len() == 2 {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the silent client was never closed"
+        );
+        let _ = answering.read();
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    b.d.wait_log("no answer to ping");
+    // The answering one is still there after several ping intervals.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        let _ = answering.read();
+    }
+    assert_eq!(b.clients().len(), 1);
+    assert!(b.clients()[0].ends_with(" ws"));
+}
