@@ -770,11 +770,32 @@ impl Peer {
                     let _ = (&*self.sock).write_all(&notice);
                 }
                 Drainer::Sender => {
-                    let _ = send_dontwait(&self.sock, &notice);
+                    let sent = send_dontwait(&self.sock, &notice).unwrap_or(0);
+                    if sent < notice.len() && self.finish_later(notice[sent..].to_vec()) {
+                        return;
+                    }
                 }
             }
         }
         let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    /// Writes the rest of a farewell on a thread of its own, then shuts the socket: whoever
+    /// closed the peer has others to serve and may not wait, but a farewell cut short would
+    /// leave half a line (or half a WebSocket frame) as the client's last bytes. Like a
+    /// writer's, the write waits for room up to `--write-timeout`. Reading is shut at once, so
+    /// the client's own thread leaves now. Returns false if no thread could be started.
+    fn finish_later(&self, rest: Vec<u8>) -> bool {
+        let _ = self.sock.shutdown(Shutdown::Read);
+        let sock = Arc::clone(&self.sock);
+        thread::Builder::new()
+            .name(format!("farewell-{}", self.id))
+            .stack_size(WRITER_STACK)
+            .spawn(move || {
+                let _ = (&*sock).write_all(&rest);
+                let _ = sock.shutdown(Shutdown::Both);
+            })
+            .is_ok()
     }
 
     /// Stops reading from the peer (its reader thread sees end of input) while leaving its
