@@ -126,6 +126,9 @@ pub enum Fresh {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub target: String,
+    /// How the receivers connect: "tcp", or "ws" with --ws.
+    pub transport: &'static str,
+    pub senders: usize,
     pub scenario: &'static str,
     pub run: usize,
     pub clients: usize,
@@ -148,9 +151,13 @@ impl Outcome {
         Outcome {
             target: if p.kind.name() == "ceiling" {
                 "loopback".into()
+            } else if p.ws {
+                spec.label() + "/ws"
             } else {
                 spec.label()
             },
+            transport: if p.ws { "ws" } else { "tcp" },
+            senders: p.senders,
             scenario: p.kind.name(),
             run,
             clients: p.clients,
@@ -361,14 +368,16 @@ fn measure_json(m: &Measure) -> String {
 pub fn json(o: &Outcome) -> String {
     let srv = o.server.as_ref();
     format!(
-        "{{\"target\":{},\"scenario\":{},\"run\":{},\"clients\":{},\"lines\":{},\"size\":{},\
+        "{{\"target\":{},\"transport\":{},\"scenario\":{},\"run\":{},\"clients\":{},\"senders\":{},\"lines\":{},\"size\":{},\
          \"result\":{},\"baseline\":{},\"kept_pct\":{},\"fresh_first_line_ms\":{},\
          \"fresh_error\":{},\"server_peak_rss_kib\":{},\"server_rss_per_conn_kib\":{},\
          \"server_threads_max\":{},\"server_cpus\":{},\"client_cpus\":{},\"error\":{}}}",
         json_str(&o.target),
+        json_str(o.transport),
         json_str(o.scenario),
         o.run,
         o.clients,
+        o.senders,
         o.lines,
         o.size,
         o.main.as_ref().map_or("null".into(), measure_json),

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use crate::payload::{self, now_ns};
 use crate::procstat::{self, ThreadSampler};
-use crate::receiver::{self, Limits, Progress, RxConn, RxReport};
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::receiver::{self, Limits, Progress, RxConn, RxReport, Shared, Ws};
 use crate::report::{Fresh, Measure, Outcome, ServerCost};
 use crate::sender;
 use crate::sys::{self, Cpus};
-use crate::target::{self, Spec};
+use crate::target::{self, Server, Spec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -61,6 +63,12 @@ pub struct Params {
     pub server_cpus: Option<Cpus>,
     /// Where this generator runs (--client-cpus), applied in `main` before any thread.
     pub client_cpus: Option<Cpus>,
+    /// --ws: the receivers (fanout, slow, connscale) are WebSocket clients of relayd's
+    /// `--ws-bind` listener; senders, the stalled and the fresh client stay TCP.
+    pub ws: bool,
+    /// fanout, connscale: TCP senders (--senders). With more than one, each sends `lines`
+    /// lines at `rate` lines/s, and they hear each other like any other client.
+    pub senders: usize,
 }
 
 /// Runs one scenario against a fresh instance of `spec` (or no server at all, for ceiling).
@@ -77,16 +85,21 @@ pub fn run(params: &Params, spec: &Spec, run: usize) -> Outcome {
 }
 
 fn with_server(params: &Params, spec: &Spec, out: &mut Outcome) -> Result<(), String> {
-    let server = target::start(spec, params.clients + 2, params.server_cpus.as_ref())?;
+    let server = target::start(
+        spec,
+        params.clients + params.senders + 2,
+        params.server_cpus.as_ref(),
+        params.ws,
+    )?;
     let sampler = server.pid.map(ThreadSampler::start);
     let until = Instant::now() + params.timeout;
     let result = match params.kind {
         Kind::Fanout | Kind::Connscale => {
-            fanout(params, &server.addr, server.pid, false, until).map(|(m, _)| out.main = Some(m))
+            fanout(params, &server, false, until).map(|(m, _)| out.main = Some(m))
         }
-        Kind::Slow => fanout(params, &server.addr, server.pid, false, until).and_then(|(b, _)| {
+        Kind::Slow => fanout(params, &server, false, until).and_then(|(b, _)| {
             out.baseline = Some(b);
-            let (m, fresh) = fanout(params, &server.addr, server.pid, true, until)?;
+            let (m, fresh) = fanout(params, &server, true, until)?;
             out.main = Some(m);
             out.fresh = fresh;
             Ok(())
@@ -116,6 +129,61 @@ fn connect(addr: &SocketAddr, n: usize, what: &str) -> Result<Vec<Arc<TcpStream>
             Ok(Arc::new(s))
         })
         .collect()
+}
+
+/// `n` WebSocket clients of relayd's `--ws-bind` listener at `addr`: a TCP connection, then
+/// tungstenite's client handshake on it, blocking with a timeout. The receiver makes them
+/// non-blocking afterwards.
+fn connect_ws(
+    addr: &SocketAddr,
+    n: usize,
+    what: &str,
+) -> Result<Vec<(Arc<TcpStream>, Ws)>, String> {
+    let url = format!("ws://{addr}/ws");
+    // tungstenite allocates its whole read buffer up front (128 KiB by default): for thousands
+    // of clients, take 16 KiB, what relayd writes at a time.
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let limit = Some(Duration::from_secs(5));
+    (0..n)
+        .map(|i| {
+            let fail = |e: String| format!("{what} {i} of {n}: {addr}: {e}");
+            let s = TcpStream::connect_timeout(addr, Duration::from_secs(5))
+                .map_err(|e| fail(format!("cannot connect: {e}")))?;
+            s.set_nodelay(true)
+                .and_then(|_| s.set_read_timeout(limit))
+                .and_then(|_| s.set_write_timeout(limit))
+                .map_err(|e| fail(e.to_string()))?;
+            let sock = Arc::new(s);
+            let (ws, _) = tungstenite::client::client_with_config(
+                url.as_str(),
+                Shared(Arc::clone(&sock)),
+                Some(config),
+            )
+            .map_err(|e| fail(format!("WebSocket handshake: {e}")))?;
+            sock.set_read_timeout(None)
+                .and_then(|_| sock.set_write_timeout(None))
+                .map_err(|e| fail(e.to_string()))?;
+            Ok((sock, ws))
+        })
+        .collect()
+}
+
+/// The `n` clients that only listen: TCP, or WebSocket with --ws.
+fn listeners(p: &Params, server: &Server, n: usize) -> Result<Vec<RxConn>, String> {
+    if !p.ws {
+        let socks = connect(&server.addr, n, "receiver")?;
+        return Ok(socks.into_iter().map(RxConn::listener).collect());
+    }
+    let addr = server
+        .ws_addr
+        .ok_or("--ws needs a server with a WebSocket listener (the relayd started here)")?;
+    Ok(connect_ws(&addr, n, "WebSocket receiver")?
+        .into_iter()
+        .map(|(sock, ws)| RxConn {
+            ws: Some(ws),
+            ..RxConn::listener(sock)
+        })
+        .collect())
 }
 
 /// Seconds to let the relay register `n` clients before calling it stuck.
@@ -148,19 +216,13 @@ fn receive_registered(
     progress: &Arc<Progress>,
     until: Instant,
 ) -> Result<Rx, String> {
+    let need = conns.len();
     let limits = Limits {
         deadline: until,
         drain: p.drain,
     };
     let rx = spawn_receiver(conns, p.size, progress, limits)?;
-    if let Err(e) = sender::probe(
-        prober,
-        0,
-        p.size,
-        p.clients,
-        progress,
-        register_timeout(p.clients),
-    ) {
+    if let Err(e) = sender::probe(prober, 0, p.size, need, progress, register_timeout(need)) {
         progress.stop.store(true, Ordering::SeqCst);
         let _ = rx.join();
         return Err(e);
@@ -218,31 +280,47 @@ impl Clock {
     }
 }
 
-/// One sender, `clients` receivers; with `stalled`, one more client that never reads, and a
-/// fresh client that connects a quarter of the way through and times its first line.
+/// One sender (or --senders), `clients` receivers; with `stalled`, one more client that
+/// never reads, and a fresh client that connects a quarter of the way through and times its
+/// first line.
 fn fanout(
     p: &Params,
-    addr: &SocketAddr,
-    pid: Option<u32>,
+    server: &Server,
     stalled: bool,
     until: Instant,
 ) -> Result<(Measure, Option<Fresh>), String> {
-    let receivers = connect(addr, p.clients, "receiver")?;
-    let sender = connect(addr, 1, "sender")?.remove(0);
+    let addr = &server.addr;
+    let mut conns = listeners(p, server, p.clients)?;
+    let senders = connect(addr, p.senders, "sender")?;
     let _stalled = if stalled {
         Some(connect(addr, 1, "stalled client")?)
     } else {
         None
     };
-    let progress = Progress::new(1);
-    let conns = receivers.into_iter().map(RxConn::listener).collect();
-    let rx = receive_registered(conns, &sender, p, &progress, until)?;
-    let clock = Clock::start(pid);
+    let progress = Progress::new(p.senders);
+    if p.senders > 1 {
+        // Several senders hear each other: read them too, or the relay would cut them off
+        // as stalled. Sender 0 sends the probes, so it counts as registered.
+        conns.extend(senders.iter().enumerate().map(|(i, s)| RxConn {
+            own: Some(i as u16),
+            prober: i == 0,
+            ..RxConn::listener(Arc::clone(s))
+        }));
+    }
+    let rx = receive_registered(conns, &senders[0], p, &progress, until)?;
+    let clock = Clock::start(server.pid);
     let fresh = stalled.then(|| {
         let (progress, addr, quarter) = (Arc::clone(&progress), *addr, p.lines / 4);
         thread::spawn(move || fresh_client(&addr, &progress, quarter))
     });
-    let sent = sender::fanout(&sender, p.lines, p.size, p.rate, &progress, until);
+    let sent = match (p.senders, p.rate) {
+        (1, rate) => sender::fanout(&senders[0], p.lines, p.size, rate, &progress, until),
+        (_, Some(rate)) => {
+            let duration = Duration::from_secs_f64(p.lines as f64 / rate);
+            sender::chatter(&senders, rate, duration, p.size, &progress, until)
+        }
+        (_, None) => unreachable!("main requires --rate with --senders"),
+    };
     let rep = join_receiver(rx, &progress)?;
     sent.map_err(|e| format!("sender: {e}"))?;
     let m = clock.measure(&rep, &progress, p.size);
@@ -307,9 +385,9 @@ fn chatter(
         .iter()
         .enumerate()
         .map(|(i, sock)| RxConn {
-            sock: Arc::clone(sock),
             own: Some(i as u16),
             prober: i == 0,
+            ..RxConn::listener(Arc::clone(sock))
         })
         .collect();
     let rx = receive_registered(conns, &socks[0], p, &progress, until)?;
