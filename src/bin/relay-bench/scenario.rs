@@ -94,12 +94,20 @@ fn with_server(params: &Params, spec: &Spec, out: &mut Outcome) -> Result<(), St
     let sampler = server.pid.map(ThreadSampler::start);
     let until = Instant::now() + params.timeout;
     let result = match params.kind {
-        Kind::Fanout | Kind::Connscale => {
-            fanout(params, &server, false, until).map(|(m, _)| out.main = Some(m))
+        Kind::Fanout => {
+            fanout(params, &server, false, until, None).map(|(m, _)| out.main = Some(m))
         }
-        Kind::Slow => fanout(params, &server, false, until).and_then(|(b, _)| {
+        Kind::Connscale => {
+            let before = server.pid.and_then(procstat::rss_kib);
+            let mut idle = None;
+            let (m, _) = fanout(params, &server, false, until, Some(&mut idle))?;
+            out.main = Some(m);
+            out.idle_rss_kib = before.zip(idle);
+            Ok(())
+        }
+        Kind::Slow => fanout(params, &server, false, until, None).and_then(|(b, _)| {
             out.baseline = Some(b);
-            let (m, fresh) = fanout(params, &server, true, until)?;
+            let (m, fresh) = fanout(params, &server, true, until, None)?;
             out.main = Some(m);
             out.fresh = fresh;
             Ok(())
@@ -282,12 +290,14 @@ impl Clock {
 
 /// One sender (or --senders), `clients` receivers; with `stalled`, one more client that
 /// never reads, and a fresh client that connects a quarter of the way through and times its
-/// first line.
+/// first line. `idle`, if given, gets the server's resident memory once every client is
+/// registered, before the measured lines.
 fn fanout(
     p: &Params,
     server: &Server,
     stalled: bool,
     until: Instant,
+    idle: Option<&mut Option<u64>>,
 ) -> Result<(Measure, Option<Fresh>), String> {
     let addr = &server.addr;
     let mut conns = listeners(p, server, p.clients)?;
@@ -308,6 +318,9 @@ fn fanout(
         }));
     }
     let rx = receive_registered(conns, &senders[0], p, &progress, until)?;
+    if let Some(idle) = idle {
+        *idle = server.pid.and_then(procstat::rss_kib);
+    }
     let clock = Clock::start(server.pid);
     let fresh = stalled.then(|| {
         let (progress, addr, quarter) = (Arc::clone(&progress), *addr, p.lines / 4);
