@@ -162,7 +162,7 @@ fn fanout_to_websocket_receivers_delivers_every_line() {
 
 #[test]
 fn several_paced_senders_reach_websocket_receivers_and_each_other() {
-    // 3 TCP senders × 10 lines at 50 lines/s each, 4 WebSocket receivers.
+    // 3 TCP senders × 10 lines at 50 lines/s each, 4 WebSocket receivers, read by 2 threads.
     let line = &run_bench(&[
         "fanout",
         "--ws",
@@ -174,6 +174,8 @@ fn several_paced_senders_reach_websocket_receivers_and_each_other() {
         "50",
         "--lines",
         "10",
+        "--rx-threads",
+        "2",
     ]);
     assert!(line.contains("\"senders\":3"), "{line}");
     // Each line is owed to the 4 receivers and the 2 other senders.

@@ -85,7 +85,8 @@ HOW IT MEASURES:
     generator's monotonic clock, plus padding that depends on both, so each receiver checks
     loss, order, duplication and corruption line by line. Before measuring, probe lines are
     sent until every client has seen one, so a client the server has not registered yet is
-    never counted as loss. One thread sends, one thread reads every socket through epoll.
+    never counted as loss. One thread sends, one thread reads every socket through epoll
+    (--rx-threads N: N threads, each with its share of the sockets).
 
 FIGURES:
     deliveries/s  measured lines received (each line counts once per receiver) divided by
@@ -219,6 +220,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     senders: u64,
+
+    /// Receiver threads, each reading its share of the clients through its own epoll set.
+    /// More than one when the generator's single reader is the limit (see genCPU%).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=16))]
+    rx_threads: u64,
 }
 
 fn params(a: &Args) -> Result<Params, String> {
@@ -272,6 +279,7 @@ fn params(a: &Args) -> Result<Params, String> {
         client_cpus: None,
         ws: a.ws,
         senders,
+        rx_threads: a.rx_threads as usize,
     })
 }
 

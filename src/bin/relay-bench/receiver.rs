@@ -108,6 +108,7 @@ impl RxConn {
 }
 
 /// When the receiver stops waiting.
+#[derive(Clone, Copy)]
 pub struct Limits {
     /// Hard end of the run.
     pub deadline: Instant,
@@ -231,7 +232,9 @@ pub fn receive(
             && (advanced >= e || last_progress.elapsed() >= limits.drain)
         {
             rep.expected = e;
-            break;
+            // Done, or the drain expired: the senders have finished, and other receiver
+            // threads (--rx-threads) still wait for their own lines, so stop no one.
+            return Ok(rep);
         }
         if open == 0 || progress.stop.load(Ordering::SeqCst) {
             rep.expected = expected.unwrap_or(advanced);
@@ -243,8 +246,28 @@ pub fn receive(
             break;
         }
     }
+    // Given up: the senders and any other receiver thread stop too.
     progress.stop.store(true, Ordering::SeqCst);
     Ok(rep)
+}
+
+impl RxReport {
+    /// Adds what another receiver thread saw (its own connections) to this report.
+    pub fn merge(&mut self, o: RxReport) {
+        self.delivered += o.delivered;
+        self.expected += o.expected;
+        self.out_of_order += o.out_of_order;
+        self.corrupt += o.corrupt;
+        self.notices += o.notices;
+        self.disconnected += o.disconnected;
+        self.bytes += o.bytes;
+        self.latency.merge(&o.latency);
+        if o.first_ns != 0 && (self.first_ns == 0 || o.first_ns < self.first_ns) {
+            self.first_ns = o.first_ns;
+        }
+        self.last_ns = self.last_ns.max(o.last_ns);
+        self.timed_out |= o.timed_out;
+    }
 }
 
 /// The measured lines `conns` are owed for what has been sent so far: every sender's lines,

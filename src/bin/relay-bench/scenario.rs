@@ -69,6 +69,8 @@ pub struct Params {
     /// fanout, connscale: TCP senders (--senders). With more than one, each sends `lines`
     /// lines at `rate` lines/s, and they hear each other like any other client.
     pub senders: usize,
+    /// Receiver threads (--rx-threads), each reading its share of the clients.
+    pub rx_threads: usize,
 }
 
 /// Runs one scenario against a fresh instance of `spec` (or no server at all, for ceiling).
@@ -199,19 +201,38 @@ fn register_timeout(n: usize) -> Duration {
     Duration::from_secs(10) + Duration::from_millis(n as u64)
 }
 
-type Rx = thread::JoinHandle<io::Result<RxReport>>;
+type Rx = Vec<thread::JoinHandle<io::Result<RxReport>>>;
 
+/// Starts `threads` receiver threads, each with its own share of `conns` (dealt out in
+/// turn). Should one fail to start, those already started are stopped and joined.
 fn spawn_receiver(
     conns: Vec<RxConn>,
     size: usize,
     progress: &Arc<Progress>,
     limits: Limits,
+    threads: usize,
 ) -> Result<Rx, String> {
-    let progress = Arc::clone(progress);
-    thread::Builder::new()
-        .name("receiver".into())
-        .spawn(move || receiver::receive(conns, size, progress, limits))
-        .map_err(|e| format!("cannot start the receiver thread: {e}"))
+    let threads = threads.clamp(1, conns.len().max(1));
+    let mut groups: Vec<Vec<RxConn>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, c) in conns.into_iter().enumerate() {
+        groups[i % threads].push(c);
+    }
+    let mut rx = Vec::with_capacity(threads);
+    for group in groups {
+        let mine = Arc::clone(progress);
+        match thread::Builder::new()
+            .name("receiver".into())
+            .spawn(move || receiver::receive(group, size, mine, limits))
+        {
+            Ok(h) => rx.push(h),
+            Err(e) => {
+                progress.stop.store(true, Ordering::SeqCst);
+                let _ = join_receiver(rx, progress);
+                return Err(format!("cannot start a receiver thread: {e}"));
+            }
+        }
+    }
+    Ok(rx)
 }
 
 /// Starts the receiver on `conns`, then sends probe lines from `prober` until the relay has
@@ -229,22 +250,37 @@ fn receive_registered(
         deadline: until,
         drain: p.drain,
     };
-    let rx = spawn_receiver(conns, p.size, progress, limits)?;
+    let rx = spawn_receiver(conns, p.size, progress, limits, p.rx_threads)?;
     if let Err(e) = sender::probe(prober, 0, p.size, need, progress, register_timeout(need)) {
         progress.stop.store(true, Ordering::SeqCst);
-        let _ = rx.join();
+        let _ = join_receiver(rx, progress);
         return Err(e);
     }
     Ok(rx)
 }
 
 fn join_receiver(rx: Rx, progress: &Progress) -> Result<RxReport, String> {
-    let r = rx.join();
+    let mut all: Option<RxReport> = None;
+    let mut err = None;
+    for h in rx {
+        match h.join() {
+            Ok(Ok(rep)) => match &mut all {
+                Some(a) => a.merge(rep),
+                None => all = Some(rep),
+            },
+            Ok(Err(e)) => err = err.or(Some(format!("receiver: {e}"))),
+            Err(_) => err = err.or(Some("receiver thread panicked".into())),
+        }
+        if err.is_some() {
+            // One thread's failure ends the run: the others stop rather than wait it out.
+            progress.stop.store(true, Ordering::SeqCst);
+        }
+    }
     progress.stop.store(true, Ordering::SeqCst);
-    match r {
-        Ok(Ok(rep)) => Ok(rep),
-        Ok(Err(e)) => Err(format!("receiver: {e}")),
-        Err(_) => Err("receiver thread panicked".into()),
+    match (err, all) {
+        (Some(e), _) => Err(e),
+        (None, Some(rep)) => Ok(rep),
+        (None, None) => Err("no receiver thread".into()),
     }
 }
 
@@ -442,7 +478,7 @@ fn ceiling(p: &Params) -> Result<Measure, String> {
         deadline: Instant::now() + p.timeout,
         drain: p.drain,
     };
-    let rx = spawn_receiver(conns, p.size, &progress, limits)?;
+    let rx = spawn_receiver(conns, p.size, &progress, limits, p.rx_threads)?;
     let clock = Clock::start(None);
     progress.start_ns.store(now_ns(), Ordering::SeqCst);
     let piece = (16 * 1024 / p.size).max(1) * p.size;
