@@ -145,3 +145,42 @@ fn bad_cpu_lists_fail_with_one_line() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn fanout_to_websocket_receivers_delivers_every_line() {
+    let line = &run_bench(&["fanout", "--ws", "--clients", "4", "--lines", "2000"]);
+    assert!(line.contains("\"target\":\"relayd/ws\""), "{line}");
+    assert!(line.contains("\"transport\":\"ws\""), "{line}");
+    assert!(line.contains("\"error\":null"), "{line}");
+    assert_eq!(field(line, "expected"), 4 * 2000, "{line}");
+    assert_eq!(field(line, "deliveries"), 4 * 2000, "{line}");
+    assert_eq!(field(line, "lost"), 0, "{line}");
+    assert_eq!(field(line, "out_of_order"), 0, "{line}");
+    assert_eq!(field(line, "corrupt"), 0, "{line}");
+    assert_eq!(field(line, "disconnected"), 0, "{line}");
+}
+
+#[test]
+fn several_paced_senders_reach_websocket_receivers_and_each_other() {
+    // 3 TCP senders × 10 lines at 50 lines/s each, 4 WebSocket receivers, read by 2 threads.
+    let line = &run_bench(&[
+        "fanout",
+        "--ws",
+        "--clients",
+        "4",
+        "--senders",
+        "3",
+        "--rate",
+        "50",
+        "--lines",
+        "10",
+        "--rx-threads",
+        "2",
+    ]);
+    assert!(line.contains("\"senders\":3"), "{line}");
+    // Each line is owed to the 4 receivers and the 2 other senders.
+    assert_eq!(field(line, "expected"), 3 * 10 * (4 + 2), "{line}");
+    assert_eq!(field(line, "deliveries"), 3 * 10 * (4 + 2), "{line}");
+    assert_eq!(field(line, "lost"), 0, "{line}");
+    assert_eq!(field(line, "corrupt"), 0, "{line}");
+}

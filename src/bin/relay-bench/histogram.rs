@@ -47,6 +47,15 @@ impl Histogram {
         self.max = self.max.max(v);
     }
 
+    /// Adds every value recorded in `other`.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.max = self.max.max(other.max);
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }

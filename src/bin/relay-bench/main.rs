@@ -60,6 +60,15 @@ TARGET:
     --compare CMD runs relayd and CMD alternately (A B A B ...) --repeat times and prints,
     for each figure, both medians and the median of the per-pair ratios relayd/CMD.
 
+WEBSOCKET:
+    --ws (fanout, slow, connscale) starts relayd with --ws-bind on a second free 127.0.0.1
+    port too, and the receivers connect there as WebSocket clients (ws://ADDR/ws, handshake
+    by tungstenite); each text message is one line and gets the same checks as a TCP line.
+    The senders stay TCP, like a bot feeding browsers; so do slow's stalled and fresh
+    clients. Rows are labelled relayd/ws. A danmaku-like run, 1000 browser viewers and 20
+    senders at 10 lines/s each for 5 s:
+        relay-bench fanout --ws --clients 1000 --senders 20 --rate 10 --lines 50
+
 CPU PLACEMENT:
     --server-cpus LIST runs every server started here (relayd, --server-cmd, and both
     targets of --compare) on the CPUs in LIST; --client-cpus LIST runs this generator, all
@@ -76,7 +85,8 @@ HOW IT MEASURES:
     generator's monotonic clock, plus padding that depends on both, so each receiver checks
     loss, order, duplication and corruption line by line. Before measuring, probe lines are
     sent until every client has seen one, so a client the server has not registered yet is
-    never counted as loss. One thread sends, one thread reads every socket through epoll.
+    never counted as loss. One thread sends, one thread reads every socket through epoll
+    (--rx-threads N: N threads, each with its share of the sockets).
 
 FIGURES:
     deliveries/s  measured lines received (each line counts once per receiver) divided by
@@ -200,6 +210,22 @@ struct Args {
     /// Run this generator (all its threads) on these CPUs; see CPU PLACEMENT.
     #[arg(long, value_name = "LIST")]
     client_cpus: Option<String>,
+
+    /// Receivers are WebSocket clients (relayd started here with --ws-bind); see WEBSOCKET.
+    #[arg(long, conflicts_with_all = ["connect", "server_cmd", "compare"])]
+    ws: bool,
+
+    /// TCP senders (fanout, connscale); more than one needs --rate, each sends --lines lines
+    /// at --rate lines/s.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    senders: u64,
+
+    /// Receiver threads, each reading its share of the clients through its own epoll set.
+    /// More than one when the generator's single reader is the limit (see genCPU%).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=16))]
+    rx_threads: u64,
 }
 
 fn params(a: &Args) -> Result<Params, String> {
@@ -225,6 +251,21 @@ fn params(a: &Args) -> Result<Params, String> {
     if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 3600.0) {
         return Err("--duration must be between 0 and 3600 seconds".into());
     }
+    if a.ws && matches!(kind, Kind::Ceiling | Kind::Chatter) {
+        return Err(format!(
+            "{} has no --ws (fanout, slow and connscale have)",
+            kind.name()
+        ));
+    }
+    let senders = a.senders as usize;
+    if senders > 1 {
+        if !matches!(kind, Kind::Fanout | Kind::Connscale) {
+            return Err("--senders is for fanout and connscale".into());
+        }
+        if a.rate.is_none() {
+            return Err("--senders above 1 needs --rate (lines/s per sender)".into());
+        }
+    }
     Ok(Params {
         kind,
         clients,
@@ -236,6 +277,9 @@ fn params(a: &Args) -> Result<Params, String> {
         drain: Duration::from_millis(a.drain),
         server_cpus: None,
         client_cpus: None,
+        ws: a.ws,
+        senders,
+        rx_threads: a.rx_threads as usize,
     })
 }
 

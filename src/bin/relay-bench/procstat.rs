@@ -33,6 +33,11 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmHWM:")
 }
 
+/// Resident memory now (VmRSS), in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmRSS:")
+}
+
 /// The CPUs the process may run on (`Cpus_allowed_list`, e.g. `0-1`), as its main thread
 /// has them; the threads it starts inherit them.
 pub fn cpus_allowed(pid: u32) -> Option<String> {

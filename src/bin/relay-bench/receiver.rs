@@ -4,8 +4,13 @@
 //!
 //! One thread serves thousands of sockets because the relay under test needs the machine's
 //! other core; a thread per client here would measure the scheduler, not the relay.
+//!
+//! A WebSocket client (`--ws`) is read the same way: its socket is non-blocking in the same
+//! epoll set, and tungstenite's `WebSocket` (which owns the framing; nothing here parses a
+//! frame) is read until it would block. Each text message is one line without its `\n` and
+//! goes through the same checks as a TCP line.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -13,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use memchr::memchr;
+use tungstenite::{Message, WebSocket};
 
 use crate::histogram::Histogram;
 use crate::payload::{self, Line, now_ns};
@@ -53,9 +59,35 @@ impl Progress {
     }
 }
 
+/// A client socket as tungstenite's stream: it needs an owned `Read + Write`, and
+/// `&TcpStream` is both, so the `Arc` is shared with whoever else holds the socket.
+#[derive(Debug)]
+pub struct Shared(pub Arc<TcpStream>);
+
+impl Read for Shared {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+/// A WebSocket client connection, after its handshake.
+pub type Ws = WebSocket<Shared>;
+
 /// One socket the receiver reads.
 pub struct RxConn {
     pub sock: Arc<TcpStream>,
+    /// Set for a WebSocket client: its messages are read through this, not from `sock`.
+    pub ws: Option<Ws>,
     /// The sender number this client sends as, if it does: the relay must not echo its lines
     /// back, and it is not owed them.
     pub own: Option<u16>,
@@ -68,6 +100,7 @@ impl RxConn {
     pub fn listener(sock: Arc<TcpStream>) -> RxConn {
         RxConn {
             sock,
+            ws: None,
             own: None,
             prober: false,
         }
@@ -75,6 +108,7 @@ impl RxConn {
 }
 
 /// When the receiver stops waiting.
+#[derive(Clone, Copy)]
 pub struct Limits {
     /// Hard end of the run.
     pub deadline: Instant,
@@ -108,6 +142,7 @@ pub struct RxReport {
 
 struct Conn {
     sock: Arc<TcpStream>,
+    ws: Option<Ws>,
     own: Option<u16>,
     /// The start of a line whose newline has not arrived yet.
     partial: Vec<u8>,
@@ -138,6 +173,7 @@ pub fn receive(
             }
             Conn {
                 sock: c.sock,
+                ws: c.ws,
                 own: c.own,
                 partial: Vec::new(),
                 next: vec![0; senders],
@@ -196,7 +232,9 @@ pub fn receive(
             && (advanced >= e || last_progress.elapsed() >= limits.drain)
         {
             rep.expected = e;
-            break;
+            // Done, or the drain expired: the senders have finished, and other receiver
+            // threads (--rx-threads) still wait for their own lines, so stop no one.
+            return Ok(rep);
         }
         if open == 0 || progress.stop.load(Ordering::SeqCst) {
             rep.expected = expected.unwrap_or(advanced);
@@ -208,8 +246,28 @@ pub fn receive(
             break;
         }
     }
+    // Given up: the senders and any other receiver thread stop too.
     progress.stop.store(true, Ordering::SeqCst);
     Ok(rep)
+}
+
+impl RxReport {
+    /// Adds what another receiver thread saw (its own connections) to this report.
+    pub fn merge(&mut self, o: RxReport) {
+        self.delivered += o.delivered;
+        self.expected += o.expected;
+        self.out_of_order += o.out_of_order;
+        self.corrupt += o.corrupt;
+        self.notices += o.notices;
+        self.disconnected += o.disconnected;
+        self.bytes += o.bytes;
+        self.latency.merge(&o.latency);
+        if o.first_ns != 0 && (self.first_ns == 0 || o.first_ns < self.first_ns) {
+            self.first_ns = o.first_ns;
+        }
+        self.last_ns = self.last_ns.max(o.last_ns);
+        self.timed_out |= o.timed_out;
+    }
 }
 
 /// The measured lines `conns` are owed for what has been sent so far: every sender's lines,
@@ -240,6 +298,11 @@ fn read_once(
     if !c.open {
         return false;
     }
+    if let Some(mut ws) = c.ws.take() {
+        let open = read_ws(&mut ws, c, size, progress, rep, advanced);
+        c.ws = Some(ws);
+        return open;
+    }
     let keep = c.partial.len();
     buf[..keep].copy_from_slice(&c.partial);
     let n = match (&*c.sock).read(&mut buf[keep..]) {
@@ -255,36 +318,7 @@ fn read_once(
     while let Some(nl) = memchr(b'\n', &data[pos..]) {
         let line = &data[pos..pos + nl];
         pos += nl + 1;
-        match payload::decode(line, size) {
-            Line::Data { sender, seq, ts } => {
-                let s = sender as usize;
-                if s >= c.next.len() || c.own == Some(sender) {
-                    rep.corrupt += 1;
-                    continue;
-                }
-                let next = c.next[s];
-                if seq < next {
-                    rep.out_of_order += 1;
-                    continue;
-                }
-                *advanced += seq + 1 - next;
-                c.next[s] = seq + 1;
-                rep.delivered += 1;
-                rep.latency.record(now.saturating_sub(ts));
-                if rep.first_ns == 0 {
-                    rep.first_ns = now;
-                }
-                rep.last_ns = now;
-            }
-            Line::Probe => {
-                if !c.ready {
-                    c.ready = true;
-                    progress.ready.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            Line::Notice => rep.notices += 1,
-            Line::Corrupt => rep.corrupt += 1,
-        }
+        check_line(c, line, now, size, progress, rep, advanced);
     }
     c.partial.clear();
     if pos < data.len() {
@@ -296,4 +330,81 @@ fn read_once(
         }
     }
     true
+}
+
+/// Reads a ready WebSocket connection until it would block. The epoll set is level-triggered
+/// on the socket, so messages already in tungstenite's buffer would get no event: stopping
+/// before `WouldBlock` could strand them. Returns false once the connection is finished.
+fn read_ws(
+    ws: &mut Ws,
+    c: &mut Conn,
+    size: usize,
+    progress: &Progress,
+    rep: &mut RxReport,
+    advanced: &mut u64,
+) -> bool {
+    // One clock reading per drain, taken when its first message is in, as TCP takes one per
+    // `read`: a reading per message cost a tenth of this thread's time at full speed.
+    let mut now = None;
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                // As for TCP, the bytes of the line with its newline.
+                rep.bytes += text.len() as u64 + 1;
+                let at = *now.get_or_insert_with(now_ns);
+                check_line(c, text.as_bytes(), at, size, progress, rep, advanced);
+            }
+            Ok(Message::Binary(_)) => rep.corrupt += 1,
+            // Pings are answered (and a close echoed) by tungstenite itself, on a later read
+            // or the flush below.
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if sys::retryable(&e) => {
+                let _ = ws.flush();
+                return true;
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Checks one line (without its newline) that arrived at `now` and counts it.
+fn check_line(
+    c: &mut Conn,
+    line: &[u8],
+    now: u64,
+    size: usize,
+    progress: &Progress,
+    rep: &mut RxReport,
+    advanced: &mut u64,
+) {
+    match payload::decode(line, size) {
+        Line::Data { sender, seq, ts } => {
+            let s = sender as usize;
+            if s >= c.next.len() || c.own == Some(sender) {
+                rep.corrupt += 1;
+                return;
+            }
+            let next = c.next[s];
+            if seq < next {
+                rep.out_of_order += 1;
+                return;
+            }
+            *advanced += seq + 1 - next;
+            c.next[s] = seq + 1;
+            rep.delivered += 1;
+            rep.latency.record(now.saturating_sub(ts));
+            if rep.first_ns == 0 {
+                rep.first_ns = now;
+            }
+            rep.last_ns = now;
+        }
+        Line::Probe => {
+            if !c.ready {
+                c.ready = true;
+                progress.ready.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Line::Notice => rep.notices += 1,
+        Line::Corrupt => rep.corrupt += 1,
+    }
 }

@@ -126,6 +126,9 @@ pub enum Fresh {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub target: String,
+    /// How the receivers connect: "tcp", or "ws" with --ws.
+    pub transport: &'static str,
+    pub senders: usize,
     pub scenario: &'static str,
     pub run: usize,
     pub clients: usize,
@@ -136,6 +139,9 @@ pub struct Outcome {
     pub baseline: Option<Measure>,
     pub fresh: Option<Fresh>,
     pub server: Option<ServerCost>,
+    /// connscale: the server's resident memory (KiB) before the clients connected, and once
+    /// all of them were registered, before any measured line.
+    pub idle_rss_kib: Option<(u64, u64)>,
     /// --client-cpus, if given.
     pub client_cpus: Option<String>,
     /// Whether --server-cpus or --client-cpus placed the processes.
@@ -148,9 +154,13 @@ impl Outcome {
         Outcome {
             target: if p.kind.name() == "ceiling" {
                 "loopback".into()
+            } else if p.ws {
+                spec.label() + "/ws"
             } else {
                 spec.label()
             },
+            transport: if p.ws { "ws" } else { "tcp" },
+            senders: p.senders,
             scenario: p.kind.name(),
             run,
             clients: p.clients,
@@ -160,6 +170,7 @@ impl Outcome {
             baseline: None,
             fresh: None,
             server: None,
+            idle_rss_kib: None,
             client_cpus: p.client_cpus.as_ref().map(ToString::to_string),
             pinned: p.server_cpus.is_some() || p.client_cpus.is_some(),
             error: None,
@@ -177,6 +188,12 @@ impl Outcome {
             Some(Fresh::FirstLine(d)) => Some(d.as_secs_f64() * 1e3),
             _ => None,
         }
+    }
+
+    /// connscale: what each idle connection added to the server's resident memory.
+    pub fn idle_rss_per_conn_kib(&self) -> Option<f64> {
+        let (before, after) = self.idle_rss_kib?;
+        Some(after.saturating_sub(before) as f64 / self.clients.max(1) as f64)
     }
 
     pub fn rss_per_conn_kib(&self) -> Option<f64> {
@@ -278,6 +295,9 @@ pub fn table(o: &Outcome) -> String {
         {
             notes.push(format!("server peak RSS {k:.1} KiB per connection"));
         }
+        if let Some(k) = o.idle_rss_per_conn_kib() {
+            notes.push(format!("{k:.1} KiB RSS added per idle connection"));
+        }
         if let Some(c) = m.server_cpu_per_m() {
             notes.push(format!("server {} CPU-s per M deliveries", per_m(c)));
         }
@@ -361,14 +381,16 @@ fn measure_json(m: &Measure) -> String {
 pub fn json(o: &Outcome) -> String {
     let srv = o.server.as_ref();
     format!(
-        "{{\"target\":{},\"scenario\":{},\"run\":{},\"clients\":{},\"lines\":{},\"size\":{},\
+        "{{\"target\":{},\"transport\":{},\"scenario\":{},\"run\":{},\"clients\":{},\"senders\":{},\"lines\":{},\"size\":{},\
          \"result\":{},\"baseline\":{},\"kept_pct\":{},\"fresh_first_line_ms\":{},\
-         \"fresh_error\":{},\"server_peak_rss_kib\":{},\"server_rss_per_conn_kib\":{},\
+         \"fresh_error\":{},\"server_peak_rss_kib\":{},\"server_rss_per_conn_kib\":{},\"server_idle_rss_per_conn_kib\":{},\
          \"server_threads_max\":{},\"server_cpus\":{},\"client_cpus\":{},\"error\":{}}}",
         json_str(&o.target),
+        json_str(o.transport),
         json_str(o.scenario),
         o.run,
         o.clients,
+        o.senders,
         o.lines,
         o.size,
         o.main.as_ref().map_or("null".into(), measure_json),
@@ -382,6 +404,7 @@ pub fn json(o: &Outcome) -> String {
         srv.and_then(|s| s.peak_rss_kib)
             .map_or("null".into(), |k| k.to_string()),
         json_num(o.rss_per_conn_kib()),
+        json_num(o.idle_rss_per_conn_kib()),
         srv.map_or("null".into(), |s| s.threads_max.to_string()),
         srv.and_then(|s| s.cpus_allowed.as_deref())
             .map_or("null".into(), json_str),

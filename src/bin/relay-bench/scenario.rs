@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use crate::payload::{self, now_ns};
 use crate::procstat::{self, ThreadSampler};
-use crate::receiver::{self, Limits, Progress, RxConn, RxReport};
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::receiver::{self, Limits, Progress, RxConn, RxReport, Shared, Ws};
 use crate::report::{Fresh, Measure, Outcome, ServerCost};
 use crate::sender;
 use crate::sys::{self, Cpus};
-use crate::target::{self, Spec};
+use crate::target::{self, Server, Spec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -61,6 +63,14 @@ pub struct Params {
     pub server_cpus: Option<Cpus>,
     /// Where this generator runs (--client-cpus), applied in `main` before any thread.
     pub client_cpus: Option<Cpus>,
+    /// --ws: the receivers (fanout, slow, connscale) are WebSocket clients of relayd's
+    /// `--ws-bind` listener; senders, the stalled and the fresh client stay TCP.
+    pub ws: bool,
+    /// fanout, connscale: TCP senders (--senders). With more than one, each sends `lines`
+    /// lines at `rate` lines/s, and they hear each other like any other client.
+    pub senders: usize,
+    /// Receiver threads (--rx-threads), each reading its share of the clients.
+    pub rx_threads: usize,
 }
 
 /// Runs one scenario against a fresh instance of `spec` (or no server at all, for ceiling).
@@ -77,16 +87,29 @@ pub fn run(params: &Params, spec: &Spec, run: usize) -> Outcome {
 }
 
 fn with_server(params: &Params, spec: &Spec, out: &mut Outcome) -> Result<(), String> {
-    let server = target::start(spec, params.clients + 2, params.server_cpus.as_ref())?;
+    let server = target::start(
+        spec,
+        params.clients + params.senders + 2,
+        params.server_cpus.as_ref(),
+        params.ws,
+    )?;
     let sampler = server.pid.map(ThreadSampler::start);
     let until = Instant::now() + params.timeout;
     let result = match params.kind {
-        Kind::Fanout | Kind::Connscale => {
-            fanout(params, &server.addr, server.pid, false, until).map(|(m, _)| out.main = Some(m))
+        Kind::Fanout => {
+            fanout(params, &server, false, until, None).map(|(m, _)| out.main = Some(m))
         }
-        Kind::Slow => fanout(params, &server.addr, server.pid, false, until).and_then(|(b, _)| {
+        Kind::Connscale => {
+            let before = server.pid.and_then(procstat::rss_kib);
+            let mut idle = None;
+            let (m, _) = fanout(params, &server, false, until, Some(&mut idle))?;
+            out.main = Some(m);
+            out.idle_rss_kib = before.zip(idle);
+            Ok(())
+        }
+        Kind::Slow => fanout(params, &server, false, until, None).and_then(|(b, _)| {
             out.baseline = Some(b);
-            let (m, fresh) = fanout(params, &server.addr, server.pid, true, until)?;
+            let (m, fresh) = fanout(params, &server, true, until, None)?;
             out.main = Some(m);
             out.fresh = fresh;
             Ok(())
@@ -118,24 +141,98 @@ fn connect(addr: &SocketAddr, n: usize, what: &str) -> Result<Vec<Arc<TcpStream>
         .collect()
 }
 
+/// `n` WebSocket clients of relayd's `--ws-bind` listener at `addr`: a TCP connection, then
+/// tungstenite's client handshake on it, blocking with a timeout. The receiver makes them
+/// non-blocking afterwards.
+fn connect_ws(
+    addr: &SocketAddr,
+    n: usize,
+    what: &str,
+) -> Result<Vec<(Arc<TcpStream>, Ws)>, String> {
+    let url = format!("ws://{addr}/ws");
+    // tungstenite allocates its whole read buffer up front (128 KiB by default): for thousands
+    // of clients, take 16 KiB, what relayd writes at a time.
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let limit = Some(Duration::from_secs(5));
+    (0..n)
+        .map(|i| {
+            let fail = |e: String| format!("{what} {i} of {n}: {addr}: {e}");
+            let s = TcpStream::connect_timeout(addr, Duration::from_secs(5))
+                .map_err(|e| fail(format!("cannot connect: {e}")))?;
+            s.set_nodelay(true)
+                .and_then(|_| s.set_read_timeout(limit))
+                .and_then(|_| s.set_write_timeout(limit))
+                .map_err(|e| fail(e.to_string()))?;
+            let sock = Arc::new(s);
+            let (ws, _) = tungstenite::client::client_with_config(
+                url.as_str(),
+                Shared(Arc::clone(&sock)),
+                Some(config),
+            )
+            .map_err(|e| fail(format!("WebSocket handshake: {e}")))?;
+            sock.set_read_timeout(None)
+                .and_then(|_| sock.set_write_timeout(None))
+                .map_err(|e| fail(e.to_string()))?;
+            Ok((sock, ws))
+        })
+        .collect()
+}
+
+/// The `n` clients that only listen: TCP, or WebSocket with --ws.
+fn listeners(p: &Params, server: &Server, n: usize) -> Result<Vec<RxConn>, String> {
+    if !p.ws {
+        let socks = connect(&server.addr, n, "receiver")?;
+        return Ok(socks.into_iter().map(RxConn::listener).collect());
+    }
+    let addr = server
+        .ws_addr
+        .ok_or("--ws needs a server with a WebSocket listener (the relayd started here)")?;
+    Ok(connect_ws(&addr, n, "WebSocket receiver")?
+        .into_iter()
+        .map(|(sock, ws)| RxConn {
+            ws: Some(ws),
+            ..RxConn::listener(sock)
+        })
+        .collect())
+}
+
 /// Seconds to let the relay register `n` clients before calling it stuck.
 fn register_timeout(n: usize) -> Duration {
     Duration::from_secs(10) + Duration::from_millis(n as u64)
 }
 
-type Rx = thread::JoinHandle<io::Result<RxReport>>;
+type Rx = Vec<thread::JoinHandle<io::Result<RxReport>>>;
 
+/// Starts `threads` receiver threads, each with its own share of `conns` (dealt out in
+/// turn). Should one fail to start, those already started are stopped and joined.
 fn spawn_receiver(
     conns: Vec<RxConn>,
     size: usize,
     progress: &Arc<Progress>,
     limits: Limits,
+    threads: usize,
 ) -> Result<Rx, String> {
-    let progress = Arc::clone(progress);
-    thread::Builder::new()
-        .name("receiver".into())
-        .spawn(move || receiver::receive(conns, size, progress, limits))
-        .map_err(|e| format!("cannot start the receiver thread: {e}"))
+    let threads = threads.clamp(1, conns.len().max(1));
+    let mut groups: Vec<Vec<RxConn>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, c) in conns.into_iter().enumerate() {
+        groups[i % threads].push(c);
+    }
+    let mut rx = Vec::with_capacity(threads);
+    for group in groups {
+        let mine = Arc::clone(progress);
+        match thread::Builder::new()
+            .name("receiver".into())
+            .spawn(move || receiver::receive(group, size, mine, limits))
+        {
+            Ok(h) => rx.push(h),
+            Err(e) => {
+                progress.stop.store(true, Ordering::SeqCst);
+                let _ = join_receiver(rx, progress);
+                return Err(format!("cannot start a receiver thread: {e}"));
+            }
+        }
+    }
+    Ok(rx)
 }
 
 /// Starts the receiver on `conns`, then sends probe lines from `prober` until the relay has
@@ -148,33 +245,42 @@ fn receive_registered(
     progress: &Arc<Progress>,
     until: Instant,
 ) -> Result<Rx, String> {
+    let need = conns.len();
     let limits = Limits {
         deadline: until,
         drain: p.drain,
     };
-    let rx = spawn_receiver(conns, p.size, progress, limits)?;
-    if let Err(e) = sender::probe(
-        prober,
-        0,
-        p.size,
-        p.clients,
-        progress,
-        register_timeout(p.clients),
-    ) {
+    let rx = spawn_receiver(conns, p.size, progress, limits, p.rx_threads)?;
+    if let Err(e) = sender::probe(prober, 0, p.size, need, progress, register_timeout(need)) {
         progress.stop.store(true, Ordering::SeqCst);
-        let _ = rx.join();
+        let _ = join_receiver(rx, progress);
         return Err(e);
     }
     Ok(rx)
 }
 
 fn join_receiver(rx: Rx, progress: &Progress) -> Result<RxReport, String> {
-    let r = rx.join();
+    let mut all: Option<RxReport> = None;
+    let mut err = None;
+    for h in rx {
+        match h.join() {
+            Ok(Ok(rep)) => match &mut all {
+                Some(a) => a.merge(rep),
+                None => all = Some(rep),
+            },
+            Ok(Err(e)) => err = err.or(Some(format!("receiver: {e}"))),
+            Err(_) => err = err.or(Some("receiver thread panicked".into())),
+        }
+        if err.is_some() {
+            // One thread's failure ends the run: the others stop rather than wait it out.
+            progress.stop.store(true, Ordering::SeqCst);
+        }
+    }
     progress.stop.store(true, Ordering::SeqCst);
-    match r {
-        Ok(Ok(rep)) => Ok(rep),
-        Ok(Err(e)) => Err(format!("receiver: {e}")),
-        Err(_) => Err("receiver thread panicked".into()),
+    match (err, all) {
+        (Some(e), _) => Err(e),
+        (None, Some(rep)) => Ok(rep),
+        (None, None) => Err("no receiver thread".into()),
     }
 }
 
@@ -218,31 +324,52 @@ impl Clock {
     }
 }
 
-/// One sender, `clients` receivers; with `stalled`, one more client that never reads, and a
-/// fresh client that connects a quarter of the way through and times its first line.
+/// One sender (or --senders), `clients` receivers; with `stalled`, one more client that
+/// never reads, and a fresh client that connects a quarter of the way through and times its
+/// first line. `idle`, if given, gets the server's resident memory once every client is
+/// registered, before the measured lines.
 fn fanout(
     p: &Params,
-    addr: &SocketAddr,
-    pid: Option<u32>,
+    server: &Server,
     stalled: bool,
     until: Instant,
+    idle: Option<&mut Option<u64>>,
 ) -> Result<(Measure, Option<Fresh>), String> {
-    let receivers = connect(addr, p.clients, "receiver")?;
-    let sender = connect(addr, 1, "sender")?.remove(0);
+    let addr = &server.addr;
+    let mut conns = listeners(p, server, p.clients)?;
+    let senders = connect(addr, p.senders, "sender")?;
     let _stalled = if stalled {
         Some(connect(addr, 1, "stalled client")?)
     } else {
         None
     };
-    let progress = Progress::new(1);
-    let conns = receivers.into_iter().map(RxConn::listener).collect();
-    let rx = receive_registered(conns, &sender, p, &progress, until)?;
-    let clock = Clock::start(pid);
+    let progress = Progress::new(p.senders);
+    if p.senders > 1 {
+        // Several senders hear each other: read them too, or the relay would cut them off
+        // as stalled. Sender 0 sends the probes, so it counts as registered.
+        conns.extend(senders.iter().enumerate().map(|(i, s)| RxConn {
+            own: Some(i as u16),
+            prober: i == 0,
+            ..RxConn::listener(Arc::clone(s))
+        }));
+    }
+    let rx = receive_registered(conns, &senders[0], p, &progress, until)?;
+    if let Some(idle) = idle {
+        *idle = server.pid.and_then(procstat::rss_kib);
+    }
+    let clock = Clock::start(server.pid);
     let fresh = stalled.then(|| {
         let (progress, addr, quarter) = (Arc::clone(&progress), *addr, p.lines / 4);
         thread::spawn(move || fresh_client(&addr, &progress, quarter))
     });
-    let sent = sender::fanout(&sender, p.lines, p.size, p.rate, &progress, until);
+    let sent = match (p.senders, p.rate) {
+        (1, rate) => sender::fanout(&senders[0], p.lines, p.size, rate, &progress, until),
+        (_, Some(rate)) => {
+            let duration = Duration::from_secs_f64(p.lines as f64 / rate);
+            sender::chatter(&senders, rate, duration, p.size, &progress, until)
+        }
+        (_, None) => unreachable!("main requires --rate with --senders"),
+    };
     let rep = join_receiver(rx, &progress)?;
     sent.map_err(|e| format!("sender: {e}"))?;
     let m = clock.measure(&rep, &progress, p.size);
@@ -307,9 +434,9 @@ fn chatter(
         .iter()
         .enumerate()
         .map(|(i, sock)| RxConn {
-            sock: Arc::clone(sock),
             own: Some(i as u16),
             prober: i == 0,
+            ..RxConn::listener(Arc::clone(sock))
         })
         .collect();
     let rx = receive_registered(conns, &socks[0], p, &progress, until)?;
@@ -351,7 +478,7 @@ fn ceiling(p: &Params) -> Result<Measure, String> {
         deadline: Instant::now() + p.timeout,
         drain: p.drain,
     };
-    let rx = spawn_receiver(conns, p.size, &progress, limits)?;
+    let rx = spawn_receiver(conns, p.size, &progress, limits, p.rx_threads)?;
     let clock = Clock::start(None);
     progress.start_ns.store(now_ns(), Ordering::SeqCst);
     let piece = (16 * 1024 / p.size).max(1) * p.size;

@@ -34,6 +34,8 @@ impl Spec {
 /// A server ready for clients. Stops the server on drop if we started it.
 pub struct Server {
     pub addr: SocketAddr,
+    /// relayd's WebSocket listener (`--ws-bind`), when the run asked for one (`--ws`).
+    pub ws_addr: Option<SocketAddr>,
     /// Known when we started it; its /proc entry gives CPU, memory and threads.
     pub pid: Option<u32>,
     child: Option<Child>,
@@ -43,10 +45,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts (or finds) the server. `clients` sizes relayd's `--max-clients`; `cpus`, if given,
 /// is where a server started here runs (set before it execs, so all its threads inherit it).
-pub fn start(spec: &Spec, clients: usize, cpus: Option<&Cpus>) -> Result<Server, String> {
+/// With `ws`, relayd also gets `--ws-bind` on a second free port (only relayd speaks
+/// WebSocket; `main` refuses `--ws` with any other target).
+pub fn start(spec: &Spec, clients: usize, cpus: Option<&Cpus>, ws: bool) -> Result<Server, String> {
     match spec {
         Spec::Connect(addr) => Ok(Server {
             addr: loopback(addr)?,
+            ws_addr: None,
             pid: None,
             child: None,
         }),
@@ -66,9 +71,32 @@ pub fn start(spec: &Spec, clients: usize, cpus: Option<&Cpus>) -> Result<Server,
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("-q")
                 .arg("--max-clients")
-                .arg((clients + 64).to_string())
-                .args(args);
-            spawn(cmd, port, cpus, &exe.display().to_string())
+                .arg((clients + 64).to_string());
+            let mut ws_addr = None;
+            if ws {
+                let mut ws_port = free_port()?;
+                while ws_port == port {
+                    ws_port = free_port()?;
+                }
+                cmd.arg("--ws-bind").arg(format!("127.0.0.1:{ws_port}"));
+                ws_addr = Some(SocketAddr::from(([127, 0, 0, 1], ws_port)));
+            }
+            cmd.args(args);
+            let mut server = spawn(cmd, port, cpus, &exe.display().to_string())?;
+            if let Some(ws) = ws_addr {
+                // Both listeners are bound before relayd serves anyone, but do not count on it.
+                let until = Instant::now() + START_TIMEOUT;
+                while TcpStream::connect_timeout(&ws, Duration::from_millis(200)).is_err() {
+                    if Instant::now() >= until {
+                        return Err(format!(
+                            "relayd did not accept WebSocket connections on {ws}"
+                        ));
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+            server.ws_addr = ws_addr;
+            Ok(server)
         }
         Spec::Command(template) => {
             if !template.contains("{port}") {
@@ -102,6 +130,7 @@ fn spawn(mut cmd: Command, port: u16, cpus: Option<&Cpus>, what: &str) -> Result
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut server = Server {
         addr,
+        ws_addr: None,
         pid: Some(child.id()),
         child: Some(child),
     };
