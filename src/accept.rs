@@ -16,8 +16,10 @@ use std::time::Duration;
 use log::{debug, error, info, warn};
 use socket2::SockRef;
 
+use crate::access::PerAddress;
 use crate::chunk::Chunk;
 use crate::client::{self, Transport};
+use crate::config::Config;
 use crate::daemon::{Daemon, Refusal};
 use crate::http;
 use crate::notice::Departure;
@@ -57,7 +59,7 @@ pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener, kind: Ki
     }
     let mut backoff = BACKOFF_MIN;
     // HTTP requests being read, on threads of their own, not yet clients.
-    let fronts = Arc::new(AtomicUsize::new(0));
+    let fronts = Arc::new(Fronts::default());
     loop {
         let accepted = listener.accept();
         if daemon.is_stopping() {
@@ -159,10 +161,41 @@ fn log_connected(daemon: &Daemon, id: u64, addr: SocketAddr, how: &str) {
     );
 }
 
+/// The HTTP requests being read on a `--ws-bind` listener: at most `--max-clients` in all
+/// and `--max-per-ip` from one address, so that connections that never finish a request
+/// cannot pile up threads, nor one address take every place.
+#[derive(Default)]
+struct Fronts {
+    total: AtomicUsize,
+    per_address: PerAddress,
+}
+
+impl Fronts {
+    fn enter(&self, addr: SocketAddr, config: &Config) -> bool {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= config.max_clients {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            info!("refused {addr}: too many HTTP requests being read");
+            return false;
+        }
+        if !self.per_address.try_add(addr.ip(), config.max_per_ip) {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            let max = config.max_per_ip;
+            info!("refused {addr}: more than {max} HTTP requests from this address being read");
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self, addr: SocketAddr) {
+        self.per_address.remove(addr.ip());
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Starts the thread that reads an HTTP request from a `--ws-bind` connection and, if it is
 /// a WebSocket, serves the client. At most `--max-clients` requests are read at once, so
 /// connections that never send a request cannot pile up threads.
-fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: &Arc<AtomicUsize>) {
+fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: &Arc<Fronts>) {
     // Not a byte for someone who does not belong here, not even an HTTP error.
     if !daemon.settings().rules.permits(addr.ip()) {
         info!("refused {addr}: not allowed by --allow/--deny");
@@ -172,9 +205,7 @@ fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: 
         debug!("{addr}: cannot configure socket: {e}");
         return;
     }
-    if fronts.fetch_add(1, Ordering::Relaxed) >= daemon.config().max_clients {
-        fronts.fetch_sub(1, Ordering::Relaxed);
-        info!("refused {addr}: too many HTTP requests being read");
+    if !fronts.enter(addr, daemon.config()) {
         return;
     }
     let spawned = {
@@ -184,14 +215,14 @@ fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: 
             .stack_size(CLIENT_STACK)
             .spawn(move || {
                 let upgrade = http::front(&sock, addr);
-                fronts.fetch_sub(1, Ordering::Relaxed);
+                fronts.leave(addr);
                 if let Some(head) = upgrade {
                     serve_websocket(&daemon, Arc::new(sock), addr, head);
                 }
             })
     };
     if let Err(e) = spawned {
-        fronts.fetch_sub(1, Ordering::Relaxed);
+        fronts.leave(addr);
         warn!("{addr} refused: cannot start a thread: {e}");
     }
 }

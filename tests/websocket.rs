@@ -367,3 +367,35 @@ fn ping_keeps_answering_clients_and_closes_silent_ones() {
     assert_eq!(b.clients().len(), 1);
     assert!(b.clients()[0].ends_with(" ws"));
 }
+
+/// HTTP requests being read count against `--max-per-ip` too: connections from one address
+/// that never finish their request hold at most that many threads, and the next one from it
+/// is closed at once, without an answer; once one has finished, the address may go on.
+#[test]
+fn unfinished_requests_from_one_address_are_capped_by_max_per_ip() {
+    let b = Browsers::spawn(&["--max-per-ip", "2"]);
+    let mut first = TcpStream::connect(b.ws).unwrap();
+    let _second = TcpStream::connect(b.ws).unwrap();
+    // Accepted in order after the two above, by the same accept loop.
+    let mut third = TcpStream::connect(b.ws).unwrap();
+    third.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0; 64];
+    assert_eq!(third.read(&mut buf).unwrap(), 0, "the third was answered");
+    b.d.wait_log("more than 2 HTTP requests from this address");
+    // The first was only waiting for its request.
+    first.set_read_timeout(Some(TIMEOUT)).unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = first.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(64)])
+    );
+    // Its place is free again.
+    eventually("a place for a new request", || {
+        http_status(b.ws, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 200")
+    });
+}
