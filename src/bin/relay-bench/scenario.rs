@@ -151,8 +151,8 @@ type WsClient = (Arc<TcpStream>, Vec<u8>);
 /// read past the response (returned beside each socket).
 fn connect_ws(addr: &SocketAddr, n: usize, what: &str) -> Result<Vec<WsClient>, String> {
     let url = format!("ws://{addr}/ws");
-    // tungstenite allocates its whole read buffer up front (128 KiB by default): for thousands
-    // of clients, take 16 KiB, what relayd writes at a time.
+    // The WebSocket lives only for the handshake, but tungstenite allocates its whole read
+    // buffer up front (128 KiB by default): take 16 KiB, what relayd writes at a time.
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
     let limit = Some(Duration::from_secs(5));
     (0..n)
