@@ -5,10 +5,15 @@
 //! One thread serves thousands of sockets because the relay under test needs the machine's
 //! other core; a thread per client here would measure the scheduler, not the relay.
 //!
-//! A WebSocket client (`--ws`) is read the same way: its socket is non-blocking in the same
-//! epoll set, and tungstenite's `WebSocket` (which owns the framing; nothing here parses a
-//! frame) is read until it would block. Each text message is one line without its `\n` and
-//! goes through the same checks as a TCP line.
+//! A WebSocket client (`--ws`) is read the same way as a TCP one, after its handshake
+//! (tungstenite's, see `scenario.rs`): one `read` of the raw socket into the same buffer,
+//! behind what the last read left unfinished, then the buffer's frames are walked in place.
+//! Each frame's header is parsed by tungstenite's [`FrameHeader::parse`] (nothing here parses
+//! a header by hand), and a text frame's payload is a line without its `\n`: it goes, as a
+//! slice of the buffer, through the same checks as a TCP line. No message is allocated and no
+//! payload copied or checked as UTF-8 (the line check rejects what is not a line); going
+//! through tungstenite's `WebSocket::read` for this cost the receiving thread three times
+//! what the TCP path does, and made the bench, not the relay, the limit of `--ws` runs.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -18,7 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use memchr::memchr;
-use tungstenite::{Message, WebSocket};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::{Frame, FrameHeader};
 
 use crate::histogram::Histogram;
 use crate::payload::{self, Line, now_ns};
@@ -59,35 +65,62 @@ impl Progress {
     }
 }
 
-/// A client socket as tungstenite's stream: it needs an owned `Read + Write`, and
-/// `&TcpStream` is both, so the `Arc` is shared with whoever else holds the socket.
+/// A client socket as tungstenite's stream during the handshake: it needs an owned
+/// `Read + Write`, and `&TcpStream` is both, so the `Arc` is shared with whoever else holds
+/// the socket. Everything read is kept in `seen`: tungstenite may read past the response,
+/// and those bytes (the start of the first frames) belong to the receiver, which reads the
+/// socket itself once the handshake is done (see [`Shared::tail`]).
 #[derive(Debug)]
-pub struct Shared(pub Arc<TcpStream>);
+pub struct Shared {
+    pub sock: Arc<TcpStream>,
+    seen: Vec<u8>,
+}
+
+impl Shared {
+    pub fn new(sock: Arc<TcpStream>) -> Shared {
+        Shared {
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    /// What the handshake read after the HTTP response's head: frames already sent. The
+    /// head's end is found by httparse, as tungstenite finds it.
+    pub fn tail(&self) -> Result<Vec<u8>, String> {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&self.seen) {
+            Ok(httparse::Status::Complete(head)) => Ok(self.seen[head..].to_vec()),
+            Ok(httparse::Status::Partial) => Err("handshake response incomplete".into()),
+            Err(e) => Err(format!("handshake response: {e}")),
+        }
+    }
+}
 
 impl Read for Shared {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        let n = (&*self.sock).read(buf)?;
+        self.seen.extend_from_slice(&buf[..n]);
+        Ok(n)
     }
 }
 
 impl Write for Shared {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
+        (&*self.sock).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        (&*self.0).flush()
+        (&*self.sock).flush()
     }
 }
-
-/// A WebSocket client connection, after its handshake.
-pub type Ws = WebSocket<Shared>;
 
 /// One socket the receiver reads.
 pub struct RxConn {
     pub sock: Arc<TcpStream>,
-    /// Set for a WebSocket client: its messages are read through this, not from `sock`.
-    pub ws: Option<Ws>,
+    /// Set for a WebSocket client (its handshake done): the bytes the handshake read past
+    /// the response, to be walked as frames before anything read from `sock`.
+    pub ws: Option<Vec<u8>>,
     /// The sender number this client sends as, if it does: the relay must not echo its lines
     /// back, and it is not owed them.
     pub own: Option<u16>,
@@ -142,10 +175,15 @@ pub struct RxReport {
 
 struct Conn {
     sock: Arc<TcpStream>,
-    ws: Option<Ws>,
+    /// A WebSocket client: `partial` holds the start of a frame, not of a line.
+    ws: bool,
     own: Option<u16>,
-    /// The start of a line whose newline has not arrived yet.
+    /// The start of a line whose newline has not arrived yet (WebSocket: of a frame).
     partial: Vec<u8>,
+    /// WebSocket: the text so far of a message sent in fragments (relayd sends none).
+    fragments: Option<Vec<u8>>,
+    /// WebSocket: reply frames (pong, close) the socket did not take whole yet.
+    out: Vec<u8>,
     /// Next sequence number expected from each sender.
     next: Vec<u64>,
     ready: bool,
@@ -173,9 +211,11 @@ pub fn receive(
             }
             Conn {
                 sock: c.sock,
-                ws: c.ws,
+                ws: c.ws.is_some(),
                 own: c.own,
-                partial: Vec::new(),
+                partial: c.ws.unwrap_or_default(),
+                fragments: None,
+                out: Vec::new(),
                 next: vec![0; senders],
                 ready: c.prober,
                 open: true,
@@ -298,10 +338,8 @@ fn read_once(
     if !c.open {
         return false;
     }
-    if let Some(mut ws) = c.ws.take() {
-        let open = read_ws(&mut ws, c, size, progress, rep, advanced);
-        c.ws = Some(ws);
-        return open;
+    if !c.out.is_empty() && !send_pending(c) {
+        return false;
     }
     let keep = c.partial.len();
     buf[..keep].copy_from_slice(&c.partial);
@@ -311,9 +349,12 @@ fn read_once(
         Err(e) if sys::retryable(&e) => return true,
         Err(_) => return false,
     };
-    rep.bytes += n as u64;
     let now = now_ns();
     let data = &buf[..keep + n];
+    if c.ws {
+        return walk_frames(c, data, now, size, progress, rep, advanced);
+    }
+    rep.bytes += n as u64;
     let mut pos = 0;
     while let Some(nl) = memchr(b'\n', &data[pos..]) {
         let line = &data[pos..pos + nl];
@@ -332,39 +373,124 @@ fn read_once(
     true
 }
 
-/// Reads a ready WebSocket connection until it would block. The epoll set is level-triggered
-/// on the socket, so messages already in tungstenite's buffer would get no event: stopping
-/// before `WouldBlock` could strand them. Returns false once the connection is finished.
-fn read_ws(
-    ws: &mut Ws,
+/// Walks the WebSocket frames in `data` (what `partial` held, then one `read`), each header
+/// parsed by tungstenite, payloads left where they are; keeps an unfinished last frame in
+/// `partial`. Returns false once the connection is finished: a close frame, or a frame no
+/// server may send (masked, malformed, a reserved opcode), as tungstenite would fail it.
+fn walk_frames(
     c: &mut Conn,
+    data: &[u8],
+    now: u64,
     size: usize,
     progress: &Progress,
     rep: &mut RxReport,
     advanced: &mut u64,
 ) -> bool {
-    // One clock reading per drain, taken when its first message is in, as TCP takes one per
-    // `read`: a reading per message cost a tenth of this thread's time at full speed.
-    let mut now = None;
-    loop {
-        match ws.read() {
-            Ok(Message::Text(text)) => {
+    let mut cur = io::Cursor::new(data);
+    let mut pos = 0;
+    let open = loop {
+        let (header, len) = match FrameHeader::parse(&mut cur) {
+            Ok(Some(h)) => h,
+            Ok(None) => break true,
+            Err(_) => break false,
+        };
+        let start = cur.position() as usize;
+        let Some(end) = usize::try_from(len)
+            .ok()
+            .and_then(|l| start.checked_add(l))
+            .filter(|&e| e - pos <= READ_BUF / 2)
+        else {
+            // A frame larger than the buffer could ever hold: no line is that long.
+            rep.corrupt += 1;
+            break false;
+        };
+        if end > data.len() {
+            break true;
+        }
+        pos = end;
+        cur.set_position(end as u64);
+        let payload = &data[start..end];
+        if header.mask.is_some() || header.rsv1 || header.rsv2 || header.rsv3 {
+            break false;
+        }
+        match header.opcode {
+            OpCode::Data(Data::Text) if header.is_final && c.fragments.is_none() => {
                 // As for TCP, the bytes of the line with its newline.
-                rep.bytes += text.len() as u64 + 1;
-                let at = *now.get_or_insert_with(now_ns);
-                check_line(c, text.as_bytes(), at, size, progress, rep, advanced);
+                rep.bytes += payload.len() as u64 + 1;
+                check_line(c, payload, now, size, progress, rep, advanced);
             }
-            Ok(Message::Binary(_)) => rep.corrupt += 1,
-            // Pings are answered (and a close echoed) by tungstenite itself, on a later read
-            // or the flush below.
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e)) if sys::retryable(&e) => {
-                let _ = ws.flush();
-                return true;
+            OpCode::Data(Data::Text) if c.fragments.is_none() => {
+                c.fragments = Some(payload.to_vec());
             }
+            OpCode::Data(Data::Continue) if c.fragments.is_some() => {
+                let mut text = c.fragments.take().unwrap_or_default();
+                text.extend_from_slice(payload);
+                if text.len() > payload::MAX_SIZE + 64 {
+                    rep.corrupt += 1;
+                } else if header.is_final {
+                    rep.bytes += text.len() as u64 + 1;
+                    check_line(c, &text, now, size, progress, rep, advanced);
+                } else {
+                    c.fragments = Some(text);
+                }
+            }
+            // A message of bytes is no line.
+            OpCode::Data(Data::Binary) if c.fragments.is_none() => rep.corrupt += 1,
+            // relayd pings a client that has been quiet a while: answer, or be cut off.
+            OpCode::Control(Control::Ping) if header.is_final => {
+                if !reply(c, Frame::pong(payload.to_vec())) {
+                    break false;
+                }
+            }
+            OpCode::Control(Control::Pong) if header.is_final => {}
+            OpCode::Control(Control::Close) => {
+                // Echoed as tungstenite would, as far as the socket takes it, then done.
+                let _ = reply(c, Frame::close(None));
+                break false;
+            }
+            // Out of sequence or reserved: tungstenite would fail the connection.
+            _ => break false,
+        }
+    };
+    c.partial.clear();
+    if open {
+        c.partial.extend_from_slice(&data[pos..]);
+    }
+    open
+}
+
+/// Sends a frame of the client's own, masked as a client's frames must be, behind any reply
+/// still pending. Returns false if the socket failed.
+fn reply(c: &mut Conn, mut frame: Frame) -> bool {
+    frame.header_mut().mask = Some(mask());
+    // Formatting into a Vec cannot fail.
+    let _ = frame.format(&mut c.out);
+    send_pending(c)
+}
+
+/// Writes what the socket takes of `c.out`. Returns false if the socket failed.
+fn send_pending(c: &mut Conn) -> bool {
+    while !c.out.is_empty() {
+        match (&*c.sock).write(&c.out) {
+            Ok(0) => return false,
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+            Err(e) if sys::retryable(&e) => return true,
             Err(_) => return false,
         }
     }
+    true
+}
+
+/// A fresh mask for a client frame (tungstenite's own generator is not public): the
+/// randomly keyed std hasher, which is unpredictable enough for a mask.
+fn mask() -> [u8; 4] {
+    use std::hash::{BuildHasher, Hasher};
+    let h = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (h as u32).to_ne_bytes()
 }
 
 /// Checks one line (without its newline) that arrived at `now` and counts it.

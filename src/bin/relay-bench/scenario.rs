@@ -13,7 +13,7 @@ use crate::payload::{self, now_ns};
 use crate::procstat::{self, ThreadSampler};
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::receiver::{self, Limits, Progress, RxConn, RxReport, Shared, Ws};
+use crate::receiver::{self, Limits, Progress, RxConn, RxReport, Shared};
 use crate::report::{Fresh, Measure, Outcome, ServerCost};
 use crate::sender;
 use crate::sys::{self, Cpus};
@@ -141,17 +141,18 @@ fn connect(addr: &SocketAddr, n: usize, what: &str) -> Result<Vec<Arc<TcpStream>
         .collect()
 }
 
+/// A WebSocket client after its handshake: the socket, and what the handshake read past the
+/// response.
+type WsClient = (Arc<TcpStream>, Vec<u8>);
+
 /// `n` WebSocket clients of relayd's `--ws-bind` listener at `addr`: a TCP connection, then
 /// tungstenite's client handshake on it, blocking with a timeout. The receiver makes them
-/// non-blocking afterwards.
-fn connect_ws(
-    addr: &SocketAddr,
-    n: usize,
-    what: &str,
-) -> Result<Vec<(Arc<TcpStream>, Ws)>, String> {
+/// non-blocking afterwards and reads the frames itself, starting with the bytes the handshake
+/// read past the response (returned beside each socket).
+fn connect_ws(addr: &SocketAddr, n: usize, what: &str) -> Result<Vec<WsClient>, String> {
     let url = format!("ws://{addr}/ws");
-    // tungstenite allocates its whole read buffer up front (128 KiB by default): for thousands
-    // of clients, take 16 KiB, what relayd writes at a time.
+    // The WebSocket lives only for the handshake, but tungstenite allocates its whole read
+    // buffer up front (128 KiB by default): take 16 KiB, what relayd writes at a time.
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
     let limit = Some(Duration::from_secs(5));
     (0..n)
@@ -166,14 +167,15 @@ fn connect_ws(
             let sock = Arc::new(s);
             let (ws, _) = tungstenite::client::client_with_config(
                 url.as_str(),
-                Shared(Arc::clone(&sock)),
+                Shared::new(Arc::clone(&sock)),
                 Some(config),
             )
             .map_err(|e| fail(format!("WebSocket handshake: {e}")))?;
+            let tail = ws.get_ref().tail().map_err(fail)?;
             sock.set_read_timeout(None)
                 .and_then(|_| sock.set_write_timeout(None))
                 .map_err(|e| fail(e.to_string()))?;
-            Ok((sock, ws))
+            Ok((sock, tail))
         })
         .collect()
 }
@@ -189,8 +191,8 @@ fn listeners(p: &Params, server: &Server, n: usize) -> Result<Vec<RxConn>, Strin
         .ok_or("--ws needs a server with a WebSocket listener (the relayd started here)")?;
     Ok(connect_ws(&addr, n, "WebSocket receiver")?
         .into_iter()
-        .map(|(sock, ws)| RxConn {
-            ws: Some(ws),
+        .map(|(sock, tail)| RxConn {
+            ws: Some(tail),
             ..RxConn::listener(sock)
         })
         .collect())
