@@ -1,6 +1,6 @@
-//! The page in a real browser: headless Chromium (Debian's `chromium`, which `.ci/run`
-//! installs) on `--ws-bind`'s page, against a real daemon, with an `nc`-like TCP client in
-//! the same room.
+//! The page in real browsers: headless Chromium and Firefox (Debian's `chromium` and
+//! `firefox-esr`, which `.ci/run` installs) on `--ws-bind`'s page, against a real daemon, with
+//! an `nc`-like TCP client in the same room.
 //!
 //! Chromium's `--dump-dom` does not wait for WebSocket traffic, so the page reports what it
 //! saw itself: with `?selftest=TOKEN` it says `selftest TOKEN ready` into the room until the
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::{Daemon, temp_path};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
+const FIREFOX: &str = "/usr/bin/firefox-esr";
 /// The whole test, Chromium's start included, must fit in this.
 const BUDGET: Duration = Duration::from_secs(30);
 
@@ -44,6 +45,19 @@ fn chromium(url: &str, profile: &Path) -> Child {
         .expect("cannot start /usr/bin/chromium (install Debian's chromium; .ci/run does)")
 }
 
+/// Headless Firefox on `url`, with a fresh profile.
+fn firefox(url: &str, profile: &Path) -> Child {
+    Command::new(FIREFOX)
+        .args(["--headless", "--no-remote", "--profile"])
+        .arg(profile)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start /usr/bin/firefox-esr (install Debian's firefox-esr; .ci/run does)")
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -58,6 +72,16 @@ impl Drop for Killed {
 /// typed into the page's input reaches the TCP client.
 #[test]
 fn the_page_in_chromium_talks_with_a_tcp_client() {
+    the_page_talks_with_a_tcp_client("chromium", chromium);
+}
+
+/// The same in Firefox.
+#[test]
+fn the_page_in_firefox_talks_with_a_tcp_client() {
+    the_page_talks_with_a_tcp_client("firefox", firefox);
+}
+
+fn the_page_talks_with_a_tcp_client(name: &str, browser: fn(&str, &Path) -> Child) {
     let start = Instant::now();
     let d = Daemon::spawn(&["--ws-bind", "127.0.0.1:0"]);
     let line = d.wait_log("listening for browsers on http://");
@@ -73,13 +97,10 @@ fn the_page_in_chromium_talks_with_a_tcp_client() {
         .get_ref()
         .set_read_timeout(Some(BUDGET))
         .unwrap();
-    let token = format!("t{}", std::process::id());
-    let profile = temp_path("chromium-profile");
+    let token = format!("{name}{}", std::process::id());
+    let profile = temp_path(&format!("{name}-profile"));
     std::fs::create_dir_all(&profile).unwrap();
-    let _browser = Killed(chromium(
-        &format!("http://{ws}/?selftest={token}"),
-        &profile,
-    ));
+    let _browser = Killed(browser(&format!("http://{ws}/?selftest={token}"), &profile));
 
     // The page's "ready" proves both ends are in the room: it was sent by a registered client
     // and reached this one.
