@@ -40,6 +40,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long connecting, and one publish round trip, may take before the link counts as down.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A subscriber that hears nothing for this long pings Redis, so a link that died silently
+/// (a partition, a host gone without a reset) is noticed within two of these.
+const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Messages sent in one pipelined round trip at most.
 const BATCH: usize = 256;
 
@@ -309,7 +312,10 @@ impl Shared {
     fn subscriber(&self, client: &redis::Client, deliver: &Deliver) {
         while let Some(mut con) = self.connect(client, Side::Subscriber) {
             let mut pubsub = con.as_pubsub();
-            if let Err(e) = pubsub.subscribe(&self.channel) {
+            let subscribed = pubsub
+                .set_read_timeout(Some(KEEPALIVE))
+                .and_then(|()| pubsub.subscribe(&self.channel));
+            if let Err(e) = subscribed {
                 self.set(Side::Subscriber, false, Some(&e));
                 continue;
             }
@@ -329,6 +335,13 @@ impl Shared {
                         };
                         add(&self.stats.cluster_received, m.lines as u64);
                         deliver(room, m.bytes, m.lines);
+                    }
+                    // Quiet, not necessarily gone: a ping tells (its answer waits at most
+                    // KEEPALIVE too).
+                    Err(e) if e.is_timeout() => {
+                        if let Err(e) = pubsub.ping::<redis::Value>() {
+                            break e;
+                        }
                     }
                     Err(e) => break e,
                 }
