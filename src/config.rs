@@ -60,6 +60,20 @@ pub struct Config {
     pub ws_origins: Vec<String>,
     /// A WebSocket client that sent nothing for this long is pinged.
     pub ws_ping_interval: Duration,
+    /// `--redis`: join a cluster of nodes that relay each other's lines; `None`: this node
+    /// alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Where the cluster's Redis is, which cluster on it, and this node's name in it.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://…` or `redis+unix://…`.
+    pub url: String,
+    /// `--cluster`: separates several clusters sharing one Redis (the channel's prefix).
+    pub name: String,
+    /// `--node-id`: how this node's messages are told from the others' (no NUL byte).
+    pub node_id: String,
 }
 
 impl Default for Config {
@@ -88,6 +102,7 @@ impl Default for Config {
             console: false,
             ws_origins: Vec::new(),
             ws_ping_interval: Duration::from_secs(30),
+            cluster: None,
         }
     }
 }

@@ -19,6 +19,7 @@ use log::{debug, info, warn};
 
 use crate::access::PerAddress;
 use crate::chunk::Chunk;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::echo::Echo;
 use crate::notice::{Departure, Notices, clean};
@@ -55,6 +56,8 @@ pub(crate) struct Daemon {
     settings: RwLock<Arc<Settings>>,
     /// The service manager's notifications (readiness, status, watchdog).
     notifier: Notifier,
+    /// `--redis`: the link to the other nodes; `None` for a node alone.
+    cluster: Option<Cluster>,
 }
 
 /// Why a connection is not admitted.
@@ -78,26 +81,49 @@ impl Daemon {
         } else {
             None
         };
-        Ok(Arc::new(Daemon {
-            notices: Notices::new(&config),
-            registry: Registry::new(&config, Arc::clone(&stats)),
-            stats,
-            shutdown,
-            per_address: PerAddress::default(),
-            next_id: AtomicU64::new(1),
-            readers: Mutex::new(0),
-            readers_done: Condvar::new(),
-            flushing: AtomicUsize::new(0),
-            echo,
-            deliverer: Deliverer::start()?,
-            settings: RwLock::new(Arc::new(Settings {
-                rules: config.rules.clone(),
-                secret: config.secret.clone(),
-                motd: config.motd.clone(),
-            })),
-            notifier: Notifier::from_env(),
-            config,
-        }))
+        let deliverer = Deliverer::start()?;
+        let cluster_config = config.cluster.clone();
+        // The subscriber calls back through a weak handle: the daemon owns the link, and the
+        // link keeps no daemon alive.
+        let mut failed = None;
+        let daemon = Arc::new_cyclic(|weak: &std::sync::Weak<Daemon>| {
+            let cluster = cluster_config.and_then(|c| {
+                let weak = weak.clone();
+                let deliver = Box::new(move |room: &str, bytes: &[u8], lines: usize| {
+                    if let Some(daemon) = weak.upgrade() {
+                        daemon.relay_remote(room, bytes, lines);
+                    }
+                });
+                Cluster::start(&c, Arc::clone(&stats), deliver)
+                    .map_err(|e| failed = Some(e))
+                    .ok()
+            });
+            Daemon {
+                notices: Notices::new(&config),
+                registry: Registry::new(&config, Arc::clone(&stats)),
+                stats,
+                shutdown,
+                per_address: PerAddress::default(),
+                next_id: AtomicU64::new(1),
+                readers: Mutex::new(0),
+                readers_done: Condvar::new(),
+                flushing: AtomicUsize::new(0),
+                echo,
+                deliverer,
+                settings: RwLock::new(Arc::new(Settings {
+                    rules: config.rules.clone(),
+                    secret: config.secret.clone(),
+                    motd: config.motd.clone(),
+                })),
+                notifier: Notifier::from_env(),
+                config,
+                cluster,
+            }
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(daemon),
+        }
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -193,13 +219,25 @@ impl Daemon {
         self.registry.settle(peer);
     }
 
-    /// Relays `chunk` (`lines` lines) from `from` to the others in `room`.
+    /// Relays `chunk` (`lines` lines) from `from` to the others in `room`, and, with
+    /// `--redis`, queues it for the other nodes (after the local delivery, so one sender's
+    /// lines are queued in its order).
     pub(crate) fn relay(&self, room: &str, from: PeerId, chunk: &Chunk, lines: usize) {
-        if self.registry.deliver(room, Some(from), chunk, lines)
-            && let Some(echo) = &self.echo
-        {
-            echo.echo(from, chunk);
+        if self.registry.deliver(room, Some(from), chunk, lines) {
+            if let Some(cluster) = &self.cluster {
+                cluster.publish(room, chunk, lines);
+            }
+            if let Some(echo) = &self.echo {
+                echo.echo(from, chunk);
+            }
         }
+    }
+
+    /// Delivers lines another node relayed to everyone in `room` here. Never published
+    /// again: only the origin node publishes a line, so none loops.
+    fn relay_remote(&self, room: &str, bytes: &[u8], lines: usize) {
+        self.registry
+            .deliver(room, None, &Chunk::relayed(bytes, lines), lines);
     }
 
     /// Tells `members`, except `about`, a notice.

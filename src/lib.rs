@@ -21,7 +21,8 @@
 //!   connect, the shared secret, flood control, room history, counters, tunables, the stop
 //!   handle. [`settings`]: the rules, secret and motd a reload reads again; `latency`: the
 //!   line-wait histogram; [`systemd`]: readiness, watchdog and socket activation. `sys`:
-//!   every `unsafe` system call.
+//!   every `unsafe` system call. `cluster`: `--redis`, the link that relays lines between
+//!   nodes through Redis pub/sub.
 
 mod accept;
 pub mod access;
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod chat;
 mod chunk;
 mod client;
+mod cluster;
 pub mod config;
 mod console;
 mod daemon;
@@ -56,6 +58,7 @@ mod telnet;
 mod ws;
 mod ws_frame;
 
-pub use config::Config;
+pub use cluster::check_url as check_redis_url;
+pub use config::{ClusterConfig, Config};
 pub use server::{Listeners, bind, run, serve};
 pub use shutdown::Shutdown;

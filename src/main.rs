@@ -190,6 +190,24 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 
+    /// Join a cluster of relayd nodes that relay each other's lines through this Redis
+    /// (redis://HOST:PORT/ or redis+unix:///PATH). Raw mode only so far. Default: off.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+
+    /// The cluster's name, which separates several clusters sharing one Redis.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "relayd",
+        requires = "redis"
+    )]
+    cluster: String,
+
+    /// This node's name in the cluster, unique among its nodes. Default: host name and pid.
+    #[arg(long, value_name = "ID", requires = "redis")]
+    node_id: Option<String>,
+
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -246,7 +264,34 @@ impl Args {
             }
         }
         let settings = sources.load(self.max_line as usize)?;
+        let cluster = match &self.redis {
+            None => None,
+            Some(_) if self.chat => {
+                return Err("--redis works in raw mode only so far, not with --chat".into());
+            }
+            Some(url) => {
+                relayd::check_redis_url(url)?;
+                let node_id = self.node_id.clone().unwrap_or_else(|| {
+                    // The kernel's host name, without a syscall wrapper; a node in a
+                    // container without /proc still gets a pid-based id.
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .unwrap_or_else(|_| "relayd".into());
+                    format!("{host}-{}", std::process::id())
+                });
+                // The NUL byte separates fields of a cluster message.
+                if node_id.is_empty() || node_id.contains('\0') || self.cluster.contains('\0') {
+                    return Err("--node-id and --cluster must be non-empty, without NUL".into());
+                }
+                Some(relayd::ClusterConfig {
+                    url: url.clone(),
+                    name: self.cluster.clone(),
+                    node_id,
+                })
+            }
+        };
         Ok(Config {
+            cluster,
             rules: settings.rules,
             max_per_ip: self.max_per_ip,
             secret: settings.secret,

@@ -184,7 +184,7 @@ fn render(daemon: &Daemon) -> String {
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     // Each peer's lock in turn, after the registry's is released.
     let pending: usize = daemon.all_peers().iter().map(|p| p.pending()).sum();
-    let gauges: [(&str, &str, u64); 6] = [
+    let gauges: [(&str, &str, u64); 8] = [
         (
             "relayd_uptime_seconds",
             "Seconds since the daemon started.",
@@ -215,8 +215,18 @@ fn render(daemon: &Daemon) -> String {
             "Bytes queued for clients that their sockets have not taken yet.",
             pending as u64,
         ),
+        (
+            "relayd_redis_connected",
+            "1 while this node's link to the cluster's Redis (--redis) is up.",
+            get(&stats.redis_connected),
+        ),
+        (
+            "relayd_cluster_queue_bytes",
+            "Bytes of local lines waiting to be published to the cluster.",
+            get(&stats.cluster_queue_bytes),
+        ),
     ];
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "relayd_connections_accepted_total",
             "Connections admitted.",
@@ -266,6 +276,21 @@ fn render(daemon: &Daemon) -> String {
             "relayd_idle_disconnects_total",
             "Clients disconnected by --idle-timeout.",
             get(&stats.idle_kicks),
+        ),
+        (
+            "relayd_cluster_published_lines_total",
+            "Local lines published to the other nodes.",
+            get(&stats.cluster_published),
+        ),
+        (
+            "relayd_cluster_received_lines_total",
+            "Lines received from other nodes.",
+            get(&stats.cluster_received),
+        ),
+        (
+            "relayd_cluster_dropped_lines_total",
+            "Local lines not published: the cluster queue was full or Redis failed.",
+            get(&stats.cluster_dropped),
         ),
     ];
     let mut out = String::new();

@@ -22,6 +22,15 @@ pub struct Stats {
     pub too_long: AtomicU64,
     pub slow_consumer_kicks: AtomicU64,
     pub idle_kicks: AtomicU64,
+    /// 1 while both connections to the cluster's Redis are up, else 0 (a gauge).
+    pub redis_connected: AtomicU64,
+    /// Lines published to the cluster, received from other nodes, and dropped (the publish
+    /// queue full, or a publish that failed).
+    pub cluster_published: AtomicU64,
+    pub cluster_received: AtomicU64,
+    pub cluster_dropped: AtomicU64,
+    /// Bytes waiting to be published (a gauge).
+    pub cluster_queue_bytes: AtomicU64,
     /// How long relayed lines waited in relayd, from read to written to a recipient's socket.
     pub line_wait: Histogram,
 }
@@ -41,6 +50,11 @@ impl Default for Stats {
             too_long: AtomicU64::new(0),
             slow_consumer_kicks: AtomicU64::new(0),
             idle_kicks: AtomicU64::new(0),
+            redis_connected: AtomicU64::new(0),
+            cluster_published: AtomicU64::new(0),
+            cluster_received: AtomicU64::new(0),
+            cluster_dropped: AtomicU64::new(0),
+            cluster_queue_bytes: AtomicU64::new(0),
             line_wait: Histogram::default(),
         }
     }
@@ -59,7 +73,7 @@ impl Stats {
     /// The `stats` answer: one `key value` line each, in a fixed order. `clients` and `rooms`
     /// are the registry's, passed in because they are not counters.
     pub fn report(&self, clients: usize, rooms: usize) -> String {
-        let rows: [(&str, u64); 14] = [
+        let rows: [(&str, u64); 19] = [
             ("uptime_seconds", self.started.elapsed().as_secs()),
             ("clients", clients as u64),
             ("peak_clients", get(&self.peak_clients)),
@@ -74,6 +88,11 @@ impl Stats {
             ("slow_consumer_kicks", get(&self.slow_consumer_kicks)),
             ("idle_kicks", get(&self.idle_kicks)),
             ("rooms", rooms as u64),
+            ("redis_connected", get(&self.redis_connected)),
+            ("cluster_published", get(&self.cluster_published)),
+            ("cluster_received", get(&self.cluster_received)),
+            ("cluster_dropped", get(&self.cluster_dropped)),
+            ("cluster_queue_bytes", get(&self.cluster_queue_bytes)),
         ];
         let mut out = String::new();
         for (key, value) in rows {

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use chat_support::{Admin, Server, chat_config, socket_path, wait_until};
 use relayd::{Config, Shutdown};
 
-const STATS_KEYS: [&str; 14] = [
+const STATS_KEYS: [&str; 19] = [
     "uptime_seconds",
     "clients",
     "peak_clients",
@@ -27,6 +27,11 @@ const STATS_KEYS: [&str; 14] = [
     "slow_consumer_kicks",
     "idle_kicks",
     "rooms",
+    "redis_connected",
+    "cluster_published",
+    "cluster_received",
+    "cluster_dropped",
+    "cluster_queue_bytes",
 ];
 
 fn ctl(server: &Server, args: &[&str]) -> (String, i32) {

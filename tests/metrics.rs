@@ -132,6 +132,11 @@ fn metrics_parse_match_stats_and_move_with_traffic() {
         ),
         ("idle_kicks", "relayd_idle_disconnects_total"),
         ("rooms", "relayd_rooms"),
+        ("redis_connected", "relayd_redis_connected"),
+        ("cluster_published", "relayd_cluster_published_lines_total"),
+        ("cluster_received", "relayd_cluster_received_lines_total"),
+        ("cluster_dropped", "relayd_cluster_dropped_lines_total"),
+        ("cluster_queue_bytes", "relayd_cluster_queue_bytes"),
     ];
     assert_eq!(
         stats.lines().count(),
