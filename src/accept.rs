@@ -20,7 +20,7 @@ use crate::access::PerAddress;
 use crate::chunk::Chunk;
 use crate::client::{self, Transport};
 use crate::config::Config;
-use crate::daemon::{Daemon, Refusal};
+use crate::daemon::{Daemon, Refusal, Slot};
 use crate::http;
 use crate::notice::Departure;
 use crate::tcp::{self, Tcp};
@@ -117,7 +117,7 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
     }
     let sock = Arc::new(sock);
     let notices = daemon.notices();
-    let mut slot = match daemon.admit(Arc::clone(&sock), addr, false) {
+    let slot = match daemon.admit(Arc::clone(&sock), addr, false) {
         Ok(slot) => slot,
         Err(Refusal::NotAllowed) => {
             // Not a byte for someone who does not belong here, not even an error line.
@@ -137,8 +137,13 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
             return;
         }
     };
+    log_connected(daemon, slot.peer().id(), addr, "");
+    start_client(daemon, slot, addr, Transport::Tcp(Tcp::new(sock)));
+}
+
+/// Starts the thread that serves an admitted client for the rest of its life.
+fn start_client(daemon: &Arc<Daemon>, mut slot: Slot, addr: SocketAddr, transport: Transport) {
     let id = slot.peer().id();
-    log_connected(daemon, id, addr, "");
     // What the slot says if the thread never runs: the closure, and the slot in it, is
     // dropped at once.
     slot.set_departure(Departure::OutOfThreads);
@@ -147,7 +152,7 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
         thread::Builder::new()
             .name(format!("client-{id}"))
             .stack_size(CLIENT_STACK)
-            .spawn(move || client::serve(daemon, slot, Transport::Tcp(Tcp::new(sock))))
+            .spawn(move || client::serve(daemon, slot, transport))
     };
     if let Err(e) = spawned {
         warn!("client {id} {addr} refused: cannot start a thread: {e}");
@@ -243,7 +248,7 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
         }
     };
     let _ = sock.set_read_timeout(config.idle_timeout);
-    let mut slot = match daemon.admit(Arc::clone(&sock), addr, true) {
+    let slot = match daemon.admit(Arc::clone(&sock), addr, true) {
         Ok(slot) => slot,
         Err(refusal) => return refuse_websocket(daemon, &sock, addr, refusal),
     };
@@ -255,17 +260,7 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
     // touched stack pages an idle client would keep for its whole life, and a thread's stack
     // is given back when it ends: 1,000 idle browsers cost 19.2 KiB each so, 33.9 KiB on the
     // thread that did the handshake (2026-12-03).
-    slot.set_departure(Departure::OutOfThreads);
-    let spawned = {
-        let daemon = Arc::clone(daemon);
-        thread::Builder::new()
-            .name(format!("client-{id}"))
-            .stack_size(CLIENT_STACK)
-            .spawn(move || client::serve(daemon, slot, transport))
-    };
-    if let Err(e) = spawned {
-        warn!("client {id} {addr} refused: cannot start a thread: {e}");
-    }
+    start_client(daemon, slot, addr, transport);
 }
 
 /// Tells a WebSocket client, which completed its handshake, why it is not served: the

@@ -1031,6 +1031,19 @@ mod tests {
         (server, client)
     }
 
+    /// A TCP peer on the daemon's side of `server`, with a deliverer of its own.
+    fn tcp_peer(server: TcpStream, config: &Config) -> Arc<Peer> {
+        let deliverer = Deliverer::start().unwrap();
+        Peer::new(
+            1,
+            Arc::new(server),
+            false,
+            config,
+            &deliverer,
+            &Arc::default(),
+        )
+    }
+
     /// A backlog's stall clock starts when the backlog does, also when the socket took
     /// nothing of the first chunk: a client idle for longer than --stall-timeout whose socket
     /// happens to be full gets the whole --stall-timeout before it is cut off. (It used to be
@@ -1044,14 +1057,7 @@ mod tests {
             stall_timeout: stall,
             ..Config::default()
         };
-        let peer = Peer::new(
-            1,
-            Arc::new(server),
-            false,
-            &config,
-            &Deliverer::start().unwrap(),
-            &Arc::default(),
-        );
+        let peer = tcp_peer(server, &config);
         // Time passes, as for any quiet client: the clock under test, not a synchronisation.
         thread::sleep(stall + Duration::from_millis(100));
         // Fill the socket behind the peer's back, the way earlier deliveries would have.
@@ -1081,14 +1087,7 @@ mod tests {
             max_pending: 10 * CHUNK_COST,
             ..Config::default()
         };
-        let peer = Peer::new(
-            1,
-            Arc::new(server),
-            false,
-            &config,
-            &Deliverer::start().unwrap(),
-            &Arc::default(),
-        );
+        let peer = tcp_peer(server, &config);
         let filler = [b'x'; 65536];
         while send_dontwait(&peer.sock, &filler).is_ok() {}
         let tiny = Chunk::from(&b"a\n"[..]);

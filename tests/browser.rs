@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,14 +83,7 @@ fn the_page_in_firefox_talks_with_a_tcp_client() {
 fn the_page_talks_with_a_tcp_client(name: &str, browser: fn(&str, &Path) -> Child) {
     let start = Instant::now();
     let d = Daemon::spawn(&["--ws-bind", "127.0.0.1:0"]);
-    let line = d.wait_log("listening for browsers on http://");
-    let ws: SocketAddr = line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let ws = d.ws_addr();
     let mut nc = d.connect();
     nc.reader_mut()
         .get_ref()

@@ -26,14 +26,7 @@ impl Browsers {
         let mut all = vec!["--ws-bind", "127.0.0.1:0", "--admin", &admin_s];
         all.extend_from_slice(args);
         let d = Daemon::spawn(&all);
-        let line = d.wait_log("listening for browsers on http://");
-        let ws = line
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .trim_end_matches('/')
-            .parse()
-            .unwrap();
+        let ws = d.ws_addr();
         Browsers { d, ws, admin }
     }
 

@@ -278,6 +278,17 @@ impl Daemon {
         self.log_until(needle).pop().unwrap()
     }
 
+    /// The address of the daemon's (first) `--ws-bind` listener, as its log tells it.
+    pub fn ws_addr(&self) -> SocketAddr {
+        let line = self.wait_log("listening for browsers on http://");
+        line.rsplit("http://")
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .parse()
+            .unwrap()
+    }
+
     /// The log lines logged so far and not yet consumed, for failure messages.
     pub fn log_so_far(&self) -> Vec<String> {
         self.log.try_iter().collect()
