@@ -392,3 +392,41 @@ fn unfinished_requests_from_one_address_are_capped_by_max_per_ip() {
         http_status(b.ws, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 200")
     });
 }
+
+/// A browser is held to the same admission as a TCP client: `--secret-file`'s secret is its
+/// first message (a wrong one closes it with 1008 after relayd's notice; the right one lets it
+/// relay), and past `--max-clients` it is told the server is full and closed with 1013.
+#[test]
+fn secret_and_max_clients_apply_to_websocket_clients() {
+    let secret = temp_path("ws-secret");
+    std::fs::write(&secret, "open sesame\n").unwrap();
+    let b = Browsers::spawn(&[
+        "--secret-file",
+        secret.to_str().unwrap(),
+        "--max-clients",
+        "2",
+    ]);
+
+    let mut wrong = b.ws();
+    send(&mut wrong, "guess");
+    let mut texts = Vec::new();
+    assert_eq!(close_code(&mut wrong, &mut texts), CloseCode::Policy);
+    assert_eq!(texts, ["relayd: authentication failed"]);
+
+    let mut tcp = b.tcp();
+    tcp.send(b"open sesame\n");
+    let mut browser = b.ws();
+    send(&mut browser, "open sesame");
+    b.wait_clients(2);
+    eventually("both authenticated", || {
+        b.clients().iter().filter(|l| l.contains(" lobby ")).count() == 2
+    });
+    send(&mut browser, "from the browser");
+    tcp.expect(b"from the browser\n");
+
+    let mut third = b.ws();
+    let mut texts = Vec::new();
+    assert_eq!(close_code(&mut third, &mut texts), CloseCode::Again);
+    assert_eq!(texts, ["relayd: server full (2 clients)"]);
+    let _ = std::fs::remove_file(&secret);
+}
