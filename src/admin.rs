@@ -26,7 +26,7 @@ use std::time::Duration;
 use log::{debug, info, warn};
 use socket2::SockRef;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Found};
 use crate::reload;
 use crate::sync::lock;
 use crate::sys;
@@ -252,15 +252,26 @@ fn execute(daemon: &Daemon, command: &str) -> String {
                     c.peer.transport(),
                 ));
             }
+            // Other nodes' clients: what their nodes told this one, no more.
+            for (node, c) in daemon.clients_elsewhere() {
+                out.push_str(&format!(
+                    "{}@{node} - {} {} - - - - node:{node}\n",
+                    c.id, c.name, c.room
+                ));
+            }
             out
         }
         "kick" if !arg.is_empty() => {
             let (target, reason) = split_word(arg);
             let reason = (!reason.is_empty()).then_some(reason);
             match daemon.kick(target, reason) {
-                Ok((id, name)) => {
+                Ok(Found::Here(id, name)) => {
                     info!("admin: kicked client {id} ({name})");
                     "ok\n".into()
+                }
+                Ok(Found::There(name, node)) => {
+                    info!("admin: asked node {node} to kick {name}");
+                    format!("ok: {name} is on node {node}, which kicks it\n")
                 }
                 Err(_) => "error: no such client\n".into(),
             }
@@ -276,7 +287,10 @@ fn execute(daemon: &Daemon, command: &str) -> String {
                 return "error: usage: send ID|NAME TEXT\n".into();
             }
             match daemon.push_to(target, text) {
-                Ok(()) => "ok\n".into(),
+                Ok(Found::Here(..)) => "ok\n".into(),
+                Ok(Found::There(name, node)) => {
+                    format!("ok: {name} is on node {node}, which sends it\n")
+                }
                 Err(_) => "error: no such client\n".into(),
             }
         }

@@ -16,11 +16,11 @@ use log::{debug, info};
 
 use crate::chunk::Chunk;
 use crate::config::Config;
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, NameError};
 use crate::notice::clean;
 use crate::peer::Peer;
 use crate::rate::Bucket;
-use crate::registry::{LOBBY, Members, RenameError};
+use crate::registry::{LOBBY, Members};
 use crate::stats::add;
 
 /// Longest name or room name, in characters.
@@ -121,8 +121,10 @@ impl Chat {
 
     /// Tells the lobby, as it was when this client joined, that it arrived.
     pub(crate) fn announce(&self, daemon: &Daemon, peer: &Peer, lobby: &Members) {
-        let notice = daemon.notices().joined(&self.name, lobby.online());
-        daemon.notify(lobby, peer.id(), &notice);
+        let notice = daemon
+            .notices()
+            .joined(&self.name, daemon.online(LOBBY, lobby));
+        daemon.notify(LOBBY, lobby, peer.id(), &notice);
     }
 
     /// Handles the whole lines of one read. Returns the `/quit` reason if the client quit
@@ -134,6 +136,15 @@ impl Chat {
         lines: &[u8],
     ) -> Option<Option<String>> {
         let eol = daemon.notices().eol();
+        if let Some((lost, guest)) = daemon.take_rename(peer.id()) {
+            self.name = guest;
+            let line = format!(
+                "* your name {lost} was taken on another node while this one was cut off \
+                 from the cluster; you are {} now",
+                self.name
+            );
+            self.reply(daemon, peer, &line);
+        }
         for line in lines.split_inclusive(|&b| b == b'\n') {
             let text = match parse(line) {
                 Input::Empty => continue,
@@ -258,19 +269,23 @@ impl Chat {
         if reserved(name) {
             return self.reply(daemon, peer, &format!("relayd: name {name} is reserved"));
         }
-        match daemon.rename(peer.id(), name) {
+        match daemon.rename(peer.id(), &self.room, name) {
             Ok(old) => {
                 self.name = name.to_string();
                 info!("client {}: {old} is now {name}", peer.id());
                 let room = daemon.members(&self.room);
                 let notice = daemon.notices().line(format_args!("* {old} is now {name}"));
-                daemon.notify(&room, peer.id(), &notice);
+                daemon.notify(&self.room, &room, peer.id(), &notice);
                 self.reply(daemon, peer, &format!("* you are now {name}"));
             }
-            Err(RenameError::Taken) => {
+            Err(NameError::Taken) => {
                 self.reply(daemon, peer, &format!("relayd: name {name} is taken"))
             }
-            Err(RenameError::Gone) => {}
+            Err(NameError::Unavailable) => self.reply(
+                daemon,
+                peer,
+                "relayd: names cannot change while the cluster is unreachable, try again later",
+            ),
         }
     }
 
@@ -283,11 +298,11 @@ impl Chat {
             return self.reply(daemon, peer, "relayd: usage: /msg NAME TEXT");
         };
         // By name only: an id is the operator's way to name a client, not people's.
-        let target = match daemon.find(to) {
-            Some((_, target)) if valid_name(to) => target,
-            _ => return self.reply(daemon, peer, &format!("relayd: no such user {to}")),
-        };
-        if target.id() == peer.id() {
+        let no_such_user = format!("relayd: no such user {to}");
+        if to.bytes().all(|b| b.is_ascii_digit()) {
+            return self.reply(daemon, peer, &no_such_user);
+        }
+        if to.eq_ignore_ascii_case(&self.name) {
             return self.reply(daemon, peer, "relayd: that is you");
         }
         if !self.allow(daemon, peer) {
@@ -296,7 +311,9 @@ impl Chat {
         let line = daemon
             .notices()
             .line(format_args!("[private] <{}> {text}", self.name));
-        daemon.send_to(&target, &line, 1);
+        if daemon.private(to, &line).is_err() {
+            self.reply(daemon, peer, &no_such_user);
+        }
     }
 
     fn join(&mut self, daemon: &Daemon, peer: &Arc<Peer>, room: &str) {
@@ -308,17 +325,19 @@ impl Chat {
             return self.reply(daemon, peer, &format!("relayd: you are already in {room}"));
         }
         let notices = daemon.notices();
-        let moved = daemon.change_room(peer, room, |_, online| {
+        let moved = daemon.change_room(peer, &self.name, room, |online| {
             vec![notices.line(format_args!("* you are now in {room} ({online} online)"))]
         });
         let Some((left, joined)) = moved else {
             return;
         };
-        self.room = room.to_string();
+        let old = std::mem::replace(&mut self.room, room.to_string());
         let name = &self.name;
-        let line = format!("* {name} left (joined {room}) ({} online)", left.online());
-        daemon.notify(&left, peer.id(), &notices.line(line));
-        daemon.notify(&joined, peer.id(), &notices.joined(name, joined.online()));
+        let online = daemon.online(&old, &left);
+        let line = format!("* {name} left (joined {room}) ({online} online)");
+        daemon.notify(&old, &left, peer.id(), &notices.line(line));
+        let joined_notice = notices.joined(name, daemon.online(room, &joined));
+        daemon.notify(room, &joined, peer.id(), &joined_notice);
     }
 }
 

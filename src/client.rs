@@ -139,7 +139,7 @@ fn joined_phase(daemon: &Daemon, peer: &Arc<Peer>, lobby: Option<Members>) -> Ph
     // What entering queued for it (welcome, history) must fit its queue like anything else.
     daemon.settle(peer);
     if config.chat {
-        let chat = Chat::new(config, format!("guest{}", peer.id()));
+        let chat = Chat::new(config, daemon.guest_name(peer.id()));
         let lobby = lobby.unwrap_or_else(|| daemon.members(LOBBY));
         chat.announce(daemon, peer, &lobby);
         Phase::Chat(chat)

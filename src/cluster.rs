@@ -1,21 +1,29 @@
-//! The cluster link: this node's connections to Redis, which relays lines between relayd
-//! nodes with pub/sub (`PUBLISH`/`SUBSCRIBE` on the channel `<cluster>:lines`).
+//! The cluster link: this node's connections to Redis, through which relayd nodes share their
+//! clients' lines, notices and presence with pub/sub (`PUBLISH`/`SUBSCRIBE` on the channel
+//! `<cluster>:lines`), hold chat names cluster-wide (a key per name), and keep each room's
+//! history (a stream per room).
 //!
-//! Two threads, each with its own connection, so that neither a client's reader nor the
+//! Four threads, each with its own connection, so that neither a client's reader nor the
 //! delivery of remote lines ever waits on the other direction:
-//! - the publisher sends what [`Cluster::publish`] queued. The queue is bounded in bytes
-//!   (like a peer's): a reader only appends to it, and what does not fit while Redis is slow
-//!   or gone is dropped and counted, never waited for.
-//! - the subscriber receives the other nodes' lines and hands them to the `Deliver` function
-//!   given at start, which delivers them the way local lines are delivered. It skips this
-//!   node's own messages, and nothing it delivers is published again, so lines cannot loop.
+//! - the publisher sends what [`Cluster`]'s `publish_*` methods queued. The queue is bounded
+//!   in bytes (like a peer's): a reader only appends to it, and what does not fit while Redis
+//!   is slow or gone is dropped and counted, never waited for.
+//! - the subscriber receives the other nodes' messages and hands them to the `deliver` hook
+//!   given at start. It skips this node's own messages, and nothing it delivers is published
+//!   again, so nothing loops.
+//! - the heartbeat publishes this node's clients every third of `ttl` (so other nodes forget
+//!   a node that went silent, and its clients, after `ttl`), and renews the name keys this
+//!   node holds, which expire `ttl` after the last renewal: a dead node's names come free.
+//! - the query connection is not a thread but a connection shared, under a lock, by the few
+//!   commands that need Redis's answer: claiming a name (`/nick`) and reading a room's history
+//!   when the first client here enters it. Both run on that client's own thread.
 //!
-//! Both threads reconnect on their own with back-off; the link is "up" (`redis_connected 1`)
-//! while both are connected. This module knows nothing of the daemon: the daemon owns the
-//! [`Cluster`] handle and passes in the callback, so dependencies run one way.
+//! The publisher and subscriber reconnect on their own with back-off; the link is "up"
+//! (`redis_connected 1`) while both are connected. This module knows nothing of the daemon:
+//! the daemon owns the [`Cluster`] handle and passes in its hooks, so dependencies run one way.
 //!
-//! A message is `node \0 room \0 lines (u32, big-endian) bytes`: node ids and room names
-//! never hold a NUL (checked at startup and by the chat parser respectively).
+//! A message is `node \0 kind payload`; node ids, names and room names never hold a NUL
+//! (checked at startup and by the chat parser respectively). See [`Event`] for the kinds.
 
 use std::collections::VecDeque;
 use std::io;
@@ -24,9 +32,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
+use crate::chunk::Chunk;
 use crate::config::ClusterConfig;
+use crate::history::{Entry, LineId};
+use crate::presence::Present;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
@@ -40,20 +51,127 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long connecting, and one publish round trip, may take before the link counts as down.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client's thread may wait for Redis's answer (a name claim, a room's history):
+/// a slow Redis costs that client a pause, not its place.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 /// A subscriber that hears nothing for this long pings Redis, so a link that died silently
 /// (a partition, a host gone without a reset) is noticed within two of these.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Messages sent in one pipelined round trip at most.
 const BATCH: usize = 256;
 
-/// What the subscriber calls with each remote line: room, bytes, how many lines.
-pub(crate) type Deliver = Box<dyn Fn(&str, &[u8], usize) + Send>;
+/// Claims a name key for `ARGV[1]` (`node \0 id`) for `ARGV[2]` ms, or renews it if it holds
+/// that value already, and then frees `KEYS[2]` (the old name) if it held that value; 0 if
+/// someone else holds the name. One script, so that a name is never briefly nobody's, or
+/// stolen between a check and a set.
+const CLAIM: &str = "local v = redis.call('GET', KEYS[1]) \
+    if v and v ~= ARGV[1] then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+    if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) == ARGV[1] then \
+    redis.call('DEL', KEYS[2]) end \
+    return 1";
+/// Frees a name key if this node's client still holds it.
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) end return 0";
+
+/// A message from another node, as the `deliver` hook gets it.
+pub(crate) enum Event<'a> {
+    /// `L`: a client's lines for a room (kept in its history).
+    Lines {
+        id: LineId,
+        room: &'a str,
+        lines: usize,
+        bytes: &'a [u8],
+    },
+    /// `N`: a notice for everyone in a room (joined, left, renamed).
+    Notice { room: &'a str, bytes: &'a [u8] },
+    /// `E`: a client entered a room, moved or was renamed.
+    Enter(Present),
+    /// `D`: a client left.
+    Leave(u64),
+    /// `S`: all of the node's clients; `hello`: the node has just (re)joined and asks the
+    /// others for theirs.
+    Snapshot { hello: bool, clients: Vec<Present> },
+    /// `T`: something for client `id` of node `to`.
+    Direct {
+        to: &'a str,
+        id: u64,
+        what: Direct,
+        text: &'a [u8],
+    },
+    /// `B`: the operator's broadcast.
+    Broadcast(&'a [u8]),
+}
+
+/// What a [`Event::Direct`] message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// A private message: the line to send as it is.
+    Private,
+    /// The operator's `send`: the text to push.
+    Push,
+    /// The operator's `kick`: the reason, if not empty.
+    Kick,
+}
+
+impl Direct {
+    fn byte(self) -> u8 {
+        match self {
+            Direct::Private => b'm',
+            Direct::Push => b'p',
+            Direct::Kick => b'k',
+        }
+    }
+}
+
+/// This node's clients, for the heartbeat.
+pub(crate) struct Local {
+    pub(crate) clients: Vec<Present>,
+    /// The names to keep in Redis (a guest name is unique by construction): id, name.
+    pub(crate) names: Vec<(u64, String)>,
+}
+
+/// Called with each message from another node: its id, and what it says.
+type DeliverHook = Box<dyn Fn(&str, Event<'_>) + Send + Sync>;
+/// Called with a client's id and the name it lost.
+type LostNameHook = Box<dyn Fn(u64, &str) + Send + Sync>;
+
+/// What the cluster calls back into the daemon with.
+pub(crate) struct Hooks {
+    /// A message from another node (its id, what it says), on the subscriber's thread.
+    pub(crate) deliver: DeliverHook,
+    /// Each heartbeat: this node's clients now.
+    pub(crate) local: Box<dyn Fn() -> Local + Send + Sync>,
+    /// Client `id`'s name was taken by another node's client while the link was down.
+    pub(crate) lost_name: LostNameHook,
+}
+
+/// Why a name could not be claimed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ClaimError {
+    /// Another node's client holds it.
+    Taken,
+    /// Redis did not answer: the name's owner cannot be known.
+    Unreachable,
+}
 
 /// Checks a `--redis` URL without connecting, for a one-line startup error.
 pub fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
+    client(url)
         .map(drop)
         .map_err(|e| format!("--redis {url}: {e}"))
+}
+
+/// A client for `url` whose TCP connections send at once. redis-rs leaves Nagle's algorithm
+/// on by default, which may hold a small pipeline written while an earlier one is still
+/// unacknowledged until Redis's (possibly delayed) ACK: tens of milliseconds on a hop the
+/// cluster promises to keep within one.
+fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
 }
 
 /// The daemon's handle on the cluster link.
@@ -62,20 +180,69 @@ pub(crate) struct Cluster {
 }
 
 struct Shared {
-    node: String,
+    node: Arc<str>,
+    /// `--cluster`: the prefix of every key and channel.
+    name: String,
     channel: String,
     url: String,
+    client: redis::Client,
+    ttl: Duration,
+    /// `--history`: lines kept per room in Redis.
+    history: usize,
     stats: Arc<Stats>,
+    hooks: Hooks,
     queue: Mutex<Queue>,
     queued: Condvar,
+    /// The publisher has sent everything queued (for [`Cluster::farewell`]).
+    sent: Condvar,
     link: Mutex<Link>,
+    /// Heartbeats asked for before their time.
+    wake: Mutex<Wake>,
+    woken: Condvar,
+    query: Mutex<Option<redis::Connection>>,
     stop: AtomicBool,
 }
 
 #[derive(Default)]
 struct Queue {
-    messages: VecDeque<Vec<u8>>,
+    items: VecDeque<Item>,
     bytes: usize,
+}
+
+enum Item {
+    /// A message for the channel; `room`: also appended to that room's history.
+    Publish {
+        message: Vec<u8>,
+        lines: u64,
+        room: Option<String>,
+    },
+    /// Frees a name key that this value (`node \0 id`) holds.
+    Release { key: String, value: Vec<u8> },
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Publish { message, .. } => message.len(),
+            Item::Release { key, value } => key.len() + value.len(),
+        }
+    }
+
+    fn lines(&self) -> u64 {
+        match self {
+            Item::Publish { lines, .. } => *lines,
+            Item::Release { .. } => 0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Wake {
+    /// The subscriber has just (re)subscribed: say hello, so the others answer with their
+    /// clients, and re-register this node's names.
+    hello: bool,
+    /// Another node said hello: answer with this node's clients.
+    answer: bool,
 }
 
 /// Whether each connection is up, for `redis_connected` and for logging each outage once.
@@ -97,22 +264,29 @@ enum Side {
 }
 
 impl Cluster {
-    /// Starts the publisher and subscriber threads. They connect in the background: a
-    /// Redis that is not there yet costs one log line, not the node's start.
+    /// Starts the publisher, subscriber and heartbeat threads. They connect in the
+    /// background: a Redis that is not there yet costs one log line, not the node's start.
     pub(crate) fn start(
         config: &ClusterConfig,
+        history: usize,
         stats: Arc<Stats>,
-        deliver: Deliver,
+        hooks: Hooks,
     ) -> io::Result<Cluster> {
-        let client = redis::Client::open(config.url.as_str())
+        let client = client(&config.url)
             .map_err(|e| io::Error::other(format!("--redis {}: {e}", config.url)))?;
         let shared = Arc::new(Shared {
-            node: config.node_id.clone(),
+            node: Arc::from(config.node_id.as_str()),
+            name: config.name.clone(),
             channel: format!("{}:lines", config.name),
             url: config.url.clone(),
+            client,
+            ttl: config.ttl,
+            history,
             stats,
+            hooks,
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
+            sent: Condvar::new(),
             link: Mutex::new(Link {
                 publisher: false,
                 subscriber: false,
@@ -120,58 +294,305 @@ impl Cluster {
                 warned: false,
                 ever_up: false,
             }),
+            wake: Mutex::new(Wake::default()),
+            woken: Condvar::new(),
+            query: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
-        let (s, c) = (Arc::clone(&shared), client.clone());
-        thread::Builder::new()
-            .name("cluster-pub".into())
-            .spawn(move || s.publisher(&c))?;
-        let s = Arc::clone(&shared);
-        thread::Builder::new()
-            .name("cluster-sub".into())
-            .spawn(move || s.subscriber(&client, &deliver))?;
+        for (name, run) in [
+            ("cluster-pub", Shared::publisher as fn(&Shared)),
+            ("cluster-sub", Shared::subscriber),
+            ("cluster-beat", Shared::heartbeat),
+        ] {
+            let s = Arc::clone(&shared);
+            thread::Builder::new()
+                .name(name.into())
+                .spawn(move || run(&s))?;
+        }
         Ok(Cluster { shared })
     }
 
-    /// Queues a local client's lines for the other nodes; drops them (counted) if the queue
-    /// is full. Never blocks on Redis.
-    pub(crate) fn publish(&self, room: &str, bytes: &[u8], lines: usize) {
+    /// This node's id.
+    pub(crate) fn node(&self) -> &Arc<str> {
+        &self.shared.node
+    }
+
+    /// Whether both connections to Redis are up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.shared.stats.redis_connected.load(Ordering::Relaxed) == 1
+    }
+
+    /// Queues a local client's lines (`seq`: this node's number for them) for the other
+    /// nodes, and for the room's history in Redis; drops them (counted) if the queue is full.
+    /// Never blocks on Redis.
+    pub(crate) fn publish_lines(&self, room: &str, seq: u64, bytes: &[u8], lines: usize) {
+        let mut m = self.shared.message(b'L', 8 + room.len() + 5 + bytes.len());
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(room.as_bytes());
+        m.push(0);
+        m.extend_from_slice(&u32::try_from(lines).unwrap_or(u32::MAX).to_be_bytes());
+        m.extend_from_slice(bytes);
+        let history = (self.shared.history > 0).then(|| room.to_string());
+        self.shared.push(m, lines as u64, history);
+    }
+
+    /// Queues a notice for everyone in `room` on the other nodes.
+    pub(crate) fn publish_notice(&self, room: &str, chunk: &Chunk) {
+        let mut m = self.shared.message(b'N', room.len() + 1 + chunk.len());
+        m.extend_from_slice(room.as_bytes());
+        m.push(0);
+        m.extend_from_slice(chunk);
+        self.shared.push(m, 0, None);
+    }
+
+    /// Tells the other nodes a client of this one entered a room, moved, or was renamed.
+    pub(crate) fn publish_enter(&self, client: &Present) {
+        let mut m = self.shared.message(b'E', 32);
+        encode_present(&mut m, client);
+        self.shared.push(m, 0, None);
+    }
+
+    /// Tells the other nodes a client of this one left.
+    pub(crate) fn publish_leave(&self, id: u64) {
+        let mut m = self.shared.message(b'D', 8);
+        m.extend_from_slice(&id.to_be_bytes());
+        self.shared.push(m, 0, None);
+    }
+
+    /// Sends something to client `id` of `node`.
+    pub(crate) fn publish_direct(&self, node: &str, id: u64, what: Direct, text: &[u8]) {
+        let mut m = self.shared.message(b'T', node.len() + 10 + text.len());
+        m.extend_from_slice(node.as_bytes());
+        m.push(0);
+        m.extend_from_slice(&id.to_be_bytes());
+        m.push(what.byte());
+        m.extend_from_slice(text);
+        let lines = u64::from(what == Direct::Private);
+        self.shared.push(m, lines, None);
+    }
+
+    /// Pushes the operator's text to every client of the other nodes.
+    pub(crate) fn publish_broadcast(&self, text: &str) {
+        let mut m = self.shared.message(b'B', text.len());
+        m.extend_from_slice(text.as_bytes());
+        self.shared.push(m, 0, None);
+    }
+
+    /// Claims `name` cluster-wide for this node's client `id`, freeing `old` (its current
+    /// name, if it held one in Redis) in the same step. Runs on the client's thread and waits
+    /// for Redis, at most [`QUERY_TIMEOUT`].
+    pub(crate) fn claim(&self, id: u64, name: &str, old: Option<&str>) -> Result<(), ClaimError> {
         let s = &self.shared;
-        let mut message = Vec::with_capacity(s.node.len() + room.len() + 6 + bytes.len());
-        message.extend_from_slice(s.node.as_bytes());
-        message.push(0);
-        message.extend_from_slice(room.as_bytes());
-        message.push(0);
-        message.extend_from_slice(&u32::try_from(lines).unwrap_or(u32::MAX).to_be_bytes());
-        message.extend_from_slice(bytes);
-        let mut queue = lock(&s.queue);
-        if queue.bytes + message.len() > QUEUE_LIMIT {
-            drop(queue);
-            add(&s.stats.cluster_dropped, lines as u64);
-            return;
+        if !self.is_up() {
+            return Err(ClaimError::Unreachable);
         }
-        queue.bytes += message.len();
-        s.stats
-            .cluster_queue_bytes
-            .store(queue.bytes as u64, Ordering::Relaxed);
-        queue.messages.push_back(message);
+        let key = s.name_key(name);
+        let old = old.map_or_else(|| key.clone(), |old| s.name_key(old));
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CLAIM)
+            .arg(2)
+            .arg(&key)
+            .arg(&old)
+            .arg(s.owner(id))
+            .arg(s.ttl.as_millis() as u64);
+        match s.query(|con| cmd.query::<i64>(con)) {
+            Some(1) => Ok(()),
+            Some(_) => Err(ClaimError::Taken),
+            None => Err(ClaimError::Unreachable),
+        }
+    }
+
+    /// Frees `name`, held by this node's client `id`, once what is queued before is sent.
+    pub(crate) fn release(&self, id: u64, name: &str) {
+        let s = &self.shared;
+        let item = Item::Release {
+            key: s.name_key(name),
+            value: s.owner(id),
+        };
+        // Tiny and bounded by the number of leaving clients: never dropped, or a name would
+        // stay taken until it expires.
+        let mut queue = lock(&s.queue);
+        queue.bytes += item.len();
+        queue.items.push_back(item);
         drop(queue);
         s.queued.notify_one();
+    }
+
+    /// Tells the other nodes, as this one stops, that its clients are gone, frees the names
+    /// they held, and waits until that is sent or `until`.
+    pub(crate) fn farewell(&self, names: &[(u64, String)], until: Instant) {
+        let s = &self.shared;
+        let mut m = s.message(b'S', 1);
+        m.push(b'-');
+        s.push(m, 0, None);
+        for (id, name) in names {
+            self.release(*id, name);
+        }
+        let mut queue = lock(&s.queue);
+        while !queue.items.is_empty() && self.is_up() {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            // Woken by the publisher, or within a tenth of a second to see whether the link
+            // fell meanwhile.
+            let wait = (until - now).min(Duration::from_millis(100));
+            queue = s
+                .sent
+                .wait_timeout(queue, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The last `--history` lines of `room` as Redis keeps them, oldest first; `None` if
+    /// Redis cannot say. Runs on a client's thread, at most [`QUERY_TIMEOUT`].
+    pub(crate) fn history(&self, room: &str) -> Option<Vec<Entry>> {
+        let s = &self.shared;
+        if s.history == 0 || !self.is_up() {
+            return None;
+        }
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(s.history_key(room))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(s.history);
+        let entries: Vec<(String, Vec<Vec<u8>>)> = s.query(|con| cmd.query(con))?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (_, fields) in entries.into_iter().rev() {
+            let Some(message) = fields.get(1) else {
+                continue;
+            };
+            if let Some((
+                node,
+                Event::Lines {
+                    id, lines, bytes, ..
+                },
+            )) = decode(message)
+            {
+                debug_assert_eq!(&*id.node, node);
+                out.push(Entry {
+                    chunk: Chunk::from(bytes),
+                    lines,
+                    id: Some(id),
+                });
+            }
+        }
+        Some(out)
     }
 }
 
 impl Drop for Cluster {
-    /// Ends the publisher. The subscriber is blocked reading its socket and ends with the
-    /// process; it holds no client's state.
+    /// Ends the publisher and the heartbeat. The subscriber is blocked reading its socket and
+    /// ends with the process; it holds no client's state.
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.queued.notify_all();
+        self.shared.woken.notify_all();
     }
+}
+
+fn encode_present(m: &mut Vec<u8>, p: &Present) {
+    m.extend_from_slice(&p.id.to_be_bytes());
+    m.extend_from_slice(p.name.as_bytes());
+    m.push(0);
+    m.extend_from_slice(p.room.as_bytes());
+    m.push(0);
 }
 
 impl Shared {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    fn name_key(&self, name: &str) -> String {
+        format!("{}:name:{}", self.name, name.to_lowercase())
+    }
+
+    fn history_key(&self, room: &str) -> String {
+        format!("{}:history:{room}", self.name)
+    }
+
+    /// A name key's value: who holds it.
+    fn owner(&self, id: u64) -> Vec<u8> {
+        format!("{}\0{id}", self.node).into_bytes()
+    }
+
+    /// A message's start: this node and the kind.
+    fn message(&self, kind: u8, capacity: usize) -> Vec<u8> {
+        let mut m = Vec::with_capacity(self.node.len() + 2 + capacity);
+        m.extend_from_slice(self.node.as_bytes());
+        m.push(0);
+        m.push(kind);
+        m
+    }
+
+    /// Queues a message, or drops it (its lines counted) if the queue is full.
+    fn push(&self, message: Vec<u8>, lines: u64, room: Option<String>) {
+        let item = Item::Publish {
+            message,
+            lines,
+            room,
+        };
+        let mut queue = lock(&self.queue);
+        if queue.bytes + item.len() > QUEUE_LIMIT {
+            drop(queue);
+            add(&self.stats.cluster_dropped, lines);
+            return;
+        }
+        queue.bytes += item.len();
+        self.stats
+            .cluster_queue_bytes
+            .store(queue.bytes as u64, Ordering::Relaxed);
+        queue.items.push_back(item);
+        drop(queue);
+        self.queued.notify_one();
+    }
+
+    /// Runs `f` on the query connection, connecting it first if needed; `None` (and the
+    /// connection dropped, to be made again next time) if Redis did not answer. A connection
+    /// kept from before may have died with a restarted Redis: then `f` is tried once more on
+    /// a new one (every query is safe to repeat).
+    fn query<T>(
+        &self,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        let mut query = lock(&self.query);
+        for _ in 0..2 {
+            let kept = query.is_some();
+            let con = match query.take() {
+                Some(con) => con,
+                None => match self.query_connection() {
+                    Ok(con) => con,
+                    Err(e) => {
+                        debug!("cluster: query connection: {e}");
+                        return None;
+                    }
+                },
+            };
+            let con = query.insert(con);
+            match f(con) {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    // After a timeout a late answer would be read as the next command's: the
+                    // connection goes either way.
+                    debug!("cluster: query failed: {e}");
+                    *query = None;
+                    if !kept {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn query_connection(&self) -> redis::RedisResult<redis::Connection> {
+        let con = self.client.get_connection_with_timeout(QUERY_TIMEOUT)?;
+        con.set_read_timeout(Some(QUERY_TIMEOUT))?;
+        con.set_write_timeout(Some(QUERY_TIMEOUT))?;
+        Ok(con)
     }
 
     /// Records that one side's connection came up or went down, and logs the link's
@@ -232,13 +653,13 @@ impl Shared {
     }
 
     /// Connects, with back-off between failed attempts; `None` once stopping.
-    fn connect(&self, client: &redis::Client, side: Side) -> Option<redis::Connection> {
+    fn connect(&self, side: Side) -> Option<redis::Connection> {
         let mut backoff = BACKOFF_MIN;
         loop {
             if self.stopping() {
                 return None;
             }
-            match client.get_connection_with_timeout(IO_TIMEOUT) {
+            match self.client.get_connection_with_timeout(IO_TIMEOUT) {
                 Ok(con) => return Some(con),
                 Err(e) => {
                     self.set(side, false, Some(&e));
@@ -249,8 +670,8 @@ impl Shared {
         }
     }
 
-    fn publisher(&self, client: &redis::Client) {
-        while let Some(mut con) = self.connect(client, Side::Publisher) {
+    fn publisher(&self) {
+        while let Some(mut con) = self.connect(Side::Publisher) {
             // A Redis that stops answering must not hold the queue forever: it fills, and
             // further lines are dropped and counted.
             let timeouts = con
@@ -270,47 +691,69 @@ impl Shared {
     /// daemon stops (`None`).
     fn publish_queued(&self, con: &mut redis::Connection) -> Option<redis::RedisError> {
         loop {
-            let batch: Vec<Vec<u8>> = {
+            let batch: Vec<Item> = {
                 let mut queue = lock(&self.queue);
-                while queue.messages.is_empty() {
+                while queue.items.is_empty() {
                     if self.stopping() {
                         return None;
                     }
                     queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
-                let n = queue.messages.len().min(BATCH);
-                let batch: Vec<Vec<u8>> = queue.messages.drain(..n).collect();
-                queue.bytes -= batch.iter().map(Vec::len).sum::<usize>();
+                let n = queue.items.len().min(BATCH);
+                let batch: Vec<Item> = queue.items.drain(..n).collect();
+                queue.bytes -= batch.iter().map(Item::len).sum::<usize>();
                 self.stats
                     .cluster_queue_bytes
                     .store(queue.bytes as u64, Ordering::Relaxed);
                 batch
             };
             let mut pipe = redis::pipe();
-            for message in &batch {
-                pipe.cmd("PUBLISH")
-                    .arg(&self.channel)
-                    .arg(message.as_slice())
-                    .ignore();
+            for item in &batch {
+                match item {
+                    Item::Publish { message, room, .. } => {
+                        if let Some(room) = room {
+                            // Approximate trimming (`~`) keeps at least `history` entries, each
+                            // at least one line, at a fraction of exact trimming's cost.
+                            pipe.cmd("XADD")
+                                .arg(self.history_key(room))
+                                .arg("MAXLEN")
+                                .arg("~")
+                                .arg(self.history)
+                                .arg("*")
+                                .arg("m")
+                                .arg(message.as_slice())
+                                .ignore();
+                        }
+                        pipe.cmd("PUBLISH")
+                            .arg(&self.channel)
+                            .arg(message.as_slice())
+                            .ignore();
+                    }
+                    Item::Release { key, value } => {
+                        pipe.cmd("EVAL")
+                            .arg(RELEASE)
+                            .arg(1)
+                            .arg(key)
+                            .arg(value.as_slice())
+                            .ignore();
+                    }
+                }
             }
-            let lines = |batch: &[Vec<u8>]| -> u64 {
-                batch
-                    .iter()
-                    .filter_map(|m| parse(m))
-                    .map(|m| m.lines as u64)
-                    .sum()
-            };
+            let lines: u64 = batch.iter().map(Item::lines).sum();
             if let Err(e) = pipe.exec(con) {
                 // Whether Redis took them is unknown: dropped, so none is sent twice.
-                add(&self.stats.cluster_dropped, lines(&batch));
+                add(&self.stats.cluster_dropped, lines);
                 return Some(e);
             }
-            add(&self.stats.cluster_published, lines(&batch));
+            add(&self.stats.cluster_published, lines);
+            if lock(&self.queue).items.is_empty() {
+                self.sent.notify_all();
+            }
         }
     }
 
-    fn subscriber(&self, client: &redis::Client, deliver: &Deliver) {
-        while let Some(mut con) = self.connect(client, Side::Subscriber) {
+    fn subscriber(&self) {
+        while let Some(mut con) = self.connect(Side::Subscriber) {
             let mut pubsub = con.as_pubsub();
             let subscribed = pubsub
                 .set_read_timeout(Some(KEEPALIVE))
@@ -320,22 +763,11 @@ impl Shared {
                 continue;
             }
             self.set(Side::Subscriber, true, None);
+            // Whatever the others said while this node was not listening is lost: ask them.
+            self.wake(|w| w.hello = true);
             let e = loop {
                 match pubsub.get_message() {
-                    Ok(msg) => {
-                        let Some(m) = parse(msg.get_payload_bytes()) else {
-                            warn!("cluster: malformed message on {}", self.channel);
-                            continue;
-                        };
-                        if m.node == self.node.as_bytes() {
-                            continue;
-                        }
-                        let Ok(room) = std::str::from_utf8(m.room) else {
-                            continue;
-                        };
-                        add(&self.stats.cluster_received, m.lines as u64);
-                        deliver(room, m.bytes, m.lines);
-                    }
+                    Ok(msg) => self.receive(msg.get_payload_bytes()),
                     // Quiet, not necessarily gone: a ping tells (its answer waits at most
                     // KEEPALIVE too).
                     Err(e) if e.is_timeout() => {
@@ -353,45 +785,272 @@ impl Shared {
             }
         }
     }
+
+    fn receive(&self, message: &[u8]) {
+        let Some((node, event)) = decode(message) else {
+            warn!("cluster: malformed message on {}", self.channel);
+            return;
+        };
+        if node == &*self.node {
+            return;
+        }
+        match event {
+            Event::Lines { lines, .. } => add(&self.stats.cluster_received, lines as u64),
+            Event::Direct { to, .. } if to != &*self.node => return,
+            Event::Snapshot { hello: true, .. } => self.wake(|w| w.answer = true),
+            _ => {}
+        }
+        (self.hooks.deliver)(node, event);
+    }
+
+    fn wake(&self, f: impl FnOnce(&mut Wake)) {
+        f(&mut lock(&self.wake));
+        self.woken.notify_all();
+    }
+
+    /// Every third of the ttl, or when asked: publishes this node's clients and renews its
+    /// names in Redis.
+    fn heartbeat(&self) {
+        let interval = self.ttl / 3;
+        loop {
+            let wake = {
+                let mut wake = lock(&self.wake);
+                let deadline = Instant::now() + interval;
+                while !wake.hello && !wake.answer && !self.stopping() {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    wake = self
+                        .woken
+                        .wait_timeout(wake, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                std::mem::take(&mut *wake)
+            };
+            if self.stopping() {
+                return;
+            }
+            let local = (self.hooks.local)();
+            let mut m = self.message(b'S', 1 + 32 * local.clients.len());
+            m.push(if wake.hello { b'h' } else { b'-' });
+            for p in &local.clients {
+                encode_present(&mut m, p);
+            }
+            self.push(m, 0, None);
+            self.renew(&local.names);
+        }
+    }
+
+    /// Renews (or, after an outage, claims again) the names this node's clients hold; those
+    /// another node took meanwhile go to the `lost_name` hook.
+    fn renew(&self, names: &[(u64, String)]) {
+        // Not waiting for the whole link: right after Redis comes back, the names are
+        // claimed again before anyone else's node can take them.
+        if names.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (id, name) in names {
+            let key = self.name_key(name);
+            pipe.cmd("EVAL")
+                .arg(CLAIM)
+                .arg(2)
+                .arg(&key)
+                .arg(&key)
+                .arg(self.owner(*id))
+                .arg(self.ttl.as_millis() as u64);
+        }
+        let Some(held) = self.query(|con| pipe.query::<Vec<i64>>(con)) else {
+            return;
+        };
+        for ((id, name), held) in names.iter().zip(held) {
+            if held == 0 {
+                warn!("cluster: name {name} of client {id} was taken by another node meanwhile");
+                (self.hooks.lost_name)(*id, name);
+            }
+        }
+    }
 }
 
-struct Message<'a> {
-    node: &'a [u8],
-    room: &'a [u8],
-    lines: usize,
-    bytes: &'a [u8],
+/// Reads a message: its node and what it says; `None` if it is malformed.
+fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
+    let (node, rest) = split_nul(message)?;
+    let node = std::str::from_utf8(node).ok()?;
+    let (&kind, rest) = rest.split_first()?;
+    let event = match kind {
+        b'L' => {
+            let (seq, rest) = rest.split_first_chunk::<8>()?;
+            let (room, rest) = split_nul(rest)?;
+            let (lines, bytes) = rest.split_first_chunk::<4>()?;
+            Event::Lines {
+                id: LineId {
+                    node: Arc::from(node),
+                    seq: u64::from_be_bytes(*seq),
+                },
+                room: std::str::from_utf8(room).ok()?,
+                lines: u32::from_be_bytes(*lines) as usize,
+                bytes,
+            }
+        }
+        b'N' => {
+            let (room, bytes) = split_nul(rest)?;
+            Event::Notice {
+                room: std::str::from_utf8(room).ok()?,
+                bytes,
+            }
+        }
+        b'E' => Event::Enter(decode_present(rest)?.0),
+        b'D' => Event::Leave(u64::from_be_bytes(*rest.first_chunk::<8>()?)),
+        b'S' => {
+            let (&flag, mut rest) = rest.split_first()?;
+            let mut clients = Vec::new();
+            while !rest.is_empty() {
+                let (p, more) = decode_present(rest)?;
+                clients.push(p);
+                rest = more;
+            }
+            Event::Snapshot {
+                hello: flag == b'h',
+                clients,
+            }
+        }
+        b'T' => {
+            let (to, rest) = split_nul(rest)?;
+            let (id, rest) = rest.split_first_chunk::<8>()?;
+            let (&what, text) = rest.split_first()?;
+            let what = match what {
+                b'm' => Direct::Private,
+                b'p' => Direct::Push,
+                b'k' => Direct::Kick,
+                _ => return None,
+            };
+            Event::Direct {
+                to: std::str::from_utf8(to).ok()?,
+                id: u64::from_be_bytes(*id),
+                what,
+                text,
+            }
+        }
+        b'B' => Event::Broadcast(rest),
+        _ => return None,
+    };
+    Some((node, event))
 }
 
-fn parse(message: &[u8]) -> Option<Message<'_>> {
-    let mut parts = message.splitn(3, |&b| b == 0);
-    let node = parts.next()?;
-    let room = parts.next()?;
-    let rest = parts.next()?;
-    let (lines, bytes) = rest.split_first_chunk::<4>()?;
-    Some(Message {
-        node,
-        room,
-        lines: u32::from_be_bytes(*lines) as usize,
-        bytes,
-    })
+fn decode_present(bytes: &[u8]) -> Option<(Present, &[u8])> {
+    let (id, rest) = bytes.split_first_chunk::<8>()?;
+    let (name, rest) = split_nul(rest)?;
+    let (room, rest) = split_nul(rest)?;
+    let present = Present {
+        id: u64::from_be_bytes(*id),
+        name: String::from_utf8(name.to_vec()).ok()?,
+        room: String::from_utf8(room.to_vec()).ok()?,
+    };
+    Some((present, rest))
+}
+
+fn split_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = memchr::memchr(0, bytes)?;
+    Some((&bytes[..i], &bytes[i + 1..]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn shared() -> Shared {
+        Shared {
+            node: Arc::from("node-1"),
+            name: "relayd".into(),
+            channel: "relayd:lines".into(),
+            url: "redis://127.0.0.1:1/".into(),
+            client: redis::Client::open("redis://127.0.0.1:1/").unwrap(),
+            ttl: Duration::from_secs(30),
+            history: 10,
+            stats: Arc::new(Stats::default()),
+            hooks: Hooks {
+                deliver: Box::new(|_, _| {}),
+                local: Box::new(|| Local {
+                    clients: Vec::new(),
+                    names: Vec::new(),
+                }),
+                lost_name: Box::new(|_, _| {}),
+            },
+            queue: Mutex::new(Queue::default()),
+            queued: Condvar::new(),
+            sent: Condvar::new(),
+            link: Mutex::new(Link {
+                publisher: false,
+                subscriber: false,
+                down_since: None,
+                warned: false,
+                ever_up: false,
+            }),
+            wake: Mutex::new(Wake::default()),
+            woken: Condvar::new(),
+            query: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// What the queue holds, as messages.
+    fn queued(cluster: &Cluster) -> Vec<Vec<u8>> {
+        lock(&cluster.shared.queue)
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Publish { message, .. } => Some(message.clone()),
+                Item::Release { .. } => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn parses_what_publish_builds() {
-        let mut m = b"node-1\0lobby\0".to_vec();
-        m.extend_from_slice(&2u32.to_be_bytes());
-        m.extend_from_slice(b"a\0b\nc\n");
-        let p = parse(&m).unwrap();
-        assert_eq!(
-            (p.node, p.room, p.lines),
-            (&b"node-1"[..], &b"lobby"[..], 2)
-        );
-        assert_eq!(p.bytes, b"a\0b\nc\n");
-        assert!(parse(b"node\0room").is_none());
-        assert!(parse(b"node\0room\0ab").is_none());
+    fn decodes_what_it_encodes() {
+        let cluster = Cluster {
+            shared: Arc::new(shared()),
+        };
+        let alice = Present {
+            id: 7,
+            name: "alice".into(),
+            room: "games".into(),
+        };
+        cluster.publish_lines("lobby", 42, b"a\0b\nc\n", 2);
+        cluster.publish_notice("games", &Chunk::from(&b"* bob joined\n"[..]));
+        cluster.publish_enter(&alice);
+        cluster.publish_leave(7);
+        cluster.publish_direct("node-2", 9, Direct::Kick, b"spam");
+        cluster.publish_broadcast("hello all");
+        let q = queued(&cluster);
+        assert_eq!(q.len(), 6);
+        let events: Vec<_> = q.iter().map(|m| decode(m).unwrap()).collect();
+        assert!(events.iter().all(|(node, _)| *node == "node-1"));
+        match &events[0].1 {
+            Event::Lines {
+                id,
+                room,
+                lines,
+                bytes,
+            } => {
+                assert_eq!(
+                    (&*id.node, id.seq, *room, *lines),
+                    ("node-1", 42, "lobby", 2)
+                );
+                assert_eq!(*bytes, b"a\0b\nc\n");
+            }
+            _ => panic!("not lines"),
+        }
+        assert!(matches!(&events[1].1,
+            Event::Notice { room: "games", bytes } if *bytes == b"* bob joined\n"));
+        assert!(matches!(&events[2].1, Event::Enter(p) if *p == alice));
+        assert!(matches!(&events[3].1, Event::Leave(7)));
+        assert!(matches!(&events[4].1,
+            Event::Direct { to: "node-2", id: 9, what: Direct::Kick, text } if *text == b"spam"));
+        assert!(matches!(&events[5].1, Event::Broadcast(b"hello all")));
+        assert!(decode(b"node-1").is_none());
+        assert!(decode(b"node-1\0L\0\0").is_none());
+        assert!(decode(b"node-1\0Zwhat").is_none());
     }
 }

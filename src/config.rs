@@ -72,8 +72,11 @@ pub struct ClusterConfig {
     pub url: String,
     /// `--cluster`: separates several clusters sharing one Redis (the channel's prefix).
     pub name: String,
-    /// `--node-id`: how this node's messages are told from the others' (no NUL byte).
+    /// `--node-id`: how this node's messages are told from the others' (letters, digits,
+    /// `_ - .`).
     pub node_id: String,
+    /// How long a node's word holds: its presence in others' lists and its name keys.
+    pub ttl: Duration,
 }
 
 impl Default for Config {

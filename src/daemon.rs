@@ -9,22 +9,25 @@
 //! however the client's thread ends (return, early return, panic), so no path can leak a
 //! `--max-clients` slot, a `--max-per-ip` count or the shutdown's count of running readers.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use log::{debug, info, warn};
 
 use crate::access::PerAddress;
 use crate::chunk::Chunk;
-use crate::cluster::Cluster;
+use crate::cluster::{ClaimError, Cluster, Direct, Event, Hooks, Local};
 use crate::config::Config;
 use crate::echo::Echo;
+use crate::history::LineId;
 use crate::notice::{Departure, Notices, clean};
 use crate::peer::{Deliverer, Peer, PeerId};
-use crate::registry::{ClientInfo, Members, Registry, RenameError, Which};
+use crate::presence::{Presence, Present};
+use crate::registry::{ClientInfo, LOBBY, Members, Registry, RenameError, Which};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
@@ -56,8 +59,25 @@ pub(crate) struct Daemon {
     settings: RwLock<Arc<Settings>>,
     /// The service manager's notifications (readiness, status, watchdog).
     notifier: Notifier,
-    /// `--redis`: the link to the other nodes; `None` for a node alone.
+    /// `--redis`: the link to the other nodes, and who is connected to them; `None` for a
+    /// node alone.
     cluster: Option<Cluster>,
+    presence: Presence,
+    /// This node's number for the next relayed chunk, which with the node's id tells it
+    /// from every other in the cluster.
+    next_seq: AtomicU64,
+    /// Names the cluster took back from clients here (another node's client claimed them
+    /// while this node was cut off): the new name each client's thread is to take on, so
+    /// that its chat state follows. `renames_pending` spares the read path the lock.
+    renames: Mutex<HashMap<PeerId, String>>,
+    renames_pending: AtomicUsize,
+}
+
+/// Where a client the operator or a chat command named was found.
+pub(crate) enum Found {
+    Here(PeerId, String),
+    /// On another node: its name there, and the node.
+    There(String, String),
 }
 
 /// Why a connection is not admitted.
@@ -73,6 +93,14 @@ pub(crate) enum Refusal {
 #[derive(Debug)]
 pub(crate) struct NoSuchClient;
 
+/// Why a `/nick` did not take.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NameError {
+    Taken,
+    /// In a cluster whose Redis does not answer: whether the name is free cannot be known.
+    Unavailable,
+}
+
 impl Daemon {
     pub(crate) fn new(config: Config, shutdown: Shutdown) -> io::Result<Arc<Daemon>> {
         let stats = Arc::new(Stats::default());
@@ -83,18 +111,13 @@ impl Daemon {
         };
         let deliverer = Deliverer::start()?;
         let cluster_config = config.cluster.clone();
-        // The subscriber calls back through a weak handle: the daemon owns the link, and the
+        let ttl = cluster_config.as_ref().map(|c| c.ttl).unwrap_or_default();
+        // The cluster calls back through a weak handle: the daemon owns the link, and the
         // link keeps no daemon alive.
         let mut failed = None;
-        let daemon = Arc::new_cyclic(|weak: &std::sync::Weak<Daemon>| {
+        let daemon = Arc::new_cyclic(|weak: &Weak<Daemon>| {
             let cluster = cluster_config.and_then(|c| {
-                let weak = weak.clone();
-                let deliver = Box::new(move |room: &str, bytes: &[u8], lines: usize| {
-                    if let Some(daemon) = weak.upgrade() {
-                        daemon.relay_remote(room, bytes, lines);
-                    }
-                });
-                Cluster::start(&c, Arc::clone(&stats), deliver)
+                Cluster::start(&c, config.history, Arc::clone(&stats), hooks(weak))
                     .map_err(|e| failed = Some(e))
                     .ok()
             });
@@ -118,6 +141,10 @@ impl Daemon {
                 notifier: Notifier::from_env(),
                 config,
                 cluster,
+                presence: Presence::new(ttl),
+                next_seq: AtomicU64::new(1),
+                renames: Mutex::new(HashMap::new()),
+                renames_pending: AtomicUsize::new(0),
             }
         });
         match failed {
@@ -162,7 +189,11 @@ impl Daemon {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let peer = Peer::new(id, sock, websocket, config, &self.deliverer, &self.stats);
-        if self.registry.admit(Arc::clone(&peer), addr).is_err() {
+        if self
+            .registry
+            .admit(Arc::clone(&peer), addr, self.guest_name(id))
+            .is_err()
+        {
             self.per_address.remove(addr.ip());
             add(&self.stats.refused_full, 1);
             return Err(Refusal::Full);
@@ -187,16 +218,51 @@ impl Daemon {
     pub(crate) fn enter(&self, peer: &Arc<Peer>) -> Option<Members> {
         let (notices, config) = (self.notices, &self.config);
         let settings = self.settings();
-        let members = self.registry.enter(peer.id(), |name, online| {
+        let seed = self.seed(LOBBY);
+        let elsewhere = self.presence.count_in(LOBBY);
+        let mut named = None;
+        let members = self.registry.enter(peer.id(), seed, |name, online| {
+            named = Some(name.to_string());
             if config.chat {
-                vec![notices.welcome(name, online, &settings.motd)]
+                vec![notices.welcome(name, online + elsewhere, &settings.motd)]
             } else {
                 Vec::new()
             }
         });
         // A fresh socket's buffer is empty, so this does not block the accept loop.
         peer.start_sending();
+        if let (Some(cluster), Some(name)) = (&self.cluster, named) {
+            cluster.publish_enter(&Present {
+                id: peer.id(),
+                name,
+                room: LOBBY.into(),
+            });
+        }
         members
+    }
+
+    /// In a cluster with `--history`, before the first client here enters `room`: what Redis
+    /// keeps of its history, to merge into this node's (see [`Registry::needs_seed`]).
+    fn seed(&self, room: &str) -> Option<Vec<crate::history::Entry>> {
+        let cluster = self.cluster.as_ref()?;
+        if !self.registry.needs_seed(room) {
+            return None;
+        }
+        cluster.history(room)
+    }
+
+    /// A client's name until it picks one: `guest<ID>`, and in a cluster
+    /// `guest<ID>@<NODE>`, which no other node hands out and nobody can pick.
+    pub(crate) fn guest_name(&self, id: PeerId) -> String {
+        match &self.cluster {
+            Some(cluster) => format!("guest{id}@{}", cluster.node()),
+            None => format!("guest{id}"),
+        }
+    }
+
+    /// How many are in `room` across the cluster, given its `members` here.
+    pub(crate) fn online(&self, room: &str, members: &Members) -> usize {
+        members.online() + self.presence.count_in(room)
     }
 
     /// Moves a client to `room`; see [`Registry::change_room`]. Its own thread then waits
@@ -204,11 +270,23 @@ impl Daemon {
     pub(crate) fn change_room(
         &self,
         peer: &Arc<Peer>,
+        name: &str,
         room: &str,
-        greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
+        greet: impl FnOnce(usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
-        let moved = self.registry.change_room(peer.id(), room, greet);
+        let seed = self.seed(room);
+        let elsewhere = self.presence.count_in(room);
+        let moved = self
+            .registry
+            .change_room(peer.id(), room, seed, |_, online| greet(online + elsewhere));
         peer.start_sending();
+        if let (Some(cluster), Some(_)) = (&self.cluster, &moved) {
+            cluster.publish_enter(&Present {
+                id: peer.id(),
+                name: name.into(),
+                room: room.into(),
+            });
+        }
         self.settle(peer);
         moved
     }
@@ -223,9 +301,14 @@ impl Daemon {
     /// `--redis`, queues it for the other nodes (after the local delivery, so one sender's
     /// lines are queued in its order).
     pub(crate) fn relay(&self, room: &str, from: PeerId, chunk: &Chunk, lines: usize) {
-        if self.registry.deliver(room, Some(from), chunk, lines) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let id = self.cluster.as_ref().map(|c| LineId {
+            node: Arc::clone(c.node()),
+            seq,
+        });
+        if self.registry.deliver(room, Some(from), chunk, lines, id) {
             if let Some(cluster) = &self.cluster {
-                cluster.publish(room, chunk, lines);
+                cluster.publish_lines(room, seq, chunk, lines);
             }
             if let Some(echo) = &self.echo {
                 echo.echo(from, chunk);
@@ -233,16 +316,101 @@ impl Daemon {
         }
     }
 
-    /// Delivers lines another node relayed to everyone in `room` here. Never published
-    /// again: only the origin node publishes a line, so none loops.
-    fn relay_remote(&self, room: &str, bytes: &[u8], lines: usize) {
-        self.registry
-            .deliver(room, None, &Chunk::relayed(bytes, lines), lines);
+    /// Acts on another node's message. Nothing is published again: only the origin node
+    /// publishes, so nothing loops.
+    fn remote(&self, node: &str, event: Event<'_>) {
+        match event {
+            Event::Lines {
+                id,
+                room,
+                lines,
+                bytes,
+            } => {
+                let chunk = Chunk::relayed(bytes, lines);
+                self.registry.deliver(room, None, &chunk, lines, Some(id));
+            }
+            Event::Notice { room, bytes } => {
+                let members = self.registry.members(room);
+                self.registry.notify(&members, None, &Chunk::from(bytes));
+            }
+            Event::Enter(client) => self.presence.upsert(node, client),
+            Event::Leave(id) => self.presence.remove(node, id),
+            Event::Snapshot { clients, .. } => self.presence.replace(node, clients),
+            Event::Direct { id, what, text, .. } => {
+                let Some((_, peer)) = self.registry.find(&id.to_string()) else {
+                    return;
+                };
+                let text = String::from_utf8_lossy(text);
+                match what {
+                    Direct::Private => self.send_to(&peer, &Chunk::from(text.as_bytes()), 1),
+                    Direct::Push => {
+                        self.send_to(&peer, &self.notices.push(self.config.chat, &text), 0);
+                    }
+                    Direct::Kick => {
+                        let reason = (!text.is_empty()).then_some(&*text);
+                        if let Ok((id, name)) = self.kick_here(&peer, reason) {
+                            info!("client {id} ({name}): kicked by the operator of node {node}");
+                        }
+                    }
+                }
+            }
+            Event::Broadcast(text) => {
+                self.push_here(&String::from_utf8_lossy(text));
+            }
+        }
     }
 
-    /// Tells `members`, except `about`, a notice.
-    pub(crate) fn notify(&self, members: &Members, about: PeerId, chunk: &Chunk) {
+    /// This node's clients, for the cluster's heartbeat; also forgets the nodes not heard
+    /// from for the cluster's ttl.
+    fn local(&self) -> Local {
+        for (node, n) in self.presence.expire(Instant::now()) {
+            warn!("cluster: node {node} silent too long, forgetting its {n} clients");
+        }
+        let mut local = Local {
+            clients: Vec::new(),
+            names: Vec::new(),
+        };
+        for c in self.registry.clients() {
+            let Some(room) = c.room else { continue };
+            if self.config.chat && !c.name.contains('@') {
+                local.names.push((c.id, c.name.clone()));
+            }
+            local.clients.push(Present {
+                id: c.id,
+                name: c.name,
+                room,
+            });
+        }
+        local
+    }
+
+    /// Another node's client took the name client `id` held while this node was cut off:
+    /// it becomes a guest again, on its own thread ([`Daemon::take_rename`]).
+    fn name_lost(&self, id: PeerId, name: &str) {
+        if self.registry.rename(id, &self.guest_name(id)).is_ok() {
+            lock(&self.renames).insert(id, name.to_string());
+            self.renames_pending.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// If the cluster took this client's name away: the name it lost, and the guest name it
+    /// has now.
+    pub(crate) fn take_rename(&self, id: PeerId) -> Option<(String, String)> {
+        if self.renames_pending.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let lost = lock(&self.renames).remove(&id)?;
+        self.renames_pending.fetch_sub(1, Ordering::Relaxed);
+        Some((lost, self.guest_name(id)))
+    }
+
+    /// Tells `members` of `room`, except `about`, a notice, and with `--redis` everyone in
+    /// `room` on the other nodes.
+    pub(crate) fn notify(&self, room: &str, members: &Members, about: PeerId, chunk: &Chunk) {
         self.registry.notify(members, Some(about), chunk);
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_notice(room, chunk);
+        }
     }
 
     /// Sends `chunk` to one client: a reply (`lines` 0) or a private message.
@@ -251,25 +419,85 @@ impl Daemon {
             .deliver_to(std::slice::from_ref(peer), chunk, lines);
     }
 
-    pub(crate) fn rename(&self, id: PeerId, new: &str) -> Result<String, RenameError> {
-        self.registry.rename(id, new)
+    /// Renames client `id`, in `room`, to `new`; `Ok` holds the old name. In a cluster the
+    /// name is claimed in Redis first, which makes it the client's on every node.
+    pub(crate) fn rename(&self, id: PeerId, room: &str, new: &str) -> Result<String, NameError> {
+        let Some(cluster) = &self.cluster else {
+            return self.registry.rename(id, new).map_err(|_| NameError::Taken);
+        };
+        let here = self.registry.find(new).map(|(_, p)| p.id());
+        if here.is_some_and(|owner| owner != id) || self.presence.find(new).is_some() {
+            return Err(NameError::Taken);
+        }
+        let old = self.registry.find(&id.to_string()).map(|(name, _)| name);
+        let held = old.as_deref().filter(|old| !old.contains('@'));
+        cluster.claim(id, new, held).map_err(|e| match e {
+            ClaimError::Taken => NameError::Taken,
+            ClaimError::Unreachable => NameError::Unavailable,
+        })?;
+        match self.registry.rename(id, new) {
+            Ok(old) => {
+                cluster.publish_enter(&Present {
+                    id,
+                    name: new.into(),
+                    room: room.into(),
+                });
+                Ok(old)
+            }
+            Err(e) => {
+                cluster.release(id, new);
+                Err(match e {
+                    RenameError::Taken | RenameError::Gone => NameError::Taken,
+                })
+            }
+        }
     }
 
-    /// The client with this id or name: its name and peer.
+    /// The client of this node with this id or name: its name and peer.
     pub(crate) fn find(&self, id_or_name: &str) -> Option<(String, Arc<Peer>)> {
         self.registry.find(id_or_name)
+    }
+
+    /// A client by name on another node of the cluster.
+    fn find_elsewhere(&self, name: &str) -> Option<(&Cluster, crate::presence::Remote)> {
+        let cluster = self.cluster.as_ref()?;
+        Some((cluster, self.presence.find(name)?))
+    }
+
+    /// Sends a private message (`line`, formatted) to the client named `to`, on any node.
+    pub(crate) fn private(&self, to: &str, line: &Chunk) -> Result<(), NoSuchClient> {
+        if let Some((_, peer)) = self.find(to) {
+            self.send_to(&peer, line, 1);
+            return Ok(());
+        }
+        let (cluster, remote) = self.find_elsewhere(to).ok_or(NoSuchClient)?;
+        cluster.publish_direct(&remote.node, remote.id, Direct::Private, line);
+        Ok(())
     }
 
     pub(crate) fn members(&self, room: &str) -> Members {
         self.registry.members(room)
     }
 
+    /// Who is in `room`: here first, in order of arrival, then on the other nodes.
     pub(crate) fn names_in(&self, room: &str) -> Vec<String> {
-        self.registry.names_in(room)
+        let mut names = self.registry.names_in(room);
+        names.extend(self.presence.names_in(room));
+        names
     }
 
+    /// Rooms with members on any node, with how many, by name.
     pub(crate) fn rooms(&self) -> Vec<(String, usize)> {
-        self.registry.rooms()
+        let mut rooms = self.presence.rooms();
+        for (room, n) in self.registry.rooms() {
+            *rooms.entry(room).or_insert(0) += n;
+        }
+        rooms.into_iter().collect()
+    }
+
+    /// The other nodes' clients, by node, for the operator's `clients`.
+    pub(crate) fn clients_elsewhere(&self) -> Vec<(String, Present)> {
+        self.presence.all()
     }
 
     pub(crate) fn clients(&self) -> Vec<ClientInfo> {
@@ -282,34 +510,104 @@ impl Daemon {
             .report(self.registry.len(), self.registry.rooms().len())
     }
 
-    /// Pushes `text` to every client that has joined, as a server line; returns to how many.
+    /// Pushes `text` to every client that has joined, on every node, as a server line;
+    /// returns to how many here.
     pub(crate) fn broadcast(&self, text: &str) -> usize {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_broadcast(text);
+        }
+        self.push_here(text)
+    }
+
+    fn push_here(&self, text: &str) -> usize {
         let chunk = self.notices.push(self.config.chat, text);
         let peers = self.registry.peers(Which::Joined);
         self.registry.deliver_to(&peers, &chunk, 0);
         peers.len()
     }
 
-    /// Pushes `text` to one client, as a server line.
-    pub(crate) fn push_to(&self, id_or_name: &str, text: &str) -> Result<(), NoSuchClient> {
-        let (_, peer) = self.find(id_or_name).ok_or(NoSuchClient)?;
-        let chunk = self.notices.push(self.config.chat, text);
-        self.send_to(&peer, &chunk, 0);
-        Ok(())
+    /// Where the operator's `ID`, `ID@NODE` or `NAME` is. An id is this node's unless a node
+    /// is given.
+    fn locate(&self, target: &str) -> Option<Located<'_>> {
+        if let (Some(cluster), Some((id, node))) = (&self.cluster, target.split_once('@'))
+            && !id.is_empty()
+            && id.bytes().all(|b| b.is_ascii_digit())
+            && node != &**cluster.node()
+        {
+            let id = id.parse().ok()?;
+            let name = self
+                .presence
+                .all()
+                .into_iter()
+                .find(|(n, p)| n == node && p.id == id)
+                .map(|(_, p)| p.name)?;
+            return Some(Located::There(cluster, node.to_string(), id, name));
+        }
+        let target = match target.split_once('@') {
+            Some((id, node))
+                if self.cluster.as_ref().is_some_and(|c| node == &**c.node())
+                    && id.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                id
+            }
+            _ => target,
+        };
+        if let Some((name, peer)) = self.find(target) {
+            return Some(Located::Here(name, peer));
+        }
+        if target.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let (cluster, remote) = self.find_elsewhere(target)?;
+        Some(Located::There(cluster, remote.node, remote.id, remote.name))
     }
 
-    /// Disconnects a client for the operator. Once this returns, its slot is free and nothing
-    /// more it sent is relayed; its thread tells its room it left, after any line it was
-    /// relaying at that moment. Returns its id and name.
-    pub(crate) fn kick(
+    /// Pushes `text` to one client, on any node, as a server line.
+    pub(crate) fn push_to(&self, target: &str, text: &str) -> Result<Found, NoSuchClient> {
+        match self.locate(target).ok_or(NoSuchClient)? {
+            Located::Here(name, peer) => {
+                let chunk = self.notices.push(self.config.chat, text);
+                self.send_to(&peer, &chunk, 0);
+                Ok(Found::Here(peer.id(), name))
+            }
+            Located::There(cluster, node, id, name) => {
+                cluster.publish_direct(&node, id, Direct::Push, text.as_bytes());
+                Ok(Found::There(name, node))
+            }
+        }
+    }
+
+    /// Disconnects a client for the operator, on any node. Once this returns, a client here
+    /// holds no slot and nothing more it sent is relayed; its thread tells its room it left,
+    /// after any line it was relaying at that moment. A client on another node is kicked
+    /// there as soon as that node hears of it.
+    pub(crate) fn kick(&self, target: &str, reason: Option<&str>) -> Result<Found, NoSuchClient> {
+        match self.locate(target).ok_or(NoSuchClient)? {
+            Located::Here(_, peer) => {
+                let (id, name) = self.kick_here(&peer, reason)?;
+                Ok(Found::Here(id, name))
+            }
+            Located::There(cluster, node, id, name) => {
+                let reason = reason.unwrap_or_default();
+                cluster.publish_direct(&node, id, Direct::Kick, reason.as_bytes());
+                Ok(Found::There(name, node))
+            }
+        }
+    }
+
+    fn kick_here(
         &self,
-        id_or_name: &str,
+        peer: &Arc<Peer>,
         reason: Option<&str>,
     ) -> Result<(PeerId, String), NoSuchClient> {
-        let (name, peer) = self.find(id_or_name).ok_or(NoSuchClient)?;
+        let name = self
+            .registry
+            .find(&peer.id().to_string())
+            .map(|(name, _)| name)
+            .ok_or(NoSuchClient)?;
         // The reason reaches the client and its room: cleaned like any chat line.
         let why = Departure::Kicked(reason.map(|r| clean(r.as_bytes())));
-        self.expel(&peer, why)?;
+        self.expel(peer, why)?;
         Ok((peer.id(), name))
     }
 
@@ -371,6 +669,14 @@ impl Daemon {
         }
     }
 
+    /// Tells the other nodes of the cluster that this node's clients are gone and frees
+    /// their names, at shutdown, once no reader relays anything more.
+    pub(crate) fn leave_cluster(&self, until: Instant) {
+        if let Some(cluster) = &self.cluster {
+            cluster.farewell(&self.local().names, until);
+        }
+    }
+
     /// Ends the delivery thread once it has sent what it has: after every peer is closed.
     pub(crate) fn stop_delivering(&self) {
         self.deliverer.stop();
@@ -379,6 +685,37 @@ impl Daemon {
     /// Clients holding a slot.
     pub(crate) fn client_count(&self) -> usize {
         self.registry.len()
+    }
+}
+
+/// A client the operator named, where it is.
+enum Located<'a> {
+    Here(String, Arc<Peer>),
+    /// On another node: the link, the node, the client's id there and its name.
+    There(&'a Cluster, String, u64, String),
+}
+
+/// What the cluster calls back with, through a weak handle.
+fn hooks(weak: &Weak<Daemon>) -> Hooks {
+    let (w1, w2, w3) = (weak.clone(), weak.clone(), weak.clone());
+    Hooks {
+        deliver: Box::new(move |node, event| {
+            if let Some(daemon) = w1.upgrade() {
+                daemon.remote(node, event);
+            }
+        }),
+        local: Box::new(move || match w2.upgrade() {
+            Some(daemon) => daemon.local(),
+            None => Local {
+                clients: Vec::new(),
+                names: Vec::new(),
+            },
+        }),
+        lost_name: Box::new(move |id, name| {
+            if let Some(daemon) = w3.upgrade() {
+                daemon.name_lost(id, name);
+            }
+        }),
     }
 }
 
@@ -433,11 +770,23 @@ impl Drop for Slot {
             // The `--max-clients` slot is free before the flush, so whoever pressed Ctrl-C
             // can reconnect at once.
             let left = daemon.registry.leave(self.peer.id());
-            if let (true, Some(left)) = (daemon.config.chat, left)
-                && let Some(members) = left.members
+            if let (Some(cluster), Some(left)) = (&daemon.cluster, &left)
+                && left.room.is_some()
             {
-                let notice = daemon.notices.left(&left.name, &why, members.online());
+                cluster.publish_leave(self.peer.id());
+                if !left.name.contains('@') {
+                    cluster.release(self.peer.id(), &left.name);
+                }
+            }
+            if let (true, Some(left)) = (daemon.config.chat, left)
+                && let (Some(members), Some(room)) = (left.members, left.room)
+            {
+                let online = daemon.online(&room, &members);
+                let notice = daemon.notices.left(&left.name, &why, online);
                 daemon.registry.notify(&members, None, &notice);
+                if let Some(cluster) = &daemon.cluster {
+                    cluster.publish_notice(&room, &notice);
+                }
             }
             // The flush still holds a socket and threads, so it counts against the address's
             // `--max-per-ip` until it ends (the count is free by the time the client sees its

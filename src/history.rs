@@ -4,21 +4,44 @@
 //! allocation per line, so keeping history costs the relay path one `VecDeque` push. The
 //! oldest chunk may hold more lines than are still wanted; those are trimmed off at replay,
 //! which is rare next to delivery.
+//!
+//! In a cluster (`--redis`) every chunk carries the id its origin node gave it, so that the
+//! room's history kept in Redis can be merged into this node's without a line appearing twice
+//! ([`History::seed`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use memchr::memchr_iter;
 
 use crate::chunk::Chunk;
 
+/// A relayed chunk's identity across the cluster: its origin node and that node's sequence
+/// number for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct LineId {
+    pub(crate) node: Arc<str>,
+    pub(crate) seq: u64,
+}
+
+/// A chunk of history: its bytes, how many lines it holds, and its cluster id if it has one.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) chunk: Chunk,
+    pub(crate) lines: usize,
+    pub(crate) id: Option<LineId>,
+}
+
 #[derive(Debug)]
 pub struct History {
     /// Lines to keep; 0 keeps nothing.
     cap: usize,
-    /// Chunks, oldest first, with how many lines each holds.
-    chunks: VecDeque<(Chunk, usize)>,
+    /// Chunks, oldest first.
+    chunks: VecDeque<Entry>,
     /// Lines in `chunks`; at most `cap` plus the excess of the oldest chunk.
     lines: usize,
+    /// The ids of `chunks` that have one.
+    ids: HashSet<LineId>,
 }
 
 impl History {
@@ -27,28 +50,70 @@ impl History {
             cap,
             chunks: VecDeque::new(),
             lines: 0,
+            ids: HashSet::new(),
         }
     }
 
     /// Remembers `chunk`, which holds `lines` whole lines.
-    pub fn push(&mut self, chunk: &Chunk, lines: usize) {
+    pub(crate) fn push(&mut self, chunk: &Chunk, lines: usize, id: Option<LineId>) {
         if self.cap == 0 || lines == 0 {
             return;
         }
-        self.chunks.push_back((Chunk::clone(chunk), lines));
+        if let Some(id) = &id {
+            self.ids.insert(id.clone());
+        }
+        self.chunks.push_back(Entry {
+            chunk: Chunk::clone(chunk),
+            lines,
+            id,
+        });
         self.lines += lines;
-        while let Some(&(_, oldest)) = self.chunks.front() {
-            if self.lines - oldest < self.cap {
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while let Some(oldest) = self.chunks.front() {
+            if self.lines - oldest.lines < self.cap {
                 break;
             }
+            self.lines -= oldest.lines;
+            if let Some(id) = &oldest.id {
+                self.ids.remove(id);
+            }
             self.chunks.pop_front();
-            self.lines -= oldest;
         }
+    }
+
+    /// Whether the chunk with this id is remembered.
+    pub(crate) fn contains(&self, id: &LineId) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Merges `older` (a room's history as Redis had it, oldest first) into this one: those of
+    /// its chunks not remembered here already go before the ones that are, and the last `cap`
+    /// lines are kept. Returns the ids it added, which this node may still receive live.
+    pub(crate) fn seed(&mut self, older: Vec<Entry>) -> HashSet<LineId> {
+        let mut added = HashSet::new();
+        let mut merged: VecDeque<Entry> = VecDeque::new();
+        for entry in older {
+            let Some(id) = &entry.id else { continue };
+            if self.ids.contains(id) || !added.insert(id.clone()) {
+                continue;
+            }
+            self.ids.insert(id.clone());
+            self.lines += entry.lines;
+            merged.push_back(entry);
+        }
+        merged.append(&mut self.chunks);
+        self.chunks = merged;
+        self.trim();
+        added.retain(|id| self.ids.contains(id));
+        added
     }
 
     /// The last `cap` lines, oldest first.
     pub fn replay(&self) -> Vec<Chunk> {
-        let mut out: Vec<Chunk> = self.chunks.iter().map(|(c, _)| c.unstamped()).collect();
+        let mut out: Vec<Chunk> = self.chunks.iter().map(|e| e.chunk.unstamped()).collect();
         let excess = self.lines.saturating_sub(self.cap);
         if excess > 0 {
             let cut = memchr_iter(b'\n', &out[0])
@@ -68,14 +133,29 @@ mod tests {
         h.replay().iter().flat_map(|c| c.iter().copied()).collect()
     }
 
+    fn id(seq: u64) -> LineId {
+        LineId {
+            node: Arc::from("n"),
+            seq,
+        }
+    }
+
+    fn entry(bytes: &[u8], lines: usize, seq: u64) -> Entry {
+        Entry {
+            chunk: Chunk::from(bytes),
+            lines,
+            id: Some(id(seq)),
+        }
+    }
+
     #[test]
     fn keeps_last_n_lines_across_chunks() {
         let mut h = History::new(3);
-        h.push(&Chunk::from(&b"a\nb\n"[..]), 2);
+        h.push(&Chunk::from(&b"a\nb\n"[..]), 2, None);
         assert_eq!(replayed(&h), b"a\nb\n");
-        h.push(&Chunk::from(&b"c\nd\n"[..]), 2);
+        h.push(&Chunk::from(&b"c\nd\n"[..]), 2, None);
         assert_eq!(replayed(&h), b"b\nc\nd\n");
-        h.push(&Chunk::from(&b"e\nf\ng\nh\n"[..]), 4);
+        h.push(&Chunk::from(&b"e\nf\ng\nh\n"[..]), 4, None);
         assert_eq!(replayed(&h), b"f\ng\nh\n");
         assert_eq!(h.chunks.len(), 1);
     }
@@ -83,7 +163,26 @@ mod tests {
     #[test]
     fn zero_keeps_nothing() {
         let mut h = History::new(0);
-        h.push(&Chunk::from(&b"a\n"[..]), 1);
+        h.push(&Chunk::from(&b"a\n"[..]), 1, None);
         assert!(h.replay().is_empty());
+    }
+
+    #[test]
+    fn seeding_puts_what_is_new_first_and_never_twice() {
+        let mut h = History::new(4);
+        h.push(&Chunk::from(&b"c\n"[..]), 1, Some(id(3)));
+        h.push(&Chunk::from(&b"d\n"[..]), 1, Some(id(4)));
+        let added = h.seed(vec![
+            entry(b"a\n", 1, 1),
+            entry(b"b\n", 1, 2),
+            entry(b"c\n", 1, 3),
+        ]);
+        assert_eq!(replayed(&h), b"a\nb\nc\nd\n");
+        assert_eq!(added, [id(1), id(2)].into_iter().collect());
+        assert!(h.contains(&id(1)));
+        // Past the cap, the oldest go, and so do their ids.
+        h.push(&Chunk::from(&b"e\n"[..]), 1, Some(id(5)));
+        assert_eq!(replayed(&h), b"b\nc\nd\ne\n");
+        assert!(!h.contains(&id(1)));
     }
 }

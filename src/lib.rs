@@ -21,8 +21,8 @@
 //!   connect, the shared secret, flood control, room history, counters, tunables, the stop
 //!   handle. [`settings`]: the rules, secret and motd a reload reads again; `latency`: the
 //!   line-wait histogram; [`systemd`]: readiness, watchdog and socket activation. `sys`:
-//!   every `unsafe` system call. `cluster`: `--redis`, the link that relays lines between
-//!   nodes through Redis pub/sub.
+//!   every `unsafe` system call. `cluster`: `--redis`, the link that relays lines, notices,
+//!   presence and names between nodes through Redis; `presence`: who is on the other nodes.
 
 mod accept;
 pub mod access;
@@ -42,6 +42,7 @@ mod latency;
 mod metrics;
 mod notice;
 mod peer;
+mod presence;
 pub mod rate;
 mod registry;
 pub mod reload;

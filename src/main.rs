@@ -190,8 +190,9 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 
-    /// Join a cluster of relayd nodes that relay each other's lines through this Redis
-    /// (redis://HOST:PORT/ or redis+unix:///PATH). Raw mode only so far. Default: off.
+    /// Join a cluster of relayd nodes that share their clients (lines, and in chat mode rooms,
+    /// names, history and the operator's commands) through this Redis (redis://HOST:PORT/ or
+    /// redis+unix:///PATH). Default: off.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
 
@@ -204,9 +205,15 @@ struct Args {
     )]
     cluster: String,
 
-    /// This node's name in the cluster, unique among its nodes. Default: host name and pid.
+    /// This node's name in the cluster, unique among its nodes (letters, digits, _ - .).
+    /// Default: host name and pid.
     #[arg(long, value_name = "ID", requires = "redis")]
     node_id: Option<String>,
+
+    /// How long a node's word holds in the cluster: a node not heard from for this long is
+    /// taken for dead (its clients leave other nodes' lists), and the names it held come free.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), requires = "redis", hide = true)]
+    cluster_ttl: u64,
 
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -266,9 +273,6 @@ impl Args {
         let settings = sources.load(self.max_line as usize)?;
         let cluster = match &self.redis {
             None => None,
-            Some(_) if self.chat => {
-                return Err("--redis works in raw mode only so far, not with --chat".into());
-            }
             Some(url) => {
                 relayd::check_redis_url(url)?;
                 let node_id = self.node_id.clone().unwrap_or_else(|| {
@@ -279,14 +283,29 @@ impl Args {
                         .unwrap_or_else(|_| "relayd".into());
                     format!("{host}-{}", std::process::id())
                 });
-                // The NUL byte separates fields of a cluster message.
-                if node_id.is_empty() || node_id.contains('\0') || self.cluster.contains('\0') {
-                    return Err("--node-id and --cluster must be non-empty, without NUL".into());
+                // Node ids go into guest names (`guest7@node`), the operator's space-separated
+                // `clients` list and, with the cluster's name, Redis keys.
+                let token = |s: &str| {
+                    (1..=64).contains(&s.len())
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                };
+                if !token(&node_id) {
+                    return Err(format!(
+                        "--node-id {node_id:?}: must be 1-64 letters, digits, _ - ."
+                    ));
+                }
+                if !token(&self.cluster) {
+                    return Err(format!(
+                        "--cluster {:?}: must be 1-64 letters, digits, _ - .",
+                        self.cluster
+                    ));
                 }
                 Some(relayd::ClusterConfig {
                     url: url.clone(),
                     name: self.cluster.clone(),
                     node_id,
+                    ttl: Duration::from_secs(self.cluster_ttl),
                 })
             }
         };

@@ -24,7 +24,7 @@
 //! nothing more it sent is delivered; what its room is told is kept for its own thread to
 //! say, after the last line it relayed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,7 @@ use log::warn;
 
 use crate::chunk::Chunk;
 use crate::config::Config;
-use crate::history::History;
+use crate::history::{Entry as HistoryEntry, History, LineId};
 use crate::notice::Departure;
 use crate::peer::{Offer, Peer, PeerId, Wait};
 use crate::stats::{Stats, add};
@@ -76,6 +76,12 @@ struct Entry {
 struct Room {
     members: Arc<Vec<Member>>,
     history: History,
+    /// In a cluster: whether the room's history in Redis has been merged into `history`.
+    seeded: bool,
+    /// Lines merged in from Redis that may still arrive live (Redis had them before this
+    /// node's subscriber delivered them): when one does, only the members that were here
+    /// before the merge get it, since everyone who joined later had it replayed.
+    expected: HashSet<LineId>,
 }
 
 /// A member of a room, during one stay in it.
@@ -83,6 +89,8 @@ struct Room {
 struct Member {
     peer: Arc<Peer>,
     epoch: u64,
+    /// Joined before the room's history was merged from Redis (see [`Room::expected`]).
+    before_seed: bool,
 }
 
 /// One row of the operator's `clients` list.
@@ -113,6 +121,8 @@ impl Members {
 /// Where a client was when it left.
 pub(crate) struct Left {
     pub(crate) name: String,
+    /// The room it left; `None` if it never entered one.
+    pub(crate) room: Option<String>,
     /// Who is still in the room it left; `None` if it never entered one.
     pub(crate) members: Option<Members>,
 }
@@ -139,9 +149,14 @@ impl Registry {
         }
     }
 
-    /// Gives a client, named `guest<ID>`, one of the `--max-clients` slots, in no room yet.
-    /// Returns the limit if every slot is taken.
-    pub(crate) fn admit(&self, peer: Arc<Peer>, addr: SocketAddr) -> Result<(), usize> {
+    /// Gives a client, named `name` (its guest name), one of the `--max-clients` slots, in
+    /// no room yet. Returns the limit if every slot is taken.
+    pub(crate) fn admit(
+        &self,
+        peer: Arc<Peer>,
+        addr: SocketAddr,
+        name: String,
+    ) -> Result<(), usize> {
         let mut inner = lock(&self.inner);
         if inner.clients.len() >= self.max_clients {
             return Err(self.max_clients);
@@ -149,7 +164,7 @@ impl Registry {
         inner.clients.insert(
             peer.id(),
             Entry {
-                name: format!("guest{}", peer.id()),
+                name,
                 peer,
                 room: None,
                 addr,
@@ -168,6 +183,7 @@ impl Registry {
     pub(crate) fn enter(
         &self,
         id: PeerId,
+        seed: Option<Vec<HistoryEntry>>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Option<Members> {
         let mut inner = lock(&self.inner);
@@ -175,7 +191,7 @@ impl Registry {
         entry.room = Some(LOBBY.to_string());
         let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
         inner.names.insert(name.to_lowercase(), id);
-        Some(self.enter_room(&mut inner, &peer, &name, LOBBY, greet))
+        Some(self.enter_room(&mut inner, &peer, &name, LOBBY, seed, greet))
     }
 
     /// Moves a client to `room` (created on demand), queuing `greet`'s lines and the room's
@@ -185,6 +201,7 @@ impl Registry {
         &self,
         id: PeerId,
         room: &str,
+        seed: Option<Vec<HistoryEntry>>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
         let mut inner = lock(&self.inner);
@@ -195,8 +212,15 @@ impl Registry {
         }
         let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
         let left = self.leave_room(&mut inner, &peer, &old);
-        let joined = self.enter_room(&mut inner, &peer, &name, room, greet);
+        let joined = self.enter_room(&mut inner, &peer, &name, room, seed, greet);
         Some((left, joined))
+    }
+
+    /// Whether `room`'s history still lacks what Redis keeps of it: in a cluster with
+    /// `--history`, the daemon reads that before the first client here enters the room, and
+    /// hands it to [`Registry::enter`] or [`Registry::change_room`].
+    pub(crate) fn needs_seed(&self, room: &str) -> bool {
+        self.history > 0 && lock(&self.inner).rooms.get(room).is_none_or(|r| !r.seeded)
     }
 
     fn enter_room(
@@ -205,19 +229,32 @@ impl Registry {
         peer: &Arc<Peer>,
         name: &str,
         room: &str,
+        seed: Option<Vec<HistoryEntry>>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Members {
         let history = self.history;
         let room = inner.rooms.entry(room.to_string()).or_insert_with(|| Room {
             members: Arc::new(Vec::new()),
             history: History::new(history),
+            seeded: false,
+            expected: HashSet::new(),
         });
+        if let Some(seed) = seed.filter(|_| !room.seeded) {
+            room.seeded = true;
+            room.expected = room.history.seed(seed);
+            if !room.expected.is_empty() {
+                for m in Arc::make_mut(&mut room.members) {
+                    m.before_seed = true;
+                }
+            }
+        }
         let mut lines = greet(name, room.members.len() + 1);
         lines.extend(room.history.replay());
         let epoch = peer.enter_room(&lines);
         Arc::make_mut(&mut room.members).push(Member {
             peer: Arc::clone(peer),
             epoch,
+            before_seed: false,
         });
         Members {
             list: Arc::clone(&room.members),
@@ -245,12 +282,13 @@ impl Registry {
 
     fn remove(&self, inner: &mut Inner, id: PeerId) -> Option<(Arc<Peer>, Left)> {
         let entry = inner.clients.remove(&id)?;
-        let members = entry.room.map(|room| {
+        let members = entry.room.as_ref().map(|room| {
             inner.names.remove(&entry.name.to_lowercase());
-            self.leave_room(inner, &entry.peer, &room)
+            self.leave_room(inner, &entry.peer, room)
         });
         let left = Left {
             name: entry.name,
+            room: entry.room,
             members,
         };
         Some((entry.peer, left))
@@ -368,8 +406,9 @@ impl Registry {
     }
 
     /// Delivers `chunk`, which holds `lines` relayed lines, to every member of `room` except
-    /// `from`, and remembers it in the room's history. Nothing is delivered for a sender that
-    /// is no longer registered (kicked or cut off).
+    /// `from` (`None`: another node's client), and remembers it in the room's history with
+    /// its cluster `id`. Nothing is delivered for a sender that is no longer registered
+    /// (kicked or cut off), and no line with an id is delivered to anyone twice.
     ///
     /// Peers with room take it at once. If some are full, the caller waits for all of them
     /// together, against one deadline `--stall-timeout` from now, so N stuck peers cost one
@@ -384,6 +423,7 @@ impl Registry {
         from: Option<PeerId>,
         chunk: &Chunk,
         lines: usize,
+        id: Option<LineId>,
     ) -> bool {
         let members = {
             let mut inner = lock(&self.inner);
@@ -393,8 +433,22 @@ impl Registry {
             let Some(r) = inner.rooms.get_mut(room) else {
                 return true;
             };
-            r.history.push(chunk, lines);
-            Arc::clone(&r.members)
+            match id {
+                Some(id) if r.expected.remove(&id) => {
+                    let before: Vec<Member> = r
+                        .members
+                        .iter()
+                        .filter(|m| m.before_seed)
+                        .cloned()
+                        .collect();
+                    Arc::new(before)
+                }
+                Some(id) if r.history.contains(&id) => return true,
+                id => {
+                    r.history.push(chunk, lines, id);
+                    Arc::clone(&r.members)
+                }
+            }
         };
         self.offer_all(&members, from, chunk, lines as u64);
         true
@@ -414,6 +468,7 @@ impl Registry {
             .map(|peer| Member {
                 peer: Arc::clone(peer),
                 epoch: 0,
+                before_seed: false,
             })
             .collect();
         self.offer(&members, None, chunk, lines as u64, Epochs::Ignore);

@@ -158,6 +158,7 @@ fn stop_clients(daemon: &Daemon) {
     // Readers blocked on a full peer wait at most --stall-timeout.
     daemon.wait_readers(Instant::now() + config.stall_timeout + config.shutdown_grace);
     let deadline = Instant::now() + config.shutdown_grace;
+    daemon.leave_cluster(deadline);
     let notice = daemon.notices().shutting_down();
     for peer in &peers {
         peer.push_last(&notice);

@@ -5,117 +5,18 @@
 //! link in `stats` or the log, and prove that receivers are registered before anything they
 //! must get is sent.
 
+mod cluster_support;
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
-    Client, Daemon, TIMEOUT, admin_command, eventually, numbered_lines, stat_in, temp_path,
-};
-
-/// A `redis-server` of the test's own, without persistence.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port: u16 = Daemon::free_addr()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        Redis::start_on(port)
-    }
-
-    /// Starts Redis on `port` and waits until it answers PING.
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package)");
-        let redis = Redis { child, port };
-        eventually("redis-server to answer PING", || redis.pings());
-        redis
-    }
-
-    fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut answer = String::new();
-        s.write_all(b"PING\r\n").is_ok()
-            && BufReader::new(s).read_line(&mut answer).is_ok()
-            && answer.starts_with("+PONG")
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Kills it (SIGKILL, by pid) and waits for it to be gone.
-    fn kill(mut self) -> u16 {
-        self.stop();
-        self.port
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A relayd node in the cluster at `url`, with a control socket for `stats`.
-struct Node {
-    daemon: Daemon,
-    admin: PathBuf,
-}
-
-impl Node {
-    fn start(url: &str, id: &str) -> Node {
-        let admin = temp_path(&format!("cluster-{id}"));
-        let daemon = Daemon::spawn(&[
-            "--redis",
-            url,
-            "--node-id",
-            id,
-            "--admin",
-            admin.to_str().unwrap(),
-        ]);
-        Node { daemon, admin }
-    }
-
-    fn stat(&self, key: &str) -> u64 {
-        stat_in(&admin_command(&self.admin, "stats"), key)
-    }
-
-    fn wait_linked(&self) {
-        eventually("the cluster link", || self.stat("redis_connected") == 1);
-    }
-
-    fn connect(&self) -> Client {
-        self.daemon.connect()
-    }
-}
+use cluster_support::{Node, Redis};
+use common::{Client, Daemon, TIMEOUT, eventually, numbered_lines, temp_path};
 
 /// The next line that is not a `sync-…` line (see [`sync`]).
 fn next_line(c: &mut Client) -> String {

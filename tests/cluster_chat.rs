@@ -1,0 +1,351 @@
+//! `--redis` in chat mode: rooms, notices, names, `/who`, `/msg`, history and the operator's
+//! commands span the nodes of a cluster.
+//!
+//! Each test starts its own `redis-server` on a free port (stopped by pid when the test ends)
+//! and relayd binaries pointed at it. No sleeps as synchronisation: a test waits until a
+//! node's `/who` or `/rooms` shows what the others told it before it relies on it.
+
+mod cluster_support;
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use cluster_support::{Node, Redis};
+use common::{Client, eventually, numbered_lines};
+
+fn line(c: &mut Client) -> String {
+    String::from_utf8(c.line()).unwrap()
+}
+
+/// Reads lines until one starts with `prefix`, and returns it.
+fn until(c: &mut Client, prefix: &str) -> String {
+    loop {
+        let l = line(c);
+        if l.starts_with(prefix) {
+            return l;
+        }
+    }
+}
+
+/// Three chat nodes, a, b and c, on one Redis, linked; `more` options for each.
+fn cluster(redis: &Redis, ids: &[&str], more: &[&str]) -> Vec<Node> {
+    let mut args = vec!["--chat"];
+    args.extend_from_slice(more);
+    let nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| Node::start_with(&redis.url(), id, &args))
+        .collect();
+    for n in &nodes {
+        n.wait_linked();
+    }
+    nodes
+}
+
+/// A client of `node` that has read its welcome and taken `name`.
+fn named(node: &Node, name: &str) -> Client {
+    let mut c = node.connect();
+    until(&mut c, "* welcome to relayd, you are guest");
+    c.send(format!("/nick {name}\n").as_bytes());
+    let answer = until(&mut c, "* you are now ");
+    assert_eq!(answer, format!("* you are now {name}\n"));
+    c
+}
+
+/// Whether a line is `/who`'s answer: `* N in ROOM: ...`.
+fn is_who(l: &str) -> bool {
+    l.strip_prefix("* ")
+        .and_then(|rest| rest.split_once(" in "))
+        .is_some_and(|(n, rest)| n.bytes().all(|b| b.is_ascii_digit()) && rest.contains(": "))
+}
+
+/// Asks `/who` until the answer is `want` (other nodes' news takes a moment to arrive).
+fn wait_who(c: &mut Client, want: &str) {
+    eventually(&format!("/who to say {want:?}"), || {
+        c.send(b"/who\n");
+        loop {
+            let l = line(c);
+            if is_who(&l) {
+                return l == want;
+            }
+        }
+    });
+}
+
+/// Proves: in chat mode, join notices with cluster-wide counts, lines, `/me`, `/who`,
+/// `/rooms` and `/join` span three nodes; every line reaches every other client in the room
+/// exactly once, in order, and none reaches a client in another room.
+#[test]
+fn rooms_names_and_lines_span_three_nodes() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a", "b", "c"], &[]);
+    let mut alice = named(&nodes[0], "alice");
+    let mut bob = named(&nodes[1], "bob");
+    let mut carol = named(&nodes[2], "carol");
+    wait_who(&mut alice, "* 3 in lobby: alice, bob, carol\n");
+    wait_who(&mut bob, "* 3 in lobby: bob, alice, carol\n");
+    wait_who(&mut carol, "* 3 in lobby: carol, alice, bob\n");
+
+    // Exactly once and in order: nothing else is said meanwhile, so the 100 lines are the
+    // next 100 each other client reads, and the line after them is the next one.
+    let lines = numbered_lines(100);
+    alice.send(&lines);
+    for (who, c) in [("bob", &mut bob), ("carol", &mut carol)] {
+        for (i, want) in String::from_utf8(lines.clone())
+            .unwrap()
+            .split_inclusive('\n')
+            .enumerate()
+        {
+            assert_eq!(line(c), format!("<alice> {want}"), "{who}, line {i}");
+        }
+    }
+    bob.send(b"/me waves\n");
+    assert_eq!(line(&mut alice), "* bob waves\n");
+    assert_eq!(line(&mut carol), "* bob waves\n");
+
+    // A fourth client, a guest of c: everyone hears of it, with the cluster's count.
+    let mut dave = nodes[2].connect();
+    assert_eq!(
+        line(&mut dave),
+        "* welcome to relayd, you are guest2@c (4 online) — /help for commands\n"
+    );
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(line(c), "* guest2@c joined (4 online)\n");
+    }
+
+    // Rooms: dave moves to games; once a knows, alice follows and is counted with him.
+    dave.send(b"/join games\n");
+    assert_eq!(line(&mut dave), "* you are now in games (1 online)\n");
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(line(c), "* guest2@c left (joined games) (3 online)\n");
+    }
+    eventually("a to know of games", || {
+        alice.send(b"/rooms\n");
+        until(&mut alice, "* rooms: ") == "* rooms: games (1), lobby (3)\n"
+    });
+    alice.send(b"/join games\n");
+    assert_eq!(line(&mut alice), "* you are now in games (2 online)\n");
+    assert_eq!(line(&mut dave), "* alice joined (2 online)\n");
+    for c in [&mut bob, &mut carol] {
+        assert_eq!(line(c), "* alice left (joined games) (2 online)\n");
+    }
+    dave.send(b"in games\n");
+    assert_eq!(line(&mut alice), "<guest2@c> in games\n");
+    carol.send(b"in the lobby\n");
+    assert_eq!(line(&mut bob), "<carol> in the lobby\n");
+    alice.send(b"back to you\n");
+    assert_eq!(line(&mut dave), "<alice> back to you\n");
+}
+
+/// Proves: a name is one client's across the cluster (case-insensitively), is free again
+/// once its holder leaves, and is held in Redis by the node of the client that holds it.
+#[test]
+fn names_are_unique_across_nodes() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a", "b"], &[]);
+    let mut alice = named(&nodes[0], "alice");
+    let mut other = nodes[1].connect();
+    until(&mut other, "* welcome to relayd, you are guest1@b ");
+    other.send(b"/nick ALICE\n");
+    assert_eq!(
+        until(&mut other, "relayd: "),
+        "relayd: name ALICE is taken\n"
+    );
+    let holder = redis.get("relayd:name:alice").expect("alice's key");
+    assert!(holder.starts_with("a\0"), "{holder:?}");
+
+    alice.send(b"/quit\n");
+    // Freed by a's publisher, right after it says alice left.
+    until(&mut other, "* alice left (quit)");
+    eventually("alice to be free", || {
+        other.send(b"/nick alice\n");
+        let answer = loop {
+            let l = line(&mut other);
+            if l.starts_with("relayd: ") || l.starts_with("* you are now ") {
+                break l;
+            }
+        };
+        answer == "* you are now alice\n"
+    });
+    let holder = redis.get("relayd:name:alice").expect("alice's key");
+    assert!(holder.starts_with("b\0"), "{holder:?}");
+}
+
+/// Proves: `/msg` and the operator's `send`, `kick`, `broadcast` and `clients` reach a
+/// client on another node.
+#[test]
+fn msg_and_the_operator_reach_other_nodes() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a", "b"], &[]);
+    let mut alice = named(&nodes[0], "alice");
+    let mut bob = named(&nodes[1], "bob");
+    wait_who(&mut alice, "* 2 in lobby: alice, bob\n");
+
+    alice.send(b"/msg bob psst\n");
+    assert_eq!(line(&mut bob), "[private] <alice> psst\n");
+    alice.send(b"/msg nobody hi\n");
+    assert_eq!(line(&mut alice), "relayd: no such user nobody\n");
+
+    let clients = nodes[0].admin("clients");
+    assert!(
+        clients
+            .lines()
+            .any(|l| l == "1@b - bob lobby - - - - node:b"),
+        "{clients}"
+    );
+    assert_eq!(
+        nodes[0].admin("send bob hello"),
+        "ok: bob is on node b, which sends it\n"
+    );
+    assert_eq!(line(&mut bob), "* [server] hello\n");
+    assert_eq!(nodes[1].admin("broadcast all hands"), "ok\n");
+    assert_eq!(line(&mut alice), "* [server] all hands\n");
+    assert_eq!(line(&mut bob), "* [server] all hands\n");
+
+    assert_eq!(
+        nodes[0].admin("kick bob spam"),
+        "ok: bob is on node b, which kicks it\n"
+    );
+    assert_eq!(line(&mut bob), "relayd: kicked by operator: spam\n");
+    bob.expect_eof();
+    assert_eq!(
+        line(&mut alice),
+        "* bob left (kicked by operator: spam) (1 online)\n"
+    );
+    nodes[1].daemon.wait_log("kicked by the operator of node a");
+}
+
+/// Proves: `--history` is kept in Redis per room: a client who joins a room on another node
+/// gets the room's last lines replayed, then the live ones, and no line both ways; while a
+/// sender streams into the room and joiners on another node come and go, no joiner gets any
+/// line twice or out of order.
+#[test]
+fn history_reaches_joiners_on_other_nodes_once() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a", "b"], &["--history", "5"]);
+    let mut alice = named(&nodes[0], "alice");
+    alice.send(b"/join games\n");
+    until(&mut alice, "* you are now in games");
+    alice.send(b"one\ntwo\nthree\n");
+    eventually("a to publish alice's lines", || {
+        nodes[0].stat("cluster_published") == 3
+    });
+    let mut dave = named(&nodes[1], "dave");
+    dave.send(b"/join games\n");
+    until(&mut dave, "* you are now in games");
+    for want in ["one", "two", "three"] {
+        assert_eq!(line(&mut dave), format!("<alice> {want}\n"));
+    }
+    alice.send(b"four\n");
+    assert_eq!(line(&mut dave), "<alice> four\n");
+    dave.send(b"/quit\n");
+    dave.expect_eof();
+
+    // Now while lines stream: each joiner on b is the room's only member there, so each one
+    // makes b read the room's history from Redis again.
+    const N: usize = 1500;
+    let mut to_a = alice.reader_mut().get_ref().try_clone().unwrap();
+    // Without it, the client's own Nagle holds each small write for relayd's delayed ACK
+    // (40 ms) whenever relayd has just sent alice a notice.
+    to_a.set_nodelay(true).unwrap();
+    let sender = thread::spawn(move || {
+        // Paced (load, not synchronisation), so that many joiners come while lines are on
+        // their way through Redis.
+        for chunk in numbered_lines(N).chunks(64 * 5) {
+            std::io::Write::write_all(&mut to_a, chunk).unwrap();
+            thread::sleep(Duration::from_millis(1));
+        }
+        std::io::Write::write_all(&mut to_a, b"end\n").unwrap();
+    });
+    let mut finished = false;
+    for joiner in 0.. {
+        if finished {
+            break;
+        }
+        let mut c = nodes[1].connect();
+        until(&mut c, "* welcome to relayd");
+        c.send(b"/join games\n");
+        until(&mut c, "* you are now in games");
+        let mut last: Option<u32> = None;
+        for _ in 0..20 {
+            let l = line(&mut c);
+            if l == "<alice> end\n" {
+                finished = true;
+                break;
+            }
+            let Some(n) = l.strip_prefix("<alice> ") else {
+                continue;
+            };
+            let Some(Ok(n)) = n.get(..8).map(str::parse::<u32>) else {
+                // "four" and the first lines, from the replay.
+                continue;
+            };
+            assert!(
+                last.is_none_or(|last| n > last),
+                "joiner {joiner}: line {n} after {last:?}"
+            );
+            last = Some(n);
+        }
+        assert!(joiner < 1000, "the stream never ended");
+    }
+    sender.join().unwrap();
+}
+
+/// Proves: a node killed with SIGKILL leaves the others' lists within the cluster's ttl,
+/// and the names its clients held come free.
+#[test]
+fn a_killed_node_leaves_within_the_ttl() {
+    let redis = Redis::start();
+    let mut nodes = cluster(&redis, &["a", "b"], &["--cluster-ttl", "2"]);
+    let mut alice = named(&nodes[0], "alice");
+    let _bob = named(&nodes[1], "bob");
+    wait_who(&mut alice, "* 2 in lobby: alice, bob\n");
+    let b = nodes.pop().unwrap();
+    b.daemon.signal(libc::SIGKILL);
+    wait_who(&mut alice, "* 1 in lobby: alice\n");
+    nodes[0]
+        .daemon
+        .wait_log("cluster: node b silent too long, forgetting its 1 clients");
+    let mut carol = named(&nodes[0], "carol");
+    eventually("bob's name to come free", || {
+        carol.send(b"/nick bob\n");
+        let answer = loop {
+            let l = line(&mut carol);
+            if l.starts_with("relayd: ") || l.starts_with("* you are now ") {
+                break l;
+            }
+        };
+        answer == "* you are now bob\n"
+    });
+}
+
+/// Proves: while Redis is down a name cannot change (nobody could tell whether it is free),
+/// and once Redis is back (empty, as after a restart) the node registers its clients' names
+/// again.
+#[test]
+fn names_are_registered_again_after_redis_restarts() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a"], &[]);
+    let mut alice = named(&nodes[0], "alice");
+    assert!(redis.get("relayd:name:alice").is_some());
+    let port = redis.kill();
+    eventually("a to see redis gone", || {
+        nodes[0].stat("redis_connected") == 0
+    });
+    alice.send(b"/nick alicia\n");
+    assert_eq!(
+        line(&mut alice),
+        "relayd: names cannot change while the cluster is unreachable, try again later\n"
+    );
+    alice.send(b"still here\n");
+    let redis = Redis::start_on(port);
+    nodes[0].wait_linked();
+    eventually("alice's name in Redis again", || {
+        redis
+            .get("relayd:name:alice")
+            .is_some_and(|v| v.starts_with("a\0"))
+    });
+    alice.send(b"/nick alicia\n");
+    assert_eq!(line(&mut alice), "* you are now alicia\n");
+    assert!(redis.get("relayd:name:alice").is_none());
+}
