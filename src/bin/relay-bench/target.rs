@@ -118,6 +118,7 @@ fn spawn(mut cmd: Command, port: u16, cpus: Option<&Cpus>, what: &str) -> Result
     if let Some(cpus) = cpus {
         sys::pin_child(&mut cmd, cpus);
     }
+    sys::die_with_parent(&mut cmd);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
