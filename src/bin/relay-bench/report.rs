@@ -532,6 +532,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// Each of the per-pair values `v` shown by `show`, separated by `sep`.
+fn joined(v: &[Option<f64>], sep: &str, show: impl Fn(Option<f64>) -> String) -> String {
+    v.iter().map(|&x| show(x)).collect::<Vec<_>>().join(sep)
+}
+
 fn short(v: f64) -> String {
     if v.abs() >= 1e6 {
         format!("{:.2}M", v / 1e6)
@@ -578,11 +583,7 @@ pub fn compare(a: &[Outcome], b: &[Outcome], json: bool) -> String {
         let mb = median(vb.iter().flatten().copied().collect());
         let mr = median(ratios.iter().flatten().copied().collect());
         if json {
-            let list = ratios
-                .iter()
-                .map(|r| json_num(*r))
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = joined(&ratios, ",", json_num);
             let _ = writeln!(
                 s,
                 "{{\"compare\":{},\"a\":{},\"b\":{},\"a_median\":{},\"b_median\":{},\
@@ -596,11 +597,7 @@ pub fn compare(a: &[Outcome], b: &[Outcome], json: bool) -> String {
                 list
             );
         } else {
-            let list = ratios
-                .iter()
-                .map(|r| opt(*r, |r| format!("{r:.2}x")))
-                .collect::<Vec<_>>()
-                .join(" ");
+            let list = joined(&ratios, " ", |r| opt(r, |r| format!("{r:.2}x")));
             let _ = writeln!(
                 s,
                 "{:<28} {:>10} {:>10}  {:>12}  {}",
@@ -649,11 +646,7 @@ fn added(a: &[Outcome], b: &[Outcome], json: bool) -> String {
             .collect();
         let med = median(diffs.iter().flatten().copied().collect());
         if json {
-            let list = diffs
-                .iter()
-                .map(|d| json_num(*d))
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = joined(&diffs, ",", json_num);
             let _ = writeln!(
                 s,
                 "{{\"added\":{},\"nodes\":{},\"single\":{},\"median\":{},\"pairs\":[{}]}}",
@@ -664,11 +657,7 @@ fn added(a: &[Outcome], b: &[Outcome], json: bool) -> String {
                 list
             );
         } else {
-            let list = diffs
-                .iter()
-                .map(|d| opt(*d, |d| format!("{d:+.0}")))
-                .collect::<Vec<_>>()
-                .join(" ");
+            let list = joined(&diffs, " ", |d| opt(d, |d| format!("{d:+.0}")));
             let _ = writeln!(
                 s,
                 "{:<28} {:>10}  per pair {}",
