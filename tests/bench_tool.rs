@@ -1,6 +1,9 @@
 //! relay-bench checks itself: a small fanout through the real relayd must report every line
 //! delivered, in order, uncorrupted. A correctness test only; no speed is asserted.
+//! The `--nodes` test needs `redis-server` (Debian's redis-server package), which relay-bench
+//! starts and stops itself.
 
+use std::fs;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::thread;
@@ -9,6 +12,12 @@ use std::time::{Duration, Instant};
 /// Runs relay-bench with `args` and a 20 s run timeout, killing it if it outlives 30 s.
 /// Returns its JSON result line.
 fn run_bench(args: &[&str]) -> String {
+    let (_, out) = run_bench_all(args);
+    out.lines().next().expect("one JSON result").to_string()
+}
+
+/// As `run_bench`, but returns relay-bench's PID and all it printed.
+fn run_bench_all(args: &[&str]) -> (u32, String) {
     let limit = Duration::from_secs(30);
     let mut child = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
         .args(args)
@@ -17,6 +26,7 @@ fn run_bench(args: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start relay-bench");
+    let pid = child.id();
     let until = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for relay-bench") {
@@ -46,7 +56,7 @@ fn run_bench(args: &[&str]) -> String {
         status.success(),
         "relay-bench failed: {status}\n{out}\n{err}"
     );
-    out.lines().next().expect("one JSON result").to_string()
+    (pid, out)
 }
 
 /// The integer after `"key":` in a JSON object printed on one line.
@@ -80,17 +90,23 @@ fn run_chatter(extra: &[&str]) -> String {
     run_bench(&args)
 }
 
-#[test]
-fn fanout_through_relayd_delivers_every_line_in_order() {
-    let line = &run_bench(&["fanout", "--clients", "4", "--lines", "2000"]);
-    assert!(line.contains("\"target\":\"relayd\""), "{line}");
+/// Asserts that the run of JSON result `line` completed and delivered every one of the
+/// `owed` lines it owed, in order, uncorrupted, with no receiver cut off.
+fn assert_all_delivered(line: &str, owed: u64) {
     assert!(line.contains("\"error\":null"), "{line}");
-    assert_eq!(field(line, "expected"), 4 * 2000, "{line}");
-    assert_eq!(field(line, "deliveries"), 4 * 2000, "{line}");
+    assert_eq!(field(line, "expected"), owed, "{line}");
+    assert_eq!(field(line, "deliveries"), owed, "{line}");
     assert_eq!(field(line, "lost"), 0, "{line}");
     assert_eq!(field(line, "out_of_order"), 0, "{line}");
     assert_eq!(field(line, "corrupt"), 0, "{line}");
     assert_eq!(field(line, "disconnected"), 0, "{line}");
+}
+
+#[test]
+fn fanout_through_relayd_delivers_every_line_in_order() {
+    let line = &run_bench(&["fanout", "--clients", "4", "--lines", "2000"]);
+    assert!(line.contains("\"target\":\"relayd\""), "{line}");
+    assert_all_delivered(line, 4 * 2000);
 }
 
 #[test]
@@ -151,13 +167,7 @@ fn fanout_to_websocket_receivers_delivers_every_line() {
     let line = &run_bench(&["fanout", "--ws", "--clients", "4", "--lines", "2000"]);
     assert!(line.contains("\"target\":\"relayd/ws\""), "{line}");
     assert!(line.contains("\"transport\":\"ws\""), "{line}");
-    assert!(line.contains("\"error\":null"), "{line}");
-    assert_eq!(field(line, "expected"), 4 * 2000, "{line}");
-    assert_eq!(field(line, "deliveries"), 4 * 2000, "{line}");
-    assert_eq!(field(line, "lost"), 0, "{line}");
-    assert_eq!(field(line, "out_of_order"), 0, "{line}");
-    assert_eq!(field(line, "corrupt"), 0, "{line}");
-    assert_eq!(field(line, "disconnected"), 0, "{line}");
+    assert_all_delivered(line, 4 * 2000);
 }
 
 #[test]
@@ -183,4 +193,91 @@ fn several_paced_senders_reach_websocket_receivers_and_each_other() {
     assert_eq!(field(line, "deliveries"), 3 * 10 * (4 + 2), "{line}");
     assert_eq!(field(line, "lost"), 0, "{line}");
     assert_eq!(field(line, "corrupt"), 0, "{line}");
+}
+
+/// Processes whose command line or working directory names `tag`: relayd nodes carry it in
+/// `--cluster`, redis-server runs in a directory of that name.
+fn processes_naming(tag: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let proc_dir = entry.path();
+        let cmdline = fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+        let cwd = fs::read_link(proc_dir.join("cwd")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(tag) || cwd.to_string_lossy().contains(tag) {
+            found.push(format!("{}: {cmdline}", proc_dir.display()));
+        }
+    }
+    found
+}
+
+/// A number (or null) after `"key":`.
+fn number(json: &str, key: &str) -> Option<f64> {
+    let pat = format!("\"{key}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pat.len();
+    let text: String = json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-')
+        .collect();
+    text.parse().ok()
+}
+
+#[test]
+fn fanout_over_three_nodes_crosses_redis_and_compares_with_one_node() {
+    // 6 receivers dealt over 3 nodes, 2 each; the sender is on node 0, so the 4 receivers
+    // on nodes 1 and 2 get its 2000 lines through the run's own redis-server. Then the same
+    // on one node (--compare-nodes 1), everything on CPU 0.
+    let (pid, out) = run_bench_all(&[
+        "fanout",
+        "--nodes",
+        "3",
+        "--compare-nodes",
+        "1",
+        "--repeat",
+        "1",
+        "--clients",
+        "6",
+        "--lines",
+        "2000",
+        "--server-cpus",
+        "0",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    let (three, one) = (lines[0], lines[1]);
+    assert!(three.contains("\"target\":\"relayd/3n\""), "{three}");
+    assert_eq!(field(three, "nodes"), 3, "{three}");
+    assert_all_delivered(three, 6 * 2000);
+    assert_eq!(field(three, "remote_deliveries"), 4 * 2000, "{three}");
+    let remote = number(three, "remote_p50_us").expect("latency across Redis");
+    let local = number(three, "local_p50_us").expect("latency on node 0");
+    assert!(remote > 0.0 && local > 0.0, "{three}");
+    // Read back from /proc: all three nodes and Redis ran on CPU 0, not just one of them.
+    assert!(three.contains("\"server_cpus\":\"0\""), "{three}");
+
+    assert!(one.contains("\"target\":\"relayd\""), "{one}");
+    assert_eq!(field(one, "nodes"), 1, "{one}");
+    assert_all_delivered(one, 6 * 2000);
+    assert_eq!(field(one, "remote_deliveries"), 0, "{one}");
+    assert!(one.contains("\"remote_p50_us\":null"), "{one}");
+
+    for fig in ["p50 (us)", "p99 (us)"] {
+        let want = format!("{{\"added\":\"{fig}\",\"nodes\":\"relayd/3n\",\"single\":\"relayd\"");
+        let added = lines.iter().find(|l| l.starts_with(&want));
+        let added = added.unwrap_or_else(|| panic!("no {want} in\n{out}"));
+        assert!(number(added, "median").is_some(), "{added}");
+    }
+
+    // Nothing of the run is left: no node, no redis-server, no directory.
+    let tag = format!("relay-bench-{pid}-");
+    assert_eq!(processes_naming(&tag), Vec::<String>::new());
+    let tmp = std::env::temp_dir();
+    let dirs: Vec<_> = fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&tag))
+        .collect();
+    assert!(dirs.is_empty(), "left in {}: {dirs:?}", tmp.display());
 }

@@ -69,6 +69,26 @@ WEBSOCKET:
     senders at 10 lines/s each for 5 s:
         relay-bench fanout --ws --clients 1000 --senders 20 --rate 10 --lines 50
 
+SEVERAL NODES:
+    --nodes N starts N relayd nodes linked the way README's More than one machine does it:
+    first a redis-server of the run's own (on a free 127.0.0.1 port, --save '' --appendonly
+    no, in a fresh temp directory; Debian's redis-server package), then each node with
+    --redis pointing at it, --node-id n0 .. nN-1 and a --cluster name no other run uses.
+    The senders connect to node 0; the receivers are dealt round-robin over the nodes
+    (receiver i on node i mod N; chatter's clients likewise), so with 3 nodes two thirds of
+    them get every line one Redis hop away. Probe lines from node 0 go on until every
+    receiver on every node has one, which is what proves each node's link up: no line is
+    measured before. A delivery on another node than its sender's counts as across Redis:
+    the table's note and --json (remote_deliveries, remote_p50_us, remote_p99_us, and
+    local_p50_us, local_p99_us for the sender's node) give its latency apart. Server CPU,
+    peak RSS and threads are every node's and Redis's added up; --server-cpus places every
+    node and Redis. Everything is stopped by PID at the end of each run, or if it fails.
+    --compare-nodes M runs relayd on --nodes nodes and on M nodes alternately (A B A B),
+    with the ratio of every figure as for --compare, and when one side is a single node,
+    what the Redis hop added: the latency across Redis minus the single node's, pair by
+    pair. 100 receivers at 2,000 lines/s, three nodes against one:
+        relay-bench fanout --rate 2000 --lines 10000 --nodes 3 --compare-nodes 1
+
 CPU PLACEMENT:
     --server-cpus LIST runs every server started here (relayd, --server-cmd, and both
     targets of --compare) on the CPUs in LIST; --client-cpus LIST runs this generator, all
@@ -118,6 +138,7 @@ EXAMPLES:
     cargo run --release --bin relay-bench -- chatter --server-cpus 0 --client-cpus 1 \\
         --compare 'ncat -l 127.0.0.1 {port} --broker -m 20000'
     cargo run --release --bin relay-bench -- connscale --clients 10000 --lines 200
+    cargo run --release --bin relay-bench -- fanout --nodes 3 --compare-nodes 1
     cargo run --release --bin relay-bench -- ceiling --json
 
 Every run is bounded by --timeout and targets 127.0.0.1 only.";
@@ -176,7 +197,21 @@ struct Args {
     #[arg(long, value_name = "CMD")]
     compare: Option<String>,
 
-    /// Runs per target (default: 3 with --compare, else 1).
+    /// Start N relayd nodes linked through a redis-server of the run's own; senders on node
+    /// 0, receivers round-robin over all. See SEVERAL NODES.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=16),
+          conflicts_with_all = ["connect", "server_cmd"])]
+    nodes: u64,
+
+    /// Run relayd on --nodes nodes and on M nodes alternately and print the ratio of every
+    /// figure, and what the Redis hop added; see SEVERAL NODES.
+    #[arg(long, value_name = "M",
+          value_parser = clap::value_parser!(u64).range(1..=16),
+          conflicts_with_all = ["connect", "server_cmd", "compare"])]
+    compare_nodes: Option<u64>,
+
+    /// Runs per target (default: 3 with --compare or --compare-nodes, else 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
     repeat: Option<u64>,
 
@@ -356,20 +391,25 @@ fn run(a: &Args) -> Result<bool, String> {
         Ok(_) => {}
         Err(e) => return Err(format!("cannot raise the open file limit: {e}")),
     }
-    let relayd = Spec::Relayd {
+    let relayd = |nodes: u64| Spec::Relayd {
         args: a.relayd_args.split_whitespace().map(String::from).collect(),
+        nodes: nodes as usize,
     };
     if let Some(addr) = &a.connect {
         target::loopback(addr)?;
     }
-    let (first, second) = match (&a.connect, &a.server_cmd, &a.compare) {
-        (Some(addr), _, _) => (Spec::Connect(addr.clone()), None),
-        (_, Some(cmd), _) => (Spec::Command(cmd.clone()), None),
-        (_, _, Some(cmd)) => (relayd, Some(Spec::Command(cmd.clone()))),
-        _ => (relayd, None),
+    let (first, second) = match (&a.connect, &a.server_cmd, &a.compare, a.compare_nodes) {
+        (Some(addr), ..) => (Spec::Connect(addr.clone()), None),
+        (_, Some(cmd), ..) => (Spec::Command(cmd.clone()), None),
+        (_, _, Some(cmd), _) => (relayd(a.nodes), Some(Spec::Command(cmd.clone()))),
+        (.., Some(m)) => (relayd(a.nodes), Some(relayd(m))),
+        _ => (relayd(a.nodes), None),
     };
     if p.kind == Kind::Ceiling && second.is_some() {
         return Err("ceiling runs without a server; --compare does not apply".into());
+    }
+    if p.kind == Kind::Ceiling && (a.nodes > 1 || a.compare_nodes.is_some()) {
+        return Err("ceiling runs without a server; --nodes does not apply".into());
     }
     let repeat = a.repeat.unwrap_or(if second.is_some() { 3 } else { 1 }) as usize;
     let mut out = std::io::stdout();

@@ -1,7 +1,8 @@
 //! The server's cost, read from /proc/PID: CPU time over the measured window, peak resident
 //! memory (`VmHWM`, kept by the kernel so no sample can miss the peak) and the largest thread
 //! count seen by a sampler. Reported next to the generator's own CPU so that a saturated
-//! generator is never mistaken for a slow server.
+//! generator is never mistaken for a slow server. A server of several processes (`--nodes`:
+//! the nodes and Redis) costs the sum of theirs.
 
 use std::fs;
 use std::sync::Arc;
@@ -52,7 +53,30 @@ pub fn threads(pid: u32) -> Option<u64> {
     status_field(pid, "Threads:")
 }
 
-/// Samples the thread count every 50 ms until stopped; returns the largest seen.
+/// `f` of every process in `pids`, added up: CPU seconds, KiB, threads. None if any of them
+/// has no answer, or there are none.
+pub fn total<T: std::iter::Sum>(pids: &[u32], f: impl Fn(u32) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| f(pid)).sum()
+}
+
+/// The processes' CPU lists, each distinct one once, space-separated (one list when they
+/// all run on the same CPUs, as `--server-cpus` places them).
+pub fn cpus_allowed_all(pids: &[u32]) -> Option<String> {
+    let mut lists: Vec<String> = Vec::new();
+    for &pid in pids {
+        let l = cpus_allowed(pid)?;
+        if !lists.contains(&l) {
+            lists.push(l);
+        }
+    }
+    (!lists.is_empty()).then(|| lists.join(" "))
+}
+
+/// Samples the thread count (of all the processes together) every 50 ms until stopped;
+/// returns the largest seen.
 pub struct ThreadSampler {
     stop: Arc<AtomicBool>,
     max: Arc<AtomicU64>,
@@ -60,14 +84,14 @@ pub struct ThreadSampler {
 }
 
 impl ThreadSampler {
-    pub fn start(pid: u32) -> ThreadSampler {
+    pub fn start(pids: Vec<u32>) -> ThreadSampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let max = Arc::new(AtomicU64::new(threads(pid).unwrap_or(0)));
+        let max = Arc::new(AtomicU64::new(total(&pids, threads).unwrap_or(0)));
         let handle = {
             let (stop, max) = (Arc::clone(&stop), Arc::clone(&max));
             thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    if let Some(t) = threads(pid) {
+                    if let Some(t) = total(&pids, threads) {
                         max.fetch_max(t, Ordering::SeqCst);
                     }
                     let until = Instant::now() + Duration::from_millis(50);
@@ -84,8 +108,8 @@ impl ThreadSampler {
         }
     }
 
-    pub fn finish(mut self, pid: u32) -> u64 {
-        if let Some(t) = threads(pid) {
+    pub fn finish(mut self, pids: &[u32]) -> u64 {
+        if let Some(t) = total(pids, threads) {
             self.max.fetch_max(t, Ordering::SeqCst);
         }
         self.stop.store(true, Ordering::SeqCst);

@@ -44,6 +44,9 @@ pub struct Progress {
     pub done_ns: AtomicU64,
     /// The receiver has finished (all lines in, or it gave up): senders stop too.
     pub stop: AtomicBool,
+    /// The relayd node (`--nodes`) each sender is connected to: a line delivered on another
+    /// node crossed Redis, and its latency is counted apart.
+    pub sender_node: Vec<u16>,
 }
 
 impl Progress {
@@ -53,14 +56,21 @@ impl Progress {
         self.done_sending.store(true, Ordering::SeqCst);
     }
 
+    /// Every sender on node 0 (the only node, but with `--nodes`).
     pub fn new(senders: usize) -> Arc<Progress> {
+        Progress::on_nodes(vec![0; senders])
+    }
+
+    /// One sender per entry of `sender_node`, each connected to the node it names.
+    pub fn on_nodes(sender_node: Vec<u16>) -> Arc<Progress> {
         Arc::new(Progress {
-            sent: (0..senders).map(|_| AtomicU64::new(0)).collect(),
+            sent: sender_node.iter().map(|_| AtomicU64::new(0)).collect(),
             done_sending: AtomicBool::new(false),
             ready: AtomicUsize::new(0),
             start_ns: AtomicU64::new(0),
             done_ns: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            sender_node,
         })
     }
 }
@@ -126,6 +136,8 @@ pub struct RxConn {
     pub own: Option<u16>,
     /// Counts as registered without seeing a probe (it is the one sending them).
     pub prober: bool,
+    /// The relayd node (`--nodes`) it is connected to.
+    pub node: u16,
 }
 
 impl RxConn {
@@ -136,6 +148,7 @@ impl RxConn {
             ws: None,
             own: None,
             prober: false,
+            node: 0,
         }
     }
 }
@@ -165,7 +178,11 @@ pub struct RxReport {
     /// Clients whose connection the server closed before the end.
     pub disconnected: usize,
     pub bytes: u64,
-    pub latency: Histogram,
+    /// Latency of lines delivered on the node their sender is connected to (every line, on
+    /// one node)...
+    pub local_latency: Histogram,
+    /// ...and of lines that crossed Redis to another node (`--nodes`).
+    pub remote_latency: Histogram,
     /// Nanoseconds (payload clock) of the first and last measured delivery.
     pub first_ns: u64,
     pub last_ns: u64,
@@ -178,6 +195,7 @@ struct Conn {
     /// A WebSocket client: `partial` holds the start of a frame, not of a line.
     ws: bool,
     own: Option<u16>,
+    node: u16,
     /// The start of a line whose newline has not arrived yet (WebSocket: of a frame).
     partial: Vec<u8>,
     /// WebSocket: the text so far of a message sent in fragments (relayd sends none).
@@ -213,6 +231,7 @@ pub fn receive(
                 sock: c.sock,
                 ws: c.ws.is_some(),
                 own: c.own,
+                node: c.node,
                 partial: c.ws.unwrap_or_default(),
                 fragments: None,
                 out: Vec::new(),
@@ -234,7 +253,8 @@ pub fn receive(
         notices: 0,
         disconnected: 0,
         bytes: 0,
-        latency: Histogram::new(),
+        local_latency: Histogram::new(),
+        remote_latency: Histogram::new(),
         first_ns: 0,
         last_ns: 0,
         timed_out: false,
@@ -292,6 +312,14 @@ pub fn receive(
 }
 
 impl RxReport {
+    /// The latency of every delivery, local and remote.
+    pub fn latency(&self) -> Histogram {
+        let mut all = Histogram::new();
+        all.merge(&self.local_latency);
+        all.merge(&self.remote_latency);
+        all
+    }
+
     /// Adds what another receiver thread saw (its own connections) to this report.
     pub fn merge(&mut self, o: RxReport) {
         self.delivered += o.delivered;
@@ -301,7 +329,8 @@ impl RxReport {
         self.notices += o.notices;
         self.disconnected += o.disconnected;
         self.bytes += o.bytes;
-        self.latency.merge(&o.latency);
+        self.local_latency.merge(&o.local_latency);
+        self.remote_latency.merge(&o.remote_latency);
         if o.first_ns != 0 && (self.first_ns == 0 || o.first_ns < self.first_ns) {
             self.first_ns = o.first_ns;
         }
@@ -518,7 +547,12 @@ fn check_line(
             *advanced += seq + 1 - next;
             c.next[s] = seq + 1;
             rep.delivered += 1;
-            rep.latency.record(now.saturating_sub(ts));
+            let latency = if progress.sender_node[s] == c.node {
+                &mut rep.local_latency
+            } else {
+                &mut rep.remote_latency
+            };
+            latency.record(now.saturating_sub(ts));
             if rep.first_ns == 0 {
                 rep.first_ns = now;
             }

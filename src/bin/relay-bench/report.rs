@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::histogram::Histogram;
 use crate::receiver::RxReport;
 use crate::scenario::Params;
 use crate::target::Spec;
@@ -15,6 +16,19 @@ pub struct Latency {
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+}
+
+impl Latency {
+    /// The percentiles of `h`, None if it is empty.
+    fn of(h: &Histogram) -> Option<Latency> {
+        let us = |q: f64| h.quantile(q).unwrap_or(0) as f64 / 1e3;
+        (h.count() > 0).then(|| Latency {
+            p50: us(0.5),
+            p99: us(0.99),
+            p999: us(0.999),
+            max: h.max() as f64 / 1e3,
+        })
+    }
 }
 
 /// The figures of one measured phase.
@@ -34,6 +48,12 @@ pub struct Measure {
     pub per_sec: f64,
     pub mb_per_sec: f64,
     pub latency: Option<Latency>,
+    /// `--nodes`: deliveries on another node than their sender's, which crossed Redis...
+    pub remote_delivered: u64,
+    /// ...their latency...
+    pub remote_latency: Option<Latency>,
+    /// ...and that of the deliveries on the sender's own node (all of them, on one node).
+    pub local_latency: Option<Latency>,
     /// Percent of one core, over the measured phase.
     pub gen_cpu: f64,
     pub server_cpu: Option<f64>,
@@ -60,7 +80,6 @@ impl Measure {
         } else {
             0.0
         };
-        let us = |q: f64| rep.latency.quantile(q).unwrap_or(0) as f64 / 1e3;
         Measure {
             delivered: rep.delivered,
             expected: rep.expected,
@@ -73,12 +92,10 @@ impl Measure {
             secs,
             per_sec,
             mb_per_sec: per_sec * size as f64 / 1e6,
-            latency: (rep.latency.count() > 0).then(|| Latency {
-                p50: us(0.5),
-                p99: us(0.99),
-                p999: us(0.999),
-                max: rep.latency.max() as f64 / 1e3,
-            }),
+            latency: Latency::of(&rep.latency()),
+            remote_delivered: rep.remote_latency.count(),
+            remote_latency: Latency::of(&rep.remote_latency),
+            local_latency: Latency::of(&rep.local_latency),
             gen_cpu,
             server_cpu,
             server_cpu_secs,
@@ -129,6 +146,8 @@ pub struct Outcome {
     /// How the receivers connect: "tcp", or "ws" with --ws.
     pub transport: &'static str,
     pub senders: usize,
+    /// relayd nodes (`--nodes`), 1 for any other server.
+    pub nodes: usize,
     pub scenario: &'static str,
     pub run: usize,
     pub clients: usize,
@@ -161,6 +180,7 @@ impl Outcome {
             },
             transport: if p.ws { "ws" } else { "tcp" },
             senders: p.senders,
+            nodes: spec.nodes(),
             scenario: p.kind.name(),
             run,
             clients: p.clients,
@@ -298,6 +318,17 @@ pub fn table(o: &Outcome) -> String {
         if let Some(k) = o.idle_rss_per_conn_kib() {
             notes.push(format!("{k:.1} KiB RSS added per idle connection"));
         }
+        if let Some(r) = &m.remote_latency {
+            let local = m.local_latency.as_ref();
+            notes.push(format!(
+                "{} deliveries across Redis: p50 {} p99 {}; on the sender's node: p50 {} p99 {}",
+                m.remote_delivered,
+                lat(r.p50),
+                lat(r.p99),
+                opt(local, |l| lat(l.p50)),
+                opt(local, |l| lat(l.p99)),
+            ));
+        }
         if let Some(c) = m.server_cpu_per_m() {
             notes.push(format!("server {} CPU-s per M deliveries", per_m(c)));
         }
@@ -349,11 +380,13 @@ fn json_fine(v: Option<f64>) -> String {
 
 fn measure_json(m: &Measure) -> String {
     let l = m.latency.as_ref();
+    let (r, local) = (m.remote_latency.as_ref(), m.local_latency.as_ref());
     format!(
         "{{\"deliveries\":{},\"expected\":{},\"lost\":{},\"out_of_order\":{},\"corrupt\":{},\
          \"notices\":{},\"disconnected\":{},\"timed_out\":{},\"secs\":{},\"deliveries_per_sec\":{},\
          \"mb_per_sec\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\
-         \"generator_cpu_pct\":{},\"server_cpu_pct\":{},\"server_cpu_secs\":{},\
+         \"remote_deliveries\":{},\"remote_p50_us\":{},\"remote_p99_us\":{},\"remote_max_us\":{},\
+         \"local_p50_us\":{},\"local_p99_us\":{},\"generator_cpu_pct\":{},\"server_cpu_pct\":{},\"server_cpu_secs\":{},\
          \"server_cpu_s_per_m_deliveries\":{}}}",
         m.delivered,
         m.expected,
@@ -370,6 +403,12 @@ fn measure_json(m: &Measure) -> String {
         json_num(l.map(|l| l.p99)),
         json_num(l.map(|l| l.p999)),
         json_num(l.map(|l| l.max)),
+        m.remote_delivered,
+        json_num(r.map(|l| l.p50)),
+        json_num(r.map(|l| l.p99)),
+        json_num(r.map(|l| l.max)),
+        json_num(local.map(|l| l.p50)),
+        json_num(local.map(|l| l.p99)),
         json_num(Some(m.gen_cpu)),
         json_num(m.server_cpu),
         json_num(m.server_cpu_secs),
@@ -381,7 +420,7 @@ fn measure_json(m: &Measure) -> String {
 pub fn json(o: &Outcome) -> String {
     let srv = o.server.as_ref();
     format!(
-        "{{\"target\":{},\"transport\":{},\"scenario\":{},\"run\":{},\"clients\":{},\"senders\":{},\"lines\":{},\"size\":{},\
+        "{{\"target\":{},\"transport\":{},\"scenario\":{},\"run\":{},\"clients\":{},\"senders\":{},\"nodes\":{},\"lines\":{},\"size\":{},\
          \"result\":{},\"baseline\":{},\"kept_pct\":{},\"fresh_first_line_ms\":{},\
          \"fresh_error\":{},\"server_peak_rss_kib\":{},\"server_rss_per_conn_kib\":{},\"server_idle_rss_per_conn_kib\":{},\
          \"server_threads_max\":{},\"server_cpus\":{},\"client_cpus\":{},\"error\":{}}}",
@@ -391,6 +430,7 @@ pub fn json(o: &Outcome) -> String {
         o.run,
         o.clients,
         o.senders,
+        o.nodes,
         o.lines,
         o.size,
         o.main.as_ref().map_or("null".into(), measure_json),
@@ -454,6 +494,9 @@ fn figures() -> Vec<Figure> {
     fn l(o: &Outcome) -> Option<&Latency> {
         m(o)?.latency.as_ref()
     }
+    fn r(o: &Outcome) -> Option<&Latency> {
+        m(o)?.remote_latency.as_ref()
+    }
     vec![
         Figure::new("deliveries/s", |o| m(o).map(|m| m.per_sec)),
         Figure::new("lost", |o| m(o).map(|m| m.lost as f64)),
@@ -461,6 +504,8 @@ fn figures() -> Vec<Figure> {
         Figure::new("p99 (us)", |o| l(o).map(|l| l.p99)),
         Figure::new("p99.9 (us)", |o| l(o).map(|l| l.p999)),
         Figure::new("max (us)", |o| l(o).map(|l| l.max)),
+        Figure::new("across Redis: p50 (us)", |o| r(o).map(|l| l.p50)),
+        Figure::new("across Redis: p99 (us)", |o| r(o).map(|l| l.p99)),
         Figure::new("server CPU %", |o| m(o).and_then(|m| m.server_cpu)),
         Figure::fine("server CPU-s / M deliveries", |o| {
             m(o).and_then(Measure::server_cpu_per_m)
@@ -485,6 +530,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     })
+}
+
+/// Each of the per-pair values `v` shown by `show`, separated by `sep`.
+fn joined(v: &[Option<f64>], sep: &str, show: impl Fn(Option<f64>) -> String) -> String {
+    v.iter().map(|&x| show(x)).collect::<Vec<_>>().join(sep)
 }
 
 fn short(v: f64) -> String {
@@ -533,11 +583,7 @@ pub fn compare(a: &[Outcome], b: &[Outcome], json: bool) -> String {
         let mb = median(vb.iter().flatten().copied().collect());
         let mr = median(ratios.iter().flatten().copied().collect());
         if json {
-            let list = ratios
-                .iter()
-                .map(|r| json_num(*r))
-                .collect::<Vec<_>>()
-                .join(",");
+            let list = joined(&ratios, ",", json_num);
             let _ = writeln!(
                 s,
                 "{{\"compare\":{},\"a\":{},\"b\":{},\"a_median\":{},\"b_median\":{},\
@@ -551,11 +597,7 @@ pub fn compare(a: &[Outcome], b: &[Outcome], json: bool) -> String {
                 list
             );
         } else {
-            let list = ratios
-                .iter()
-                .map(|r| opt(*r, |r| format!("{r:.2}x")))
-                .collect::<Vec<_>>()
-                .join(" ");
+            let list = joined(&ratios, " ", |r| opt(r, |r| format!("{r:.2}x")));
             let _ = writeln!(
                 s,
                 "{:<28} {:>10} {:>10}  {:>12}  {}",
@@ -563,6 +605,64 @@ pub fn compare(a: &[Outcome], b: &[Outcome], json: bool) -> String {
                 opt(ma, |v| f.text(v)),
                 opt(mb, |v| f.text(v)),
                 opt(mr, |r| format!("{r:.2}x")),
+                list
+            );
+        }
+    }
+    s + &added(a, b, json)
+}
+
+/// When one side ran on several nodes and the other on one (`--compare-nodes`): what the
+/// Redis hop added, pair by pair, as the latency across Redis on the one side minus the
+/// latency of the single node in the same pair. Empty otherwise.
+fn added(a: &[Outcome], b: &[Outcome], json: bool) -> String {
+    let nodes = |o: &[Outcome]| o.first().map_or(1, |o| o.nodes);
+    let (multi, single) = match (nodes(a), nodes(b)) {
+        (x, 1) if x > 1 => (a, b),
+        (1, y) if y > 1 => (b, a),
+        _ => return String::new(),
+    };
+    let name = |o: &[Outcome]| o.first().map_or(String::new(), |o| o.target.clone());
+    let mut s = String::new();
+    if !json {
+        let _ = writeln!(
+            s,
+            "\nadded by the Redis hop: {} across Redis minus {}, pair by pair",
+            name(multi),
+            name(single)
+        );
+    }
+    type Pick = fn(&Latency) -> f64;
+    let figures: [(&str, Pick); 2] = [("p50 (us)", |l| l.p50), ("p99 (us)", |l| l.p99)];
+    for (fig, get) in figures {
+        let diffs: Vec<Option<f64>> = multi
+            .iter()
+            .zip(single)
+            .map(|(m, o)| {
+                let remote = m.main.as_ref()?.remote_latency.as_ref()?;
+                let one = o.main.as_ref()?.latency.as_ref()?;
+                Some(get(remote) - get(one))
+            })
+            .collect();
+        let med = median(diffs.iter().flatten().copied().collect());
+        if json {
+            let list = joined(&diffs, ",", json_num);
+            let _ = writeln!(
+                s,
+                "{{\"added\":{},\"nodes\":{},\"single\":{},\"median\":{},\"pairs\":[{}]}}",
+                json_str(fig),
+                json_str(&name(multi)),
+                json_str(&name(single)),
+                json_num(med),
+                list
+            );
+        } else {
+            let list = joined(&diffs, " ", |d| opt(d, |d| format!("{d:+.0}")));
+            let _ = writeln!(
+                s,
+                "{:<28} {:>10}  per pair {}",
+                fig,
+                opt(med, |d| format!("{d:+.0}")),
                 list
             );
         }

@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use crate::receiver::{self, Limits, Progress, RxConn, RxReport, Shared};
 use crate::report::{Fresh, Measure, Outcome, ServerCost};
 use crate::sender;
 use crate::sys::{self, Cpus};
-use crate::target::{self, Server, Spec};
+use crate::target::{self, Servers, Spec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -86,44 +86,58 @@ pub fn run(params: &Params, spec: &Spec, run: usize) -> Outcome {
     out
 }
 
+/// A cluster name no other run uses (`--nodes`): this process's id and a run counter.
+fn cluster_name() -> String {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("relay-bench-{}-{n}", std::process::id())
+}
+
 fn with_server(params: &Params, spec: &Spec, out: &mut Outcome) -> Result<(), String> {
-    let server = target::start(
+    let servers = target::start_all(
         spec,
         params.clients + params.senders + 2,
         params.server_cpus.as_ref(),
         params.ws,
+        &cluster_name(),
     )?;
-    let sampler = server.pid.map(ThreadSampler::start);
+    let pids = servers.pids();
+    let sampler = (!pids.is_empty()).then(|| ThreadSampler::start(pids.clone()));
     let until = Instant::now() + params.timeout;
     let result = match params.kind {
         Kind::Fanout => {
-            fanout(params, &server, false, until, None).map(|(m, _)| out.main = Some(m))
+            fanout(params, &servers, false, until, None).map(|(m, _)| out.main = Some(m))
         }
         Kind::Connscale => {
-            let before = server.pid.and_then(procstat::rss_kib);
+            let before = procstat::total(&pids, procstat::rss_kib);
             let mut idle = None;
-            let (m, _) = fanout(params, &server, false, until, Some(&mut idle))?;
+            let (m, _) = fanout(params, &servers, false, until, Some(&mut idle))?;
             out.main = Some(m);
             out.idle_rss_kib = before.zip(idle);
             Ok(())
         }
-        Kind::Slow => fanout(params, &server, false, until, None).and_then(|(b, _)| {
+        Kind::Slow => fanout(params, &servers, false, until, None).and_then(|(b, _)| {
             out.baseline = Some(b);
-            let (m, fresh) = fanout(params, &server, true, until, None)?;
+            let (m, fresh) = fanout(params, &servers, true, until, None)?;
             out.main = Some(m);
             out.fresh = fresh;
             Ok(())
         }),
-        Kind::Chatter => {
-            chatter(params, &server.addr, server.pid, until).map(|m| out.main = Some(m))
-        }
+        Kind::Chatter => chatter(params, &servers, until).map(|m| out.main = Some(m)),
         Kind::Ceiling => unreachable!("ceiling runs without a server"),
     };
-    if let (Some(pid), Some(sampler)) = (server.pid, sampler) {
+    let result = result.map_err(|e| match servers.nodes.len() {
+        1 => e,
+        _ if e.contains("probe line") => format!(
+            "{e} (a receiver on another node hears node 0 only through Redis: is its link up?)"
+        ),
+        _ => e,
+    });
+    if let Some(sampler) = sampler {
         out.server = Some(ServerCost {
-            peak_rss_kib: procstat::peak_rss_kib(pid),
-            threads_max: sampler.finish(pid),
-            cpus_allowed: procstat::cpus_allowed(pid),
+            peak_rss_kib: procstat::total(&pids, procstat::peak_rss_kib),
+            threads_max: sampler.finish(&pids),
+            cpus_allowed: procstat::cpus_allowed_all(&pids),
         });
     }
     result
@@ -131,14 +145,16 @@ fn with_server(params: &Params, spec: &Spec, out: &mut Outcome) -> Result<(), St
 
 fn connect(addr: &SocketAddr, n: usize, what: &str) -> Result<Vec<Arc<TcpStream>>, String> {
     (0..n)
-        .map(|i| {
-            let s = TcpStream::connect_timeout(addr, Duration::from_secs(5))
-                .map_err(|e| format!("{what} {i} of {n}: cannot connect to {addr}: {e}"))?;
-            s.set_nodelay(true)
-                .map_err(|e| format!("{what} {i}: set TCP_NODELAY: {e}"))?;
-            Ok(Arc::new(s))
-        })
+        .map(|i| connect_one(addr, &format!("{what} {i} of {n}")))
         .collect()
+}
+
+fn connect_one(addr: &SocketAddr, what: &str) -> Result<Arc<TcpStream>, String> {
+    let s = TcpStream::connect_timeout(addr, Duration::from_secs(5))
+        .map_err(|e| format!("{what}: cannot connect to {addr}: {e}"))?;
+    s.set_nodelay(true)
+        .map_err(|e| format!("{what}: set TCP_NODELAY: {e}"))?;
+    Ok(Arc::new(s))
 }
 
 /// A WebSocket client after its handshake: the socket, and what the handshake read past the
@@ -180,22 +196,36 @@ fn connect_ws(addr: &SocketAddr, n: usize, what: &str) -> Result<Vec<WsClient>, 
         .collect()
 }
 
-/// The `n` clients that only listen: TCP, or WebSocket with --ws.
-fn listeners(p: &Params, server: &Server, n: usize) -> Result<Vec<RxConn>, String> {
-    if !p.ws {
-        let socks = connect(&server.addr, n, "receiver")?;
-        return Ok(socks.into_iter().map(RxConn::listener).collect());
-    }
-    let addr = server
-        .ws_addr
-        .ok_or("--ws needs a server with a WebSocket listener (the relayd started here)")?;
-    Ok(connect_ws(&addr, n, "WebSocket receiver")?
-        .into_iter()
-        .map(|(sock, tail)| RxConn {
+/// The `n` clients that only listen, TCP or WebSocket with --ws, dealt round-robin over the
+/// nodes (`--nodes`): node k gets receivers k, k + N, k + 2N, ...
+fn listeners(p: &Params, servers: &Servers, n: usize) -> Result<Vec<RxConn>, String> {
+    let nodes = servers.nodes.len();
+    let mut all = Vec::with_capacity(n);
+    for (k, server) in servers.nodes.iter().enumerate() {
+        let (count, node) = ((n + nodes - 1 - k) / nodes, k as u16);
+        let what = |kind: &str| match nodes {
+            1 => kind.to_string(),
+            _ => format!("node {k}'s {kind}"),
+        };
+        if !p.ws {
+            let socks = connect(&server.addr, count, &what("receiver"))?;
+            all.extend(socks.into_iter().map(|sock| RxConn {
+                node,
+                ..RxConn::listener(sock)
+            }));
+            continue;
+        }
+        let addr = server
+            .ws_addr
+            .ok_or("--ws needs a server with a WebSocket listener (the relayd started here)")?;
+        let clients = connect_ws(&addr, count, &what("WebSocket receiver"))?;
+        all.extend(clients.into_iter().map(|(sock, tail)| RxConn {
             ws: Some(tail),
+            node,
             ..RxConn::listener(sock)
-        })
-        .collect())
+        }));
+    }
+    Ok(all)
 }
 
 /// Seconds to let the relay register `n` clients before calling it stuck.
@@ -291,16 +321,17 @@ struct Clock {
     wall: Instant,
     own: Duration,
     server: Option<f64>,
-    pid: Option<u32>,
+    /// Every process of the server (all nodes and Redis, with `--nodes`).
+    pids: Vec<u32>,
 }
 
 impl Clock {
-    fn start(pid: Option<u32>) -> Clock {
+    fn start(pids: Vec<u32>) -> Clock {
         Clock {
             wall: Instant::now(),
             own: sys::own_cpu_time(),
-            server: pid.and_then(procstat::cpu_secs),
-            pid,
+            server: procstat::total(&pids, procstat::cpu_secs),
+            pids,
         }
     }
 
@@ -309,7 +340,7 @@ impl Clock {
         let done_ns = progress.done_ns.load(Ordering::SeqCst);
         let wall = self.wall.elapsed().as_secs_f64();
         let own = (sys::own_cpu_time() - self.own).as_secs_f64();
-        let server_secs = match (self.pid.and_then(procstat::cpu_secs), self.server) {
+        let server_secs = match (procstat::total(&self.pids, procstat::cpu_secs), self.server) {
             (Some(b), Some(a)) => Some(b - a),
             _ => None,
         };
@@ -332,13 +363,14 @@ impl Clock {
 /// registered, before the measured lines.
 fn fanout(
     p: &Params,
-    server: &Server,
+    servers: &Servers,
     stalled: bool,
     until: Instant,
     idle: Option<&mut Option<u64>>,
 ) -> Result<(Measure, Option<Fresh>), String> {
-    let addr = &server.addr;
-    let mut conns = listeners(p, server, p.clients)?;
+    // The senders (and slow's stalled and fresh clients) on node 0, the receivers on all.
+    let addr = &servers.first().addr;
+    let mut conns = listeners(p, servers, p.clients)?;
     let senders = connect(addr, p.senders, "sender")?;
     let _stalled = if stalled {
         Some(connect(addr, 1, "stalled client")?)
@@ -356,10 +388,11 @@ fn fanout(
         }));
     }
     let rx = receive_registered(conns, &senders[0], p, &progress, until)?;
+    let pids = servers.pids();
     if let Some(idle) = idle {
-        *idle = server.pid.and_then(procstat::rss_kib);
+        *idle = procstat::total(&pids, procstat::rss_kib);
     }
-    let clock = Clock::start(server.pid);
+    let clock = Clock::start(pids);
     let fresh = stalled.then(|| {
         let (progress, addr, quarter) = (Arc::clone(&progress), *addr, p.lines / 4);
         thread::spawn(move || fresh_client(&addr, &progress, quarter))
@@ -420,29 +453,33 @@ fn fresh_client(addr: &SocketAddr, progress: &Progress, after: u64) -> Fresh {
     }
 }
 
-/// `clients` clients, each sending `rate` lines/s for `duration` to all the others.
-fn chatter(
-    p: &Params,
-    addr: &SocketAddr,
-    pid: Option<u32>,
-    until: Instant,
-) -> Result<Measure, String> {
+/// `clients` clients, each sending `rate` lines/s for `duration` to all the others; client i
+/// on node i mod N (`--nodes`).
+fn chatter(p: &Params, servers: &Servers, until: Instant) -> Result<Measure, String> {
     if p.clients < 2 {
         return Err("chatter needs at least 2 clients".into());
     }
-    let socks = connect(addr, p.clients, "client")?;
-    let progress = Progress::new(p.clients);
+    let nodes = servers.nodes.len();
+    let node_of = |i: usize| (i % nodes) as u16;
+    let socks = (0..p.clients)
+        .map(|i| {
+            let addr = &servers.nodes[i % nodes].addr;
+            connect_one(addr, &format!("client {i} of {}", p.clients))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let progress = Progress::on_nodes((0..p.clients).map(node_of).collect());
     let conns = socks
         .iter()
         .enumerate()
         .map(|(i, sock)| RxConn {
             own: Some(i as u16),
             prober: i == 0,
+            node: node_of(i),
             ..RxConn::listener(Arc::clone(sock))
         })
         .collect();
     let rx = receive_registered(conns, &socks[0], p, &progress, until)?;
-    let clock = Clock::start(pid);
+    let clock = Clock::start(servers.pids());
     let rate = p.rate.unwrap_or(100.0);
     let sent = sender::chatter(&socks, rate, p.duration, p.size, &progress, until);
     let rep = join_receiver(rx, &progress)?;
@@ -481,7 +518,7 @@ fn ceiling(p: &Params) -> Result<Measure, String> {
         drain: p.drain,
     };
     let rx = spawn_receiver(conns, p.size, &progress, limits, p.rx_threads)?;
-    let clock = Clock::start(None);
+    let clock = Clock::start(Vec::new());
     progress.start_ns.store(now_ns(), Ordering::SeqCst);
     let piece = (16 * 1024 / p.size).max(1) * p.size;
     let mut result = Ok(());

@@ -264,3 +264,30 @@ pub fn pin_child(cmd: &mut Command, cpus: &Cpus) {
     // an io::Error from errno, which does not allocate.
     unsafe { cmd.pre_exec(hook) };
 }
+
+/// Makes the process `cmd` starts get SIGKILL should this generator die without stopping it
+/// (killed by a test's timeout, say), so that no server, node or redis-server of a run
+/// outlives it. Set between fork and exec; it survives exec. The kernel sends the signal when
+/// the thread that spawned the child ends, and servers are started from the main thread,
+/// which lives as long as the process.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: plain query, before fork.
+    let parent = unsafe { libc::getpid() };
+    let hook = move || {
+        // SAFETY: prctl, getppid and raise are async-signal-safe syscalls without pointers.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The generator died between fork and prctl: nobody will stop this child.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: `pre_exec` runs `hook` in the forked child before exec, where only
+    // async-signal-safe work is allowed: `hook` makes raw syscalls and, on failure, builds an
+    // io::Error from errno, which does not allocate.
+    unsafe { cmd.pre_exec(hook) };
+}
