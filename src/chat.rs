@@ -136,14 +136,8 @@ impl Chat {
         lines: &[u8],
     ) -> Option<Option<String>> {
         let eol = daemon.notices().eol();
-        if let Some((lost, guest)) = daemon.take_rename(peer.id()) {
+        if let Some(guest) = daemon.take_rename(peer.id()) {
             self.name = guest;
-            let line = format!(
-                "* your name {lost} was taken on another node while this one was cut off \
-                 from the cluster; you are {} now",
-                self.name
-            );
-            self.reply(daemon, peer, &line);
         }
         for line in lines.split_inclusive(|&b| b == b'\n') {
             let text = match parse(line) {

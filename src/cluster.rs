@@ -422,12 +422,17 @@ impl Cluster {
     /// they held, and waits until that is sent or `until`.
     pub(crate) fn farewell(&self, names: &[(u64, String)], until: Instant) {
         let s = &self.shared;
+        // First, so that no heartbeat queued after this empty snapshot brings the clients
+        // back (see `heartbeat`); the publisher sends what is queued before it ends.
+        s.stop.store(true, Ordering::Relaxed);
+        s.woken.notify_all();
         let mut m = s.message(b'S', 1);
         m.push(b'-');
         s.push(m, 0, None);
         for (id, name) in names {
             self.release(*id, name);
         }
+        s.queued.notify_all();
         let mut queue = lock(&s.queue);
         while !queue.items.is_empty() && self.is_up() {
             let now = Instant::now();
@@ -530,14 +535,19 @@ impl Shared {
 
     /// Queues a message, or drops it (its lines counted) if the queue is full.
     fn push(&self, message: Vec<u8>, lines: u64, room: Option<String>) {
+        let mut queue = lock(&self.queue);
+        self.enqueue(&mut queue, message, lines, room);
+        drop(queue);
+        self.queued.notify_one();
+    }
+
+    fn enqueue(&self, queue: &mut Queue, message: Vec<u8>, lines: u64, room: Option<String>) {
         let item = Item::Publish {
             message,
             lines,
             room,
         };
-        let mut queue = lock(&self.queue);
         if queue.bytes + item.len() > QUEUE_LIMIT {
-            drop(queue);
             add(&self.stats.cluster_dropped, lines);
             return;
         }
@@ -546,8 +556,6 @@ impl Shared {
             .cluster_queue_bytes
             .store(queue.bytes as u64, Ordering::Relaxed);
         queue.items.push_back(item);
-        drop(queue);
-        self.queued.notify_one();
     }
 
     /// Runs `f` on the query connection, connecting it first if needed; `None` (and the
@@ -838,7 +846,15 @@ impl Shared {
             for p in &local.clients {
                 encode_present(&mut m, p);
             }
-            self.push(m, 0, None);
+            // Checked under the queue's lock: once `farewell` has queued its empty snapshot,
+            // none with clients follows it.
+            let mut queue = lock(&self.queue);
+            if self.stopping() {
+                return;
+            }
+            self.enqueue(&mut queue, m, 0, None);
+            drop(queue);
+            self.queued.notify_one();
             self.renew(&local.names);
         }
     }

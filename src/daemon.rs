@@ -385,23 +385,32 @@ impl Daemon {
     }
 
     /// Another node's client took the name client `id` held while this node was cut off:
-    /// it becomes a guest again, on its own thread ([`Daemon::take_rename`]).
+    /// it becomes a guest again, and is told at once; its own thread takes the new name on
+    /// at its next read ([`Daemon::take_rename`]).
     fn name_lost(&self, id: PeerId, name: &str) {
-        if self.registry.rename(id, &self.guest_name(id)).is_ok() {
-            lock(&self.renames).insert(id, name.to_string());
-            self.renames_pending.fetch_add(1, Ordering::Relaxed);
+        let guest = self.guest_name(id);
+        if self.registry.rename(id, &guest).is_err() {
+            return;
+        }
+        lock(&self.renames).insert(id, guest.clone());
+        self.renames_pending.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, peer)) = self.registry.find(&id.to_string()) {
+            let line = self.notices.line(format_args!(
+                "* your name {name} was taken on another node while this one was cut off \
+                 from the cluster; you are {guest} now"
+            ));
+            self.send_to(&peer, &line, 0);
         }
     }
 
-    /// If the cluster took this client's name away: the name it lost, and the guest name it
-    /// has now.
-    pub(crate) fn take_rename(&self, id: PeerId) -> Option<(String, String)> {
+    /// The guest name this client has now, if the cluster took its name away.
+    pub(crate) fn take_rename(&self, id: PeerId) -> Option<String> {
         if self.renames_pending.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let lost = lock(&self.renames).remove(&id)?;
+        let guest = lock(&self.renames).remove(&id)?;
         self.renames_pending.fetch_sub(1, Ordering::Relaxed);
-        Some((lost, self.guest_name(id)))
+        Some(guest)
     }
 
     /// Tells `members` of `room`, except `about`, a notice, and with `--redis` everyone in

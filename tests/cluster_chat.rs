@@ -86,17 +86,38 @@ fn rooms_names_and_lines_span_three_nodes() {
     wait_who(&mut bob, "* 3 in lobby: bob, alice, carol\n");
     wait_who(&mut carol, "* 3 in lobby: carol, alice, bob\n");
 
-    // Exactly once and in order: nothing else is said meanwhile, so the 100 lines are the
-    // next 100 each other client reads, and the line after them is the next one.
+    // Exactly once and in each sender's order: the three send 100 lines each at once, and
+    // nothing else is said meanwhile, so each reads exactly the other two's 200 next.
     let lines = numbered_lines(100);
-    alice.send(&lines);
-    for (who, c) in [("bob", &mut bob), ("carol", &mut carol)] {
-        for (i, want) in String::from_utf8(lines.clone())
-            .unwrap()
-            .split_inclusive('\n')
-            .enumerate()
-        {
-            assert_eq!(line(c), format!("<alice> {want}"), "{who}, line {i}");
+    let want: Vec<String> = String::from_utf8(lines.clone())
+        .unwrap()
+        .split_inclusive('\n')
+        .map(str::to_owned)
+        .collect();
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.send(&lines);
+    }
+    for (who, c) in [
+        ("alice", &mut alice),
+        ("bob", &mut bob),
+        ("carol", &mut carol),
+    ] {
+        let mut got: Vec<(String, Vec<String>)> = ["alice", "bob", "carol"]
+            .iter()
+            .filter(|&&name| name != who)
+            .map(|name| (name.to_string(), Vec::new()))
+            .collect();
+        for _ in 0..200 {
+            let l = line(c);
+            let (from, text) = l[1..].split_once("> ").expect("a line from someone");
+            let (_, lines) = got
+                .iter_mut()
+                .find(|(name, _)| name == from)
+                .unwrap_or_else(|| panic!("{who} got {l:?}"));
+            lines.push(text.to_string());
+        }
+        for (from, lines) in got {
+            assert_eq!(lines, want, "{who}: {from}'s lines");
         }
     }
     bob.send(b"/me waves\n");
@@ -292,7 +313,7 @@ fn history_reaches_joiners_on_other_nodes_once() {
 }
 
 /// Proves: a node killed with SIGKILL leaves the others' lists within the cluster's ttl,
-/// and the names its clients held come free.
+/// the names its clients held come free, and the other node's clients go on as before.
 #[test]
 fn a_killed_node_leaves_within_the_ttl() {
     let redis = Redis::start();
@@ -317,6 +338,9 @@ fn a_killed_node_leaves_within_the_ttl() {
         };
         answer == "* you are now bob\n"
     });
+    // The node that lives on relays as before.
+    alice.send(b"still here\n");
+    assert_eq!(until(&mut carol, "<"), "<alice> still here\n");
 }
 
 /// Proves: while Redis is down a name cannot change (nobody could tell whether it is free),
@@ -348,4 +372,49 @@ fn names_are_registered_again_after_redis_restarts() {
     alice.send(b"/nick alicia\n");
     assert_eq!(line(&mut alice), "* you are now alicia\n");
     assert!(redis.get("relayd:name:alice").is_none());
+}
+
+/// Proves: a node that stops (SIGTERM) takes its clients out of the others' lists at once,
+/// not after the ttl (30 s here, longer than the test may wait), and frees their names.
+#[test]
+fn a_stopped_node_leaves_at_once_and_frees_its_names() {
+    let redis = Redis::start();
+    let mut nodes = cluster(&redis, &["a", "b"], &[]);
+    let mut alice = named(&nodes[0], "alice");
+    let _bob = named(&nodes[1], "bob");
+    wait_who(&mut alice, "* 2 in lobby: alice, bob\n");
+    let mut b = nodes.pop().unwrap();
+    b.daemon.signal(libc::SIGTERM);
+    assert_eq!(b.daemon.wait_exit(), Some(0));
+    assert!(redis.get("relayd:name:bob").is_none());
+    wait_who(&mut alice, "* 1 in lobby: alice\n");
+}
+
+/// Proves: a name that another node's client holds in Redis when this node renews it (as
+/// after an outage longer than the ttl) makes its holder here a guest again, told at once,
+/// and the others see the guest name from then on.
+#[test]
+fn a_name_taken_meanwhile_makes_its_holder_a_guest_again() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a"], &["--cluster-ttl", "3"]);
+    let mut alice = named(&nodes[0], "alice");
+    let mut other = named(&nodes[0], "other");
+    until(&mut alice, "* guest2@a is now other");
+    // As if client 7 of node b had claimed it while a could not renew it.
+    redis.set("relayd:name:alice", b"b\x007");
+    assert_eq!(
+        line(&mut alice),
+        "* your name alice was taken on another node while this one was cut off from the \
+         cluster; you are guest1@a now\n"
+    );
+    nodes[0]
+        .daemon
+        .wait_log("cluster: name alice of client 1 was taken by another node meanwhile");
+    alice.send(b"hi\n");
+    assert_eq!(until(&mut other, "<"), "<guest1@a> hi\n");
+    other.send(b"/who\n");
+    assert_eq!(
+        until(&mut other, "* 2 in lobby"),
+        "* 2 in lobby: guest1@a, other\n"
+    );
 }

@@ -138,3 +138,23 @@ impl Redis {
         Some(value.trim_end().to_string())
     }
 }
+
+impl Redis {
+    /// `SET key value` (any bytes), for a test that plays another node.
+    pub fn set(&self, key: &str, value: &[u8]) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut cmd = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            value.len()
+        )
+        .into_bytes();
+        cmd.extend_from_slice(value);
+        cmd.extend_from_slice(b"\r\n");
+        s.write_all(&cmd).unwrap();
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer).unwrap();
+        assert_eq!(answer, "+OK\r\n");
+    }
+}
