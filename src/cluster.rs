@@ -39,7 +39,7 @@ use crate::config::ClusterConfig;
 use crate::history::{Entry, LineId};
 use crate::presence::Present;
 use crate::stats::{Stats, add};
-use crate::sync::lock;
+use crate::sync::{lock, wait_while_until};
 
 /// Bytes queued for Redis before further lines are dropped: as much as one peer may have
 /// pending by default, a few seconds of a busy node's traffic.
@@ -272,33 +272,7 @@ impl Cluster {
         stats: Arc<Stats>,
         hooks: Hooks,
     ) -> io::Result<Cluster> {
-        let client = client(&config.url)
-            .map_err(|e| io::Error::other(format!("--redis {}: {e}", config.url)))?;
-        let shared = Arc::new(Shared {
-            node: Arc::from(config.node_id.as_str()),
-            name: config.name.clone(),
-            channel: format!("{}:lines", config.name),
-            url: config.url.clone(),
-            client,
-            ttl: config.ttl,
-            history,
-            stats,
-            hooks,
-            queue: Mutex::new(Queue::default()),
-            queued: Condvar::new(),
-            sent: Condvar::new(),
-            link: Mutex::new(Link {
-                publisher: false,
-                subscriber: false,
-                down_since: Some(Instant::now()),
-                warned: false,
-                ever_up: false,
-            }),
-            wake: Mutex::new(Wake::default()),
-            woken: Condvar::new(),
-            query: Mutex::new(None),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(config, history, stats, hooks)?);
         for (name, run) in [
             ("cluster-pub", Shared::publisher as fn(&Shared)),
             ("cluster-sub", Shared::subscriber),
@@ -507,6 +481,41 @@ fn encode_present(m: &mut Vec<u8>, p: &Present) {
 }
 
 impl Shared {
+    fn new(
+        config: &ClusterConfig,
+        history: usize,
+        stats: Arc<Stats>,
+        hooks: Hooks,
+    ) -> io::Result<Shared> {
+        let client = client(&config.url)
+            .map_err(|e| io::Error::other(format!("--redis {}: {e}", config.url)))?;
+        Ok(Shared {
+            node: Arc::from(config.node_id.as_str()),
+            name: config.name.clone(),
+            channel: format!("{}:lines", config.name),
+            url: config.url.clone(),
+            client,
+            ttl: config.ttl,
+            history,
+            stats,
+            hooks,
+            queue: Mutex::new(Queue::default()),
+            queued: Condvar::new(),
+            sent: Condvar::new(),
+            link: Mutex::new(Link {
+                publisher: false,
+                subscriber: false,
+                down_since: Some(Instant::now()),
+                warned: false,
+                ever_up: false,
+            }),
+            wake: Mutex::new(Wake::default()),
+            woken: Condvar::new(),
+            query: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        })
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -822,19 +831,10 @@ impl Shared {
         let interval = self.ttl / 3;
         loop {
             let wake = {
-                let mut wake = lock(&self.wake);
                 let deadline = Instant::now() + interval;
-                while !wake.hello && !wake.answer && !self.stopping() {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    wake = self
-                        .woken
-                        .wait_timeout(wake, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+                let mut wake = wait_while_until(&self.woken, lock(&self.wake), deadline, |w| {
+                    !w.hello && !w.answer && !self.stopping()
+                });
                 std::mem::take(&mut *wake)
             };
             if self.stopping() {
@@ -977,38 +977,21 @@ mod tests {
     use super::*;
 
     fn shared() -> Shared {
-        Shared {
-            node: Arc::from("node-1"),
-            name: "relayd".into(),
-            channel: "relayd:lines".into(),
+        let config = ClusterConfig {
             url: "redis://127.0.0.1:1/".into(),
-            client: redis::Client::open("redis://127.0.0.1:1/").unwrap(),
+            name: "relayd".into(),
+            node_id: "node-1".into(),
             ttl: Duration::from_secs(30),
-            history: 10,
-            stats: Arc::new(Stats::default()),
-            hooks: Hooks {
-                deliver: Box::new(|_, _| {}),
-                local: Box::new(|| Local {
-                    clients: Vec::new(),
-                    names: Vec::new(),
-                }),
-                lost_name: Box::new(|_, _| {}),
-            },
-            queue: Mutex::new(Queue::default()),
-            queued: Condvar::new(),
-            sent: Condvar::new(),
-            link: Mutex::new(Link {
-                publisher: false,
-                subscriber: false,
-                down_since: None,
-                warned: false,
-                ever_up: false,
+        };
+        let hooks = Hooks {
+            deliver: Box::new(|_, _| {}),
+            local: Box::new(|| Local {
+                clients: Vec::new(),
+                names: Vec::new(),
             }),
-            wake: Mutex::new(Wake::default()),
-            woken: Condvar::new(),
-            query: Mutex::new(None),
-            stop: AtomicBool::new(false),
-        }
+            lost_name: Box::new(|_, _| {}),
+        };
+        Shared::new(&config, 10, Arc::new(Stats::default()), hooks).unwrap()
     }
 
     /// What the queue holds, as messages.

@@ -31,7 +31,7 @@ use crate::registry::{ClientInfo, LOBBY, Members, Registry, RenameError, Which};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
-use crate::sync::lock;
+use crate::sync::{lock, wait_while_until};
 use crate::systemd::Notifier;
 
 pub(crate) struct Daemon {
@@ -663,18 +663,10 @@ impl Daemon {
 
     /// Waits until every client thread has ended, or `deadline`.
     pub(crate) fn wait_readers(&self, deadline: Instant) {
-        let mut readers = lock(&self.readers);
-        while *readers > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                warn!("{} client threads still busy at shutdown", *readers);
-                return;
-            }
-            readers = self
-                .readers_done
-                .wait_timeout(readers, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let readers = lock(&self.readers);
+        let readers = wait_while_until(&self.readers_done, readers, deadline, |&n| n > 0);
+        if *readers > 0 {
+            warn!("{} client threads still busy at shutdown", *readers);
         }
     }
 

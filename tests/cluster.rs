@@ -8,14 +8,14 @@
 mod cluster_support;
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cluster_support::{Node, Redis};
+use cluster_support::{Node, Redis, answers_ping, free_port};
 use common::{Client, Daemon, TIMEOUT, eventually, numbered_lines, temp_path};
 
 /// The next line that is not a `sync-…` line (see [`sync`]).
@@ -133,12 +133,7 @@ fn lines_cross_three_nodes_once_in_order() {
 /// once Redis starts, lines cross to another node.
 #[test]
 fn redis_down_at_start_then_up() {
-    let port: u16 = Daemon::free_addr()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     // The warning may come before or after relayd says where it listens (the link starts
     // with the daemon): read up to both.
@@ -289,14 +284,11 @@ fn redis_on_a_unix_socket() {
     // Stopped by pid when the test ends, however it ends.
     let _redis = Redis { child, port: 0 };
     eventually("redis-server to answer PING on its socket", || {
-        let Ok(mut s) = UnixStream::connect(&sock) else {
+        let Ok(s) = UnixStream::connect(&sock) else {
             return false;
         };
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut answer = String::new();
-        s.write_all(b"PING\r\n").is_ok()
-            && BufReader::new(s).read_line(&mut answer).is_ok()
-            && answer.starts_with("+PONG")
+        answers_ping(s)
     });
     let url = format!("redis+unix://{}", sock.display());
     let a = Node::start(&url, "a");

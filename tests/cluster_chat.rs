@@ -46,10 +46,19 @@ fn cluster(redis: &Redis, ids: &[&str], more: &[&str]) -> Vec<Node> {
 fn named(node: &Node, name: &str) -> Client {
     let mut c = node.connect();
     until(&mut c, "* welcome to relayd, you are guest");
-    c.send(format!("/nick {name}\n").as_bytes());
-    let answer = until(&mut c, "* you are now ");
-    assert_eq!(answer, format!("* you are now {name}\n"));
+    assert_eq!(nick(&mut c, name), format!("* you are now {name}\n"));
     c
+}
+
+/// Sends `/nick NAME`; returns the answer (`* you are now NAME` or `relayd: ...`).
+fn nick(c: &mut Client, name: &str) -> String {
+    c.send(format!("/nick {name}\n").as_bytes());
+    loop {
+        let l = line(c);
+        if l.starts_with("relayd: ") || l.starts_with("* you are now ") {
+            return l;
+        }
+    }
 }
 
 /// Whether a line is `/who`'s answer: `* N in ROOM: ...`.
@@ -179,14 +188,7 @@ fn names_are_unique_across_nodes() {
     // Freed by a's publisher, right after it says alice left.
     until(&mut other, "* alice left (quit)");
     eventually("alice to be free", || {
-        other.send(b"/nick alice\n");
-        let answer = loop {
-            let l = line(&mut other);
-            if l.starts_with("relayd: ") || l.starts_with("* you are now ") {
-                break l;
-            }
-        };
-        answer == "* you are now alice\n"
+        nick(&mut other, "alice") == "* you are now alice\n"
     });
     let holder = redis.get("relayd:name:alice").expect("alice's key");
     assert!(holder.starts_with("b\0"), "{holder:?}");
@@ -329,14 +331,7 @@ fn a_killed_node_leaves_within_the_ttl() {
         .wait_log("cluster: node b silent too long, forgetting its 1 clients");
     let mut carol = named(&nodes[0], "carol");
     eventually("bob's name to come free", || {
-        carol.send(b"/nick bob\n");
-        let answer = loop {
-            let l = line(&mut carol);
-            if l.starts_with("relayd: ") || l.starts_with("* you are now ") {
-                break l;
-            }
-        };
-        answer == "* you are now bob\n"
+        nick(&mut carol, "bob") == "* you are now bob\n"
     });
     // The node that lives on relays as before.
     alice.send(b"still here\n");

@@ -3,13 +3,31 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::{Client, Daemon, admin_command, eventually, stat_in, temp_path};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    Daemon::free_addr()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Whether Redis on the other end of `s` (with a read timeout) answers PING.
+pub fn answers_ping<S: Read + Write>(mut s: S) -> bool {
+    let mut answer = String::new();
+    s.write_all(b"PING\r\n").is_ok()
+        && BufReader::new(s).read_line(&mut answer).is_ok()
+        && answer.starts_with("+PONG")
+}
 
 /// A `redis-server` of the test's own, without persistence.
 pub struct Redis {
@@ -19,13 +37,7 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let port: u16 = Daemon::free_addr()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
 
     /// Starts Redis on `port` and waits until it answers PING.
@@ -43,14 +55,11 @@ impl Redis {
     }
 
     pub fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+        let Ok(s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let mut answer = String::new();
-        s.write_all(b"PING\r\n").is_ok()
-            && BufReader::new(s).read_line(&mut answer).is_ok()
-            && answer.starts_with("+PONG")
+        answers_ping(s)
     }
 
     pub fn url(&self) -> String {
