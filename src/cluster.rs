@@ -79,6 +79,8 @@ pub(crate) enum Event<'a> {
     /// `L`: a client's lines for a room (kept in its history).
     Lines {
         id: LineId,
+        /// The sender's id on its node.
+        from: u64,
         room: &'a str,
         lines: usize,
         bytes: &'a [u8],
@@ -296,12 +298,20 @@ impl Cluster {
         self.shared.stats.redis_connected.load(Ordering::Relaxed) == 1
     }
 
-    /// Queues a local client's lines (`seq`: this node's number for them) for the other
+    /// Queues local client `from`'s lines (`seq`: this node's number for them) for the other
     /// nodes, and for the room's history in Redis; drops them (counted) if the queue is full.
     /// Never blocks on Redis.
-    pub(crate) fn publish_lines(&self, room: &str, seq: u64, bytes: &[u8], lines: usize) {
-        let mut m = self.shared.message(b'L', 8 + room.len() + 5 + bytes.len());
+    pub(crate) fn publish_lines(
+        &self,
+        room: &str,
+        seq: u64,
+        from: u64,
+        bytes: &[u8],
+        lines: usize,
+    ) {
+        let mut m = self.shared.message(b'L', 16 + room.len() + 5 + bytes.len());
         m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(&from.to_be_bytes());
         m.extend_from_slice(room.as_bytes());
         m.push(0);
         m.extend_from_slice(&u32::try_from(lines).unwrap_or(u32::MAX).to_be_bytes());
@@ -898,6 +908,7 @@ fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
     let event = match kind {
         b'L' => {
             let (seq, rest) = rest.split_first_chunk::<8>()?;
+            let (from, rest) = rest.split_first_chunk::<8>()?;
             let (room, rest) = split_nul(rest)?;
             let (lines, bytes) = rest.split_first_chunk::<4>()?;
             Event::Lines {
@@ -905,6 +916,7 @@ fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
                     node: Arc::from(node),
                     seq: u64::from_be_bytes(*seq),
                 },
+                from: u64::from_be_bytes(*from),
                 room: std::str::from_utf8(room).ok()?,
                 lines: u32::from_be_bytes(*lines) as usize,
                 bytes,
@@ -1016,7 +1028,7 @@ mod tests {
             name: "alice".into(),
             room: "games".into(),
         };
-        cluster.publish_lines("lobby", 42, b"a\0b\nc\n", 2);
+        cluster.publish_lines("lobby", 42, 7, b"a\0b\nc\n", 2);
         cluster.publish_notice("games", &Chunk::from(&b"* bob joined\n"[..]));
         cluster.publish_enter(&alice);
         cluster.publish_leave(7);
@@ -1029,13 +1041,14 @@ mod tests {
         match &events[0].1 {
             Event::Lines {
                 id,
+                from,
                 room,
                 lines,
                 bytes,
             } => {
                 assert_eq!(
-                    (&*id.node, id.seq, *room, *lines),
-                    ("node-1", 42, "lobby", 2)
+                    (&*id.node, id.seq, *from, *room, *lines),
+                    ("node-1", 42, 7, "lobby", 2)
                 );
                 assert_eq!(*bytes, b"a\0b\nc\n");
             }

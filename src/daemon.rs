@@ -301,14 +301,14 @@ impl Daemon {
     /// `--redis`, queues it for the other nodes (after the local delivery, so one sender's
     /// lines are queued in its order).
     pub(crate) fn relay(&self, room: &str, from: PeerId, chunk: &Chunk, lines: usize) {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let id = self.cluster.as_ref().map(|c| LineId {
             node: Arc::clone(c.node()),
-            seq,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         });
+        let seq = id.as_ref().map(|id| id.seq);
         if self.registry.deliver(room, Some(from), chunk, lines, id) {
-            if let Some(cluster) = &self.cluster {
-                cluster.publish_lines(room, seq, chunk, lines);
+            if let (Some(cluster), Some(seq)) = (&self.cluster, seq) {
+                cluster.publish_lines(room, seq, from, chunk, lines);
             }
             if let Some(echo) = &self.echo {
                 echo.echo(from, chunk);
@@ -322,10 +322,12 @@ impl Daemon {
         match event {
             Event::Lines {
                 id,
+                from,
                 room,
                 lines,
                 bytes,
             } => {
+                debug!("cluster: {lines} lines for {room} from client {from} of node {node}");
                 let chunk = Chunk::relayed(bytes, lines);
                 self.registry.deliver(room, None, &chunk, lines, Some(id));
             }
