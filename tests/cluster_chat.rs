@@ -413,3 +413,48 @@ fn a_name_taken_meanwhile_makes_its_holder_a_guest_again() {
         "* 2 in lobby: guest1@a, other\n"
     );
 }
+
+/// Proves: a browser (WebSocket) on one node and a terminal (TCP) on another share the
+/// lobby: each one's lines reach the other, a line per text message for the browser.
+#[test]
+fn a_browser_and_a_terminal_on_two_nodes_chat() {
+    use tungstenite::Message;
+    let redis = Redis::start();
+    let a = Node::start_with(&redis.url(), "a", &["--chat", "--ws-bind", "127.0.0.1:0"]);
+    let b = Node::start_with(&redis.url(), "b", &["--chat"]);
+    a.wait_linked();
+    b.wait_linked();
+    let ws_addr = a.daemon.ws_addr();
+    let sock = std::net::TcpStream::connect(ws_addr).unwrap();
+    sock.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let (mut web, _) = tungstenite::client(format!("ws://{ws_addr}/ws"), sock).unwrap();
+    let welcome = ws_text(&mut web);
+    assert!(
+        welcome.starts_with("* welcome to relayd, you are guest1@a "),
+        "{welcome}"
+    );
+    web.send(Message::text("/nick web")).unwrap();
+    let mut term = named(&b, "term");
+    wait_who(&mut term, "* 2 in lobby: term, web\n");
+    term.send(b"hello browser\n");
+    let got = loop {
+        let t = ws_text(&mut web);
+        if t.starts_with('<') {
+            break t;
+        }
+    };
+    assert_eq!(got, "<term> hello browser");
+    web.send(Message::text("hello terminal")).unwrap();
+    assert_eq!(until(&mut term, "<"), "<web> hello terminal\n");
+}
+
+/// The next text message (tungstenite answers pings as it reads).
+fn ws_text(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> String {
+    loop {
+        match ws.read().expect("a message") {
+            tungstenite::Message::Text(t) => return t.to_string(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
