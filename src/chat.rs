@@ -125,6 +125,7 @@ impl Chat {
             .notices()
             .joined(&self.name, daemon.online(LOBBY, lobby));
         daemon.notify(LOBBY, lobby, peer.id(), &notice);
+        daemon.present(peer.id(), &self.name, LOBBY);
     }
 
     /// Handles the whole lines of one read. Returns the `/quit` reason if the client quit
@@ -263,13 +264,14 @@ impl Chat {
         if reserved(name) {
             return self.reply(daemon, peer, &format!("relayd: name {name} is reserved"));
         }
-        match daemon.rename(peer.id(), &self.room, name) {
+        match daemon.rename(peer.id(), name) {
             Ok(old) => {
                 self.name = name.to_string();
                 info!("client {}: {old} is now {name}", peer.id());
                 let room = daemon.members(&self.room);
                 let notice = daemon.notices().line(format_args!("* {old} is now {name}"));
                 daemon.notify(&self.room, &room, peer.id(), &notice);
+                daemon.present(peer.id(), name, &self.room);
                 self.reply(daemon, peer, &format!("* you are now {name}"));
             }
             Err(NameError::Taken) => {
@@ -319,7 +321,7 @@ impl Chat {
             return self.reply(daemon, peer, &format!("relayd: you are already in {room}"));
         }
         let notices = daemon.notices();
-        let moved = daemon.change_room(peer, &self.name, room, |online| {
+        let moved = daemon.change_room(peer, room, |online| {
             vec![notices.line(format_args!("* you are now in {room} ({online} online)"))]
         });
         let Some((left, joined)) = moved else {
@@ -332,6 +334,7 @@ impl Chat {
         daemon.notify(&old, &left, peer.id(), &notices.line(line));
         let joined_notice = notices.joined(name, daemon.online(room, &joined));
         daemon.notify(room, &joined, peer.id(), &joined_notice);
+        daemon.present(peer.id(), name, room);
     }
 }
 

@@ -27,7 +27,7 @@ use crate::history::LineId;
 use crate::notice::{Departure, Notices, clean};
 use crate::peer::{Deliverer, Peer, PeerId};
 use crate::presence::{Presence, Present};
-use crate::registry::{ClientInfo, LOBBY, Members, Registry, RenameError, Which};
+use crate::registry::{ClientInfo, LOBBY, Members, Registry, Seed, Which};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
@@ -231,24 +231,36 @@ impl Daemon {
         });
         // A fresh socket's buffer is empty, so this does not block the accept loop.
         peer.start_sending();
-        if let (Some(cluster), Some(name)) = (&self.cluster, named) {
-            cluster.publish_enter(&Present {
-                id: peer.id(),
-                name,
-                room: LOBBY.into(),
-            });
+        // In chat mode, once the lobby has been told (see `present`).
+        if let (false, Some(name)) = (config.chat, named) {
+            self.present(peer.id(), &name, LOBBY);
         }
         members
     }
 
+    /// Tells the other nodes that client `id` is `name`, in `room`: after it entered a room,
+    /// moved or was renamed, and after the notice about it, so that a node whose `/who`
+    /// shows the change has delivered the notice already (they travel in order).
+    pub(crate) fn present(&self, id: PeerId, name: &str, room: &str) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_enter(&Present {
+                id,
+                name: name.into(),
+                room: room.into(),
+            });
+        }
+    }
+
     /// In a cluster with `--history`, before the first client here enters `room`: what Redis
     /// keeps of its history, to merge into this node's (see [`Registry::needs_seed`]).
-    fn seed(&self, room: &str) -> Option<Vec<crate::history::Entry>> {
+    fn seed(&self, room: &str) -> Option<Seed> {
         let cluster = self.cluster.as_ref()?;
         if !self.registry.needs_seed(room) {
             return None;
         }
-        cluster.history(room)
+        let asked = Instant::now();
+        let entries = cluster.history(room)?;
+        Some(Seed { entries, asked })
     }
 
     /// A client's name until it picks one: `guest<ID>`, and in a cluster
@@ -270,7 +282,6 @@ impl Daemon {
     pub(crate) fn change_room(
         &self,
         peer: &Arc<Peer>,
-        name: &str,
         room: &str,
         greet: impl FnOnce(usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
@@ -280,13 +291,6 @@ impl Daemon {
             .registry
             .change_room(peer.id(), room, seed, |_, online| greet(online + elsewhere));
         peer.start_sending();
-        if let (Some(cluster), Some(_)) = (&self.cluster, &moved) {
-            cluster.publish_enter(&Present {
-                id: peer.id(),
-                name: name.into(),
-                room: room.into(),
-            });
-        }
         self.settle(peer);
         moved
     }
@@ -396,6 +400,15 @@ impl Daemon {
         }
         lock(&self.renames).insert(id, guest.clone());
         self.renames_pending.fetch_add(1, Ordering::Relaxed);
+        if let Some(room) = self
+            .registry
+            .clients()
+            .into_iter()
+            .find(|c| c.id == id)
+            .and_then(|c| c.room)
+        {
+            self.present(id, &guest, &room);
+        }
         if let Some((_, peer)) = self.registry.find(&id.to_string()) {
             let line = self.notices.line(format_args!(
                 "* your name {name} was taken on another node while this one was cut off \
@@ -430,9 +443,10 @@ impl Daemon {
             .deliver_to(std::slice::from_ref(peer), chunk, lines);
     }
 
-    /// Renames client `id`, in `room`, to `new`; `Ok` holds the old name. In a cluster the
-    /// name is claimed in Redis first, which makes it the client's on every node.
-    pub(crate) fn rename(&self, id: PeerId, room: &str, new: &str) -> Result<String, NameError> {
+    /// Renames client `id` to `new`; `Ok` holds the old name. In a cluster the name is
+    /// claimed in Redis first, which makes it the client's on every node (the caller then
+    /// tells the room, and [`Daemon::present`] the other nodes).
+    pub(crate) fn rename(&self, id: PeerId, new: &str) -> Result<String, NameError> {
         let Some(cluster) = &self.cluster else {
             return self.registry.rename(id, new).map_err(|_| NameError::Taken);
         };
@@ -446,22 +460,10 @@ impl Daemon {
             ClaimError::Taken => NameError::Taken,
             ClaimError::Unreachable => NameError::Unavailable,
         })?;
-        match self.registry.rename(id, new) {
-            Ok(old) => {
-                cluster.publish_enter(&Present {
-                    id,
-                    name: new.into(),
-                    room: room.into(),
-                });
-                Ok(old)
-            }
-            Err(e) => {
-                cluster.release(id, new);
-                Err(match e {
-                    RenameError::Taken | RenameError::Gone => NameError::Taken,
-                })
-            }
-        }
+        self.registry.rename(id, new).map_err(|_| {
+            cluster.release(id, new);
+            NameError::Taken
+        })
     }
 
     /// The client of this node with this id or name: its name and peer.

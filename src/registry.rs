@@ -24,7 +24,7 @@
 //! nothing more it sent is delivered; what its room is told is kept for its own thread to
 //! say, after the last line it relayed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -62,7 +62,15 @@ struct Inner {
     /// Clients taken out by [`Registry::expel`] whose threads have not left yet: where they
     /// were, for the leave notice.
     expelled: HashMap<PeerId, Left>,
+    /// In a cluster with `--history`: the other nodes' latest lines for rooms nobody here is
+    /// in, oldest first, so that a room's first member here gets those that reached this node
+    /// after it read the room's history from Redis and before it entered (see [`RECENT`]).
+    recent: VecDeque<(String, HistoryEntry, Instant)>,
 }
+
+/// How many, and for how long, lines for rooms without members here are kept: enough to
+/// bridge the moment between reading a room's history from Redis and entering the room.
+const RECENT: (usize, Duration) = (1024, Duration::from_secs(2));
 
 struct Entry {
     peer: Arc<Peer>,
@@ -91,6 +99,12 @@ struct Member {
     epoch: u64,
     /// Joined before the room's history was merged from Redis (see [`Room::expected`]).
     before_seed: bool,
+}
+
+/// A room's history as Redis kept it, oldest first, and when Redis was asked for it.
+pub(crate) struct Seed {
+    pub(crate) entries: Vec<HistoryEntry>,
+    pub(crate) asked: Instant,
 }
 
 /// One row of the operator's `clients` list.
@@ -142,6 +156,7 @@ impl Registry {
                 names: HashMap::new(),
                 rooms: BTreeMap::new(),
                 expelled: HashMap::new(),
+                recent: VecDeque::new(),
             }),
             max_clients: config.max_clients,
             history: config.history,
@@ -183,7 +198,7 @@ impl Registry {
     pub(crate) fn enter(
         &self,
         id: PeerId,
-        seed: Option<Vec<HistoryEntry>>,
+        seed: Option<Seed>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Option<Members> {
         let mut inner = lock(&self.inner);
@@ -201,7 +216,7 @@ impl Registry {
         &self,
         id: PeerId,
         room: &str,
-        seed: Option<Vec<HistoryEntry>>,
+        seed: Option<Seed>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
         let mut inner = lock(&self.inner);
@@ -229,19 +244,29 @@ impl Registry {
         peer: &Arc<Peer>,
         name: &str,
         room: &str,
-        seed: Option<Vec<HistoryEntry>>,
+        seed: Option<Seed>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Members {
         let history = self.history;
-        let room = inner.rooms.entry(room.to_string()).or_insert_with(|| Room {
+        let Inner { rooms, recent, .. } = inner;
+        let room_name = room;
+        let room = rooms.entry(room.to_string()).or_insert_with(|| Room {
             members: Arc::new(Vec::new()),
             history: History::new(history),
             seeded: false,
             expected: HashSet::new(),
         });
-        if let Some(seed) = seed.filter(|_| !room.seeded) {
+        if let Some(Seed { mut entries, asked }) = seed.filter(|_| !room.seeded) {
             room.seeded = true;
-            room.expected = room.history.seed(seed);
+            // What reached this node for the room since Redis was asked, before anyone here
+            // was in it: either in `entries` already, or newer than all of them.
+            for (_, entry, _) in recent
+                .iter()
+                .filter(|(r, _, at)| r == room_name && *at >= asked)
+            {
+                entries.push(entry.clone());
+            }
+            room.expected = room.history.seed(entries);
             if !room.expected.is_empty() {
                 for m in Arc::make_mut(&mut room.members) {
                     m.before_seed = true;
@@ -431,6 +456,9 @@ impl Registry {
                 return false;
             }
             let Some(r) = inner.rooms.get_mut(room) else {
+                if let (Some(id), true) = (id, self.history > 0) {
+                    self.remember_recent(&mut inner.recent, room, chunk, lines, id);
+                }
                 return true;
             };
             match id {
@@ -452,6 +480,31 @@ impl Registry {
         };
         self.offer_all(&members, from, chunk, lines as u64);
         true
+    }
+
+    /// Keeps another node's line for a room nobody here is in, for a while (see
+    /// [`Inner::recent`]).
+    fn remember_recent(
+        &self,
+        recent: &mut VecDeque<(String, HistoryEntry, Instant)>,
+        room: &str,
+        chunk: &Chunk,
+        lines: usize,
+        id: LineId,
+    ) {
+        let now = Instant::now();
+        while recent
+            .front()
+            .is_some_and(|(.., at)| recent.len() >= RECENT.0 || now - *at > RECENT.1)
+        {
+            recent.pop_front();
+        }
+        let entry = HistoryEntry {
+            chunk: Chunk::clone(chunk),
+            lines,
+            id: Some(id),
+        };
+        recent.push_back((room.to_string(), entry, now));
     }
 
     /// Delivers a notice from the daemon (someone joined, left, was renamed) to `members`
