@@ -195,7 +195,7 @@ struct Shared {
     hooks: Hooks,
     queue: Mutex<Queue>,
     queued: Condvar,
-    /// The publisher has sent everything queued (for [`Cluster::farewell`]).
+    /// The publisher has finished sending a batch (for [`Cluster::farewell`]).
     sent: Condvar,
     link: Mutex<Link>,
     /// Heartbeats asked for before their time.
@@ -209,6 +209,8 @@ struct Shared {
 struct Queue {
     items: VecDeque<Item>,
     bytes: usize,
+    /// The publisher has taken a batch and not finished sending it.
+    sending: bool,
 }
 
 enum Item {
@@ -389,16 +391,7 @@ impl Cluster {
     /// Frees `name`, held by this node's client `id`, once what is queued before is sent.
     pub(crate) fn release(&self, id: u64, name: &str) {
         let s = &self.shared;
-        let item = Item::Release {
-            key: s.name_key(name),
-            value: s.owner(id),
-        };
-        // Tiny and bounded by the number of leaving clients: never dropped, or a name would
-        // stay taken until it expires.
-        let mut queue = lock(&s.queue);
-        queue.bytes += item.len();
-        queue.items.push_back(item);
-        drop(queue);
+        s.enqueue_release(&mut lock(&s.queue), id, name);
         s.queued.notify_one();
     }
 
@@ -406,19 +399,20 @@ impl Cluster {
     /// they held, and waits until that is sent or `until`.
     pub(crate) fn farewell(&self, names: &[(u64, String)], until: Instant) {
         let s = &self.shared;
-        // First, so that no heartbeat queued after this empty snapshot brings the clients
-        // back (see `heartbeat`); the publisher sends what is queued before it ends.
-        s.stop.store(true, Ordering::Relaxed);
-        s.woken.notify_all();
         let mut m = s.message(b'S', 1);
         m.push(b'-');
-        s.push(m, 0, None);
+        // Stopping, and all of the farewell, in one critical section: no heartbeat is queued
+        // after it to bring the clients back (see `heartbeat`), and the publisher, which
+        // ends once stopping with nothing queued, sends all of it first.
+        let mut queue = lock(&s.queue);
+        s.stop.store(true, Ordering::Relaxed);
+        s.enqueue(&mut queue, m, 0, None);
         for (id, name) in names {
-            self.release(*id, name);
+            s.enqueue_release(&mut queue, *id, name);
         }
         s.queued.notify_all();
-        let mut queue = lock(&s.queue);
-        while !queue.items.is_empty() && self.is_up() {
+        s.woken.notify_all();
+        while (!queue.items.is_empty() || queue.sending) && self.is_up() {
             let now = Instant::now();
             if now >= until {
                 break;
@@ -558,6 +552,17 @@ impl Shared {
         self.enqueue(&mut queue, message, lines, room);
         drop(queue);
         self.queued.notify_one();
+    }
+
+    /// Queues freeing a name: tiny and bounded by the number of leaving clients, so never
+    /// dropped, or the name would stay taken until it expires.
+    fn enqueue_release(&self, queue: &mut Queue, id: u64, name: &str) {
+        let item = Item::Release {
+            key: self.name_key(name),
+            value: self.owner(id),
+        };
+        queue.bytes += item.len();
+        queue.items.push_back(item);
     }
 
     fn enqueue(&self, queue: &mut Queue, message: Vec<u8>, lines: u64, room: Option<String>) {
@@ -727,6 +732,7 @@ impl Shared {
                     queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
                 let n = queue.items.len().min(BATCH);
+                queue.sending = true;
                 let batch: Vec<Item> = queue.items.drain(..n).collect();
                 queue.bytes -= batch.iter().map(Item::len).sum::<usize>();
                 self.stats
@@ -767,15 +773,15 @@ impl Shared {
                 }
             }
             let lines: u64 = batch.iter().map(Item::lines).sum();
-            if let Err(e) = pipe.exec(con) {
+            let result = pipe.exec(con);
+            lock(&self.queue).sending = false;
+            self.sent.notify_all();
+            if let Err(e) = result {
                 // Whether Redis took them is unknown: dropped, so none is sent twice.
                 add(&self.stats.cluster_dropped, lines);
                 return Some(e);
             }
             add(&self.stats.cluster_published, lines);
-            if lock(&self.queue).items.is_empty() {
-                self.sent.notify_all();
-            }
         }
     }
 
