@@ -1015,13 +1015,14 @@ fn is_would_block(e: &io::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::TcpListener;
 
     use super::*;
 
     /// Both ends of a loopback connection: the daemon's side first.
-    fn connection() -> (TcpStream, TcpStream) {
+    /// The two ends of a loopback TCP connection: the daemon's, then the client's.
+    pub(crate) fn connection() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
@@ -1033,9 +1034,14 @@ mod tests {
 
     /// A TCP peer on the daemon's side of `server`, with a deliverer of its own.
     fn tcp_peer(server: TcpStream, config: &Config) -> Arc<Peer> {
+        numbered_peer(1, server, config)
+    }
+
+    /// [`tcp_peer`] with id `id`.
+    pub(crate) fn numbered_peer(id: PeerId, server: TcpStream, config: &Config) -> Arc<Peer> {
         let deliverer = Deliverer::start().unwrap();
         Peer::new(
-            1,
+            id,
             Arc::new(server),
             false,
             config,

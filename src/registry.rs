@@ -471,7 +471,6 @@ impl Registry {
                         .collect();
                     Arc::new(before)
                 }
-                Some(id) if r.history.contains(&id) => return true,
                 id => {
                     r.history.push(chunk, lines, id);
                     Arc::clone(&r.members)
@@ -624,4 +623,118 @@ pub(crate) enum Which {
 enum Epochs {
     Check,
     Ignore,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::peer::tests::{connection, numbered_peer};
+
+    fn line(node: &str, seq: u64, text: &str) -> HistoryEntry {
+        HistoryEntry {
+            chunk: Chunk::from(text.as_bytes()),
+            lines: 1,
+            id: Some(LineId {
+                node: Arc::from(node),
+                seq,
+            }),
+        }
+    }
+
+    /// Another node's line, arriving through the subscriber.
+    fn arrive(registry: &Registry, room: &str, entry: &HistoryEntry) {
+        registry.deliver(room, None, &entry.chunk, 1, entry.id.clone());
+    }
+
+    /// A client in the lobby, and the socket it reads.
+    fn client(registry: &Registry, id: PeerId, config: &Config) -> (Arc<Peer>, TcpStream) {
+        let (server, client) = connection();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let peer = numbered_peer(id, server, config);
+        let addr = client.local_addr().unwrap();
+        registry
+            .admit(Arc::clone(&peer), addr, format!("guest{id}"))
+            .unwrap();
+        registry.enter(id, None, |_, _| Vec::new());
+        (peer, client)
+    }
+
+    fn read_exactly(sock: &mut TcpStream, n: usize) -> String {
+        let mut buf = vec![0; n];
+        sock.read_exact(&mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// The seams of a room's history across the cluster: what Redis had, what reached this
+    /// node while nobody here was in the room, and what arrives late through pub/sub. Each
+    /// line reaches the joiner once, in order.
+    #[test]
+    fn a_seeded_room_replays_each_line_once() {
+        let config = Config {
+            history: 10,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::default());
+        let (peer, mut sock) = client(&registry, 1, &config);
+        let (a, b, c, d) = (
+            line("n", 1, "a\n"),
+            line("n", 2, "b\n"),
+            line("n", 3, "c\n"),
+            line("n", 4, "d\n"),
+        );
+        // Before Redis was asked: too old for its answer (past --history there), so not
+        // replayed after what it has.
+        arrive(&registry, "games", &line("n", 0, "z\n"));
+        arrive(&registry, "games", &a); // before Redis was asked: in its answer
+        let asked = Instant::now();
+        arrive(&registry, "games", &b); // in Redis's answer too, and arrived after the ask
+        arrive(&registry, "games", &c); // after Redis answered, before the joiner entered
+        let seed = Seed {
+            entries: vec![a.clone(), b.clone()],
+            asked,
+        };
+        registry.change_room(1, "games", Some(seed), |_, _| Vec::new());
+        peer.start_sending();
+        arrive(&registry, "games", &b); // pub/sub later than Redis's answer: not again
+        arrive(&registry, "games", &d);
+        assert_eq!(read_exactly(&mut sock, 8), "a\nb\nc\nd\n");
+        assert!(!registry.needs_seed("games"));
+    }
+
+    /// A room that was entered while Redis could not be read (not seeded) and is seeded by a
+    /// later joiner: a line merged from Redis that arrives live afterwards reaches only the
+    /// member who was there before, since the joiner had it replayed.
+    #[test]
+    fn a_line_merged_from_redis_arriving_late_goes_only_to_earlier_members() {
+        let config = Config {
+            history: 10,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::default());
+        let (first, mut first_sock) = client(&registry, 1, &config);
+        let (second, mut second_sock) = client(&registry, 2, &config);
+        registry.change_room(1, "games", None, |_, _| Vec::new());
+        first.start_sending();
+        assert!(registry.needs_seed("games"));
+        let (a, b) = (line("n", 1, "a\n"), line("n", 2, "b\n"));
+        let seed = Seed {
+            entries: vec![a.clone()],
+            asked: Instant::now(),
+        };
+        registry.change_room(2, "games", Some(seed), |_, _| Vec::new());
+        second.start_sending();
+        arrive(&registry, "games", &a);
+        arrive(&registry, "games", &b);
+        assert_eq!(read_exactly(&mut first_sock, 4), "a\nb\n");
+        assert_eq!(read_exactly(&mut second_sock, 4), "a\nb\n");
+        // Nothing more for either: the next line is the next thing each reads.
+        arrive(&registry, "games", &line("n", 3, "c\n"));
+        assert_eq!(read_exactly(&mut first_sock, 2), "c\n");
+        assert_eq!(read_exactly(&mut second_sock, 2), "c\n");
+    }
 }
