@@ -9,13 +9,12 @@ mod cluster_support;
 mod common;
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cluster_support::{Node, Redis, answers_ping, free_port};
+use cluster_support::{Node, Redis};
 use common::{Client, Daemon, TIMEOUT, eventually, numbered_lines, temp_path};
 
 /// The next line that is not a `sync-…` line (see [`sync`]).
@@ -133,8 +132,12 @@ fn lines_cross_three_nodes_once_in_order() {
 /// once Redis starts, lines cross to another node.
 #[test]
 fn redis_down_at_start_then_up() {
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}/");
+    // A socket in a directory of this test's own: no other test's Redis can be there (a
+    // free TCP port could be taken by one before this test starts its Redis).
+    let dir = temp_path("cluster-late");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("redis.sock");
+    let url = format!("redis+unix://{}", sock.display());
     // The warning may come before or after relayd says where it listens (the link starts
     // with the daemon): read up to both.
     let admin = temp_path("cluster-a");
@@ -169,7 +172,7 @@ fn redis_down_at_start_then_up() {
     assert_eq!(next_line(&mut local[1]), "local\n");
     assert_eq!(a.stat("redis_connected"), 0);
 
-    let _redis = Redis::start_on(port);
+    let _redis = Redis::start_unix(&sock);
     log.extend(a.daemon.log_until("cluster: linked to redis"));
     let warnings = log
         .iter()
@@ -184,6 +187,8 @@ fn redis_down_at_start_then_up() {
     b.wait_linked();
     let mut b1 = b.connect();
     probe_until_received(&mut local[0], &mut b1, "up");
+    drop((a, b, _redis));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Proves: Redis killed mid-run does not stop local relaying; what A cannot publish waits in
@@ -274,22 +279,7 @@ fn redis_on_a_unix_socket() {
     let dir = temp_path("cluster-unix");
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("redis.sock");
-    let child = Command::new("redis-server")
-        .args(["--port", "0", "--unixsocket", sock.to_str().unwrap()])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    // Stopped by pid when the test ends, however it ends.
-    let _redis = Redis { child, port: 0 };
-    eventually("redis-server to answer PING on its socket", || {
-        let Ok(s) = UnixStream::connect(&sock) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        answers_ping(s)
-    });
+    let _redis = Redis::start_unix(&sock);
     let url = format!("redis+unix://{}", sock.display());
     let a = Node::start(&url, "a");
     let b = Node::start(&url, "b");
@@ -300,4 +290,28 @@ fn redis_on_a_unix_socket() {
     probe_until_received(&mut a1, &mut b1, "unix");
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Proves: in raw mode `--history` spans the nodes too: a client connecting to b gets the
+/// last lines a client of a sent, then the live ones, each once.
+#[test]
+fn history_reaches_a_client_of_another_node() {
+    let redis = Redis::start();
+    let more = ["--history", "3"];
+    let a = Node::start_with(&redis.url(), "a", &more);
+    let b = Node::start_with(&redis.url(), "b", &more);
+    a.wait_linked();
+    b.wait_linked();
+    let mut sender = a.connect();
+    sender.send(b"one\ntwo\n");
+    sender.send(b"three\nfour\n");
+    eventually("a to publish the four lines", || {
+        a.stat("cluster_published") == 4
+    });
+    let mut late = b.connect();
+    for want in ["two\n", "three\n", "four\n"] {
+        assert_eq!(String::from_utf8(late.line()).unwrap(), want);
+    }
+    sender.send(b"five\n");
+    assert_eq!(String::from_utf8(late.line()).unwrap(), "five\n");
 }

@@ -5,7 +5,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -51,6 +52,27 @@ impl Redis {
             .expect("redis-server (Debian's redis-server package)");
         let redis = Redis { child, port };
         eventually("redis-server to answer PING", || redis.pings());
+        redis
+    }
+
+    /// Starts Redis on the Unix socket `sock` only, and waits until it answers PING there.
+    pub fn start_unix(sock: &Path) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket", sock.to_str().unwrap()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package)");
+        // Stopped by pid when the test ends, however it ends.
+        let redis = Redis { child, port: 0 };
+        eventually("redis-server to answer PING on its socket", || {
+            let Ok(s) = UnixStream::connect(sock) else {
+                return false;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            answers_ping(s)
+        });
         redis
     }
 
