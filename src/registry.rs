@@ -9,7 +9,10 @@
 //! recipients and appends to the room's history in one critical section, and a joiner takes
 //! the history snapshot and becomes a member in one critical section, so every line reaches a
 //! joiner exactly once, either replayed or live. The replay is only *queued* under the lock
-//! ([`Peer::enter_room`]); the caller sends it after releasing it. A snapshot remembers each
+//! ([`Peer::enter_room`]); the caller sends it after releasing it. In a cluster (`--redis`) a
+//! room's history also holds what Redis keeps of it, merged in when the first client here
+//! enters the room; every line carries its origin node's id for it, which keeps that seam
+//! exact too ([`Room::expected`], [`Inner::recent`]). A snapshot remembers each
 //! member's stay in the room (its epoch), so a sender that waits for a full member before
 //! handing it a line cannot hand it to one that left, or left and came back, meanwhile.
 //!
