@@ -3,20 +3,21 @@
 //! `<cluster>:lines`), hold chat names cluster-wide (a key per name), and keep each room's
 //! history (a stream per room).
 //!
-//! Four threads, each with its own connection, so that neither a client's reader nor the
-//! delivery of remote lines ever waits on the other direction:
+//! Three threads and three connections, so that neither a client's reader nor the delivery
+//! of remote lines ever waits on the other direction:
 //! - the publisher sends what [`Cluster`]'s `publish_*` methods queued. The queue is bounded
 //!   in bytes (like a peer's): a reader only appends to it, and what does not fit while Redis
 //!   is slow or gone is dropped and counted, never waited for.
 //! - the subscriber receives the other nodes' messages and hands them to the `deliver` hook
 //!   given at start. It skips this node's own messages, and nothing it delivers is published
 //!   again, so nothing loops.
-//! - the heartbeat publishes this node's clients every third of `ttl` (so other nodes forget
-//!   a node that went silent, and its clients, after `ttl`), and renews the name keys this
-//!   node holds, which expire `ttl` after the last renewal: a dead node's names come free.
-//! - the query connection is not a thread but a connection shared, under a lock, by the few
-//!   commands that need Redis's answer: claiming a name (`/nick`) and reading a room's history
-//!   when the first client here enters it. Both run on that client's own thread.
+//! - the heartbeat (no connection of its own) queues this node's clients every third of `ttl`
+//!   (so other nodes forget a node that went silent, and its clients, after `ttl`), and
+//!   renews the name keys this node holds, which expire `ttl` after the last renewal: a dead
+//!   node's names come free.
+//! - the query connection, shared under a lock by the few commands that need Redis's answer:
+//!   renewing names, claiming one (`/nick`) and reading a room's history when the first
+//!   client here enters it. The last two run on that client's own thread.
 //!
 //! The publisher and subscriber reconnect on their own with back-off; the link is "up"
 //! (`redis_connected 1`) while both are connected. This module knows nothing of the daemon:
