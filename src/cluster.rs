@@ -373,15 +373,7 @@ impl Cluster {
         if !self.is_up() {
             return Err(ClaimError::Unreachable);
         }
-        let key = s.name_key(name);
-        let old = old.map_or_else(|| key.clone(), |old| s.name_key(old));
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(CLAIM)
-            .arg(2)
-            .arg(&key)
-            .arg(&old)
-            .arg(s.owner(id))
-            .arg(s.ttl.as_millis() as u64);
+        let cmd = s.claim_cmd(id, name, old);
         match s.query(|con| cmd.query::<i64>(con)) {
             Some(1) => Ok(()),
             Some(_) => Err(ClaimError::Taken),
@@ -449,13 +441,12 @@ impl Cluster {
                 continue;
             };
             if let Some((
-                node,
+                _,
                 Event::Lines {
                     id, lines, bytes, ..
                 },
             )) = decode(message)
             {
-                debug_assert_eq!(&*id.node, node);
                 out.push(Entry {
                     chunk: Chunk::from(bytes),
                     lines,
@@ -531,6 +522,20 @@ impl Shared {
 
     fn history_key(&self, room: &str) -> String {
         format!("{}:history:{room}", self.name)
+    }
+
+    /// [`CLAIM`] of `name` for client `id`, freeing `old`.
+    fn claim_cmd(&self, id: u64, name: &str, old: Option<&str>) -> redis::Cmd {
+        let key = self.name_key(name);
+        let old = old.map_or_else(|| key.clone(), |old| self.name_key(old));
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CLAIM)
+            .arg(2)
+            .arg(key)
+            .arg(old)
+            .arg(self.owner(id))
+            .arg(self.ttl.as_millis() as u64);
+        cmd
     }
 
     /// A name key's value: who holds it.
@@ -886,14 +891,7 @@ impl Shared {
         }
         let mut pipe = redis::pipe();
         for (id, name) in names {
-            let key = self.name_key(name);
-            pipe.cmd("EVAL")
-                .arg(CLAIM)
-                .arg(2)
-                .arg(&key)
-                .arg(&key)
-                .arg(self.owner(*id))
-                .arg(self.ttl.as_millis() as u64);
+            pipe.add_command(self.claim_cmd(*id, name, None));
         }
         let Some(held) = self.query(|con| pipe.query::<Vec<i64>>(con)) else {
             return;

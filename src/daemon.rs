@@ -343,7 +343,7 @@ impl Daemon {
             Event::Leave(id) => self.presence.remove(node, id),
             Event::Snapshot { clients, .. } => self.presence.replace(node, clients),
             Event::Direct { id, what, text, .. } => {
-                let Some((_, peer)) = self.registry.find(&id.to_string()) else {
+                let Some((name, peer, _)) = self.registry.client(id) else {
                     return;
                 };
                 let text = String::from_utf8_lossy(text);
@@ -354,7 +354,7 @@ impl Daemon {
                     }
                     Direct::Kick => {
                         let reason = (!text.is_empty()).then_some(&*text);
-                        if let Ok((id, name)) = self.kick_here(&peer, reason) {
+                        if let Ok((id, name)) = self.kick_here(&peer, name, reason) {
                             info!("client {id} ({name}): kicked by the operator of node {node}");
                         }
                     }
@@ -378,7 +378,7 @@ impl Daemon {
         };
         for c in self.registry.clients() {
             let Some(room) = c.room else { continue };
-            if self.config.chat && !c.name.contains('@') {
+            if self.config.chat && claimed(&c.name) {
                 local.names.push((c.id, c.name.clone()));
             }
             local.clients.push(Present {
@@ -400,16 +400,10 @@ impl Daemon {
         }
         lock(&self.renames).insert(id, guest.clone());
         self.renames_pending.fetch_add(1, Ordering::Relaxed);
-        if let Some(room) = self
-            .registry
-            .clients()
-            .into_iter()
-            .find(|c| c.id == id)
-            .and_then(|c| c.room)
-        {
-            self.present(id, &guest, &room);
-        }
-        if let Some((_, peer)) = self.registry.find(&id.to_string()) {
+        if let Some((_, peer, room)) = self.registry.client(id) {
+            if let Some(room) = room {
+                self.present(id, &guest, &room);
+            }
             let line = self.notices.line(format_args!(
                 "* your name {name} was taken on another node while this one was cut off \
                  from the cluster; you are {guest} now"
@@ -454,8 +448,8 @@ impl Daemon {
         if here.is_some_and(|owner| owner != id) || self.presence.find(new).is_some() {
             return Err(NameError::Taken);
         }
-        let old = self.registry.find(&id.to_string()).map(|(name, _)| name);
-        let held = old.as_deref().filter(|old| !old.contains('@'));
+        let old = self.registry.client(id).map(|(name, ..)| name);
+        let held = old.as_deref().filter(|old| claimed(old));
         cluster.claim(id, new, held).map_err(|e| match e {
             ClaimError::Taken => NameError::Taken,
             ClaimError::Unreachable => NameError::Unavailable,
@@ -542,33 +536,22 @@ impl Daemon {
     /// Where the operator's `ID`, `ID@NODE` or `NAME` is. An id is this node's unless a node
     /// is given.
     fn locate(&self, target: &str) -> Option<Located<'_>> {
-        if let (Some(cluster), Some((id, node))) = (&self.cluster, target.split_once('@'))
-            && !id.is_empty()
-            && id.bytes().all(|b| b.is_ascii_digit())
+        let is_id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let (target, node) = match (&self.cluster, target.split_once('@')) {
+            (Some(_), Some((id, node))) if is_id(id) => (id, Some(node)),
+            _ => (target, None),
+        };
+        if let (Some(cluster), Some(node)) = (&self.cluster, node)
             && node != &**cluster.node()
         {
-            let id = id.parse().ok()?;
-            let name = self
-                .presence
-                .all()
-                .into_iter()
-                .find(|(n, p)| n == node && p.id == id)
-                .map(|(_, p)| p.name)?;
+            let id = target.parse().ok()?;
+            let name = self.presence.name_of(node, id)?;
             return Some(Located::There(cluster, node.to_string(), id, name));
         }
-        let target = match target.split_once('@') {
-            Some((id, node))
-                if self.cluster.as_ref().is_some_and(|c| node == &**c.node())
-                    && id.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                id
-            }
-            _ => target,
-        };
         if let Some((name, peer)) = self.find(target) {
             return Some(Located::Here(name, peer));
         }
-        if target.bytes().all(|b| b.is_ascii_digit()) {
+        if is_id(target) {
             return None;
         }
         let (cluster, remote) = self.find_elsewhere(target)?;
@@ -596,8 +579,8 @@ impl Daemon {
     /// there as soon as that node hears of it.
     pub(crate) fn kick(&self, target: &str, reason: Option<&str>) -> Result<Found, NoSuchClient> {
         match self.locate(target).ok_or(NoSuchClient)? {
-            Located::Here(_, peer) => {
-                let (id, name) = self.kick_here(&peer, reason)?;
+            Located::Here(name, peer) => {
+                let (id, name) = self.kick_here(&peer, name, reason)?;
                 Ok(Found::Here(id, name))
             }
             Located::There(cluster, node, id, name) => {
@@ -608,16 +591,13 @@ impl Daemon {
         }
     }
 
+    /// Kicks `peer`, a client of this node named `name`.
     fn kick_here(
         &self,
         peer: &Arc<Peer>,
+        name: String,
         reason: Option<&str>,
     ) -> Result<(PeerId, String), NoSuchClient> {
-        let name = self
-            .registry
-            .find(&peer.id().to_string())
-            .map(|(name, _)| name)
-            .ok_or(NoSuchClient)?;
         // The reason reaches the client and its room: cleaned like any chat line.
         let why = Departure::Kicked(reason.map(|r| clean(r.as_bytes())));
         self.expel(peer, why)?;
@@ -691,6 +671,12 @@ impl Daemon {
     pub(crate) fn client_count(&self) -> usize {
         self.registry.len()
     }
+}
+
+/// Whether a name is held in Redis: every name but a guest's (`guest<ID>@<NODE>`, unique by
+/// construction).
+fn claimed(name: &str) -> bool {
+    !name.contains('@')
 }
 
 /// A client the operator named, where it is.
@@ -779,7 +765,7 @@ impl Drop for Slot {
                 && left.room.is_some()
             {
                 cluster.publish_leave(self.peer.id());
-                if !left.name.contains('@') {
+                if claimed(&left.name) {
                     cluster.release(self.peer.id(), &left.name);
                 }
             }

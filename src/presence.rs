@@ -141,6 +141,12 @@ impl Presence {
         })
     }
 
+    /// The name of client `id` of `node`.
+    pub(crate) fn name_of(&self, node: &str, id: u64) -> Option<String> {
+        let nodes = lock(&self.nodes);
+        nodes.get(node)?.clients.get(&id).map(|p| p.name.clone())
+    }
+
     /// Every client of another node, by node.
     pub(crate) fn all(&self) -> Vec<(String, Present)> {
         let nodes = lock(&self.nodes);

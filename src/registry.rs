@@ -369,6 +369,17 @@ impl Registry {
         Some((entry.name.clone(), Arc::clone(&entry.peer)))
     }
 
+    /// Client `id`: its name, peer and room (`None`: not authenticated yet).
+    pub(crate) fn client(&self, id: PeerId) -> Option<(String, Arc<Peer>, Option<String>)> {
+        let inner = lock(&self.inner);
+        let entry = inner.clients.get(&id)?;
+        Some((
+            entry.name.clone(),
+            Arc::clone(&entry.peer),
+            entry.room.clone(),
+        ))
+    }
+
     /// The members of `room` now.
     pub(crate) fn members(&self, room: &str) -> Members {
         let list = match lock(&self.inner).rooms.get(room) {
@@ -460,7 +471,7 @@ impl Registry {
             }
             let Some(r) = inner.rooms.get_mut(room) else {
                 if let (Some(id), true) = (id, self.history > 0) {
-                    self.remember_recent(&mut inner.recent, room, chunk, lines, id);
+                    remember_recent(&mut inner.recent, room, chunk, lines, id);
                 }
                 return true;
             };
@@ -482,31 +493,6 @@ impl Registry {
         };
         self.offer_all(&members, from, chunk, lines as u64);
         true
-    }
-
-    /// Keeps another node's line for a room nobody here is in, for a while (see
-    /// [`Inner::recent`]).
-    fn remember_recent(
-        &self,
-        recent: &mut VecDeque<(String, HistoryEntry, Instant)>,
-        room: &str,
-        chunk: &Chunk,
-        lines: usize,
-        id: LineId,
-    ) {
-        let now = Instant::now();
-        while recent
-            .front()
-            .is_some_and(|(.., at)| recent.len() >= RECENT.0 || now - *at > RECENT.1)
-        {
-            recent.pop_front();
-        }
-        let entry = HistoryEntry {
-            chunk: Chunk::clone(chunk),
-            lines,
-            id: Some(id),
-        };
-        recent.push_back((room.to_string(), entry, now));
     }
 
     /// Delivers a notice from the daemon (someone joined, left, was renamed) to `members`
@@ -610,6 +596,30 @@ impl Registry {
             self.cut_off_slow(peer);
         }
     }
+}
+
+/// Keeps another node's line for a room nobody here is in, for a while (see
+/// [`Inner::recent`]).
+fn remember_recent(
+    recent: &mut VecDeque<(String, HistoryEntry, Instant)>,
+    room: &str,
+    chunk: &Chunk,
+    lines: usize,
+    id: LineId,
+) {
+    let now = Instant::now();
+    while recent
+        .front()
+        .is_some_and(|(.., at)| recent.len() >= RECENT.0 || now - *at > RECENT.1)
+    {
+        recent.pop_front();
+    }
+    let entry = HistoryEntry {
+        chunk: Chunk::clone(chunk),
+        lines,
+        id: Some(id),
+    };
+    recent.push_back((room.to_string(), entry, now));
 }
 
 /// Which clients [`Registry::peers`] lists.
