@@ -1,6 +1,6 @@
 //! `--redis`: several nodes relay each other's lines through Redis pub/sub (raw mode).
 //!
-//! Each test starts its own `redis-server` on a free port (stopped by pid when the test ends)
+//! Each test starts its own `redis-server` on a free port or a Unix socket of its own (stopped
 //! and relayd binaries pointed at it. No sleeps as synchronisation: the tests wait for the
 //! link in `stats` or the log, and prove that receivers are registered before anything they
 //! must get is sent.
@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cluster_support::{Node, Redis};
+use cluster_support::{At, Node, Redis};
 use common::{Client, Daemon, TIMEOUT, eventually, numbered_lines, temp_path};
 
 /// The next line that is not a `sync-…` line (see [`sync`]).
@@ -172,7 +172,7 @@ fn redis_down_at_start_then_up() {
     assert_eq!(next_line(&mut local[1]), "local\n");
     assert_eq!(a.stat("redis_connected"), 0);
 
-    let _redis = Redis::start_unix(&sock);
+    let _redis = Redis::start_at(At::Socket(sock.clone()));
     log.extend(a.daemon.log_until("cluster: linked to redis"));
     let warnings = log
         .iter()
@@ -196,7 +196,7 @@ fn redis_down_at_start_then_up() {
 /// and for how long; once Redis is back lines cross again, at most once and in order.
 #[test]
 fn redis_killed_and_restarted_mid_run() {
-    let redis = Redis::start();
+    let redis = Redis::start_private("cluster-restart");
     let a = Node::start(&redis.url(), "a");
     let b = Node::start(&redis.url(), "b");
     a.wait_linked();
@@ -206,7 +206,7 @@ fn redis_killed_and_restarted_mid_run() {
     let mut b1 = b.connect();
     probe_until_received(&mut a1, &mut b1, "before");
 
-    let port = redis.kill();
+    let at = redis.kill();
     a.daemon.wait_log("cluster: lost redis");
     // Local relay goes on while the cluster is gone: 10 MiB, more than the publish queue
     // holds, sent from a thread while a2 reads (a2 may hold only --max-pending unread).
@@ -241,7 +241,7 @@ fn redis_killed_and_restarted_mid_run() {
             }
         }
     });
-    let _redis = Redis::start_on(port);
+    let _redis = Redis::start_at(at);
     let back = a.daemon.wait_log("back after");
     assert!(back.contains("s down"), "{back}");
     a.wait_linked();
@@ -276,11 +276,8 @@ fn redis_killed_and_restarted_mid_run() {
 /// Proves: `redis+unix://` works: a line crosses two nodes through Redis on a Unix socket.
 #[test]
 fn redis_on_a_unix_socket() {
-    let dir = temp_path("cluster-unix");
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("redis.sock");
-    let _redis = Redis::start_unix(&sock);
-    let url = format!("redis+unix://{}", sock.display());
+    let redis = Redis::start_private("cluster-unix");
+    let url = redis.url();
     let a = Node::start(&url, "a");
     let b = Node::start(&url, "b");
     a.wait_linked();
@@ -288,8 +285,6 @@ fn redis_on_a_unix_socket() {
     let mut a1 = a.connect();
     let mut b1 = b.connect();
     probe_until_received(&mut a1, &mut b1, "unix");
-    drop((a, b));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Proves: in raw mode `--history` spans the nodes too: a client connecting to b gets the

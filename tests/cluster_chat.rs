@@ -343,11 +343,11 @@ fn a_killed_node_leaves_within_the_ttl() {
 /// again.
 #[test]
 fn names_are_registered_again_after_redis_restarts() {
-    let redis = Redis::start();
+    let redis = Redis::start_private("cluster-names-restart");
     let nodes = cluster(&redis, &["a"], &[]);
     let mut alice = named(&nodes[0], "alice");
     assert!(redis.get("relayd:name:alice").is_some());
-    let port = redis.kill();
+    let at = redis.kill();
     eventually("a to see redis gone", || {
         nodes[0].stat("redis_connected") == 0
     });
@@ -357,7 +357,7 @@ fn names_are_registered_again_after_redis_restarts() {
         "relayd: names cannot change while the cluster is unreachable, try again later\n"
     );
     alice.send(b"still here\n");
-    let redis = Redis::start_on(port);
+    let redis = Redis::start_at(at);
     nodes[0].wait_linked();
     eventually("alice's name in Redis again", || {
         redis

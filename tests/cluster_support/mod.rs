@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -33,70 +33,127 @@ pub fn answers_ping<S: Read + Write>(mut s: S) -> bool {
 /// A `redis-server` of the test's own, without persistence.
 pub struct Redis {
     pub child: Child,
-    pub port: u16,
+    pub at: At,
 }
 
+/// Where a Redis listens.
+#[derive(Clone)]
+pub enum At {
+    Port(u16),
+    Socket(PathBuf),
+}
+
+/// A connection to Redis, over TCP or a Unix socket.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
 impl Redis {
+    /// Redis on a free TCP port.
     pub fn start() -> Redis {
-        Redis::start_on(free_port())
+        Redis::start_at(At::Port(free_port()))
     }
 
-    /// Starts Redis on `port` and waits until it answers PING.
-    pub fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package)");
-        let redis = Redis { child, port };
-        eventually("redis-server to answer PING", || redis.pings());
-        redis
+    /// Redis on a Unix socket in a directory of the test's own. Nothing else can listen
+    /// there, also while it is down: a test that kills and restarts it gets its own back,
+    /// where a freed TCP port could be taken by another test's Redis meanwhile.
+    pub fn start_private(what: &str) -> Redis {
+        let dir = temp_path(what);
+        std::fs::create_dir_all(&dir).unwrap();
+        Redis::start_at(At::Socket(dir.join("redis.sock")))
     }
 
-    /// Starts Redis on the Unix socket `sock` only, and waits until it answers PING there.
-    pub fn start_unix(sock: &Path) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket", sock.to_str().unwrap()])
+    /// Starts Redis at `at` and waits until it answers PING there.
+    pub fn start_at(at: At) -> Redis {
+        let mut cmd = Command::new("redis-server");
+        match &at {
+            At::Port(port) => cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]),
+            At::Socket(sock) => cmd.args(["--port", "0", "--unixsocket", sock.to_str().unwrap()]),
+        };
+        let child = cmd
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (Debian's redis-server package)");
         // Stopped by pid when the test ends, however it ends.
-        let redis = Redis { child, port: 0 };
-        eventually("redis-server to answer PING on its socket", || {
-            let Ok(s) = UnixStream::connect(sock) else {
-                return false;
-            };
-            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-            answers_ping(s)
-        });
+        let redis = Redis { child, at };
+        eventually("redis-server to answer PING", || redis.pings());
         redis
     }
 
+    /// A connection with a read timeout, or the error.
+    fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+        let timeout = Some(Duration::from_secs(5));
+        Ok(match &self.at {
+            At::Port(port) => {
+                let s = TcpStream::connect(("127.0.0.1", *port))?;
+                s.set_read_timeout(timeout)?;
+                Box::new(s)
+            }
+            At::Socket(sock) => {
+                let s = UnixStream::connect(sock)?;
+                s.set_read_timeout(timeout)?;
+                Box::new(s)
+            }
+        })
+    }
+
     pub fn pings(&self) -> bool {
-        let Ok(s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        answers_ping(s)
+        self.connect().is_ok_and(answers_ping)
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.at {
+            At::Port(port) => format!("redis://127.0.0.1:{port}/"),
+            At::Socket(sock) => format!("redis+unix://{}", sock.display()),
+        }
     }
 
-    /// Kills it (SIGKILL, by pid) and waits for it to be gone.
-    pub fn kill(mut self) -> u16 {
+    /// Kills it (SIGKILL, by pid), waits for it to be gone, and says where it was.
+    pub fn kill(mut self) -> At {
         self.stop();
-        self.port
+        self.at.clone()
     }
 
+    /// Kills it; a socket it leaves behind is removed (its directory stays, for a restart).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let At::Socket(sock) = &self.at {
+            let _ = std::fs::remove_file(sock);
+        }
+    }
+
+    /// `GET key`: its value, if it has one.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let mut s = self.connect().unwrap();
+        s.write_all(format!("GET {key}\r\n").as_bytes()).unwrap();
+        let mut r = BufReader::new(s);
+        let mut head = String::new();
+        r.read_line(&mut head).unwrap();
+        if head.starts_with("$-1") {
+            return None;
+        }
+        let mut value = String::new();
+        r.read_line(&mut value).unwrap();
+        Some(value.trim_end().to_string())
+    }
+
+    /// `SET key value` (any bytes), for a test that plays another node.
+    pub fn set(&self, key: &str, value: &[u8]) {
+        let mut s = self.connect().unwrap();
+        let mut cmd = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            value.len()
+        )
+        .into_bytes();
+        cmd.extend_from_slice(value);
+        cmd.extend_from_slice(b"\r\n");
+        s.write_all(&cmd).unwrap();
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer).unwrap();
+        assert_eq!(answer, "+OK\r\n");
     }
 }
 
@@ -148,44 +205,5 @@ impl Node {
 
     pub fn connect(&self) -> Client {
         self.daemon.connect()
-    }
-}
-
-/// One Redis command over RESP (arguments without spaces), its first reply line, e.g.
-/// `$5` for a string (see [`Redis::get`]).
-impl Redis {
-    pub fn get(&self, key: &str) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(format!("GET {key}\r\n").as_bytes()).unwrap();
-        let mut r = BufReader::new(s);
-        let mut head = String::new();
-        r.read_line(&mut head).unwrap();
-        if head.starts_with("$-1") {
-            return None;
-        }
-        let mut value = String::new();
-        r.read_line(&mut value).unwrap();
-        Some(value.trim_end().to_string())
-    }
-}
-
-impl Redis {
-    /// `SET key value` (any bytes), for a test that plays another node.
-    pub fn set(&self, key: &str, value: &[u8]) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut cmd = format!(
-            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
-            key.len(),
-            value.len()
-        )
-        .into_bytes();
-        cmd.extend_from_slice(value);
-        cmd.extend_from_slice(b"\r\n");
-        s.write_all(&cmd).unwrap();
-        let mut answer = String::new();
-        BufReader::new(s).read_line(&mut answer).unwrap();
-        assert_eq!(answer, "+OK\r\n");
     }
 }
