@@ -15,7 +15,7 @@ use std::time::Instant;
 use log::{debug, info};
 
 use crate::chunk::Chunk;
-use crate::config::Config;
+use crate::config::{Config, is_token};
 use crate::daemon::{Daemon, NameError};
 use crate::notice::clean;
 use crate::peer::Peer;
@@ -78,10 +78,7 @@ pub fn parse(line: &[u8]) -> Input {
 
 /// A valid room name: 1–32 letters, digits, `_`, `-` or `.`.
 pub(crate) fn valid_room(name: &str) -> bool {
-    (1..=MAX_NAME).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    is_token(name, MAX_NAME)
 }
 
 /// A valid name: as a room name, but not only digits, so that the operator's `kick 7` can only

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use crate::chunk::Chunk;
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, is_token};
 use crate::history::{Entry, LineId};
 use crate::presence::Present;
 use crate::stats::{Stats, add};
@@ -163,6 +163,19 @@ pub fn check_url(url: &str) -> Result<(), String> {
     client(url)
         .map(drop)
         .map_err(|e| format!("--redis {url}: {e}"))
+}
+
+/// Checks `--cluster` and `--node-id`, for a one-line startup error: they go into guest
+/// names (`guest7@NODE`), the operator's space-separated `clients` list and Redis keys.
+pub fn check_names(cluster: &str, node_id: &str) -> Result<(), String> {
+    for (flag, value) in [("--cluster", cluster), ("--node-id", node_id)] {
+        if !is_token(value, 64) {
+            return Err(format!(
+                "{flag} {value:?}: must be 1-64 letters, digits, _ - ."
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A client for `url` whose TCP connections send at once. redis-rs leaves Nagle's algorithm

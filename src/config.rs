@@ -109,3 +109,11 @@ impl Default for Config {
         }
     }
 }
+
+/// Whether `s` is 1 to `max` letters, digits, `_`, `-` or `.`: the characters of chat names
+/// and rooms, node ids and cluster names, which go into lines, lists and Redis keys alike.
+pub(crate) fn is_token(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}

@@ -502,6 +502,11 @@ impl Daemon {
         rooms.into_iter().collect()
     }
 
+    /// Rooms with members on this node, for `stats` and `/metrics`.
+    pub(crate) fn room_count(&self) -> usize {
+        self.registry.rooms().len()
+    }
+
     /// The other nodes' clients, by node, for the operator's `clients`.
     pub(crate) fn clients_elsewhere(&self) -> Vec<(String, Present)> {
         self.presence.all()
@@ -513,8 +518,7 @@ impl Daemon {
 
     /// The operator's `stats` answer.
     pub(crate) fn stats_report(&self) -> String {
-        self.stats
-            .report(self.registry.len(), self.registry.rooms().len())
+        self.stats.report(self.registry.len(), self.room_count())
     }
 
     /// Pushes `text` to every client that has joined, on every node, as a server line;

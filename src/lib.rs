@@ -59,7 +59,7 @@ mod telnet;
 mod ws;
 mod ws_frame;
 
-pub use cluster::check_url as check_redis_url;
+pub use cluster::{check_names as check_cluster_names, check_url as check_redis_url};
 pub use config::{ClusterConfig, Config};
 pub use server::{Listeners, bind, run, serve};
 pub use shutdown::Shutdown;

@@ -283,24 +283,7 @@ impl Args {
                         .unwrap_or_else(|_| "relayd".into());
                     format!("{host}-{}", std::process::id())
                 });
-                // Node ids go into guest names (`guest7@node`), the operator's space-separated
-                // `clients` list and, with the cluster's name, Redis keys.
-                let token = |s: &str| {
-                    (1..=64).contains(&s.len())
-                        && s.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-                };
-                if !token(&node_id) {
-                    return Err(format!(
-                        "--node-id {node_id:?}: must be 1-64 letters, digits, _ - ."
-                    ));
-                }
-                if !token(&self.cluster) {
-                    return Err(format!(
-                        "--cluster {:?}: must be 1-64 letters, digits, _ - .",
-                        self.cluster
-                    ));
-                }
+                relayd::check_cluster_names(&self.cluster, &node_id)?;
                 Some(relayd::ClusterConfig {
                     url: url.clone(),
                     name: self.cluster.clone(),

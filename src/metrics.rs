@@ -207,8 +207,8 @@ fn render(daemon: &Daemon) -> String {
         ),
         (
             "relayd_rooms",
-            "Rooms with at least one member.",
-            daemon.rooms().len() as u64,
+            "Rooms with at least one member on this node.",
+            daemon.room_count() as u64,
         ),
         (
             "relayd_pending_bytes",

@@ -71,17 +71,16 @@ impl Reloads {
 
     /// Waits for a request; false once the server has stopped.
     pub(crate) fn wait(&self) -> bool {
-        let mut pending = lock(&self.0.0);
-        loop {
-            if pending.closed {
-                return false;
-            }
-            if pending.requested {
-                pending.requested = false;
-                return true;
-            }
-            pending = self.0.1.wait(pending).unwrap_or_else(|e| e.into_inner());
+        let mut pending = self
+            .0
+            .1
+            .wait_while(lock(&self.0.0), |p| !p.closed && !p.requested)
+            .unwrap_or_else(|e| e.into_inner());
+        if pending.closed {
+            return false;
         }
+        pending.requested = false;
+        true
     }
 
     /// Ends [`Reloads::wait`], for shutdown.

@@ -408,7 +408,8 @@ fn run(a: &Args) -> Result<bool, String> {
     if p.kind == Kind::Ceiling && second.is_some() {
         return Err("ceiling runs without a server; --compare does not apply".into());
     }
-    if p.kind == Kind::Ceiling && (a.nodes > 1 || a.compare_nodes.is_some()) {
+    // (--compare-nodes sets `second`: refused just above.)
+    if p.kind == Kind::Ceiling && a.nodes > 1 {
         return Err("ceiling runs without a server; --nodes does not apply".into());
     }
     let repeat = a.repeat.unwrap_or(if second.is_some() { 3 } else { 1 }) as usize;

@@ -126,13 +126,6 @@ fn with_server(params: &Params, spec: &Spec, out: &mut Outcome) -> Result<(), St
         Kind::Chatter => chatter(params, &servers, until).map(|m| out.main = Some(m)),
         Kind::Ceiling => unreachable!("ceiling runs without a server"),
     };
-    let result = result.map_err(|e| match servers.nodes.len() {
-        1 => e,
-        _ if e.contains("probe line") => format!(
-            "{e} (a receiver on another node hears node 0 only through Redis: is its link up?)"
-        ),
-        _ => e,
-    });
     if let Some(sampler) = sampler {
         out.server = Some(ServerCost {
             peak_rss_kib: procstat::total(&pids, procstat::peak_rss_kib),
@@ -268,7 +261,7 @@ fn spawn_receiver(
 }
 
 /// Starts the receiver on `conns`, then sends probe lines from `prober` until the relay has
-/// registered all `p.clients` clients. Should it never, the receiver is stopped and joined
+/// registered every one of `conns`. Should it never, the receiver is stopped and joined
 /// before the error returns, so that no thread of a failed run lives on.
 fn receive_registered(
     conns: Vec<RxConn>,
@@ -278,6 +271,7 @@ fn receive_registered(
     until: Instant,
 ) -> Result<Rx, String> {
     let need = conns.len();
+    let across_redis = conns.iter().any(|c| c.node != 0);
     let limits = Limits {
         deadline: until,
         drain: p.drain,
@@ -286,6 +280,12 @@ fn receive_registered(
     if let Err(e) = sender::probe(prober, 0, p.size, need, progress, register_timeout(need)) {
         progress.stop.store(true, Ordering::SeqCst);
         let _ = join_receiver(rx, progress);
+        if across_redis {
+            return Err(format!(
+                "{e} (a receiver on another node hears node 0 only through Redis: is its link \
+                 up?)"
+            ));
+        }
         return Err(e);
     }
     Ok(rx)
