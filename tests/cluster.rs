@@ -1,9 +1,9 @@
 //! `--redis`: several nodes relay each other's lines through Redis pub/sub (raw mode).
 //!
 //! Each test starts its own `redis-server` on a free port or a Unix socket of its own
-//! (stopped by pid when the test ends) and relayd binaries pointed at it. No sleeps as synchronisation: the tests wait for the
-//! link in `stats` or the log, and prove that receivers are registered before anything they
-//! must get is sent.
+//! (stopped by pid when the test ends) and relayd binaries pointed at it. No sleeps as
+//! synchronisation: the tests wait for the link in `stats` or the log, and prove that
+//! receivers are registered before anything they must get is sent.
 
 mod cluster_support;
 mod common;
