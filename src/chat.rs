@@ -20,7 +20,7 @@ use crate::daemon::{Daemon, NameError};
 use crate::notice::clean;
 use crate::peer::Peer;
 use crate::rate::Bucket;
-use crate::registry::{LOBBY, Members};
+use crate::registry::{LOBBY, Members, is_id};
 use crate::stats::add;
 
 /// Longest name or room name, in characters.
@@ -292,7 +292,7 @@ impl Chat {
         };
         // By name only: an id is the operator's way to name a client, not people's.
         let no_such_user = format!("relayd: no such user {to}");
-        if to.bytes().all(|b| b.is_ascii_digit()) {
+        if to.is_empty() || is_id(to) {
             return self.reply(daemon, peer, &no_such_user);
         }
         if to.eq_ignore_ascii_case(&self.name) {

@@ -27,7 +27,7 @@ use crate::history::LineId;
 use crate::notice::{Departure, Notices, clean};
 use crate::peer::{Deliverer, Peer, PeerId};
 use crate::presence::{Presence, Present};
-use crate::registry::{ClientInfo, LOBBY, Members, Registry, Seed, Which};
+use crate::registry::{ClientInfo, LOBBY, Members, Registry, Seed, Which, is_id};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
@@ -219,7 +219,11 @@ impl Daemon {
         let (notices, config) = (self.notices, &self.config);
         let settings = self.settings();
         let seed = self.seed(LOBBY);
-        let elsewhere = self.presence.count_in(LOBBY);
+        let elsewhere = if config.chat {
+            self.presence.count_in(LOBBY)
+        } else {
+            0
+        };
         let mut named = None;
         let members = self.registry.enter(peer.id(), seed, |name, online| {
             named = Some(name.to_string());
@@ -231,7 +235,8 @@ impl Daemon {
         });
         // A fresh socket's buffer is empty, so this does not block the accept loop.
         peer.start_sending();
-        // In chat mode, once the lobby has been told (see `present`).
+        // In raw mode; in chat mode the client's thread does, after the lobby's notice
+        // (`Chat::announce`, and see `present`).
         if let (false, Some(name)) = (config.chat, named) {
             self.present(peer.id(), &name, LOBBY);
         }
@@ -366,12 +371,15 @@ impl Daemon {
         }
     }
 
-    /// This node's clients, for the cluster's heartbeat; also forgets the nodes not heard
-    /// from for the cluster's ttl.
-    fn local(&self) -> Local {
+    /// Forgets the nodes not heard from for the cluster's ttl, for the heartbeat.
+    fn expire_silent_nodes(&self) {
         for (node, n) in self.presence.expire(Instant::now()) {
             warn!("cluster: node {node} silent too long, forgetting its {n} clients");
         }
+    }
+
+    /// This node's clients, for the cluster's heartbeat and farewell.
+    fn local(&self) -> Local {
         let mut local = Local {
             clients: Vec::new(),
             names: Vec::new(),
@@ -398,8 +406,10 @@ impl Daemon {
         if self.registry.rename(id, &guest).is_err() {
             return;
         }
-        lock(&self.renames).insert(id, guest.clone());
-        self.renames_pending.fetch_add(1, Ordering::Relaxed);
+        let mut renames = lock(&self.renames);
+        renames.insert(id, guest.clone());
+        self.renames_pending.store(renames.len(), Ordering::Relaxed);
+        drop(renames);
         if let Some((_, peer, room)) = self.registry.client(id) {
             if let Some(room) = room {
                 self.present(id, &guest, &room);
@@ -412,13 +422,15 @@ impl Daemon {
         }
     }
 
-    /// The guest name this client has now, if the cluster took its name away.
+    /// The guest name this client has now, if the cluster took its name away: taken out at
+    /// its next read, or when it leaves first, so that the lock-free check stays true.
     pub(crate) fn take_rename(&self, id: PeerId) -> Option<String> {
         if self.renames_pending.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let guest = lock(&self.renames).remove(&id)?;
-        self.renames_pending.fetch_sub(1, Ordering::Relaxed);
+        let mut renames = lock(&self.renames);
+        let guest = renames.remove(&id)?;
+        self.renames_pending.store(renames.len(), Ordering::Relaxed);
         Some(guest)
     }
 
@@ -540,7 +552,6 @@ impl Daemon {
     /// Where the operator's `ID`, `ID@NODE` or `NAME` is. An id is this node's unless a node
     /// is given.
     fn locate(&self, target: &str) -> Option<Located<'_>> {
-        let is_id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         let (target, node) = match (&self.cluster, target.split_once('@')) {
             (Some(_), Some((id, node))) if is_id(id) => (id, Some(node)),
             _ => (target, None),
@@ -700,7 +711,10 @@ fn hooks(weak: &Weak<Daemon>) -> Hooks {
             }
         }),
         local: Box::new(move || match w2.upgrade() {
-            Some(daemon) => daemon.local(),
+            Some(daemon) => {
+                daemon.expire_silent_nodes();
+                daemon.local()
+            }
             None => Local {
                 clients: Vec::new(),
                 names: Vec::new(),
@@ -765,6 +779,7 @@ impl Drop for Slot {
             // The `--max-clients` slot is free before the flush, so whoever pressed Ctrl-C
             // can reconnect at once.
             let left = daemon.registry.leave(self.peer.id());
+            daemon.take_rename(self.peer.id());
             if let (Some(cluster), Some(left)) = (&daemon.cluster, &left)
                 && left.room.is_some()
             {
@@ -778,10 +793,7 @@ impl Drop for Slot {
             {
                 let online = daemon.online(&room, &members);
                 let notice = daemon.notices.left(&left.name, &why, online);
-                daemon.registry.notify(&members, None, &notice);
-                if let Some(cluster) = &daemon.cluster {
-                    cluster.publish_notice(&room, &notice);
-                }
+                daemon.notify(&room, &members, self.peer.id(), &notice);
             }
             // The flush still holds a socket and threads, so it counts against the address's
             // `--max-per-ip` until it ends (the count is free by the time the client sees its

@@ -40,8 +40,6 @@ pub struct History {
     chunks: VecDeque<Entry>,
     /// Lines in `chunks`; at most `cap` plus the excess of the oldest chunk.
     lines: usize,
-    /// The ids of `chunks` that have one.
-    ids: HashSet<LineId>,
 }
 
 impl History {
@@ -50,7 +48,6 @@ impl History {
             cap,
             chunks: VecDeque::new(),
             lines: 0,
-            ids: HashSet::new(),
         }
     }
 
@@ -58,9 +55,6 @@ impl History {
     pub(crate) fn push(&mut self, chunk: &Chunk, lines: usize, id: Option<LineId>) {
         if self.cap == 0 || lines == 0 {
             return;
-        }
-        if let Some(id) = &id {
-            self.ids.insert(id.clone());
         }
         self.chunks.push_back(Entry {
             chunk: Chunk::clone(chunk),
@@ -77,9 +71,6 @@ impl History {
                 break;
             }
             self.lines -= oldest.lines;
-            if let Some(id) = &oldest.id {
-                self.ids.remove(id);
-            }
             self.chunks.pop_front();
         }
     }
@@ -88,22 +79,30 @@ impl History {
     /// its chunks not remembered here already go before the ones that are, and the last `cap`
     /// lines are kept. Returns the ids it added, which this node may still receive live.
     pub(crate) fn seed(&mut self, older: Vec<Entry>) -> HashSet<LineId> {
+        // Once per room, so the ids are gathered here rather than kept for every line.
+        let mut seen = self.ids();
         let mut added = HashSet::new();
         let mut merged: VecDeque<Entry> = VecDeque::new();
         for entry in older {
             let Some(id) = &entry.id else { continue };
-            if self.ids.contains(id) || !added.insert(id.clone()) {
+            if !seen.insert(id.clone()) {
                 continue;
             }
-            self.ids.insert(id.clone());
+            added.insert(id.clone());
             self.lines += entry.lines;
             merged.push_back(entry);
         }
         merged.append(&mut self.chunks);
         self.chunks = merged;
         self.trim();
-        added.retain(|id| self.ids.contains(id));
+        let kept = self.ids();
+        added.retain(|id| kept.contains(id));
         added
+    }
+
+    /// The ids of the chunks remembered.
+    fn ids(&self) -> HashSet<LineId> {
+        self.chunks.iter().filter_map(|e| e.id.clone()).collect()
     }
 
     /// The last `cap` lines, oldest first.
@@ -174,10 +173,10 @@ mod tests {
         ]);
         assert_eq!(replayed(&h), b"a\nb\nc\nd\n");
         assert_eq!(added, [id(1), id(2)].into_iter().collect());
-        assert!(h.ids.contains(&id(1)));
+        assert!(h.ids().contains(&id(1)));
         // Past the cap, the oldest go, and so do their ids.
         h.push(&Chunk::from(&b"e\n"[..]), 1, Some(id(5)));
         assert_eq!(replayed(&h), b"b\nc\nd\ne\n");
-        assert!(!h.ids.contains(&id(1)));
+        assert!(!h.ids().contains(&id(1)));
     }
 }

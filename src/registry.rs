@@ -360,7 +360,7 @@ impl Registry {
     /// never all digits, so the two cannot be confused): its name and peer.
     pub(crate) fn find(&self, id_or_name: &str) -> Option<(String, Arc<Peer>)> {
         let inner = lock(&self.inner);
-        let id = if !id_or_name.is_empty() && id_or_name.bytes().all(|b| b.is_ascii_digit()) {
+        let id = if is_id(id_or_name) {
             id_or_name.parse::<PeerId>().ok()?
         } else {
             *inner.names.get(&id_or_name.to_lowercase())?
@@ -476,7 +476,7 @@ impl Registry {
                 return true;
             };
             match id {
-                Some(id) if r.expected.remove(&id) => {
+                Some(id) if !r.expected.is_empty() && r.expected.remove(&id) => {
                     let before: Vec<Member> = r
                         .members
                         .iter()
@@ -620,6 +620,11 @@ fn remember_recent(
         id: Some(id),
     };
     recent.push_back((room.to_string(), entry, now));
+}
+
+/// Whether `s` reads as a client id (all digits), which a name never does.
+pub(crate) fn is_id(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Which clients [`Registry::peers`] lists.
