@@ -31,19 +31,20 @@ struct Inner {
     frames: bool,
     /// The lines as WebSocket frames, built on first use.
     ws: OnceLock<Box<[u8]>>,
-    bytes: Box<[u8]>,
+    /// Shared with the chunk's unstamped copies (one allocation, like a `Box`).
+    bytes: Arc<[u8]>,
 }
 
 impl Chunk {
     /// `lines` lines a client sent, read just now.
     pub(crate) fn relayed(bytes: &[u8], lines: usize) -> Chunk {
         let read_at = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Chunk::new(bytes, read_at, lines as u64, false)
+        Chunk::new(bytes.into(), read_at, lines as u64, false)
     }
 
     /// WebSocket frames, sent as they are (only ever queued for a WebSocket peer).
     pub(crate) fn frames(bytes: &[u8]) -> Chunk {
-        Chunk::new(bytes, 0, 0, true)
+        Chunk::new(bytes.into(), 0, 0, true)
     }
 
     /// When the lines of a [`Chunk::relayed`] chunk were read, and how many it holds; `None`
@@ -53,10 +54,11 @@ impl Chunk {
         (lines > 0).then(|| (epoch() + Duration::from_nanos(self.0.read_at), lines))
     }
 
-    /// The same bytes, not counted as relayed lines when sent: a history replay is not a
-    /// line waiting in relayd since it was read.
+    /// The same bytes (shared, not copied: a history replay runs under the registry lock),
+    /// not counted as relayed lines when sent: a replay is not a line waiting in relayd
+    /// since it was read.
     pub(crate) fn unstamped(&self) -> Chunk {
-        Chunk::new(&self.0.bytes, 0, 0, self.0.frames)
+        Chunk::new(Arc::clone(&self.0.bytes), 0, 0, self.0.frames)
     }
 
     /// What goes on the wire: the bytes as they are for a TCP peer, and for a WebSocket peer
@@ -70,20 +72,20 @@ impl Chunk {
             .get_or_init(|| ws_frame::text_frames(&self.0.bytes))
     }
 
-    fn new(bytes: &[u8], read_at: u64, lines: u64, frames: bool) -> Chunk {
+    fn new(bytes: Arc<[u8]>, read_at: u64, lines: u64, frames: bool) -> Chunk {
         Chunk(Arc::new(Inner {
             read_at,
             lines,
             frames,
             ws: OnceLock::new(),
-            bytes: bytes.into(),
+            bytes,
         }))
     }
 }
 
 impl From<&[u8]> for Chunk {
     fn from(bytes: &[u8]) -> Chunk {
-        Chunk::new(bytes, 0, 0, false)
+        Chunk::new(bytes.into(), 0, 0, false)
     }
 }
 
