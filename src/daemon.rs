@@ -263,9 +263,14 @@ impl Daemon {
         if !self.registry.needs_seed(room) {
             return None;
         }
+        let reading = self.registry.seeding();
         let asked = Instant::now();
         let entries = cluster.history(room)?;
-        Some(Seed { entries, asked })
+        Some(Seed {
+            entries,
+            asked,
+            _reading: reading,
+        })
     }
 
     /// A client's name until it picks one: `guest<ID>`, and in a cluster

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,9 @@ pub(crate) struct Registry {
     max_clients: usize,
     history: usize,
     stats: Arc<Stats>,
+    /// Seeds being read from Redis now: only while there are any is [`Inner::recent`] kept,
+    /// since only a seed asked for before a line arrived can need it.
+    seeding: Arc<AtomicUsize>,
 }
 
 struct Inner {
@@ -65,8 +68,8 @@ struct Inner {
     /// Clients taken out by [`Registry::expel`] whose threads have not left yet: where they
     /// were, for the leave notice.
     expelled: HashMap<PeerId, Left>,
-    /// In a cluster with `--history`: the other nodes' latest lines for rooms nobody here is
-    /// in, oldest first, so that a room's first member here gets those that reached this node
+    /// In a cluster with `--history`, while a seed is read ([`Registry::seeding`]): the other
+    /// nodes' latest lines for rooms nobody here is in, oldest first, so that a room's first member here gets those that reached this node
     /// after it read the room's history from Redis and before it entered (see [`RECENT`]).
     recent: VecDeque<(String, HistoryEntry, Instant)>,
 }
@@ -108,6 +111,17 @@ struct Member {
 pub(crate) struct Seed {
     pub(crate) entries: Vec<HistoryEntry>,
     pub(crate) asked: Instant,
+    /// Taken before `asked`; held for its `Drop`.
+    pub(crate) _reading: Seeding,
+}
+
+/// A seed being read ([`Registry::seeding`]).
+pub(crate) struct Seeding(Arc<AtomicUsize>);
+
+impl Drop for Seeding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One row of the operator's `clients` list.
@@ -164,7 +178,14 @@ impl Registry {
             max_clients: config.max_clients,
             history: config.history,
             stats,
+            seeding: Arc::default(),
         }
+    }
+
+    /// Marks a seed as being read, until the returned guard (kept in the [`Seed`]) drops.
+    pub(crate) fn seeding(&self) -> Seeding {
+        self.seeding.fetch_add(1, Ordering::SeqCst);
+        Seeding(Arc::clone(&self.seeding))
     }
 
     /// Gives a client, named `name` (its guest name), one of the `--max-clients` slots, in
@@ -259,7 +280,10 @@ impl Registry {
             seeded: false,
             expected: HashSet::new(),
         });
-        if let Some(Seed { mut entries, asked }) = seed.filter(|_| !room.seeded) {
+        if let Some(Seed {
+            mut entries, asked, ..
+        }) = seed.filter(|_| !room.seeded)
+        {
             room.seeded = true;
             // What reached this node for the room since Redis was asked, before anyone here
             // was in it: either in `entries` already, or newer than all of them.
@@ -470,7 +494,7 @@ impl Registry {
                 return false;
             }
             let Some(r) = inner.rooms.get_mut(room) else {
-                if let (Some(id), true) = (id, self.history > 0) {
+                if let (Some(id), true) = (id, self.seeding.load(Ordering::SeqCst) > 0) {
                     remember_recent(&mut inner.recent, room, chunk, lines, id);
                 }
                 return true;
@@ -705,16 +729,21 @@ mod tests {
             line("n", 3, "c\n"),
             line("n", 4, "d\n"),
         );
+        // Another joiner's seed is being read already, so lines for the room are kept.
+        let earlier = registry.seeding();
         // Before Redis was asked: too old for its answer (past --history there), so not
         // replayed after what it has.
         arrive(&registry, "games", &line("n", 0, "z\n"));
         arrive(&registry, "games", &a); // before Redis was asked: in its answer
+        let reading = registry.seeding();
         let asked = Instant::now();
+        drop(earlier);
         arrive(&registry, "games", &b); // in Redis's answer too, and arrived after the ask
         arrive(&registry, "games", &c); // after Redis answered, before the joiner entered
         let seed = Seed {
             entries: vec![a.clone(), b.clone()],
             asked,
+            _reading: reading,
         };
         registry.change_room(1, "games", Some(seed), |_, _| Vec::new());
         peer.start_sending();
@@ -743,6 +772,7 @@ mod tests {
         let seed = Seed {
             entries: vec![a.clone()],
             asked: Instant::now(),
+            _reading: registry.seeding(),
         };
         registry.change_room(2, "games", Some(seed), |_, _| Vec::new());
         second.start_sending();
