@@ -247,7 +247,6 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
             return;
         }
     };
-    let _ = sock.set_read_timeout(config.idle_timeout);
     let slot = match daemon.admit(Arc::clone(&sock), addr, true) {
         Ok(slot) => slot,
         Err(refusal) => return refuse_websocket(daemon, &sock, addr, refusal),

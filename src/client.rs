@@ -194,6 +194,11 @@ impl Client {
                 return why;
             }
             self.take(&buf);
+            // A WebSocket message can grow the buffer to --max-line; like `lines`, it does
+            // not keep that peak (a TCP read never grows it past READ_BUF).
+            if buf.capacity() > KEEP_CAPACITY {
+                buf = Vec::with_capacity(READ_BUF);
+            }
             if self.daemon.is_stopping() {
                 // What was read before the daemon stopped is delivered; a half line is not.
                 self.framer.drop_partial();

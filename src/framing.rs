@@ -104,6 +104,12 @@ impl Framer {
     }
 }
 
+/// A line without its line end: `\n`, and the `\r` before it (telnet's, Windows').
+pub(crate) fn without_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,12 @@
 
 use std::fs;
 
+use crate::framing::without_line_end;
+
 /// Reads the secret: the file's first line, without its `\n` or `\r\n`, nothing else trimmed.
 pub fn load(path: &str) -> Result<Vec<u8>, String> {
     let text = fs::read(path).map_err(|e| format!("--secret-file {path}: {e}"))?;
-    let secret = strip_newline(text.split_inclusive(|&b| b == b'\n').next().unwrap_or(b""));
+    let secret = without_line_end(text.split_inclusive(|&b| b == b'\n').next().unwrap_or(b""));
     if secret.is_empty() {
         return Err(format!("--secret-file {path}: the first line is empty"));
     }
@@ -19,17 +21,12 @@ pub fn load(path: &str) -> Result<Vec<u8>, String> {
 /// every line of a given length, so response timing does not reveal how much of a guess
 /// was right.
 pub(crate) fn matches(secret: &[u8], line: &[u8]) -> bool {
-    let line = strip_newline(line);
+    let line = without_line_end(line);
     let mut diff = secret.len() ^ line.len();
     for (i, &s) in secret.iter().enumerate() {
         diff |= usize::from(s ^ line.get(i).copied().unwrap_or(!s));
     }
     diff == 0
-}
-
-fn strip_newline(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 #[cfg(test)]

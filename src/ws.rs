@@ -29,6 +29,7 @@ use tungstenite::{Error, Message, WebSocket};
 use crate::chunk::Chunk;
 use crate::config::Config;
 use crate::daemon::Daemon;
+use crate::framing::without_line_end;
 use crate::notice::Departure;
 use crate::peer::Peer;
 use crate::ws_frame;
@@ -45,6 +46,10 @@ pub(crate) struct Duplex {
     at: usize,
     /// Once the client is admitted: where tungstenite's writes go.
     queue: Option<(Arc<Daemon>, Arc<Peer>)>,
+    /// When a read from the socket must give up (a ping is due, or the client's timeout):
+    /// set just before the socket is read, not for each message, since tungstenite often
+    /// has the next message buffered already.
+    wake: Option<Instant>,
 }
 
 impl Read for Duplex {
@@ -58,6 +63,12 @@ impl Read for Duplex {
                 self.at = 0;
             }
             return Ok(n);
+        }
+        if let Some(wake) = self.wake {
+            let wait = wake
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let _ = self.sock.set_read_timeout(Some(wait));
         }
         (&*self.sock).read(buf)
     }
@@ -129,6 +140,7 @@ pub(crate) fn handshake(
         head,
         at: 0,
         queue: None,
+        wake: None,
     };
     match tungstenite::accept_hdr_with_config(duplex, check, Some(ws_config)) {
         Ok(socket) => Ok(socket),
@@ -203,11 +215,7 @@ impl Ws {
                 }
                 None => self.heard + self.ping_interval,
             };
-            let wake = deadline.map_or(ping_due, |d| d.min(ping_due));
-            let wait = wake
-                .saturating_duration_since(now)
-                .max(Duration::from_millis(1));
-            let _ = self.socket.get_ref().sock.set_read_timeout(Some(wait));
+            self.socket.get_mut().wake = Some(deadline.map_or(ping_due, |d| d.min(ping_due)));
             let message = match self.socket.read() {
                 Ok(message) => message,
                 Err(Error::Io(e)) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {
@@ -218,10 +226,8 @@ impl Ws {
             self.heard = Instant::now();
             match message {
                 Message::Text(text) => {
-                    for line in text.split_inclusive('\n') {
-                        let line = line.strip_suffix('\n').unwrap_or(line);
-                        let line = line.strip_suffix('\r').unwrap_or(line);
-                        buf.extend_from_slice(line.as_bytes());
+                    for line in text.as_bytes().split_inclusive(|&b| b == b'\n') {
+                        buf.extend_from_slice(without_line_end(line));
                         buf.push(b'\n');
                     }
                     if !buf.is_empty() {

@@ -9,6 +9,8 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
 
+use crate::framing::without_line_end;
+
 /// One text message per line of `lines` (each ending with `\n`, which, like a `\r` before
 /// it, is not part of the message). Bytes that are not UTF-8 (possible from a raw-mode TCP
 /// client) become U+FFFD: a text message must be UTF-8, and a browser closes the
@@ -22,9 +24,7 @@ pub(crate) fn text_frames(lines: &[u8]) -> Box<[u8]> {
         ..FrameHeader::default()
     };
     for line in lines.split_inclusive(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let text = String::from_utf8_lossy(line);
+        let text = String::from_utf8_lossy(without_line_end(line));
         // Writing to a Vec cannot fail.
         let _ = header.format(text.len() as u64, &mut out);
         out.extend_from_slice(text.as_bytes());
