@@ -4,21 +4,13 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, Server};
+use common::{Client, Daemon, Server, connect_from};
 use relayd::Config;
 use relayd::access::Rules;
-
-fn connect_from(src: &str, to: SocketAddr) -> Client {
-    let src: IpAddr = src.parse().unwrap();
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::new(src, 0).into()).unwrap();
-    socket.connect(&to.into()).unwrap();
-    Client::from_stream(TcpStream::from(socket))
-}
 
 fn rules(allow: &[&str], deny: &[&str]) -> Rules {
     Rules {

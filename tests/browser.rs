@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, temp_path};
+use common::{Daemon, Killed, temp_path};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const FIREFOX: &str = "/usr/bin/firefox-esr";
@@ -55,15 +55,6 @@ fn firefox(url: &str, profile: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("cannot start /usr/bin/firefox-esr (install Debian's firefox-esr; .ci/run does)")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Proves, in Chromium: the page connects over WebSocket; a line sent by a TCP client appears

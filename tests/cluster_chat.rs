@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use cluster_support::{Node, Redis};
-use common::{Client, eventually, numbered_lines};
+use common::{Client, eventually, numbered_lines, ws_connect, ws_text};
 
 fn line(c: &mut Client) -> String {
     String::from_utf8(c.line()).unwrap()
@@ -425,9 +425,7 @@ fn a_browser_and_a_terminal_on_two_nodes_chat() {
     a.wait_linked();
     b.wait_linked();
     let ws_addr = a.daemon.ws_addr();
-    let sock = std::net::TcpStream::connect(ws_addr).unwrap();
-    sock.set_read_timeout(Some(common::TIMEOUT)).unwrap();
-    let (mut web, _) = tungstenite::client(format!("ws://{ws_addr}/ws"), sock).unwrap();
+    let mut web = ws_connect(ws_addr, None);
     let welcome = ws_text(&mut web);
     assert!(
         welcome.starts_with("* welcome to relayd, you are guest1@a "),
@@ -446,15 +444,4 @@ fn a_browser_and_a_terminal_on_two_nodes_chat() {
     assert_eq!(got, "<term> hello browser");
     web.send(Message::text("hello terminal")).unwrap();
     assert_eq!(until(&mut term, "<"), "<web> hello terminal\n");
-}
-
-/// The next text message (tungstenite answers pings as it reads).
-fn ws_text(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> String {
-    loop {
-        match ws.read().expect("a message") {
-            tungstenite::Message::Text(t) => return t.to_string(),
-            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
 }

@@ -9,7 +9,9 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, admin_command, connect_small_rcvbuf, http, numbered_lines, temp_path};
+use common::{
+    Daemon, admin_command, connect_small_rcvbuf, eventually_within, http, numbered_lines, temp_path,
+};
 use prometheus_parse::{LineInfo, Scrape, Value};
 
 /// A daemon with `--metrics` on a free port (and `args`), and that port.
@@ -85,14 +87,15 @@ fn metrics_parse_match_stats_and_move_with_traffic() {
     }
     // Each line's wait is recorded once its recipient's socket has taken it, which may be a
     // moment after the recipient has read it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let after = loop {
-        let after = scrape(addr);
-        if histogram_count(&after, "relayd_line_wait_seconds") == 20.0 || Instant::now() > deadline
-        {
-            break after;
-        }
-    };
+    let mut after = HashMap::new();
+    eventually_within(
+        "the 20 line waits in /metrics",
+        Duration::from_secs(5),
+        || {
+            after = scrape(addr);
+            histogram_count(&after, "relayd_line_wait_seconds") == 20.0
+        },
+    );
     assert_eq!(counter(&after, "relayd_received_lines_total"), 10.0);
     assert_eq!(counter(&after, "relayd_queued_lines_total"), 20.0);
     assert_eq!(counter(&after, "relayd_received_bytes_total"), 70.0);

@@ -4,20 +4,9 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 
-use common::{Client, Daemon, admin_command, temp_path};
-
-/// A connection to `addr` from the local address `from` (any of 127.0.0.0/8 is this machine),
-/// so that one test can be two client addresses.
-fn connect_from(addr: SocketAddr, from: &str) -> Client {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let local: IpAddr = from.parse().unwrap();
-    s.bind(&SocketAddr::new(local, 0).into()).unwrap();
-    s.connect(&addr.into()).unwrap();
-    Client::from_stream(TcpStream::from(s))
-}
+use common::{Daemon, admin_command, connect_from, temp_path};
 
 /// Replaces a file whole (write, then rename over it), as editors and config management do:
 /// a reload never reads half of it.
@@ -50,8 +39,8 @@ fn sighup_with_a_smaller_allow_file_closes_only_the_refused() {
     let allow = file("allow", "127.0.0.0/8\n");
     let d = Daemon::spawn(&["--allow-file", allow.to_str().unwrap()]);
     let addr = d.addrs[0];
-    let mut a = connect_from(addr, "127.0.0.1");
-    let mut b = connect_from(addr, "127.0.0.2");
+    let mut a = connect_from("127.0.0.1", addr);
+    let mut b = connect_from("127.0.0.2", addr);
     b.send(b"b is in\n");
     a.expect(b"b is in\n");
 
@@ -64,8 +53,8 @@ fn sighup_with_a_smaller_allow_file_closes_only_the_refused() {
     );
     b.expect(b"relayd: no longer allowed\n");
     b.expect_eof();
-    connect_from(addr, "127.0.0.2").expect_eof();
-    let mut c = connect_from(addr, "127.0.0.1");
+    connect_from("127.0.0.2", addr).expect_eof();
+    let mut c = connect_from("127.0.0.1", addr);
     c.send(b"a stays\n");
     a.expect(b"a stays\n");
 
@@ -75,7 +64,7 @@ fn sighup_with_a_smaller_allow_file_closes_only_the_refused() {
         "127.0.0.0/8\n",
         "reloaded; 0 clients no longer allowed",
     );
-    let mut e = connect_from(addr, "127.0.0.2");
+    let mut e = connect_from("127.0.0.2", addr);
     e.send(b"back in\n");
     a.expect(b"back in\n");
     c.expect(b"back in\n");
@@ -94,8 +83,8 @@ fn admin_reload_with_a_larger_deny_file() {
         admin.to_str().unwrap(),
     ]);
     let addr = d.addrs[0];
-    let mut a = connect_from(addr, "127.0.0.1");
-    let mut b = connect_from(addr, "127.0.0.3");
+    let mut a = connect_from("127.0.0.1", addr);
+    let mut b = connect_from("127.0.0.3", addr);
     b.send(b"hi\n");
     a.expect(b"hi\n");
 
@@ -106,7 +95,7 @@ fn admin_reload_with_a_larger_deny_file() {
     );
     b.expect(b"relayd: no longer allowed\n");
     b.expect_eof();
-    let mut c = connect_from(addr, "127.0.0.1");
+    let mut c = connect_from("127.0.0.1", addr);
     c.send(b"still here\n");
     a.expect(b"still here\n");
 }
@@ -128,8 +117,8 @@ fn a_broken_file_leaves_the_old_settings() {
         admin.to_str().unwrap(),
     ]);
     let addr = d.addrs[0];
-    let mut a = connect_from(addr, "127.0.0.1");
-    let mut b = connect_from(addr, "127.0.0.2");
+    let mut a = connect_from("127.0.0.1", addr);
+    let mut b = connect_from("127.0.0.2", addr);
 
     replace(&allow, "127.0.0.1\n");
     let line = sighup_after(&d, &deny, "10.0.0.0/8\nnot-an-address\n", "reload failed");
@@ -143,7 +132,7 @@ fn a_broken_file_leaves_the_old_settings() {
     );
     assert!(d.is_running());
     // The allow file's change was not applied either: 127.0.0.2 still gets in.
-    let mut c = connect_from(addr, "127.0.0.2");
+    let mut c = connect_from("127.0.0.2", addr);
     c.send(b"all still here\n");
     a.expect(b"all still here\n");
     b.expect(b"all still here\n");

@@ -5,20 +5,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use common::{Daemon, TIMEOUT, lines_of};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Daemon, Killed, TIMEOUT, lines_of};
 
 #[test]
 fn two_tls_clients_talk_through_stunnel() {

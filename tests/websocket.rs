@@ -8,7 +8,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, TIMEOUT, admin_command, eventually, temp_path};
+use common::{
+    Client, Daemon, TIMEOUT, admin_command, eventually, temp_path, try_ws_connect, ws_connect,
+    ws_text,
+};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
@@ -58,41 +61,6 @@ impl Drop for Browsers {
     }
 }
 
-fn ws_connect(addr: SocketAddr, origin: Option<&str>) -> WebSocket<TcpStream> {
-    try_ws_connect(addr, origin).unwrap_or_else(|e| panic!("websocket handshake: {e}"))
-}
-
-fn try_ws_connect(
-    addr: SocketAddr,
-    origin: Option<&str>,
-) -> Result<WebSocket<TcpStream>, tungstenite::Error> {
-    use tungstenite::client::IntoClientRequest;
-    let sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().unwrap());
-    }
-    match tungstenite::client(request, sock) {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
-        Err(e) => panic!("handshake interrupted: {e}"),
-    }
-}
-
-/// The next text message (pings are answered by tungstenite as it reads).
-fn text(ws: &mut WebSocket<TcpStream>) -> String {
-    loop {
-        match ws.read().expect("a message") {
-            Message::Text(t) => return t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
 fn send(ws: &mut WebSocket<TcpStream>, text: &str) {
     ws.send(Message::text(text)).unwrap();
 }
@@ -136,8 +104,8 @@ fn raw_lines_cross_between_websocket_and_tcp() {
     nc.expect(b"two\n");
     nc.expect(b"lines\n");
     nc.send(b"from nc\n\xffz\r\n");
-    assert_eq!(text(&mut ws), "from nc");
-    assert_eq!(text(&mut ws), "\u{fffd}z");
+    assert_eq!(ws_text(&mut ws), "from nc");
+    assert_eq!(ws_text(&mut ws), "\u{fffd}z");
     let clients = b.clients();
     assert!(clients[0].ends_with(" tcp"), "{clients:?}");
     assert!(clients[1].ends_with(" ws"), "{clients:?}");
@@ -152,24 +120,24 @@ fn chat_rooms_and_names_across_transports() {
     nc.expect("* welcome to relayd, you are guest1 (1 online) — /help for commands\n".as_bytes());
     let mut ws = b.ws();
     assert_eq!(
-        text(&mut ws),
+        ws_text(&mut ws),
         "* welcome to relayd, you are guest2 (2 online) — /help for commands"
     );
     nc.expect(b"* guest2 joined (2 online)\n");
     send(&mut ws, "/nick web");
     nc.expect(b"* guest2 is now web\n");
-    assert_eq!(text(&mut ws), "* you are now web");
+    assert_eq!(ws_text(&mut ws), "* you are now web");
     nc.send(b"/nick term\n");
     nc.expect(b"* you are now term\n");
-    assert_eq!(text(&mut ws), "* guest1 is now term");
+    assert_eq!(ws_text(&mut ws), "* guest1 is now term");
     send(&mut ws, "/join games");
-    while !text(&mut ws).contains("games") {}
+    while !ws_text(&mut ws).contains("games") {}
     nc.expect(b"* web left (joined games) (1 online)\n");
     nc.send(b"/join games\n");
-    assert_eq!(text(&mut ws), "* term joined (2 online)");
+    assert_eq!(ws_text(&mut ws), "* term joined (2 online)");
     while !String::from_utf8_lossy(&nc.line()).contains("games") {}
     nc.send(b"hello from nc\n");
-    assert_eq!(text(&mut ws), "<term> hello from nc");
+    assert_eq!(ws_text(&mut ws), "<term> hello from nc");
     send(&mut ws, "<b>hi</b>");
     nc.expect(b"<web> <b>hi</b>\n");
 }
@@ -182,7 +150,7 @@ fn kick_a_websocket_client() {
     let mut nc = b.tcp();
     nc.line();
     let mut ws = b.ws();
-    text(&mut ws);
+    ws_text(&mut ws);
     nc.expect(b"* guest2 joined (2 online)\n");
     assert_eq!(admin_command(&b.admin, "kick guest2 spam"), "ok\n");
     let mut texts = Vec::new();
@@ -202,13 +170,13 @@ fn rate_limit_applies_to_websocket_clients() {
         send(&mut ws, &format!("line {i}"));
     }
     assert_eq!(
-        text(&mut ws),
+        ws_text(&mut ws),
         "relayd: rate limit exceeded (2 lines per 3600 s), line dropped"
     );
     nc.expect(b"line 0\n");
     nc.expect(b"line 1\n");
     nc.send(b"after\n");
-    assert_eq!(text(&mut ws), "after");
+    assert_eq!(ws_text(&mut ws), "after");
 }
 
 /// Proves: a message longer than `--max-line` gets the notice and close code 1009; a binary

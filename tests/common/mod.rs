@@ -595,3 +595,62 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
         .unwrap_or_else(|| panic!("no HTTP response: {response:?}"));
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
+
+/// A child process (stunnel, a browser) killed and reaped when the test ends, however it ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A connection to `to` from the local address `src` (any of 127.0.0.0/8 is this machine),
+/// so that one test can be several client addresses.
+pub fn connect_from(src: &str, to: SocketAddr) -> Client {
+    let src: std::net::IpAddr = src.parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    Client::from_stream(TcpStream::from(socket))
+}
+
+/// A WebSocket client of `addr`'s `/ws` (with an `Origin` header if given), its reads bounded
+/// by [`TIMEOUT`]; the handshake's failure as an error.
+pub fn try_ws_connect(
+    addr: SocketAddr,
+    origin: Option<&str>,
+) -> Result<tungstenite::WebSocket<TcpStream>, tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest;
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    match tungstenite::client(request, sock) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(e) => panic!("handshake interrupted: {e}"),
+    }
+}
+
+/// [`try_ws_connect`], failing the test if the handshake fails.
+pub fn ws_connect(addr: SocketAddr, origin: Option<&str>) -> tungstenite::WebSocket<TcpStream> {
+    try_ws_connect(addr, origin).unwrap_or_else(|e| panic!("websocket handshake: {e}"))
+}
+
+/// The next text message (pings are answered by tungstenite as it reads).
+pub fn ws_text(ws: &mut tungstenite::WebSocket<TcpStream>) -> String {
+    use tungstenite::Message;
+    loop {
+        match ws.read().expect("a message") {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
