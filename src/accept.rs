@@ -116,24 +116,13 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
         return;
     }
     let sock = Arc::new(sock);
-    let notices = daemon.notices();
     let slot = match daemon.admit(Arc::clone(&sock), addr, false) {
         Ok(slot) => slot,
-        Err(Refusal::NotAllowed) => {
-            // Not a byte for someone who does not belong here, not even an error line.
-            info!("refused {addr}: not allowed by --allow/--deny");
-            return;
-        }
-        Err(Refusal::TooManyFromAddress) => {
-            let max = daemon.config().max_per_ip;
-            info!("refused {addr}: more than {max} connections from this address");
-            tcp::refuse(&sock, &notices.too_many_from_address());
-            return;
-        }
-        Err(Refusal::Full) => {
-            let max = daemon.config().max_clients;
-            info!("refused {addr}: server full ({max} clients)");
-            tcp::refuse(&sock, &notices.server_full(max));
+        Err(refusal) => {
+            // Someone not allowed at all gets not a byte, not even an error line.
+            if let Some(notice) = refusal_notice(daemon, addr, refusal) {
+                tcp::refuse(&sock, &notice);
+            }
             return;
         }
     };
@@ -262,26 +251,34 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
     start_client(daemon, slot, addr, transport);
 }
 
-/// Tells a WebSocket client, which completed its handshake, why it is not served: the
-/// notice a TCP client would get, as a text message, then a close frame.
-fn refuse_websocket(daemon: &Daemon, sock: &TcpStream, addr: SocketAddr, refusal: Refusal) {
+/// Logs why a connection is refused, and returns what it is told (nothing if it is not
+/// allowed at all).
+fn refusal_notice(daemon: &Daemon, addr: SocketAddr, refusal: Refusal) -> Option<Chunk> {
     let notices = daemon.notices();
-    let notice = match refusal {
+    match refusal {
         Refusal::NotAllowed => {
             info!("refused {addr}: not allowed by --allow/--deny");
-            let _ = sock.shutdown(std::net::Shutdown::Both);
-            return;
+            None
         }
         Refusal::TooManyFromAddress => {
             let max = daemon.config().max_per_ip;
             info!("refused {addr}: more than {max} connections from this address");
-            notices.too_many_from_address()
+            Some(notices.too_many_from_address())
         }
         Refusal::Full => {
             let max = daemon.config().max_clients;
             info!("refused {addr}: server full ({max} clients)");
-            notices.server_full(max)
+            Some(notices.server_full(max))
         }
+    }
+}
+
+/// Tells a WebSocket client, which completed its handshake, why it is not served: the
+/// notice a TCP client would get, as a text message, then a close frame.
+fn refuse_websocket(daemon: &Daemon, sock: &TcpStream, addr: SocketAddr, refusal: Refusal) {
+    let Some(notice) = refusal_notice(daemon, addr, refusal) else {
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+        return;
     };
     let reason = String::from_utf8_lossy(&notice).trim_end().to_string();
     let mut bytes = Chunk::wire(&notice, true).to_vec();
