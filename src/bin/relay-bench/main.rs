@@ -2,13 +2,17 @@
 //! with the same code in the same run, so that ratios hold on a noisy shared machine.
 //!
 //! Modules, one job each:
+//! - [`params`]: what a run is asked to do (the scenario's kind and parameters).
 //! - [`scenario`]: what each scenario connects, sends and measures.
 //! - [`sender`], [`receiver`]: the two sides of a run (one thread each).
 //! - [`payload`]: the self-checking line format; [`histogram`]: latency percentiles.
 //! - [`target`]: starting or finding the server; [`procstat`]: its cost from /proc.
-//! - [`report`]: the table, JSON, and `--compare` ratios; [`sys`]: epoll and friends.
+//! - [`report`]: one run's results, as a table row or JSON; [`compare`]: `--compare` ratios.
+//! - [`sys`]: epoll and friends.
 
+mod compare;
 mod histogram;
+mod params;
 mod payload;
 mod procstat;
 mod receiver;
@@ -24,8 +28,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use params::{Kind, Params};
 use report::Outcome;
-use scenario::{Kind, Params};
 use sys::Cpus;
 use target::Spec;
 
@@ -435,7 +439,7 @@ fn run(a: &Args) -> Result<bool, String> {
         }
     }
     if second.is_some() {
-        let _ = out.write_all(report::compare(&ra, &rb, a.json).as_bytes());
+        let _ = out.write_all(compare::compare(&ra, &rb, a.json).as_bytes());
     }
     Ok(ok)
 }

@@ -1,12 +1,12 @@
-//! Results and how they are shown: a table for people, one JSON object per line for scripts,
-//! and for `--compare` the ratio of every figure, pair by pair.
+//! One run's results and how they are shown: a table for people, one JSON object per line
+//! for scripts. Comparing two targets' runs is compare.rs's job.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::histogram::Histogram;
+use crate::params::{Kind, Params};
 use crate::receiver::RxReport;
-use crate::scenario::Params;
 use crate::target::Spec;
 
 /// Latency percentiles, in microseconds.
@@ -112,7 +112,7 @@ impl Measure {
 
 /// CPU-s per million deliveries with three significant digits: full-speed fanout costs
 /// hundredths of a second, chatter whole seconds.
-fn per_m(v: f64) -> String {
+pub fn per_m(v: f64) -> String {
     if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
@@ -148,7 +148,7 @@ pub struct Outcome {
     pub senders: usize,
     /// relayd nodes (`--nodes`), 1 for any other server.
     pub nodes: usize,
-    pub scenario: &'static str,
+    pub scenario: Kind,
     pub run: usize,
     pub clients: usize,
     pub lines: u64,
@@ -171,7 +171,7 @@ pub struct Outcome {
 impl Outcome {
     pub fn new(p: &Params, spec: &Spec, run: usize) -> Outcome {
         Outcome {
-            target: if p.kind.name() == "ceiling" {
+            target: if p.kind == Kind::Ceiling {
                 "loopback".into()
             } else if p.ws {
                 spec.label() + "/ws"
@@ -181,7 +181,7 @@ impl Outcome {
             transport: if p.ws { "ws" } else { "tcp" },
             senders: p.senders,
             nodes: spec.nodes(),
-            scenario: p.kind.name(),
+            scenario: p.kind,
             run,
             clients: p.clients,
             lines: p.lines,
@@ -232,7 +232,7 @@ fn lat(us: f64) -> String {
     }
 }
 
-fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+pub fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
     v.map(f).unwrap_or_else(|| "-".into())
 }
 
@@ -266,7 +266,7 @@ fn row(name: &str, o: &Outcome, m: &Measure) -> String {
     )
 }
 
-fn truncate(s: &str, n: usize) -> &str {
+pub fn truncate(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
         Some((i, _)) => &s[..i],
         None => s,
@@ -281,7 +281,7 @@ pub fn table(o: &Outcome) -> String {
             s,
             "{:<12} {:<9} {:>3} FAILED: {e}",
             truncate(&o.target, 12),
-            o.scenario,
+            o.scenario.name(),
             o.run
         );
     }
@@ -289,7 +289,7 @@ pub fn table(o: &Outcome) -> String {
         let _ = writeln!(s, "{}", row("slow:base", o, b));
     }
     if let Some(m) = &o.main {
-        let _ = writeln!(s, "{}", row(o.scenario, o, m));
+        let _ = writeln!(s, "{}", row(o.scenario.name(), o, m));
         let mut notes = Vec::new();
         if m.timed_out {
             notes.push("hit --timeout".to_string());
@@ -310,7 +310,7 @@ pub fn table(o: &Outcome) -> String {
             Some(Fresh::Failed(why)) => notes.push(format!("fresh client: {why}")),
             None => {}
         }
-        if o.scenario == "connscale"
+        if o.scenario == Kind::Connscale
             && let Some(k) = o.rss_per_conn_kib()
         {
             notes.push(format!("server peak RSS {k:.1} KiB per connection"));
@@ -347,7 +347,7 @@ pub fn table(o: &Outcome) -> String {
     s
 }
 
-fn json_str(s: &str) -> String {
+pub fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -363,7 +363,7 @@ fn json_str(s: &str) -> String {
     out
 }
 
-fn json_num(v: Option<f64>) -> String {
+pub fn json_num(v: Option<f64>) -> String {
     match v {
         Some(v) if v.is_finite() => format!("{v:.3}"),
         _ => "null".into(),
@@ -371,7 +371,7 @@ fn json_num(v: Option<f64>) -> String {
 }
 
 /// As `json_num` with six decimals, for figures well below 1 (CPU-s per M deliveries).
-fn json_fine(v: Option<f64>) -> String {
+pub fn json_fine(v: Option<f64>) -> String {
     match v {
         Some(v) if v.is_finite() => format!("{v:.6}"),
         _ => "null".into(),
@@ -426,7 +426,7 @@ pub fn json(o: &Outcome) -> String {
          \"server_threads_max\":{},\"server_cpus\":{},\"client_cpus\":{},\"error\":{}}}",
         json_str(&o.target),
         json_str(o.transport),
-        json_str(o.scenario),
+        json_str(o.scenario.name()),
         o.run,
         o.clients,
         o.senders,
@@ -451,221 +451,4 @@ pub fn json(o: &Outcome) -> String {
         o.client_cpus.as_deref().map_or("null".into(), json_str),
         o.error.as_ref().map_or("null".into(), |e| json_str(e)),
     )
-}
-
-/// A figure compared across targets: its name, and how to read it from an outcome.
-struct Figure {
-    name: &'static str,
-    get: fn(&Outcome) -> Option<f64>,
-    /// Shown with three significant digits rather than one decimal (values well below 1).
-    fine: bool,
-}
-
-impl Figure {
-    fn new(name: &'static str, get: fn(&Outcome) -> Option<f64>) -> Figure {
-        Figure {
-            name,
-            get,
-            fine: false,
-        }
-    }
-
-    fn fine(name: &'static str, get: fn(&Outcome) -> Option<f64>) -> Figure {
-        Figure {
-            name,
-            get,
-            fine: true,
-        }
-    }
-
-    fn text(&self, v: f64) -> String {
-        if self.fine { per_m(v) } else { short(v) }
-    }
-
-    fn json(&self, v: Option<f64>) -> String {
-        if self.fine { json_fine(v) } else { json_num(v) }
-    }
-}
-
-fn figures() -> Vec<Figure> {
-    fn m(o: &Outcome) -> Option<&Measure> {
-        o.main.as_ref()
-    }
-    fn l(o: &Outcome) -> Option<&Latency> {
-        m(o)?.latency.as_ref()
-    }
-    fn r(o: &Outcome) -> Option<&Latency> {
-        m(o)?.remote_latency.as_ref()
-    }
-    vec![
-        Figure::new("deliveries/s", |o| m(o).map(|m| m.per_sec)),
-        Figure::new("lost", |o| m(o).map(|m| m.lost as f64)),
-        Figure::new("p50 (us)", |o| l(o).map(|l| l.p50)),
-        Figure::new("p99 (us)", |o| l(o).map(|l| l.p99)),
-        Figure::new("p99.9 (us)", |o| l(o).map(|l| l.p999)),
-        Figure::new("max (us)", |o| l(o).map(|l| l.max)),
-        Figure::new("across Redis: p50 (us)", |o| r(o).map(|l| l.p50)),
-        Figure::new("across Redis: p99 (us)", |o| r(o).map(|l| l.p99)),
-        Figure::new("server CPU %", |o| m(o).and_then(|m| m.server_cpu)),
-        Figure::fine("server CPU-s / M deliveries", |o| {
-            m(o).and_then(Measure::server_cpu_per_m)
-        }),
-        Figure::new("server peak RSS (KiB)", |o| {
-            o.server.as_ref()?.peak_rss_kib.map(|k| k as f64)
-        }),
-        Figure::new("generator CPU %", |o| m(o).map(|m| m.gen_cpu)),
-        Figure::new("slow: kept % of baseline", Outcome::kept_pct),
-        Figure::new("slow: fresh first line (ms)", Outcome::fresh_ms),
-    ]
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
-/// Each of the per-pair values `v` shown by `show`, separated by `sep`.
-fn joined(v: &[Option<f64>], sep: &str, show: impl Fn(Option<f64>) -> String) -> String {
-    v.iter().map(|&x| show(x)).collect::<Vec<_>>().join(sep)
-}
-
-fn short(v: f64) -> String {
-    if v.abs() >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if v.abs() >= 1e4 {
-        format!("{:.0}k", v / 1e3)
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-/// The comparison of `a` (relayd) against `b` (the peer), runs paired in the order they ran:
-/// per figure, each side's median and the median of the per-pair ratios a/b, then each ratio.
-pub fn compare(a: &[Outcome], b: &[Outcome], json: bool) -> String {
-    let (an, bn) = (
-        a.first().map_or("A".into(), |o| o.target.clone()),
-        b.first().map_or("B".into(), |o| o.target.clone()),
-    );
-    let mut s = String::new();
-    if !json {
-        let _ = writeln!(
-            s,
-            "\n{:<28} {:>10} {:>10}  {:>12}  per pair",
-            "figure",
-            truncate(&an, 10),
-            truncate(&bn, 10),
-            "ratio median"
-        );
-    }
-    for f in figures() {
-        let va: Vec<Option<f64>> = a.iter().map(f.get).collect();
-        let vb: Vec<Option<f64>> = b.iter().map(f.get).collect();
-        if va.iter().chain(&vb).all(Option::is_none) {
-            continue;
-        }
-        let ratios: Vec<Option<f64>> = va
-            .iter()
-            .zip(&vb)
-            .map(|(x, y)| match (x, y) {
-                (Some(x), Some(y)) if *y != 0.0 => Some(x / y),
-                _ => None,
-            })
-            .collect();
-        let ma = median(va.iter().flatten().copied().collect());
-        let mb = median(vb.iter().flatten().copied().collect());
-        let mr = median(ratios.iter().flatten().copied().collect());
-        if json {
-            let list = joined(&ratios, ",", json_num);
-            let _ = writeln!(
-                s,
-                "{{\"compare\":{},\"a\":{},\"b\":{},\"a_median\":{},\"b_median\":{},\
-                 \"ratio_median\":{},\"ratios\":[{}]}}",
-                json_str(f.name),
-                json_str(&an),
-                json_str(&bn),
-                f.json(ma),
-                f.json(mb),
-                json_num(mr),
-                list
-            );
-        } else {
-            let list = joined(&ratios, " ", |r| opt(r, |r| format!("{r:.2}x")));
-            let _ = writeln!(
-                s,
-                "{:<28} {:>10} {:>10}  {:>12}  {}",
-                f.name,
-                opt(ma, |v| f.text(v)),
-                opt(mb, |v| f.text(v)),
-                opt(mr, |r| format!("{r:.2}x")),
-                list
-            );
-        }
-    }
-    s + &added(a, b, json)
-}
-
-/// When one side ran on several nodes and the other on one (`--compare-nodes`): what the
-/// Redis hop added, pair by pair, as the latency across Redis on the one side minus the
-/// latency of the single node in the same pair. Empty otherwise.
-fn added(a: &[Outcome], b: &[Outcome], json: bool) -> String {
-    let nodes = |o: &[Outcome]| o.first().map_or(1, |o| o.nodes);
-    let (multi, single) = match (nodes(a), nodes(b)) {
-        (x, 1) if x > 1 => (a, b),
-        (1, y) if y > 1 => (b, a),
-        _ => return String::new(),
-    };
-    let name = |o: &[Outcome]| o.first().map_or(String::new(), |o| o.target.clone());
-    let mut s = String::new();
-    if !json {
-        let _ = writeln!(
-            s,
-            "\nadded by the Redis hop: {} across Redis minus {}, pair by pair",
-            name(multi),
-            name(single)
-        );
-    }
-    type Pick = fn(&Latency) -> f64;
-    let figures: [(&str, Pick); 2] = [("p50 (us)", |l| l.p50), ("p99 (us)", |l| l.p99)];
-    for (fig, get) in figures {
-        let diffs: Vec<Option<f64>> = multi
-            .iter()
-            .zip(single)
-            .map(|(m, o)| {
-                let remote = m.main.as_ref()?.remote_latency.as_ref()?;
-                let one = o.main.as_ref()?.latency.as_ref()?;
-                Some(get(remote) - get(one))
-            })
-            .collect();
-        let med = median(diffs.iter().flatten().copied().collect());
-        if json {
-            let list = joined(&diffs, ",", json_num);
-            let _ = writeln!(
-                s,
-                "{{\"added\":{},\"nodes\":{},\"single\":{},\"median\":{},\"pairs\":[{}]}}",
-                json_str(fig),
-                json_str(&name(multi)),
-                json_str(&name(single)),
-                json_num(med),
-                list
-            );
-        } else {
-            let list = joined(&diffs, " ", |d| opt(d, |d| format!("{d:+.0}")));
-            let _ = writeln!(
-                s,
-                "{:<28} {:>10}  per pair {}",
-                fig,
-                opt(med, |d| format!("{d:+.0}")),
-                list
-            );
-        }
-    }
-    s
 }

@@ -13,65 +13,12 @@ use crate::payload::{self, now_ns};
 use crate::procstat::{self, ThreadSampler};
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::params::{Kind, Params};
 use crate::receiver::{self, Limits, Progress, RxConn, RxReport, Shared};
 use crate::report::{Fresh, Measure, Outcome, ServerCost};
 use crate::sender;
-use crate::sys::{self, Cpus};
+use crate::sys;
 use crate::target::{self, Servers, Spec};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Fanout,
-    Chatter,
-    Slow,
-    Connscale,
-    Ceiling,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Fanout => "fanout",
-            Kind::Chatter => "chatter",
-            Kind::Slow => "slow",
-            Kind::Connscale => "connscale",
-            Kind::Ceiling => "ceiling",
-        }
-    }
-}
-
-/// Everything a run needs to know, with each scenario's defaults already filled in.
-#[derive(Clone, Debug)]
-pub struct Params {
-    pub kind: Kind,
-    /// Receivers (fanout, slow, connscale, ceiling) or clients (chatter).
-    pub clients: usize,
-    /// Measured lines the sender sends (not chatter).
-    pub lines: u64,
-    /// Bytes per line, newline included.
-    pub size: usize,
-    /// Lines per second: the sender's (fanout, slow, connscale) or each client's (chatter).
-    pub rate: Option<f64>,
-    /// How long chatter clients send.
-    pub duration: Duration,
-    /// Hard limit on one run, connecting included.
-    pub timeout: Duration,
-    /// How long to wait for missing lines after the last one is sent.
-    pub drain: Duration,
-    /// Where a server started here runs (--server-cpus; the CPUs this process had at start
-    /// when only --client-cpus is given, so that it does not inherit the generator's).
-    pub server_cpus: Option<Cpus>,
-    /// Where this generator runs (--client-cpus), applied in `main` before any thread.
-    pub client_cpus: Option<Cpus>,
-    /// --ws: the receivers (fanout, slow, connscale) are WebSocket clients of relayd's
-    /// `--ws-bind` listener; senders, the stalled and the fresh client stay TCP.
-    pub ws: bool,
-    /// fanout, connscale: TCP senders (--senders). With more than one, each sends `lines`
-    /// lines at `rate` lines/s, and they hear each other like any other client.
-    pub senders: usize,
-    /// Receiver threads (--rx-threads), each reading its share of the clients.
-    pub rx_threads: usize,
-}
 
 /// Runs one scenario against a fresh instance of `spec` (or no server at all, for ceiling).
 pub fn run(params: &Params, spec: &Spec, run: usize) -> Outcome {
