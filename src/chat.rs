@@ -149,7 +149,7 @@ impl Chat {
                 }
                 Input::Text(text) => text,
             };
-            if !self.allow(daemon, peer) {
+            if !self.allow(daemon, peer, "line") {
                 continue;
             }
             self.out.push_str(&format!("<{}> {text}{eol}", self.name));
@@ -170,9 +170,9 @@ impl Chat {
         self.out_lines = 0;
     }
 
-    /// Takes a token for one relayed line, or drops the line and (at most once per period)
-    /// tells the client.
-    fn allow(&mut self, daemon: &Daemon, peer: &Arc<Peer>) -> bool {
+    /// Takes a token for one relayed line (or a command that makes others see one: `what`
+    /// names it), or drops it and (at most once per period) tells the client.
+    fn allow(&mut self, daemon: &Daemon, peer: &Arc<Peer>, what: &str) -> bool {
         let Some(bucket) = &mut self.bucket else {
             return true;
         };
@@ -180,7 +180,7 @@ impl Chat {
         if bucket.take(1, now) == 1 {
             return true;
         }
-        if let Some(warning) = bucket.warning(now) {
+        if let Some(warning) = bucket.warning(now, what) {
             info!("client {}: over the rate limit, dropping lines", peer.id());
             daemon.send_to(peer, &daemon.notices().line(warning), 0);
         }
@@ -207,7 +207,9 @@ impl Chat {
     ) -> Option<Option<String>> {
         let command = command.to_ascii_lowercase();
         // Commands that make others see a line take a token, like the line itself would.
-        if matches!(command.as_str(), "nick" | "join") && !self.allow(daemon, peer) {
+        if matches!(command.as_str(), "nick" | "join")
+            && !self.allow(daemon, peer, &format!("/{command}"))
+        {
             return None;
         }
         match command.as_str() {
@@ -219,7 +221,7 @@ impl Chat {
             }
             "me" if arg.is_empty() => self.reply(daemon, peer, "relayd: usage: /me TEXT"),
             "me" => {
-                if self.allow(daemon, peer) {
+                if self.allow(daemon, peer, "/me") {
                     let eol = daemon.notices().eol();
                     self.out.push_str(&format!("* {} {arg}{eol}", self.name));
                     self.out_lines += 1;
@@ -298,7 +300,7 @@ impl Chat {
         if to.eq_ignore_ascii_case(&self.name) {
             return self.reply(daemon, peer, "relayd: that is you");
         }
-        if !self.allow(daemon, peer) {
+        if !self.allow(daemon, peer, "/msg") {
             return;
         }
         let line = daemon

@@ -88,7 +88,8 @@ struct Client {
     daemon: Arc<Daemon>,
     slot: Slot,
     transport: Transport,
-    /// Chat mode speaks to telnet: its commands are taken out before framing.
+    /// A TCP client may be telnet: its commands are taken out before framing, unless
+    /// `--binary` asks for every byte as it is.
     telnet: Option<Telnet>,
     framer: Framer,
     phase: Phase,
@@ -117,7 +118,7 @@ pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Transport) {
     };
     let mut client = Client {
         // Browsers do not speak telnet.
-        telnet: (config.chat && matches!(transport, Transport::Tcp(_))).then(Telnet::new),
+        telnet: (!config.binary && matches!(transport, Transport::Tcp(_))).then(Telnet::new),
         framer: Framer::new(config.max_line),
         daemon: Arc::clone(&daemon),
         slot,
@@ -211,13 +212,13 @@ impl Client {
         }
     }
 
-    /// Frames the bytes of one read into `lines` (taking telnet's commands out first, in chat
-    /// mode), and tells the client about each line that was too long.
+    /// Frames the bytes of one read into `lines` (taking telnet's commands out first, unless
+    /// `--binary`), and tells the client about each line that was too long.
     fn take(&mut self, data: &[u8]) {
         let daemon = &*self.daemon;
         add(&daemon.stats().bytes_in, data.len() as u64);
         let too_long = match &mut self.telnet {
-            Some(telnet) => {
+            Some(telnet) if !telnet.passes(data) => {
                 self.text.clear();
                 self.reply.clear();
                 telnet.feed(data, &mut self.text, &mut self.reply);
@@ -226,7 +227,7 @@ impl Client {
                 }
                 self.framer.feed(&self.text, &mut self.lines)
             }
-            None => self.framer.feed(data, &mut self.lines),
+            _ => self.framer.feed(data, &mut self.lines),
         };
         if too_long == 0 {
             return;
@@ -352,7 +353,7 @@ fn relay_raw(
                 k => memchr_iter(b'\n', lines).nth(k - 1).map_or(0, |i| i + 1),
             };
             lines.truncate(cut);
-            if let Some(warning) = bucket.warning(now) {
+            if let Some(warning) = bucket.warning(now, "line") {
                 info!("client {}: over the rate limit, dropping lines", peer.id());
                 daemon.send_to(peer, &daemon.notices().line(warning), 0);
             }

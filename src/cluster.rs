@@ -28,7 +28,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -212,6 +212,11 @@ struct Shared {
     /// The publisher has finished sending a batch (for [`Cluster::farewell`]).
     sent: Condvar,
     link: Mutex<Link>,
+    /// How many times the subscriber has lost its connection. Both connections go to one
+    /// Redis: when one finds it gone, the publisher's (idle, perhaps, and so not yet told)
+    /// is taken for gone too and made again, so that an outage is logged once and its end
+    /// once, not a second time when the publisher next writes into its dead socket.
+    outages: AtomicU64,
     /// Heartbeats asked for before their time.
     wake: Mutex<Wake>,
     woken: Condvar,
@@ -521,6 +526,7 @@ impl Shared {
             wake: Mutex::new(Wake::default()),
             woken: Condvar::new(),
             query: Mutex::new(None),
+            outages: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
     }
@@ -722,7 +728,13 @@ impl Shared {
     }
 
     fn publisher(&self) {
-        while let Some(mut con) = self.connect(Side::Publisher) {
+        loop {
+            // Taken before connecting: an outage that the subscriber sees from here on is
+            // one this connection may not have survived.
+            let outages = self.outages.load(Ordering::Relaxed);
+            let Some(mut con) = self.connect(Side::Publisher) else {
+                return;
+            };
             // A Redis that stops answering must not hold the queue forever: it fills, and
             // further lines are dropped and counted.
             let timeouts = con
@@ -733,18 +745,31 @@ impl Shared {
                 continue;
             }
             self.set(Side::Publisher, true, None);
-            let e = self.publish_queued(&mut con);
+            let e = self.publish_queued(&mut con, outages);
             self.set(Side::Publisher, false, e.as_ref());
+            if self.stopping() {
+                return;
+            }
         }
     }
 
-    /// Publishes what is queued, in order, until the connection fails (its error) or the
-    /// daemon stops (`None`).
-    fn publish_queued(&self, con: &mut redis::Connection) -> Option<redis::RedisError> {
+    /// Publishes what is queued, in order, until the connection fails (its error), the
+    /// subscriber has lost Redis since `outages` was read, or the daemon stops (`None`).
+    fn publish_queued(
+        &self,
+        con: &mut redis::Connection,
+        outages: u64,
+    ) -> Option<redis::RedisError> {
         loop {
             let batch: Vec<Item> = {
                 let mut queue = lock(&self.queue);
-                while queue.items.is_empty() {
+                loop {
+                    if self.outages.load(Ordering::Relaxed) != outages {
+                        return None;
+                    }
+                    if !queue.items.is_empty() {
+                        break;
+                    }
                     if self.stopping() {
                         return None;
                     }
@@ -835,6 +860,12 @@ impl Shared {
             if self.stopping() {
                 return;
             }
+            // The publisher makes its connection again too (see `outages`). The queue's lock
+            // is taken between the count and the wake-up, so that a publisher about to wait
+            // has either seen the new count or is waiting when woken.
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            drop(lock(&self.queue));
+            self.queued.notify_all();
         }
     }
 

@@ -39,6 +39,9 @@ pub struct Config {
     pub auth_failure_delay: Duration,
     /// Chat mode (`--chat`): names, rooms, commands and notices instead of a raw byte pipe.
     pub chat: bool,
+    /// `--binary`: relay every byte a TCP client sends as it is, telnet's commands (0xFF …)
+    /// included; without it, telnet's commands are taken out and its options refused.
+    pub binary: bool,
     /// End the lines the daemon writes in chat mode with `\r\n` instead of `\n`.
     pub crlf: bool,
     /// Relayed lines each room keeps and replays to whoever joins it; 0: none.
@@ -95,6 +98,7 @@ impl Default for Config {
             auth_timeout: Duration::from_secs(10),
             auth_failure_delay: Duration::from_secs(1),
             chat: false,
+            binary: false,
             crlf: false,
             history: 0,
             motd: Vec::new(),

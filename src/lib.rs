@@ -63,3 +63,4 @@ pub use cluster::{check_names as check_cluster_names, check_url as check_redis_u
 pub use config::{ClusterConfig, Config};
 pub use server::{Listeners, bind, run, serve};
 pub use shutdown::Shutdown;
+pub use ws::check_origin as check_ws_origin;

@@ -85,8 +85,8 @@ struct Args {
     max_line: u64,
 
     /// Clients served at once; the next one is told `relayd: server full (N clients)`.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    max_clients: usize,
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_clients: u64,
 
     /// Bytes queued for one client that its socket has not accepted yet. A sender whose
     /// line does not fit waits up to --stall-timeout for that client to catch up.
@@ -138,6 +138,12 @@ struct Args {
     #[arg(long)]
     chat: bool,
 
+    /// Relay every byte as it is, for programs that send binary data: without it, telnet's
+    /// commands (bytes from 0xFF on) are taken out of what TCP clients send and its option
+    /// negotiations refused, so a telnet user's Ctrl-C reaches nobody. Not with --chat.
+    #[arg(long, conflicts_with = "chat")]
+    binary: bool,
+
     /// In chat mode, end every line relayd writes with CR LF instead of LF.
     #[arg(long)]
     crlf: bool,
@@ -181,8 +187,8 @@ struct Args {
     ws_origin: Vec<String>,
 
     /// Ping a WebSocket client that sent nothing for this long (it must answer within
-    /// --write-timeout).
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS), hide = true)]
+    /// --write-timeout), so that a browser gone without a word is noticed.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     ws_ping_interval: u64,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9123). Its own
@@ -212,7 +218,7 @@ struct Args {
 
     /// How long a node's word holds in the cluster: a node not heard from for this long is
     /// taken for dead (its clients leave other nodes' lists), and the names it held come free.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), requires = "redis", hide = true)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), requires = "redis")]
     cluster_ttl: u64,
 
     /// More log output (-v: debug, -vv: trace).
@@ -270,6 +276,9 @@ impl Args {
                 list.push(entry.parse().map_err(|e| format!("{flag} {e}"))?);
             }
         }
+        for origin in &self.ws_origin {
+            relayd::check_ws_origin(origin)?;
+        }
         let settings = sources.load(self.max_line as usize)?;
         let cluster = match &self.redis {
             None => None,
@@ -298,12 +307,13 @@ impl Args {
             max_per_ip: self.max_per_ip,
             secret: settings.secret,
             max_line: self.max_line as usize,
-            max_clients: self.max_clients,
+            max_clients: usize::try_from(self.max_clients).unwrap_or(usize::MAX),
             max_pending: self.max_pending,
             stall_timeout: Duration::from_millis(self.stall_timeout),
             write_timeout: Duration::from_secs(self.write_timeout),
             idle_timeout: Some(Duration::from_secs(self.idle_timeout)).filter(|t| !t.is_zero()),
             chat: self.chat,
+            binary: self.binary,
             crlf: self.crlf,
             history: self.history,
             motd: settings.motd,
@@ -338,11 +348,7 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            // One line, like every other startup error: clap's first line, which names the
-            // option and the value, without its "error: " and the usage that follows.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("relayd: {}", first.strip_prefix("error: ").unwrap_or(first));
+            eprintln!("relayd: {}", one_line(&e.to_string()));
             return ExitCode::FAILURE;
         }
     };
@@ -365,6 +371,23 @@ fn main() -> ExitCode {
             eprintln!("relayd: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A clap error as one line, like every other startup error: its first line, which names the
+/// option and the value, without its "error: ", and what it lists on the indented lines
+/// after it (the missing arguments, say); not the usage that follows.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let listed: Vec<&str> = lines
+        .take_while(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    match listed.is_empty() {
+        true => first.to_owned(),
+        false => format!("{first} {}", listed.join(", ")),
     }
 }
 
@@ -455,11 +478,21 @@ fn serve(args: &Args, explicit_bind: bool) -> Result<(), String> {
             }
         );
     }
-    let binds: &[String] = if (listeners.relay.is_empty() && !passed_ws) || explicit_bind {
+    // Any passed socket means systemd owns the listening: the default --bind is not wanted
+    // then, whichever kinds were passed.
+    let passed = !listeners.relay.is_empty() || passed_ws || listeners.metrics.is_some();
+    let binds: &[String] = if !passed || explicit_bind {
         &args.bind
     } else {
         &[]
     };
+    if binds.is_empty() && listeners.relay.is_empty() && !passed_ws && args.ws_bind.is_empty() {
+        return Err(
+            "socket activation passed no socket for clients (only 'metrics'): \
+                    pass one named 'relay' or 'ws' too, or give --bind"
+                .into(),
+        );
+    }
     let addrs = binds
         .iter()
         .map(|spec| resolve(spec).map(|addr| (spec, addr)))

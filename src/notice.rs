@@ -217,11 +217,14 @@ impl Notices {
         self.line(format_args!("* {name} left ({why}) ({online} online)"))
     }
 
-    /// An operator's push: `* [server] TEXT` in chat mode (cleaned like any chat line), the
-    /// bare line in raw mode.
+    /// An operator's push: `* [server] TEXT` in chat mode, the bare line in raw mode; cleaned
+    /// like any chat line in both.
     pub(crate) fn push(&self, chat: bool, text: &str) -> Chunk {
+        // Cleaned in every mode: in raw mode too the operator's line lands on people's
+        // terminals, where an escape sequence would act on their screens.
+        let text = clean(text.as_bytes());
         if chat {
-            self.line(format_args!("* [server] {}", clean(text.as_bytes())))
+            self.line(format_args!("* [server] {text}"))
         } else {
             self.line(text)
         }

@@ -32,7 +32,8 @@ impl FromStr for Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} lines per {} s", self.lines, self.seconds)
+        let lines = if self.lines == 1 { "line" } else { "lines" };
+        write!(f, "{} {lines} per {} s", self.lines, self.seconds)
     }
 }
 
@@ -68,9 +69,9 @@ impl Bucket {
         allowed
     }
 
-    /// The notice for a dropped line, if the client has not had one in the last
-    /// `rate.seconds`.
-    pub(crate) fn warning(&mut self, now: Instant) -> Option<String> {
+    /// The notice for something dropped (`what`: "line", "/nick"), if the client has not had
+    /// one in the last `rate.seconds`.
+    pub(crate) fn warning(&mut self, now: Instant, what: &str) -> Option<String> {
         let quiet = Duration::from_secs(u64::from(self.rate.seconds));
         if self
             .warned
@@ -80,7 +81,7 @@ impl Bucket {
         }
         self.warned = Some(now);
         Some(format!(
-            "relayd: rate limit exceeded ({}), line dropped",
+            "relayd: rate limit exceeded ({}), {what} dropped",
             self.rate
         ))
     }
@@ -127,10 +128,19 @@ mod tests {
             seconds: 5,
         });
         assert_eq!(
-            b.warning(t0).as_deref(),
+            b.warning(t0, "line").as_deref(),
             Some("relayd: rate limit exceeded (20 lines per 5 s), line dropped")
         );
-        assert!(b.warning(t0 + Duration::from_secs(4)).is_none());
-        assert!(b.warning(t0 + Duration::from_secs(5)).is_some());
+        assert!(b.warning(t0 + Duration::from_secs(4), "line").is_none());
+        assert!(b.warning(t0 + Duration::from_secs(5), "line").is_some());
+        // One line, and a command rather than a line.
+        let mut b = Bucket::new(Rate {
+            lines: 1,
+            seconds: 60,
+        });
+        assert_eq!(
+            b.warning(t0, "/nick").as_deref(),
+            Some("relayd: rate limit exceeded (1 line per 60 s), /nick dropped")
+        );
     }
 }

@@ -1,18 +1,20 @@
-//! Telnet commands taken out of a chat client's input, and every option refused.
+//! Telnet commands taken out of a TCP client's input, and every option refused.
 //!
-//! People in `--chat` mode connect with `telnet` as often as with `nc`, and telnet mixes its
+//! People connect with `telnet` as often as with `nc`, in raw mode as in `--chat` mode (the
+//! README's first session offers both), and telnet mixes its
 //! commands (RFC 854) into what the user types: Ctrl-C sends `IAC IP IAC DO TIMING-MARK`, and a
 //! client that negotiates offers options (`IAC WILL TERMINAL-TYPE`, `IAC SB ... IAC SE`). Taken
 //! as text, those bytes reached everyone as `����`. Worse, after asking `DO TIMING-MARK` the
 //! telnet client throws away everything the server sends until it gets an answer, so the user
 //! saw the chat go silent after the first Ctrl-C.
 //!
-//! Chat needs nothing beyond the plain network virtual terminal, so relayd enables no option:
+//! Relaying needs nothing beyond the plain network virtual terminal, so relayd enables no option:
 //! it answers `DO x` with `WONT x` and `WILL x` with `DONT x`, and never answers `WONT` or
 //! `DONT` (a refusal that answered refusals could loop forever between two such ends, RFC 1143).
 //! Every other command, and the contents of subnegotiations, is dropped; `IAC IAC` is the data
 //! byte 0xFF. `CR NUL` (the NVT's bare CR) passes through unchanged: the NUL is a control
-//! character, which the chat layer removes from every line anyway.
+//! character, which the chat layer removes from every line anyway. Programs that need every
+//! byte relayed as it is, 0xFF included, run relayd with `--binary`, which turns this off.
 //!
 //! Hand-written, not a crate: the maintained-looking parsers (`libtelnet-rs`, and its forks
 //! `libmudtelnet`, `libmudtelnet-rs`) turn `IAC IP IAC DO TIMING-MARK` into text, lose the data
@@ -49,7 +51,7 @@ enum State {
     SubCommand,
 }
 
-/// One chat client's telnet state, kept across reads.
+/// One TCP client's telnet state, kept across reads.
 pub(crate) struct Telnet {
     state: State,
 }
@@ -57,6 +59,13 @@ pub(crate) struct Telnet {
 impl Telnet {
     pub(crate) fn new() -> Telnet {
         Telnet { state: State::Data }
+    }
+
+    /// Whether `data` is text as it stands: no command in it and none begun before it, so it
+    /// can be framed without the copy [`Telnet::feed`] makes (a read from `nc` or a program
+    /// never holds 0xFF unless it is binary).
+    pub(crate) fn passes(&self, data: &[u8]) -> bool {
+        self.state == State::Data && memchr(IAC, data).is_none()
     }
 
     /// Feeds bytes read from the client. Data bytes (with IAC IAC turned into one 0xFF) are

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info};
 use tungstenite::handshake::HandshakeError;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tungstenite::http::{HeaderValue, StatusCode};
+use tungstenite::http::{HeaderValue, StatusCode, Uri};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error, Message, WebSocket};
 
@@ -97,6 +97,42 @@ pub(crate) enum Refused {
     Answered(String),
     /// Not a valid WebSocket request: nothing was answered.
     Failed(String),
+}
+
+/// Checks one `--ws-origin`, for a one-line startup error. The check in [`handshake`] compares
+/// the browser's `Origin` header byte for byte, and a browser spells an origin one way only:
+/// `http` or `https`, `://`, the host in lower case, and a port only if not the scheme's
+/// default. An entry spelt otherwise (`foo`, a trailing `/`, a path) would match no page and
+/// refuse every browser without a word, so it is refused at startup instead.
+pub fn check_origin(origin: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "--ws-origin {origin:?}: {why} (an origin is SCHEME://HOST[:PORT], e.g. https://chat.example.org)"
+        ))
+    };
+    let Ok(uri) = origin.parse::<Uri>() else {
+        return bad("not an origin");
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return bad("not an origin");
+    };
+    if !matches!(scheme, "http" | "https") {
+        return bad("the scheme must be http or https");
+    }
+    if authority.as_str().contains('@') {
+        return bad("an origin has no user name");
+    }
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    if authority.port_u16() == Some(default_port) {
+        return bad("browsers leave the scheme's default port out");
+    }
+    if format!("{scheme}://{authority}") != origin {
+        return bad("an origin has no path, query or trailing /");
+    }
+    if authority.host().bytes().any(|b| b.is_ascii_uppercase()) {
+        return bad("browsers send the host in lower case");
+    }
+    Ok(())
 }
 
 /// Completes the WebSocket handshake on `sock`, whose request head `head` the HTTP front has
@@ -295,4 +331,36 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::check_origin;
+
+    #[test]
+    fn origins_as_browsers_spell_them() {
+        for good in [
+            "https://chat.example.org",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "https://example.org:8443",
+        ] {
+            assert_eq!(check_origin(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "foo",
+            "chat.example.org",
+            "https://chat.example.org/",
+            "https://chat.example.org/page",
+            "https://Chat.example.org",
+            "https://example.org:443",
+            "ftp://example.org",
+            "https://user@example.org",
+            "null",
+            "",
+        ] {
+            let err = check_origin(bad).unwrap_err();
+            assert!(err.starts_with("--ws-origin "), "{bad}: {err}");
+        }
+    }
 }

@@ -155,6 +155,18 @@ fn push_raw() {
     a.expect("from b\n");
 }
 
+/// Defect: the README promised that operator pushes are cleaned of control characters, but in
+/// raw mode `broadcast hello \e[2J` reached clients with its ESC. Proves: in raw mode too, a
+/// push reaches clients without control characters.
+#[test]
+fn push_raw_is_cleaned() {
+    let server = Server::start(Config::default());
+    let [mut a, mut b] = server.connect_registered();
+    assert_eq!(server.admin("broadcast hello \x1b[2J\x07all"), "ok\n");
+    a.expect("hello [2Jall\n");
+    b.expect("hello [2Jall\n");
+}
+
 /// stats: every key in order; counters count.
 #[test]
 fn stats() {

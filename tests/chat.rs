@@ -385,7 +385,7 @@ fn crlf_everywhere() {
     a.send("hi\r\n");
     b.expect("<guest1> hi\r\n");
     a.send("over\r\n");
-    a.expect("relayd: rate limit exceeded (1 lines per 60 s), line dropped\r\n");
+    a.expect("relayd: rate limit exceeded (1 line per 60 s), line dropped\r\n");
     b.send("/bogus\r\n");
     b.expect("relayd: unknown command /bogus (try /help)\r\n");
     b.send("/who\r\n");
@@ -429,6 +429,27 @@ fn rate_limit_chat() {
     a.expect("<guest2> y\n");
     a.expect("<guest2> z\n");
     assert_eq!(server.stat("dropped_rate_limit"), 3);
+}
+
+/// Defect: the rate-limit notice said "line dropped" for a command and "1 lines". Proves:
+/// a `/nick` over the limit is named as such, with "1 line", and the name is unchanged.
+#[test]
+fn rate_limit_names_a_dropped_command() {
+    let server = Server::start(Config {
+        rate: Some(Rate {
+            lines: 1,
+            seconds: 3600,
+        }),
+        ..chat_config()
+    });
+    let [mut a, mut b] = server.join_two();
+    a.send("/nick ann\n");
+    a.expect("* you are now ann\n");
+    b.expect("* guest1 is now ann\n");
+    a.send("/nick bea\n");
+    a.expect("relayd: rate limit exceeded (1 line per 3600 s), /nick dropped\n");
+    a.send("/who\n");
+    a.expect("* 2 in lobby: ann, guest2\n");
 }
 
 /// A client resetting while others join (and are announced to it) does not take the

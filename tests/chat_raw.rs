@@ -7,11 +7,16 @@ use chat_support::Server;
 use relayd::Config;
 use relayd::rate::Rate;
 
-/// Raw mode is a byte-exact pipe: no welcome, no prefix, no cleaning, no echo; empty lines,
-/// `\r\n`, escapes and invalid UTF-8 pass as they are; a last unfinished line gets its `\n`.
+/// Raw mode with `--binary` is a byte-exact pipe: no welcome, no prefix, no cleaning, no
+/// echo; empty lines, `\r\n`, escapes, 0xFF and invalid UTF-8 pass as they are; a last
+/// unfinished line gets its `\n`. (Without `--binary`, telnet's commands, which start with
+/// 0xFF, are taken out: tests/telnet.rs.)
 #[test]
 fn raw_mode_is_byte_for_byte() {
-    let server = Server::start(Config::default());
+    let server = Server::start(Config {
+        binary: true,
+        ..Config::default()
+    });
     let [mut a, mut b] = server.connect_registered();
     let data: &[u8] = b"\x1b[31mred\x1b[0m\r\n\n\xff\xfe\x00bin\n/nick x\n";
     a.send_bytes(data);

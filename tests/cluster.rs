@@ -273,6 +273,37 @@ fn redis_killed_and_restarted_mid_run() {
     assert!(numbers.len() as u64 <= N as u64 - dropped);
 }
 
+/// Defect: on the first Redis restart a node logged two warnings and two "back" lines within
+/// a millisecond (its idle publisher found its dead socket only at its next write, after the
+/// subscriber had relinked). Proves: one restart of Redis is one "lost" line and one "back"
+/// line on the node, including after the node has published again (a probe crosses to the
+/// other node, so the publisher has written on the connection it holds).
+#[test]
+fn a_redis_restart_is_logged_once_each_way() {
+    let redis = Redis::start_private("cluster-restart-log");
+    let a = Node::start(&redis.url(), "a");
+    let b = Node::start(&redis.url(), "b");
+    a.wait_linked();
+    b.wait_linked();
+    let mut a1 = a.connect();
+    let mut b1 = b.connect();
+    probe_until_received(&mut a1, &mut b1, "before");
+    let at = redis.kill();
+    let mut log = a.daemon.log_until("cluster: lost redis");
+    let _redis = Redis::start_at(at);
+    log.extend(a.daemon.log_until("back after"));
+    a.wait_linked();
+    b.wait_linked();
+    probe_until_received(&mut a1, &mut b1, "after");
+    // A second probe: had the first been written into a stale connection, its failure and
+    // the reconnection would be logged before this one crosses.
+    probe_until_received(&mut a1, &mut b1, "again");
+    log.extend(a.daemon.log_so_far());
+    let count = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("cluster: lost redis"), 1, "{log:#?}");
+    assert_eq!(count("back after"), 1, "{log:#?}");
+}
+
 /// Proves: `redis+unix://` works: a line crosses two nodes through Redis on a Unix socket.
 #[test]
 fn redis_on_a_unix_socket() {

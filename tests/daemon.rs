@@ -45,6 +45,53 @@ fn bind_failure_is_one_line_and_a_non_zero_exit() {
     );
 }
 
+/// Defect: a missing required argument printed only "the following required arguments were
+/// not provided:" (the one-line rule cut clap's list), and a bad --ws-origin or
+/// --max-clients 0 started without a word. Proves: each is one line on stderr that names
+/// the argument, and exit status 1.
+#[test]
+fn startup_errors_name_the_argument_in_one_line() {
+    for (args, want) in [
+        (
+            &["--cluster", "prod"][..],
+            "relayd: the following required arguments were not provided: --redis <URL>\n",
+        ),
+        (
+            &["ctl", "--admin", "/nonexistent/relayd.sock"][..],
+            "relayd: the following required arguments were not provided: <COMMAND>...\n",
+        ),
+        (
+            &["generate"][..],
+            "relayd: the following required arguments were not provided: <WHAT>\n",
+        ),
+        (
+            &["--ws-origin", "foo"][..],
+            "relayd: --ws-origin \"foo\": not an origin (an origin is SCHEME://HOST[:PORT], \
+             e.g. https://chat.example.org)\n",
+        ),
+        (
+            &["--ws-origin", "https://chat.example.org/"][..],
+            "relayd: --ws-origin \"https://chat.example.org/\": an origin has no path, query \
+             or trailing / (an origin is SCHEME://HOST[:PORT], e.g. https://chat.example.org)\n",
+        ),
+        (
+            &["--max-clients", "0"][..],
+            "relayd: invalid value '0' for '--max-clients <N>': 0 is not in 1..=10000000\n",
+        ),
+        (
+            &["--binary", "--chat"][..],
+            "relayd: the argument '--binary' cannot be used with '--chat'\n",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_relayd"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), want, "{args:?}");
+    }
+}
+
 #[test]
 fn logs_listen_address_and_each_connect_and_disconnect_with_the_count() {
     let d = Daemon::spawn(&[]);

@@ -450,7 +450,8 @@ fn is_cut(line: &[u8], cut: &[u8]) -> bool {
 
 #[test]
 fn random_bytes_from_twenty_clients_arrive_whole_and_memory_stays_bounded() {
-    random_bytes_from_twenty_clients(&[], true);
+    // Every byte, 0xFF included, relayed as it is: --binary.
+    random_bytes_from_twenty_clients(&["--binary"], true);
 }
 
 /// Client `s` sends its traffic in writes of random size (a quarter of them tiny), on a thread

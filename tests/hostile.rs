@@ -857,7 +857,7 @@ fn clients_that_sent_one_long_line_do_not_keep_its_size() {
     // allocator once held at the same time.
     for c in &mut clients {
         c.send(&long);
-        c.expect(b"relayd: rate limit exceeded (1 lines per 3600 s), line dropped\n");
+        c.expect(b"relayd: rate limit exceeded (1 line per 3600 s), line dropped\n");
     }
     let after = d.rss_kib();
     // The read buffer's pages, and 16 KiB more.

@@ -227,6 +227,25 @@ fn socket_activation_refuses_an_unknown_socket_name() {
     assert_eq!(d.wait_exit(), Some(1));
 }
 
+/// Defect: with only a `metrics` socket passed, relayd also bound its default
+/// 127.0.0.1:12345 (with only a `ws` socket it did not). Proves: every passed socket counts
+/// alike, so relayd binds nothing of its own; with no socket for clients at all it says so in
+/// one line and exits 1 rather than serve metrics of nobody.
+#[test]
+fn socket_activation_with_only_a_metrics_socket_binds_no_default() {
+    let metrics = free_addr();
+    let mut d = socket_activated(&[metrics], Some("metrics"), &[]);
+    let _trigger = TcpStream::connect(metrics).unwrap();
+    let log = d.log_until("relayd:");
+    assert_eq!(
+        log.last().unwrap(),
+        "relayd: socket activation passed no socket for clients (only 'metrics'): pass one \
+         named 'relay' or 'ws' too, or give --bind"
+    );
+    assert!(!log.iter().any(|l| l.contains("listening on")), "{log:?}");
+    assert_eq!(d.wait_exit(), Some(1));
+}
+
 /// Proves: a passed socket named `ws` is served as `--ws-bind` would be: the page at `/`.
 #[test]
 fn socket_activation_serves_a_ws_socket_to_browsers() {
@@ -311,6 +330,31 @@ fn generate_man_page_and_completions() {
         "bash -n rejects the script"
     );
     assert!(run("zsh").starts_with("#compdef relayd"));
+    // The completions offer no option that --help and the man page keep quiet about.
+    let help = Command::new(env!("CARGO_BIN_EXE_relayd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for word in bash.split_whitespace() {
+        let option = word.trim_matches(|c: char| c == '"' || c == '\'');
+        if option.starts_with("--")
+            && option.len() > 2
+            && option
+                .chars()
+                .skip(2)
+                .all(|c| c.is_ascii_lowercase() || c == '-')
+        {
+            assert!(
+                help.contains(option),
+                "{option} is offered but not in --help"
+            );
+            assert!(
+                man.contains(&option.replace('-', "\\-")),
+                "{option} is not in the man page"
+            );
+        }
+    }
     assert!(run("fish").contains("complete -c relayd"));
     let bad = Command::new(env!("CARGO_BIN_EXE_relayd"))
         .args(["generate", "tcsh"])

@@ -1,7 +1,8 @@
-//! Telnet clients in `--chat` mode: relayd speaks enough of the telnet protocol (RFC 854) that
-//! the real Debian `telnet` works, while raw mode stays a byte-exact pipe.
+//! Telnet clients: relayd speaks enough of the telnet protocol (RFC 854) that the real Debian
+//! `telnet` works, in `--chat` mode and in the default raw mode, while `--binary` is a
+//! byte-exact pipe.
 //!
-//! The first test drives the real `telnet` in a `tmux` pane (Debian packages `telnet` and
+//! The first two tests drive the real `telnet` in a `tmux` pane (Debian packages `telnet` and
 //! `tmux`); the others script the protocol bytes over a plain socket.
 
 mod chat_support;
@@ -201,6 +202,48 @@ fn real_telnet_ctrl_c_shows_no_garbage() {
     r.expect("* guest2 left (closed by client) (1 online)\n");
 }
 
+/// Defect: in the default (raw) mode, a telnet user's Ctrl-C sent `IAC IP IAC DO TIMING-MARK`
+/// to every other client (an nc user saw garbage), and telnet, never answered, discarded all
+/// that the others sent from then on while it stayed connected. Proves, with the real
+/// `telnet` in a tmux pane and a plain socket (as `nc`) beside it: the socket reads exactly the
+/// two typed lines, as telnet sends them (CR LF), and nothing else; after the Ctrl-C, telnet
+/// shows each of five later lines from the socket.
+#[test]
+fn real_telnet_ctrl_c_in_raw_mode_relays_nothing_and_telnet_hears_on() {
+    let telnet = require("telnet", "telnet");
+    let server = Server::start(Config::default());
+    let mut r = server.connect();
+    server.wait_clients(1);
+    let port = server.addr.port().to_string();
+    let pane = Tmux::start(&[telnet.to_str().unwrap(), "127.0.0.1", &port]);
+    server.wait_clients(2);
+    pane.wait_screen("telnet's banner", |l| l.starts_with("Escape character is"));
+
+    pane.send_keys(&["hello", "Enter"]);
+    assert_eq!(r.bytes(7), b"hello\r\n");
+    pane.send_keys(&["C-c"]);
+    pane.wait_screen("the echoed ^C", |l| l.contains("^C"));
+    pane.send_keys(&["after ctrl-c", "Enter"]);
+    // The very next bytes: no telnet command reached the other client.
+    assert_eq!(r.bytes(14), b"after ctrl-c\r\n");
+
+    for i in 1..=5 {
+        r.send(&format!("line {i} from nc\n"));
+    }
+    for i in 1..=5 {
+        pane.wait_screen(&format!("`line {i} from nc`"), |l| {
+            l == format!("line {i} from nc")
+        });
+    }
+    pane.kill();
+    server.wait_clients(1);
+    // Nothing telnet sent when it left came out as a line either.
+    let mut c = server.connect();
+    server.wait_clients(2);
+    c.send("probe\n");
+    assert_eq!(r.bytes(6), b"probe\n");
+}
+
 /// Joins `r` (guest1) and `c` (guest2) and returns them with `c`'s welcome line read.
 fn two_in_chat(server: &Server) -> (chat_support::Client, chat_support::Client) {
     let (mut r, r_name) = server.join();
@@ -289,21 +332,38 @@ fn iac_iac_is_one_literal_byte() {
     nothing_else_for(&mut c, &mut r);
 }
 
-/// Guards the raw mode against the chat-mode telnet parsing, then shows the same bytes are
-/// parsed in chat mode. Proves: without `--chat`, `a IAC IP IAC DO TIMING-MARK b` reaches the
-/// other client byte for byte and nothing is sent back to the sender; with `--chat` the
-/// commands are stripped and `DO TIMING-MARK` is answered `WONT TIMING-MARK`.
+/// Guards `--binary` against the telnet parsing, then shows the same bytes are parsed in the
+/// default raw mode and in chat mode. Proves: with `--binary`,
+/// `a IAC IP IAC DO TIMING-MARK b` reaches the other client byte for byte and nothing is sent
+/// back to the sender; without it the commands are stripped (`ab`, and `IAC IAC` is one 0xFF)
+/// and `DO TIMING-MARK` is answered `WONT TIMING-MARK`, in raw mode as with `--chat`.
 #[test]
-fn raw_mode_relays_telnet_bytes_unchanged_chat_mode_parses_them() {
+fn binary_relays_telnet_bytes_unchanged_raw_and_chat_mode_parse_them() {
     let line = [b'a', IAC, IP, IAC, DO, TIMING_MARK, b'b', b'\n'];
+
+    let binary = Server::start(Config {
+        binary: true,
+        ..Config::default()
+    });
+    let mut a = binary.connect();
+    let mut b = binary.connect();
+    binary.wait_clients(2);
+    a.send_bytes(&line);
+    assert_eq!(b.bytes(line.len()), line);
+    // Nothing came back to a: the first bytes it reads are b's probe.
+    b.send("probe\n");
+    assert_eq!(a.bytes(6), b"probe\n");
+    drop(binary);
 
     let raw = Server::start(Config::default());
     let mut a = raw.connect();
     let mut b = raw.connect();
     raw.wait_clients(2);
     a.send_bytes(&line);
-    assert_eq!(b.bytes(line.len()), line);
-    // Nothing came back to a: the first bytes it reads are b's probe.
+    assert_eq!(a.bytes(3), [IAC, WONT, TIMING_MARK]);
+    assert_eq!(b.bytes(3), b"ab\n");
+    a.send_bytes(&[b'x', IAC, IAC, b'y', b'\n']);
+    assert_eq!(b.bytes(4), [b'x', 0xff, b'y', b'\n']);
     b.send("probe\n");
     assert_eq!(a.bytes(6), b"probe\n");
     drop(raw);
