@@ -60,10 +60,7 @@ pub fn serve(
     reloads: Reloads,
 ) -> io::Result<()> {
     match raise_fd_limit() {
-        Ok(limit) => info!(
-            "file descriptor limit {limit}: room for about {} clients",
-            limit.saturating_sub(32)
-        ),
+        Ok(limit) => info!("{}", room(config.max_clients, limit)),
         Err(e) => warn!("cannot read or raise the file descriptor limit: {e}"),
     }
     // Opened first: a control socket that cannot be opened is a reason not to start at all.
@@ -214,4 +211,56 @@ pub fn bind(addr: SocketAddr, v6_only: bool) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// The startup line that says how many clients this process can serve and which limit binds:
+/// `--max-clients`, the descriptors (one per client, a few kept for listeners and files), or
+/// the threads (one per client; Linux maps about four regions per thread, and
+/// `vm.max_map_count` caps a process's regions, near 16,000 threads by default).
+fn room(max_clients: usize, fd_limit: u64) -> String {
+    let fds = fd_limit.saturating_sub(32);
+    let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let mut limits = vec![
+        (max_clients as u64, "--max-clients".to_string()),
+        (fds, format!("the file descriptor limit {fd_limit}")),
+    ];
+    if let Some(maps) = maps {
+        limits.push((maps / 4, format!("vm.max_map_count {maps} (threads)")));
+    }
+    let (least, binds) = limits.iter().min_by_key(|(n, _)| *n).unwrap();
+    let others: Vec<String> = limits
+        .iter()
+        .filter(|(_, what)| what != binds)
+        .map(|(n, what)| format!("{what} allows about {n}"))
+        .collect();
+    format!(
+        "room for {least} clients: {binds} binds; {}",
+        others.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::room;
+
+    #[test]
+    fn names_the_limit_that_binds() {
+        let line = room(1024, 20_000);
+        assert!(
+            line.starts_with("room for 1024 clients: --max-clients binds; "),
+            "{line}"
+        );
+        assert!(
+            line.contains("the file descriptor limit 20000 allows about 19968"),
+            "{line}"
+        );
+        let line = room(100_000, 1056);
+        assert!(
+            line.starts_with("room for 1024 clients: the file descriptor limit 1056 binds; "),
+            "{line}"
+        );
+        assert!(line.contains("--max-clients allows about 100000"), "{line}");
+    }
 }
