@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::access::Rules;
-use crate::rate::Rate;
-use crate::settings::Sources;
+use crate::policy::access::Rules;
+use crate::policy::rate::Rate;
+use crate::policy::settings::Sources;
 
 /// Limits that keep one client from costing the others. See README.md for the semantics.
 #[derive(Debug, Clone)]

@@ -14,11 +14,7 @@ use log::{LevelFilter, error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use relayd::rate::Rate;
-use relayd::reload::Reloads;
-use relayd::settings::Sources;
-use relayd::systemd::{self, Kind};
-use relayd::{Config, Listeners, Shutdown};
+use relayd::{Config, Kind, Listeners, Rate, Reloads, Shutdown, Sources};
 
 const AFTER_HELP: &str = "\
 EXAMPLE:
@@ -393,7 +389,7 @@ fn one_line(text: &str) -> String {
 
 /// `relayd ctl`: prints the answer; exit status 1 for `error: …` or no answer at all.
 fn ctl(admin: &std::path::Path, command: &str) -> ExitCode {
-    match relayd::admin::ctl(admin, command) {
+    match relayd::ctl(admin, command) {
         Ok(answer) => {
             print!("{answer}");
             if answer.starts_with("error:") {
@@ -454,7 +450,7 @@ fn serve(args: &Args, explicit_bind: bool) -> Result<(), String> {
         ws: Vec::new(),
         metrics: None,
     };
-    for (kind, listener) in systemd::passed_listeners()? {
+    for (kind, listener) in relayd::passed_listeners()? {
         match kind {
             Kind::Relay => listeners.relay.push(listener),
             Kind::Ws => listeners.ws.push(listener),

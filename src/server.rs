@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use socket2::SockRef;
 
-use crate::accept;
-use crate::admin;
+use crate::client::accept;
 use crate::config::Config;
-use crate::console;
 use crate::daemon::Daemon;
-use crate::metrics;
-use crate::notice::Departure;
-use crate::peer::Peer;
-use crate::reload::{self, Reloads};
+use crate::delivery::notice::Departure;
+use crate::delivery::peer::Peer;
+use crate::ops::admin;
+use crate::ops::console;
+use crate::ops::metrics;
+use crate::ops::reload::{self, Reloads};
 use crate::shutdown::Shutdown;
 
 pub use crate::sys::raise_fd_limit;

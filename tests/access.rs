@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{Client, Daemon, Server, connect_from};
 use relayd::Config;
-use relayd::access::Rules;
+use relayd::Rules;
 
 fn rules(allow: &[&str], deny: &[&str]) -> Rules {
     Rules {

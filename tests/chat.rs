@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chat_support::{Server, chat_config};
 use relayd::Config;
-use relayd::rate::Rate;
+use relayd::Rate;
 
 /// The welcome line of the `n`th client to connect, with `online` in the room.
 fn welcome(n: usize, online: usize) -> String {

@@ -2,7 +2,7 @@
 //! panic, and what comes out is safe to show on someone else's terminal.
 
 use proptest::prelude::*;
-use relayd::chat::{Input, parse, reserved, valid_name};
+use relayd::{Input, parse, reserved, valid_name};
 
 /// Bytes weighted towards what matters here: slashes, spaces, line ends, escapes.
 fn line() -> impl Strategy<Value = Vec<u8>> {

@@ -5,7 +5,7 @@ mod chat_support;
 
 use chat_support::Server;
 use relayd::Config;
-use relayd::rate::Rate;
+use relayd::Rate;
 
 /// Raw mode with `--binary` is a byte-exact pipe: no welcome, no prefix, no cleaning, no
 /// echo; empty lines, `\r\n`, escapes, 0xFF and invalid UTF-8 pass as they are; a last

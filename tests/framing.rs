@@ -1,7 +1,7 @@
 //! Properties of the line framer: how the bytes were split into reads never changes the lines.
 
 use proptest::prelude::*;
-use relayd::framing::Framer;
+use relayd::Framer;
 
 /// Where each read ends when `data` is read in pieces cut at `cuts` (taken modulo its
 /// length, in order), the last at its end.

@@ -385,7 +385,7 @@ fn run(a: &Args) -> Result<bool, String> {
     let ends = if p.kind == Kind::Ceiling { 2 } else { 1 };
     let need = p.clients as u64 * ends + 64;
     // connscale holds one descriptor per simulated client, far past the usual soft limit.
-    match relayd::server::raise_fd_limit() {
+    match relayd::raise_fd_limit() {
         Ok(limit) if limit < need => {
             return Err(format!(
                 "{} clients need about {need} open files; the limit here is {limit}",

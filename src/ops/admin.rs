@@ -27,7 +27,7 @@ use log::{debug, info, warn};
 use socket2::SockRef;
 
 use crate::daemon::{Daemon, Found};
-use crate::reload;
+use crate::ops::reload;
 use crate::sync::lock;
 use crate::sys;
 

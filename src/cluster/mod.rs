@@ -26,6 +26,8 @@
 //! A message is `node \0 kind payload`; node ids, names and room names never hold a NUL
 //! (checked at startup and by the chat parser respectively). See [`Event`] for the kinds.
 
+pub(crate) mod presence;
+
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,10 +37,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use crate::chunk::Chunk;
+use crate::cluster::presence::Present;
 use crate::config::{ClusterConfig, is_token};
-use crate::history::{Entry, LineId};
-use crate::presence::Present;
+use crate::delivery::chunk::Chunk;
+use crate::delivery::history::{Entry, LineId};
 use crate::stats::{Stats, add};
 use crate::sync::{lock, wait_while_until};
 

@@ -3,10 +3,12 @@
 //! Plain relaxed atomics: each is bumped on its own path, nothing reads two of them expecting
 //! them to agree, and a relaxed add costs the hot path next to nothing (no lock, no fence).
 
+pub(crate) mod latency;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::latency::Histogram;
+use crate::stats::latency::Histogram;
 
 #[derive(Debug)]
 pub struct Stats {

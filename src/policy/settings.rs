@@ -9,8 +9,8 @@
 use std::fs;
 use std::path::PathBuf;
 
-use crate::access::{self, Net, Rules};
-use crate::secret;
+use crate::policy::access::{self, Net, Rules};
+use crate::policy::secret;
 
 /// Where the reloadable settings come from.
 #[derive(Debug, Clone, Default)]

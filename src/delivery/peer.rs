@@ -50,13 +50,13 @@ use log::{debug, warn};
 use socket2::SockRef;
 
 use crate::config::Config;
-use crate::notice::{Departure, Notices};
+use crate::delivery::notice::{Departure, Notices};
 use crate::stats::Stats;
 use crate::sync::lock;
 use crate::sys;
 
-use crate::chunk::Chunk;
-use crate::ws_frame;
+use crate::delivery::chunk::Chunk;
+use crate::delivery::ws_frame;
 
 /// A client's number, unique for the life of the process.
 pub(crate) type PeerId = u64;

@@ -14,13 +14,13 @@ use std::time::Instant;
 
 use log::{debug, info};
 
-use crate::chunk::Chunk;
 use crate::config::{Config, is_token};
 use crate::daemon::{Daemon, NameError};
-use crate::notice::clean;
-use crate::peer::Peer;
-use crate::rate::Bucket;
-use crate::registry::{LOBBY, Members, is_id};
+use crate::delivery::chunk::Chunk;
+use crate::delivery::notice::clean;
+use crate::delivery::peer::Peer;
+use crate::delivery::registry::{LOBBY, Members, is_id};
+use crate::policy::rate::Bucket;
 use crate::stats::add;
 
 /// Longest name or room name, in characters.

@@ -6,6 +6,9 @@
 //! `telnet`, programs) and `ws` (browsers, over WebSocket). Past the transport, the two are
 //! the same client: same framing, limits, rooms and departures.
 
+pub(crate) mod accept;
+pub(crate) mod chat;
+
 use std::io;
 use std::sync::Arc;
 use std::thread;
@@ -14,19 +17,19 @@ use std::time::{Duration, Instant};
 use log::{debug, info, log_enabled, warn};
 use memchr::memchr_iter;
 
-use crate::chat::Chat;
-use crate::chunk::Chunk;
+use crate::client::chat::Chat;
 use crate::daemon::{Daemon, Slot};
+use crate::delivery::chunk::Chunk;
+use crate::delivery::notice::Departure;
+use crate::delivery::peer::Peer;
+use crate::delivery::registry::{LOBBY, Members};
 use crate::framing::Framer;
-use crate::notice::Departure;
-use crate::peer::Peer;
-use crate::rate::{Bucket, Rate};
-use crate::registry::{LOBBY, Members};
-use crate::secret;
+use crate::policy::rate::{Bucket, Rate};
+use crate::policy::secret;
 use crate::stats::add;
-use crate::tcp::{READ_BUF, Tcp};
-use crate::telnet::Telnet;
-use crate::ws::Ws;
+use crate::transport::tcp::{READ_BUF, Tcp};
+use crate::transport::telnet::Telnet;
+use crate::transport::ws::Ws;
 
 /// How a client's bytes come in.
 pub(crate) enum Transport {

@@ -8,8 +8,8 @@
 
 use std::fmt;
 
-use crate::chunk::Chunk;
 use crate::config::Config;
+use crate::delivery::chunk::Chunk;
 
 /// Why a client left. Its `Display` is what the log and the client's room are told.
 #[derive(Debug, Clone, PartialEq, Eq)]

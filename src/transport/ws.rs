@@ -26,13 +26,13 @@ use tungstenite::http::{HeaderValue, StatusCode, Uri};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error, Message, WebSocket};
 
-use crate::chunk::Chunk;
 use crate::config::Config;
 use crate::daemon::Daemon;
+use crate::delivery::chunk::Chunk;
+use crate::delivery::notice::Departure;
+use crate::delivery::peer::Peer;
+use crate::delivery::ws_frame;
 use crate::framing::without_line_end;
-use crate::notice::Departure;
-use crate::peer::Peer;
-use crate::ws_frame;
 
 /// What tungstenite reads into; it is zeroed and so resident once used, so it is kept small
 /// (its default is 128 KiB): an idle browser must cost little more than an idle `nc`.

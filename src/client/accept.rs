@@ -16,16 +16,16 @@ use std::time::Duration;
 use log::{debug, error, info, warn};
 use socket2::SockRef;
 
-use crate::access::PerAddress;
-use crate::chunk::Chunk;
 use crate::client::{self, Transport};
 use crate::config::Config;
 use crate::daemon::{Daemon, Refusal, Slot};
-use crate::http;
-use crate::notice::Departure;
-use crate::tcp::{self, Tcp};
-use crate::ws::{self, Ws};
-use crate::ws_frame;
+use crate::delivery::chunk::Chunk;
+use crate::delivery::notice::Departure;
+use crate::delivery::ws_frame;
+use crate::policy::access::PerAddress;
+use crate::transport::http;
+use crate::transport::tcp::{self, Tcp};
+use crate::transport::ws::{self, Ws};
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::ws_frame;
+use crate::delivery::ws_frame;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Chunk(Arc<Inner>);

@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use crate::chunk::Chunk;
 use crate::config::Config;
-use crate::history::{Entry as HistoryEntry, History, LineId};
-use crate::notice::Departure;
-use crate::peer::{Offer, Peer, PeerId, Wait};
+use crate::delivery::chunk::Chunk;
+use crate::delivery::history::{Entry as HistoryEntry, History, LineId};
+use crate::delivery::notice::Departure;
+use crate::delivery::peer::{Offer, Peer, PeerId, Wait};
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
@@ -673,7 +673,7 @@ mod tests {
     use std::net::TcpStream;
 
     use super::*;
-    use crate::peer::tests::{connection, numbered_peer};
+    use crate::delivery::peer::tests::{connection, numbered_peer};
 
     fn line(node: &str, seq: u64, text: &str) -> HistoryEntry {
         HistoryEntry {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use memchr::memchr_iter;
 
-use crate::chunk::Chunk;
+use crate::delivery::chunk::Chunk;
 
 /// A relayed chunk's identity across the cluster: its origin node and that node's sequence
 /// number for it.

@@ -18,17 +18,17 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 
-use crate::access::PerAddress;
-use crate::chunk::Chunk;
+use crate::cluster::presence::{Presence, Present};
 use crate::cluster::{ClaimError, Cluster, Direct, Event, Hooks, Local};
 use crate::config::Config;
-use crate::echo::Echo;
-use crate::history::LineId;
-use crate::notice::{Departure, Notices, clean};
-use crate::peer::{Deliverer, Peer, PeerId};
-use crate::presence::{Presence, Present};
-use crate::registry::{ClientInfo, LOBBY, Members, Registry, Seed, Which, is_id};
-use crate::settings::Settings;
+use crate::delivery::chunk::Chunk;
+use crate::delivery::echo::Echo;
+use crate::delivery::history::LineId;
+use crate::delivery::notice::{Departure, Notices, clean};
+use crate::delivery::peer::{Deliverer, Peer, PeerId};
+use crate::delivery::registry::{ClientInfo, LOBBY, Members, Registry, Seed, Which, is_id};
+use crate::policy::access::PerAddress;
+use crate::policy::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
 use crate::sync::{lock, wait_while_until};
@@ -483,7 +483,7 @@ impl Daemon {
     }
 
     /// A client by name on another node of the cluster.
-    fn find_elsewhere(&self, name: &str) -> Option<(&Cluster, crate::presence::Remote)> {
+    fn find_elsewhere(&self, name: &str) -> Option<(&Cluster, crate::cluster::presence::Remote)> {
         let cluster = self.cluster.as_ref()?;
         Some((cluster, self.presence.find(name)?))
     }

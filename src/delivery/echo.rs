@@ -13,9 +13,9 @@ use std::thread;
 
 use log::warn;
 
-use crate::chunk::Chunk;
-use crate::notice::clean;
-use crate::peer::PeerId;
+use crate::delivery::chunk::Chunk;
+use crate::delivery::notice::clean;
+use crate::delivery::peer::PeerId;
 
 /// Chunks waiting for stdout; a few hundred kilobytes at most in a lively chat.
 const QUEUE: usize = 1024;

@@ -1,0 +1,8 @@
+//! Who may connect and how much they may send: the address rules, the shared secret, flood
+//! control, and the settings a reload reads again (rules, secret, motd). Plain values and
+//! checks, with no thread or socket of their own, so everything above can use them.
+
+pub(crate) mod access;
+pub(crate) mod rate;
+pub(crate) mod secret;
+pub(crate) mod settings;
