@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::sync::lock;
+use crate::sync::{self, lock};
 
 #[derive(Clone, Default)]
 pub struct Shutdown(Arc<Inner>);
@@ -38,7 +38,7 @@ impl Shutdown {
     pub fn wait(&self) {
         let mut guard = lock(&self.0.mutex);
         while !self.is_triggered() {
-            guard = self.0.cond.wait(guard).unwrap_or_else(|e| e.into_inner());
+            guard = sync::wait(&self.0.cond, guard);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Every `unsafe` block of the daemon, each a thin wrapper around one system call that the
-//! standard library and socket2 do not offer.
+//! standard library and socket2 do not offer; and [`timed_out`], how the socket calls say
+//! that their timeout ran out.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -8,6 +9,16 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use socket2::SockRef;
+
+/// Whether a socket call failed only because its timeout (`SO_RCVTIMEO`, `SO_SNDTIMEO`) ran
+/// out, or a non-blocking one would have blocked: Linux says `EAGAIN` for both, which std
+/// calls `WouldBlock`, and some paths say `ETIMEDOUT`.
+pub(crate) fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
 
 /// Reads from `sock` into `buf`'s spare capacity (after clearing it), leaving the bytes read
 /// as `buf`'s contents. The capacity is never initialised by us, so a read buffer costs

@@ -73,11 +73,7 @@ pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener, kind: Ki
                     Kind::Ws => start_front(daemon, sock, addr, &fronts),
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if crate::sys::timed_out(&e) => {}
             Err(e) if is_transient(&e) => debug!("accept: {e}"),
             Err(e) => {
                 if backoff == BACKOFF_MIN {

@@ -172,12 +172,7 @@ impl Client {
                 Ok(0) => return self.end_of_input(Departure::ClosedByClient),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if crate::sys::timed_out(&e) => {
                     return match self.phase {
                         Phase::AwaitingSecret { .. } => Departure::AuthTimeout,
                         // SO_RCVTIMEO is otherwise only set when `--idle-timeout` is.

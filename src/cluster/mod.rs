@@ -42,7 +42,7 @@ use crate::config::{ClusterConfig, is_token};
 use crate::delivery::chunk::Chunk;
 use crate::delivery::history::{Entry, LineId};
 use crate::stats::{Stats, add};
-use crate::sync::{lock, wait_while_until};
+use crate::sync::{self, lock, wait_while_until};
 
 /// Bytes queued for Redis before further lines are dropped: as much as one peer may have
 /// pending by default, a few seconds of a busy node's traffic.
@@ -433,11 +433,7 @@ impl Cluster {
             // Woken by the publisher, or within a tenth of a second to see whether the link
             // fell meanwhile.
             let wait = (until - now).min(Duration::from_millis(100));
-            queue = s
-                .sent
-                .wait_timeout(queue, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            queue = sync::wait_timeout(&s.sent, queue, wait);
         }
     }
 
@@ -775,7 +771,7 @@ impl Shared {
                     if self.stopping() {
                         return None;
                     }
-                    queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
+                    queue = sync::wait(&self.queued, queue);
                 }
                 let n = queue.items.len().min(BATCH);
                 queue.sending = true;

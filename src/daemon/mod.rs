@@ -31,7 +31,7 @@ use crate::policy::access::PerAddress;
 use crate::policy::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
-use crate::sync::{lock, wait_while_until};
+use crate::sync::{self, lock, wait_while_until};
 use crate::systemd::Notifier;
 
 pub(crate) struct Daemon {
@@ -180,7 +180,7 @@ impl Daemon {
         websocket: bool,
     ) -> Result<Slot, Refusal> {
         let config = &self.config;
-        let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        let settings = sync::read(&self.settings);
         if !settings.rules.permits(addr.ip()) {
             return Err(Refusal::NotAllowed);
         }
@@ -633,7 +633,7 @@ impl Daemon {
 
     /// The rules, secret and motd in force.
     pub(crate) fn settings(&self) -> Arc<Settings> {
-        Arc::clone(&self.settings.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&sync::read(&self.settings))
     }
 
     /// Puts `settings` in force for whoever connects from now on, and disconnects the
@@ -642,7 +642,7 @@ impl Daemon {
     /// for new clients.
     pub(crate) fn apply(&self, settings: Settings) -> usize {
         let rules = settings.rules.clone();
-        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+        *sync::write(&self.settings) = Arc::new(settings);
         let mut refused = 0;
         for client in self.registry.clients() {
             if !rules.permits(client.addr.ip())

@@ -52,7 +52,7 @@ use socket2::SockRef;
 use crate::config::Config;
 use crate::delivery::notice::{Departure, Notices};
 use crate::stats::Stats;
-use crate::sync::lock;
+use crate::sync::{self, lock};
 use crate::sys;
 
 use crate::delivery::chunk::Chunk;
@@ -410,11 +410,7 @@ impl Peer {
 
     fn wait<'a>(&self, mut st: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
         st.waiters += 1;
-        let mut st = self
-            .changed
-            .wait_timeout(st, timeout)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        let mut st = sync::wait_timeout(&self.changed, st, timeout);
         st.waiters -= 1;
         st
     }
@@ -485,7 +481,7 @@ impl Peer {
             let front = Chunk::clone(front);
             match send_dontwait(&self.sock, &self.wire(&front)[st.head..]) {
                 Ok(n) if n > 0 => self.advance(&mut st, n),
-                Err(e) if !is_would_block(&e) && e.kind() != io::ErrorKind::Interrupted => {
+                Err(e) if !crate::sys::timed_out(&e) && e.kind() != io::ErrorKind::Interrupted => {
                     debug!("client {}: send failed: {e}", self.id);
                     self.mark_closed(&mut st, Departure::SendFailed(e.to_string()));
                     self.finish_close(st, Drainer::Sender);
@@ -600,12 +596,12 @@ impl Peer {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_would_block(&e) && by == Drainer::Sender => {
+                Err(e) if crate::sys::timed_out(&e) && by == Drainer::Sender => {
                     drop(st);
                     self.hand_to_writer();
                     return;
                 }
-                Err(e) if is_would_block(&e) => {
+                Err(e) if crate::sys::timed_out(&e) => {
                     // SO_SNDTIMEO (`--write-timeout`) expired without the peer taking a byte.
                     let pending = st.pending;
                     warn!(
@@ -910,7 +906,7 @@ impl Deliverer {
                         return;
                     }
                     run.idle = true;
-                    run = self.wake.wait(run).unwrap_or_else(|e| e.into_inner());
+                    run = sync::wait(&self.wake, run);
                 }
             }
             if let Some(due) = last_start.map(|t| t + TURN_INTERVAL) {
@@ -1005,13 +1001,6 @@ fn ends_mid_line(batch: &[Chunk], head: usize, n: usize, websocket: bool) -> Opt
         end -= wire.len();
     }
     None
-}
-
-fn is_would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 #[cfg(test)]

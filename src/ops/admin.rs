@@ -203,12 +203,7 @@ fn serve(daemon: &Daemon, stream: UnixStream) -> io::Result<()> {
         line.clear();
         let n = match (&mut reader).take(MAX_COMMAND).read_until(b'\n', &mut line) {
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if crate::sys::timed_out(&e) => {
                 writer.write_all(b"error: idle timeout\n\n")?;
                 return Ok(());
             }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use log::{info, warn};
 
 use crate::daemon::Daemon;
-use crate::sync::lock;
+use crate::sync::{self, lock};
 
 /// One reload at a time: two at once (a SIGHUP during an admin `reload`) could otherwise put
 /// the older reading of a file in force last.
@@ -71,11 +71,8 @@ impl Reloads {
 
     /// Waits for a request; false once the server has stopped.
     pub(crate) fn wait(&self) -> bool {
-        let mut pending = self
-            .0
-            .1
-            .wait_while(lock(&self.0.0), |p| !p.closed && !p.requested)
-            .unwrap_or_else(|e| e.into_inner());
+        let mut pending =
+            sync::wait_while(&self.0.1, lock(&self.0.0), |p| !p.closed && !p.requested);
         if pending.closed {
             return false;
         }

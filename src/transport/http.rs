@@ -46,12 +46,7 @@ pub(crate) fn front(sock: &TcpStream, addr: SocketAddr) -> Option<Vec<u8>> {
             Ok(0) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if crate::sys::timed_out(&e) => {
                 info!("http {addr}: request head not complete within {HEAD_TIMEOUT:?}, closed");
                 return None;
             }

@@ -254,7 +254,9 @@ impl Ws {
             self.socket.get_mut().wake = Some(deadline.map_or(ping_due, |d| d.min(ping_due)));
             let message = match self.socket.read() {
                 Ok(message) => message,
-                Err(Error::Io(e)) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {
+                Err(Error::Io(e))
+                    if crate::sys::timed_out(&e) || e.kind() == io::ErrorKind::Interrupted =>
+                {
                     continue;
                 }
                 Err(e) => return self.failed(e),
@@ -324,13 +326,6 @@ impl Ws {
             }),
         }
     }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 #[cfg(test)]
