@@ -11,7 +11,11 @@ use relayd::Config;
 
 #[test]
 fn a_and_b_talk_both_ways_byte_exact() {
-    let server = Server::start(Config::default());
+    // Every byte as it is, 0xFF (telnet's command byte) included: --binary.
+    let server = Server::start(Config {
+        binary: true,
+        ..Config::default()
+    });
     let mut a = server.connect();
     let mut b = server.connect();
     // CR, NUL, invalid UTF-8, an empty line: all are just bytes.
