@@ -1,10 +1,12 @@
 //! Getting a line to the clients that should have it: who is connected and in which room
-//! (`registry`), each client's bounded queue and the threads that empty queues into sockets
-//! (`peer`), the shared bytes of a line (`chunk`, with its WebSocket frames in `ws_frame`),
-//! room history (`history`), every line relayd writes itself and why a client left
-//! (`notice`), and `--console`'s printed copy (`echo`).
+//! (`registry`), each client's bounded queue and how it reaches the client's socket (`peer`),
+//! the one thread that serves every client's queue in turn (`deliverer`), the shared bytes of
+//! a line (`chunk`, with its WebSocket frames in `ws_frame`), room history (`history`), every
+//! line relayd writes itself and why a client left (`notice`), and `--console`'s printed copy
+//! (`echo`).
 
 pub(crate) mod chunk;
+pub(crate) mod deliverer;
 pub(crate) mod echo;
 pub(crate) mod history;
 pub(crate) mod notice;

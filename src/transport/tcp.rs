@@ -10,7 +10,7 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 
 use crate::config::Config;
-use crate::delivery::peer::send_dontwait;
+use crate::delivery::peer::write::send_dontwait;
 use crate::sys;
 
 /// Bytes per `read`. The buffer is heap memory we never initialise ourselves, so an idle
