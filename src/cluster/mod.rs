@@ -23,10 +23,13 @@
 //! (`redis_connected 1`) while both are connected. This module knows nothing of the daemon:
 //! the daemon owns the [`Cluster`] handle and passes in its hooks, so dependencies run one way.
 //!
-//! A message is `node \0 kind payload`; node ids, names and room names never hold a NUL
-//! (checked at startup and by the chat parser respectively). See [`Event`] for the kinds.
+//! What goes over the channel, and how each kind of message is built and read, is in `wire`
+//! (see [`Event`] for the kinds).
 
 pub(crate) mod presence;
+mod wire;
+
+pub(crate) use wire::{Direct, Event};
 
 use std::collections::VecDeque;
 use std::io;
@@ -40,7 +43,7 @@ use log::{debug, info, warn};
 use crate::cluster::presence::Present;
 use crate::config::{ClusterConfig, is_token};
 use crate::delivery::chunk::Chunk;
-use crate::delivery::history::{Entry, LineId};
+use crate::delivery::history::Entry;
 use crate::stats::{Stats, add};
 use crate::sync::{self, lock, wait_while_until};
 
@@ -76,58 +79,6 @@ const CLAIM: &str = "local v = redis.call('GET', KEYS[1]) \
 /// Frees a name key if this node's client still holds it.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('DEL', KEYS[1]) end return 0";
-
-/// A message from another node, as the `deliver` hook gets it.
-pub(crate) enum Event<'a> {
-    /// `L`: a client's lines for a room (kept in its history).
-    Lines {
-        id: LineId,
-        /// The sender's id on its node.
-        from: u64,
-        room: &'a str,
-        lines: usize,
-        bytes: &'a [u8],
-    },
-    /// `N`: a notice for everyone in a room (joined, left, renamed).
-    Notice { room: &'a str, bytes: &'a [u8] },
-    /// `E`: a client entered a room, moved or was renamed.
-    Enter(Present),
-    /// `D`: a client left.
-    Leave(u64),
-    /// `S`: all of the node's clients; `hello`: the node has just (re)joined and asks the
-    /// others for theirs.
-    Snapshot { hello: bool, clients: Vec<Present> },
-    /// `T`: something for client `id` of node `to`.
-    Direct {
-        to: &'a str,
-        id: u64,
-        what: Direct,
-        text: &'a [u8],
-    },
-    /// `B`: the operator's broadcast.
-    Broadcast(&'a [u8]),
-}
-
-/// What a [`Event::Direct`] message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direct {
-    /// A private message: the line to send as it is.
-    Private,
-    /// The operator's `send`: the text to push.
-    Push,
-    /// The operator's `kick`: the reason, if not empty.
-    Kick,
-}
-
-impl Direct {
-    fn byte(self) -> u8 {
-        match self {
-            Direct::Private => b'm',
-            Direct::Push => b'p',
-            Direct::Kick => b'k',
-        }
-    }
-}
 
 /// This node's clients, for the heartbeat.
 pub(crate) struct Local {
@@ -332,56 +283,39 @@ impl Cluster {
         bytes: &[u8],
         lines: usize,
     ) {
-        let mut m = self.shared.message(b'L', 16 + room.len() + 5 + bytes.len());
-        m.extend_from_slice(&seq.to_be_bytes());
-        m.extend_from_slice(&from.to_be_bytes());
-        m.extend_from_slice(room.as_bytes());
-        m.push(0);
-        m.extend_from_slice(&u32::try_from(lines).unwrap_or(u32::MAX).to_be_bytes());
-        m.extend_from_slice(bytes);
+        let m = wire::lines(&self.shared.node, room, seq, from, bytes, lines);
         let history = (self.shared.history > 0).then(|| room.to_string());
         self.shared.push(m, lines as u64, history);
     }
 
     /// Queues a notice for everyone in `room` on the other nodes.
     pub(crate) fn publish_notice(&self, room: &str, chunk: &Chunk) {
-        let mut m = self.shared.message(b'N', room.len() + 1 + chunk.len());
-        m.extend_from_slice(room.as_bytes());
-        m.push(0);
-        m.extend_from_slice(chunk);
+        let m = wire::notice(&self.shared.node, room, chunk);
         self.shared.push(m, 0, None);
     }
 
     /// Tells the other nodes a client of this one entered a room, moved, or was renamed.
     pub(crate) fn publish_enter(&self, client: &Present) {
-        let mut m = self.shared.message(b'E', 32);
-        encode_present(&mut m, client);
+        let m = wire::enter(&self.shared.node, client);
         self.shared.push(m, 0, None);
     }
 
     /// Tells the other nodes a client of this one left.
     pub(crate) fn publish_leave(&self, id: u64) {
-        let mut m = self.shared.message(b'D', 8);
-        m.extend_from_slice(&id.to_be_bytes());
+        let m = wire::leave(&self.shared.node, id);
         self.shared.push(m, 0, None);
     }
 
     /// Sends something to client `id` of `node`.
     pub(crate) fn publish_direct(&self, node: &str, id: u64, what: Direct, text: &[u8]) {
-        let mut m = self.shared.message(b'T', node.len() + 10 + text.len());
-        m.extend_from_slice(node.as_bytes());
-        m.push(0);
-        m.extend_from_slice(&id.to_be_bytes());
-        m.push(what.byte());
-        m.extend_from_slice(text);
+        let m = wire::direct(&self.shared.node, node, id, what, text);
         let lines = u64::from(what == Direct::Private);
         self.shared.push(m, lines, None);
     }
 
     /// Pushes the operator's text to every client of the other nodes.
     pub(crate) fn publish_broadcast(&self, text: &str) {
-        let mut m = self.shared.message(b'B', text.len());
-        m.extend_from_slice(text.as_bytes());
+        let m = wire::broadcast(&self.shared.node, text.as_bytes());
         self.shared.push(m, 0, None);
     }
 
@@ -412,8 +346,7 @@ impl Cluster {
     /// they held, and waits until that is sent or `until`.
     pub(crate) fn farewell(&self, names: &[(u64, String)], until: Instant) {
         let s = &self.shared;
-        let mut m = s.message(b'S', 1);
-        m.push(b'-');
+        let m = wire::snapshot(&s.node, false, &[]);
         // Stopping, and all of the farewell, in one critical section: no heartbeat is queued
         // after it to bring the clients back (see `heartbeat`), and the publisher, which
         // ends once stopping with nothing queued, sends all of it first.
@@ -461,7 +394,7 @@ impl Cluster {
                 Event::Lines {
                     id, lines, bytes, ..
                 },
-            )) = decode(message)
+            )) = wire::decode(message)
             {
                 out.push(Entry {
                     chunk: Chunk::from(bytes),
@@ -482,14 +415,6 @@ impl Drop for Cluster {
         self.shared.queued.notify_all();
         self.shared.woken.notify_all();
     }
-}
-
-fn encode_present(m: &mut Vec<u8>, p: &Present) {
-    m.extend_from_slice(&p.id.to_be_bytes());
-    m.extend_from_slice(p.name.as_bytes());
-    m.push(0);
-    m.extend_from_slice(p.room.as_bytes());
-    m.push(0);
 }
 
 impl Shared {
@@ -558,15 +483,6 @@ impl Shared {
     /// A name key's value: who holds it.
     fn owner(&self, id: u64) -> Vec<u8> {
         format!("{}\0{id}", self.node).into_bytes()
-    }
-
-    /// A message's start: this node and the kind.
-    fn message(&self, kind: u8, capacity: usize) -> Vec<u8> {
-        let mut m = Vec::with_capacity(self.node.len() + 2 + capacity);
-        m.extend_from_slice(self.node.as_bytes());
-        m.push(0);
-        m.push(kind);
-        m
     }
 
     /// Queues a message, or drops it (its lines counted) if the queue is full.
@@ -868,7 +784,7 @@ impl Shared {
     }
 
     fn receive(&self, message: &[u8]) {
-        let Some((node, event)) = decode(message) else {
+        let Some((node, event)) = wire::decode(message) else {
             warn!("cluster: malformed message on {}", self.channel);
             return;
         };
@@ -905,11 +821,7 @@ impl Shared {
                 return;
             }
             let local = (self.hooks.local)();
-            let mut m = self.message(b'S', 1 + 32 * local.clients.len());
-            m.push(if wake.hello { b'h' } else { b'-' });
-            for p in &local.clients {
-                encode_present(&mut m, p);
-            }
+            let m = wire::snapshot(&self.node, wake.hello, &local.clients);
             // Checked under the queue's lock: once `farewell` has queued its empty snapshot,
             // none with clients follows it.
             let mut queue = lock(&self.queue);
@@ -944,172 +856,5 @@ impl Shared {
                 (self.hooks.lost_name)(*id, name);
             }
         }
-    }
-}
-
-/// Reads a message: its node and what it says; `None` if it is malformed.
-fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
-    let (node, rest) = split_nul(message)?;
-    let node = std::str::from_utf8(node).ok()?;
-    let (&kind, rest) = rest.split_first()?;
-    let event = match kind {
-        b'L' => {
-            let (seq, rest) = rest.split_first_chunk::<8>()?;
-            let (from, rest) = rest.split_first_chunk::<8>()?;
-            let (room, rest) = split_nul(rest)?;
-            let (lines, bytes) = rest.split_first_chunk::<4>()?;
-            Event::Lines {
-                id: LineId {
-                    node: Arc::from(node),
-                    seq: u64::from_be_bytes(*seq),
-                },
-                from: u64::from_be_bytes(*from),
-                room: std::str::from_utf8(room).ok()?,
-                lines: u32::from_be_bytes(*lines) as usize,
-                bytes,
-            }
-        }
-        b'N' => {
-            let (room, bytes) = split_nul(rest)?;
-            Event::Notice {
-                room: std::str::from_utf8(room).ok()?,
-                bytes,
-            }
-        }
-        b'E' => Event::Enter(decode_present(rest)?.0),
-        b'D' => Event::Leave(u64::from_be_bytes(*rest.first_chunk::<8>()?)),
-        b'S' => {
-            let (&flag, mut rest) = rest.split_first()?;
-            let mut clients = Vec::new();
-            while !rest.is_empty() {
-                let (p, more) = decode_present(rest)?;
-                clients.push(p);
-                rest = more;
-            }
-            Event::Snapshot {
-                hello: flag == b'h',
-                clients,
-            }
-        }
-        b'T' => {
-            let (to, rest) = split_nul(rest)?;
-            let (id, rest) = rest.split_first_chunk::<8>()?;
-            let (&what, text) = rest.split_first()?;
-            let what = match what {
-                b'm' => Direct::Private,
-                b'p' => Direct::Push,
-                b'k' => Direct::Kick,
-                _ => return None,
-            };
-            Event::Direct {
-                to: std::str::from_utf8(to).ok()?,
-                id: u64::from_be_bytes(*id),
-                what,
-                text,
-            }
-        }
-        b'B' => Event::Broadcast(rest),
-        _ => return None,
-    };
-    Some((node, event))
-}
-
-fn decode_present(bytes: &[u8]) -> Option<(Present, &[u8])> {
-    let (id, rest) = bytes.split_first_chunk::<8>()?;
-    let (name, rest) = split_nul(rest)?;
-    let (room, rest) = split_nul(rest)?;
-    let present = Present {
-        id: u64::from_be_bytes(*id),
-        name: String::from_utf8(name.to_vec()).ok()?,
-        room: String::from_utf8(room.to_vec()).ok()?,
-    };
-    Some((present, rest))
-}
-
-fn split_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let i = memchr::memchr(0, bytes)?;
-    Some((&bytes[..i], &bytes[i + 1..]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shared() -> Shared {
-        let config = ClusterConfig {
-            url: "redis://127.0.0.1:1/".into(),
-            name: "relayd".into(),
-            node_id: "node-1".into(),
-            ttl: Duration::from_secs(30),
-        };
-        let hooks = Hooks {
-            deliver: Box::new(|_, _| {}),
-            local: Box::new(|| Local {
-                clients: Vec::new(),
-                names: Vec::new(),
-            }),
-            lost_name: Box::new(|_, _| {}),
-        };
-        Shared::new(&config, 10, Arc::new(Stats::default()), hooks).unwrap()
-    }
-
-    /// What the queue holds, as messages.
-    fn queued(cluster: &Cluster) -> Vec<Vec<u8>> {
-        lock(&cluster.shared.queue)
-            .items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Publish { message, .. } => Some(message.clone()),
-                Item::Release { .. } => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn decodes_what_it_encodes() {
-        let cluster = Cluster {
-            shared: Arc::new(shared()),
-        };
-        let alice = Present {
-            id: 7,
-            name: "alice".into(),
-            room: "games".into(),
-        };
-        cluster.publish_lines("lobby", 42, 7, b"a\0b\nc\n", 2);
-        cluster.publish_notice("games", &Chunk::from(&b"* bob joined\n"[..]));
-        cluster.publish_enter(&alice);
-        cluster.publish_leave(7);
-        cluster.publish_direct("node-2", 9, Direct::Kick, b"spam");
-        cluster.publish_broadcast("hello all");
-        let q = queued(&cluster);
-        assert_eq!(q.len(), 6);
-        let events: Vec<_> = q.iter().map(|m| decode(m).unwrap()).collect();
-        assert!(events.iter().all(|(node, _)| *node == "node-1"));
-        match &events[0].1 {
-            Event::Lines {
-                id,
-                from,
-                room,
-                lines,
-                bytes,
-            } => {
-                assert_eq!(
-                    (&*id.node, id.seq, *from, *room, *lines),
-                    ("node-1", 42, 7, "lobby", 2)
-                );
-                assert_eq!(*bytes, b"a\0b\nc\n");
-            }
-            _ => panic!("not lines"),
-        }
-        assert!(matches!(&events[1].1,
-            Event::Notice { room: "games", bytes } if *bytes == b"* bob joined\n"));
-        assert!(matches!(&events[2].1, Event::Enter(p) if *p == alice));
-        assert!(matches!(&events[3].1, Event::Leave(7)));
-        assert!(matches!(&events[4].1,
-            Event::Direct { to: "node-2", id: 9, what: Direct::Kick, text } if *text == b"spam"));
-        assert!(matches!(&events[5].1, Event::Broadcast(b"hello all")));
-        assert!(decode(b"node-1").is_none());
-        assert!(decode(b"node-1\0L\0\0").is_none());
-        assert!(decode(b"node-1\0Zwhat").is_none());
     }
 }
