@@ -5,28 +5,34 @@
 //!
 //! Three threads and three connections, so that neither a client's reader nor the delivery
 //! of remote lines ever waits on the other direction:
-//! - the publisher sends what [`Cluster`]'s `publish_*` methods queued. The queue is bounded
-//!   in bytes (like a peer's): a reader only appends to it, and what does not fit while Redis
-//!   is slow or gone is dropped and counted, never waited for.
-//! - the subscriber receives the other nodes' messages and hands them to the `deliver` hook
-//!   given at start. It skips this node's own messages, and nothing it delivers is published
-//!   again, so nothing loops.
-//! - the heartbeat (no connection of its own) queues this node's clients every third of `ttl`
-//!   (so other nodes forget a node that went silent, and its clients, after `ttl`), and
-//!   renews the name keys this node holds, which expire `ttl` after the last renewal: a dead
-//!   node's names come free.
+//! - the publisher (`publisher.rs`) sends what [`Cluster`]'s `publish_*` methods queued. The
+//!   queue is bounded in bytes (like a peer's): a reader only appends to it, and what does
+//!   not fit while Redis is slow or gone is dropped and counted, never waited for.
+//! - the subscriber (`subscriber.rs`) receives the other nodes' messages and hands them to
+//!   the `deliver` hook given at start. It skips this node's own messages, and nothing it
+//!   delivers is published again, so nothing loops.
+//! - the heartbeat (`heartbeat.rs`; no connection of its own) queues this node's clients
+//!   every third of `ttl` (so other nodes forget a node that went silent, and its clients,
+//!   after `ttl`), and renews the name keys this node holds, which expire `ttl` after the
+//!   last renewal: a dead node's names come free.
 //! - the query connection, shared under a lock by the few commands that need Redis's answer:
 //!   renewing names, claiming one (`/nick`) and reading a room's history when the first
 //!   client here enters it. The last two run on that client's own thread.
 //!
 //! The publisher and subscriber reconnect on their own with back-off; the link is "up"
-//! (`redis_connected 1`) while both are connected. This module knows nothing of the daemon:
-//! the daemon owns the [`Cluster`] handle and passes in its hooks, so dependencies run one way.
+//! (`redis_connected 1`) while both are connected (`link.rs`). This file holds the handle,
+//! what its threads share with it (the queue, the query connection, the name keys), and
+//! their start and stop. It knows nothing of the daemon: the daemon owns the [`Cluster`]
+//! handle and passes in its hooks, so dependencies run one way.
 //!
-//! What goes over the channel, and how each kind of message is built and read, is in `wire`
-//! (see [`Event`] for the kinds).
+//! What goes over the channel, and how each kind of message is built and read, is in
+//! `wire.rs` (see [`Event`] for the kinds); who is on the other nodes, in `presence.rs`.
 
+mod heartbeat;
+mod link;
 pub(crate) mod presence;
+mod publisher;
+mod subscriber;
 mod wire;
 
 pub(crate) use wire::{Direct, Event};
@@ -38,33 +44,23 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::debug;
 
+use crate::cluster::heartbeat::Wake;
+use crate::cluster::link::Link;
 use crate::cluster::presence::Present;
 use crate::config::{ClusterConfig, is_token};
 use crate::delivery::chunk::Chunk;
 use crate::delivery::history::Entry;
 use crate::stats::{Stats, add};
-use crate::sync::{self, lock, wait_while_until};
+use crate::sync::{self, lock};
 
 /// Bytes queued for Redis before further lines are dropped: as much as one peer may have
 /// pending by default, a few seconds of a busy node's traffic.
 const QUEUE_LIMIT: usize = 8 << 20;
-/// Reconnection back-off: from this...
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// ...doubling up to this, so a node notices a restarted Redis within seconds without
-/// hammering a dead one.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long connecting, and one publish round trip, may take before the link counts as down.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client's thread may wait for Redis's answer (a name claim, a room's history):
 /// a slow Redis costs that client a pause, not its place.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
-/// A subscriber that hears nothing for this long pings Redis, so a link that died silently
-/// (a partition, a host gone without a reset) is noticed within two of these.
-const KEEPALIVE: Duration = Duration::from_secs(15);
-/// Messages sent in one pipelined round trip at most.
-const BATCH: usize = 256;
 
 /// Claims a name key for `ARGV[1]` (`node \0 id`) for `ARGV[2]` ms, or renews it if it holds
 /// that value already, and then frees `KEYS[2]` (the old name) if it held that value; 0 if
@@ -210,33 +206,6 @@ impl Item {
             Item::Release { .. } => 0,
         }
     }
-}
-
-#[derive(Default)]
-struct Wake {
-    /// The subscriber has just (re)subscribed: say hello, so the others answer with their
-    /// clients, and re-register this node's names.
-    hello: bool,
-    /// Another node said hello: answer with this node's clients.
-    answer: bool,
-}
-
-/// Whether each connection is up, for `redis_connected` and for logging each outage once.
-struct Link {
-    publisher: bool,
-    subscriber: bool,
-    /// When the link went down (or the node started without it); `None` while up.
-    down_since: Option<Instant>,
-    /// Whether the current outage has been logged.
-    warned: bool,
-    /// Whether the link has ever been up (the first "up" line says so differently).
-    ever_up: bool,
-}
-
-#[derive(Clone, Copy)]
-enum Side {
-    Publisher,
-    Subscriber,
 }
 
 impl Cluster {
@@ -439,13 +408,7 @@ impl Shared {
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
             sent: Condvar::new(),
-            link: Mutex::new(Link {
-                publisher: false,
-                subscriber: false,
-                down_since: Some(Instant::now()),
-                warned: false,
-                ever_up: false,
-            }),
+            link: Mutex::new(Link::new()),
             wake: Mutex::new(Wake::default()),
             woken: Condvar::new(),
             query: Mutex::new(None),
@@ -564,297 +527,5 @@ impl Shared {
         con.set_read_timeout(Some(QUERY_TIMEOUT))?;
         con.set_write_timeout(Some(QUERY_TIMEOUT))?;
         Ok(con)
-    }
-
-    /// Records that one side's connection came up or went down, and logs the link's
-    /// transitions: one line when it goes down (or is not there at start), one when it is
-    /// back, saying for how long it was down.
-    fn set(&self, side: Side, up: bool, why: Option<&redis::RedisError>) {
-        let mut link = lock(&self.link);
-        match side {
-            Side::Publisher => link.publisher = up,
-            Side::Subscriber => link.subscriber = up,
-        }
-        let both = link.publisher && link.subscriber;
-        self.stats
-            .redis_connected
-            .store(u64::from(both), Ordering::Relaxed);
-        if both {
-            let down = link.down_since.take().map(|t| t.elapsed());
-            if link.ever_up {
-                let down = down.unwrap_or_default();
-                info!(
-                    "cluster: link to redis {} back after {:.1}s down",
-                    self.url,
-                    down.as_secs_f64()
-                );
-            } else {
-                let after = match (link.warned, down) {
-                    (true, Some(down)) => format!(" after {:.1}s unreachable", down.as_secs_f64()),
-                    _ => String::new(),
-                };
-                info!(
-                    "cluster: linked to redis {} as node {} on channel {}{after}",
-                    self.url, self.node, self.channel
-                );
-            }
-            link.ever_up = true;
-            link.warned = false;
-        } else if !up {
-            if link.down_since.is_none() {
-                link.down_since = Some(Instant::now());
-            }
-            if !link.warned {
-                link.warned = true;
-                let why = why.map_or_else(String::new, |e| format!(": {e}"));
-                if link.ever_up {
-                    warn!(
-                        "cluster: lost redis {}{why}; relaying locally, dropping cluster lines \
-                         that do not fit the queue, reconnecting",
-                        self.url
-                    );
-                } else {
-                    warn!(
-                        "cluster: redis {} unreachable{why}; serving local clients, retrying",
-                        self.url
-                    );
-                }
-            }
-        }
-    }
-
-    /// Connects, with back-off between failed attempts; `None` once stopping.
-    fn connect(&self, side: Side) -> Option<redis::Connection> {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            if self.stopping() {
-                return None;
-            }
-            match self.client.get_connection_with_timeout(IO_TIMEOUT) {
-                Ok(con) => return Some(con),
-                Err(e) => {
-                    self.set(side, false, Some(&e));
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
-    }
-
-    fn publisher(&self) {
-        loop {
-            // Taken before connecting: an outage that the subscriber sees from here on is
-            // one this connection may not have survived.
-            let outages = self.outages.load(Ordering::Relaxed);
-            let Some(mut con) = self.connect(Side::Publisher) else {
-                return;
-            };
-            // A Redis that stops answering must not hold the queue forever: it fills, and
-            // further lines are dropped and counted.
-            let timeouts = con
-                .set_read_timeout(Some(IO_TIMEOUT))
-                .and_then(|()| con.set_write_timeout(Some(IO_TIMEOUT)));
-            if let Err(e) = timeouts {
-                self.set(Side::Publisher, false, Some(&e));
-                continue;
-            }
-            self.set(Side::Publisher, true, None);
-            let e = self.publish_queued(&mut con, outages);
-            self.set(Side::Publisher, false, e.as_ref());
-            if self.stopping() {
-                return;
-            }
-        }
-    }
-
-    /// Publishes what is queued, in order, until the connection fails (its error), the
-    /// subscriber has lost Redis since `outages` was read, or the daemon stops (`None`).
-    fn publish_queued(
-        &self,
-        con: &mut redis::Connection,
-        outages: u64,
-    ) -> Option<redis::RedisError> {
-        loop {
-            let batch: Vec<Item> = {
-                let mut queue = lock(&self.queue);
-                loop {
-                    if self.outages.load(Ordering::Relaxed) != outages {
-                        return None;
-                    }
-                    if !queue.items.is_empty() {
-                        break;
-                    }
-                    if self.stopping() {
-                        return None;
-                    }
-                    queue = sync::wait(&self.queued, queue);
-                }
-                let n = queue.items.len().min(BATCH);
-                queue.sending = true;
-                let batch: Vec<Item> = queue.items.drain(..n).collect();
-                queue.bytes -= batch.iter().map(Item::len).sum::<usize>();
-                self.stats
-                    .cluster_queue_bytes
-                    .store(queue.bytes as u64, Ordering::Relaxed);
-                batch
-            };
-            let mut pipe = redis::pipe();
-            for item in &batch {
-                match item {
-                    Item::Publish { message, room, .. } => {
-                        if let Some(room) = room {
-                            // Approximate trimming (`~`) keeps at least `history` entries, each
-                            // at least one line, at a fraction of exact trimming's cost.
-                            pipe.cmd("XADD")
-                                .arg(self.history_key(room))
-                                .arg("MAXLEN")
-                                .arg("~")
-                                .arg(self.history)
-                                .arg("*")
-                                .arg("m")
-                                .arg(message.as_slice())
-                                .ignore();
-                        }
-                        pipe.cmd("PUBLISH")
-                            .arg(&self.channel)
-                            .arg(message.as_slice())
-                            .ignore();
-                    }
-                    Item::Release { key, value } => {
-                        pipe.cmd("EVAL")
-                            .arg(RELEASE)
-                            .arg(1)
-                            .arg(key)
-                            .arg(value.as_slice())
-                            .ignore();
-                    }
-                }
-            }
-            let lines: u64 = batch.iter().map(Item::lines).sum();
-            let result = pipe.exec(con);
-            lock(&self.queue).sending = false;
-            self.sent.notify_all();
-            if let Err(e) = result {
-                // Whether Redis took them is unknown: dropped, so none is sent twice.
-                add(&self.stats.cluster_dropped, lines);
-                return Some(e);
-            }
-            add(&self.stats.cluster_published, lines);
-        }
-    }
-
-    fn subscriber(&self) {
-        while let Some(mut con) = self.connect(Side::Subscriber) {
-            let mut pubsub = con.as_pubsub();
-            let subscribed = pubsub
-                .set_read_timeout(Some(KEEPALIVE))
-                .and_then(|()| pubsub.subscribe(&self.channel));
-            if let Err(e) = subscribed {
-                self.set(Side::Subscriber, false, Some(&e));
-                continue;
-            }
-            self.set(Side::Subscriber, true, None);
-            // Whatever the others said while this node was not listening is lost: ask them.
-            self.wake(|w| w.hello = true);
-            let e = loop {
-                match pubsub.get_message() {
-                    Ok(msg) => self.receive(msg.get_payload_bytes()),
-                    // Quiet, not necessarily gone: a ping tells (its answer waits at most
-                    // KEEPALIVE too).
-                    Err(e) if e.is_timeout() => {
-                        if let Err(e) = pubsub.ping::<redis::Value>() {
-                            break e;
-                        }
-                    }
-                    Err(e) => break e,
-                }
-            };
-            drop(pubsub);
-            self.set(Side::Subscriber, false, Some(&e));
-            if self.stopping() {
-                return;
-            }
-            // The publisher makes its connection again too (see `outages`). The queue's lock
-            // is taken between the count and the wake-up, so that a publisher about to wait
-            // has either seen the new count or is waiting when woken.
-            self.outages.fetch_add(1, Ordering::Relaxed);
-            drop(lock(&self.queue));
-            self.queued.notify_all();
-        }
-    }
-
-    fn receive(&self, message: &[u8]) {
-        let Some((node, event)) = wire::decode(message) else {
-            warn!("cluster: malformed message on {}", self.channel);
-            return;
-        };
-        if node == &*self.node {
-            return;
-        }
-        match event {
-            Event::Lines { lines, .. } => add(&self.stats.cluster_received, lines as u64),
-            Event::Direct { to, .. } if to != &*self.node => return,
-            Event::Snapshot { hello: true, .. } => self.wake(|w| w.answer = true),
-            _ => {}
-        }
-        (self.hooks.deliver)(node, event);
-    }
-
-    fn wake(&self, f: impl FnOnce(&mut Wake)) {
-        f(&mut lock(&self.wake));
-        self.woken.notify_all();
-    }
-
-    /// Every third of the ttl, or when asked: publishes this node's clients and renews its
-    /// names in Redis.
-    fn heartbeat(&self) {
-        let interval = self.ttl / 3;
-        loop {
-            let wake = {
-                let deadline = Instant::now() + interval;
-                let mut wake = wait_while_until(&self.woken, lock(&self.wake), deadline, |w| {
-                    !w.hello && !w.answer && !self.stopping()
-                });
-                std::mem::take(&mut *wake)
-            };
-            if self.stopping() {
-                return;
-            }
-            let local = (self.hooks.local)();
-            let m = wire::snapshot(&self.node, wake.hello, &local.clients);
-            // Checked under the queue's lock: once `farewell` has queued its empty snapshot,
-            // none with clients follows it.
-            let mut queue = lock(&self.queue);
-            if self.stopping() {
-                return;
-            }
-            self.enqueue(&mut queue, m, 0, None);
-            drop(queue);
-            self.queued.notify_one();
-            self.renew(&local.names);
-        }
-    }
-
-    /// Renews (or, after an outage, claims again) the names this node's clients hold; those
-    /// another node took meanwhile go to the `lost_name` hook.
-    fn renew(&self, names: &[(u64, String)]) {
-        // Not waiting for the whole link: right after Redis comes back, the names are
-        // claimed again before anyone else's node can take them.
-        if names.is_empty() {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        for (id, name) in names {
-            pipe.add_command(self.claim_cmd(*id, name, None));
-        }
-        let Some(held) = self.query(|con| pipe.query::<Vec<i64>>(con)) else {
-            return;
-        };
-        for ((id, name), held) in names.iter().zip(held) {
-            if held == 0 {
-                warn!("cluster: name {name} of client {id} was taken by another node meanwhile");
-                (self.hooks.lost_name)(*id, name);
-            }
-        }
     }
 }
