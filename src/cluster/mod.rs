@@ -5,28 +5,37 @@
 //!
 //! Three threads and three connections, so that neither a client's reader nor the delivery
 //! of remote lines ever waits on the other direction:
-//! - the publisher sends what [`Cluster`]'s `publish_*` methods queued. The queue is bounded
-//!   in bytes (like a peer's): a reader only appends to it, and what does not fit while Redis
-//!   is slow or gone is dropped and counted, never waited for.
-//! - the subscriber receives the other nodes' messages and hands them to the `deliver` hook
-//!   given at start. It skips this node's own messages, and nothing it delivers is published
-//!   again, so nothing loops.
-//! - the heartbeat (no connection of its own) queues this node's clients every third of `ttl`
-//!   (so other nodes forget a node that went silent, and its clients, after `ttl`), and
-//!   renews the name keys this node holds, which expire `ttl` after the last renewal: a dead
-//!   node's names come free.
+//! - the publisher (`publisher.rs`) sends what [`Cluster`]'s `publish_*` methods queued. The
+//!   queue is bounded in bytes (like a peer's): a reader only appends to it, and what does
+//!   not fit while Redis is slow or gone is dropped and counted, never waited for.
+//! - the subscriber (`subscriber.rs`) receives the other nodes' messages and hands them to
+//!   the `deliver` hook given at start. It skips this node's own messages, and nothing it
+//!   delivers is published again, so nothing loops.
+//! - the heartbeat (`heartbeat.rs`; no connection of its own) queues this node's clients
+//!   every third of `ttl` (so other nodes forget a node that went silent, and its clients,
+//!   after `ttl`), and renews the name keys this node holds, which expire `ttl` after the
+//!   last renewal: a dead node's names come free.
 //! - the query connection, shared under a lock by the few commands that need Redis's answer:
 //!   renewing names, claiming one (`/nick`) and reading a room's history when the first
 //!   client here enters it. The last two run on that client's own thread.
 //!
 //! The publisher and subscriber reconnect on their own with back-off; the link is "up"
-//! (`redis_connected 1`) while both are connected. This module knows nothing of the daemon:
-//! the daemon owns the [`Cluster`] handle and passes in its hooks, so dependencies run one way.
+//! (`redis_connected 1`) while both are connected (`link.rs`). This file holds the handle,
+//! what its threads share with it (the queue, the query connection, the name keys), and
+//! their start and stop. It knows nothing of the daemon: the daemon owns the [`Cluster`]
+//! handle and passes in its hooks, so dependencies run one way.
 //!
-//! A message is `node \0 kind payload`; node ids, names and room names never hold a NUL
-//! (checked at startup and by the chat parser respectively). See [`Event`] for the kinds.
+//! What goes over the channel, and how each kind of message is built and read, is in
+//! `wire.rs` (see [`Event`] for the kinds); who is on the other nodes, in `presence.rs`.
 
+mod heartbeat;
+mod link;
 pub(crate) mod presence;
+mod publisher;
+mod subscriber;
+mod wire;
+
+pub(crate) use wire::{Direct, Event};
 
 use std::collections::VecDeque;
 use std::io;
@@ -35,33 +44,23 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::debug;
 
+use crate::cluster::heartbeat::Wake;
+use crate::cluster::link::Link;
 use crate::cluster::presence::Present;
 use crate::config::{ClusterConfig, is_token};
 use crate::delivery::chunk::Chunk;
-use crate::delivery::history::{Entry, LineId};
+use crate::delivery::history::Entry;
 use crate::stats::{Stats, add};
-use crate::sync::{self, lock, wait_while_until};
+use crate::sync::{self, lock};
 
 /// Bytes queued for Redis before further lines are dropped: as much as one peer may have
 /// pending by default, a few seconds of a busy node's traffic.
 const QUEUE_LIMIT: usize = 8 << 20;
-/// Reconnection back-off: from this...
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// ...doubling up to this, so a node notices a restarted Redis within seconds without
-/// hammering a dead one.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long connecting, and one publish round trip, may take before the link counts as down.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client's thread may wait for Redis's answer (a name claim, a room's history):
 /// a slow Redis costs that client a pause, not its place.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
-/// A subscriber that hears nothing for this long pings Redis, so a link that died silently
-/// (a partition, a host gone without a reset) is noticed within two of these.
-const KEEPALIVE: Duration = Duration::from_secs(15);
-/// Messages sent in one pipelined round trip at most.
-const BATCH: usize = 256;
 
 /// Claims a name key for `ARGV[1]` (`node \0 id`) for `ARGV[2]` ms, or renews it if it holds
 /// that value already, and then frees `KEYS[2]` (the old name) if it held that value; 0 if
@@ -76,58 +75,6 @@ const CLAIM: &str = "local v = redis.call('GET', KEYS[1]) \
 /// Frees a name key if this node's client still holds it.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('DEL', KEYS[1]) end return 0";
-
-/// A message from another node, as the `deliver` hook gets it.
-pub(crate) enum Event<'a> {
-    /// `L`: a client's lines for a room (kept in its history).
-    Lines {
-        id: LineId,
-        /// The sender's id on its node.
-        from: u64,
-        room: &'a str,
-        lines: usize,
-        bytes: &'a [u8],
-    },
-    /// `N`: a notice for everyone in a room (joined, left, renamed).
-    Notice { room: &'a str, bytes: &'a [u8] },
-    /// `E`: a client entered a room, moved or was renamed.
-    Enter(Present),
-    /// `D`: a client left.
-    Leave(u64),
-    /// `S`: all of the node's clients; `hello`: the node has just (re)joined and asks the
-    /// others for theirs.
-    Snapshot { hello: bool, clients: Vec<Present> },
-    /// `T`: something for client `id` of node `to`.
-    Direct {
-        to: &'a str,
-        id: u64,
-        what: Direct,
-        text: &'a [u8],
-    },
-    /// `B`: the operator's broadcast.
-    Broadcast(&'a [u8]),
-}
-
-/// What a [`Event::Direct`] message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direct {
-    /// A private message: the line to send as it is.
-    Private,
-    /// The operator's `send`: the text to push.
-    Push,
-    /// The operator's `kick`: the reason, if not empty.
-    Kick,
-}
-
-impl Direct {
-    fn byte(self) -> u8 {
-        match self {
-            Direct::Private => b'm',
-            Direct::Push => b'p',
-            Direct::Kick => b'k',
-        }
-    }
-}
 
 /// This node's clients, for the heartbeat.
 pub(crate) struct Local {
@@ -261,33 +208,6 @@ impl Item {
     }
 }
 
-#[derive(Default)]
-struct Wake {
-    /// The subscriber has just (re)subscribed: say hello, so the others answer with their
-    /// clients, and re-register this node's names.
-    hello: bool,
-    /// Another node said hello: answer with this node's clients.
-    answer: bool,
-}
-
-/// Whether each connection is up, for `redis_connected` and for logging each outage once.
-struct Link {
-    publisher: bool,
-    subscriber: bool,
-    /// When the link went down (or the node started without it); `None` while up.
-    down_since: Option<Instant>,
-    /// Whether the current outage has been logged.
-    warned: bool,
-    /// Whether the link has ever been up (the first "up" line says so differently).
-    ever_up: bool,
-}
-
-#[derive(Clone, Copy)]
-enum Side {
-    Publisher,
-    Subscriber,
-}
-
 impl Cluster {
     /// Starts the publisher, subscriber and heartbeat threads. They connect in the
     /// background: a Redis that is not there yet costs one log line, not the node's start.
@@ -332,56 +252,39 @@ impl Cluster {
         bytes: &[u8],
         lines: usize,
     ) {
-        let mut m = self.shared.message(b'L', 16 + room.len() + 5 + bytes.len());
-        m.extend_from_slice(&seq.to_be_bytes());
-        m.extend_from_slice(&from.to_be_bytes());
-        m.extend_from_slice(room.as_bytes());
-        m.push(0);
-        m.extend_from_slice(&u32::try_from(lines).unwrap_or(u32::MAX).to_be_bytes());
-        m.extend_from_slice(bytes);
+        let m = wire::lines(&self.shared.node, room, seq, from, bytes, lines);
         let history = (self.shared.history > 0).then(|| room.to_string());
         self.shared.push(m, lines as u64, history);
     }
 
     /// Queues a notice for everyone in `room` on the other nodes.
     pub(crate) fn publish_notice(&self, room: &str, chunk: &Chunk) {
-        let mut m = self.shared.message(b'N', room.len() + 1 + chunk.len());
-        m.extend_from_slice(room.as_bytes());
-        m.push(0);
-        m.extend_from_slice(chunk);
+        let m = wire::notice(&self.shared.node, room, chunk);
         self.shared.push(m, 0, None);
     }
 
     /// Tells the other nodes a client of this one entered a room, moved, or was renamed.
     pub(crate) fn publish_enter(&self, client: &Present) {
-        let mut m = self.shared.message(b'E', 32);
-        encode_present(&mut m, client);
+        let m = wire::enter(&self.shared.node, client);
         self.shared.push(m, 0, None);
     }
 
     /// Tells the other nodes a client of this one left.
     pub(crate) fn publish_leave(&self, id: u64) {
-        let mut m = self.shared.message(b'D', 8);
-        m.extend_from_slice(&id.to_be_bytes());
+        let m = wire::leave(&self.shared.node, id);
         self.shared.push(m, 0, None);
     }
 
     /// Sends something to client `id` of `node`.
     pub(crate) fn publish_direct(&self, node: &str, id: u64, what: Direct, text: &[u8]) {
-        let mut m = self.shared.message(b'T', node.len() + 10 + text.len());
-        m.extend_from_slice(node.as_bytes());
-        m.push(0);
-        m.extend_from_slice(&id.to_be_bytes());
-        m.push(what.byte());
-        m.extend_from_slice(text);
+        let m = wire::direct(&self.shared.node, node, id, what, text);
         let lines = u64::from(what == Direct::Private);
         self.shared.push(m, lines, None);
     }
 
     /// Pushes the operator's text to every client of the other nodes.
     pub(crate) fn publish_broadcast(&self, text: &str) {
-        let mut m = self.shared.message(b'B', text.len());
-        m.extend_from_slice(text.as_bytes());
+        let m = wire::broadcast(&self.shared.node, text.as_bytes());
         self.shared.push(m, 0, None);
     }
 
@@ -412,8 +315,7 @@ impl Cluster {
     /// they held, and waits until that is sent or `until`.
     pub(crate) fn farewell(&self, names: &[(u64, String)], until: Instant) {
         let s = &self.shared;
-        let mut m = s.message(b'S', 1);
-        m.push(b'-');
+        let m = wire::snapshot(&s.node, false, &[]);
         // Stopping, and all of the farewell, in one critical section: no heartbeat is queued
         // after it to bring the clients back (see `heartbeat`), and the publisher, which
         // ends once stopping with nothing queued, sends all of it first.
@@ -461,7 +363,7 @@ impl Cluster {
                 Event::Lines {
                     id, lines, bytes, ..
                 },
-            )) = decode(message)
+            )) = wire::decode(message)
             {
                 out.push(Entry {
                     chunk: Chunk::from(bytes),
@@ -482,14 +384,6 @@ impl Drop for Cluster {
         self.shared.queued.notify_all();
         self.shared.woken.notify_all();
     }
-}
-
-fn encode_present(m: &mut Vec<u8>, p: &Present) {
-    m.extend_from_slice(&p.id.to_be_bytes());
-    m.extend_from_slice(p.name.as_bytes());
-    m.push(0);
-    m.extend_from_slice(p.room.as_bytes());
-    m.push(0);
 }
 
 impl Shared {
@@ -514,13 +408,7 @@ impl Shared {
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
             sent: Condvar::new(),
-            link: Mutex::new(Link {
-                publisher: false,
-                subscriber: false,
-                down_since: Some(Instant::now()),
-                warned: false,
-                ever_up: false,
-            }),
+            link: Mutex::new(Link::new()),
             wake: Mutex::new(Wake::default()),
             woken: Condvar::new(),
             query: Mutex::new(None),
@@ -558,15 +446,6 @@ impl Shared {
     /// A name key's value: who holds it.
     fn owner(&self, id: u64) -> Vec<u8> {
         format!("{}\0{id}", self.node).into_bytes()
-    }
-
-    /// A message's start: this node and the kind.
-    fn message(&self, kind: u8, capacity: usize) -> Vec<u8> {
-        let mut m = Vec::with_capacity(self.node.len() + 2 + capacity);
-        m.extend_from_slice(self.node.as_bytes());
-        m.push(0);
-        m.push(kind);
-        m
     }
 
     /// Queues a message, or drops it (its lines counted) if the queue is full.
@@ -648,468 +527,5 @@ impl Shared {
         con.set_read_timeout(Some(QUERY_TIMEOUT))?;
         con.set_write_timeout(Some(QUERY_TIMEOUT))?;
         Ok(con)
-    }
-
-    /// Records that one side's connection came up or went down, and logs the link's
-    /// transitions: one line when it goes down (or is not there at start), one when it is
-    /// back, saying for how long it was down.
-    fn set(&self, side: Side, up: bool, why: Option<&redis::RedisError>) {
-        let mut link = lock(&self.link);
-        match side {
-            Side::Publisher => link.publisher = up,
-            Side::Subscriber => link.subscriber = up,
-        }
-        let both = link.publisher && link.subscriber;
-        self.stats
-            .redis_connected
-            .store(u64::from(both), Ordering::Relaxed);
-        if both {
-            let down = link.down_since.take().map(|t| t.elapsed());
-            if link.ever_up {
-                let down = down.unwrap_or_default();
-                info!(
-                    "cluster: link to redis {} back after {:.1}s down",
-                    self.url,
-                    down.as_secs_f64()
-                );
-            } else {
-                let after = match (link.warned, down) {
-                    (true, Some(down)) => format!(" after {:.1}s unreachable", down.as_secs_f64()),
-                    _ => String::new(),
-                };
-                info!(
-                    "cluster: linked to redis {} as node {} on channel {}{after}",
-                    self.url, self.node, self.channel
-                );
-            }
-            link.ever_up = true;
-            link.warned = false;
-        } else if !up {
-            if link.down_since.is_none() {
-                link.down_since = Some(Instant::now());
-            }
-            if !link.warned {
-                link.warned = true;
-                let why = why.map_or_else(String::new, |e| format!(": {e}"));
-                if link.ever_up {
-                    warn!(
-                        "cluster: lost redis {}{why}; relaying locally, dropping cluster lines \
-                         that do not fit the queue, reconnecting",
-                        self.url
-                    );
-                } else {
-                    warn!(
-                        "cluster: redis {} unreachable{why}; serving local clients, retrying",
-                        self.url
-                    );
-                }
-            }
-        }
-    }
-
-    /// Connects, with back-off between failed attempts; `None` once stopping.
-    fn connect(&self, side: Side) -> Option<redis::Connection> {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            if self.stopping() {
-                return None;
-            }
-            match self.client.get_connection_with_timeout(IO_TIMEOUT) {
-                Ok(con) => return Some(con),
-                Err(e) => {
-                    self.set(side, false, Some(&e));
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
-    }
-
-    fn publisher(&self) {
-        loop {
-            // Taken before connecting: an outage that the subscriber sees from here on is
-            // one this connection may not have survived.
-            let outages = self.outages.load(Ordering::Relaxed);
-            let Some(mut con) = self.connect(Side::Publisher) else {
-                return;
-            };
-            // A Redis that stops answering must not hold the queue forever: it fills, and
-            // further lines are dropped and counted.
-            let timeouts = con
-                .set_read_timeout(Some(IO_TIMEOUT))
-                .and_then(|()| con.set_write_timeout(Some(IO_TIMEOUT)));
-            if let Err(e) = timeouts {
-                self.set(Side::Publisher, false, Some(&e));
-                continue;
-            }
-            self.set(Side::Publisher, true, None);
-            let e = self.publish_queued(&mut con, outages);
-            self.set(Side::Publisher, false, e.as_ref());
-            if self.stopping() {
-                return;
-            }
-        }
-    }
-
-    /// Publishes what is queued, in order, until the connection fails (its error), the
-    /// subscriber has lost Redis since `outages` was read, or the daemon stops (`None`).
-    fn publish_queued(
-        &self,
-        con: &mut redis::Connection,
-        outages: u64,
-    ) -> Option<redis::RedisError> {
-        loop {
-            let batch: Vec<Item> = {
-                let mut queue = lock(&self.queue);
-                loop {
-                    if self.outages.load(Ordering::Relaxed) != outages {
-                        return None;
-                    }
-                    if !queue.items.is_empty() {
-                        break;
-                    }
-                    if self.stopping() {
-                        return None;
-                    }
-                    queue = sync::wait(&self.queued, queue);
-                }
-                let n = queue.items.len().min(BATCH);
-                queue.sending = true;
-                let batch: Vec<Item> = queue.items.drain(..n).collect();
-                queue.bytes -= batch.iter().map(Item::len).sum::<usize>();
-                self.stats
-                    .cluster_queue_bytes
-                    .store(queue.bytes as u64, Ordering::Relaxed);
-                batch
-            };
-            let mut pipe = redis::pipe();
-            for item in &batch {
-                match item {
-                    Item::Publish { message, room, .. } => {
-                        if let Some(room) = room {
-                            // Approximate trimming (`~`) keeps at least `history` entries, each
-                            // at least one line, at a fraction of exact trimming's cost.
-                            pipe.cmd("XADD")
-                                .arg(self.history_key(room))
-                                .arg("MAXLEN")
-                                .arg("~")
-                                .arg(self.history)
-                                .arg("*")
-                                .arg("m")
-                                .arg(message.as_slice())
-                                .ignore();
-                        }
-                        pipe.cmd("PUBLISH")
-                            .arg(&self.channel)
-                            .arg(message.as_slice())
-                            .ignore();
-                    }
-                    Item::Release { key, value } => {
-                        pipe.cmd("EVAL")
-                            .arg(RELEASE)
-                            .arg(1)
-                            .arg(key)
-                            .arg(value.as_slice())
-                            .ignore();
-                    }
-                }
-            }
-            let lines: u64 = batch.iter().map(Item::lines).sum();
-            let result = pipe.exec(con);
-            lock(&self.queue).sending = false;
-            self.sent.notify_all();
-            if let Err(e) = result {
-                // Whether Redis took them is unknown: dropped, so none is sent twice.
-                add(&self.stats.cluster_dropped, lines);
-                return Some(e);
-            }
-            add(&self.stats.cluster_published, lines);
-        }
-    }
-
-    fn subscriber(&self) {
-        while let Some(mut con) = self.connect(Side::Subscriber) {
-            let mut pubsub = con.as_pubsub();
-            let subscribed = pubsub
-                .set_read_timeout(Some(KEEPALIVE))
-                .and_then(|()| pubsub.subscribe(&self.channel));
-            if let Err(e) = subscribed {
-                self.set(Side::Subscriber, false, Some(&e));
-                continue;
-            }
-            self.set(Side::Subscriber, true, None);
-            // Whatever the others said while this node was not listening is lost: ask them.
-            self.wake(|w| w.hello = true);
-            let e = loop {
-                match pubsub.get_message() {
-                    Ok(msg) => self.receive(msg.get_payload_bytes()),
-                    // Quiet, not necessarily gone: a ping tells (its answer waits at most
-                    // KEEPALIVE too).
-                    Err(e) if e.is_timeout() => {
-                        if let Err(e) = pubsub.ping::<redis::Value>() {
-                            break e;
-                        }
-                    }
-                    Err(e) => break e,
-                }
-            };
-            drop(pubsub);
-            self.set(Side::Subscriber, false, Some(&e));
-            if self.stopping() {
-                return;
-            }
-            // The publisher makes its connection again too (see `outages`). The queue's lock
-            // is taken between the count and the wake-up, so that a publisher about to wait
-            // has either seen the new count or is waiting when woken.
-            self.outages.fetch_add(1, Ordering::Relaxed);
-            drop(lock(&self.queue));
-            self.queued.notify_all();
-        }
-    }
-
-    fn receive(&self, message: &[u8]) {
-        let Some((node, event)) = decode(message) else {
-            warn!("cluster: malformed message on {}", self.channel);
-            return;
-        };
-        if node == &*self.node {
-            return;
-        }
-        match event {
-            Event::Lines { lines, .. } => add(&self.stats.cluster_received, lines as u64),
-            Event::Direct { to, .. } if to != &*self.node => return,
-            Event::Snapshot { hello: true, .. } => self.wake(|w| w.answer = true),
-            _ => {}
-        }
-        (self.hooks.deliver)(node, event);
-    }
-
-    fn wake(&self, f: impl FnOnce(&mut Wake)) {
-        f(&mut lock(&self.wake));
-        self.woken.notify_all();
-    }
-
-    /// Every third of the ttl, or when asked: publishes this node's clients and renews its
-    /// names in Redis.
-    fn heartbeat(&self) {
-        let interval = self.ttl / 3;
-        loop {
-            let wake = {
-                let deadline = Instant::now() + interval;
-                let mut wake = wait_while_until(&self.woken, lock(&self.wake), deadline, |w| {
-                    !w.hello && !w.answer && !self.stopping()
-                });
-                std::mem::take(&mut *wake)
-            };
-            if self.stopping() {
-                return;
-            }
-            let local = (self.hooks.local)();
-            let mut m = self.message(b'S', 1 + 32 * local.clients.len());
-            m.push(if wake.hello { b'h' } else { b'-' });
-            for p in &local.clients {
-                encode_present(&mut m, p);
-            }
-            // Checked under the queue's lock: once `farewell` has queued its empty snapshot,
-            // none with clients follows it.
-            let mut queue = lock(&self.queue);
-            if self.stopping() {
-                return;
-            }
-            self.enqueue(&mut queue, m, 0, None);
-            drop(queue);
-            self.queued.notify_one();
-            self.renew(&local.names);
-        }
-    }
-
-    /// Renews (or, after an outage, claims again) the names this node's clients hold; those
-    /// another node took meanwhile go to the `lost_name` hook.
-    fn renew(&self, names: &[(u64, String)]) {
-        // Not waiting for the whole link: right after Redis comes back, the names are
-        // claimed again before anyone else's node can take them.
-        if names.is_empty() {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        for (id, name) in names {
-            pipe.add_command(self.claim_cmd(*id, name, None));
-        }
-        let Some(held) = self.query(|con| pipe.query::<Vec<i64>>(con)) else {
-            return;
-        };
-        for ((id, name), held) in names.iter().zip(held) {
-            if held == 0 {
-                warn!("cluster: name {name} of client {id} was taken by another node meanwhile");
-                (self.hooks.lost_name)(*id, name);
-            }
-        }
-    }
-}
-
-/// Reads a message: its node and what it says; `None` if it is malformed.
-fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
-    let (node, rest) = split_nul(message)?;
-    let node = std::str::from_utf8(node).ok()?;
-    let (&kind, rest) = rest.split_first()?;
-    let event = match kind {
-        b'L' => {
-            let (seq, rest) = rest.split_first_chunk::<8>()?;
-            let (from, rest) = rest.split_first_chunk::<8>()?;
-            let (room, rest) = split_nul(rest)?;
-            let (lines, bytes) = rest.split_first_chunk::<4>()?;
-            Event::Lines {
-                id: LineId {
-                    node: Arc::from(node),
-                    seq: u64::from_be_bytes(*seq),
-                },
-                from: u64::from_be_bytes(*from),
-                room: std::str::from_utf8(room).ok()?,
-                lines: u32::from_be_bytes(*lines) as usize,
-                bytes,
-            }
-        }
-        b'N' => {
-            let (room, bytes) = split_nul(rest)?;
-            Event::Notice {
-                room: std::str::from_utf8(room).ok()?,
-                bytes,
-            }
-        }
-        b'E' => Event::Enter(decode_present(rest)?.0),
-        b'D' => Event::Leave(u64::from_be_bytes(*rest.first_chunk::<8>()?)),
-        b'S' => {
-            let (&flag, mut rest) = rest.split_first()?;
-            let mut clients = Vec::new();
-            while !rest.is_empty() {
-                let (p, more) = decode_present(rest)?;
-                clients.push(p);
-                rest = more;
-            }
-            Event::Snapshot {
-                hello: flag == b'h',
-                clients,
-            }
-        }
-        b'T' => {
-            let (to, rest) = split_nul(rest)?;
-            let (id, rest) = rest.split_first_chunk::<8>()?;
-            let (&what, text) = rest.split_first()?;
-            let what = match what {
-                b'm' => Direct::Private,
-                b'p' => Direct::Push,
-                b'k' => Direct::Kick,
-                _ => return None,
-            };
-            Event::Direct {
-                to: std::str::from_utf8(to).ok()?,
-                id: u64::from_be_bytes(*id),
-                what,
-                text,
-            }
-        }
-        b'B' => Event::Broadcast(rest),
-        _ => return None,
-    };
-    Some((node, event))
-}
-
-fn decode_present(bytes: &[u8]) -> Option<(Present, &[u8])> {
-    let (id, rest) = bytes.split_first_chunk::<8>()?;
-    let (name, rest) = split_nul(rest)?;
-    let (room, rest) = split_nul(rest)?;
-    let present = Present {
-        id: u64::from_be_bytes(*id),
-        name: String::from_utf8(name.to_vec()).ok()?,
-        room: String::from_utf8(room.to_vec()).ok()?,
-    };
-    Some((present, rest))
-}
-
-fn split_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let i = memchr::memchr(0, bytes)?;
-    Some((&bytes[..i], &bytes[i + 1..]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shared() -> Shared {
-        let config = ClusterConfig {
-            url: "redis://127.0.0.1:1/".into(),
-            name: "relayd".into(),
-            node_id: "node-1".into(),
-            ttl: Duration::from_secs(30),
-        };
-        let hooks = Hooks {
-            deliver: Box::new(|_, _| {}),
-            local: Box::new(|| Local {
-                clients: Vec::new(),
-                names: Vec::new(),
-            }),
-            lost_name: Box::new(|_, _| {}),
-        };
-        Shared::new(&config, 10, Arc::new(Stats::default()), hooks).unwrap()
-    }
-
-    /// What the queue holds, as messages.
-    fn queued(cluster: &Cluster) -> Vec<Vec<u8>> {
-        lock(&cluster.shared.queue)
-            .items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Publish { message, .. } => Some(message.clone()),
-                Item::Release { .. } => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn decodes_what_it_encodes() {
-        let cluster = Cluster {
-            shared: Arc::new(shared()),
-        };
-        let alice = Present {
-            id: 7,
-            name: "alice".into(),
-            room: "games".into(),
-        };
-        cluster.publish_lines("lobby", 42, 7, b"a\0b\nc\n", 2);
-        cluster.publish_notice("games", &Chunk::from(&b"* bob joined\n"[..]));
-        cluster.publish_enter(&alice);
-        cluster.publish_leave(7);
-        cluster.publish_direct("node-2", 9, Direct::Kick, b"spam");
-        cluster.publish_broadcast("hello all");
-        let q = queued(&cluster);
-        assert_eq!(q.len(), 6);
-        let events: Vec<_> = q.iter().map(|m| decode(m).unwrap()).collect();
-        assert!(events.iter().all(|(node, _)| *node == "node-1"));
-        match &events[0].1 {
-            Event::Lines {
-                id,
-                from,
-                room,
-                lines,
-                bytes,
-            } => {
-                assert_eq!(
-                    (&*id.node, id.seq, *from, *room, *lines),
-                    ("node-1", 42, 7, "lobby", 2)
-                );
-                assert_eq!(*bytes, b"a\0b\nc\n");
-            }
-            _ => panic!("not lines"),
-        }
-        assert!(matches!(&events[1].1,
-            Event::Notice { room: "games", bytes } if *bytes == b"* bob joined\n"));
-        assert!(matches!(&events[2].1, Event::Enter(p) if *p == alice));
-        assert!(matches!(&events[3].1, Event::Leave(7)));
-        assert!(matches!(&events[4].1,
-            Event::Direct { to: "node-2", id: 9, what: Direct::Kick, text } if *text == b"spam"));
-        assert!(matches!(&events[5].1, Event::Broadcast(b"hello all")));
-        assert!(decode(b"node-1").is_none());
-        assert!(decode(b"node-1\0L\0\0").is_none());
-        assert!(decode(b"node-1\0Zwhat").is_none());
     }
 }

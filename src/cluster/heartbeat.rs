@@ -1,0 +1,81 @@
+//! The heartbeat thread (no connection of its own): every third of `ttl`, or sooner when the
+//! subscriber asks, queues this node's clients for the other nodes and renews the names they
+//! hold in Redis.
+
+use std::time::Instant;
+
+use log::warn;
+
+use crate::cluster::{Shared, wire};
+use crate::sync::{lock, wait_while_until};
+
+/// Why the heartbeat is asked to run before its time.
+#[derive(Default)]
+pub(super) struct Wake {
+    /// The subscriber has just (re)subscribed: say hello, so the others answer with their
+    /// clients, and re-register this node's names.
+    pub(super) hello: bool,
+    /// Another node said hello: answer with this node's clients.
+    pub(super) answer: bool,
+}
+
+impl Shared {
+    /// Asks the heartbeat to run now, for the reason `f` sets.
+    pub(super) fn wake(&self, f: impl FnOnce(&mut Wake)) {
+        f(&mut lock(&self.wake));
+        self.woken.notify_all();
+    }
+
+    /// Every third of the ttl, or when asked: publishes this node's clients and renews its
+    /// names in Redis.
+    pub(super) fn heartbeat(&self) {
+        let interval = self.ttl / 3;
+        loop {
+            let wake = {
+                let deadline = Instant::now() + interval;
+                let mut wake = wait_while_until(&self.woken, lock(&self.wake), deadline, |w| {
+                    !w.hello && !w.answer && !self.stopping()
+                });
+                std::mem::take(&mut *wake)
+            };
+            if self.stopping() {
+                return;
+            }
+            let local = (self.hooks.local)();
+            let m = wire::snapshot(&self.node, wake.hello, &local.clients);
+            // Checked under the queue's lock: once `farewell` has queued its empty snapshot,
+            // none with clients follows it.
+            let mut queue = lock(&self.queue);
+            if self.stopping() {
+                return;
+            }
+            self.enqueue(&mut queue, m, 0, None);
+            drop(queue);
+            self.queued.notify_one();
+            self.renew(&local.names);
+        }
+    }
+
+    /// Renews (or, after an outage, claims again) the names this node's clients hold; those
+    /// another node took meanwhile go to the `lost_name` hook.
+    fn renew(&self, names: &[(u64, String)]) {
+        // Not waiting for the whole link: right after Redis comes back, the names are
+        // claimed again before anyone else's node can take them.
+        if names.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (id, name) in names {
+            pipe.add_command(self.claim_cmd(*id, name, None));
+        }
+        let Some(held) = self.query(|con| pipe.query::<Vec<i64>>(con)) else {
+            return;
+        };
+        for ((id, name), held) in names.iter().zip(held) {
+            if held == 0 {
+                warn!("cluster: name {name} of client {id} was taken by another node meanwhile");
+                (self.hooks.lost_name)(*id, name);
+            }
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The cluster's wire format: how each kind of message is built, and read back.
+//!
+//! A message is `node \0 kind payload`: the sending node's id, then one byte saying what it
+//! is (see [`Event`]). Node ids, names and room names never hold a NUL (checked at startup
+//! and by the chat parser respectively), so a NUL ends each of them; numbers are big-endian.
+//! Each kind's builder and its reading sit side by side here, so that the two cannot drift.
+
+use std::sync::Arc;
+
+use crate::cluster::presence::Present;
+use crate::delivery::history::LineId;
+
+/// A message from another node, as the `deliver` hook gets it.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Event<'a> {
+    /// `L`: a client's lines for a room (kept in its history).
+    Lines {
+        id: LineId,
+        /// The sender's id on its node.
+        from: u64,
+        room: &'a str,
+        lines: usize,
+        bytes: &'a [u8],
+    },
+    /// `N`: a notice for everyone in a room (joined, left, renamed).
+    Notice { room: &'a str, bytes: &'a [u8] },
+    /// `E`: a client entered a room, moved or was renamed.
+    Enter(Present),
+    /// `D`: a client left.
+    Leave(u64),
+    /// `S`: all of the node's clients; `hello`: the node has just (re)joined and asks the
+    /// others for theirs.
+    Snapshot { hello: bool, clients: Vec<Present> },
+    /// `T`: something for client `id` of node `to`.
+    Direct {
+        to: &'a str,
+        id: u64,
+        what: Direct,
+        text: &'a [u8],
+    },
+    /// `B`: the operator's broadcast.
+    Broadcast(&'a [u8]),
+}
+
+/// What a [`Event::Direct`] message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// A private message: the line to send as it is.
+    Private,
+    /// The operator's `send`: the text to push.
+    Push,
+    /// The operator's `kick`: the reason, if not empty.
+    Kick,
+}
+
+impl Direct {
+    fn byte(self) -> u8 {
+        match self {
+            Direct::Private => b'm',
+            Direct::Push => b'p',
+            Direct::Kick => b'k',
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Direct> {
+        match byte {
+            b'm' => Some(Direct::Private),
+            b'p' => Some(Direct::Push),
+            b'k' => Some(Direct::Kick),
+            _ => None,
+        }
+    }
+}
+
+/// `L`: client `from`'s `lines` lines for `room`, `seq` being `node`'s number for them:
+/// `seq` (8 bytes), `from` (8), `room \0`, `lines` (4), the bytes.
+pub(crate) fn lines(
+    node: &str,
+    room: &str,
+    seq: u64,
+    from: u64,
+    bytes: &[u8],
+    lines: usize,
+) -> Vec<u8> {
+    let mut m = start(node, b'L', 16 + room.len() + 5 + bytes.len());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(&from.to_be_bytes());
+    m.extend_from_slice(room.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&u32::try_from(lines).unwrap_or(u32::MAX).to_be_bytes());
+    m.extend_from_slice(bytes);
+    m
+}
+
+/// `N`: a notice for `room`: `room \0`, the bytes.
+pub(crate) fn notice(node: &str, room: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut m = start(node, b'N', room.len() + 1 + bytes.len());
+    m.extend_from_slice(room.as_bytes());
+    m.push(0);
+    m.extend_from_slice(bytes);
+    m
+}
+
+/// `E`: a client where it is now (see [`encode_present`]).
+pub(crate) fn enter(node: &str, client: &Present) -> Vec<u8> {
+    let mut m = start(node, b'E', 32);
+    encode_present(&mut m, client);
+    m
+}
+
+/// `D`: client `id` left: its id (8 bytes).
+pub(crate) fn leave(node: &str, id: u64) -> Vec<u8> {
+    let mut m = start(node, b'D', 8);
+    m.extend_from_slice(&id.to_be_bytes());
+    m
+}
+
+/// `S`: all of `node`'s clients: `h` if it says hello (else `-`), then each client (see
+/// [`encode_present`]).
+pub(crate) fn snapshot(node: &str, hello: bool, clients: &[Present]) -> Vec<u8> {
+    let mut m = start(node, b'S', 1 + 32 * clients.len());
+    m.push(if hello { b'h' } else { b'-' });
+    for p in clients {
+        encode_present(&mut m, p);
+    }
+    m
+}
+
+/// `T`: something for client `id` of node `to`: `to \0`, `id` (8 bytes), what it is (one
+/// byte), the text.
+pub(crate) fn direct(node: &str, to: &str, id: u64, what: Direct, text: &[u8]) -> Vec<u8> {
+    let mut m = start(node, b'T', to.len() + 10 + text.len());
+    m.extend_from_slice(to.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&id.to_be_bytes());
+    m.push(what.byte());
+    m.extend_from_slice(text);
+    m
+}
+
+/// `B`: the operator's text for every client.
+pub(crate) fn broadcast(node: &str, text: &[u8]) -> Vec<u8> {
+    let mut m = start(node, b'B', text.len());
+    m.extend_from_slice(text);
+    m
+}
+
+/// A message's start: `node` and the kind, with room for `capacity` bytes more.
+fn start(node: &str, kind: u8, capacity: usize) -> Vec<u8> {
+    let mut m = Vec::with_capacity(node.len() + 2 + capacity);
+    m.extend_from_slice(node.as_bytes());
+    m.push(0);
+    m.push(kind);
+    m
+}
+
+/// A client: its id (8 bytes), `name \0`, `room \0`.
+fn encode_present(m: &mut Vec<u8>, p: &Present) {
+    m.extend_from_slice(&p.id.to_be_bytes());
+    m.extend_from_slice(p.name.as_bytes());
+    m.push(0);
+    m.extend_from_slice(p.room.as_bytes());
+    m.push(0);
+}
+
+/// Reads a message: its node and what it says; `None` if it is malformed.
+pub(crate) fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
+    let (node, rest) = split_nul(message)?;
+    let node = std::str::from_utf8(node).ok()?;
+    let (&kind, rest) = rest.split_first()?;
+    let event = match kind {
+        b'L' => {
+            let (seq, rest) = rest.split_first_chunk::<8>()?;
+            let (from, rest) = rest.split_first_chunk::<8>()?;
+            let (room, rest) = split_nul(rest)?;
+            let (lines, bytes) = rest.split_first_chunk::<4>()?;
+            Event::Lines {
+                id: LineId {
+                    node: Arc::from(node),
+                    seq: u64::from_be_bytes(*seq),
+                },
+                from: u64::from_be_bytes(*from),
+                room: std::str::from_utf8(room).ok()?,
+                lines: u32::from_be_bytes(*lines) as usize,
+                bytes,
+            }
+        }
+        b'N' => {
+            let (room, bytes) = split_nul(rest)?;
+            Event::Notice {
+                room: std::str::from_utf8(room).ok()?,
+                bytes,
+            }
+        }
+        b'E' => Event::Enter(decode_present(rest)?.0),
+        b'D' => Event::Leave(u64::from_be_bytes(*rest.first_chunk::<8>()?)),
+        b'S' => {
+            let (&flag, mut rest) = rest.split_first()?;
+            let mut clients = Vec::new();
+            while !rest.is_empty() {
+                let (p, more) = decode_present(rest)?;
+                clients.push(p);
+                rest = more;
+            }
+            Event::Snapshot {
+                hello: flag == b'h',
+                clients,
+            }
+        }
+        b'T' => {
+            let (to, rest) = split_nul(rest)?;
+            let (id, rest) = rest.split_first_chunk::<8>()?;
+            let (&what, text) = rest.split_first()?;
+            Event::Direct {
+                to: std::str::from_utf8(to).ok()?,
+                id: u64::from_be_bytes(*id),
+                what: Direct::from_byte(what)?,
+                text,
+            }
+        }
+        b'B' => Event::Broadcast(rest),
+        _ => return None,
+    };
+    Some((node, event))
+}
+
+fn decode_present(bytes: &[u8]) -> Option<(Present, &[u8])> {
+    let (id, rest) = bytes.split_first_chunk::<8>()?;
+    let (name, rest) = split_nul(rest)?;
+    let (room, rest) = split_nul(rest)?;
+    let present = Present {
+        id: u64::from_be_bytes(*id),
+        name: String::from_utf8(name.to_vec()).ok()?,
+        room: String::from_utf8(room.to_vec()).ok()?,
+    };
+    Some((present, rest))
+}
+
+fn split_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = memchr::memchr(0, bytes)?;
+    Some((&bytes[..i], &bytes[i + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::{Cluster, Hooks, Item, Local, Shared};
+    use crate::config::ClusterConfig;
+    use crate::delivery::chunk::Chunk;
+    use crate::stats::Stats;
+    use crate::sync::lock;
+
+    fn present(id: u64, name: &str, room: &str) -> Present {
+        Present {
+            id,
+            name: name.into(),
+            room: room.into(),
+        }
+    }
+
+    /// What `message` reads back as: from `node-1`, and well-formed.
+    fn read(message: &[u8]) -> Event<'_> {
+        let (node, event) = decode(message).expect("well-formed");
+        assert_eq!(node, "node-1");
+        event
+    }
+
+    #[test]
+    fn lines_round_trip() {
+        let m = lines("node-1", "lobby", 42, 7, b"a\0b\nc\n", 2);
+        let id = LineId {
+            node: Arc::from("node-1"),
+            seq: 42,
+        };
+        assert_eq!(
+            read(&m),
+            Event::Lines {
+                id,
+                from: 7,
+                room: "lobby",
+                lines: 2,
+                bytes: b"a\0b\nc\n",
+            }
+        );
+        // An empty room and no bytes are still a message.
+        let m = lines("node-1", "", u64::MAX, 0, b"", 0);
+        let id = LineId {
+            node: Arc::from("node-1"),
+            seq: u64::MAX,
+        };
+        assert_eq!(
+            read(&m),
+            Event::Lines {
+                id,
+                from: 0,
+                room: "",
+                lines: 0,
+                bytes: b"",
+            }
+        );
+    }
+
+    #[test]
+    fn notice_round_trip() {
+        let m = notice("node-1", "games", b"* bob joined\n");
+        assert_eq!(
+            read(&m),
+            Event::Notice {
+                room: "games",
+                bytes: b"* bob joined\n",
+            }
+        );
+    }
+
+    #[test]
+    fn enter_round_trip() {
+        let alice = present(7, "alice", "games");
+        assert_eq!(read(&enter("node-1", &alice)), Event::Enter(alice));
+    }
+
+    #[test]
+    fn leave_round_trip() {
+        assert_eq!(read(&leave("node-1", 7)), Event::Leave(7));
+        assert_eq!(read(&leave("node-1", u64::MAX)), Event::Leave(u64::MAX));
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let clients = vec![present(1, "alice", "lobby"), present(2, "bob", "games")];
+        assert_eq!(
+            read(&snapshot("node-1", true, &clients)),
+            Event::Snapshot {
+                hello: true,
+                clients: clients.clone(),
+            }
+        );
+        assert_eq!(
+            read(&snapshot("node-1", false, &clients)),
+            Event::Snapshot {
+                hello: false,
+                clients,
+            }
+        );
+        // The farewell: no clients left.
+        assert_eq!(
+            read(&snapshot("node-1", false, &[])),
+            Event::Snapshot {
+                hello: false,
+                clients: Vec::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn direct_round_trip() {
+        for what in [Direct::Private, Direct::Push, Direct::Kick] {
+            assert_eq!(
+                read(&direct("node-1", "node-2", 9, what, b"spam")),
+                Event::Direct {
+                    to: "node-2",
+                    id: 9,
+                    what,
+                    text: b"spam",
+                }
+            );
+        }
+        // A kick without a reason.
+        assert_eq!(
+            read(&direct("node-1", "node-2", 9, Direct::Kick, b"")),
+            Event::Direct {
+                to: "node-2",
+                id: 9,
+                what: Direct::Kick,
+                text: b"",
+            }
+        );
+        assert!(decode(b"node-1\0Tnode-2\0\0\0\0\0\0\0\0\x09xspam").is_none());
+    }
+
+    #[test]
+    fn broadcast_round_trip() {
+        assert_eq!(
+            read(&broadcast("node-1", b"hello all")),
+            Event::Broadcast(b"hello all")
+        );
+    }
+
+    fn shared() -> Shared {
+        let config = ClusterConfig {
+            url: "redis://127.0.0.1:1/".into(),
+            name: "relayd".into(),
+            node_id: "node-1".into(),
+            ttl: Duration::from_secs(30),
+        };
+        let hooks = Hooks {
+            deliver: Box::new(|_, _| {}),
+            local: Box::new(|| Local {
+                clients: Vec::new(),
+                names: Vec::new(),
+            }),
+            lost_name: Box::new(|_, _| {}),
+        };
+        Shared::new(&config, 10, Arc::new(Stats::default()), hooks).unwrap()
+    }
+
+    /// What the queue holds, as messages.
+    fn queued(cluster: &Cluster) -> Vec<Vec<u8>> {
+        lock(&cluster.shared.queue)
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Publish { message, .. } => Some(message.clone()),
+                Item::Release { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decodes_what_it_encodes() {
+        let cluster = Cluster {
+            shared: Arc::new(shared()),
+        };
+        let alice = Present {
+            id: 7,
+            name: "alice".into(),
+            room: "games".into(),
+        };
+        cluster.publish_lines("lobby", 42, 7, b"a\0b\nc\n", 2);
+        cluster.publish_notice("games", &Chunk::from(&b"* bob joined\n"[..]));
+        cluster.publish_enter(&alice);
+        cluster.publish_leave(7);
+        cluster.publish_direct("node-2", 9, Direct::Kick, b"spam");
+        cluster.publish_broadcast("hello all");
+        let q = queued(&cluster);
+        assert_eq!(q.len(), 6);
+        let events: Vec<_> = q.iter().map(|m| decode(m).unwrap()).collect();
+        assert!(events.iter().all(|(node, _)| *node == "node-1"));
+        match &events[0].1 {
+            Event::Lines {
+                id,
+                from,
+                room,
+                lines,
+                bytes,
+            } => {
+                assert_eq!(
+                    (&*id.node, id.seq, *from, *room, *lines),
+                    ("node-1", 42, 7, "lobby", 2)
+                );
+                assert_eq!(*bytes, b"a\0b\nc\n");
+            }
+            _ => panic!("not lines"),
+        }
+        assert!(matches!(&events[1].1,
+            Event::Notice { room: "games", bytes } if *bytes == b"* bob joined\n"));
+        assert!(matches!(&events[2].1, Event::Enter(p) if *p == alice));
+        assert!(matches!(&events[3].1, Event::Leave(7)));
+        assert!(matches!(&events[4].1,
+            Event::Direct { to: "node-2", id: 9, what: Direct::Kick, text } if *text == b"spam"));
+        assert!(matches!(&events[5].1, Event::Broadcast(b"hello all")));
+        assert!(decode(b"node-1").is_none());
+        assert!(decode(b"node-1\0L\0\0").is_none());
+        assert!(decode(b"node-1\0Zwhat").is_none());
+    }
+}
