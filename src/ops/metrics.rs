@@ -23,6 +23,7 @@ use log::{debug, info, warn};
 use socket2::SockRef;
 
 use crate::daemon::Daemon;
+use crate::sync::Counted;
 use crate::transport::http::{self, HeadError};
 
 /// Scrapes served at once; more are closed unanswered until one ends. Prometheus makes one
@@ -77,22 +78,21 @@ fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener) {
                 continue;
             }
         };
-        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPES {
-            busy.fetch_sub(1, Ordering::AcqRel);
+        let Some(place) = Counted::take(&busy, MAX_SCRAPES) else {
             debug!("metrics: {MAX_SCRAPES} scrapes already in progress, closing one more");
             continue;
-        }
-        let (daemon, done) = (Arc::clone(daemon), Arc::clone(&busy));
+        };
+        let daemon = Arc::clone(daemon);
+        // The place goes with the thread, and is given back when it ends (or never starts).
         let spawned = thread::Builder::new()
             .name("metrics-scrape".into())
             .spawn(move || {
+                let _place = place;
                 if let Err(e) = serve(&daemon, stream) {
                     debug!("metrics scrape: {e}");
                 }
-                done.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
-            busy.fetch_sub(1, Ordering::AcqRel);
             warn!("cannot start a metrics thread: {e}");
         }
     }
