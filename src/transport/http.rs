@@ -1,7 +1,9 @@
-//! HTTP on relayd's sockets, one request per connection: its head read within a size and a
-//! time bound ([`read_head`], for the `--ws-bind` front here and for `--metrics`), and the
-//! `--ws-bind` front's answer: the page at `/`, a WebSocket upgrade handed on to `ws.rs`, or
-//! a plain HTTP error. Every answer closes the connection.
+//! HTTP, one request per connection: its head read within a size and a time bound, and the
+//! `--ws-bind` front's answer to it.
+//!
+//! [`read_head`] serves the front here and `--metrics` (which answers on its own). The front
+//! serves the page at `/`, hands a WebSocket upgrade on to `ws.rs`, or refuses anything else
+//! with a plain HTTP error; every answer closes the connection.
 //!
 //! A head is parsed with `httparse` only, to find where it ends and to route it; the
 //! WebSocket handshake itself is tungstenite's, which reads the same head again.

@@ -1,6 +1,6 @@
-//! How a client's bytes come in: plain TCP (`tcp`, with `telnet`'s commands taken out), and
-//! browsers through the HTTP front (`http`: the page, upgrades) and WebSocket (`ws`).
-//! `http`'s request reader serves `--metrics` too.
+//! How a client's bytes come in, and why a read brought none ([`ReadError`]): plain TCP
+//! (`tcp`, with `telnet`'s commands taken out), and browsers through the HTTP front (`http`:
+//! the page, upgrades) and WebSocket (`ws`). `http`'s request reader serves `--metrics` too.
 
 pub(crate) mod http;
 pub(crate) mod tcp;

@@ -1,7 +1,8 @@
-//! The WebSocket transport: how a browser's messages come in (RFC 6455), after the HTTP
-//! front (`http.rs`) has seen an upgrade request. What goes out is the peer's business, as
-//! for TCP clients: relayed lines are queued as chunks, and the peer writes each one's
-//! WebSocket form, built once for all WebSocket recipients (`chunk.rs`, `ws_frame.rs`).
+//! The WebSocket transport (RFC 6455): the handshake, once the HTTP front (`http.rs`) has
+//! seen an upgrade request, and then how a browser's messages come in. What goes out is the
+//! peer's business, as for TCP clients: relayed lines are queued as chunks, and the peer
+//! writes each one's WebSocket form, built once for all WebSocket recipients (`chunk.rs`,
+//! `ws_frame.rs`).
 //!
 //! Why the reader and the writer are split this way: a tungstenite `WebSocket` cannot be read
 //! on one thread while it is written on another, because reading queues replies (a pong for
