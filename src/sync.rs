@@ -1,11 +1,14 @@
-//! Lock helpers: the only place where a poisoned lock is recovered.
+//! What threads share, made safe against a panic: lock helpers (the only place where a
+//! poisoned lock is recovered), and [`Counted`], a counted place given back on drop.
 //!
 //! A panic in one client's thread must not take the daemon down with it, so a poisoned mutex
 //! is used as is rather than unwrapped: every critical section in relayd leaves its data
 //! consistent at each step (queues and maps are only pushed to or removed from), so the data
-//! behind a poisoned lock is still good.
+//! behind a poisoned lock is still good. Nor may a panic keep a place it counted: it would be
+//! lost for good.
 
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,4 +70,49 @@ pub fn wait_while_until<'a, T>(
         guard = wait_timeout(condvar, guard, deadline - now);
     }
     guard
+}
+
+/// One of at most `max` places counted in a shared count, given back when dropped: however
+/// its holder ends, a panic or a thread that never started included.
+#[derive(Debug)]
+pub struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    /// Takes a place in `count`, unless `max` are taken already.
+    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Counted> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Counted(Arc::clone(count)))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counted_place_is_given_back_on_drop_even_in_a_panic() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let first = Counted::take(&count, 2).unwrap();
+        let second = Counted::take(&count, 2).unwrap();
+        assert!(Counted::take(&count, 2).is_none());
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+        drop(first);
+        let panicked = std::thread::spawn(move || {
+            let _held = second;
+            panic!("a holder panics");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+        assert!(Counted::take(&count, 0).is_none());
+    }
 }

@@ -7,9 +7,9 @@
 //! for it before the handshake's answer is on the wire.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::thread;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::delivery::chunk::Chunk;
 use crate::delivery::notice::Departure;
 use crate::delivery::ws_frame;
 use crate::policy::access::PerAddress;
+use crate::sync::Counted;
 use crate::transport::http;
 use crate::transport::tcp::{self, Tcp};
 use crate::transport::ws::{self, Ws};
@@ -59,7 +60,7 @@ pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener, kind: Ki
     }
     let mut backoff = BACKOFF_MIN;
     // HTTP requests being read, on threads of their own, not yet clients.
-    let fronts = Arc::new(Fronts::default());
+    let fronts = Fronts::default();
     loop {
         let accepted = listener.accept();
         if daemon.is_stopping() {
@@ -156,36 +157,47 @@ fn log_connected(daemon: &Daemon, id: u64, addr: SocketAddr, how: &str) {
 /// cannot pile up threads, nor one address take every place.
 #[derive(Default)]
 struct Fronts {
-    total: AtomicUsize,
-    per_address: PerAddress,
+    total: Arc<AtomicUsize>,
+    per_address: Arc<PerAddress>,
+}
+
+/// A request's place among the [`Fronts`], given back when dropped: however its thread
+/// ends, a panic or a thread that never started included.
+struct Front {
+    _total: Counted,
+    per_address: Arc<PerAddress>,
+    ip: IpAddr,
 }
 
 impl Fronts {
-    fn enter(&self, addr: SocketAddr, config: &Config) -> bool {
-        if self.total.fetch_add(1, Ordering::Relaxed) >= config.max_clients {
-            self.total.fetch_sub(1, Ordering::Relaxed);
+    fn enter(&self, addr: SocketAddr, config: &Config) -> Option<Front> {
+        let Some(total) = Counted::take(&self.total, config.max_clients) else {
             info!("refused {addr}: too many HTTP requests being read");
-            return false;
-        }
+            return None;
+        };
         if !self.per_address.try_add(addr.ip(), config.max_per_ip) {
-            self.total.fetch_sub(1, Ordering::Relaxed);
             let max = config.max_per_ip;
             info!("refused {addr}: more than {max} HTTP requests from this address being read");
-            return false;
+            return None;
         }
-        true
+        Some(Front {
+            _total: total,
+            per_address: Arc::clone(&self.per_address),
+            ip: addr.ip(),
+        })
     }
+}
 
-    fn leave(&self, addr: SocketAddr) {
-        self.per_address.remove(addr.ip());
-        self.total.fetch_sub(1, Ordering::Relaxed);
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.per_address.remove(self.ip);
     }
 }
 
 /// Starts the thread that reads an HTTP request from a `--ws-bind` connection and, if it is
 /// a WebSocket, serves the client. At most `--max-clients` requests are read at once, so
 /// connections that never send a request cannot pile up threads.
-fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: &Arc<Fronts>) {
+fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: &Fronts) {
     // Not a byte for someone who does not belong here, not even an HTTP error.
     if !daemon.settings().rules.permits(addr.ip()) {
         info!("refused {addr}: not allowed by --allow/--deny");
@@ -195,24 +207,24 @@ fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: 
         debug!("{addr}: cannot configure socket: {e}");
         return;
     }
-    if !fronts.enter(addr, daemon.config()) {
+    let Some(front) = fronts.enter(addr, daemon.config()) else {
         return;
-    }
+    };
     let spawned = {
-        let (daemon, fronts) = (Arc::clone(daemon), Arc::clone(fronts));
+        let daemon = Arc::clone(daemon);
         thread::Builder::new()
             .name(format!("http-{addr}"))
             .stack_size(CLIENT_STACK)
             .spawn(move || {
                 let upgrade = http::front(&sock, addr);
-                fronts.leave(addr);
+                // A WebSocket client is counted as a client from here on, not as a request.
+                drop(front);
                 if let Some(head) = upgrade {
                     serve_websocket(&daemon, Arc::new(sock), addr, head);
                 }
             })
     };
     if let Err(e) = spawned {
-        fronts.leave(addr);
         warn!("{addr} refused: cannot start a thread: {e}");
     }
 }

@@ -27,6 +27,7 @@ use crate::framing::Framer;
 use crate::policy::rate::{Bucket, Rate};
 use crate::policy::secret;
 use crate::stats::add;
+use crate::transport::ReadError;
 use crate::transport::tcp::{READ_BUF, Tcp};
 use crate::transport::telnet::Telnet;
 use crate::transport::ws::Ws;
@@ -40,9 +41,11 @@ pub(crate) enum Transport {
 impl Transport {
     /// Waits for the next bytes (a TCP read, or a WebSocket message's lines) and leaves them
     /// in `buf` (allocated with [`READ_BUF`] of capacity). Returns how many: 0 at end of input.
-    fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    /// An error is the connection failing, or the transport's verdict that the client must
+    /// leave (a WebSocket client that broke the rules).
+    fn read(&mut self, buf: &mut Vec<u8>) -> Result<usize, ReadError> {
         match self {
-            Transport::Tcp(tcp) => tcp.read(buf),
+            Transport::Tcp(tcp) => tcp.read(buf).map_err(ReadError::Io),
             Transport::Ws(ws) => ws.read(buf),
         }
     }
@@ -52,15 +55,6 @@ impl Transport {
         match self {
             Transport::Tcp(tcp) => tcp.set_read_timeout(timeout),
             Transport::Ws(ws) => ws.set_read_timeout(timeout),
-        }
-    }
-
-    /// Why the client must leave, when a failed read was the transport's verdict (a
-    /// WebSocket client that broke the rules) rather than the connection failing.
-    fn departure(&mut self) -> Option<Departure> {
-        match self {
-            Transport::Tcp(_) => None,
-            Transport::Ws(ws) => ws.departure(),
         }
     }
 }
@@ -171,22 +165,24 @@ impl Client {
             match self.transport.read(&mut buf) {
                 Ok(0) => return self.end_of_input(Departure::ClosedByClient),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if crate::sys::timed_out(&e) => {
+                Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(ReadError::Io(e)) if crate::sys::timed_out(&e) => {
                     return match self.phase {
                         Phase::AwaitingSecret { .. } => Departure::AuthTimeout,
                         // SO_RCVTIMEO is otherwise only set when `--idle-timeout` is.
                         _ => Departure::IdleTimeout,
                     };
                 }
-                Err(_) if let Some(why) = self.transport.departure() => {
-                    warn!("client {}: {why}", self.peer().id());
-                    return why;
-                }
                 // A reset is the client leaving too, abruptly: what it sent before is kept as
                 // with an orderly end of input (the kernel reports a reset on read or, if a
                 // send met it first, as end of input: both end the same way).
-                Err(e) => return self.end_of_input(Departure::ReadError(e.to_string())),
+                Err(ReadError::Io(e)) => {
+                    return self.end_of_input(Departure::ReadError(e.to_string()));
+                }
+                Err(ReadError::Departure(why)) => {
+                    warn!("client {}: {why}", self.peer().id());
+                    return why;
+                }
             }
             // Kicked or cut off: what is still in its socket is never relayed.
             if let Some(why) = self.peer().cut_off() {

@@ -4,23 +4,27 @@
 //! A scrape cannot slow relaying: the figures are gathered first (each lock taken briefly,
 //! none held while writing), and each scrape is served on its own thread, with read and write
 //! timeouts, at most [`MAX_SCRAPES`] at once. A scraper that connects and never reads (or
-//! never asks) holds one of those threads until its timeout, and nothing else.
+//! never asks) holds one of those threads until its timeout, and nothing else. The request
+//! head is read by the same reader as the `--ws-bind` front's (`transport/http.rs`), with
+//! bounds of its own.
 //!
 //! The text format is written by hand: it is a dozen lines of `name value`, and
 //! `tests/metrics.rs` parses it with a Prometheus parser.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown as SocketShutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, info, warn};
 use socket2::SockRef;
 
 use crate::daemon::Daemon;
+use crate::sync::Counted;
+use crate::transport::http::{self, HeadError};
 
 /// Scrapes served at once; more are closed unanswered until one ends. Prometheus makes one
 /// at a time per target; the rest is room for people with curl and for stuck connections.
@@ -29,7 +33,7 @@ const MAX_SCRAPES: usize = 16;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// ...and to take the answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest request (request line and headers) read.
+/// Longest request head (request line and headers); a longer one is a bad request.
 const MAX_REQUEST: usize = 8 * 1024;
 
 /// The running endpoint.
@@ -74,22 +78,21 @@ fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener) {
                 continue;
             }
         };
-        if busy.fetch_add(1, Ordering::AcqRel) >= MAX_SCRAPES {
-            busy.fetch_sub(1, Ordering::AcqRel);
+        let Some(place) = Counted::take(&busy, MAX_SCRAPES) else {
             debug!("metrics: {MAX_SCRAPES} scrapes already in progress, closing one more");
             continue;
-        }
-        let (daemon, done) = (Arc::clone(daemon), Arc::clone(&busy));
+        };
+        let daemon = Arc::clone(daemon);
+        // The place goes with the thread, and is given back when it ends (or never starts).
         let spawned = thread::Builder::new()
             .name("metrics-scrape".into())
             .spawn(move || {
+                let _place = place;
                 if let Err(e) = serve(&daemon, stream) {
                     debug!("metrics scrape: {e}");
                 }
-                done.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
-            busy.fetch_sub(1, Ordering::AcqRel);
             warn!("cannot start a metrics thread: {e}");
         }
     }
@@ -98,8 +101,22 @@ fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener) {
 /// Answers one request, then closes the connection.
 fn serve(daemon: &Daemon, mut stream: TcpStream) -> io::Result<()> {
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let request = read_request(&stream)?;
-    let response = match route(&request) {
+    let route = match http::read_head(&stream, MAX_REQUEST, REQUEST_TIMEOUT) {
+        Ok(head) => route(&head),
+        Err(HeadError::TimedOut) => {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
+        }
+        Err(HeadError::Failed(e)) => return Err(e),
+        // Cut short, too long or not HTTP: a scraper never sends such a thing, a person
+        // trying things by hand might, and is told.
+        Err(
+            HeadError::Closed
+            | HeadError::TooLarge
+            | HeadError::TooManyHeaders
+            | HeadError::NotHttp,
+        ) => Route::BadRequest,
+    };
+    let response = match route {
         Route::Metrics => respond(
             "200 OK",
             "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
@@ -118,32 +135,6 @@ fn serve(daemon: &Daemon, mut stream: TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads the request line and headers, up to the empty line, within [`REQUEST_TIMEOUT`] in
-/// all.
-fn read_request(mut stream: &TcpStream) -> io::Result<Vec<u8>> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut request = Vec::new();
-    let mut buf = [0; 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
-        }
-        stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Ok(request);
-        }
-        request.extend_from_slice(&buf[..n]);
-        if request.windows(4).any(|w| w == b"\r\n\r\n")
-            || request.windows(2).any(|w| w == b"\n\n")
-            || request.len() >= MAX_REQUEST
-        {
-            return Ok(request);
-        }
-    }
-}
-
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Metrics,
@@ -152,19 +143,12 @@ enum Route {
     BadRequest,
 }
 
-fn route(request: &[u8]) -> Route {
-    let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut words = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
-    else {
+/// Where the request head at the start of `head` goes.
+fn route(head: &[u8]) -> Route {
+    let Ok(Some(request)) = http::parse(head) else {
         return Route::BadRequest;
     };
-    if !version.starts_with("HTTP/") {
-        return Route::BadRequest;
-    }
-    let path = target.split('?').next().unwrap_or_default();
-    match (path, method) {
+    match (request.path, request.method) {
         ("/metrics", "GET") => Route::Metrics,
         ("/metrics", _) => Route::BadMethod,
         _ => Route::NotFound,

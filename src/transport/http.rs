@@ -1,9 +1,12 @@
-//! The HTTP front of a `--ws-bind` listener: reads one request head, and serves the page at
-//! `/`, hands a WebSocket upgrade on to `ws.rs`, or refuses anything else with a plain HTTP
-//! error. One request per connection: every answer closes it.
+//! HTTP, one request per connection: its head read within a size and a time bound, and the
+//! `--ws-bind` front's answer to it.
 //!
-//! The head is parsed with `httparse` only to route it; the handshake itself is tungstenite's,
-//! which reads the same head again.
+//! [`read_head`] serves the front here and `--metrics` (which answers on its own). The front
+//! serves the page at `/`, hands a WebSocket upgrade on to `ws.rs`, or refuses anything else
+//! with a plain HTTP error; every answer closes the connection.
+//!
+//! A head is parsed with `httparse` only, to find where it ends and to route it; the
+//! WebSocket handshake itself is tungstenite's, which reads the same head again.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -18,64 +21,124 @@ const PAGE: &str = include_str!("page.html");
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// A request head that takes longer than this to arrive is dropped.
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// More headers than this are refused (431): a browser's upgrade request sends about 15.
+const MAX_HEADERS: usize = 64;
 
 /// Where a WebSocket may be opened: `/`, and `/ws`, which the page uses.
 const WS_PATHS: [&str; 2] = ["/", "/ws"];
+
+/// Why no request head was read.
+#[derive(Debug)]
+pub(crate) enum HeadError {
+    /// The client ended its side before the head was complete.
+    Closed,
+    /// The socket failed.
+    Failed(io::Error),
+    /// The head was not complete within the time allowed.
+    TimedOut,
+    /// The head is longer than allowed.
+    TooLarge,
+    /// The head has more than [`MAX_HEADERS`] headers.
+    TooManyHeaders,
+    /// What came is not an HTTP request.
+    NotHttp,
+}
+
+/// What a request asks for: enough to route it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Request<'a> {
+    pub(crate) method: &'a str,
+    /// The target without its query.
+    pub(crate) path: &'a str,
+    /// Whether it asks for a WebSocket (`Upgrade: websocket`).
+    pub(crate) upgrade: bool,
+    /// How many bytes the head takes: what follows is the client's next bytes.
+    pub(crate) len: usize,
+}
+
+/// Parses the request head at the start of `bytes`: `Ok(None)` while it is not complete.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(_) => return Err(HeadError::NotHttp),
+    };
+    let target = request.path.unwrap_or("");
+    let upgrade = request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("upgrade")
+            && String::from_utf8_lossy(h.value).eq_ignore_ascii_case("websocket")
+    });
+    Ok(Some(Request {
+        method: request.method.unwrap_or(""),
+        path: target.split('?').next().unwrap_or(""),
+        upgrade,
+        len,
+    }))
+}
+
+/// Reads a request head from `sock`: at most `max` bytes of it, all within `timeout`.
+/// Returns what was read, the head first and then anything the client sent after it (for
+/// [`parse`] to route, and for a WebSocket handshake to read again).
+pub(crate) fn read_head(
+    sock: &TcpStream,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, HeadError> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(request) = parse(&buf)? {
+            if request.len > max {
+                return Err(HeadError::TooLarge);
+            }
+            return Ok(buf);
+        }
+        if buf.len() > max {
+            return Err(HeadError::TooLarge);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadError::TimedOut);
+        }
+        let _ = sock.set_read_timeout(Some(left));
+        match (&*sock).read(&mut chunk) {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if crate::sys::timed_out(&e) => return Err(HeadError::TimedOut),
+            Err(e) => return Err(HeadError::Failed(e)),
+        }
+    }
+}
 
 /// Reads the request head on `sock` and answers it unless it asks for a WebSocket. Returns
 /// what was read (the head, and anything the client sent after it) for the handshake, or
 /// `None` once the request was answered or dropped.
 pub(crate) fn front(sock: &TcpStream, addr: SocketAddr) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + HEAD_TIMEOUT;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let end = loop {
-        if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
-            break end + 4;
-        }
-        if buf.len() > MAX_HEAD {
-            return refuse(sock, addr, 431, "request head too large");
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+    let head = match read_head(sock, MAX_HEAD, HEAD_TIMEOUT) {
+        Ok(head) => head,
+        Err(HeadError::TimedOut) => {
             info!("http {addr}: request head not complete within {HEAD_TIMEOUT:?}, closed");
             return None;
         }
-        let _ = sock.set_read_timeout(Some(left));
-        match (&*sock).read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if crate::sys::timed_out(&e) => {
-                info!("http {addr}: request head not complete within {HEAD_TIMEOUT:?}, closed");
-                return None;
-            }
-            Err(_) => return None,
-        }
+        Err(HeadError::Closed | HeadError::Failed(_)) => return None,
+        Err(HeadError::TooLarge) => return refuse(sock, addr, 431, "request head too large"),
+        Err(HeadError::TooManyHeaders) => return refuse(sock, addr, 431, "too many headers"),
+        Err(HeadError::NotHttp) => return refuse(sock, addr, 400, "not an HTTP request"),
     };
-    if end > MAX_HEAD {
-        return refuse(sock, addr, 431, "request head too large");
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(&buf[..end]) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Err(httparse::Error::TooManyHeaders) => {
-            return refuse(sock, addr, 431, "too many headers");
-        }
-        _ => return refuse(sock, addr, 400, "not an HTTP request"),
-    }
-    let target = request.path.unwrap_or("");
-    let path = target.split('?').next().unwrap_or("");
-    if request.method != Some("GET") {
+    // Parsed again, now that it is complete, to borrow from it: once per connection.
+    let Ok(Some(request)) = parse(&head) else {
+        return refuse(sock, addr, 400, "not an HTTP request");
+    };
+    if request.method != "GET" {
         return refuse(sock, addr, 405, "only GET is served");
     }
-    let upgrade = request.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("upgrade")
-            && String::from_utf8_lossy(h.value).eq_ignore_ascii_case("websocket")
-    });
-    match (upgrade, path) {
-        (true, p) if WS_PATHS.contains(&p) => Some(buf),
+    match (request.upgrade, request.path) {
+        (true, p) if WS_PATHS.contains(&p) => Some(head),
         (false, "/") => {
             respond(sock, 200, "text/html; charset=utf-8", PAGE.as_bytes());
             None
@@ -125,4 +188,79 @@ fn respond(sock: &TcpStream, status: u16, content_type: &str, body: &[u8]) {
         .write_all(head.as_bytes())
         .and_then(|()| out.write_all(body));
     let _ = sock.shutdown(Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn parses_a_head_to_route_it() {
+        let head = b"GET /ws?x=1 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\r\nafter";
+        let request = parse(head).unwrap().unwrap();
+        assert_eq!((request.method, request.path), ("GET", "/ws"));
+        assert!(request.upgrade);
+        assert_eq!(&head[request.len..], b"after");
+        // Bare line feeds are accepted as line ends, as by tungstenite's handshake.
+        let request = parse(b"POST /metrics HTTP/1.0\n\n").unwrap().unwrap();
+        assert_eq!((request.method, request.path), ("POST", "/metrics"));
+        assert!(!request.upgrade);
+        assert!(parse(b"").unwrap().is_none());
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        assert!(matches!(
+            parse(b"hello there\r\n\r\n"),
+            Err(HeadError::NotHttp)
+        ));
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(matches!(
+            parse(many.as_bytes()),
+            Err(HeadError::TooManyHeaders)
+        ));
+    }
+
+    /// What `read_head` makes of `sent`, with `max` bytes and 200 ms allowed; the client's
+    /// side stays open unless `close`.
+    fn read_sent(sent: &[u8], max: usize, close: bool) -> Result<Vec<u8>, HeadError> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(sent).unwrap();
+        if close {
+            client.shutdown(Shutdown::Write).unwrap();
+        }
+        read_head(&server, max, Duration::from_millis(200))
+    }
+
+    #[test]
+    fn reads_a_head_within_its_bounds() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nnext";
+        assert_eq!(read_sent(head, 64, false).unwrap(), head);
+        assert!(matches!(
+            read_sent(head, 16, false),
+            Err(HeadError::TooLarge)
+        ));
+        let long = format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(3000));
+        assert!(matches!(
+            read_sent(long.as_bytes(), 2048, false),
+            Err(HeadError::TooLarge)
+        ));
+        let start = Instant::now();
+        assert!(matches!(
+            read_sent(b"GET / HTTP/1.1\r\n", 64, false),
+            Err(HeadError::TimedOut)
+        ));
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(matches!(
+            read_sent(b"GET / HTTP/1.1\r\n", 64, true),
+            Err(HeadError::Closed)
+        ));
+        assert!(matches!(
+            read_sent(b"hello there\r\n\r\n", 64, false),
+            Err(HeadError::NotHttp)
+        ));
+    }
 }

@@ -1,6 +1,7 @@
 //! The TCP transport: how a client's bytes come in over a plain TCP connection (`nc`,
-//! `telnet`, programs), and how its socket is set up. What goes out is the peer's business
-//! (`peer.rs`), which writes whole lines to the same socket.
+//! `telnet`, programs), how its socket is set up, and how a refused one is told and closed.
+//! What goes out is the peer's business (`delivery/peer.rs`), which writes whole lines to the
+//! same socket.
 
 use std::io;
 use std::net::{Shutdown, TcpStream};

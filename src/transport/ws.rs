@@ -1,7 +1,8 @@
-//! The WebSocket transport: how a browser's messages come in (RFC 6455), after the HTTP
-//! front (`http.rs`) has seen an upgrade request. What goes out is the peer's business, as
-//! for TCP clients: relayed lines are queued as chunks, and the peer writes each one's
-//! WebSocket form, built once for all WebSocket recipients (`chunk.rs`, `ws_frame.rs`).
+//! The WebSocket transport (RFC 6455): the handshake, once the HTTP front (`http.rs`) has
+//! seen an upgrade request, and then how a browser's messages come in. What goes out is the
+//! peer's business, as for TCP clients: relayed lines are queued as chunks, and the peer
+//! writes each one's WebSocket form, built once for all WebSocket recipients (`chunk.rs`,
+//! `ws_frame.rs`).
 //!
 //! Why the reader and the writer are split this way: a tungstenite `WebSocket` cannot be read
 //! on one thread while it is written on another, because reading queues replies (a pong for
@@ -33,6 +34,7 @@ use crate::delivery::notice::Departure;
 use crate::delivery::peer::Peer;
 use crate::delivery::ws_frame;
 use crate::framing::without_line_end;
+use crate::transport::ReadError;
 
 /// What tungstenite reads into; it is zeroed and so resident once used, so it is kept small
 /// (its default is 128 KiB): an idle browser must cost little more than an idle `nc`.
@@ -202,8 +204,6 @@ pub(crate) struct Ws {
     heard: Instant,
     /// When relayd pinged it, if it has not answered yet.
     pinged: Option<Instant>,
-    /// Why the client must leave, once a read has found out.
-    departure: Option<Departure>,
 }
 
 impl Ws {
@@ -221,27 +221,25 @@ impl Ws {
             pong_timeout,
             heard: Instant::now(),
             pinged: None,
-            departure: None,
         }
     }
 
     /// Waits for the next text message and leaves its lines in `buf`, each ending with `\n`
     /// (a trailing `\r` dropped). Returns how many bytes: 0 when the client closed. Pings are
-    /// answered, and a quiet client pinged, meanwhile. An error with [`Ws::departure`] set
-    /// says why the client must go (a binary message, one too long, a protocol error, no
-    /// answer to a ping); a `TimedOut` error is the read timeout, as for TCP.
-    pub(crate) fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    /// answered, and a quiet client pinged, meanwhile; a binary message, one too long, a
+    /// protocol error or no answer to a ping is a [`ReadError::Departure`].
+    pub(crate) fn read(&mut self, buf: &mut Vec<u8>) -> Result<usize, ReadError> {
         buf.clear();
         let deadline = self.timeout.map(|t| Instant::now() + t);
         loop {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                return Err(io::ErrorKind::TimedOut.into());
+                return Err(ReadError::Io(io::ErrorKind::TimedOut.into()));
             }
             let ping_due = match self.pinged {
                 Some(at) if now >= at + self.pong_timeout => {
                     info!("websocket client: no answer to a ping");
-                    return self.leave(Departure::NoPong);
+                    return Err(ReadError::Departure(Departure::NoPong));
                 }
                 Some(at) => at + self.pong_timeout,
                 None if now >= self.heard + self.ping_interval => {
@@ -272,7 +270,7 @@ impl Ws {
                         return Ok(buf.len());
                     }
                 }
-                Message::Binary(_) => return self.leave(Departure::BinaryMessage),
+                Message::Binary(_) => return Err(ReadError::Departure(Departure::BinaryMessage)),
                 Message::Pong(_) => self.pinged = None,
                 Message::Close(_) => {
                     // Sends tungstenite's reply to the close, queued by the read.
@@ -293,38 +291,29 @@ impl Ws {
         self.timeout = timeout;
     }
 
-    /// Why the client must leave, if a read found a reason.
-    pub(crate) fn departure(&mut self) -> Option<Departure> {
-        self.departure.take()
-    }
-
     fn ping(&mut self) {
         if let Some((daemon, peer)) = &self.socket.get_ref().queue {
             daemon.send_to(peer, &Chunk::frames(&ws_frame::ping()), 0);
         }
     }
 
-    fn leave(&mut self, why: Departure) -> io::Result<usize> {
-        let e = io::Error::other(why.to_string());
-        self.departure = Some(why);
-        Err(e)
-    }
-
-    fn failed(&mut self, e: Error) -> io::Result<usize> {
+    /// What a failed tungstenite read means for the client.
+    fn failed(&self, e: Error) -> Result<usize, ReadError> {
         debug!("websocket read: {e}");
-        match e {
-            Error::ConnectionClosed | Error::AlreadyClosed => Ok(0),
-            Error::Io(e) => Err(e),
+        let why = match e {
+            Error::ConnectionClosed | Error::AlreadyClosed => return Ok(0),
+            Error::Io(e) => return Err(ReadError::Io(e)),
             Error::Capacity(_) => {
                 let max = self.socket.get_config().max_message_size.unwrap_or(0);
-                self.leave(Departure::MessageTooLong(max))
+                Departure::MessageTooLong(max)
             }
-            Error::Utf8(what) => self.leave(Departure::Protocol { utf8: true, what }),
-            e => self.leave(Departure::Protocol {
+            Error::Utf8(what) => Departure::Protocol { utf8: true, what },
+            e => Departure::Protocol {
                 utf8: false,
                 what: e.to_string(),
-            }),
-        }
+            },
+        };
+        Err(ReadError::Departure(why))
     }
 }
 
