@@ -1,7 +1,7 @@
 //! What the other nodes of the cluster tell this one, through the hooks the cluster calls
-//! back: their lines and notices, who is on them, the operator's kicks and pushes addressed to
-//! a client here, and the names this node's clients lost while it was cut off; and what this
-//! node tells them of its own clients.
+//! back: their lines, notices and broadcasts, who is on them, private messages and the
+//! operator's kicks and pushes addressed to a client here, and the names this node's clients
+//! lost while it was cut off; and what this node tells them of its own clients.
 
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
