@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -16,9 +16,9 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::delivery::notice::Departure;
 use crate::delivery::peer::Peer;
-use crate::ops::admin;
+use crate::ops::admin::{self, Admin};
 use crate::ops::console;
-use crate::ops::metrics;
+use crate::ops::metrics::{self, Metrics};
 use crate::ops::reload::{self, Reloads};
 use crate::shutdown::Shutdown;
 
@@ -53,6 +53,9 @@ pub struct Listeners {
 /// [`run`], with a metrics listener and reloads: each request on `reloads` (SIGHUP) reads
 /// the settings files again. Once every listener is served and the control socket is open,
 /// the service manager, if any, is told the daemon is ready.
+///
+/// If a step of the start fails, what the steps before it started is stopped before the
+/// error is returned (`shutdown` is triggered for that), so that no thread is left serving.
 pub fn serve(
     listeners: Listeners,
     config: Config,
@@ -74,74 +77,121 @@ pub fn serve(
         None => None,
     };
     let daemon = Daemon::new(config, shutdown.clone())?;
-    let admin = match admin_socket {
-        Some((listener, path)) => Some(admin::start(Arc::clone(&daemon), listener, path)?),
-        None => None,
-    };
+    let mut running = Running::new(&daemon, &shutdown, &reloads);
+    if let Some((listener, path)) = admin_socket {
+        running.admin = Some(admin::start(Arc::clone(&daemon), listener, path)?);
+    }
     if daemon.config().console {
         console::spawn(Arc::clone(&daemon))?;
     }
-
-    let metrics = match listeners.metrics {
-        Some(listener) => Some(metrics::start(Arc::clone(&daemon), listener)?),
-        None => None,
-    };
-
-    let mut accepters = Vec::new();
+    if let Some(listener) = listeners.metrics {
+        running.metrics = Some(metrics::start(Arc::clone(&daemon), listener)?);
+    }
     let kinds = listeners
         .relay
         .into_iter()
         .map(|l| (l, accept::Kind::Tcp))
         .chain(listeners.ws.into_iter().map(|l| (l, accept::Kind::Ws)));
     for (listener, kind) in kinds {
-        let addr = listener.local_addr()?;
-        match kind {
-            accept::Kind::Tcp => info!("listening on {addr}"),
-            accept::Kind::Ws => info!("listening for browsers on http://{addr}/"),
-        }
-        let listener = Arc::new(listener);
-        let (daemon, l) = (Arc::clone(&daemon), Arc::clone(&listener));
-        let watch = daemon.notifier().add_loop();
-        let handle = thread::Builder::new()
-            .name(format!("accept-{addr}"))
-            .spawn(move || accept::accept_loop(&daemon, &l, kind, watch))?;
-        accepters.push((listener, handle));
+        running
+            .accepters
+            .push(start_accepter(&daemon, listener, kind)?);
     }
-    let reloader = {
-        let (daemon, reloads) = (Arc::clone(&daemon), reloads.clone());
-        thread::Builder::new()
-            .name("reload".into())
-            .spawn(move || {
-                while reloads.wait() {
-                    // The outcome is logged; a signal has no one to answer.
-                    let _ = reload::reload(&daemon);
-                }
-            })?
-    };
+    running.reloader = Some(start_reloader(&daemon, &reloads)?);
     daemon.notifier().ready(daemon.client_count());
 
     shutdown.wait();
     daemon.notifier().stopping();
     info!("shutting down");
-    reloads.close();
-    let _ = reloader.join();
-    if let Some(metrics) = metrics {
-        metrics.stop();
-    }
-    for (listener, _) in &accepters {
-        // Wakes a thread blocked in accept(2): on Linux it returns EINVAL once the listening
-        // socket is shut down. The Arc keeps the descriptor open until the thread is joined.
-        let _ = SockRef::from(&**listener).shutdown(SocketShutdown::Both);
-    }
-    for (_, handle) in accepters {
-        let _ = handle.join();
-    }
-    if let Some(admin) = admin {
-        admin.stop();
-    }
-    stop_clients(&daemon);
+    drop(running);
     info!("stopped");
     Ok(())
+}
+
+/// Serves `listener` on a thread of its own; the listener is kept to wake that thread.
+fn start_accepter(
+    daemon: &Arc<Daemon>,
+    listener: TcpListener,
+    kind: accept::Kind,
+) -> io::Result<(Arc<TcpListener>, JoinHandle<()>)> {
+    let addr = listener.local_addr()?;
+    match kind {
+        accept::Kind::Tcp => info!("listening on {addr}"),
+        accept::Kind::Ws => info!("listening for browsers on http://{addr}/"),
+    }
+    let listener = Arc::new(listener);
+    let (daemon, l) = (Arc::clone(daemon), Arc::clone(&listener));
+    let watch = daemon.notifier().add_loop();
+    let handle = thread::Builder::new()
+        .name(format!("accept-{addr}"))
+        .spawn(move || accept::accept_loop(&daemon, &l, kind, watch))?;
+    Ok((listener, handle))
+}
+
+/// The thread that serves the reload requests on `reloads` until they are closed.
+fn start_reloader(daemon: &Arc<Daemon>, reloads: &Reloads) -> io::Result<JoinHandle<()>> {
+    let (daemon, reloads) = (Arc::clone(daemon), reloads.clone());
+    thread::Builder::new().name("reload".into()).spawn(move || {
+        while reloads.wait() {
+            // The outcome is logged; a signal has no one to answer.
+            let _ = reload::reload(&daemon);
+        }
+    })
+}
+
+/// What [`serve`] started, as far as it got. Dropping it stops all of it, in order, whether
+/// the daemon was told to stop or a later step of the start failed: the reloads, the
+/// metrics endpoint, the accept loops, the control socket, then the clients.
+struct Running {
+    daemon: Arc<Daemon>,
+    shutdown: Shutdown,
+    reloads: Reloads,
+    admin: Option<Admin>,
+    metrics: Option<Metrics>,
+    accepters: Vec<(Arc<TcpListener>, JoinHandle<()>)>,
+    reloader: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn new(daemon: &Arc<Daemon>, shutdown: &Shutdown, reloads: &Reloads) -> Running {
+        Running {
+            daemon: Arc::clone(daemon),
+            shutdown: shutdown.clone(),
+            reloads: reloads.clone(),
+            admin: None,
+            metrics: None,
+            accepters: Vec::new(),
+            reloader: None,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Already triggered unless a step of the start failed; the accept loops (relay,
+        // admin, metrics) end only once it is.
+        self.shutdown.trigger();
+        self.reloads.close();
+        if let Some(reloader) = self.reloader.take() {
+            let _ = reloader.join();
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
+        for (listener, _) in &self.accepters {
+            // Wakes a thread blocked in accept(2): on Linux it returns EINVAL once the
+            // listening socket is shut down. The Arc keeps the descriptor open until the
+            // thread is joined.
+            let _ = SockRef::from(&**listener).shutdown(SocketShutdown::Both);
+        }
+        for (_, handle) in self.accepters.drain(..) {
+            let _ = handle.join();
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
+        stop_clients(&self.daemon);
+    }
 }
 
 /// Ends every client's session: lets each reader hand over what it read, flushes every peer,
@@ -262,5 +312,39 @@ mod room_tests {
             "{line}"
         );
         assert!(line.contains("--max-clients allows about 100000"), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod failed_start_tests {
+    use std::fs::{self, File};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::OwnedFd;
+
+    use super::{bind, run};
+    use crate::config::Config;
+    use crate::shutdown::Shutdown;
+
+    /// A start that fails half-way stops what it had started: the control socket (whose file
+    /// goes as it stops) and the listeners before the one that failed.
+    #[test]
+    fn stops_what_it_started() {
+        let dir = std::env::temp_dir().join(format!("relayd-failed-start-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let admin = dir.join("admin.sock");
+        let served = bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = served.local_addr().unwrap();
+        // Not a socket: its address cannot be read, after the first listener is served.
+        let broken = TcpListener::from(OwnedFd::from(File::open("/dev/null").unwrap()));
+        let config = Config {
+            admin: Some(admin.clone()),
+            ..Config::default()
+        };
+        let shutdown = Shutdown::new();
+        assert!(run(vec![served, broken], config, shutdown.clone()).is_err());
+        assert!(shutdown.is_triggered());
+        assert!(!admin.exists(), "the control socket is still open");
+        assert!(TcpStream::connect(addr).is_err(), "{addr} is still served");
+        let _ = fs::remove_dir(&dir);
     }
 }

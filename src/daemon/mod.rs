@@ -8,6 +8,15 @@
 //! A client's hold on the daemon is a [`Slot`]: taken at admission, released by its `Drop`,
 //! however the client's thread ends (return, early return, panic), so no path can leak a
 //! `--max-clients` slot, a `--max-per-ip` count or the shutdown's count of running readers.
+//!
+//! Here: the state, admission, and what a client's thread asks for (relay, notices, rooms,
+//! names, private messages). [`slot`]: a client's `Slot` and what its `Drop` gives back;
+//! [`operator`]: the operator's commands (clients, stats, send, broadcast, kick), on any node;
+//! [`remote`]: what the other nodes of the cluster tell this one.
+
+mod operator;
+mod remote;
+mod slot;
 
 use std::collections::HashMap;
 use std::io;
@@ -16,24 +25,27 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{info, warn};
 
 use crate::cluster::presence::{Presence, Present};
-use crate::cluster::{ClaimError, Cluster, Direct, Event, Hooks, Local};
+use crate::cluster::{ClaimError, Cluster, Direct};
 use crate::config::Config;
 use crate::delivery::chunk::Chunk;
 use crate::delivery::deliverer::Deliverer;
 use crate::delivery::echo::Echo;
 use crate::delivery::history::LineId;
-use crate::delivery::notice::{Departure, Notices, clean};
+use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Peer, PeerId};
-use crate::delivery::registry::{ClientInfo, LOBBY, Members, Registry, Seed, Which, is_id};
+use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
 use crate::policy::access::PerAddress;
 use crate::policy::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
 use crate::sync::{self, lock, wait_while_until};
 use crate::systemd::Notifier;
+
+pub(crate) use operator::{Found, NoSuchClient};
+pub(crate) use slot::Slot;
 
 pub(crate) struct Daemon {
     config: Config,
@@ -44,10 +56,12 @@ pub(crate) struct Daemon {
     /// Open connections per client address, for `--max-per-ip`.
     per_address: PerAddress,
     next_id: AtomicU64,
-    /// Client threads still running; shutdown waits for them to hand over their last lines.
+    /// Client threads still running (each counted by its `Slot`); shutdown waits for them to
+    /// hand over their last lines.
     readers: Mutex<usize>,
     readers_done: Condvar,
-    /// Clients that have left and are still flushing what was queued for them.
+    /// Clients that have left and are still flushing what was queued for them, each counted
+    /// by a guard (`slot::Flushing`).
     flushing: AtomicUsize,
     /// `--console`'s stdout.
     echo: Option<Echo>,
@@ -74,13 +88,6 @@ pub(crate) struct Daemon {
     renames_pending: AtomicUsize,
 }
 
-/// Where a client the operator or a chat command named was found.
-pub(crate) enum Found {
-    Here(PeerId, String),
-    /// On another node: its name there, and the node.
-    There(String, String),
-}
-
 /// Why a connection is not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -89,10 +96,6 @@ pub(crate) enum Refusal {
     TooManyFromAddress,
     Full,
 }
-
-/// Why an operator's command found no one.
-#[derive(Debug)]
-pub(crate) struct NoSuchClient;
 
 /// Why a `/nick` did not take.
 #[derive(Debug, PartialEq, Eq)]
@@ -118,7 +121,7 @@ impl Daemon {
         let mut failed = None;
         let daemon = Arc::new_cyclic(|weak: &Weak<Daemon>| {
             let cluster = cluster_config.and_then(|c| {
-                Cluster::start(&c, config.history, Arc::clone(&stats), hooks(weak))
+                Cluster::start(&c, config.history, Arc::clone(&stats), remote::hooks(weak))
                     .map_err(|e| failed = Some(e))
                     .ok()
             });
@@ -200,17 +203,13 @@ impl Daemon {
             return Err(Refusal::Full);
         }
         add(&self.stats.accepted, 1);
-        *lock(&self.readers) += 1;
+        let mut slot = Slot::new(Arc::clone(self), peer, addr);
         let secret = settings.secret.is_some();
         drop(settings);
-        let lobby = if secret { None } else { self.enter(&peer) };
-        Ok(Slot {
-            daemon: Arc::clone(self),
-            peer,
-            addr,
-            lobby,
-            departure: Departure::Panicked,
-        })
+        if !secret {
+            slot.enter_lobby();
+        }
+        Ok(slot)
     }
 
     /// Puts an admitted client into the lobby; in chat mode its welcome (and any history) is
@@ -331,115 +330,6 @@ impl Daemon {
         }
     }
 
-    /// Acts on another node's message. Nothing is published again: only the origin node
-    /// publishes, so nothing loops.
-    fn remote(&self, node: &str, event: Event<'_>) {
-        match event {
-            Event::Lines {
-                id,
-                from,
-                room,
-                lines,
-                bytes,
-            } => {
-                debug!("cluster: {lines} lines for {room} from client {from} of node {node}");
-                let chunk = Chunk::relayed(bytes, lines);
-                self.registry.deliver(room, None, &chunk, lines, Some(id));
-            }
-            Event::Notice { room, bytes } => {
-                let members = self.registry.members(room);
-                self.registry.notify(&members, None, &Chunk::from(bytes));
-            }
-            Event::Enter(client) => self.presence.upsert(node, client),
-            Event::Leave(id) => self.presence.remove(node, id),
-            Event::Snapshot { clients, .. } => self.presence.replace(node, clients),
-            Event::Direct { id, what, text, .. } => {
-                let Some((name, peer, _)) = self.registry.client(id) else {
-                    return;
-                };
-                let text = String::from_utf8_lossy(text);
-                match what {
-                    Direct::Private => self.send_to(&peer, &Chunk::from(text.as_bytes()), 1),
-                    Direct::Push => {
-                        self.send_to(&peer, &self.notices.push(self.config.chat, &text), 0);
-                    }
-                    Direct::Kick => {
-                        let reason = (!text.is_empty()).then_some(&*text);
-                        if let Ok((id, name)) = self.kick_here(&peer, name, reason) {
-                            info!("client {id} ({name}): kicked by the operator of node {node}");
-                        }
-                    }
-                }
-            }
-            Event::Broadcast(text) => {
-                self.push_here(&String::from_utf8_lossy(text));
-            }
-        }
-    }
-
-    /// Forgets the nodes not heard from for the cluster's ttl, for the heartbeat.
-    fn expire_silent_nodes(&self) {
-        for (node, n) in self.presence.expire(Instant::now()) {
-            warn!("cluster: node {node} silent too long, forgetting its {n} clients");
-        }
-    }
-
-    /// This node's clients, for the cluster's heartbeat and farewell.
-    fn local(&self) -> Local {
-        let mut local = Local {
-            clients: Vec::new(),
-            names: Vec::new(),
-        };
-        for c in self.registry.clients() {
-            let Some(room) = c.room else { continue };
-            if self.config.chat && claimed(&c.name) {
-                local.names.push((c.id, c.name.clone()));
-            }
-            local.clients.push(Present {
-                id: c.id,
-                name: c.name,
-                room,
-            });
-        }
-        local
-    }
-
-    /// Another node's client took the name client `id` held while this node was cut off:
-    /// it becomes a guest again, and is told at once; its own thread takes the new name on
-    /// at its next read ([`Daemon::take_rename`]).
-    fn name_lost(&self, id: PeerId, name: &str) {
-        let guest = self.guest_name(id);
-        if self.registry.rename(id, &guest).is_err() {
-            return;
-        }
-        let mut renames = lock(&self.renames);
-        renames.insert(id, guest.clone());
-        self.renames_pending.store(renames.len(), Ordering::Relaxed);
-        drop(renames);
-        if let Some((_, peer, room)) = self.registry.client(id) {
-            if let Some(room) = room {
-                self.present(id, &guest, &room);
-            }
-            let line = self.notices.line(format_args!(
-                "* your name {name} was taken on another node while this one was cut off \
-                 from the cluster; you are {guest} now"
-            ));
-            self.send_to(&peer, &line, 0);
-        }
-    }
-
-    /// The guest name this client has now, if the cluster took its name away: taken out at
-    /// its next read, or when it leaves first, so that the lock-free check stays true.
-    pub(crate) fn take_rename(&self, id: PeerId) -> Option<String> {
-        if self.renames_pending.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let mut renames = lock(&self.renames);
-        let guest = renames.remove(&id)?;
-        self.renames_pending.store(renames.len(), Ordering::Relaxed);
-        Some(guest)
-    }
-
     /// Tells `members` of `room`, except `about`, a notice, and with `--redis` everyone in
     /// `room` on the other nodes.
     pub(crate) fn notify(&self, room: &str, members: &Members, about: PeerId, chunk: &Chunk) {
@@ -525,113 +415,6 @@ impl Daemon {
         self.registry.rooms().len()
     }
 
-    /// The other nodes' clients, by node, for the operator's `clients`.
-    pub(crate) fn clients_elsewhere(&self) -> Vec<(String, Present)> {
-        self.presence.all()
-    }
-
-    pub(crate) fn clients(&self) -> Vec<ClientInfo> {
-        self.registry.clients()
-    }
-
-    /// The operator's `stats` answer.
-    pub(crate) fn stats_report(&self) -> String {
-        self.stats.report(self.registry.len(), self.room_count())
-    }
-
-    /// Pushes `text` to every client that has joined, on every node, as a server line;
-    /// returns to how many here.
-    pub(crate) fn broadcast(&self, text: &str) -> usize {
-        if let Some(cluster) = &self.cluster {
-            cluster.publish_broadcast(text);
-        }
-        self.push_here(text)
-    }
-
-    fn push_here(&self, text: &str) -> usize {
-        let chunk = self.notices.push(self.config.chat, text);
-        let peers = self.registry.peers(Which::Joined);
-        self.registry.deliver_to(&peers, &chunk, 0);
-        peers.len()
-    }
-
-    /// Where the operator's `ID`, `ID@NODE` or `NAME` is. An id is this node's unless a node
-    /// is given.
-    fn locate(&self, target: &str) -> Option<Located<'_>> {
-        let (target, node) = match (&self.cluster, target.split_once('@')) {
-            (Some(_), Some((id, node))) if is_id(id) => (id, Some(node)),
-            _ => (target, None),
-        };
-        if let (Some(cluster), Some(node)) = (&self.cluster, node)
-            && node != &**cluster.node()
-        {
-            let id = target.parse().ok()?;
-            let name = self.presence.name_of(node, id)?;
-            return Some(Located::There(cluster, node.to_string(), id, name));
-        }
-        if let Some((name, peer)) = self.find(target) {
-            return Some(Located::Here(name, peer));
-        }
-        if is_id(target) {
-            return None;
-        }
-        let (cluster, remote) = self.find_elsewhere(target)?;
-        Some(Located::There(cluster, remote.node, remote.id, remote.name))
-    }
-
-    /// Pushes `text` to one client, on any node, as a server line.
-    pub(crate) fn push_to(&self, target: &str, text: &str) -> Result<Found, NoSuchClient> {
-        match self.locate(target).ok_or(NoSuchClient)? {
-            Located::Here(name, peer) => {
-                let chunk = self.notices.push(self.config.chat, text);
-                self.send_to(&peer, &chunk, 0);
-                Ok(Found::Here(peer.id(), name))
-            }
-            Located::There(cluster, node, id, name) => {
-                cluster.publish_direct(&node, id, Direct::Push, text.as_bytes());
-                Ok(Found::There(name, node))
-            }
-        }
-    }
-
-    /// Disconnects a client for the operator, on any node. Once this returns, a client here
-    /// holds no slot and nothing more it sent is relayed; its thread tells its room it left,
-    /// after any line it was relaying at that moment. A client on another node is kicked
-    /// there as soon as that node hears of it.
-    pub(crate) fn kick(&self, target: &str, reason: Option<&str>) -> Result<Found, NoSuchClient> {
-        match self.locate(target).ok_or(NoSuchClient)? {
-            Located::Here(name, peer) => {
-                let (id, name) = self.kick_here(&peer, name, reason)?;
-                Ok(Found::Here(id, name))
-            }
-            Located::There(cluster, node, id, name) => {
-                let reason = reason.unwrap_or_default();
-                cluster.publish_direct(&node, id, Direct::Kick, reason.as_bytes());
-                Ok(Found::There(name, node))
-            }
-        }
-    }
-
-    /// Kicks `peer`, a client of this node named `name`.
-    fn kick_here(
-        &self,
-        peer: &Arc<Peer>,
-        name: String,
-        reason: Option<&str>,
-    ) -> Result<(PeerId, String), NoSuchClient> {
-        // The reason reaches the client and its room: cleaned like any chat line.
-        let why = Departure::Kicked(reason.map(|r| clean(r.as_bytes())));
-        self.expel(peer, why)?;
-        Ok((peer.id(), name))
-    }
-
-    /// Disconnects a client on the daemon's own account, as [`Daemon::kick`] does.
-    fn expel(&self, peer: &Arc<Peer>, why: Departure) -> Result<(), NoSuchClient> {
-        self.registry.expel(peer.id()).ok_or(NoSuchClient)?;
-        peer.close(why);
-        Ok(())
-    }
-
     /// The rules, secret and motd in force.
     pub(crate) fn settings(&self) -> Arc<Settings> {
         Arc::clone(&sync::read(&self.settings))
@@ -694,139 +477,16 @@ impl Daemon {
     }
 }
 
+impl Drop for Daemon {
+    /// Lets the delivery thread end when no shutdown sequence stopped it: when `new` fails
+    /// after starting it (the cluster cannot start, say). Stopping twice is harmless.
+    fn drop(&mut self) {
+        self.deliverer.stop();
+    }
+}
+
 /// Whether a name is held in Redis: every name but a guest's (`guest<ID>@<NODE>`, unique by
 /// construction).
 fn claimed(name: &str) -> bool {
     !name.contains('@')
-}
-
-/// A client the operator named, where it is.
-enum Located<'a> {
-    Here(String, Arc<Peer>),
-    /// On another node: the link, the node, the client's id there and its name.
-    There(&'a Cluster, String, u64, String),
-}
-
-/// What the cluster calls back with, through a weak handle.
-fn hooks(weak: &Weak<Daemon>) -> Hooks {
-    let (w1, w2, w3) = (weak.clone(), weak.clone(), weak.clone());
-    Hooks {
-        deliver: Box::new(move |node, event| {
-            if let Some(daemon) = w1.upgrade() {
-                daemon.remote(node, event);
-            }
-        }),
-        local: Box::new(move || match w2.upgrade() {
-            Some(daemon) => {
-                daemon.expire_silent_nodes();
-                daemon.local()
-            }
-            None => Local {
-                clients: Vec::new(),
-                names: Vec::new(),
-            },
-        }),
-        lost_name: Box::new(move |id, name| {
-            if let Some(daemon) = w3.upgrade() {
-                daemon.name_lost(id, name);
-            }
-        }),
-    }
-}
-
-/// A client's hold on the daemon, from admission to the end of its thread. Dropping it takes
-/// the client out (telling its room), flushes and closes its peer, and frees its slot and
-/// its `--max-per-ip` count.
-pub(crate) struct Slot {
-    daemon: Arc<Daemon>,
-    peer: Arc<Peer>,
-    addr: SocketAddr,
-    /// Who was in the lobby when it entered at admission, for its arrival notice.
-    lobby: Option<Members>,
-    /// Why the client is leaving, as its own thread saw it; a cut-off recorded on the peer
-    /// (kick, too slow) takes precedence. Until the thread sets it, leaving is a panic.
-    departure: Departure,
-}
-
-impl Slot {
-    pub(crate) fn peer(&self) -> &Arc<Peer> {
-        &self.peer
-    }
-
-    /// The lobby as it was when the client entered at admission, once.
-    pub(crate) fn take_lobby(&mut self) -> Option<Members> {
-        self.lobby.take()
-    }
-
-    pub(crate) fn set_departure(&mut self, why: Departure) {
-        self.departure = why;
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let daemon = &*self.daemon;
-        let why = self
-            .peer
-            .cut_off()
-            .unwrap_or_else(|| self.departure.clone());
-        match why {
-            Departure::IdleTimeout => add(&daemon.stats.idle_kicks, 1),
-            // Cut off by its own writer; those cut off by a sender are counted there.
-            Departure::WriteTimeout { .. } => add(&daemon.stats.slow_consumer_kicks, 1),
-            _ => {}
-        }
-        if daemon.is_stopping() {
-            // The server's shutdown sequence flushes, notifies and closes every registered
-            // peer itself, and lines other readers relay until it does must still reach this
-            // one: it stays registered.
-            daemon.per_address.remove(self.addr.ip());
-        } else {
-            // The `--max-clients` slot is free before the flush, so whoever pressed Ctrl-C
-            // can reconnect at once.
-            let left = daemon.registry.leave(self.peer.id());
-            daemon.take_rename(self.peer.id());
-            if let (Some(cluster), Some(left)) = (&daemon.cluster, &left)
-                && left.room.is_some()
-            {
-                cluster.publish_leave(self.peer.id());
-                if claimed(&left.name) {
-                    cluster.release(self.peer.id(), &left.name);
-                }
-            }
-            if let (true, Some(left)) = (daemon.config.chat, left)
-                && let (Some(members), Some(room)) = (left.members, left.room)
-            {
-                let online = daemon.online(&room, &members);
-                let notice = daemon.notices.left(&left.name, &why, online);
-                daemon.notify(&room, &members, self.peer.id(), &notice);
-            }
-            // The flush still holds a socket and threads, so it counts against the address's
-            // `--max-per-ip` until it ends (the count is free by the time the client sees its
-            // connection close), and at most `--max-clients` leaving clients flush at once:
-            // clients that connect, half-close and never read cannot pile up threads.
-            let flushing = daemon.flushing.fetch_add(1, Ordering::Relaxed);
-            if flushing < daemon.config.max_clients {
-                self.peer
-                    .flush(Instant::now() + daemon.config.write_timeout);
-            } else {
-                debug!(
-                    "client {}: {flushing} clients already flushing, closing without flush",
-                    self.peer.id()
-                );
-            }
-            daemon.flushing.fetch_sub(1, Ordering::Relaxed);
-            daemon.per_address.remove(self.addr.ip());
-            self.peer.close(why.clone());
-        }
-        info!(
-            "client {} {} disconnected: {why} ({} clients)",
-            self.peer.id(),
-            self.addr,
-            daemon.registry.len()
-        );
-        let mut readers = lock(&daemon.readers);
-        *readers -= 1;
-        daemon.readers_done.notify_all();
-    }
 }

@@ -1,0 +1,174 @@
+//! A client's [`Slot`]: its hold on the daemon from admission to the end of its thread, and
+//! everything its `Drop` gives back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use log::{debug, info};
+
+use crate::delivery::notice::Departure;
+use crate::delivery::peer::Peer;
+use crate::delivery::registry::Members;
+use crate::stats::add;
+use crate::sync::lock;
+
+use super::{Daemon, claimed};
+
+/// A client's hold on the daemon, from admission to the end of its thread. Dropping it takes
+/// the client out (telling its room), flushes and closes its peer, and frees its slot, its
+/// `--max-per-ip` count and its place among the running readers.
+pub(crate) struct Slot {
+    /// Given back after everything else: fields are dropped after `Drop::drop` has run, even
+    /// one that panicked.
+    _reader: Reader,
+    daemon: Arc<Daemon>,
+    peer: Arc<Peer>,
+    addr: SocketAddr,
+    /// Who was in the lobby when it entered at admission, for its arrival notice.
+    lobby: Option<Members>,
+    /// Why the client is leaving, as its own thread saw it; a cut-off recorded on the peer
+    /// (kick, too slow) takes precedence. Until the thread sets it, leaving is a panic.
+    departure: Departure,
+}
+
+impl Slot {
+    /// The slot of a client the registry has just admitted, counted among the running readers
+    /// from now on.
+    pub(super) fn new(daemon: Arc<Daemon>, peer: Arc<Peer>, addr: SocketAddr) -> Slot {
+        Slot {
+            _reader: Reader::count(&daemon),
+            daemon,
+            peer,
+            addr,
+            lobby: None,
+            departure: Departure::Panicked,
+        }
+    }
+
+    /// Puts the client into the lobby at admission, keeping who was there for its arrival
+    /// notice.
+    pub(super) fn enter_lobby(&mut self) {
+        self.lobby = self.daemon.enter(&self.peer);
+    }
+
+    pub(crate) fn peer(&self) -> &Arc<Peer> {
+        &self.peer
+    }
+
+    /// The lobby as it was when the client entered at admission, once.
+    pub(crate) fn take_lobby(&mut self) -> Option<Members> {
+        self.lobby.take()
+    }
+
+    pub(crate) fn set_departure(&mut self, why: Departure) {
+        self.departure = why;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let daemon = &*self.daemon;
+        let why = self
+            .peer
+            .cut_off()
+            .unwrap_or_else(|| self.departure.clone());
+        match why {
+            Departure::IdleTimeout => add(&daemon.stats.idle_kicks, 1),
+            // Cut off by its own writer; those cut off by a sender are counted there.
+            Departure::WriteTimeout { .. } => add(&daemon.stats.slow_consumer_kicks, 1),
+            _ => {}
+        }
+        if daemon.is_stopping() {
+            // The server's shutdown sequence flushes, notifies and closes every registered
+            // peer itself, and lines other readers relay until it does must still reach this
+            // one: it stays registered.
+            daemon.per_address.remove(self.addr.ip());
+        } else {
+            // The `--max-clients` slot is free before the flush, so whoever pressed Ctrl-C
+            // can reconnect at once.
+            let left = daemon.registry.leave(self.peer.id());
+            daemon.take_rename(self.peer.id());
+            if let (Some(cluster), Some(left)) = (&daemon.cluster, &left)
+                && left.room.is_some()
+            {
+                cluster.publish_leave(self.peer.id());
+                if claimed(&left.name) {
+                    cluster.release(self.peer.id(), &left.name);
+                }
+            }
+            if let (true, Some(left)) = (daemon.config.chat, left)
+                && let (Some(members), Some(room)) = (left.members, left.room)
+            {
+                let online = daemon.online(&room, &members);
+                let notice = daemon.notices.left(&left.name, &why, online);
+                daemon.notify(&room, &members, self.peer.id(), &notice);
+            }
+            // The flush still holds a socket and threads, so it counts against the address's
+            // `--max-per-ip` until it ends (the count is free by the time the client sees its
+            // connection close), and at most `--max-clients` leaving clients flush at once:
+            // clients that connect, half-close and never read cannot pile up threads.
+            let flushing = Flushing::start(&daemon.flushing);
+            if flushing.before < daemon.config.max_clients {
+                self.peer
+                    .flush(Instant::now() + daemon.config.write_timeout);
+            } else {
+                debug!(
+                    "client {}: {} clients already flushing, closing without flush",
+                    self.peer.id(),
+                    flushing.before
+                );
+            }
+            drop(flushing);
+            daemon.per_address.remove(self.addr.ip());
+            self.peer.close(why.clone());
+        }
+        info!(
+            "client {} {} disconnected: {why} ({} clients)",
+            self.peer.id(),
+            self.addr,
+            daemon.registry.len()
+        );
+    }
+}
+
+/// A client's thread, counted in the daemon's running readers (which the shutdown waits for)
+/// until this is dropped.
+struct Reader(Arc<Daemon>);
+
+impl Reader {
+    fn count(daemon: &Arc<Daemon>) -> Reader {
+        *lock(&daemon.readers) += 1;
+        Reader(Arc::clone(daemon))
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut readers = lock(&self.0.readers);
+        *readers -= 1;
+        self.0.readers_done.notify_all();
+    }
+}
+
+/// A leaving client counted in the daemon's `flushing` while it flushes; dropping this gives
+/// the count back, so a panic in the flush cannot leak it.
+struct Flushing<'a> {
+    count: &'a AtomicUsize,
+    /// How many were flushing already when this one started.
+    before: usize,
+}
+
+impl<'a> Flushing<'a> {
+    fn start(count: &'a AtomicUsize) -> Flushing<'a> {
+        let before = count.fetch_add(1, Ordering::Relaxed);
+        Flushing { count, before }
+    }
+}
+
+impl Drop for Flushing<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
