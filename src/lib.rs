@@ -1,28 +1,65 @@
-//! relayd relays lines between TCP clients: every line one client sends reaches every other
-//! connected client.
+//! relayd relays lines between clients: every line one client sends reaches every other
+//! client in its room (all of them, in raw mode), over TCP (`nc`, `telnet`, programs) or
+//! WebSocket (browsers), on one node or across several through Redis.
 //!
-//! Where to look, from the outside in (each module uses only those listed after it):
-//! - [`server`]: the daemon's lifecycle (start, shutdown); `accept`: the accept loop.
-//! - `client`: one client's life on its own thread (authenticate, read, frame, hand on);
-//!   `tcp`: its transport; `telnet`: telnet commands taken out in chat mode.
-//! - [`chat`]: `--chat` mode: names, rooms, commands, what others see. [`framing`]: what a
-//!   line is, and the `--max-line` limit.
-//! - [`admin`], `console`: the operator's control socket and `--console`, which act through
-//!   the daemon.
-//! - `daemon`: the daemon's shared state behind one handle — admission, relaying, pushes,
-//!   kicks — and a client's `Slot`, released on `Drop`.
-//! - `registry`: who is connected, in which room, and delivery to them; `peer`: one client's
-//!   queue, the deliverer thread that sends what is queued, writers for full sockets, and the
-//!   slow-consumer policy; `notice`: every line relayd writes
-//!   itself, and why a client left; `echo`: `--console`'s output.
-//! - [`reload`]: SIGHUP and the admin `reload`; `metrics`: `--metrics`, the Prometheus
-//!   endpoint.
-//! - [`access`], [`secret`], [`rate`], `history`, `stats`, [`config`], [`shutdown`]: who may
-//!   connect, the shared secret, flood control, room history, counters, tunables, the stop
-//!   handle. [`settings`]: the rules, secret and motd a reload reads again; `latency`: the
-//!   line-wait histogram; [`systemd`]: readiness, watchdog and socket activation. `sys`:
-//!   every `unsafe` system call. `cluster`: `--redis`, the link that relays lines, notices,
-//!   presence and names between nodes through Redis; `presence`: who is on the other nodes.
+//! # Where to look
+//!
+//! Modules from the outside in. Each may use only the modules listed after it (its own
+//! folder's files may use each other, one way); `../shared/tools/modcycles` checks the folder
+//! level.
+//!
+//! - `server`: the daemon's start and stop — listeners, the accept threads, the reloader, the
+//!   operator's sockets — everything it started held by one guard that stops it on `Drop`.
+//! - `client/`: a client's life. `accept` (the accept loop: admission, refusals, the HTTP
+//!   front's threads), `mod` (one client's thread: authenticate, read, frame, hand on, leave),
+//!   `chat` (`--chat`: names, rooms, commands, what others see).
+//! - `ops/`: the operator's ways in, acting through the daemon — `admin` (the control socket
+//!   and `relayd ctl`), `console` (`--console`), `metrics` (`/metrics`), `reload` (SIGHUP and
+//!   `reload`).
+//! - `transport/`: how a client's bytes come in — `tcp`, `telnet` (its commands taken out
+//!   unless `--binary`), `http` (the one HTTP request reader; the page and upgrades), `ws`
+//!   (the WebSocket handshake and messages); `ReadError`, why a read ended.
+//! - `daemon/`: the shared state behind one handle, `Arc<Daemon>` — `mod` (admission,
+//!   relaying, rooms, names), `slot` (a client's hold on the daemon, given back on `Drop`),
+//!   `operator` (clients, kick, send, broadcast, stats), `remote` (what other nodes say).
+//! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
+//!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
+//!   `presence` (who is on the other nodes).
+//! - `delivery/`: getting a line to its clients — `registry` (who is where), `peer` (a
+//!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to
+//!   the socket, and writer threads), `deliverer` (the one delivery thread), `chunk` (a line's
+//!   shared bytes; `ws_frame`, their WebSocket frames), `history`, `notice` (every line relayd
+//!   writes itself, and why a client left), `echo` (`--console`'s printed copy).
+//! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
+//!   `secret`, `rate`, and the `settings` a reload reads again), `config` (the tunables).
+//! - `systemd` (readiness, watchdog, socket activation), `shutdown` (the stop flag),
+//!   `framing` (what a line is; `--max-line`), `sync` (lock helpers, the only place a
+//!   poisoned lock is recovered; `Counted`, a counted place given back on `Drop`), `sys`
+//!   (every `unsafe` system call; `timed_out`).
+//!
+//! # Threads
+//!
+//! Who starts each, what it owns, how it ends:
+//! - `accept-ADDR` (one per `--bind` and `--ws-bind` listener; `server`): accepts, admits or
+//!   refuses, starts a client's or a request's thread. Ends at shutdown.
+//! - `client-ID` (`client::accept`): one client's reader; owns its `Slot`, its transport and
+//!   its line buffers. Ends when the client leaves, however (its `Slot`'s `Drop` gives back
+//!   everything). `http-ADDR` (`client::accept`): one HTTP request to the front (the page,
+//!   or an upgrade, which then goes on as that client's thread); holds one of the front's
+//!   counted places; ends with the request.
+//! - `deliverer` (`delivery::deliverer`, started by the daemon): sends every peer's queue with
+//!   non-blocking writes; owns the run list. Ends at shutdown (or when the daemon is dropped).
+//! - `writer-ID` (`delivery::peer::write`): drains one peer whose socket is full, with
+//!   blocking writes; ends when its queue is empty or the peer is cut off. `farewell-ID`:
+//!   writes a closed peer's last bytes within `--write-timeout`, then ends.
+//! - `admin` and its connections' threads (`ops::admin`), `metrics` and `metrics-scrape`
+//!   (`ops::metrics`), `console` and `console-out` (`ops::console`, `delivery::echo`): end at
+//!   shutdown, or with their connection, within their timeouts.
+//! - `reload` (`server`): serves SIGHUP and `reload` requests; ends when they are closed at
+//!   shutdown. `signals` (`main`): turns signals into shutdown and reloads; ends with the
+//!   process.
+//! - `cluster-pub`, `cluster-sub`, `cluster-beat` (`cluster`, with `--redis`): the publisher,
+//!   the subscriber and the heartbeat; end at shutdown, after the farewell.
 
 mod client;
 mod cluster;

@@ -101,7 +101,7 @@ pub(crate) enum Refused {
     Failed(String),
 }
 
-/// Checks one `--ws-origin`, for a one-line startup error. The check in [`handshake`] compares
+/// Checks one `--ws-origin`, for a one-line startup error. The check in `handshake` compares
 /// the browser's `Origin` header byte for byte, and a browser spells an origin one way only:
 /// `http` or `https`, `://`, the host in lower case, and a port only if not the scheme's
 /// default. An entry spelt otherwise (`foo`, a trailing `/`, a path) would match no page and
