@@ -1,6 +1,6 @@
 //! The TCP transport: how a client's bytes come in over a plain TCP connection (`nc`,
 //! `telnet`, programs), how its socket is set up, and how a refused one is told and closed.
-//! What goes out is the peer's business (`delivery/peer.rs`), which writes whole lines to the
+//! What goes out is the peer's business (`delivery/peer/write.rs`), which writes whole lines to the
 //! same socket.
 
 use std::io;
