@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, Server, connect_from};
+use crate::common::{Client, Daemon, Server, connect_from};
 use relayd::Config;
 use relayd::access::Rules;
 

@@ -1,14 +1,14 @@
 //! `--chat` mode over real sockets: every numbered point of issue 4, each command, flood
 //! control and history at the boundary.
 
-mod chat_support;
+mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use chat_support::{Server, chat_config};
+use crate::common::chat::{Server, chat_config, wait_until};
 use relayd::Config;
 use relayd::rate::Rate;
 
@@ -454,7 +454,7 @@ fn reset_during_join() {
         let _ = round;
     }
     // Connections may still wait in the backlog: first all admitted, then all gone.
-    chat_support::wait_until("all connections admitted", || {
+    wait_until("all connections admitted", || {
         server.stat("accepted") == 1 + 20 * 6
     });
     server.wait_clients(1);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon};
+use crate::common::{Client, Daemon};
 
 const WELCOME_1: &str = "* welcome to relayd, you are guest1 (1 online) — /help for commands\r\n";
 const WELCOME_2: &str = "* welcome to relayd, you are guest2 (2 online) — /help for commands\r\n";

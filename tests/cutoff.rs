@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{AdminConn, Client, Daemon, TIMEOUT, connect_small_rcvbuf, numbered_lines};
+use crate::common::{AdminConn, Client, Daemon, TIMEOUT, connect_small_rcvbuf, numbered_lines};
 
 const KIB: u64 = 1024;
 const MIB: usize = 1 << 20;

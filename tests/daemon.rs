@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
-use common::{Daemon, TIMEOUT, lines_of};
+use crate::common::{Daemon, TIMEOUT, lines_of};
 
 #[test]
 fn sigterm_flushes_tells_clients_and_exits_zero() {

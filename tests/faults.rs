@@ -19,7 +19,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, eventually, numbered_lines, reset};
+use crate::common::{Client, Daemon, eventually, numbered_lines, reset};
 
 /// A small seeded generator (splitmix64), so every run sends the same "random" bytes and a
 /// failure can be replayed.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Client, Daemon};
+use crate::common::{Client, Daemon};
 
 const CLIENTS: usize = 2000;
 

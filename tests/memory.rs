@@ -7,7 +7,7 @@ use std::io::Read;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, numbered_lines};
+use crate::common::{Client, Daemon, numbered_lines};
 
 const MIB: usize = 1 << 20;
 

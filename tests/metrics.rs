@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Daemon, admin_command, connect_small_rcvbuf, eventually_within, http, numbered_lines, temp_path,
 };
 use prometheus_parse::{LineInfo, Scrape, Value};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::thread;
 
-use common::{Client, Server};
+use crate::common::{Client, Server};
 use relayd::Config;
 
 #[test]

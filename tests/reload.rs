@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Daemon, admin_command, connect_from, temp_path};
+use crate::common::{Daemon, admin_command, connect_from, temp_path};
 
 /// Replaces a file whole (write, then rename over it), as editors and config management do:
 /// a reload never reads half of it.

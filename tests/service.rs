@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, TIMEOUT, admin_command, http, temp_path};
+use crate::common::{Client, Daemon, TIMEOUT, admin_command, http, temp_path};
 
 /// The service manager's end of `NOTIFY_SOCKET`.
 struct Manager {

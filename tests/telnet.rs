@@ -4,7 +4,7 @@
 //! The first test drives the real `telnet` in a `tmux` pane (Debian packages `telnet` and
 //! `tmux`); the others script the protocol bytes over a plain socket.
 
-mod chat_support;
+mod common;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_support::{Server, chat_config};
+use crate::common::chat::{self, Server, chat_config};
 use relayd::Config;
 
 const IAC: u8 = 255;
@@ -202,7 +202,7 @@ fn real_telnet_ctrl_c_shows_no_garbage() {
 }
 
 /// Joins `r` (guest1) and `c` (guest2) and returns them with `c`'s welcome line read.
-fn two_in_chat(server: &Server) -> (chat_support::Client, chat_support::Client) {
+fn two_in_chat(server: &Server) -> (chat::Client, chat::Client) {
     let (mut r, r_name) = server.join();
     let (c, c_name) = server.join();
     assert_eq!((r_name.as_str(), c_name.as_str()), ("guest1", "guest2"));
@@ -212,7 +212,7 @@ fn two_in_chat(server: &Server) -> (chat_support::Client, chat_support::Client) 
 
 /// Proves that nothing reached `c` since its last read: `r` sends a probe line, which must be
 /// the very next thing `c` reads.
-fn nothing_else_for(c: &mut chat_support::Client, r: &mut chat_support::Client) {
+fn nothing_else_for(c: &mut chat::Client, r: &mut chat::Client) {
     r.send("probe\n");
     c.expect("<guest1> probe\n");
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Server, eventually};
+use crate::common::{Server, eventually};
 use relayd::Config;
 
 fn threads() -> usize {

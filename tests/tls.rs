@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use common::{Daemon, Killed, TIMEOUT, lines_of};
+use crate::common::{Daemon, Killed, TIMEOUT, lines_of};
 
 #[test]
 fn two_tls_clients_talk_through_stunnel() {

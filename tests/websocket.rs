@@ -8,10 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{
-    Client, Daemon, TIMEOUT, admin_command, eventually, temp_path, try_ws_connect, ws_connect,
-    ws_text,
-};
+use crate::common::ws::{try_ws_connect, ws_connect, ws_text};
+use crate::common::{Client, Daemon, TIMEOUT, admin_command, eventually, temp_path};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
