@@ -9,7 +9,6 @@
 //! on this module (`super`), never the other way round: `chat`, a chat-mode server with its
 //! control socket and clients of its own; `cluster`, a `redis-server` and relayd nodes; `ws`,
 //! WebSocket clients.
-#![allow(dead_code)]
 
 pub mod chat;
 pub mod cluster;

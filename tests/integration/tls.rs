@@ -1,8 +1,6 @@
 //! TLS in front of relayd with stunnel, exactly as README.md's "Security" section shows: two
 //! `openssl s_client` users talk through stunnel to relayd. `.ci/run` installs stunnel4.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};

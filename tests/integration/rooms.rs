@@ -2,8 +2,6 @@
 //! member at most once, and never from a room it has left. Over real sockets, against an
 //! in-process daemon with its control socket.
 
-mod common;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -11,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::common;
 use crate::common::chat::{Client, Server, chat_config};
 use relayd::Config;
 

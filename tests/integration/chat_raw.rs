@@ -1,8 +1,6 @@
 //! Raw mode (the default) with the issue-4 features around it: byte-for-byte as before, no
 //! welcome or prefixes; `--history` and `--rate` per line.
 
-mod common;
-
 use crate::common::chat::{Server, wait_until};
 use relayd::Config;
 use relayd::rate::Rate;

@@ -2,8 +2,6 @@
 //! `--deny-file`, `--secret-file` and `--motd` is changed, and the effect is proven by what a
 //! client sees, while the clients connected before stay connected.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use crate::common::{Daemon, admin_command, connect_from, temp_path};

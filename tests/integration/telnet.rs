@@ -4,8 +4,6 @@
 //! The first test drives the real `telnet` in a `tmux` pane (Debian packages `telnet` and
 //! `tmux`); the others script the protocol bytes over a plain socket.
 
-mod common;
-
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

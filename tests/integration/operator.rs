@@ -2,8 +2,6 @@
 //! `--console` whose stdout nobody reads, idle admin connections, and startup values too large
 //! to use.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -11,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common;
 use crate::common::chat::{Server, chat_config, socket_path};
 
 /// Defect: a name made of digits only (`/nick 7`) made `kick 7` ambiguous between client id 7

@@ -4,8 +4,6 @@
 //! operator's terminal, and a few smaller holes. Every hostile client is bounded in count and
 //! in time, talks to 127.0.0.0/8 only, and stops by itself.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Shutdown as SocketShutdown, SocketAddr, TcpStream};
@@ -18,7 +16,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, admin_command, chat};
+use crate::common::{self, Daemon, admin_command, chat};
 use relayd::Config;
 use relayd::rate::Rate;
 

@@ -2,8 +2,6 @@
 //! Loopback answers on all of 127.0.0.0/8, so clients bound to 127.0.0.2 come from "another
 //! address".
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};

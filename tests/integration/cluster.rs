@@ -5,8 +5,6 @@
 //! synchronisation: the tests wait for the link in `stats` or the log, and prove that
 //! receivers are registered before anything they must get is sent.
 
-mod common;
-
 use std::io::Write;
 use std::process::Command;
 use std::sync::mpsc;

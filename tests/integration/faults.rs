@@ -10,8 +10,6 @@
 //! 2,000 clients at once raises this process's descriptor limit, so it lives alone in
 //! `tests/faults_many_clients.rs`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -5,8 +5,6 @@
 //! and relayd binaries pointed at it. No sleeps as synchronisation: a test waits until a
 //! node's `/who` or `/rooms` shows what the others told it before it relies on it.
 
-mod common;
-
 use std::thread;
 use std::time::Duration;
 

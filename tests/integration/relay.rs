@@ -1,7 +1,5 @@
 //! The relay itself: what reaches whom, byte for byte.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::thread;

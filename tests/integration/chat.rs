@@ -1,8 +1,6 @@
 //! `--chat` mode over real sockets: every numbered point of issue 4, each command, flood
 //! control and history at the boundary.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;

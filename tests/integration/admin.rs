@@ -1,8 +1,6 @@
 //! The operator's control socket over a real Unix socket, with `nc -U` and `relayd ctl`
 //! too, in both modes.
 
-mod common;
-
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
