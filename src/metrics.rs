@@ -7,7 +7,7 @@
 //! never asks) holds one of those threads until its timeout, and nothing else.
 //!
 //! The text format is written by hand: it is a dozen lines of `name value`, and
-//! `tests/metrics.rs` parses it with a Prometheus parser.
+//! `tests/integration/metrics.rs` parses it with a Prometheus parser.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};

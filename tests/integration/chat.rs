@@ -78,7 +78,7 @@ fn lines_are_cleaned() {
     let [mut a, mut b] = server.join_two();
     a.send_bytes(b"telnet\r\n");
     a.send_bytes("h\u{e9}llo \u{4e16}\u{754c} \u{1F600}\n".as_bytes());
-    // Not 0xFF: in chat mode that is telnet's command byte (tests/telnet.rs).
+    // Not 0xFF: in chat mode that is telnet's command byte (tests/integration/telnet.rs).
     a.send_bytes(b"bad \xfe\xc3 bytes\n");
     a.send_bytes(b"\x1b[2J\x1b]0;pwned\x07red\tok\x7f\n");
     a.send_bytes("c1\u{9b}31m\n".as_bytes());
