@@ -1,9 +1,12 @@
-//! Connections come and go without leaving threads behind. Alone in its test binary, so the
-//! process's thread count is the server's and this test's only.
+//! Connections come and go without leaving threads behind. Alone in its test binary (not a
+//! module of `tests/integration`), so the process's thread count is the server's and this
+//! test's only: any other test in the process would start and end threads of its own.
 
+// Most of the helpers are the integration tests'; this test uses two.
+#[allow(dead_code)]
 mod common;
 
-use common::{Server, eventually};
+use crate::common::{Server, eventually};
 use relayd::Config;
 
 fn threads() -> usize {

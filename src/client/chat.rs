@@ -54,7 +54,8 @@ pub enum Input {
 }
 
 /// Reads one line (with or without its line end) as a chat client meant it. Total: any bytes
-/// give an `Input`, which is what the property tests in `tests/chat_parser.rs` hold it to.
+/// give an `Input`, which is what the property tests in `tests/integration/chat_parser.rs`
+/// hold it to.
 pub fn parse(line: &[u8]) -> Input {
     let text = clean(line);
     if text.is_empty() {

@@ -9,7 +9,7 @@
 //! bounds of its own.
 //!
 //! The text format is written by hand: it is a dozen lines of `name value`, and
-//! `tests/metrics.rs` parses it with a Prometheus parser.
+//! `tests/integration/metrics.rs` parses it with a Prometheus parser.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};

@@ -4,7 +4,15 @@
 //! Synchronisation without sleeps: the accept loop admits connections in the order they were
 //! made, so once a line sent by the most recently connected client has reached anyone, every
 //! earlier client is registered too.
-#![allow(dead_code)]
+//!
+//! One tree, included once by each test binary as its `common` module. The submodules build
+//! on this module (`super`), never the other way round: `chat`, a chat-mode server with its
+//! control socket and clients of its own; `cluster`, a `redis-server` and relayd nodes; `ws`,
+//! WebSocket clients.
+
+pub mod chat;
+pub mod cluster;
+pub mod ws;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as SocketShutdown, SocketAddr, TcpListener, TcpStream};
@@ -614,43 +622,4 @@ pub fn connect_from(src: &str, to: SocketAddr) -> Client {
     socket.bind(&SocketAddr::new(src, 0).into()).unwrap();
     socket.connect(&to.into()).unwrap();
     Client::from_stream(TcpStream::from(socket))
-}
-
-/// A WebSocket client of `addr`'s `/ws` (with an `Origin` header if given), its reads bounded
-/// by [`TIMEOUT`]; the handshake's failure as an error.
-pub fn try_ws_connect(
-    addr: SocketAddr,
-    origin: Option<&str>,
-) -> Result<tungstenite::WebSocket<TcpStream>, tungstenite::Error> {
-    use tungstenite::client::IntoClientRequest;
-    let sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().unwrap());
-    }
-    match tungstenite::client(request, sock) {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
-        Err(e) => panic!("handshake interrupted: {e}"),
-    }
-}
-
-/// [`try_ws_connect`], failing the test if the handshake fails.
-pub fn ws_connect(addr: SocketAddr, origin: Option<&str>) -> tungstenite::WebSocket<TcpStream> {
-    try_ws_connect(addr, origin).unwrap_or_else(|e| panic!("websocket handshake: {e}"))
-}
-
-/// The next text message (pings are answered by tungstenite as it reads).
-pub fn ws_text(ws: &mut tungstenite::WebSocket<TcpStream>) -> String {
-    use tungstenite::Message;
-    loop {
-        match ws.read().expect("a message") {
-            Message::Text(t) => return t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
 }

@@ -1,13 +1,11 @@
 //! Clients that misbehave with volume: a never-ending line, a reader that stops, a reader
 //! that is merely slow. Run against the built binary so its memory can be read from /proc.
 
-mod common;
-
 use std::io::Read;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, numbered_lines};
+use crate::common::{Client, Daemon, numbered_lines};
 
 const MIB: usize = 1 << 20;
 

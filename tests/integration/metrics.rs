@@ -2,15 +2,14 @@
 //! (the `prometheus-parse` crate), its counters checked against traffic and against the admin
 //! `stats`, and a scraper that never reads shown not to slow relaying.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{
-    Daemon, admin_command, connect_small_rcvbuf, eventually_within, http, numbered_lines, temp_path,
+use crate::common::{
+    self, Daemon, admin_command, connect_small_rcvbuf, eventually_within, http, numbered_lines,
+    temp_path,
 };
 use prometheus_parse::{LineInfo, Scrape, Value};
 

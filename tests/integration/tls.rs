@@ -1,15 +1,13 @@
 //! TLS in front of relayd with stunnel, exactly as README.md's "Security" section shows: two
 //! `openssl s_client` users talk through stunnel to relayd. `.ci/run` installs stunnel4.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use common::{Daemon, Killed, TIMEOUT, lines_of};
+use crate::common::{Daemon, Killed, TIMEOUT, lines_of};
 
 #[test]
 fn two_tls_clients_talk_through_stunnel() {

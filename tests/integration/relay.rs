@@ -1,12 +1,10 @@
 //! The relay itself: what reaches whom, byte for byte.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::thread;
 
-use common::{Client, Server};
+use crate::common::{Client, Server};
 use relayd::Config;
 
 #[test]

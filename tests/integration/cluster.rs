@@ -5,17 +5,14 @@
 //! synchronisation: the tests wait for the link in `stats` or the log, and prove that
 //! receivers are registered before anything they must get is sent.
 
-mod cluster_support;
-mod common;
-
 use std::io::Write;
 use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cluster_support::{At, Node, Redis};
-use common::{Client, Daemon, TIMEOUT, eventually, numbered_lines, temp_path};
+use crate::common::cluster::{At, Node, Redis};
+use crate::common::{Client, Daemon, TIMEOUT, eventually, numbered_lines, temp_path};
 
 /// The next line that is not a `sync-…` line (see [`sync`]).
 fn next_line(c: &mut Client) -> String {

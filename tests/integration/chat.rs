@@ -1,14 +1,12 @@
 //! `--chat` mode over real sockets: every numbered point of issue 4, each command, flood
 //! control and history at the boundary.
 
-mod chat_support;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use chat_support::{Server, chat_config};
+use crate::common::chat::{Server, chat_config, wait_until};
 use relayd::Config;
 use relayd::Rate;
 
@@ -80,7 +78,7 @@ fn lines_are_cleaned() {
     let [mut a, mut b] = server.join_two();
     a.send_bytes(b"telnet\r\n");
     a.send_bytes("h\u{e9}llo \u{4e16}\u{754c} \u{1F600}\n".as_bytes());
-    // Not 0xFF: in chat mode that is telnet's command byte (tests/telnet.rs).
+    // Not 0xFF: in chat mode that is telnet's command byte (tests/integration/telnet.rs).
     a.send_bytes(b"bad \xfe\xc3 bytes\n");
     a.send_bytes(b"\x1b[2J\x1b]0;pwned\x07red\tok\x7f\n");
     a.send_bytes("c1\u{9b}31m\n".as_bytes());
@@ -475,7 +473,7 @@ fn reset_during_join() {
         let _ = round;
     }
     // Connections may still wait in the backlog: first all admitted, then all gone.
-    chat_support::wait_until("all connections admitted", || {
+    wait_until("all connections admitted", || {
         server.stat("accepted") == 1 + 20 * 6
     });
     server.wait_clients(1);

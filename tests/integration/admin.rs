@@ -1,15 +1,13 @@
 //! The operator's control socket over a real Unix socket, with `nc -U` and `relayd ctl`
 //! too, in both modes.
 
-mod chat_support;
-
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use chat_support::{Admin, Server, chat_config, socket_path, wait_until};
+use crate::common::chat::{self, Admin, Server, chat_config, socket_path, wait_until};
 use relayd::{Config, Shutdown};
 
 const STATS_KEYS: [&str; 19] = [
@@ -352,7 +350,7 @@ fn binary_with_console() {
     let (finished, done) = std::sync::mpsc::channel::<()>();
     let pid = child.id() as i32;
     std::thread::spawn(move || {
-        if done.recv_timeout(chat_support::TIMEOUT * 2).is_err() {
+        if done.recv_timeout(chat::TIMEOUT * 2).is_err() {
             // SAFETY: signalling the child we started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -366,7 +364,7 @@ fn binary_with_console() {
         }
     };
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    let mut a = chat_support::Client::new(std::net::TcpStream::connect(&addr).unwrap());
+    let mut a = chat::Client::new(std::net::TcpStream::connect(&addr).unwrap());
     a.expect("* welcome to relayd, you are guest1 (1 online) — /help for commands\n");
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"hello from the console\n").unwrap();

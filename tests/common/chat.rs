@@ -1,12 +1,8 @@
 //! A real relayd on 127.0.0.1 port 0 with its control socket, and line-oriented clients with
 //! read timeouts, for the chat/admin tests. Every wait is bounded.
-
-#![allow(dead_code)]
-
-// The in-process server and the polling are the raw-mode tests' own, shared rather than
-// written twice; only the admin socket and the timeout are this module's.
-#[path = "../common/mod.rs"]
-pub mod common;
+//!
+//! The in-process server and the polling are the raw-mode helpers' own (`super`), shared
+//! rather than written twice; only the admin socket and the timeout are this module's.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,7 +19,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Server {
     pub addr: SocketAddr,
     pub admin: PathBuf,
-    running: common::Server,
+    running: super::Server,
 }
 
 /// A fresh admin socket path for this test.
@@ -38,7 +34,7 @@ pub fn socket_path() -> PathBuf {
 
 /// Polls `ready` until it holds, failing the test after [`TIMEOUT`].
 pub fn wait_until(what: &str, ready: impl FnMut() -> bool) {
-    common::eventually_within(what, TIMEOUT, ready);
+    super::eventually_within(what, TIMEOUT, ready);
 }
 
 pub fn chat_config() -> Config {
@@ -53,7 +49,7 @@ impl Server {
         let admin = socket_path();
         config.admin = Some(admin.clone());
         let listener = relayd::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let running = common::Server::start_on(listener, config);
+        let running = super::Server::start_on(listener, config);
         // The admin socket is opened before the first client is accepted.
         wait_until("the admin socket", || UnixStream::connect(&admin).is_ok());
         Server {
@@ -122,7 +118,7 @@ impl Server {
 
     /// The value of one `stats` counter.
     pub fn stat(&self, key: &str) -> u64 {
-        common::stat_in(&self.admin("stats"), key)
+        super::stat_in(&self.admin("stats"), key)
     }
 
     pub fn stop(self) {
@@ -131,11 +127,11 @@ impl Server {
 }
 
 /// A connection to the control socket.
-pub struct Admin(common::AdminConn);
+pub struct Admin(super::AdminConn);
 
 impl Admin {
     pub fn connect(server: &Server) -> Admin {
-        Admin(common::AdminConn::new(
+        Admin(super::AdminConn::new(
             UnixStream::connect(&server.admin).unwrap(),
             TIMEOUT,
         ))
@@ -193,7 +189,7 @@ impl Client {
 
     /// Reads exactly `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        common::read_exactly(&mut self.reader, n)
+        super::read_exactly(&mut self.reader, n)
     }
 
     /// Asserts the server closed the connection (after everything read so far).

@@ -2,8 +2,6 @@
 //! member at most once, and never from a room it has left. Over real sockets, against an
 //! in-process daemon with its control socket.
 
-mod chat_support;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -11,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use chat_support::{Client, Server, chat_config, common};
+use crate::common;
+use crate::common::chat::{Client, Server, chat_config};
 use relayd::Config;
 
 /// Bytes per numbered line S sends, `\n` included.
@@ -64,10 +63,7 @@ struct Paced {
 fn paced(server: &Server) -> Paced {
     // Small, and set before connecting (the kernel fixes the window scale then), so M's queue
     // fills after a few kilobytes reach its socket.
-    let mut m = Client::new(chat_support::common::connect_small_rcvbuf(
-        server.addr,
-        8192,
-    ));
+    let mut m = Client::new(common::connect_small_rcvbuf(server.addr, 8192));
     m.expect("* welcome to relayd, you are guest1 (1 online) — /help for commands\n");
     let m_addr = m.stream().local_addr().unwrap();
     let (s, s_name) = server.join();
@@ -80,9 +76,7 @@ fn paced(server: &Server) -> Paced {
     };
 
     // Paced: M's queue is (nearly) full and S's writes have stopped moving.
-    chat_support::common::wait_until_paced("S", "M", &written, &flooding, || {
-        pending_of(server, m_addr)
-    });
+    common::wait_until_paced("S", "M", &written, &flooding, || pending_of(server, m_addr));
     Paced {
         m,
         s,

@@ -2,8 +2,6 @@
 //! notifications to a fake `NOTIFY_SOCKET` (a Unix datagram socket the test binds), and
 //! socket activation by the real `systemd-socket-activate` (Debian's `systemd`).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -11,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, TIMEOUT, admin_command, http, temp_path};
+use crate::common::{self, Client, Daemon, TIMEOUT, admin_command, http, temp_path};
 
 /// The service manager's end of `NOTIFY_SOCKET`.
 struct Manager {

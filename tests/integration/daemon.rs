@@ -1,12 +1,10 @@
 //! The `relayd` binary as an operator runs it: command line, logs, signals, real netcat.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
-use common::{Daemon, TIMEOUT, lines_of};
+use crate::common::{self, Daemon, TIMEOUT, lines_of};
 
 #[test]
 fn sigterm_flushes_tells_clients_and_exits_zero() {

@@ -2,13 +2,11 @@
 //! Loopback answers on all of 127.0.0.0/8, so clients bound to 127.0.0.2 come from "another
 //! address".
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, Server, connect_from};
+use crate::common::{Client, Daemon, Server, connect_from};
 use relayd::Config;
 use relayd::Rules;
 

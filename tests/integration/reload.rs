@@ -2,11 +2,9 @@
 //! `--deny-file`, `--secret-file` and `--motd` is changed, and the effect is proven by what a
 //! client sees, while the clients connected before stay connected.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{Daemon, admin_command, connect_from, temp_path};
+use crate::common::{Daemon, admin_command, connect_from, temp_path};
 
 /// Replaces a file whole (write, then rename over it), as editors and config management do:
 /// a reload never reads half of it.

@@ -5,15 +5,13 @@
 //! The first two tests drive the real `telnet` in a `tmux` pane (Debian packages `telnet` and
 //! `tmux`); the others script the protocol bytes over a plain socket.
 
-mod chat_support;
-
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_support::{Server, chat_config};
+use crate::common::chat::{self, Server, chat_config};
 use relayd::Config;
 
 const IAC: u8 = 255;
@@ -245,7 +243,7 @@ fn real_telnet_ctrl_c_in_raw_mode_relays_nothing_and_telnet_hears_on() {
 }
 
 /// Joins `r` (guest1) and `c` (guest2) and returns them with `c`'s welcome line read.
-fn two_in_chat(server: &Server) -> (chat_support::Client, chat_support::Client) {
+fn two_in_chat(server: &Server) -> (chat::Client, chat::Client) {
     let (mut r, r_name) = server.join();
     let (c, c_name) = server.join();
     assert_eq!((r_name.as_str(), c_name.as_str()), ("guest1", "guest2"));
@@ -255,7 +253,7 @@ fn two_in_chat(server: &Server) -> (chat_support::Client, chat_support::Client) 
 
 /// Proves that nothing reached `c` since its last read: `r` sends a probe line, which must be
 /// the very next thing `c` reads.
-fn nothing_else_for(c: &mut chat_support::Client, r: &mut chat_support::Client) {
+fn nothing_else_for(c: &mut chat::Client, r: &mut chat::Client) {
     r.send("probe\n");
     c.expect("<guest1> probe\n");
 }

@@ -2,14 +2,12 @@
 //! too-slow notices that used to end in a bare LF; raw mode keeps LF. Runs the built binary so
 //! the tests can wait on its log.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon};
+use crate::common::{self, Client, Daemon};
 
 const WELCOME_1: &str = "* welcome to relayd, you are guest1 (1 online) — /help for commands\r\n";
 const WELCOME_2: &str = "* welcome to relayd, you are guest2 (2 online) — /help for commands\r\n";

@@ -2,8 +2,6 @@
 //! `--console` whose stdout nobody reads, idle admin connections, and startup values too large
 //! to use.
 
-mod chat_support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -11,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use chat_support::{Server, chat_config, common, socket_path};
+use crate::common;
+use crate::common::chat::{Server, chat_config, socket_path};
 
 /// Defect: a name made of digits only (`/nick 7`) made `kick 7` ambiguous between client id 7
 /// and the user named 7. Proves: `/nick 7` and `/nick 42` are refused with exactly the message

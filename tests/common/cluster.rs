@@ -1,7 +1,5 @@
-//! A `redis-server` and relayd nodes of the test's own, for the cluster tests
-//! (`tests/cluster.rs`, raw mode; `tests/cluster_chat.rs`, chat mode).
-
-#![allow(dead_code)]
+//! A `redis-server` and relayd nodes of the test's own, for the cluster tests (`cluster`, raw
+//! mode; `cluster_chat`, chat mode).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -10,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Client, Daemon, admin_command, eventually, stat_in, temp_path};
+use super::{Client, Daemon, admin_command, eventually, stat_in, temp_path};
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -3,8 +3,6 @@
 //! more they sent is relayed. Run against the built binary, whose memory and log the tests
 //! read.
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -14,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{AdminConn, Client, Daemon, TIMEOUT, connect_small_rcvbuf, numbered_lines};
+use crate::common::{
+    self, AdminConn, Client, Daemon, TIMEOUT, connect_small_rcvbuf, numbered_lines,
+};
 
 const KIB: u64 = 1024;
 const MIB: usize = 1 << 20;

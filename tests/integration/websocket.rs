@@ -1,17 +1,13 @@
 //! Browsers' clients: WebSocket clients (tungstenite's own client) and `--ws-bind`'s HTTP
 //! front, against the real binary, beside TCP clients in the same rooms.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{
-    Client, Daemon, TIMEOUT, admin_command, eventually, temp_path, try_ws_connect, ws_connect,
-    ws_text,
-};
+use crate::common::ws::{try_ws_connect, ws_connect, ws_text};
+use crate::common::{self, Client, Daemon, TIMEOUT, admin_command, eventually, temp_path};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 

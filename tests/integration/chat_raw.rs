@@ -1,9 +1,7 @@
 //! Raw mode (the default) with the issue-4 features around it: byte-for-byte as before, no
 //! welcome or prefixes; `--history` and `--rate` per line.
 
-mod chat_support;
-
-use chat_support::Server;
+use crate::common::chat::{Server, wait_until};
 use relayd::Config;
 use relayd::Rate;
 
@@ -75,7 +73,7 @@ fn raw_rate_limit() {
     assert_eq!(c.bytes(4), b"1\n2\n");
     a.send("4\n");
     // Line 4 is dropped too (the count moves after any warning is queued)...
-    chat_support::wait_until("line 4 dropped", || server.stat("dropped_rate_limit") == 2);
+    wait_until("line 4 dropped", || server.stat("dropped_rate_limit") == 2);
     // ...without a second warning: a's next bytes are b's lines. b has its own bucket.
     b.send("x\ny\n");
     assert_eq!(a.bytes(4), b"x\ny\n");

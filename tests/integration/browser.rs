@@ -7,13 +7,11 @@
 //! test's probe line arrives, then types a line into its own input and reports what its DOM
 //! shows for the probe. The test reads all of it over TCP.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Killed, temp_path};
+use crate::common::{Daemon, Killed, temp_path};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const FIREFOX: &str = "/usr/bin/firefox-esr";

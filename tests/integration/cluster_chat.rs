@@ -5,14 +5,12 @@
 //! and relayd binaries pointed at it. No sleeps as synchronisation: a test waits until a
 //! node's `/who` or `/rooms` shows what the others told it before it relies on it.
 
-mod cluster_support;
-mod common;
-
 use std::thread;
 use std::time::Duration;
 
-use cluster_support::{Node, Redis};
-use common::{Client, eventually, numbered_lines, ws_connect, ws_text};
+use crate::common::cluster::{Node, Redis};
+use crate::common::ws::{ws_connect, ws_text};
+use crate::common::{Client, eventually, numbered_lines};
 
 fn line(c: &mut Client) -> String {
     String::from_utf8(c.line()).unwrap()

@@ -4,8 +4,6 @@
 //! operator's terminal, and a few smaller holes. Every hostile client is bounded in count and
 //! in time, talks to 127.0.0.0/8 only, and stops by itself.
 
-mod chat_support;
-
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Shutdown as SocketShutdown, SocketAddr, TcpStream};
@@ -18,7 +16,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use chat_support::common::{self, Daemon, admin_command};
+use crate::common::{self, Daemon, admin_command, chat};
 use relayd::Config;
 use relayd::Rate;
 
@@ -203,12 +201,12 @@ fn numbered_lines(count: usize, size: usize) -> Vec<u8> {
 #[test]
 fn auth_deadline_counts_from_connect_however_fast_bytes_trickle_in() {
     let auth_timeout = Duration::from_secs(1);
-    let server = chat_support::Server::start(secret_config(auth_timeout));
+    let server = chat::Server::start(secret_config(auth_timeout));
     let connected = Instant::now();
     let stream = TcpStream::connect(server.addr).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let hostile = trickle(stream.try_clone().unwrap(), Arc::clone(&stop));
-    let mut c = chat_support::Client::new(stream);
+    let mut c = chat::Client::new(stream);
     let notice = c.line();
     let took = connected.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -228,13 +226,13 @@ fn auth_deadline_counts_from_connect_however_fast_bytes_trickle_in() {
 /// closes it.
 #[test]
 fn an_unauthenticated_client_is_listed_without_a_room_and_can_be_kicked() {
-    let server = chat_support::Server::start(secret_config(Duration::from_secs(60)));
+    let server = chat::Server::start(secret_config(Duration::from_secs(60)));
     let stream = TcpStream::connect(server.addr).unwrap();
     let me = stream.local_addr().unwrap().to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let hostile = trickle(stream.try_clone().unwrap(), Arc::clone(&stop));
-    let mut c = chat_support::Client::new(stream);
-    let deadline = Instant::now() + chat_support::TIMEOUT;
+    let mut c = chat::Client::new(stream);
+    let deadline = Instant::now() + chat::TIMEOUT;
     let row = loop {
         let listing = server.admin("clients");
         if let Some(row) = listing
@@ -503,7 +501,7 @@ fn ctl(path: &Path, args: &[&str]) -> Output {
 /// `relayd ctl broadcast "done<sep>kick 2 pwned"` against a raw-mode daemon with two
 /// clients: refused with one error line, and neither broadcast nor kick happens.
 fn ctl_refuses_line_break(sep: &str) {
-    let admin = chat_support::socket_path();
+    let admin = chat::socket_path();
     let _cleanup = RemoveOnDrop(admin.clone());
     let d = Daemon::spawn(&["--admin", admin.to_str().unwrap()]);
     let mut c1 = d.connect();
@@ -554,7 +552,7 @@ fn is_who(line: &str) -> bool {
 }
 
 /// Lines `c` reads until the answer to the `/who` it sends now (which it does not return).
-fn lines_until_who(c: &mut chat_support::Client) -> Vec<String> {
+fn lines_until_who(c: &mut chat::Client) -> Vec<String> {
     c.send("/who\n");
     let mut lines = Vec::new();
     loop {
@@ -574,12 +572,12 @@ fn lines_until_who(c: &mut chat_support::Client) -> Vec<String> {
 /// dropped` (or `/join dropped`) once per 10 s at most.
 #[test]
 fn rate_limit_covers_the_notices_commands_cause() {
-    let server = chat_support::Server::start(Config {
+    let server = chat::Server::start(Config {
         rate: Some(Rate {
             lines: 5,
             seconds: 10,
         }),
-        ..chat_support::chat_config()
+        ..chat::chat_config()
     });
     let [mut listener, mut nicks, mut joins] = server.join_three();
     let start = Instant::now();
@@ -704,14 +702,14 @@ fn console_output_has_no_control_characters() {
 /// the final `\n`.
 #[test]
 fn kick_reason_is_cleaned_of_control_characters() {
-    let server = chat_support::Server::start(chat_support::chat_config());
+    let server = chat::Server::start(chat::chat_config());
     let (mut a, _) = server.join();
     let (mut b, _) = server.join();
     a.expect("* guest2 joined (2 online)\n");
     b.send("/nick bob\n");
     b.expect("* you are now bob\n");
     a.expect("* guest2 is now bob\n");
-    let mut admin = chat_support::Admin::connect(&server);
+    let mut admin = chat::Admin::connect(&server);
     assert_eq!(admin.command("kick bob \x1b[31mspam\x07!"), "ok\n");
     let notice = a.line_bytes();
     assert_eq!(
@@ -730,7 +728,7 @@ fn kick_reason_is_cleaned_of_control_characters() {
 /// gets `relayd: server full (1 clients)` and end of stream, and `refused_full` is 1.
 #[test]
 fn refused_full_counts_refusals_with_a_secret() {
-    let server = chat_support::Server::start(Config {
+    let server = chat::Server::start(Config {
         max_clients: 1,
         ..secret_config(Duration::from_secs(60))
     });
@@ -781,7 +779,7 @@ fn a_secret_longer_than_max_line_is_refused_at_startup() {
 /// exits 0 within 5 s of SIGTERM, and B keeps running and answering `stats` on the path.
 #[test]
 fn sigterm_does_not_hang_when_the_admin_path_belongs_to_another_daemon() {
-    let path: PathBuf = chat_support::socket_path();
+    let path: PathBuf = chat::socket_path();
     let _cleanup = RemoveOnDrop(path.clone());
     let p = path.to_str().unwrap();
     let mut a = Daemon::spawn(&["--admin", p]);
@@ -828,7 +826,7 @@ fn sigterm_does_not_hang_when_the_admin_path_belongs_to_another_daemon() {
 fn clients_that_sent_one_long_line_do_not_keep_its_size() {
     const CLIENTS: usize = 400;
     const LINE: usize = 60 * 1024;
-    let admin = chat_support::socket_path();
+    let admin = chat::socket_path();
     let _cleanup = RemoveOnDrop(admin.clone());
     let d = Daemon::spawn(&[
         "--max-line",

@@ -10,8 +10,6 @@
 //! 2,000 clients at once raises this process's descriptor limit, so it lives alone in
 //! `tests/faults_many_clients.rs`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,7 +17,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon, eventually, numbered_lines, reset};
+use crate::common::{Client, Daemon, eventually, numbered_lines, reset};
 
 /// A small seeded generator (splitmix64), so every run sends the same "random" bytes and a
 /// failure can be replayed.

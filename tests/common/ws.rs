@@ -1,0 +1,45 @@
+//! WebSocket clients (tungstenite's own client) of a daemon's `--ws-bind` port, for the
+//! browser-side tests (`websocket`, `cluster_chat`).
+
+use std::net::{SocketAddr, TcpStream};
+
+use super::TIMEOUT;
+
+/// A WebSocket client of `addr`'s `/ws` (with an `Origin` header if given), its reads bounded
+/// by [`TIMEOUT`]; the handshake's failure as an error.
+pub fn try_ws_connect(
+    addr: SocketAddr,
+    origin: Option<&str>,
+) -> Result<tungstenite::WebSocket<TcpStream>, tungstenite::Error> {
+    use tungstenite::client::IntoClientRequest;
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    match tungstenite::client(request, sock) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(e) => panic!("handshake interrupted: {e}"),
+    }
+}
+
+/// [`try_ws_connect`], failing the test if the handshake fails.
+pub fn ws_connect(addr: SocketAddr, origin: Option<&str>) -> tungstenite::WebSocket<TcpStream> {
+    try_ws_connect(addr, origin).unwrap_or_else(|e| panic!("websocket handshake: {e}"))
+}
+
+/// The next text message (pings are answered by tungstenite as it reads).
+pub fn ws_text(ws: &mut tungstenite::WebSocket<TcpStream>) -> String {
+    use tungstenite::Message;
+    loop {
+        match ws.read().expect("a message") {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
