@@ -61,6 +61,10 @@
 //! - `cluster-pub`, `cluster-sub`, `cluster-beat` (`cluster`, with `--redis`): the publisher,
 //!   the subscriber and the heartbeat; end at shutdown, after the farewell.
 
+// Every `unsafe` block is in `sys`, each with the reason it is sound.
+#![deny(unsafe_code)]
+#![warn(unreachable_pub, clippy::undocumented_unsafe_blocks)]
+
 mod client;
 mod cluster;
 mod config;
@@ -73,6 +77,7 @@ mod server;
 mod shutdown;
 mod stats;
 mod sync;
+#[allow(unsafe_code)]
 mod sys;
 mod systemd;
 mod transport;

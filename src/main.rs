@@ -1,6 +1,8 @@
 //! The `relayd` command: parses the command line, sets up logging and signals, binds the
 //! listeners (or takes those systemd passed), and runs the server until SIGINT or SIGTERM.
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 use std::io::Write;

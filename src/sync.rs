@@ -11,28 +11,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub fn read<T>(rwlock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(rwlock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     rwlock.read().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn write<T>(rwlock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(rwlock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     rwlock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `condvar.wait(guard)`.
-pub fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+pub(crate) fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
     condvar.wait(guard).unwrap_or_else(|e| e.into_inner())
 }
 
 /// `condvar.wait_timeout(guard, timeout)`, without saying whether it timed out (callers look
 /// at the data).
-pub fn wait_timeout<'a, T>(
+pub(crate) fn wait_timeout<'a, T>(
     condvar: &Condvar,
     guard: MutexGuard<'a, T>,
     timeout: Duration,
@@ -44,7 +44,7 @@ pub fn wait_timeout<'a, T>(
 }
 
 /// `condvar.wait_while(guard, waiting)`.
-pub fn wait_while<'a, T>(
+pub(crate) fn wait_while<'a, T>(
     condvar: &Condvar,
     guard: MutexGuard<'a, T>,
     waiting: impl FnMut(&mut T) -> bool,
@@ -56,7 +56,7 @@ pub fn wait_while<'a, T>(
 
 /// Waits on `condvar` while `waiting` holds for the guarded data, until `deadline` at the
 /// latest; returns the guard either way, for the caller to look at what it found.
-pub fn wait_while_until<'a, T>(
+pub(crate) fn wait_while_until<'a, T>(
     condvar: &Condvar,
     mut guard: MutexGuard<'a, T>,
     deadline: Instant,
@@ -75,11 +75,11 @@ pub fn wait_while_until<'a, T>(
 /// One of at most `max` places counted in a shared count, given back when dropped: however
 /// its holder ends, a panic or a thread that never started included.
 #[derive(Debug)]
-pub struct Counted(Arc<AtomicUsize>);
+pub(crate) struct Counted(Arc<AtomicUsize>);
 
 impl Counted {
     /// Takes a place in `count`, unless `max` are taken already.
-    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Counted> {
+    pub(crate) fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Counted> {
         if count.fetch_add(1, Ordering::AcqRel) >= max {
             count.fetch_sub(1, Ordering::AcqRel);
             return None;

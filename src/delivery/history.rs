@@ -33,7 +33,7 @@ pub(crate) struct Entry {
 }
 
 #[derive(Debug)]
-pub struct History {
+pub(crate) struct History {
     /// Lines to keep; 0 keeps nothing.
     cap: usize,
     /// Chunks, oldest first.
@@ -43,7 +43,7 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(cap: usize) -> History {
+    pub(crate) fn new(cap: usize) -> History {
         History {
             cap,
             chunks: VecDeque::new(),
@@ -106,7 +106,7 @@ impl History {
     }
 
     /// The last `cap` lines, oldest first.
-    pub fn replay(&self) -> Vec<Chunk> {
+    pub(crate) fn replay(&self) -> Vec<Chunk> {
         let mut out: Vec<Chunk> = self.chunks.iter().map(|e| e.chunk.unstamped()).collect();
         let excess = self.lines.saturating_sub(self.cap);
         if excess > 0 {

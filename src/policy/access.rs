@@ -130,7 +130,7 @@ impl Rules {
 
 /// Parses a rules file: one entry per line; blank lines and `#` comments are ignored.
 /// Errors name the line, for the startup error message.
-pub fn parse_rules_file(text: &str) -> Result<Vec<Net>, String> {
+pub(crate) fn parse_rules_file(text: &str) -> Result<Vec<Net>, String> {
     let mut nets = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let entry = line.split('#').next().unwrap_or("").trim();

@@ -8,7 +8,7 @@ use std::fs;
 use crate::framing::without_line_end;
 
 /// Reads the secret: the file's first line, without its `\n` or `\r\n`, nothing else trimmed.
-pub fn load(path: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn load(path: &str) -> Result<Vec<u8>, String> {
     let text = fs::read(path).map_err(|e| format!("--secret-file {path}: {e}"))?;
     let secret = without_line_end(text.split_inclusive(|&b| b == b'\n').next().unwrap_or(b""));
     if secret.is_empty() {

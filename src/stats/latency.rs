@@ -19,7 +19,7 @@ const BOUNDS_US: [u64; 17] = [
 ];
 
 #[derive(Debug)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Observations per bucket, not cumulative; the last one is `+Inf`.
     buckets: [AtomicU64; BOUNDS_US.len() + 1],
     sum_ns: AtomicU64,
@@ -38,7 +38,7 @@ impl Histogram {
     /// Records `lines` lines that each waited `waited` (the lines of one chunk, read at
     /// once and written to one recipient at once).
     // Called by the delivery path, where a chunk's last byte reaches a recipient's socket.
-    pub fn observe(&self, waited: Duration, lines: u64) {
+    pub(crate) fn observe(&self, waited: Duration, lines: u64) {
         if lines == 0 {
             return;
         }
@@ -54,7 +54,7 @@ impl Histogram {
     }
 
     /// Appends the histogram in the Prometheus text format (0.0.4), in seconds, as `name`.
-    pub fn expose(&self, name: &str, help: &str, out: &mut String) {
+    pub(crate) fn expose(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::stats::latency::Histogram;
 
 #[derive(Debug)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub started: Instant,
     pub peak_clients: AtomicU64,
     pub accepted: AtomicU64,
@@ -63,7 +63,7 @@ impl Default for Stats {
 }
 
 /// `counter += n`, relaxed.
-pub fn add(counter: &AtomicU64, n: u64) {
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -74,7 +74,7 @@ fn get(counter: &AtomicU64) -> u64 {
 impl Stats {
     /// The `stats` answer: one `key value` line each, in a fixed order. `clients` and `rooms`
     /// are the registry's, passed in because they are not counters.
-    pub fn report(&self, clients: usize, rooms: usize) -> String {
+    pub(crate) fn report(&self, clients: usize, rooms: usize) -> String {
         let rows: [(&str, u64); 19] = [
             ("uptime_seconds", self.started.elapsed().as_secs()),
             ("clients", clients as u64),

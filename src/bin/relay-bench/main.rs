@@ -10,6 +10,10 @@
 //! - [`report`]: one run's results, as a table row or JSON; [`compare`]: `--compare` ratios.
 //! - [`sys`]: epoll and friends.
 
+// Every `unsafe` block is in `sys`, each with the reason it is sound.
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod compare;
 mod histogram;
 mod params;
@@ -19,6 +23,7 @@ mod receiver;
 mod report;
 mod scenario;
 mod sender;
+#[allow(unsafe_code)]
 mod sys;
 mod target;
 

@@ -27,9 +27,8 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by epoll_create1 and nobody else owns it.
-        Ok(Epoll {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd })
     }
 
     /// Watches `fd` for input (and hang-up), reporting it with `token`.
