@@ -92,6 +92,9 @@ fn http_status(addr: SocketAddr, request: &[u8]) -> String {
 fn raw_lines_cross_between_websocket_and_tcp() {
     let b = Browsers::spawn(&[]);
     let mut nc = b.tcp();
+    // Admitted before the browser connects: the two come through different listeners, so
+    // their order in `clients` (asserted below) is otherwise a race.
+    b.wait_clients(1);
     let mut ws = b.ws();
     b.wait_clients(2);
     send(&mut ws, "from the browser");
