@@ -28,10 +28,21 @@ impl Manager {
     /// The next notification, one `KEY=VALUE` per line.
     fn next(&self) -> String {
         let mut buf = [0; 4096];
-        let n = self
-            .sock
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no notification within {TIMEOUT:?}: {e}"));
+        let deadline = Instant::now() + TIMEOUT;
+        let n = loop {
+            match self.sock.recv(&mut buf) {
+                Ok(n) => break n,
+                // A signal meant for another test's thread in this process (all the tests now
+                // share one) interrupted the wait: wait out the rest of the deadline.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    assert!(!left.is_zero(), "no notification within {TIMEOUT:?}: {e}");
+                    self.sock.set_read_timeout(Some(left)).unwrap();
+                }
+                Err(e) => panic!("no notification within {TIMEOUT:?}: {e}"),
+            }
+        };
+        self.sock.set_read_timeout(Some(TIMEOUT)).unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
     }
 
