@@ -399,3 +399,38 @@ fn secret_and_max_clients_apply_to_websocket_clients() {
     assert_eq!(texts, ["relayd: server full (2 clients)"]);
     let _ = std::fs::remove_file(&secret);
 }
+
+/// Issue 19, point 4: a page pasted a link's `?name=` after `/nick `, and a `%0A` in it made
+/// the message several lines, each run or relayed: the visitor posted lines and commands they
+/// never typed. Proves: in chat mode a message that starts with a command and goes on past
+/// that line is refused whole (`relayd: a command is one line`): the room hears nothing of it,
+/// no private message is sent, the name is unchanged; a plain message of several lines is
+/// still several lines.
+#[test]
+fn a_command_with_more_lines_in_one_message_is_refused_whole() {
+    let b = Browsers::spawn(&["--chat"]);
+    let mut observer = b.tcp();
+    observer.line();
+    observer.send(b"/nick observer\n");
+    observer.expect(b"* you are now observer\n");
+    let mut ws = b.ws();
+    assert!(ws_text(&mut ws).starts_with("* welcome to relayd, you are guest2 "));
+    observer.expect(b"* guest2 joined (2 online)\n");
+
+    send(
+        &mut ws,
+        "/nick alice\nI was made to say this\n/msg observer hi",
+    );
+    assert_eq!(ws_text(&mut ws), "relayd: a command is one line");
+    send(&mut ws, "/join lobby\r\n/me also this");
+    assert_eq!(ws_text(&mut ws), "relayd: a command is one line");
+    b.d.wait_log("starting with a command refused");
+    // Lines are handled in the order they came: had anything of the refused messages been
+    // relayed, sent privately or renamed the sender, it would come before these.
+    send(&mut ws, "plain\ntext");
+    observer.expect(b"<guest2> plain\n");
+    observer.expect(b"<guest2> text\n");
+    send(&mut ws, "/nick alice");
+    assert_eq!(ws_text(&mut ws), "* you are now alice");
+    observer.expect(b"* guest2 is now alice\n");
+}
