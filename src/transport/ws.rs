@@ -73,6 +73,7 @@ struct Frames {
 }
 
 impl Frames {
+    /// Follows `bytes`, just handed to tungstenite.
     fn handed(&mut self, mut bytes: &[u8]) {
         let request = self.request.min(bytes.len());
         self.request -= request;
