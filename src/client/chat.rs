@@ -77,6 +77,13 @@ pub fn parse(line: &[u8]) -> Input {
     }
 }
 
+/// Whether `message`, a browser's message as lines each ending with `\n`, is a command
+/// followed by more lines: a command is one line (see `Client::command_with_more_lines`).
+pub(crate) fn command_with_more_lines(message: &[u8]) -> bool {
+    let mut lines = message.split_inclusive(|&b| b == b'\n');
+    matches!(lines.next().map(parse), Some(Input::Command { .. })) && lines.next().is_some()
+}
+
 /// A valid room name: 1–32 letters, digits, `_`, `-` or `.`.
 pub(crate) fn valid_room(name: &str) -> bool {
     is_token(name, MAX_NAME)
@@ -356,5 +363,16 @@ mod tests {
         assert!(reserved("Guest12"));
         assert!(!reserved("guest"));
         assert!(!reserved("guest1a"));
+    }
+
+    #[test]
+    fn a_command_is_one_line() {
+        assert!(command_with_more_lines(b"/nick a\nhi\n"));
+        assert!(command_with_more_lines(b"/nick a\n\n"));
+        assert!(command_with_more_lines(b"\x07/me x\n/msg b hi\n"));
+        assert!(!command_with_more_lines(b"/nick a\n"));
+        assert!(!command_with_more_lines(b"//not a command\nhi\n"));
+        assert!(!command_with_more_lines(b"hi\n/nick a\n"));
+        assert!(!command_with_more_lines(b""));
     }
 }

@@ -188,6 +188,9 @@ impl Client {
             if let Some(why) = self.peer().cut_off() {
                 return why;
             }
+            if self.command_with_more_lines(&buf) {
+                continue;
+            }
             self.take(&buf);
             // A WebSocket message can grow the buffer to --max-line; like `lines`, it does
             // not keep that peak (a TCP read never grows it past READ_BUF).
@@ -204,6 +207,29 @@ impl Client {
                 return why;
             }
         }
+    }
+
+    /// Refuses, whole, a browser's chat message that starts with a command and goes on past
+    /// its first line. A page may paste a link's parameter after `/nick `, and a `%0A` in it
+    /// would otherwise make the visitor post lines and run commands they never typed. Plain
+    /// text of several lines is still several lines.
+    fn command_with_more_lines(&self, message: &[u8]) -> bool {
+        if !matches!(
+            (&self.transport, &self.phase),
+            (Transport::Ws(_), Phase::Chat(_))
+        ) || !chat::command_with_more_lines(message)
+        {
+            return false;
+        }
+        let peer = self.peer();
+        warn!(
+            "client {}: a message of {} lines starting with a command refused",
+            peer.id(),
+            memchr_iter(b'\n', message).count()
+        );
+        let notice = self.daemon.notices().error("a command is one line");
+        self.daemon.send_to(peer, &notice, 0);
+        true
     }
 
     /// Frames the bytes of one read into `lines` (taking telnet's commands out first, unless

@@ -321,15 +321,25 @@ pub fn ctl(path: &Path, command: &str) -> io::Result<String> {
     }
     let mut stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(format!("{command}\n").as_bytes())?;
+    // A daemon that refuses the connection (too many admin connections) answers and closes
+    // at once, often before the command is written: its answer, still readable, says more
+    // than the write's `Broken pipe`.
+    let written = stream.write_all(format!("{command}\n").as_bytes());
     let mut answer = String::new();
     for line in BufReader::new(stream).lines() {
-        let line = line?;
+        let line = match (line, &written) {
+            (Ok(line), _) => line,
+            (Err(e), Ok(())) => return Err(e),
+            (Err(_), Err(_)) => break,
+        };
         if line.is_empty() {
             break;
         }
         answer.push_str(&line);
         answer.push('\n');
     }
-    Ok(answer)
+    match written {
+        Err(e) if answer.is_empty() => Err(e),
+        _ => Ok(answer),
+    }
 }

@@ -15,7 +15,7 @@
 //! pre-built frames; relayd's own pings too.
 
 use std::cell::RefCell;
-use std::io::{self, Read, Write};
+use std::io::{self, Cursor, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,9 @@ use log::{debug, info};
 use tungstenite::handshake::HandshakeError;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode, Uri};
-use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::OpCode;
+use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error, Message, WebSocket};
 
 use crate::config::Config;
@@ -40,6 +42,81 @@ use crate::transport::ReadError;
 /// (its default is 128 KiB): an idle browser must cost little more than an idle `nc`.
 const READ_BUFFER: usize = 4096;
 
+/// How long a frame header can be (RFC 6455, 5.2): 2 bytes, 8 of length, 4 of mask.
+const MAX_HEADER: usize = 14;
+
+/// Where the bytes handed to tungstenite stand in the stream of frames, followed with
+/// tungstenite's own header parser (payloads are only counted).
+///
+/// Why: tungstenite's input buffer grows to hold the longest frame it has read and never
+/// shrinks, so a browser that once sent a long message would keep that much memory for the
+/// rest of its life. tungstenite offers no way to shrink it, nor to take out what it has
+/// buffered; it can only be rebuilt around the same stream, and that is safe only when it
+/// holds nothing: when it asks for more bytes although those handed so far end at a frame's
+/// end and no message is unfinished (it never asks while a whole frame is buffered).
+#[derive(Default)]
+struct Frames {
+    /// Bytes of the HTTP request head still to be handed (the handshake's): not frames.
+    request: usize,
+    /// The start of a frame header whose rest has not been handed yet.
+    header: Vec<u8>,
+    /// Payload bytes of the current frame not handed yet.
+    payload: u64,
+    /// A fragmented data message has not had its final frame.
+    fragmented: bool,
+    /// A frame longer than [`READ_BUFFER`] was handed since tungstenite was (re)built: its
+    /// buffer has grown.
+    grown: bool,
+    /// A header the parser refused: tungstenite fails the connection on it; nothing is
+    /// rebuilt.
+    broken: bool,
+}
+
+impl Frames {
+    /// Follows `bytes`, just handed to tungstenite.
+    fn handed(&mut self, mut bytes: &[u8]) {
+        let request = self.request.min(bytes.len());
+        self.request -= request;
+        bytes = &bytes[request..];
+        while !bytes.is_empty() && !self.broken {
+            if self.payload > 0 {
+                let n = self.payload.min(bytes.len() as u64) as usize;
+                self.payload -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let had = self.header.len();
+            let take = (MAX_HEADER - had).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..take]);
+            let mut cursor = Cursor::new(self.header.as_slice());
+            match FrameHeader::parse(&mut cursor) {
+                Ok(Some((header, len))) => {
+                    bytes = &bytes[cursor.position() as usize - had..];
+                    self.header.clear();
+                    self.payload = len;
+                    if let OpCode::Data(_) = header.opcode {
+                        self.fragmented = !header.is_final;
+                    }
+                    self.grown |= len > READ_BUFFER as u64;
+                }
+                Ok(None) => bytes = &bytes[take..],
+                Err(_) => self.broken = true,
+            }
+        }
+    }
+
+    /// Whether tungstenite, asking for more bytes now, holds a buffer grown for a long frame
+    /// and nothing in it.
+    fn drained_after_long_frame(&self) -> bool {
+        self.grown
+            && self.request == 0
+            && self.header.is_empty()
+            && self.payload == 0
+            && !self.fragmented
+            && !self.broken
+    }
+}
+
 /// The stream under the reader's `WebSocket` (see the module's note).
 pub(crate) struct Duplex {
     sock: Arc<TcpStream>,
@@ -52,10 +129,29 @@ pub(crate) struct Duplex {
     /// set just before the socket is read, not for each message, since tungstenite often
     /// has the next message buffered already.
     wake: Option<Instant>,
+    frames: Frames,
+    /// Set when a read was refused so that the `WebSocket` is rebuilt (see [`Frames`]).
+    rebuild: bool,
 }
 
-impl Read for Duplex {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Duplex {
+    /// Everything of this one, left in its place in a Duplex on the same socket that is to
+    /// be dropped.
+    fn take(&mut self) -> Duplex {
+        let empty = Duplex {
+            sock: Arc::clone(&self.sock),
+            head: Vec::new(),
+            at: 0,
+            queue: None,
+            wake: None,
+            frames: Frames::default(),
+            rebuild: false,
+        };
+        std::mem::replace(self, empty)
+    }
+
+    /// The head's bytes first, then the socket's.
+    fn read_on(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.at < self.head.len() {
             let n = buf.len().min(self.head.len() - self.at);
             buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
@@ -73,6 +169,18 @@ impl Read for Duplex {
             let _ = self.sock.set_read_timeout(Some(wait));
         }
         (&*self.sock).read(buf)
+    }
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.frames.drained_after_long_frame() {
+            self.rebuild = true;
+            return Err(io::Error::other("the read buffer is to be given back"));
+        }
+        let n = self.read_on(buf)?;
+        self.frames.handed(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -173,12 +281,22 @@ pub(crate) fn handshake(
         .write_buffer_size(0)
         .max_message_size(Some(config.max_line))
         .max_frame_size(Some(config.max_line));
+    // What follows the request head in it is the client's first frames.
+    let request = super::http::parse(&head)
+        .ok()
+        .flatten()
+        .map_or(head.len(), |r| r.len);
     let duplex = Duplex {
         sock,
         head,
         at: 0,
         queue: None,
         wake: None,
+        frames: Frames {
+            request,
+            ..Frames::default()
+        },
+        rebuild: false,
     };
     match tungstenite::accept_hdr_with_config(duplex, check, Some(ws_config)) {
         Ok(socket) => Ok(socket),
@@ -252,6 +370,10 @@ impl Ws {
             self.socket.get_mut().wake = Some(deadline.map_or(ping_due, |d| d.min(ping_due)));
             let message = match self.socket.read() {
                 Ok(message) => message,
+                Err(Error::Io(_)) if self.socket.get_ref().rebuild => {
+                    self.rebuild();
+                    continue;
+                }
                 Err(Error::Io(e))
                     if crate::sys::timed_out(&e) || e.kind() == io::ErrorKind::Interrupted =>
                 {
@@ -284,6 +406,17 @@ impl Ws {
                 Message::Frame(_) => {}
             }
         }
+    }
+
+    /// A fresh `WebSocket` on the same stream, with a buffer of [`READ_BUFFER`] again, in
+    /// place of one that holds nothing but has grown for a long frame (see [`Frames`]).
+    fn rebuild(&mut self) {
+        let config = *self.socket.get_config();
+        let mut duplex = self.socket.get_mut().take();
+        duplex.frames.grown = false;
+        duplex.rebuild = false;
+        debug!("websocket: read buffer given back after a long frame");
+        self.socket = WebSocket::from_raw_socket(duplex, Role::Server, Some(config));
     }
 
     /// How long a read may wait for a message: `None` for ever.
@@ -345,6 +478,77 @@ mod origin_tests {
         ] {
             let err = check_origin(bad).unwrap_err();
             assert!(err.starts_with("--ws-origin "), "{bad}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod frames_tests {
+    use super::{Frames, READ_BUFFER};
+
+    /// A client's (masked) frame: `first` is FIN and the opcode.
+    fn frame(first: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![first];
+        match len {
+            0..=125 => f.push(0x80 | len as u8),
+            126..=65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f.resize(f.len() + len, b'a');
+        f
+    }
+
+    /// Hands `stream` over in pieces of `step` bytes; returns after which bytes (their
+    /// count) tungstenite would hold nothing but a grown buffer.
+    fn drained_at(request: usize, stream: &[u8], step: usize) -> Vec<usize> {
+        let mut frames = Frames {
+            request,
+            ..Frames::default()
+        };
+        let mut at = Vec::new();
+        for (i, piece) in stream.chunks(step).enumerate() {
+            frames.handed(piece);
+            if frames.drained_after_long_frame() {
+                at.push(i * step + piece.len());
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn drained_only_at_the_end_of_a_message_after_a_long_frame() {
+        let head = b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let short = frame(0x81, 5);
+        let long = frame(0x81, READ_BUFFER + 1);
+        let huge = frame(0x81, 70_000);
+        let ping = frame(0x89, 3);
+        let (fragment, last) = (frame(0x01, READ_BUFFER * 2), frame(0x80, 10));
+        for step in [1, 3, 7, 14, 4096, usize::MAX] {
+            let stream = [&head[..], &short, &long, &ping].concat();
+            let end = stream.len();
+            // The head is the handshake's, not a frame, whatever its bytes look like.
+            let after_long = head.len() + short.len() + long.len();
+            let want: Vec<usize> = [after_long, end]
+                .into_iter()
+                .filter(|&n| n % step.min(end) == 0 || n == end)
+                .collect();
+            assert_eq!(drained_at(head.len(), &stream, step), want, "step {step}");
+
+            // Never while a fragmented message is unfinished, pings between its frames or not.
+            let stream = [&fragment[..], &ping, &last].concat();
+            assert_eq!(drained_at(0, &stream, step), [stream.len()], "step {step}");
+
+            // Nothing is drained before a long frame, nor after short ones.
+            let stream = [&short[..], &short].concat();
+            assert!(drained_at(0, &stream, step).is_empty(), "step {step}");
+            assert_eq!(drained_at(0, &huge, step), [huge.len()], "step {step}");
         }
     }
 }

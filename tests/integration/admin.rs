@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::common;
 use crate::common::chat::{self, Admin, Server, chat_config, socket_path, wait_until};
 use relayd::{Config, Shutdown};
 
@@ -380,4 +381,45 @@ fn binary_with_console() {
     finished.send(()).unwrap();
     assert!(status.success());
     assert!(!path.exists());
+}
+
+/// Issue 19: `relayd ctl` against a control socket that already serves its 16 connections.
+/// The daemon answers `error: too many admin connections` and closes, often before ctl has
+/// written its command; ctl reported that write's `Broken pipe` instead of the answer. Proves:
+/// ctl prints the daemon's answer and exits 1, every time (a few tries, as the write can
+/// also win the race).
+#[test]
+fn ctl_against_a_full_control_socket_prints_the_daemons_answer() {
+    let path = socket_path();
+    let path_s = path.to_str().unwrap();
+    let d = common::Daemon::spawn(&["--admin", path_s]);
+    // The daemon's limit (admin.rs MAX_CONNECTIONS); each answered command proves its
+    // connection is registered.
+    let full: Vec<_> = (0..16)
+        .map(|_| {
+            let mut conn = common::AdminConn::new(
+                std::os::unix::net::UnixStream::connect(&path).unwrap(),
+                chat::TIMEOUT,
+            );
+            assert!(conn.command("stats").contains("\nclients 0\n"));
+            conn
+        })
+        .collect();
+    for _ in 0..10 {
+        let out = Command::new(env!("CARGO_BIN_EXE_relayd"))
+            .args(["ctl", "--admin", path_s, "stats"])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(
+            (stdout.as_ref(), stderr.as_ref(), out.status.code()),
+            ("error: too many admin connections\n", "", Some(1))
+        );
+    }
+    drop(full);
+    drop(d);
+    let _ = fs::remove_file(&path);
 }

@@ -115,3 +115,68 @@ fn the_page_talks_with_a_tcp_client(name: &str, browser: fn(&str, &Path) -> Chil
     let _ = std::fs::remove_dir_all(&profile);
     assert!(start.elapsed() < BUDGET, "took {:?}", start.elapsed());
 }
+
+/// Issue 19, point 4: opening a link whose `?name=` and `?room=` hold `%0A` made the visitor
+/// post lines, a private message and a `/me` they never typed (the page pasted them after
+/// `/nick ` and `/join `, and relayd split the message at its line ends). Proves, in
+/// Chromium: an observer in the lobby hears the browser join and then only what the page's
+/// own test hook says, under the browser's guest name: nothing of the link's lines, no
+/// `/me`, no private message, no rename. The probe is answered after the welcome (it is
+/// queued behind it), so everything the link could have made the page send comes before the
+/// answer the test waits for.
+#[test]
+fn a_link_cannot_make_the_page_post_lines_or_commands() {
+    let start = Instant::now();
+    let d = Daemon::spawn(&["--ws-bind", "127.0.0.1:0", "--chat"]);
+    let ws = d.ws_addr();
+    let mut nc = d.connect();
+    nc.reader_mut()
+        .get_ref()
+        .set_read_timeout(Some(BUDGET))
+        .unwrap();
+    nc.line();
+    nc.send(b"/nick observer\n");
+    assert_eq!(nc.line(), b"* you are now observer\n");
+    let token = format!("link{}", std::process::id());
+    let profile = temp_path("chromium-link-profile");
+    std::fs::create_dir_all(&profile).unwrap();
+    let url = format!(
+        "http://{ws}/?name=alice%0AI%20was%20made%20to%20say%20this%0A/msg%20observer%20hi\
+         &room=lobby%0A/me%20also%20this&selftest={token}"
+    );
+    let _browser = Killed(chromium(&url, &profile));
+
+    assert_eq!(
+        String::from_utf8_lossy(&nc.line()),
+        "* guest2 joined (2 online)\n"
+    );
+    let ready = format!("<guest2> selftest {token} ready\n");
+    let first = String::from_utf8_lossy(&nc.line()).to_string();
+    assert_eq!(first, ready);
+    nc.send(format!("probe-{token}\n").as_bytes());
+    let typed = format!("<guest2> selftest {token} typed in the page\n");
+    let saw = format!(
+        "<guest2> selftest {token} saw 1 item(s), 0 element(s) inside: <observer> probe-{token}\n"
+    );
+    // Everything the page sent after its first "ready", up to both answers to the probe
+    // (under whatever name it has by then).
+    let answered = |heard: &[String], what: &str| {
+        let what = format!("selftest {token} {what}");
+        heard.iter().any(|l| l.contains(&what))
+    };
+    let mut heard: Vec<String> = Vec::new();
+    while !(answered(&heard, "typed") && answered(&heard, "saw")) {
+        assert!(
+            start.elapsed() < BUDGET,
+            "the page did not report within {BUDGET:?}; it sent {heard:?}"
+        );
+        let line = String::from_utf8_lossy(&nc.line()).to_string();
+        if line != ready {
+            heard.push(line);
+        }
+    }
+    heard.sort();
+    assert_eq!(heard, [saw, typed], "the link made the page send more");
+    drop(_browser);
+    let _ = std::fs::remove_dir_all(&profile);
+}

@@ -398,3 +398,81 @@ fn secret_and_max_clients_apply_to_websocket_clients() {
     assert_eq!(texts, ["relayd: server full (2 clients)"]);
     let _ = std::fs::remove_file(&secret);
 }
+
+/// Issue 19, point 4: a page pasted a link's `?name=` after `/nick `, and a `%0A` in it made
+/// the message several lines, each run or relayed: the visitor posted lines and commands they
+/// never typed. Proves: in chat mode a message that starts with a command and goes on past
+/// that line is refused whole (`relayd: a command is one line`): the room hears nothing of it,
+/// no private message is sent, the name is unchanged; a plain message of several lines is
+/// still several lines.
+#[test]
+fn a_command_with_more_lines_in_one_message_is_refused_whole() {
+    let b = Browsers::spawn(&["--chat"]);
+    let mut observer = b.tcp();
+    observer.line();
+    observer.send(b"/nick observer\n");
+    observer.expect(b"* you are now observer\n");
+    let mut ws = b.ws();
+    assert!(ws_text(&mut ws).starts_with("* welcome to relayd, you are guest2 "));
+    observer.expect(b"* guest2 joined (2 online)\n");
+
+    send(
+        &mut ws,
+        "/nick alice\nI was made to say this\n/msg observer hi",
+    );
+    assert_eq!(ws_text(&mut ws), "relayd: a command is one line");
+    send(&mut ws, "/join lobby\r\n/me also this");
+    assert_eq!(ws_text(&mut ws), "relayd: a command is one line");
+    b.d.wait_log("starting with a command refused");
+    // Lines are handled in the order they came: had anything of the refused messages been
+    // relayed, sent privately or renamed the sender, it would come before these.
+    send(&mut ws, "plain\ntext");
+    observer.expect(b"<guest2> plain\n");
+    observer.expect(b"<guest2> text\n");
+    send(&mut ws, "/nick alice");
+    assert_eq!(ws_text(&mut ws), "* you are now alice");
+    observer.expect(b"* guest2 is now alice\n");
+}
+
+/// Issue 19, point 5: once tungstenite holds nothing after a long frame, relayd rebuilds it
+/// around the same stream to give its grown buffer back. Proves nothing is lost, split or
+/// reordered around that: long messages with short ones right behind them, and a long
+/// message in fragments with a ping between them, reach a TCP client whole and in order, the
+/// browser stays connected, and the buffer was given back after each.
+#[test]
+fn long_messages_among_others_arrive_whole_and_in_order() {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    // -v: the debug log tells when the buffer is given back.
+    let b = Browsers::spawn(&["-v"]);
+    let mut nc = b.tcp();
+    let mut ws = b.ws();
+    b.wait_clients(2);
+    let long = "l".repeat(20_000);
+    // Each pair is read together; each is given time to be handled (and the buffer given
+    // back) before the next comes.
+    for i in 0..3 {
+        ws.write(Message::text(long.as_str())).unwrap();
+        ws.write(Message::text(format!("short {i}"))).unwrap();
+        ws.flush().unwrap();
+        nc.expect(format!("{long}\n").as_bytes());
+        nc.expect(format!("short {i}\n").as_bytes());
+    }
+    let (first, last) = ("f".repeat(9_000), "g".repeat(9_000));
+    let fragment = |text: &str, op, fin| Message::Frame(Frame::message(text.to_string(), op, fin));
+    ws.write(fragment(&first, OpCode::Data(Data::Text), false))
+        .unwrap();
+    ws.write(Message::Ping("between".into())).unwrap();
+    ws.write(fragment(&last, OpCode::Data(Data::Continue), true))
+        .unwrap();
+    ws.write(Message::text("end")).unwrap();
+    ws.flush().unwrap();
+    nc.expect(format!("{first}{last}\n").as_bytes());
+    nc.expect(b"end\n");
+    send(&mut ws, "still here");
+    nc.expect(b"still here\n");
+    // Once after each pair, once after the fragmented message (the ping is no long frame).
+    for _ in 0..4 {
+        b.d.wait_log("read buffer given back");
+    }
+}
