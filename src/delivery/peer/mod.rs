@@ -14,6 +14,9 @@
 //!   and a peer that stays full is cut off by whoever gave up on it. Long chunks leave an
 //!   eighth of the limit to short ones ([`Peer::fits`]), so a flood into a stuck queue does
 //!   not make every chat line wait with it.
+//! - What a client causes for itself (replies to its commands, notices about its own lines,
+//!   pongs) may fill only [`OWN_SHARE`] of the limit ([`Peer::reply`]): a client that never
+//!   reads its replies is cut off on its own account, and everybody else's lines still fit.
 //! - A peer remembers which room membership a chunk was meant for (its `epoch`): a sender that
 //!   picked its recipients before a wait hands a room's line only to those still in the same
 //!   stay in that room, so a line reaches a member at most once and never after it left.
@@ -60,6 +63,12 @@ pub(crate) const CHUNK_COST: usize = 48;
 /// chunks leave free, one `RESERVE_SHARE`th of it: see [`Peer::fits`].
 const SHORT_CHUNK: usize = 1024;
 const RESERVE_SHARE: usize = 8;
+
+/// What a client causes for itself may fill its queue up to one `OWN_SHARE`th of
+/// `--max-pending`, never more: see [`Peer::reply`]. Half, so that others' lines up to
+/// `--max-line` still fit beside it, below the reserve, when `--max-line` is at most 3/8 of
+/// `--max-pending` (64 KiB of 8 MiB by default).
+const OWN_SHARE: usize = 2;
 
 /// How long a sender lets the deliverer take to come round to a peer whose queue only waits
 /// for it before it judges the peer by the slow-consumer policy: see [`Peer::gives_up_at`].
@@ -167,6 +176,15 @@ pub(crate) enum Offer {
     Full,
     /// The slow-consumer policy gives up on the peer: the caller cuts it off.
     Stuck,
+}
+
+/// How much of its queue [`Peer::wait_room`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Share {
+    /// Within [`OWN_SHARE`] of `--max-pending`: before the client causes more for itself.
+    Own,
+    /// Within `--max-pending`.
+    All,
 }
 
 /// How long a sender waits in [`Peer::offer`].
@@ -346,20 +364,51 @@ impl Peer {
         }
     }
 
-    /// Waits until this peer's queue is within `--max-pending` again (it may exceed it by
-    /// what [`Peer::queue_quietly`] added), or the slow-consumer policy gives up on it.
-    /// Returns whether it is.
-    pub(crate) fn wait_room(&self) -> bool {
+    /// Queues `chunk`, which the client caused for itself (a reply to its command, a notice
+    /// about its own line, a pong), once the queue with it stays within [`OWN_SHARE`] of
+    /// `--max-pending` (or is empty). Only the client's own thread calls this, and it waits
+    /// for that as a sender would (see [`Peer::gives_up_at`]), reading nothing from the
+    /// client meanwhile; returns false if the slow-consumer policy gives up first, and the
+    /// caller cuts the client off. Never more than the share: a client that sends commands
+    /// and never reads the answers would otherwise fill its queue with them, reserve and
+    /// all, and every line for it from anyone else would then wait for it, up to
+    /// `--stall-timeout` (`/help` 20,000 times held its room's lines ~2 s at a time).
+    pub(crate) fn reply(self: &Arc<Self>, chunk: &Chunk) -> bool {
+        let cost = self.wire(chunk).len() + CHUNK_COST;
+        let limit = self.max_pending / OWN_SHARE;
+        let Some(st) = self.wait_until(|st| st.pending == 0 || st.cost() + cost <= limit) else {
+            return false;
+        };
+        if st.closed.is_none() {
+            self.hand_over(st, chunk);
+        }
+        true
+    }
+
+    /// Waits until this peer's queue is within `share` of `--max-pending` (it may exceed even
+    /// the whole by what [`Peer::queue_quietly`] added), or the slow-consumer policy gives up
+    /// on it. Returns whether it is.
+    pub(crate) fn wait_room(&self, share: Share) -> bool {
+        let limit = match share {
+            Share::Own => self.max_pending / OWN_SHARE,
+            Share::All => self.max_pending,
+        };
+        self.wait_until(|st| st.cost() <= limit).is_some()
+    }
+
+    /// Waits, from now, until `ready` holds for the queue or the peer is closed, and returns
+    /// the state locked; `None` once the slow-consumer policy gives up on the peer.
+    fn wait_until(&self, ready: impl Fn(&State) -> bool) -> Option<MutexGuard<'_, State>> {
         let since = Instant::now();
         let mut st = lock(&self.state);
         loop {
-            if st.closed.is_some() || st.cost() <= self.max_pending {
-                return true;
+            if st.closed.is_some() || ready(&st) {
+                return Some(st);
             }
             let now = Instant::now();
             let give_up = self.gives_up_at(&st, since);
             if now >= give_up {
-                return false;
+                return None;
             }
             st = self.wait(st, give_up - now);
         }
