@@ -24,7 +24,8 @@
 //! What kind of client the peer is matters in one way only: a WebSocket peer is written each
 //! chunk's WebSocket form (one text frame per line, see `chunk.rs`) instead of its bytes, and
 //! everything counted for it (`--max-pending`, progress, where a write stopped) counts those
-//! frames, which are what is really queued. Its farewell ends with a close frame.
+//! frames, which are what is really queued. Its farewell finishes a frame that a write left
+//! unfinished and ends with a close frame.
 
 pub(crate) mod write;
 
@@ -108,11 +109,15 @@ struct State {
     role: Role,
     /// Why the peer was closed, once it is.
     closed: Option<Departure>,
-    /// The last byte handed to the kernel was not a `\n`: a notice sent now would land
-    /// inside someone's line.
+    /// A TCP peer's last byte handed to the kernel was not a `\n`: a notice sent now would
+    /// land inside someone's line.
     mid_line: bool,
     /// A notice for the queue's owner to send once its write in flight returns (see `close`).
     notice: Option<Chunk>,
+    /// A closed WebSocket peer's last write stopped inside a frame: the rest of that frame
+    /// (at most a frame: a line's, or a pong), sent before the farewell so that the browser
+    /// can read the farewell and the close frame. Kept when the queue is dropped.
+    frame_rest: Vec<u8>,
     /// When the queue last got shorter, or the backlog started: a peer whose queue has not
     /// moved for `stall_timeout` is stuck, not slow.
     last_progress: Instant,
@@ -222,6 +227,7 @@ impl Peer {
                 closed: None,
                 mid_line: false,
                 notice: None,
+                frame_rest: Vec::new(),
                 last_progress: Instant::now(),
                 epoch: 0,
                 waiters: 0,
@@ -567,6 +573,11 @@ impl Peer {
     fn mark_closed(&self, st: &mut State, why: Departure) {
         self.is_closed.store(true, Ordering::Release);
         st.closed = Some(why);
+        if self.websocket {
+            // Where the write in flight started, if one is: its owner moves this on when it
+            // returns (see `drain`).
+            st.frame_rest = write::unsent_frame(st.queue.front(), st.head);
+        }
         st.queue = VecDeque::new();
         st.head = 0;
         st.pending = 0;
