@@ -288,8 +288,9 @@ impl Daemon {
     }
 
     /// Moves a client to `room`; see [`Registry::change_room`]. What the move queues for it
-    /// is its own doing: its own thread first waits for its queue to be within its share, as
-    /// for a reply, and then for room for what was queued; it is cut off if none comes.
+    /// is its own doing: its own thread first waits until what it caused for itself is within
+    /// its share, as for a reply, and then for room for what was queued; it is cut off if
+    /// none comes.
     pub(crate) fn change_room(
         &self,
         peer: &Arc<Peer>,

@@ -614,8 +614,8 @@ impl Registry {
     }
 
     /// Queues `chunk`, which `peer` caused for itself, for it alone (see [`Peer::reply`]), on
-    /// its own thread: it is cut off as too slow if its queue does not come within its share
-    /// in time. Nobody else waits for it.
+    /// its own thread: it is cut off as too slow if the chunk does not fit its share in time.
+    /// Nobody else waits for it.
     pub(crate) fn reply(&self, peer: &Arc<Peer>, chunk: &Chunk) {
         add(&self.stats.bytes_out, chunk.len() as u64);
         if !peer.reply(chunk) {

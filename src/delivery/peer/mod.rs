@@ -15,8 +15,9 @@
 //!   eighth of the limit to short ones ([`Peer::fits`]), so a flood into a stuck queue does
 //!   not make every chat line wait with it.
 //! - What a client causes for itself (replies to its commands, notices about its own lines,
-//!   pongs) may fill only [`OWN_SHARE`] of the limit ([`Peer::reply`]): a client that never
-//!   reads its replies is cut off on its own account, and everybody else's lines still fit.
+//!   pongs, a room's welcome and replay) may take only [`OWN_SHARE`] of the limit, and never
+//!   the reserve ([`Peer::reply`]): a client that never reads its replies is cut off on its
+//!   own account, and everybody else's lines still fit.
 //! - A peer remembers which room membership a chunk was meant for (its `epoch`): a sender that
 //!   picked its recipients before a wait hands a room's line only to those still in the same
 //!   stay in that room, so a line reaches a member at most once and never after it left.
@@ -65,10 +66,10 @@ pub(crate) const CHUNK_COST: usize = 48;
 const SHORT_CHUNK: usize = 1024;
 const RESERVE_SHARE: usize = 8;
 
-/// What a client causes for itself may fill its queue up to one `OWN_SHARE`th of
-/// `--max-pending`, never more: see [`Peer::reply`]. Half, so that others' lines up to
-/// `--max-line` still fit beside it, below the reserve, when `--max-line` is at most 3/8 of
-/// `--max-pending` (64 KiB of 8 MiB by default).
+/// What a client causes for itself may take up to one `OWN_SHARE`th of its `--max-pending`,
+/// never more: see [`Peer::reply`]. Half, so that others' lines up to `--max-line` still fit
+/// beside it, below the reserve, when `--max-line` is at most 3/8 of `--max-pending` (64 KiB of
+/// 8 MiB by default).
 const OWN_SHARE: usize = 2;
 
 /// How long a sender lets the deliverer take to come round to a peer whose queue only waits
@@ -105,6 +106,9 @@ struct State {
     head: usize,
     /// Bytes in `queue` not yet handed to the kernel (including a batch being written now).
     pending: usize,
+    /// What the chunks in `queue` that the client caused for itself ([`Chunk::own`]) cost
+    /// against `--max-pending`, counted as [`State::cost`] counts, until each leaves the queue.
+    own: usize,
     /// Who drains `queue`.
     role: Role,
     /// Why the peer was closed, once it is.
@@ -167,7 +171,11 @@ impl State {
             self.last_progress = Instant::now();
         }
         self.queue.push_back(Chunk::clone(chunk));
-        self.pending += chunk.wire(websocket).len();
+        let len = chunk.wire(websocket).len();
+        self.pending += len;
+        if chunk.is_own() {
+            self.own += len + CHUNK_COST;
+        }
     }
 }
 
@@ -186,9 +194,10 @@ pub(crate) enum Offer {
 /// How much of its queue [`Peer::wait_room`] waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Share {
-    /// Within [`OWN_SHARE`] of `--max-pending`: before the client causes more for itself.
+    /// What the client caused for itself within [`OWN_SHARE`] of `--max-pending`: before it
+    /// causes more.
     Own,
-    /// Within `--max-pending`.
+    /// Everything queued within `--max-pending`.
     All,
 }
 
@@ -223,6 +232,7 @@ impl Peer {
                 queue: VecDeque::new(),
                 head: 0,
                 pending: 0,
+                own: 0,
                 role: Role::Idle,
                 closed: None,
                 mid_line: false,
@@ -371,35 +381,46 @@ impl Peer {
     }
 
     /// Queues `chunk`, which the client caused for itself (a reply to its command, a notice
-    /// about its own line, a pong), once the queue with it stays within [`OWN_SHARE`] of
-    /// `--max-pending` (or is empty). Only the client's own thread calls this, and it waits
-    /// for that as a sender would (see [`Peer::gives_up_at`]), reading nothing from the
-    /// client meanwhile; returns false if the slow-consumer policy gives up first, and the
-    /// caller cuts the client off. Never more than the share: a client that sends commands
-    /// and never reads the answers would otherwise fill its queue with them, reserve and
-    /// all, and every line for it from anyone else would then wait for it, up to
-    /// `--stall-timeout` (`/help` 20,000 times held its room's lines ~2 s at a time).
+    /// about its own line, a pong), once it fits: what the client caused for itself and is
+    /// still queued stays within [`OWN_SHARE`] of `--max-pending`, and the whole queue out of
+    /// the eighth kept for short lines (or the queue is empty). Only the client's own thread
+    /// calls this, and it waits for that as a sender would (see [`Peer::gives_up_at`]),
+    /// reading nothing from the client meanwhile; returns false if the slow-consumer policy
+    /// gives up first, and the caller cuts the client off. Without the share, a client that
+    /// sends commands and never reads the answers filled its queue with them, reserve and
+    /// all, and every line for it from anyone else then waited for it, up to
+    /// `--stall-timeout` (`/help` 20,000 times held its room's lines ~2 s at a time). Counting
+    /// only its own chunks against the share, not everything queued, leaves a healthy reader
+    /// that others' lines keep busy free to use commands.
     pub(crate) fn reply(self: &Arc<Self>, chunk: &Chunk) -> bool {
-        let cost = self.wire(chunk).len() + CHUNK_COST;
-        let limit = self.max_pending / OWN_SHARE;
-        let Some(st) = self.wait_until(|st| st.pending == 0 || st.cost() + cost <= limit) else {
+        let chunk = chunk.own();
+        let cost = self.wire(&chunk).len() + CHUNK_COST;
+        let own = self.max_pending / OWN_SHARE;
+        let all = self.max_pending - self.max_pending / RESERVE_SHARE;
+        let fits =
+            |st: &State| st.pending == 0 || (st.own + cost <= own && st.cost() + cost <= all);
+        let Some(st) = self.wait_until(fits) else {
             return false;
         };
         if st.closed.is_none() {
-            self.hand_over(st, chunk);
+            self.hand_over(st, &chunk);
         }
         true
     }
 
-    /// Waits until this peer's queue is within `share` of `--max-pending` (it may exceed even
-    /// the whole by what [`Peer::queue_quietly`] added), or the slow-consumer policy gives up
-    /// on it. Returns whether it is.
+    /// Waits until this peer's queue is within `share` (it may exceed even `--max-pending` by
+    /// what [`Peer::queue_quietly`] added), or the slow-consumer policy gives up on it.
+    /// Returns whether it is.
     pub(crate) fn wait_room(&self, share: Share) -> bool {
-        let limit = match share {
-            Share::Own => self.max_pending / OWN_SHARE,
-            Share::All => self.max_pending,
-        };
-        self.wait_until(|st| st.cost() <= limit).is_some()
+        match share {
+            Share::Own => {
+                let own = self.max_pending / OWN_SHARE;
+                self.wait_until(|st| st.own <= own).is_some()
+            }
+            Share::All => self
+                .wait_until(|st| st.cost() <= self.max_pending)
+                .is_some(),
+        }
     }
 
     /// Waits, from now, until `ready` holds for the queue or the peer is closed, and returns
@@ -469,7 +490,7 @@ impl Peer {
             return;
         }
         for chunk in chunks {
-            st.enqueue(chunk, self.websocket);
+            st.enqueue(&chunk.own(), self.websocket);
         }
         if st.role == Role::Idle {
             st.role = Role::Held;
@@ -514,6 +535,9 @@ impl Peer {
             if let Some((read_at, lines)) = front.relayed_lines() {
                 let waited = now.saturating_duration_since(read_at);
                 self.stats.line_wait.observe(waited, lines);
+            }
+            if front.is_own() {
+                st.own -= self.wire(front).len() + CHUNK_COST;
             }
             st.queue.pop_front();
             st.head = 0;
@@ -581,6 +605,7 @@ impl Peer {
         st.queue = VecDeque::new();
         st.head = 0;
         st.pending = 0;
+        st.own = 0;
     }
 
     /// Stops reading from the peer (its reader thread sees end of input) while leaving its
@@ -675,6 +700,42 @@ pub(crate) mod tests {
             waited >= stall - Duration::from_millis(50),
             "a fresh backlog was treated as stuck after {waited:?}"
         );
+    }
+
+    /// What a client causes for itself is held to its own share, counted apart from what
+    /// others sent it: with others' lines queued as well, replies still go in at once up to
+    /// half of the limit; the next one waits and gives up (the caller then cuts the client
+    /// off), and meanwhile others' lines, short and long, still fit.
+    #[test]
+    fn own_replies_are_held_to_their_share_and_others_still_fit() {
+        let (server, _client) = connection();
+        let config = Config {
+            max_pending: 64 * 1024,
+            stall_timeout: Duration::from_millis(200),
+            ..Config::default()
+        };
+        let peer = tcp_peer(server, &config);
+        let filler = [b'x'; 65536];
+        while send_dontwait(&peer.sock, &filler).is_ok() {}
+        let others = Chunk::from(&[b'o'; 1000][..]);
+        while peer.pending() < 12 * 1024 {
+            assert_eq!(peer.offer(&others, None, None, None), Offer::Taken);
+        }
+        let reply = Chunk::from(&b"* a reply\n"[..]);
+        let start = Instant::now();
+        while lock(&peer.state).own + reply.len() + CHUNK_COST <= config.max_pending / OWN_SHARE {
+            assert!(peer.reply(&reply));
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(150),
+            "replies within the share waited {:?}",
+            start.elapsed()
+        );
+        assert!(!peer.reply(&reply), "a reply past the share was queued");
+        assert!(lock(&peer.state).own <= config.max_pending / OWN_SHARE);
+        assert_eq!(peer.offer(&others, None, None, None), Offer::Taken);
+        let long = Chunk::from(&[b'l'; 4000][..]);
+        assert_eq!(peer.offer(&long, None, None, None), Offer::Taken);
     }
 
     /// Everything queued counts, with its bookkeeping: tiny chunks fill the limit long before
