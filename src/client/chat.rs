@@ -190,7 +190,7 @@ impl Chat {
         }
         if let Some(warning) = bucket.warning(now, what) {
             info!("client {}: over the rate limit, dropping lines", peer.id());
-            daemon.send_to(peer, &daemon.notices().line(warning), 0);
+            daemon.reply(peer, &daemon.notices().line(warning));
         }
         add(&daemon.stats().dropped_rate_limit, 1);
         false
@@ -201,7 +201,7 @@ impl Chat {
         if let Some(error) = line.strip_prefix("relayd: ") {
             debug!("client {} ({}): {error}", peer.id(), self.name);
         }
-        daemon.send_to(peer, &daemon.notices().line(line), 0);
+        daemon.reply(peer, &daemon.notices().line(line));
     }
 
     /// Runs `/command` (given without its slash). Returns the `/quit` reason if the client

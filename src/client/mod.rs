@@ -243,7 +243,7 @@ impl Client {
                 self.reply.clear();
                 telnet.feed(data, &mut self.text, &mut self.reply);
                 if !self.reply.is_empty() {
-                    daemon.send_to(self.slot.peer(), &Chunk::from(&self.reply[..]), 0);
+                    daemon.reply(self.slot.peer(), &Chunk::from(&self.reply[..]));
                 }
                 self.framer.feed(&self.text, &mut self.lines)
             }
@@ -259,11 +259,7 @@ impl Client {
             self.peer().id()
         );
         if self.too_long_notices.take(1, Instant::now()) == 1 {
-            daemon.send_to(
-                self.slot.peer(),
-                &daemon.notices().line_too_long(max_line),
-                0,
-            );
+            daemon.reply(self.slot.peer(), &daemon.notices().line_too_long(max_line));
         }
     }
 
@@ -339,7 +335,7 @@ impl Client {
             // The secret itself is never logged, not even the wrong one.
             warn!("client {}: wrong secret", peer.id());
             self.daemon
-                .send_to(&peer, &self.daemon.notices().auth_failed(), 0);
+                .reply(&peer, &self.daemon.notices().auth_failed());
             // Each guess costs the guesser this long.
             thread::sleep(self.daemon.config().auth_failure_delay);
             return Err(Departure::AuthFailed);
@@ -375,7 +371,7 @@ fn relay_raw(
             lines.truncate(cut);
             if let Some(warning) = bucket.warning(now, "line") {
                 info!("client {}: over the rate limit, dropping lines", peer.id());
-                daemon.send_to(peer, &daemon.notices().line(warning), 0);
+                daemon.reply(peer, &daemon.notices().line(warning));
             }
             add(&daemon.stats().dropped_rate_limit, (n - allowed) as u64);
             n = allowed;

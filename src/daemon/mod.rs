@@ -35,7 +35,7 @@ use crate::delivery::deliverer::Deliverer;
 use crate::delivery::echo::Echo;
 use crate::delivery::history::LineId;
 use crate::delivery::notice::{Departure, Notices};
-use crate::delivery::peer::{Peer, PeerId};
+use crate::delivery::peer::{Peer, PeerId, Share};
 use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
 use crate::policy::access::PerAddress;
 use crate::policy::settings::Settings;
@@ -287,14 +287,17 @@ impl Daemon {
         members.online() + self.presence.count_in(room)
     }
 
-    /// Moves a client to `room`; see [`Registry::change_room`]. Its own thread then waits
-    /// for room for what was queued for it, and it is cut off if none comes.
+    /// Moves a client to `room`; see [`Registry::change_room`]. What the move queues for it
+    /// is its own doing: its own thread first waits until what it caused for itself is within
+    /// its share, as for a reply, and then for room for what was queued; it is cut off if
+    /// none comes.
     pub(crate) fn change_room(
         &self,
         peer: &Arc<Peer>,
         room: &str,
         greet: impl FnOnce(usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
+        self.registry.settle(peer, Share::Own);
         let seed = self.seed(room);
         let elsewhere = self.presence.count_in(room);
         let moved = self
@@ -308,7 +311,7 @@ impl Daemon {
     /// Waits, on the client's own thread, until what the daemon queued for it on its own
     /// account fits its `--max-pending` again; see [`Registry::settle`].
     pub(crate) fn settle(&self, peer: &Arc<Peer>) {
-        self.registry.settle(peer);
+        self.registry.settle(peer, Share::All);
     }
 
     /// Relays `chunk` (`lines` lines) from `from` to the others in `room`, and, with
@@ -339,10 +342,18 @@ impl Daemon {
         }
     }
 
-    /// Sends `chunk` to one client: a reply (`lines` 0) or a private message.
+    /// Sends `chunk` to one client from someone else: a private message (`lines` 1), an
+    /// operator's push or relayd's ping (`lines` 0). The sender waits for room as for a line.
     pub(crate) fn send_to(&self, peer: &Arc<Peer>, chunk: &Chunk, lines: usize) {
         self.registry
             .deliver_to(std::slice::from_ref(peer), chunk, lines);
+    }
+
+    /// Sends `chunk`, which the client caused for itself (a reply to its command, a notice
+    /// about its own line, a pong), to it alone, on its own thread: it may wait, or be cut
+    /// off, but nobody else waits for it (see [`Registry::reply`]).
+    pub(crate) fn reply(&self, peer: &Arc<Peer>, chunk: &Chunk) {
+        self.registry.reply(peer, chunk);
     }
 
     /// Renames client `id` to `new`; `Ok` holds the old name. In a cluster the name is

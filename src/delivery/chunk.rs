@@ -29,6 +29,8 @@ struct Inner {
     lines: u64,
     /// `bytes` are WebSocket frames already, not lines.
     frames: bool,
+    /// Something its one recipient caused for itself (see [`Chunk::own`]).
+    own: bool,
     /// The lines as WebSocket frames, built on first use.
     ws: OnceLock<Box<[u8]>>,
     /// Shared with the chunk's unstamped copies (one allocation, like a `Box`).
@@ -61,6 +63,21 @@ impl Chunk {
         Chunk::new(Arc::clone(&self.0.bytes), 0, 0, self.0.frames)
     }
 
+    /// The same bytes (shared, not copied), marked as something the client it is queued for
+    /// caused for itself — a reply, a pong, a room's welcome and replay — which its queue
+    /// holds to a share of its own (see `Peer::reply`).
+    pub(crate) fn own(&self) -> Chunk {
+        Chunk(Arc::new(Inner {
+            own: true,
+            ..Inner::new(Arc::clone(&self.0.bytes), 0, 0, self.0.frames)
+        }))
+    }
+
+    /// Whether this is a chunk made by [`Chunk::own`].
+    pub(crate) fn is_own(&self) -> bool {
+        self.0.own
+    }
+
     /// What goes on the wire: the bytes as they are for a TCP peer, and for a WebSocket peer
     /// one text frame per line (built once, whoever asks first).
     pub(crate) fn wire(&self, websocket: bool) -> &[u8] {
@@ -73,13 +90,20 @@ impl Chunk {
     }
 
     fn new(bytes: Arc<[u8]>, read_at: u64, lines: u64, frames: bool) -> Chunk {
-        Chunk(Arc::new(Inner {
+        Chunk(Arc::new(Inner::new(bytes, read_at, lines, frames)))
+    }
+}
+
+impl Inner {
+    fn new(bytes: Arc<[u8]>, read_at: u64, lines: u64, frames: bool) -> Inner {
+        Inner {
             read_at,
             lines,
             frames,
+            own: false,
             ws: OnceLock::new(),
             bytes,
-        }))
+        }
     }
 }
 

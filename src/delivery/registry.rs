@@ -16,10 +16,12 @@
 //! member's stay in the room (its epoch), so a sender that waits for a full member before
 //! handing it a line cannot hand it to one that left, or left and came back, meanwhile.
 //!
-//! Every line for a client goes through [`Registry::offer_all`], with the same patience and
-//! the same slow-consumer policy, whoever sends it: relayed lines ([`Registry::deliver`]),
-//! notices to a room ([`Registry::notify`]), and lines for one client (replies, private
-//! messages, operator pushes: [`Registry::deliver_to`]).
+//! Every line for a client from anyone else goes through [`Registry::offer_all`], with the
+//! same patience and the same slow-consumer policy, whoever sends it: relayed lines
+//! ([`Registry::deliver`]), notices to a room ([`Registry::notify`]), and lines for one client
+//! (private messages, operator pushes: [`Registry::deliver_to`]). What a client causes for
+//! itself (replies, notices about its own lines, pongs) takes a path of its own,
+//! [`Registry::reply`], which only ever makes the client itself wait.
 //!
 //! A client is in the registry from admission (holding a `--max-clients` slot) to its leaving;
 //! until it has authenticated it is in no room, so it neither hears nor is heard. A client
@@ -39,7 +41,7 @@ use crate::config::Config;
 use crate::delivery::chunk::Chunk;
 use crate::delivery::history::{Entry as HistoryEntry, History, LineId};
 use crate::delivery::notice::Departure;
-use crate::delivery::peer::{Offer, Peer, PeerId, Wait};
+use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
@@ -611,12 +613,24 @@ impl Registry {
         }
     }
 
-    /// Waits, up to `--stall-timeout`, for a peer that the daemon just queued lines for on its
-    /// own account (a welcome, a history replay) to have room again, and cuts it off as too
-    /// slow if it does not. Called on the peer's own thread: a client that never reads pays
-    /// for its own commands with its connection, not with the daemon's memory.
-    pub(crate) fn settle(&self, peer: &Arc<Peer>) {
-        if !peer.wait_room() {
+    /// Queues `chunk`, which `peer` caused for itself, for it alone (see [`Peer::reply`]), on
+    /// its own thread: it is cut off as too slow if the chunk does not fit its share in time.
+    /// Nobody else waits for it.
+    pub(crate) fn reply(&self, peer: &Arc<Peer>, chunk: &Chunk) {
+        add(&self.stats.bytes_out, chunk.len() as u64);
+        if !peer.reply(chunk) {
+            self.cut_off_slow(peer);
+        }
+    }
+
+    /// Waits, up to `--stall-timeout`, for a peer's queue to be within `share` and cuts it off
+    /// as too slow if it is not. Called on the peer's own thread, before the daemon queues
+    /// lines for it on its own account ([`Share::Own`]: a room's welcome on `/join`) and after
+    /// ([`Share::All`]: the welcome and history replay it just queued): a client that never
+    /// reads pays for its own commands with its connection, not with the daemon's memory or
+    /// its room's time.
+    pub(crate) fn settle(&self, peer: &Arc<Peer>, share: Share) {
+        if !peer.wait_room(share) {
             self.cut_off_slow(peer);
         }
     }

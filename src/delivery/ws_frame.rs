@@ -5,6 +5,8 @@
 //! Headers are formatted by tungstenite's `FrameHeader`, never by hand; the payload is copied
 //! straight after it, so a line costs one copy, not a `Frame` of its own.
 
+use std::io::Cursor;
+
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -30,6 +32,25 @@ pub(crate) fn text_frames(lines: &[u8]) -> Box<[u8]> {
         out.extend_from_slice(text.as_bytes());
     }
     out.into_boxed_slice()
+}
+
+/// Where the frame that holds byte `at` of `frames` (whole frames relayd built, back to back)
+/// ends: `at` itself if a frame starts there, so `frames[at..frame_end(frames, at)]` is what
+/// a write that stopped at `at` left of its frame. Headers are parsed by tungstenite.
+pub(crate) fn frame_end(frames: &[u8], at: usize) -> usize {
+    let mut cur = Cursor::new(frames);
+    let mut end = 0;
+    while end < at {
+        // relayd's own frames always parse; were one not to, the rest is all there is.
+        let Ok(Some((_, len))) = FrameHeader::parse(&mut cur) else {
+            return frames.len();
+        };
+        end = (cur.position() as usize)
+            .saturating_add(len as usize)
+            .min(frames.len());
+        cur.set_position(end as u64);
+    }
+    end
 }
 
 /// A close frame with `code` and `reason` (cut to the 123 bytes a control frame has room
@@ -69,6 +90,22 @@ mod tests {
         let frames = text_frames(&[&long[..], b"\n"].concat());
         assert_eq!(&frames[..4], b"\x81\x7e\x01\x2c");
         assert_eq!(frames.len(), 304);
+    }
+
+    #[test]
+    fn a_frame_cut_short_is_found_to_its_end() {
+        let long = vec![b'x'; 300];
+        let frames = text_frames(&[&b"hi\n"[..], &long, b"\n", b"\n"].concat());
+        // "hi" is 4 bytes, the long line 4 + 300, the empty one 2.
+        assert_eq!(frames.len(), 310);
+        assert_eq!(frame_end(&frames, 0), 0);
+        assert_eq!(frame_end(&frames, 1), 4);
+        assert_eq!(frame_end(&frames, 3), 4);
+        assert_eq!(frame_end(&frames, 4), 4);
+        assert_eq!(frame_end(&frames, 5), 308);
+        assert_eq!(frame_end(&frames, 307), 308);
+        assert_eq!(frame_end(&frames, 308), 308);
+        assert_eq!(frame_end(&frames, 309), 310);
     }
 
     #[test]

@@ -189,8 +189,9 @@ impl Write for Duplex {
         match &self.queue {
             // The handshake's answer, before anything can be queued for the client.
             None => (&*self.sock).write(buf),
+            // Pongs and close replies: the client's own doing, like a command's answer.
             Some((daemon, peer)) => {
-                daemon.send_to(peer, &Chunk::frames(buf), 0);
+                daemon.reply(peer, &Chunk::frames(buf));
                 Ok(buf.len())
             }
         }

@@ -905,3 +905,138 @@ fn allow_of_an_ipv4_mapped_network_is_matched_as_ipv4() {
     let mut outsider = common::Client::from_stream(connect_from("127.0.0.2", d.addrs[0]));
     outsider.expect_eof();
 }
+
+// 7. A client's own replies (issue 19, point 1).
+
+/// How long a probe line may take from one client to another while a third client fills its
+/// queue with its own replies: well under the default --stall-timeout (2 s), which is how
+/// long each probe waited for the flooder before.
+const PROBE_BOUND: Duration = Duration::from_millis(500);
+
+/// `a` sends numbered probe lines to its room, one at a time, and `b` reads each (passing over
+/// anything else, notices included), until at least 20 have gone and the daemon has logged
+/// that client `flooder` was cut off as too slow, or 20 s have passed. Returns how long each
+/// probe took from `a`'s send to `b`'s read, and the daemon's log meanwhile.
+fn probe_until_cut_off(
+    d: &Daemon,
+    a: &mut common::Client,
+    b: &mut common::Client,
+    flooder: u64,
+) -> (Vec<Duration>, Vec<String>) {
+    let start = Instant::now();
+    let (mut took, mut log) = (Vec::new(), Vec::new());
+    while (took.len() < 20 || !cut_off(&log, flooder)) && start.elapsed() < Duration::from_secs(20)
+    {
+        log.extend(d.log_so_far());
+        let probe = format!("probe {}\n", took.len());
+        let sent = Instant::now();
+        a.send(probe.as_bytes());
+        while !b.line().ends_with(probe.as_bytes()) {}
+        took.push(sent.elapsed());
+        // Pacing: how often the room is probed, not a synchronisation.
+        thread::sleep(Duration::from_millis(50));
+    }
+    (took, log)
+}
+
+/// Whether `log` says client `id` was cut off as too slow.
+fn cut_off(log: &[String], id: u64) -> bool {
+    let needle = format!("client {id}: slow consumer");
+    log.iter().any(|l| l.contains(&needle))
+}
+
+/// Every probe within [`PROBE_BOUND`], and client 3, which flooded itself with `what`, cut off.
+fn assert_room_not_stalled((took, log): (Vec<Duration>, Vec<String>), what: &str) {
+    let slowest = took.iter().max().unwrap();
+    assert!(
+        *slowest < PROBE_BOUND,
+        "with a client flooding itself with {what}, a probe took {slowest:?} (bound \
+         {PROBE_BOUND:?}): {took:?}"
+    );
+    assert!(
+        cut_off(&log, 3),
+        "the client flooding itself with {what} was not cut off: {log:?}"
+    );
+}
+
+/// Writes `data` `times` times to `stream` from a thread, until a write fails or `stop` is
+/// set; each write may block at most 1 s. The thread hands the stream back, open: a client
+/// that closed would leave by itself.
+fn flood_from(
+    mut stream: TcpStream,
+    data: Vec<u8>,
+    times: usize,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<TcpStream> {
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    thread::spawn(move || {
+        for _ in 0..times {
+            if stop.load(Ordering::Relaxed) || stream.write_all(&data).is_err() {
+                break;
+            }
+        }
+        stream
+    })
+}
+
+/// Defect: a chat client that sends `/help` over and over and never reads filled its own
+/// queue with the answers, the eighth of --max-pending kept for short lines included, and
+/// every line from anyone else then waited up to --stall-timeout for it (probes ~1.95 s).
+/// Proves: with the defaults, while such a client (a small receive buffer, 20,000 `/help`)
+/// floods itself, every probe line between two other clients arrives within
+/// [`PROBE_BOUND`], and the flooder is cut off as too slow.
+#[test]
+fn a_chat_client_that_never_reads_its_replies_does_not_stall_its_room() {
+    let d = Daemon::spawn(&["--chat"]);
+    let mut a = d.connect();
+    a.line();
+    let mut b = d.connect();
+    b.line();
+    let flooder = connect_small_rcvbuf(d.addrs[0]);
+    b.expect(b"* guest3 joined (3 online)\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = flood_from(flooder, b"/help\n".repeat(20_000), 1, Arc::clone(&stop));
+    let probed = probe_until_cut_off(&d, &mut a, &mut b, 3);
+    stop.store(true, Ordering::Relaxed);
+    drop(flood.join().unwrap());
+    assert_room_not_stalled(probed, "/help");
+}
+
+/// A WebSocket client of `addr` (a `--ws-bind` listener) whose receive buffer is as small as
+/// the kernel allows, after its handshake: its raw socket.
+fn raw_ws_small_rcvbuf(addr: SocketAddr) -> TcpStream {
+    use tungstenite::client::IntoClientRequest;
+    let request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    match tungstenite::client(request, connect_small_rcvbuf(addr)) {
+        Ok((ws, _)) => ws.into_inner(),
+        Err(e) => panic!("websocket handshake: {e}"),
+    }
+}
+
+/// Defect: as above with a browser that sends pings and never reads: relayd's pongs filled
+/// its queue and stalled its room. Proves: while a WebSocket client with a small receive
+/// buffer sends pings (125 bytes each, masked as a client's frames must be) as fast as it
+/// can, every probe line between two TCP clients arrives within [`PROBE_BOUND`], and the
+/// pinger is cut off as too slow.
+#[test]
+fn a_websocket_client_that_never_reads_its_pongs_does_not_stall_its_room() {
+    let bind = Daemon::free_addr();
+    let d = Daemon::spawn(&["--bind", &bind, "--ws-bind", "127.0.0.1:0"]);
+    let ws_addr = d.ws_addr();
+    let mut a = d.connect();
+    let mut b = d.connect();
+    // Both registered before the pinger connects, on another listener: it is client 3.
+    b.send(b"hello\n");
+    a.expect(b"hello\n");
+    let pinger = raw_ws_small_rcvbuf(ws_addr);
+    // Opcode 0x89 (a final ping), 125 bytes of payload, masked with a zero key.
+    let ping = [&[0x89, 0x80 | 125, 0, 0, 0, 0][..], &[b'p'; 125]].concat();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = flood_from(pinger, ping.repeat(1000), 100, Arc::clone(&stop));
+    let probed = probe_until_cut_off(&d, &mut a, &mut b, 3);
+    stop.store(true, Ordering::Relaxed);
+    drop(flood.join().unwrap());
+    assert_room_not_stalled(probed, "pings");
+}

@@ -476,3 +476,66 @@ fn long_messages_among_others_arrive_whole_and_in_order() {
         b.d.wait_log("read buffer given back");
     }
 }
+
+/// A WebSocket client of `addr` whose receive buffer is as small as the kernel allows, so that
+/// what it does not read backs up into relayd at once; its reads bounded by [`TIMEOUT`].
+fn ws_small_rcvbuf(addr: SocketAddr) -> WebSocket<TcpStream> {
+    use tungstenite::client::IntoClientRequest;
+    let sock = common::connect_small_rcvbuf(addr, 4096);
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    match tungstenite::client(request, sock) {
+        Ok((ws, _)) => ws,
+        Err(e) => panic!("websocket handshake: {e}"),
+    }
+}
+
+/// Defect: a browser cut off as too slow was not told: the connection was shut where the last
+/// write had stopped, inside a frame (3 runs of 3), so the browser saw it fail (1006) with no
+/// reason. Proves, three times over: a WebSocket client with a small receive buffer that
+/// stops reading while a TCP client floods lines at it is cut off; reading then, it gets every
+/// frame whole (each line it was sent, then the notice), the last text message is
+/// `relayd: disconnected: too slow (…)`, and the close code is 1008.
+///
+/// Its queue holds more than a writer hands the kernel at once (64 KiB), so that the write in
+/// flight when it is cut off stops where that batch was cut, not at the end of a chunk.
+#[test]
+fn a_websocket_client_cut_off_as_too_slow_is_told_why() {
+    let b = Browsers::spawn(&["--max-pending", "1048576", "--stall-timeout", "300"]);
+    let text = "z".repeat(999);
+    let line = format!("{text}\n");
+    for round in 0..3 {
+        let mut sender = b.tcp();
+        let mut stuck = ws_small_rcvbuf(b.ws);
+        b.wait_clients(2);
+        let deadline = Instant::now() + TIMEOUT;
+        while b.clients().len() == 2 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the stuck browser was never cut off"
+            );
+            for _ in 0..100 {
+                sender.send(line.as_bytes());
+            }
+        }
+        let mut texts = Vec::new();
+        assert_eq!(
+            close_code(&mut stuck, &mut texts),
+            CloseCode::Policy,
+            "round {round}"
+        );
+        let (notice, lines) = texts.split_last().expect("no text message");
+        assert!(
+            notice.starts_with("relayd: disconnected: too slow ("),
+            "round {round}: the last message was {notice:.80?}"
+        );
+        assert!(
+            lines.len() > 64,
+            "round {round}: cut off after {} lines",
+            lines.len()
+        );
+        for (i, got) in lines.iter().enumerate() {
+            assert!(*got == text, "round {round}: message {i} was {got:.80?}");
+        }
+    }
+}

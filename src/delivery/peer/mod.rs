@@ -14,6 +14,10 @@
 //!   and a peer that stays full is cut off by whoever gave up on it. Long chunks leave an
 //!   eighth of the limit to short ones ([`Peer::fits`]), so a flood into a stuck queue does
 //!   not make every chat line wait with it.
+//! - What a client causes for itself (replies to its commands, notices about its own lines,
+//!   pongs, a room's welcome and replay) may take only [`OWN_SHARE`] of the limit, and never
+//!   the reserve ([`Peer::reply`]): a client that never reads its replies is cut off on its
+//!   own account, and everybody else's lines still fit.
 //! - A peer remembers which room membership a chunk was meant for (its `epoch`): a sender that
 //!   picked its recipients before a wait hands a room's line only to those still in the same
 //!   stay in that room, so a line reaches a member at most once and never after it left.
@@ -21,7 +25,8 @@
 //! What kind of client the peer is matters in one way only: a WebSocket peer is written each
 //! chunk's WebSocket form (one text frame per line, see `chunk.rs`) instead of its bytes, and
 //! everything counted for it (`--max-pending`, progress, where a write stopped) counts those
-//! frames, which are what is really queued. Its farewell ends with a close frame.
+//! frames, which are what is really queued. Its farewell finishes a frame that a write left
+//! unfinished and ends with a close frame.
 
 pub(crate) mod write;
 
@@ -61,6 +66,12 @@ pub(crate) const CHUNK_COST: usize = 48;
 const SHORT_CHUNK: usize = 1024;
 const RESERVE_SHARE: usize = 8;
 
+/// What a client causes for itself may take up to one `OWN_SHARE`th of its `--max-pending`,
+/// never more: see [`Peer::reply`]. Half, so that others' lines up to `--max-line` still fit
+/// beside it, below the reserve, when `--max-line` is at most 3/8 of `--max-pending` (64 KiB of
+/// 8 MiB by default).
+const OWN_SHARE: usize = 2;
+
 /// How long a sender lets the deliverer take to come round to a peer whose queue only waits
 /// for it before it judges the peer by the slow-consumer policy: see [`Peer::gives_up_at`].
 const DELIVERER_TURN: Duration = Duration::from_secs(1);
@@ -95,15 +106,22 @@ struct State {
     head: usize,
     /// Bytes in `queue` not yet handed to the kernel (including a batch being written now).
     pending: usize,
+    /// What the chunks in `queue` that the client caused for itself ([`Chunk::own`]) cost
+    /// against `--max-pending`, counted as [`State::cost`] counts, until each leaves the queue.
+    own: usize,
     /// Who drains `queue`.
     role: Role,
     /// Why the peer was closed, once it is.
     closed: Option<Departure>,
-    /// The last byte handed to the kernel was not a `\n`: a notice sent now would land
-    /// inside someone's line.
+    /// A TCP peer's last byte handed to the kernel was not a `\n`: a notice sent now would
+    /// land inside someone's line.
     mid_line: bool,
     /// A notice for the queue's owner to send once its write in flight returns (see `close`).
     notice: Option<Chunk>,
+    /// A closed WebSocket peer's last write stopped inside a frame: the rest of that frame
+    /// (at most a frame: a line's, or a pong), sent before the farewell so that the browser
+    /// can read the farewell and the close frame. Kept when the queue is dropped.
+    frame_rest: Vec<u8>,
     /// When the queue last got shorter, or the backlog started: a peer whose queue has not
     /// moved for `stall_timeout` is stuck, not slow.
     last_progress: Instant,
@@ -153,7 +171,11 @@ impl State {
             self.last_progress = Instant::now();
         }
         self.queue.push_back(Chunk::clone(chunk));
-        self.pending += chunk.wire(websocket).len();
+        let len = chunk.wire(websocket).len();
+        self.pending += len;
+        if chunk.is_own() {
+            self.own += len + CHUNK_COST;
+        }
     }
 }
 
@@ -167,6 +189,16 @@ pub(crate) enum Offer {
     Full,
     /// The slow-consumer policy gives up on the peer: the caller cuts it off.
     Stuck,
+}
+
+/// How much of its queue [`Peer::wait_room`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Share {
+    /// What the client caused for itself within [`OWN_SHARE`] of `--max-pending`: before it
+    /// causes more.
+    Own,
+    /// Everything queued within `--max-pending`.
+    All,
 }
 
 /// How long a sender waits in [`Peer::offer`].
@@ -200,10 +232,12 @@ impl Peer {
                 queue: VecDeque::new(),
                 head: 0,
                 pending: 0,
+                own: 0,
                 role: Role::Idle,
                 closed: None,
                 mid_line: false,
                 notice: None,
+                frame_rest: Vec::new(),
                 last_progress: Instant::now(),
                 epoch: 0,
                 waiters: 0,
@@ -346,20 +380,62 @@ impl Peer {
         }
     }
 
-    /// Waits until this peer's queue is within `--max-pending` again (it may exceed it by
+    /// Queues `chunk`, which the client caused for itself (a reply to its command, a notice
+    /// about its own line, a pong), once it fits: what the client caused for itself and is
+    /// still queued stays within [`OWN_SHARE`] of `--max-pending`, and the whole queue out of
+    /// the eighth kept for short lines (or the queue is empty). Only the client's own thread
+    /// calls this, and it waits for that as a sender would (see [`Peer::gives_up_at`]),
+    /// reading nothing from the client meanwhile; returns false if the slow-consumer policy
+    /// gives up first, and the caller cuts the client off. Without the share, a client that
+    /// sends commands and never reads the answers filled its queue with them, reserve and
+    /// all, and every line for it from anyone else then waited for it, up to
+    /// `--stall-timeout` (`/help` 20,000 times held its room's lines ~2 s at a time). Counting
+    /// only its own chunks against the share, not everything queued, leaves a healthy reader
+    /// that others' lines keep busy free to use commands.
+    pub(crate) fn reply(self: &Arc<Self>, chunk: &Chunk) -> bool {
+        let chunk = chunk.own();
+        let cost = self.wire(&chunk).len() + CHUNK_COST;
+        let own = self.max_pending / OWN_SHARE;
+        let all = self.max_pending - self.max_pending / RESERVE_SHARE;
+        let fits =
+            |st: &State| st.pending == 0 || (st.own + cost <= own && st.cost() + cost <= all);
+        let Some(st) = self.wait_until(fits) else {
+            return false;
+        };
+        if st.closed.is_none() {
+            self.hand_over(st, &chunk);
+        }
+        true
+    }
+
+    /// Waits until this peer's queue is within `share` (it may exceed even `--max-pending` by
     /// what [`Peer::queue_quietly`] added), or the slow-consumer policy gives up on it.
     /// Returns whether it is.
-    pub(crate) fn wait_room(&self) -> bool {
+    pub(crate) fn wait_room(&self, share: Share) -> bool {
+        match share {
+            Share::Own => {
+                let own = self.max_pending / OWN_SHARE;
+                self.wait_until(|st| st.own <= own).is_some()
+            }
+            Share::All => self
+                .wait_until(|st| st.cost() <= self.max_pending)
+                .is_some(),
+        }
+    }
+
+    /// Waits, from now, until `ready` holds for the queue or the peer is closed, and returns
+    /// the state locked; `None` once the slow-consumer policy gives up on the peer.
+    fn wait_until(&self, ready: impl Fn(&State) -> bool) -> Option<MutexGuard<'_, State>> {
         let since = Instant::now();
         let mut st = lock(&self.state);
         loop {
-            if st.closed.is_some() || st.cost() <= self.max_pending {
-                return true;
+            if st.closed.is_some() || ready(&st) {
+                return Some(st);
             }
             let now = Instant::now();
             let give_up = self.gives_up_at(&st, since);
             if now >= give_up {
-                return false;
+                return None;
             }
             st = self.wait(st, give_up - now);
         }
@@ -414,7 +490,7 @@ impl Peer {
             return;
         }
         for chunk in chunks {
-            st.enqueue(chunk, self.websocket);
+            st.enqueue(&chunk.own(), self.websocket);
         }
         if st.role == Role::Idle {
             st.role = Role::Held;
@@ -459,6 +535,9 @@ impl Peer {
             if let Some((read_at, lines)) = front.relayed_lines() {
                 let waited = now.saturating_duration_since(read_at);
                 self.stats.line_wait.observe(waited, lines);
+            }
+            if front.is_own() {
+                st.own -= self.wire(front).len() + CHUNK_COST;
             }
             st.queue.pop_front();
             st.head = 0;
@@ -518,9 +597,15 @@ impl Peer {
     fn mark_closed(&self, st: &mut State, why: Departure) {
         self.is_closed.store(true, Ordering::Release);
         st.closed = Some(why);
+        if self.websocket {
+            // Where the write in flight started, if one is: its owner moves this on when it
+            // returns (see `drain`).
+            st.frame_rest = write::unsent_frame(st.queue.front(), st.head);
+        }
         st.queue = VecDeque::new();
         st.head = 0;
         st.pending = 0;
+        st.own = 0;
     }
 
     /// Stops reading from the peer (its reader thread sees end of input) while leaving its
@@ -615,6 +700,42 @@ pub(crate) mod tests {
             waited >= stall - Duration::from_millis(50),
             "a fresh backlog was treated as stuck after {waited:?}"
         );
+    }
+
+    /// What a client causes for itself is held to its own share, counted apart from what
+    /// others sent it: with others' lines queued as well, replies still go in at once up to
+    /// half of the limit; the next one waits and gives up (the caller then cuts the client
+    /// off), and meanwhile others' lines, short and long, still fit.
+    #[test]
+    fn own_replies_are_held_to_their_share_and_others_still_fit() {
+        let (server, _client) = connection();
+        let config = Config {
+            max_pending: 64 * 1024,
+            stall_timeout: Duration::from_millis(200),
+            ..Config::default()
+        };
+        let peer = tcp_peer(server, &config);
+        let filler = [b'x'; 65536];
+        while send_dontwait(&peer.sock, &filler).is_ok() {}
+        let others = Chunk::from(&[b'o'; 1000][..]);
+        while peer.pending() < 12 * 1024 {
+            assert_eq!(peer.offer(&others, None, None, None), Offer::Taken);
+        }
+        let reply = Chunk::from(&b"* a reply\n"[..]);
+        let start = Instant::now();
+        while lock(&peer.state).own + reply.len() + CHUNK_COST <= config.max_pending / OWN_SHARE {
+            assert!(peer.reply(&reply));
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(150),
+            "replies within the share waited {:?}",
+            start.elapsed()
+        );
+        assert!(!peer.reply(&reply), "a reply past the share was queued");
+        assert!(lock(&peer.state).own <= config.max_pending / OWN_SHARE);
+        assert_eq!(peer.offer(&others, None, None, None), Offer::Taken);
+        let long = Chunk::from(&[b'l'; 4000][..]);
+        assert_eq!(peer.offer(&long, None, None, None), Offer::Taken);
     }
 
     /// Everything queued counts, with its bookkeeping: tiny chunks fill the limit long before

@@ -50,17 +50,23 @@ pub(super) enum Writes {
     NonBlocking,
 }
 
-/// Whether the bytes already sent to a peer end inside a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where what was sent to a peer so far stops, for a notice sent now.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Cut {
     AtLineEnd,
+    /// A TCP peer's last byte sent was not a `\n`.
     MidLine,
+    /// A WebSocket peer's last write stopped inside a frame: the rest of that frame.
+    MidFrame(Vec<u8>),
 }
 
 impl State {
-    /// Where what was sent so far stops: a notice sent now must start on a line of its own.
-    pub(super) fn cut(&self) -> Cut {
-        if self.mid_line {
+    /// Where what was sent so far stops: a notice sent now must start on a line (or in a
+    /// frame) of its own.
+    pub(super) fn cut(&mut self) -> Cut {
+        if !self.frame_rest.is_empty() {
+            Cut::MidFrame(std::mem::take(&mut self.frame_rest))
+        } else if self.mid_line {
             Cut::MidLine
         } else {
             Cut::AtLineEnd
@@ -168,8 +174,16 @@ impl Peer {
             rounds += 1;
             let (attempted, result) = write_batch(&self.sock, &batch, head, self.websocket, writes);
             let mut st = lock(&self.state);
-            if let Ok(n) = result {
-                st.mid_line = ends_mid_line(&batch, head, n, self.websocket).unwrap_or(st.mid_line);
+            match result {
+                Ok(n) if self.websocket && n > 0 && st.closed.is_some() => {
+                    // Closed while this write was in flight: the queue is gone, and the frame
+                    // it stopped in is finished from here (see `send_last`).
+                    st.frame_rest = unsent_frame(&batch, head + n);
+                }
+                Ok(n) if !self.websocket => {
+                    st.mid_line = ends_mid_line(&batch, head, n).unwrap_or(st.mid_line);
+                }
+                _ => {}
             }
             batch.clear();
             if st.closed.is_some() {
@@ -244,7 +258,8 @@ impl Peer {
     }
 
     /// Writes a closed peer's last bytes — the farewell `notice`, after a line end if a line
-    /// was cut short, and for a WebSocket peer the close frame — then shuts the socket.
+    /// was cut short, and for a WebSocket peer after the rest of a frame cut short and
+    /// followed by the close frame — then shuts the socket.
     pub(super) fn send_last(
         &self,
         notice: Option<&Chunk>,
@@ -253,11 +268,18 @@ impl Peer {
         writes: Writes,
     ) {
         let last = if self.websocket {
-            // A frame cut short cannot be finished with anything that makes sense to the
-            // client: it gets no farewell, only the end of the connection.
-            (cut == Cut::AtLineEnd).then(|| {
-                let mut last = notice.map_or_else(Vec::new, |n| n.wire(true).to_vec());
-                if let Some(code) = why.ws_close_code() {
+            let code = why.ws_close_code();
+            // A frame cut short would swallow the bytes after it: the browser would see its
+            // connection fail (1006), not why it was closed. So it is finished first.
+            (notice.is_some() || code.is_some()).then(|| {
+                let mut last = match cut {
+                    Cut::MidFrame(rest) => rest,
+                    Cut::AtLineEnd | Cut::MidLine => Vec::new(),
+                };
+                if let Some(notice) = notice {
+                    last.extend_from_slice(notice.wire(true));
+                }
+                if let Some(code) = code {
                     last.extend_from_slice(&ws_frame::close(code, &why.to_string()));
                 }
                 last
@@ -265,7 +287,7 @@ impl Peer {
         } else {
             notice.map(|notice| match cut {
                 Cut::MidLine => [self.notices.eol().as_bytes(), notice].concat(),
-                Cut::AtLineEnd => notice.to_vec(),
+                Cut::AtLineEnd | Cut::MidFrame(_) => notice.to_vec(),
             })
         };
         if let Some(notice) = last.filter(|l| !l.is_empty()) {
@@ -342,23 +364,31 @@ fn write_batch(
 }
 
 /// Whether the last of the `n` bytes written from `batch` (starting `head` bytes into its
-/// first chunk) left a line unfinished. `None` if nothing was written. For a WebSocket peer
-/// only a chunk's end is known to end a frame: a write that stopped inside a chunk counts as
-/// stopping inside a frame.
-fn ends_mid_line(batch: &[Chunk], head: usize, n: usize, websocket: bool) -> Option<bool> {
+/// first chunk) to a TCP peer left a line unfinished. `None` if nothing was written.
+fn ends_mid_line(batch: &[Chunk], head: usize, n: usize) -> Option<bool> {
     let mut end = head + n;
     for chunk in batch {
-        let wire = chunk.wire(websocket);
-        if end <= wire.len() {
-            return (end > 0).then(|| {
-                if websocket {
-                    end != wire.len()
-                } else {
-                    wire[end - 1] != b'\n'
-                }
-            });
+        if end <= chunk.len() {
+            return (end > 0).then(|| chunk[end - 1] != b'\n');
         }
-        end -= wire.len();
+        end -= chunk.len();
     }
     None
+}
+
+/// For a WebSocket peer whose writes stopped `at` bytes into `chunks` (its queue, or the batch
+/// of the write in flight, from where that batch starts): the rest of the frame they stopped
+/// in, not sent yet; empty if they stopped between frames. A chunk holds whole frames.
+pub(super) fn unsent_frame<'a>(
+    chunks: impl IntoIterator<Item = &'a Chunk>,
+    mut at: usize,
+) -> Vec<u8> {
+    for chunk in chunks {
+        let wire = chunk.wire(true);
+        if at < wire.len() {
+            return wire[at..ws_frame::frame_end(wire, at)].to_vec();
+        }
+        at -= wire.len();
+    }
+    Vec::new()
 }
