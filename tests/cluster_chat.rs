@@ -445,3 +445,65 @@ fn a_browser_and_a_terminal_on_two_nodes_chat() {
     web.send(Message::text("hello terminal")).unwrap();
     assert_eq!(until(&mut term, "<"), "<web> hello terminal\n");
 }
+
+/// Proves (issue 19, smaller): names, rooms and node ids heard on the cluster channel are
+/// checked with the rule for local ones: a forged client whose name, room or node holds a
+/// newline is dropped with a warning, so `/who`, `/rooms` and the operator's `clients` show
+/// no broken line; well-formed names (a guest's too) still show.
+#[test]
+fn forged_names_on_the_channel_break_no_line() {
+    let redis = Redis::start();
+    let a = cluster(&redis, &["a"], &[]).pop().unwrap();
+    let mut alice = named(&a, "alice");
+    let client = |id: u64, name: &[u8], room: &[u8]| {
+        let mut m = id.to_be_bytes().to_vec();
+        m.extend_from_slice(name);
+        m.push(0);
+        m.extend_from_slice(room);
+        m.push(0);
+        m
+    };
+    let message = |node: &[u8], kind: u8, payload: &[u8]| {
+        let mut m = node.to_vec();
+        m.push(0);
+        m.push(kind);
+        m.extend_from_slice(payload);
+        m
+    };
+    let mut snapshot = b"-".to_vec();
+    snapshot.extend(client(2, b"fine", b"lobby"));
+    snapshot.extend(client(3, b"eve\r\n5 x", b"lobby"));
+    for forged in [
+        message(b"x", b'E', &client(1, b"evil\nkick 1", b"lobby")),
+        message(
+            b"x",
+            b'E',
+            &client(1, b"mallory", b"lobby\n* 9 in lobby: forged"),
+        ),
+        message(b"x\nkick 1", b'E', &client(1, b"mallory", b"lobby")),
+        message(b"x", b'S', &snapshot),
+    ] {
+        redis.publish("relayd:lines", &forged);
+    }
+    // Read after the forged ones: once these show, those have been read too.
+    redis.publish(
+        "relayd:lines",
+        &message(b"y", b'E', &client(4, b"valid", b"lobby")),
+    );
+    redis.publish(
+        "relayd:lines",
+        &message(b"y", b'E', &client(5, b"guest5@y", b"lobby")),
+    );
+    wait_who(&mut alice, "* 3 in lobby: alice, valid, guest5@y\n");
+    for _ in 0..4 {
+        a.daemon.wait_log("cluster: dropped a message from node");
+    }
+    alice.send(b"/rooms\n");
+    assert_eq!(until(&mut alice, "* rooms: "), "* rooms: lobby (3)\n");
+    let clients = a.admin("clients");
+    let lines: Vec<&str> = clients.lines().collect();
+    assert_eq!(lines.len(), 3, "{clients}");
+    assert!(lines.iter().all(|l| l.split(' ').count() == 9), "{clients}");
+    assert_eq!(lines[1], "4@y - valid lobby - - - - node:y");
+    assert_eq!(lines[2], "5@y - guest5@y lobby - - - - node:y");
+}

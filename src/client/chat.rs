@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 
-use crate::config::{Config, is_token};
+use crate::config::Config;
 use crate::daemon::{Daemon, NameError};
 use crate::delivery::chunk::Chunk;
 use crate::delivery::notice::clean;
@@ -22,9 +22,6 @@ use crate::delivery::peer::Peer;
 use crate::delivery::registry::{LOBBY, Members, is_id};
 use crate::policy::rate::Bucket;
 use crate::stats::add;
-
-/// Longest name or room name, in characters.
-const MAX_NAME: usize = 32;
 
 /// What a valid name is, as people are told.
 const NAME_RULE: &str = "1-32 letters, digits, _ - .; not only digits";
@@ -76,16 +73,10 @@ pub fn parse(line: &[u8]) -> Input {
     }
 }
 
-/// A valid room name: 1–32 letters, digits, `_`, `-` or `.`.
-pub(crate) fn valid_room(name: &str) -> bool {
-    is_token(name, MAX_NAME)
-}
-
-/// A valid name: as a room name, but not only digits, so that the operator's `kick 7` can only
-/// mean client id 7.
-pub fn valid_name(name: &str) -> bool {
-    valid_room(name) && !name.bytes().all(|b| b.is_ascii_digit())
-}
+// In `config`, so that the cluster checks the names and rooms other nodes announce with the
+// very same rules.
+pub use crate::config::valid_name;
+pub(crate) use crate::config::valid_room;
 
 /// `guest<digits>` names are handed out by the daemon; nobody may take one.
 pub fn reserved(name: &str) -> bool {

@@ -114,11 +114,14 @@ pub fn check_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("--redis {url}: {e}"))
 }
 
+/// Longest `--cluster` and `--node-id`, in characters.
+pub(crate) const MAX_NODE_ID: usize = 64;
+
 /// Checks `--cluster` and `--node-id`, for a one-line startup error: they go into guest
 /// names (`guest7@NODE`), the operator's space-separated `clients` list and Redis keys.
 pub fn check_names(cluster: &str, node_id: &str) -> Result<(), String> {
     for (flag, value) in [("--cluster", cluster), ("--node-id", node_id)] {
-        if !is_token(value, 64) {
+        if !is_token(value, MAX_NODE_ID) {
             return Err(format!(
                 "{flag} {value:?}: must be 1-64 letters, digits, _ - ."
             ));

@@ -65,6 +65,10 @@ impl Shared {
         if node == &*self.node {
             return;
         }
+        if let Err(why) = wire::check(node, &event) {
+            warn!("cluster: dropped a message from node {node:?}: {why}");
+            return;
+        }
         match event {
             Event::Lines { lines, .. } => add(&self.stats.cluster_received, lines as u64),
             Event::Direct { to, .. } if to != &*self.node => return,
