@@ -507,3 +507,121 @@ fn forged_names_on_the_channel_break_no_line() {
     assert_eq!(lines[1], "4@y - valid lobby - - - - node:y");
     assert_eq!(lines[2], "5@y - guest5@y lobby - - - - node:y");
 }
+
+/// Something a client does, on a thread of its own: what it read, and the client.
+type Job = Box<dyn FnOnce() -> (String, Client) + Send>;
+
+/// Runs the jobs at once, each on a thread of its own, and times each: what each read, its
+/// client and how long it took, and the times as text for a failure message.
+fn timed_at_once(jobs: Vec<Job>) -> (Vec<(Duration, String, Client)>, Vec<String>) {
+    let threads: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let (line, c) = job();
+                (started.elapsed(), line, c)
+            })
+        })
+        .collect();
+    let done: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let times = done
+        .iter()
+        .map(|(took, _, _)| format!("{:.2}", took.as_secs_f64()))
+        .collect();
+    (done, times)
+}
+
+/// The next line that starts with one of `prefixes`, or why none came (without failing, so
+/// that the test can say when each of its clients got what).
+fn next_line(c: &mut Client, prefixes: &[&str]) -> String {
+    loop {
+        match c.try_line() {
+            Ok(l) if l.is_empty() => return "(end of stream)".into(),
+            Ok(l) => {
+                let l = String::from_utf8(l).unwrap();
+                if prefixes.iter().any(|p| l.starts_with(p)) {
+                    return l;
+                }
+            }
+            Err(e) => return format!("(no line: {e})"),
+        }
+    }
+}
+
+/// Proves (issue 19, point 3): a frozen Redis (SIGSTOP) costs a client that asks it one
+/// bounded pause, never a queue behind other clients, and never the accept loop: eight
+/// `/nick` at once are each answered within QUERY_TIMEOUT (1 s) and a little, not one after
+/// another; new clients of a node whose lobby was never read from Redis are each welcomed
+/// within as much; and once Redis resumes (SIGCONT), names change and lines cross nodes
+/// again.
+#[test]
+fn a_frozen_redis_costs_each_client_one_bounded_pause() {
+    use cluster_support::Frozen;
+
+    // QUERY_TIMEOUT, plus scheduling slack on a shared machine.
+    const BOUND: Duration = Duration::from_millis(1800);
+    let redis = Redis::start_private("cluster-frozen");
+    let nodes = cluster(&redis, &["a", "b"], &["--history", "5"]);
+    let clients: Vec<Client> = (0..8)
+        .map(|_| {
+            let mut c = nodes[0].connect();
+            until(&mut c, "* welcome to relayd");
+            c
+        })
+        .collect();
+    let frozen = Frozen::new(&redis);
+
+    let asking: Vec<Job> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| -> Job {
+            Box::new(move || {
+                c.send(format!("/nick n{i}\n").as_bytes());
+                (next_line(&mut c, &["relayd: ", "* you are"]), c)
+            })
+        })
+        .collect();
+    let (answered, times) = timed_at_once(asking);
+    for (took, answer, _) in &answered {
+        assert_eq!(
+            answer,
+            "relayd: names cannot change while the cluster is unreachable, try again later\n",
+            "answered after {times:?} s"
+        );
+        assert!(*took < BOUND, "/nick answered after {times:?} s");
+    }
+
+    // b has had no client yet: its lobby's history was never read from Redis.
+    let addr = nodes[1].daemon.addrs[0];
+    let joining: Vec<Job> = (0..4)
+        .map(|_| -> Job {
+            Box::new(move || {
+                let mut c = Client::connect(addr);
+                (next_line(&mut c, &[""]), c)
+            })
+        })
+        .collect();
+    let (joined, times) = timed_at_once(joining);
+    for (took, welcome, _) in &joined {
+        assert!(
+            welcome.starts_with("* welcome to relayd, you are guest"),
+            "{welcome:?} after {times:?} s"
+        );
+        assert!(*took < BOUND, "welcomed after {times:?} s");
+    }
+
+    drop(frozen);
+    let mut alice = answered.into_iter().next().unwrap().2;
+    eventually("names to change again", || {
+        nick(&mut alice, "alice") == "* you are now alice\n"
+    });
+    let mut bee = joined.into_iter().next().unwrap().2;
+    eventually("b's names to change again", || {
+        nick(&mut bee, "bee") == "* you are now bee\n"
+    });
+    nodes[0].wait_linked();
+    nodes[1].wait_linked();
+    bee.send(b"after the freeze\n");
+    assert_eq!(until(&mut alice, "<"), "<bee> after the freeze\n");
+}

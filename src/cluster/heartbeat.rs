@@ -1,6 +1,6 @@
-//! The heartbeat thread (no connection of its own): every third of `ttl`, or sooner when the
-//! subscriber asks, queues this node's clients for the other nodes and renews the names they
-//! hold in Redis.
+//! The heartbeat thread: every third of `ttl`, or sooner when the subscriber asks, queues
+//! this node's clients for the other nodes and renews, over a connection of its own, the
+//! names they hold in Redis.
 
 use std::time::Instant;
 
@@ -68,7 +68,7 @@ impl Shared {
         for (id, name) in names {
             pipe.add_command(self.claim_cmd(*id, name, None));
         }
-        let Some(held) = self.query(|con| pipe.query::<Vec<i64>>(con)) else {
+        let Some(held) = self.beat.query::<i64>(&pipe) else {
             return;
         };
         for ((id, name), held) in names.iter().zip(held) {

@@ -3,7 +3,7 @@
 //! `<cluster>:lines`), hold chat names cluster-wide (a key per name), and keep each room's
 //! history (a stream per room).
 //!
-//! Three threads and three connections, so that neither a client's reader nor the delivery
+//! Three threads with a connection each, so that neither a client's reader nor the delivery
 //! of remote lines ever waits on the other direction:
 //! - the publisher (`publisher.rs`) sends what [`Cluster`]'s `publish_*` methods queued. The
 //!   queue is bounded in bytes (like a peer's): a reader only appends to it, and what does
@@ -11,13 +11,15 @@
 //! - the subscriber (`subscriber.rs`) receives the other nodes' messages and hands them to
 //!   the `deliver` hook given at start. It skips this node's own messages, and nothing it
 //!   delivers is published again, so nothing loops.
-//! - the heartbeat (`heartbeat.rs`; no connection of its own) queues this node's clients
-//!   every third of `ttl` (so other nodes forget a node that went silent, and its clients,
-//!   after `ttl`), and renews the name keys this node holds, which expire `ttl` after the
-//!   last renewal: a dead node's names come free.
-//! - the query connection, shared under a lock by the few commands that need Redis's answer:
-//!   renewing names, claiming one (`/nick`) and reading a room's history when the first
-//!   client here enters it. The last two run on that client's own thread.
+//! - the heartbeat (`heartbeat.rs`) queues this node's clients every third of `ttl` (so
+//!   other nodes forget a node that went silent, and its clients, after `ttl`), and renews
+//!   over a connection of its own the name keys its clients hold, which expire `ttl` after
+//!   the last renewal: a dead node's names come free.
+//!
+//! A client's thread that needs Redis's answer, claiming a name (`/nick`) or reading a
+//! room's history when the first client here enters it, takes a connection of its own from
+//! a small pool (`query.rs`), so that a slow Redis costs it at most [`QUERY_TIMEOUT`] and
+//! never queues it behind another.
 //!
 //! The publisher and subscriber reconnect on their own with back-off; the link is "up"
 //! (`redis_connected 1`) while both are connected (`link.rs`). This file holds the handle,
@@ -32,6 +34,7 @@ mod heartbeat;
 mod link;
 pub(crate) mod presence;
 mod publisher;
+mod query;
 mod subscriber;
 mod wire;
 
@@ -44,11 +47,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::debug;
-
 use crate::cluster::heartbeat::Wake;
-use crate::cluster::link::Link;
+use crate::cluster::link::{IO_TIMEOUT, Link};
 use crate::cluster::presence::Present;
+use crate::cluster::query::Pool;
 use crate::config::{ClusterConfig, is_token};
 use crate::delivery::chunk::Chunk;
 use crate::delivery::history::Entry;
@@ -58,9 +60,12 @@ use crate::sync::{self, lock};
 /// Bytes queued for Redis before further lines are dropped: as much as one peer may have
 /// pending by default, a few seconds of a busy node's traffic.
 const QUEUE_LIMIT: usize = 8 << 20;
-/// How long a client's thread may wait for Redis's answer (a name claim, a room's history):
-/// a slow Redis costs that client a pause, not its place.
+/// How long a client's thread may wait for Redis's answer (a name claim, a room's history),
+/// connecting included: a slow Redis costs that client a pause, not its place.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections for clients' queries at most; a client that finds them all busy is answered
+/// as if Redis were unreachable, at once.
+const QUERIES: usize = 16;
 
 /// Claims a name key for `ARGV[1]` (`node \0 id`) for `ARGV[2]` ms, or renews it if it holds
 /// that value already, and then frees `KEYS[2]` (the old name) if it held that value; 0 if
@@ -142,6 +147,16 @@ fn client(url: &str) -> redis::RedisResult<redis::Client> {
     redis::Client::open(info)
 }
 
+/// `client` for the queries' pools (`query.rs`): it does not tell Redis its name on
+/// connecting, two answers to wait for, each up to the whole timeout, before a client's
+/// query. (The publisher and subscriber keep that exchange: it tells them, before they count
+/// the link as up, that the Redis they reached answers.)
+fn query_client(client: &redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
 /// The daemon's handle on the cluster link.
 pub(crate) struct Cluster {
     shared: Arc<Shared>,
@@ -172,7 +187,11 @@ struct Shared {
     /// Heartbeats asked for before their time.
     wake: Mutex<Wake>,
     woken: Condvar,
-    query: Mutex<Option<redis::Connection>>,
+    /// Clients' queries (see `query.rs`).
+    queries: Pool,
+    /// The heartbeat's connection, so that its renewals never wait behind a client's query
+    /// nor make one wait.
+    beat: Pool,
     stop: AtomicBool,
 }
 
@@ -299,8 +318,7 @@ impl Cluster {
         if !self.is_up() {
             return Err(ClaimError::Unreachable);
         }
-        let cmd = s.claim_cmd(id, name, old);
-        match s.query(|con| cmd.query::<i64>(con)) {
+        match s.query::<i64>(&s.claim_cmd(id, name, old)) {
             Some(1) => Ok(()),
             Some(_) => Err(ClaimError::Taken),
             None => Err(ClaimError::Unreachable),
@@ -355,7 +373,7 @@ impl Cluster {
             .arg("-")
             .arg("COUNT")
             .arg(s.history);
-        let entries: Vec<(String, Vec<Vec<u8>>)> = s.query(|con| cmd.query(con))?;
+        let entries: Vec<(String, Vec<Vec<u8>>)> = s.query(&cmd)?;
         let mut out = Vec::with_capacity(entries.len());
         for (_, fields) in entries.into_iter().rev() {
             let Some(message) = fields.get(1) else {
@@ -396,8 +414,9 @@ impl Shared {
         stats: Arc<Stats>,
         hooks: Hooks,
     ) -> io::Result<Shared> {
-        let client = client(&config.url)
-            .map_err(|e| io::Error::other(format!("--redis {}: {e}", config.url)))?;
+        let bad_url = |e| io::Error::other(format!("--redis {}: {e}", config.url));
+        let client = client(&config.url).map_err(bad_url)?;
+        let queries = query_client(&client).map_err(bad_url)?;
         Ok(Shared {
             node: Arc::from(config.node_id.as_str()),
             name: config.name.clone(),
@@ -414,7 +433,8 @@ impl Shared {
             link: Mutex::new(Link::new()),
             wake: Mutex::new(Wake::default()),
             woken: Condvar::new(),
-            query: Mutex::new(None),
+            queries: Pool::new("query", QUERIES, QUERY_TIMEOUT, queries.clone()),
+            beat: Pool::new("heartbeat", 1, IO_TIMEOUT, queries),
             outages: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
@@ -487,48 +507,9 @@ impl Shared {
         queue.items.push_back(item);
     }
 
-    /// Runs `f` on the query connection, connecting it first if needed; `None` (and the
-    /// connection dropped, to be made again next time) if Redis did not answer. A connection
-    /// kept from before may have died with a restarted Redis: then `f` is tried once more on
-    /// a new one (every query is safe to repeat).
-    fn query<T>(
-        &self,
-        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Option<T> {
-        let mut query = lock(&self.query);
-        for _ in 0..2 {
-            let kept = query.is_some();
-            let con = match query.take() {
-                Some(con) => con,
-                None => match self.query_connection() {
-                    Ok(con) => con,
-                    Err(e) => {
-                        debug!("cluster: query connection: {e}");
-                        return None;
-                    }
-                },
-            };
-            let con = query.insert(con);
-            match f(con) {
-                Ok(v) => return Some(v),
-                Err(e) => {
-                    // After a timeout a late answer would be read as the next command's: the
-                    // connection goes either way.
-                    debug!("cluster: query failed: {e}");
-                    *query = None;
-                    if !kept {
-                        return None;
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    fn query_connection(&self) -> redis::RedisResult<redis::Connection> {
-        let con = self.client.get_connection_with_timeout(QUERY_TIMEOUT)?;
-        con.set_read_timeout(Some(QUERY_TIMEOUT))?;
-        con.set_write_timeout(Some(QUERY_TIMEOUT))?;
-        Ok(con)
+    /// Sends `cmd` for a client's thread, on a connection of its own (see `query.rs`);
+    /// `None` if Redis did not answer within [`QUERY_TIMEOUT`].
+    fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        self.queries.one(cmd)
     }
 }
