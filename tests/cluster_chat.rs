@@ -625,3 +625,60 @@ fn a_frozen_redis_costs_each_client_one_bounded_pause() {
     bee.send(b"after the freeze\n");
     assert_eq!(until(&mut alice, "<"), "<bee> after the freeze\n");
 }
+
+/// Proves (issue 19, point 2): one client cannot fill Redis with room histories. Looping
+/// `/join rN` with a 60 KB line in each room, it enters at most 8 rooms it was not in at once
+/// (then one every 30 s) and is told `relayd: too many rooms too fast, wait a moment` for the
+/// others, so Redis holds a stream for each room it entered and no more, and every stream
+/// expires (within the hour); the heartbeat renews the stream of the room it is in, and not
+/// those of the rooms it left.
+#[test]
+fn one_client_cannot_fill_redis_with_room_histories() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a"], &["--history", "50", "--cluster-ttl", "3"]);
+    let mut c = nodes[0].connect();
+    until(&mut c, "* welcome to relayd");
+    let long = format!("{}\n", "x".repeat(60_000));
+    let mut entered = Vec::new();
+    for n in 0..40 {
+        c.send(format!("/join r{n}\n").as_bytes());
+        let answer = loop {
+            let l = line(&mut c);
+            if l.starts_with("* you are now in ") || l.starts_with("relayd: ") {
+                break l;
+            }
+        };
+        if answer.starts_with("* you are now in ") {
+            entered.push(format!("relayd:history:r{n}"));
+        } else {
+            assert_eq!(answer, "relayd: too many rooms too fast, wait a moment\n");
+        }
+        c.send(long.as_bytes());
+    }
+    eventually("a to publish the 40 lines", || {
+        nodes[0].stat("cluster_published") == 40
+    });
+    // 8 at once, and one more if the test took 30 s.
+    assert!(
+        (8..=9).contains(&entered.len()),
+        "entered {} rooms",
+        entered.len()
+    );
+    entered.sort();
+    assert_eq!(redis.keys("relayd:history:*"), entered);
+    for key in &entered {
+        let ttl = redis.ttl(key);
+        assert!((1..=3600).contains(&ttl), "{key} expires in {ttl} s");
+    }
+    // The room it is in is renewed at each heartbeat (every second here); one it left is
+    // not.
+    let (here, left) = (entered.last().unwrap(), &entered[0]);
+    for key in [here, left] {
+        redis.command(&[b"EXPIRE", key.as_bytes(), b"100"]);
+    }
+    eventually(
+        "the heartbeat to renew the stream of the room in use",
+        || redis.ttl(here) > 100,
+    );
+    assert!(redis.ttl(left) <= 100, "a room nobody is in was renewed");
+}

@@ -1,12 +1,13 @@
 //! The heartbeat thread: every third of `ttl`, or sooner when the subscriber asks, queues
 //! this node's clients for the other nodes and renews, over a connection of its own, the
-//! names they hold in Redis.
+//! names its clients hold and the history streams of the rooms they are in.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use log::warn;
 
-use crate::cluster::{Shared, wire};
+use crate::cluster::{HISTORY_IDLE, Local, Shared, wire};
 use crate::sync::{lock, wait_while_until};
 
 /// Why the heartbeat is asked to run before its time.
@@ -27,7 +28,7 @@ impl Shared {
     }
 
     /// Every third of the ttl, or when asked: publishes this node's clients and renews its
-    /// names in Redis.
+    /// names and streams in Redis.
     pub(super) fn heartbeat(&self) {
         let interval = self.ttl / 3;
         loop {
@@ -52,26 +53,36 @@ impl Shared {
             self.enqueue(&mut queue, m, 0, None);
             drop(queue);
             self.queued.notify_one();
-            self.renew(&local.names);
+            self.renew(&local);
         }
     }
 
-    /// Renews (or, after an outage, claims again) the names this node's clients hold; those
-    /// another node took meanwhile go to the `lost_name` hook.
-    fn renew(&self, names: &[(u64, String)]) {
+    /// Renews (or, after an outage, claims again) the names this node's clients hold, and
+    /// the history streams of the rooms they are in; names another node took meanwhile go to
+    /// the `lost_name` hook.
+    fn renew(&self, local: &Local) {
         // Not waiting for the whole link: right after Redis comes back, the names are
         // claimed again before anyone else's node can take them.
-        if names.is_empty() {
-            return;
-        }
         let mut pipe = redis::pipe();
-        for (id, name) in names {
+        for (id, name) in &local.names {
             pipe.add_command(self.claim_cmd(*id, name, None));
         }
+        if self.history > 0 {
+            let rooms: BTreeSet<&str> = local.clients.iter().map(|c| c.room.as_str()).collect();
+            for room in rooms {
+                pipe.cmd("EXPIRE")
+                    .arg(self.history_key(room))
+                    .arg(HISTORY_IDLE.as_secs());
+            }
+        }
+        if pipe.cmd_iter().next().is_none() {
+            return;
+        }
+        // The streams' answers (0 for a room nobody wrote to yet) follow the names'.
         let Some(held) = self.beat.query::<i64>(&pipe) else {
             return;
         };
-        for ((id, name), held) in names.iter().zip(held) {
+        for ((id, name), held) in local.names.iter().zip(held) {
             if held == 0 {
                 warn!("cluster: name {name} of client {id} was taken by another node meanwhile");
                 (self.hooks.lost_name)(*id, name);

@@ -14,7 +14,8 @@
 //! - the heartbeat (`heartbeat.rs`) queues this node's clients every third of `ttl` (so
 //!   other nodes forget a node that went silent, and its clients, after `ttl`), and renews
 //!   over a connection of its own the name keys its clients hold, which expire `ttl` after
-//!   the last renewal: a dead node's names come free.
+//!   the last renewal (a dead node's names come free), and the history streams of the rooms
+//!   they are in (see [`HISTORY_IDLE`]).
 //!
 //! A client's thread that needs Redis's answer, claiming a name (`/nick`) or reading a
 //! room's history when the first client here enters it, takes a connection of its own from
@@ -66,6 +67,12 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections for clients' queries at most; a client that finds them all busy is answered
 /// as if Redis were unreachable, at once.
 const QUERIES: usize = 16;
+/// How long a room's history stream outlives the last line written to it and the last
+/// heartbeat of a node with a client in the room. A node forgets a room's history as soon
+/// as its last member leaves; Redis keeps it for an hour more, so that a room everyone left
+/// for a moment (a restart of every node, a lunch break) still has its history, while a
+/// room nobody comes back to costs Redis nothing after an hour.
+pub(crate) const HISTORY_IDLE: Duration = Duration::from_secs(3600);
 
 /// Claims a name key for `ARGV[1]` (`node \0 id`) for `ARGV[2]` ms, or renews it if it holds
 /// that value already, and then frees `KEYS[2]` (the old name) if it held that value; 0 if

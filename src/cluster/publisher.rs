@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::cluster::link::{IO_TIMEOUT, Side};
-use crate::cluster::{Item, RELEASE, Shared};
+use crate::cluster::{HISTORY_IDLE, Item, RELEASE, Shared};
 use crate::stats::add;
 use crate::sync::{self, lock};
 
@@ -72,6 +72,8 @@ impl Shared {
                 batch
             };
             let mut pipe = redis::pipe();
+            // Streams given their expiry in this batch: once each, after its first entry.
+            let mut expiring: Vec<&str> = Vec::new();
             for item in &batch {
                 match item {
                     Item::Publish { message, room, .. } => {
@@ -87,6 +89,13 @@ impl Shared {
                                 .arg("m")
                                 .arg(message.as_slice())
                                 .ignore();
+                            if !expiring.contains(&room.as_str()) {
+                                expiring.push(room);
+                                pipe.cmd("EXPIRE")
+                                    .arg(self.history_key(room))
+                                    .arg(HISTORY_IDLE.as_secs())
+                                    .ignore();
+                            }
                         }
                         pipe.cmd("PUBLISH")
                             .arg(&self.channel)
