@@ -682,3 +682,78 @@ fn one_client_cannot_fill_redis_with_room_histories() {
     );
     assert!(redis.ttl(left) <= 100, "a room nobody is in was renewed");
 }
+
+/// Proves (issue 19, point 7): a node started with the id of a live node of the cluster
+/// exits 1 with one line naming the id, and the live node goes on; a node that stops
+/// cleanly frees its id for a restart at once, and one killed (SIGKILL) within the ttl.
+#[test]
+fn a_second_node_with_the_same_id_refuses_to_start() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let more = ["--chat", "--cluster-ttl", "3"];
+    let a = Node::start_with(&url, "a", &more);
+    a.wait_linked();
+    let mut alice = named(&a, "alice");
+
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_relayd"));
+    cmd.args(["--bind", "127.0.0.1:0", "--redis", &url, "--node-id", "a"])
+        .args(more);
+    let mut twin = common::Daemon::start(cmd);
+    assert_eq!(twin.wait_exit(), Some(1));
+    let said = twin.log_until("relayd: ");
+    assert_eq!(
+        said.last().unwrap(),
+        "relayd: --node-id a: another live node of cluster relayd has this id (Redis key \
+         relayd:node:a); give each node its own"
+    );
+    assert!(
+        said.iter()
+            .all(|l| l.starts_with('[') || l == said.last().unwrap())
+    );
+    // The node that had the id first goes on.
+    assert_eq!(nick(&mut alice, "alicia"), "* you are now alicia\n");
+    assert_eq!(a.stat("redis_connected"), 1);
+
+    let mut a = a;
+    a.daemon.signal(libc::SIGTERM);
+    assert_eq!(a.daemon.wait_exit(), Some(0));
+    assert_eq!(redis.get("relayd:node:a"), None);
+    let again = Node::start_with(&url, "a", &more);
+    again.wait_linked();
+    let mut again = again;
+    again.daemon.signal(libc::SIGKILL);
+    again.daemon.wait_exit();
+    assert!(redis.get("relayd:node:a").is_some());
+    // Its id is taken for as long as nothing renews it: the ttl.
+    let third = Node::start_with(&url, "a", &more);
+    third.wait_linked();
+    let _carol = named(&third, "carol");
+}
+
+/// Proves (issue 19, point 7): a node that finds at a heartbeat that another instance holds
+/// its id (as when two were started while Redis was unreachable) logs an error and leaves
+/// the cluster: its link goes down, it no longer touches the other's key, and its own
+/// clients still relay between themselves.
+#[test]
+fn a_node_whose_id_is_taken_later_leaves_the_cluster() {
+    let redis = Redis::start();
+    let mut a = cluster(&redis, &["a"], &["--cluster-ttl", "3"])
+        .pop()
+        .unwrap();
+    let mut alice = named(&a, "alice");
+    let mut bob = named(&a, "bob");
+    redis.set("relayd:node:a", b"another instance");
+    a.daemon.wait_log(
+        "cluster: node id a is held by another instance (Redis key relayd:node:a): another \
+         node has this id; leaving the cluster",
+    );
+    eventually("a to leave the cluster", || a.stat("redis_connected") == 0);
+    alice.send(b"still here\n");
+    assert_eq!(until(&mut bob, "<"), "<alice> still here\n");
+    a.daemon.signal(libc::SIGTERM);
+    assert_eq!(a.daemon.wait_exit(), Some(0));
+    assert_eq!(
+        redis.get("relayd:node:a").as_deref(),
+        Some("another instance")
+    );
+}

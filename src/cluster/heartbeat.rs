@@ -1,6 +1,6 @@
 //! The heartbeat thread: every third of `ttl`, or sooner when the subscriber asks, queues
 //! this node's clients for the other nodes and renews, over a connection of its own, the
-//! names its clients hold and the history streams of the rooms they are in.
+//! node's id, the names its clients hold and the history streams of the rooms they are in.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -28,7 +28,7 @@ impl Shared {
     }
 
     /// Every third of the ttl, or when asked: publishes this node's clients and renews its
-    /// names and streams in Redis.
+    /// id, names and streams in Redis.
     pub(super) fn heartbeat(&self) {
         let interval = self.ttl / 3;
         loop {
@@ -42,7 +42,12 @@ impl Shared {
             if self.stopping() {
                 return;
             }
+            // Also forgets the nodes gone silent, which matters still once this node has left
+            // the cluster: they then all go silent.
             let local = (self.hooks.local)();
+            if self.has_left() {
+                continue;
+            }
             let m = wire::snapshot(&self.node, wake.hello, &local.clients);
             // Checked under the queue's lock: once `farewell` has queued its empty snapshot,
             // none with clients follows it.
@@ -53,7 +58,9 @@ impl Shared {
             self.enqueue(&mut queue, m, 0, None);
             drop(queue);
             self.queued.notify_one();
-            self.renew(&local);
+            if self.renew_node() {
+                self.renew(&local);
+            }
         }
     }
 

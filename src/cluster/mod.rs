@@ -13,9 +13,9 @@
 //!   delivers is published again, so nothing loops.
 //! - the heartbeat (`heartbeat.rs`) queues this node's clients every third of `ttl` (so
 //!   other nodes forget a node that went silent, and its clients, after `ttl`), and renews
-//!   over a connection of its own the name keys its clients hold, which expire `ttl` after
-//!   the last renewal (a dead node's names come free), and the history streams of the rooms
-//!   they are in (see [`HISTORY_IDLE`]).
+//!   over a connection of its own this node's id (`node.rs`), the name keys its clients
+//!   hold, which expire `ttl` after the last renewal (a dead node's names come free), and
+//!   the history streams of the rooms they are in (see [`HISTORY_IDLE`]).
 //!
 //! A client's thread that needs Redis's answer, claiming a name (`/nick`) or reading a
 //! room's history when the first client here enters it, takes a connection of its own from
@@ -33,6 +33,7 @@
 
 mod heartbeat;
 mod link;
+mod node;
 pub(crate) mod presence;
 mod publisher;
 mod query;
@@ -50,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::heartbeat::Wake;
 use crate::cluster::link::{IO_TIMEOUT, Link};
+use crate::cluster::node::NodeKey;
 use crate::cluster::presence::Present;
 use crate::cluster::query::Pool;
 use crate::config::{ClusterConfig, is_token};
@@ -199,7 +201,11 @@ struct Shared {
     /// The heartbeat's connection, so that its renewals never wait behind a client's query
     /// nor make one wait.
     beat: Pool,
+    /// This node's id in Redis (see `node.rs`).
+    node_key: Mutex<NodeKey>,
     stop: AtomicBool,
+    /// Another instance holds this node's id: the node has left the cluster for good.
+    left: AtomicBool,
 }
 
 #[derive(Default)]
@@ -247,6 +253,7 @@ impl Cluster {
         hooks: Hooks,
     ) -> io::Result<Cluster> {
         let shared = Arc::new(Shared::new(config, history, stats, hooks)?);
+        shared.claim_node_at_start().map_err(io::Error::other)?;
         for (name, run) in [
             ("cluster-pub", Shared::publisher as fn(&Shared)),
             ("cluster-sub", Shared::subscriber),
@@ -268,6 +275,11 @@ impl Cluster {
     /// Whether both connections to Redis are up.
     pub(crate) fn is_up(&self) -> bool {
         self.shared.stats.redis_connected.load(Ordering::Relaxed) == 1
+    }
+
+    /// Whether the node has left the cluster for good (another instance has its id).
+    pub(crate) fn has_left(&self) -> bool {
+        self.shared.has_left()
     }
 
     /// Queues local client `from`'s lines (`seq`: this node's number for them) for the other
@@ -353,6 +365,7 @@ impl Cluster {
         for (id, name) in names {
             s.enqueue_release(&mut queue, *id, name);
         }
+        s.enqueue_release_node(&mut queue);
         s.queued.notify_all();
         s.woken.notify_all();
         while (!queue.items.is_empty() || queue.sending) && self.is_up() {
@@ -442,8 +455,10 @@ impl Shared {
             woken: Condvar::new(),
             queries: Pool::new("query", QUERIES, QUERY_TIMEOUT, queries.clone()),
             beat: Pool::new("heartbeat", 1, IO_TIMEOUT, queries),
+            node_key: Mutex::new(NodeKey::new()),
             outages: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            left: AtomicBool::new(false),
         })
     }
 
@@ -486,13 +501,18 @@ impl Shared {
         self.queued.notify_one();
     }
 
-    /// Queues freeing a name: tiny and bounded by the number of leaving clients, so never
-    /// dropped, or the name would stay taken until it expires.
+    /// Queues freeing a name.
     fn enqueue_release(&self, queue: &mut Queue, id: u64, name: &str) {
-        let item = Item::Release {
-            key: self.name_key(name),
-            value: self.owner(id),
-        };
+        self.enqueue_freeing(queue, self.name_key(name), self.owner(id));
+    }
+
+    /// Queues freeing `key` if it holds `value`: tiny and bounded by the number of leaving
+    /// clients, so never dropped, or the key would stay taken until it expires.
+    fn enqueue_freeing(&self, queue: &mut Queue, key: String, value: Vec<u8>) {
+        if self.has_left() {
+            return;
+        }
+        let item = Item::Release { key, value };
         queue.bytes += item.len();
         queue.items.push_back(item);
     }
@@ -503,7 +523,7 @@ impl Shared {
             lines,
             room,
         };
-        if queue.bytes + item.len() > QUEUE_LIMIT {
+        if self.has_left() || queue.bytes + item.len() > QUEUE_LIMIT {
             add(&self.stats.cluster_dropped, lines);
             return;
         }

@@ -34,7 +34,7 @@ impl Shared {
             self.set(Side::Publisher, true, None);
             let e = self.publish_queued(&mut con, outages);
             self.set(Side::Publisher, false, e.as_ref());
-            if self.stopping() {
+            if self.stopping() || self.has_left() {
                 return;
             }
         }
@@ -51,7 +51,8 @@ impl Shared {
             let batch: Vec<Item> = {
                 let mut queue = lock(&self.queue);
                 loop {
-                    if self.outages.load(Ordering::Relaxed) != outages {
+                    // Having left the cluster, the node sends nothing more, queued or not.
+                    if self.outages.load(Ordering::Relaxed) != outages || self.has_left() {
                         return None;
                     }
                     if !queue.items.is_empty() {

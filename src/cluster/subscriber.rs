@@ -31,6 +31,9 @@ impl Shared {
             // Whatever the others said while this node was not listening is lost: ask them.
             self.wake(|w| w.hello = true);
             let e = loop {
+                if self.has_left() {
+                    return;
+                }
                 match pubsub.get_message() {
                     Ok(msg) => self.receive(msg.get_payload_bytes()),
                     // Quiet, not necessarily gone: a ping tells (its answer waits at most
@@ -58,6 +61,9 @@ impl Shared {
     }
 
     fn receive(&self, message: &[u8]) {
+        if self.has_left() {
+            return;
+        }
         let Some((node, event)) = wire::decode(message) else {
             warn!("cluster: malformed message on {}", self.channel);
             return;

@@ -357,7 +357,8 @@ impl Daemon {
     /// claimed in Redis first, which makes it the client's on every node (the caller then
     /// tells the room, and [`Daemon::present`] the other nodes).
     pub(crate) fn rename(&self, id: PeerId, new: &str) -> Result<String, NameError> {
-        let Some(cluster) = &self.cluster else {
+        // A node that left the cluster (another has its id) names its clients on its own.
+        let Some(cluster) = self.cluster.as_ref().filter(|c| !c.has_left()) else {
             return self.registry.rename(id, new).map_err(|_| NameError::Taken);
         };
         let here = self.registry.find(new).map(|(_, p)| p.id());
