@@ -201,8 +201,8 @@ pub(crate) struct Args {
     )]
     cluster: String,
 
-    /// This node's name in the cluster, unique among its nodes (letters, digits, _ - .).
-    /// Default: host name and pid.
+    /// This node's name in the cluster, unique among its nodes (letters, digits, _ - .): a node
+    /// started with the id of a live one exits 1. Default: host name and pid.
     #[arg(long, value_name = "ID", requires = "redis")]
     node_id: Option<String>,
 

@@ -114,6 +114,20 @@ impl Default for Config {
     }
 }
 
+/// Longest chat name or room name, in characters.
+const MAX_NAME: usize = 32;
+
+/// A valid room name: 1–32 letters, digits, `_`, `-` or `.`.
+pub(crate) fn valid_room(name: &str) -> bool {
+    is_token(name, MAX_NAME)
+}
+
+/// A valid chat name: as a room name, but not only digits, so that the operator's `kick 7`
+/// can only mean client id 7.
+pub fn valid_name(name: &str) -> bool {
+    valid_room(name) && !name.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Whether `s` is 1 to `max` letters, digits, `_`, `-` or `.`: the characters of chat names
 /// and rooms, node ids and cluster names, which go into lines, lists and Redis keys alike.
 pub(crate) fn is_token(s: &str, max: usize) -> bool {

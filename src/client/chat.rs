@@ -9,22 +9,29 @@
 //! Every line here is built whole before it is delivered, which is why a prefix can never land
 //! inside a line however the bytes were split across reads.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, info};
 
-use crate::config::{Config, is_token};
+use crate::config::Config;
 use crate::daemon::{Daemon, NameError};
 use crate::delivery::chunk::Chunk;
 use crate::delivery::notice::clean;
 use crate::delivery::peer::Peer;
 use crate::delivery::registry::{LOBBY, Members, is_id};
-use crate::policy::rate::Bucket;
+use crate::policy::rate::{Bucket, Rate};
 use crate::stats::add;
 
-/// Longest name or room name, in characters.
-const MAX_NAME: usize = 32;
+/// In a cluster with `--history`, the rooms a client may enter that it was not in lately: 8
+/// at once, then one every 30 s. Each room a client enters may start a history stream in
+/// Redis, which outlives the room by an hour (`cluster::HISTORY_IDLE`), so that one client
+/// cannot create streams without bound: at most 8 + 120 an hour.
+const NEW_ROOMS: Rate = Rate {
+    lines: 8,
+    seconds: 240,
+};
 
 /// What a valid name is, as people are told.
 const NAME_RULE: &str = "1-32 letters, digits, _ - .; not only digits";
@@ -84,16 +91,10 @@ pub(crate) fn command_with_more_lines(message: &[u8]) -> bool {
     matches!(lines.next().map(parse), Some(Input::Command { .. })) && lines.next().is_some()
 }
 
-/// A valid room name: 1–32 letters, digits, `_`, `-` or `.`.
-pub(crate) fn valid_room(name: &str) -> bool {
-    is_token(name, MAX_NAME)
-}
-
-/// A valid name: as a room name, but not only digits, so that the operator's `kick 7` can only
-/// mean client id 7.
-pub fn valid_name(name: &str) -> bool {
-    valid_room(name) && !name.bytes().all(|b| b.is_ascii_digit())
-}
+// In `config`, so that the cluster checks the names and rooms other nodes announce with the
+// very same rules.
+pub use crate::config::valid_name;
+pub(crate) use crate::config::valid_room;
 
 /// `guest<digits>` names are handed out by the daemon; nobody may take one.
 pub fn reserved(name: &str) -> bool {
@@ -108,6 +109,8 @@ pub(crate) struct Chat {
     name: String,
     room: String,
     bucket: Option<Bucket>,
+    /// In a cluster with `--history`: the rooms it may enter (see [`NEW_ROOMS`]).
+    new_rooms: Option<NewRooms>,
     /// Formatted lines for the room, not delivered yet.
     out: String,
     out_lines: usize,
@@ -119,6 +122,7 @@ impl Chat {
             name,
             room: LOBBY.to_string(),
             bucket: config.rate.map(Bucket::new),
+            new_rooms: (config.cluster.is_some() && config.history > 0).then(NewRooms::new),
             out: String::new(),
             out_lines: 0,
         }
@@ -327,6 +331,15 @@ impl Chat {
         if room == self.room {
             return self.reply(daemon, peer, &format!("relayd: you are already in {room}"));
         }
+        if let Some(rooms) = &mut self.new_rooms
+            && !rooms.enter(room, Instant::now())
+        {
+            return self.reply(
+                daemon,
+                peer,
+                "relayd: too many rooms too fast, wait a moment",
+            );
+        }
         let notices = daemon.notices();
         let moved = daemon.change_room(peer, room, |online| {
             vec![notices.line(format_args!("* you are now in {room} ({online} online)"))]
@@ -345,9 +358,66 @@ impl Chat {
     }
 }
 
+/// The rooms a client entered lately, and the bucket it pays for others with.
+struct NewRooms {
+    bucket: Bucket,
+    /// The last few it entered (as many as the bucket holds), to go back to for free.
+    recent: VecDeque<String>,
+}
+
+impl NewRooms {
+    fn new() -> NewRooms {
+        NewRooms {
+            bucket: Bucket::new(NEW_ROOMS),
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Whether the client may enter `room` now: the lobby and the rooms it was in lately are
+    /// free, another takes a token.
+    fn enter(&mut self, room: &str, now: Instant) -> bool {
+        if room == LOBBY {
+            return true;
+        }
+        if let Some(i) = self.recent.iter().position(|r| r == room) {
+            let room = self.recent.remove(i).unwrap_or_default();
+            self.recent.push_back(room);
+            return true;
+        }
+        if self.bucket.take(1, now) == 0 {
+            return false;
+        }
+        if self.recent.len() == NEW_ROOMS.lines as usize {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(room.to_string());
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    #[test]
+    fn new_rooms_cost_a_token_and_rooms_of_late_do_not() {
+        let t0 = Instant::now();
+        let mut rooms = NewRooms::new();
+        for n in 0..8 {
+            assert!(rooms.enter(&format!("r{n}"), t0), "r{n}");
+        }
+        assert!(!rooms.enter("r8", t0));
+        // Back and forth between rooms it was in, and the lobby, as often as it likes.
+        for _ in 0..100 {
+            assert!(rooms.enter("r0", t0) && rooms.enter("r7", t0) && rooms.enter(LOBBY, t0));
+        }
+        // One more every 30 s; it pushes out the room it was in longest ago.
+        assert!(rooms.enter("r8", t0 + Duration::from_secs(30)));
+        assert!(!rooms.enter("r1", t0 + Duration::from_secs(30)));
+        assert!(rooms.enter("r0", t0 + Duration::from_secs(30)));
+    }
 
     #[test]
     fn names() {

@@ -1,12 +1,13 @@
-//! The heartbeat thread (no connection of its own): every third of `ttl`, or sooner when the
-//! subscriber asks, queues this node's clients for the other nodes and renews the names they
-//! hold in Redis.
+//! The heartbeat thread: every third of `ttl`, or sooner when the subscriber asks, queues
+//! this node's clients for the other nodes and renews, over a connection of its own, the
+//! node's id, the names its clients hold and the history streams of the rooms they are in.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use log::warn;
 
-use crate::cluster::{Shared, wire};
+use crate::cluster::{HISTORY_IDLE, Local, Shared, wire};
 use crate::sync::{lock, wait_while_until};
 
 /// Why the heartbeat is asked to run before its time.
@@ -27,7 +28,7 @@ impl Shared {
     }
 
     /// Every third of the ttl, or when asked: publishes this node's clients and renews its
-    /// names in Redis.
+    /// id, names and streams in Redis.
     pub(super) fn heartbeat(&self) {
         let interval = self.ttl / 3;
         loop {
@@ -41,7 +42,12 @@ impl Shared {
             if self.stopping() {
                 return;
             }
+            // Also forgets the nodes gone silent, which matters still once this node has left
+            // the cluster: they then all go silent.
             let local = (self.hooks.local)();
+            if self.has_left() {
+                continue;
+            }
             let m = wire::snapshot(&self.node, wake.hello, &local.clients);
             // Checked under the queue's lock: once `farewell` has queued its empty snapshot,
             // none with clients follows it.
@@ -52,26 +58,38 @@ impl Shared {
             self.enqueue(&mut queue, m, 0, None);
             drop(queue);
             self.queued.notify_one();
-            self.renew(&local.names);
+            if self.renew_node() {
+                self.renew(&local);
+            }
         }
     }
 
-    /// Renews (or, after an outage, claims again) the names this node's clients hold; those
-    /// another node took meanwhile go to the `lost_name` hook.
-    fn renew(&self, names: &[(u64, String)]) {
+    /// Renews (or, after an outage, claims again) the names this node's clients hold, and
+    /// the history streams of the rooms they are in; names another node took meanwhile go to
+    /// the `lost_name` hook.
+    fn renew(&self, local: &Local) {
         // Not waiting for the whole link: right after Redis comes back, the names are
         // claimed again before anyone else's node can take them.
-        if names.is_empty() {
-            return;
-        }
         let mut pipe = redis::pipe();
-        for (id, name) in names {
+        for (id, name) in &local.names {
             pipe.add_command(self.claim_cmd(*id, name, None));
         }
-        let Some(held) = self.query(|con| pipe.query::<Vec<i64>>(con)) else {
+        if self.history > 0 {
+            let rooms: BTreeSet<&str> = local.clients.iter().map(|c| c.room.as_str()).collect();
+            for room in rooms {
+                pipe.cmd("EXPIRE")
+                    .arg(self.history_key(room))
+                    .arg(HISTORY_IDLE.as_secs());
+            }
+        }
+        if pipe.cmd_iter().next().is_none() {
+            return;
+        }
+        // The streams' answers (0 for a room nobody wrote to yet) follow the names'.
+        let Some(held) = self.beat.query::<i64>(&pipe) else {
             return;
         };
-        for ((id, name), held) in names.iter().zip(held) {
+        for ((id, name), held) in local.names.iter().zip(held) {
             if held == 0 {
                 warn!("cluster: name {name} of client {id} was taken by another node meanwhile");
                 (self.hooks.lost_name)(*id, name);

@@ -57,6 +57,11 @@ impl Shared {
     /// back, saying for how long it was down.
     pub(super) fn set(&self, side: Side, up: bool, why: Option<&redis::RedisError>) {
         let mut link = lock(&self.link);
+        if self.has_left() {
+            // Not an outage: nothing is logged, and nothing brings the link back.
+            self.stats.redis_connected.store(0, Ordering::Relaxed);
+            return;
+        }
         match side {
             Side::Publisher => link.publisher = up,
             Side::Subscriber => link.subscriber = up,
@@ -109,11 +114,12 @@ impl Shared {
         }
     }
 
-    /// Connects, with back-off between failed attempts; `None` once stopping.
+    /// Connects, with back-off between failed attempts; `None` once stopping, or once the
+    /// node has left the cluster.
     pub(super) fn connect(&self, side: Side) -> Option<redis::Connection> {
         let mut backoff = BACKOFF_MIN;
         loop {
-            if self.stopping() {
+            if self.stopping() || self.has_left() {
                 return None;
             }
             match self.client.get_connection_with_timeout(IO_TIMEOUT) {

@@ -3,7 +3,7 @@
 //! `<cluster>:lines`), hold chat names cluster-wide (a key per name), and keep each room's
 //! history (a stream per room).
 //!
-//! Three threads and three connections, so that neither a client's reader nor the delivery
+//! Three threads with a connection each, so that neither a client's reader nor the delivery
 //! of remote lines ever waits on the other direction:
 //! - the publisher (`publisher.rs`) sends what [`Cluster`]'s `publish_*` methods queued. The
 //!   queue is bounded in bytes (like a peer's): a reader only appends to it, and what does
@@ -11,13 +11,16 @@
 //! - the subscriber (`subscriber.rs`) receives the other nodes' messages and hands them to
 //!   the `deliver` hook given at start. It skips this node's own messages, and nothing it
 //!   delivers is published again, so nothing loops.
-//! - the heartbeat (`heartbeat.rs`; no connection of its own) queues this node's clients
-//!   every third of `ttl` (so other nodes forget a node that went silent, and its clients,
-//!   after `ttl`), and renews the name keys this node holds, which expire `ttl` after the
-//!   last renewal: a dead node's names come free.
-//! - the query connection, shared under a lock by the few commands that need Redis's answer:
-//!   renewing names, claiming one (`/nick`) and reading a room's history when the first
-//!   client here enters it. The last two run on that client's own thread.
+//! - the heartbeat (`heartbeat.rs`) queues this node's clients every third of `ttl` (so
+//!   other nodes forget a node that went silent, and its clients, after `ttl`), and renews
+//!   over a connection of its own this node's id (`node.rs`), the name keys its clients
+//!   hold, which expire `ttl` after the last renewal (a dead node's names come free), and
+//!   the history streams of the rooms they are in (see [`HISTORY_IDLE`]).
+//!
+//! A client's thread that needs Redis's answer, claiming a name (`/nick`) or reading a
+//! room's history when the first client here enters it, takes a connection of its own from
+//! a small pool (`query.rs`), so that a slow Redis costs it at most [`QUERY_TIMEOUT`] and
+//! never queues it behind another.
 //!
 //! The publisher and subscriber reconnect on their own with back-off; the link is "up"
 //! (`redis_connected 1`) while both are connected (`link.rs`). This file holds the handle,
@@ -30,8 +33,10 @@
 
 mod heartbeat;
 mod link;
+mod node;
 pub(crate) mod presence;
 mod publisher;
+mod query;
 mod subscriber;
 mod wire;
 
@@ -44,11 +49,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::debug;
-
 use crate::cluster::heartbeat::Wake;
-use crate::cluster::link::Link;
+use crate::cluster::link::{IO_TIMEOUT, Link};
+use crate::cluster::node::NodeKey;
 use crate::cluster::presence::Present;
+use crate::cluster::query::Pool;
 use crate::config::{ClusterConfig, is_token};
 use crate::delivery::chunk::Chunk;
 use crate::delivery::history::Entry;
@@ -58,9 +63,18 @@ use crate::sync::{self, lock};
 /// Bytes queued for Redis before further lines are dropped: as much as one peer may have
 /// pending by default, a few seconds of a busy node's traffic.
 const QUEUE_LIMIT: usize = 8 << 20;
-/// How long a client's thread may wait for Redis's answer (a name claim, a room's history):
-/// a slow Redis costs that client a pause, not its place.
+/// How long a client's thread may wait for Redis's answer (a name claim, a room's history),
+/// connecting included: a slow Redis costs that client a pause, not its place.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections for clients' queries at most; a client that finds them all busy is answered
+/// as if Redis were unreachable, at once.
+const QUERIES: usize = 16;
+/// How long a room's history stream outlives the last line written to it and the last
+/// heartbeat of a node with a client in the room. A node forgets a room's history as soon
+/// as its last member leaves; Redis keeps it for an hour more, so that a room everyone left
+/// for a moment (a restart of every node, a lunch break) still has its history, while a
+/// room nobody comes back to costs Redis nothing after an hour.
+pub(crate) const HISTORY_IDLE: Duration = Duration::from_secs(3600);
 
 /// Claims a name key for `ARGV[1]` (`node \0 id`) for `ARGV[2]` ms, or renews it if it holds
 /// that value already, and then frees `KEYS[2]` (the old name) if it held that value; 0 if
@@ -114,11 +128,14 @@ pub fn check_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("--redis {url}: {e}"))
 }
 
+/// Longest `--cluster` and `--node-id`, in characters.
+pub(crate) const MAX_NODE_ID: usize = 64;
+
 /// Checks `--cluster` and `--node-id`, for a one-line startup error: they go into guest
 /// names (`guest7@NODE`), the operator's space-separated `clients` list and Redis keys.
 pub fn check_names(cluster: &str, node_id: &str) -> Result<(), String> {
     for (flag, value) in [("--cluster", cluster), ("--node-id", node_id)] {
-        if !is_token(value, 64) {
+        if !is_token(value, MAX_NODE_ID) {
             return Err(format!(
                 "{flag} {value:?}: must be 1-64 letters, digits, _ - ."
             ));
@@ -137,6 +154,16 @@ fn client(url: &str) -> redis::RedisResult<redis::Client> {
         .into_connection_info()?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     redis::Client::open(info)
+}
+
+/// `client` for the queries' pools (`query.rs`): it does not tell Redis its name on
+/// connecting, two answers to wait for, each up to the whole timeout, before a client's
+/// query. (The publisher and subscriber keep that exchange: it tells them, before they count
+/// the link as up, that the Redis they reached answers.)
+fn query_client(client: &redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    redis::Client::open(info.set_redis_settings(settings))
 }
 
 /// The daemon's handle on the cluster link.
@@ -169,8 +196,16 @@ struct Shared {
     /// Heartbeats asked for before their time.
     wake: Mutex<Wake>,
     woken: Condvar,
-    query: Mutex<Option<redis::Connection>>,
+    /// Clients' queries (see `query.rs`).
+    queries: Pool,
+    /// The heartbeat's connection, so that its renewals never wait behind a client's query
+    /// nor make one wait.
+    beat: Pool,
+    /// This node's id in Redis (see `node.rs`).
+    node_key: Mutex<NodeKey>,
     stop: AtomicBool,
+    /// Another instance holds this node's id: the node has left the cluster for good.
+    left: AtomicBool,
 }
 
 #[derive(Default)]
@@ -218,6 +253,7 @@ impl Cluster {
         hooks: Hooks,
     ) -> io::Result<Cluster> {
         let shared = Arc::new(Shared::new(config, history, stats, hooks)?);
+        shared.claim_node_at_start().map_err(io::Error::other)?;
         for (name, run) in [
             ("cluster-pub", Shared::publisher as fn(&Shared)),
             ("cluster-sub", Shared::subscriber),
@@ -239,6 +275,11 @@ impl Cluster {
     /// Whether both connections to Redis are up.
     pub(crate) fn is_up(&self) -> bool {
         self.shared.stats.redis_connected.load(Ordering::Relaxed) == 1
+    }
+
+    /// Whether the node has left the cluster for good (another instance has its id).
+    pub(crate) fn has_left(&self) -> bool {
+        self.shared.has_left()
     }
 
     /// Queues local client `from`'s lines (`seq`: this node's number for them) for the other
@@ -296,8 +337,7 @@ impl Cluster {
         if !self.is_up() {
             return Err(ClaimError::Unreachable);
         }
-        let cmd = s.claim_cmd(id, name, old);
-        match s.query(|con| cmd.query::<i64>(con)) {
+        match s.query::<i64>(&s.claim_cmd(id, name, old)) {
             Some(1) => Ok(()),
             Some(_) => Err(ClaimError::Taken),
             None => Err(ClaimError::Unreachable),
@@ -325,6 +365,7 @@ impl Cluster {
         for (id, name) in names {
             s.enqueue_release(&mut queue, *id, name);
         }
+        s.enqueue_release_node(&mut queue);
         s.queued.notify_all();
         s.woken.notify_all();
         while (!queue.items.is_empty() || queue.sending) && self.is_up() {
@@ -352,7 +393,7 @@ impl Cluster {
             .arg("-")
             .arg("COUNT")
             .arg(s.history);
-        let entries: Vec<(String, Vec<Vec<u8>>)> = s.query(|con| cmd.query(con))?;
+        let entries: Vec<(String, Vec<Vec<u8>>)> = s.query(&cmd)?;
         let mut out = Vec::with_capacity(entries.len());
         for (_, fields) in entries.into_iter().rev() {
             let Some(message) = fields.get(1) else {
@@ -393,8 +434,9 @@ impl Shared {
         stats: Arc<Stats>,
         hooks: Hooks,
     ) -> io::Result<Shared> {
-        let client = client(&config.url)
-            .map_err(|e| io::Error::other(format!("--redis {}: {e}", config.url)))?;
+        let bad_url = |e| io::Error::other(format!("--redis {}: {e}", config.url));
+        let client = client(&config.url).map_err(bad_url)?;
+        let queries = query_client(&client).map_err(bad_url)?;
         Ok(Shared {
             node: Arc::from(config.node_id.as_str()),
             name: config.name.clone(),
@@ -411,9 +453,12 @@ impl Shared {
             link: Mutex::new(Link::new()),
             wake: Mutex::new(Wake::default()),
             woken: Condvar::new(),
-            query: Mutex::new(None),
+            queries: Pool::new("query", QUERIES, QUERY_TIMEOUT, queries.clone()),
+            beat: Pool::new("heartbeat", 1, IO_TIMEOUT, queries),
+            node_key: Mutex::new(NodeKey::new()),
             outages: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            left: AtomicBool::new(false),
         })
     }
 
@@ -456,13 +501,18 @@ impl Shared {
         self.queued.notify_one();
     }
 
-    /// Queues freeing a name: tiny and bounded by the number of leaving clients, so never
-    /// dropped, or the name would stay taken until it expires.
+    /// Queues freeing a name.
     fn enqueue_release(&self, queue: &mut Queue, id: u64, name: &str) {
-        let item = Item::Release {
-            key: self.name_key(name),
-            value: self.owner(id),
-        };
+        self.enqueue_freeing(queue, self.name_key(name), self.owner(id));
+    }
+
+    /// Queues freeing `key` if it holds `value`: tiny and bounded by the number of leaving
+    /// clients, so never dropped, or the key would stay taken until it expires.
+    fn enqueue_freeing(&self, queue: &mut Queue, key: String, value: Vec<u8>) {
+        if self.has_left() {
+            return;
+        }
+        let item = Item::Release { key, value };
         queue.bytes += item.len();
         queue.items.push_back(item);
     }
@@ -473,7 +523,7 @@ impl Shared {
             lines,
             room,
         };
-        if queue.bytes + item.len() > QUEUE_LIMIT {
+        if self.has_left() || queue.bytes + item.len() > QUEUE_LIMIT {
             add(&self.stats.cluster_dropped, lines);
             return;
         }
@@ -484,48 +534,9 @@ impl Shared {
         queue.items.push_back(item);
     }
 
-    /// Runs `f` on the query connection, connecting it first if needed; `None` (and the
-    /// connection dropped, to be made again next time) if Redis did not answer. A connection
-    /// kept from before may have died with a restarted Redis: then `f` is tried once more on
-    /// a new one (every query is safe to repeat).
-    fn query<T>(
-        &self,
-        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Option<T> {
-        let mut query = lock(&self.query);
-        for _ in 0..2 {
-            let kept = query.is_some();
-            let con = match query.take() {
-                Some(con) => con,
-                None => match self.query_connection() {
-                    Ok(con) => con,
-                    Err(e) => {
-                        debug!("cluster: query connection: {e}");
-                        return None;
-                    }
-                },
-            };
-            let con = query.insert(con);
-            match f(con) {
-                Ok(v) => return Some(v),
-                Err(e) => {
-                    // After a timeout a late answer would be read as the next command's: the
-                    // connection goes either way.
-                    debug!("cluster: query failed: {e}");
-                    *query = None;
-                    if !kept {
-                        return None;
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    fn query_connection(&self) -> redis::RedisResult<redis::Connection> {
-        let con = self.client.get_connection_with_timeout(QUERY_TIMEOUT)?;
-        con.set_read_timeout(Some(QUERY_TIMEOUT))?;
-        con.set_write_timeout(Some(QUERY_TIMEOUT))?;
-        Ok(con)
+    /// Sends `cmd` for a client's thread, on a connection of its own (see `query.rs`);
+    /// `None` if Redis did not answer within [`QUERY_TIMEOUT`].
+    fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        self.queries.one(cmd)
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::cluster::link::{IO_TIMEOUT, Side};
-use crate::cluster::{Item, RELEASE, Shared};
+use crate::cluster::{HISTORY_IDLE, Item, RELEASE, Shared};
 use crate::stats::add;
 use crate::sync::{self, lock};
 
@@ -34,7 +34,7 @@ impl Shared {
             self.set(Side::Publisher, true, None);
             let e = self.publish_queued(&mut con, outages);
             self.set(Side::Publisher, false, e.as_ref());
-            if self.stopping() {
+            if self.stopping() || self.has_left() {
                 return;
             }
         }
@@ -51,7 +51,8 @@ impl Shared {
             let batch: Vec<Item> = {
                 let mut queue = lock(&self.queue);
                 loop {
-                    if self.outages.load(Ordering::Relaxed) != outages {
+                    // Having left the cluster, the node sends nothing more, queued or not.
+                    if self.outages.load(Ordering::Relaxed) != outages || self.has_left() {
                         return None;
                     }
                     if !queue.items.is_empty() {
@@ -72,6 +73,8 @@ impl Shared {
                 batch
             };
             let mut pipe = redis::pipe();
+            // Streams given their expiry in this batch: once each, after its first entry.
+            let mut expiring: Vec<&str> = Vec::new();
             for item in &batch {
                 match item {
                     Item::Publish { message, room, .. } => {
@@ -87,6 +90,13 @@ impl Shared {
                                 .arg("m")
                                 .arg(message.as_slice())
                                 .ignore();
+                            if !expiring.contains(&room.as_str()) {
+                                expiring.push(room);
+                                pipe.cmd("EXPIRE")
+                                    .arg(self.history_key(room))
+                                    .arg(HISTORY_IDLE.as_secs())
+                                    .ignore();
+                            }
                         }
                         pipe.cmd("PUBLISH")
                             .arg(&self.channel)

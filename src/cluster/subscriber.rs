@@ -31,6 +31,9 @@ impl Shared {
             // Whatever the others said while this node was not listening is lost: ask them.
             self.wake(|w| w.hello = true);
             let e = loop {
+                if self.has_left() {
+                    return;
+                }
                 match pubsub.get_message() {
                     Ok(msg) => self.receive(msg.get_payload_bytes()),
                     // Quiet, not necessarily gone: a ping tells (its answer waits at most
@@ -58,11 +61,18 @@ impl Shared {
     }
 
     fn receive(&self, message: &[u8]) {
+        if self.has_left() {
+            return;
+        }
         let Some((node, event)) = wire::decode(message) else {
             warn!("cluster: malformed message on {}", self.channel);
             return;
         };
         if node == &*self.node {
+            return;
+        }
+        if let Err(why) = wire::check(node, &event) {
+            warn!("cluster: dropped a message from node {node:?}: {why}");
             return;
         }
         match event {

@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
+use crate::cluster::MAX_NODE_ID;
 use crate::cluster::presence::Present;
+use crate::config::{is_token, valid_name, valid_room};
 use crate::delivery::history::LineId;
 
 /// A message from another node, as the `deliver` hook gets it.
@@ -224,6 +226,40 @@ pub(crate) fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
     Some((node, event))
 }
 
+/// Whether the node ids, names and rooms a message names follow the rules this node's own
+/// follow: they go into `/who`, `/rooms` and the operator's `clients` as they are, where a
+/// forged one holding a newline or a space would read as more lines or fields than it is.
+/// `Err` says what is wrong, for the log.
+pub(crate) fn check(node: &str, event: &Event<'_>) -> Result<(), &'static str> {
+    if !is_token(node, MAX_NODE_ID) {
+        return Err("invalid node id");
+    }
+    match event {
+        Event::Lines { room, .. } | Event::Notice { room, .. } => check_room(room),
+        Event::Enter(client) => check_present(node, client),
+        Event::Snapshot { clients, .. } => clients.iter().try_for_each(|p| check_present(node, p)),
+        Event::Direct { to, .. } if !is_token(to, MAX_NODE_ID) => Err("invalid node id"),
+        Event::Direct { .. } | Event::Leave(_) | Event::Broadcast(_) => Ok(()),
+    }
+}
+
+fn check_room(room: &str) -> Result<(), &'static str> {
+    if valid_room(room) {
+        Ok(())
+    } else {
+        Err("invalid room")
+    }
+}
+
+/// A client of `node`: its room is a room, and its name a chat name (as `/nick` takes them)
+/// or the guest name its node gives it, `guest<ID>@<NODE>`.
+fn check_present(node: &str, p: &Present) -> Result<(), &'static str> {
+    if !valid_name(&p.name) && p.name != format!("guest{}@{node}", p.id) {
+        return Err("invalid name");
+    }
+    check_room(&p.room)
+}
+
 fn decode_present(bytes: &[u8]) -> Option<(Present, &[u8])> {
     let (id, rest) = bytes.split_first_chunk::<8>()?;
     let (name, rest) = split_nul(rest)?;
@@ -385,6 +421,34 @@ mod tests {
             read(&broadcast("node-1", b"hello all")),
             Event::Broadcast(b"hello all")
         );
+    }
+
+    #[test]
+    fn check_holds_names_rooms_and_nodes_to_the_local_rules() {
+        let fine = Event::Enter(present(7, "alice", "games"));
+        assert_eq!(check("node-1", &fine), Ok(()));
+        assert_eq!(check("node\n1", &fine), Err("invalid node id"));
+        let guest = Event::Enter(present(7, "guest7@node-1", "lobby"));
+        assert_eq!(check("node-1", &guest), Ok(()));
+        // Another node's guest name, or another client's, is not this one's to give.
+        assert_eq!(check("node-2", &guest), Err("invalid name"));
+        let other = Event::Enter(present(8, "guest7@node-1", "lobby"));
+        assert_eq!(check("node-1", &other), Err("invalid name"));
+        for name in ["evil\nkick 1", "a b", "123", ""] {
+            let e = Event::Enter(present(7, name, "lobby"));
+            assert_eq!(check("node-1", &e), Err("invalid name"), "{name:?}");
+        }
+        let snapshot = Event::Snapshot {
+            hello: false,
+            clients: vec![present(1, "bob", "lobby"), present(2, "eve", "lobby\n* x")],
+        };
+        assert_eq!(check("node-1", &snapshot), Err("invalid room"));
+        let m = lines("node-1", "a\rb", 1, 1, b"x\n", 1);
+        let (node, event) = decode(&m).unwrap();
+        assert_eq!(check(node, &event), Err("invalid room"));
+        let m = direct("node-1", "node 2", 9, Direct::Push, b"hi");
+        let (node, event) = decode(&m).unwrap();
+        assert_eq!(check(node, &event), Err("invalid node id"));
     }
 
     fn shared() -> Shared {

@@ -176,7 +176,10 @@ impl Daemon {
 
     /// Admits a new connection, or says why not. Without `--secret-file` the client is in
     /// the lobby when this returns (its welcome and the lobby's history queued), so clients
-    /// are registered in the order they connected.
+    /// are registered in the order they connected; unless the lobby's history is first to be
+    /// read from Redis, which may take up to the cluster's query timeout: the client's own
+    /// thread enters it then (see [`Slot::take_lobby`]), so that this, on the accept loop,
+    /// never waits for Redis.
     pub(crate) fn admit(
         self: &Arc<Self>,
         sock: Arc<TcpStream>,
@@ -206,7 +209,7 @@ impl Daemon {
         let mut slot = Slot::new(Arc::clone(self), peer, addr);
         let secret = settings.secret.is_some();
         drop(settings);
-        if !secret {
+        if !secret && !self.reads_redis(LOBBY) {
             slot.enter_lobby();
         }
         Ok(slot)
@@ -254,6 +257,11 @@ impl Daemon {
                 room: room.into(),
             });
         }
+    }
+
+    /// Whether entering `room` now would read its history from Redis first.
+    fn reads_redis(&self, room: &str) -> bool {
+        self.cluster.is_some() && self.registry.needs_seed(room)
     }
 
     /// In a cluster with `--history`, before the first client here enters `room`: what Redis
@@ -360,7 +368,8 @@ impl Daemon {
     /// claimed in Redis first, which makes it the client's on every node (the caller then
     /// tells the room, and [`Daemon::present`] the other nodes).
     pub(crate) fn rename(&self, id: PeerId, new: &str) -> Result<String, NameError> {
-        let Some(cluster) = &self.cluster else {
+        // A node that left the cluster (another has its id) names its clients on its own.
+        let Some(cluster) = self.cluster.as_ref().filter(|c| !c.has_left()) else {
             return self.registry.rename(id, new).map_err(|_| NameError::Taken);
         };
         let here = self.registry.find(new).map(|(_, p)| p.id());

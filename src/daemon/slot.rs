@@ -26,8 +26,9 @@ pub(crate) struct Slot {
     daemon: Arc<Daemon>,
     peer: Arc<Peer>,
     addr: SocketAddr,
-    /// Who was in the lobby when it entered at admission, for its arrival notice.
-    lobby: Option<Members>,
+    /// `Some` once the client entered the lobby at admission: who was there then, for its
+    /// arrival notice.
+    lobby: Option<Option<Members>>,
     /// Why the client is leaving, as its own thread saw it; a cut-off recorded on the peer
     /// (kick, too slow) takes precedence. Until the thread sets it, leaving is a panic.
     departure: Departure,
@@ -50,16 +51,21 @@ impl Slot {
     /// Puts the client into the lobby at admission, keeping who was there for its arrival
     /// notice.
     pub(super) fn enter_lobby(&mut self) {
-        self.lobby = self.daemon.enter(&self.peer);
+        self.lobby = Some(self.daemon.enter(&self.peer));
     }
 
     pub(crate) fn peer(&self) -> &Arc<Peer> {
         &self.peer
     }
 
-    /// The lobby as it was when the client entered at admission, once.
+    /// The lobby as it was when the client entered it, once: at admission, or now, on the
+    /// client's own thread, if admission left that to it (the lobby's history was to be read
+    /// from Redis first, which the accept loop must not wait for).
     pub(crate) fn take_lobby(&mut self) -> Option<Members> {
-        self.lobby.take()
+        match self.lobby.take() {
+            Some(lobby) => lobby,
+            None => self.daemon.enter(&self.peer),
+        }
     }
 
     pub(crate) fn set_departure(&mut self, why: Departure) {

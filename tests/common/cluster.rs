@@ -153,11 +153,115 @@ impl Redis {
         BufReader::new(s).read_line(&mut answer).unwrap();
         assert_eq!(answer, "+OK\r\n");
     }
+
+    /// Any command (arguments as bytes), and Redis's reply.
+    pub fn command(&self, args: &[&[u8]]) -> Reply {
+        let mut s = self.connect().unwrap();
+        let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            cmd.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            cmd.extend_from_slice(arg);
+            cmd.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&cmd).unwrap();
+        read_reply(&mut BufReader::new(s))
+    }
+
+    /// `KEYS pattern`, sorted.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let Reply::Array(keys) = self.command(&[b"KEYS", pattern.as_bytes()]) else {
+            panic!("KEYS answered with something else");
+        };
+        let mut keys: Vec<String> = keys
+            .into_iter()
+            .map(|k| match k {
+                Reply::Bulk(Some(k)) => String::from_utf8(k).unwrap(),
+                other => panic!("a key: {other:?}"),
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// `TTL key`: seconds left, -1 if it never expires, -2 if there is no such key.
+    pub fn ttl(&self, key: &str) -> i64 {
+        match self.command(&[b"TTL", key.as_bytes()]) {
+            Reply::Int(n) => n,
+            other => panic!("TTL answered {other:?}"),
+        }
+    }
+
+    /// Publishes `message` on `channel`, as a node (or a forger) would.
+    pub fn publish(&self, channel: &str, message: &[u8]) {
+        let reply = self.command(&[b"PUBLISH", channel.as_bytes(), message]);
+        assert!(matches!(reply, Reply::Int(_)), "PUBLISH answered {reply:?}");
+    }
+
+    /// Its process id, to signal this Redis and no other.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A reply from Redis (RESP2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Status(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+fn read_reply(r: &mut impl BufRead) -> Reply {
+    let mut head = String::new();
+    r.read_line(&mut head).unwrap();
+    let head = head.trim_end();
+    let (kind, rest) = head.split_at(1);
+    match kind {
+        "+" => Reply::Status(rest.into()),
+        "-" => Reply::Error(rest.into()),
+        ":" => Reply::Int(rest.parse().unwrap()),
+        "$" => {
+            let Ok(len) = usize::try_from(rest.parse::<i64>().unwrap()) else {
+                return Reply::Bulk(None);
+            };
+            let mut bytes = vec![0; len + 2];
+            r.read_exact(&mut bytes).unwrap();
+            bytes.truncate(len);
+            Reply::Bulk(Some(bytes))
+        }
+        "*" => {
+            let n = rest.parse::<i64>().unwrap().max(0);
+            Reply::Array((0..n).map(|_| read_reply(r)).collect())
+        }
+        _ => panic!("not a RESP reply: {head:?}"),
+    }
+}
+
+/// Redis stopped with SIGSTOP (frozen, not dead: its sockets stay open and unanswered) until
+/// this is dropped, which sends SIGCONT, however the test ends. Only the test's own Redis,
+/// by pid; the borrow keeps that Redis (and so its pid) alive while it is frozen.
+pub struct Frozen<'a>(&'a Redis);
+
+impl Frozen<'_> {
+    pub fn new(redis: &Redis) -> Frozen<'_> {
+        // SAFETY: kill(2) on the pid of the test's own redis-server child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(redis.pid(), libc::SIGSTOP) }, 0);
+        Frozen(redis)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0.pid(), libc::SIGCONT) };
     }
 }
 

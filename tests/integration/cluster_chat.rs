@@ -443,3 +443,315 @@ fn a_browser_and_a_terminal_on_two_nodes_chat() {
     web.send(Message::text("hello terminal")).unwrap();
     assert_eq!(until(&mut term, "<"), "<web> hello terminal\n");
 }
+
+/// Proves (issue 19, smaller): names, rooms and node ids heard on the cluster channel are
+/// checked with the rule for local ones: a forged client whose name, room or node holds a
+/// newline is dropped with a warning, so `/who`, `/rooms` and the operator's `clients` show
+/// no broken line; well-formed names (a guest's too) still show.
+#[test]
+fn forged_names_on_the_channel_break_no_line() {
+    let redis = Redis::start();
+    let a = cluster(&redis, &["a"], &[]).pop().unwrap();
+    let mut alice = named(&a, "alice");
+    let client = |id: u64, name: &[u8], room: &[u8]| {
+        let mut m = id.to_be_bytes().to_vec();
+        m.extend_from_slice(name);
+        m.push(0);
+        m.extend_from_slice(room);
+        m.push(0);
+        m
+    };
+    let message = |node: &[u8], kind: u8, payload: &[u8]| {
+        let mut m = node.to_vec();
+        m.push(0);
+        m.push(kind);
+        m.extend_from_slice(payload);
+        m
+    };
+    let mut snapshot = b"-".to_vec();
+    snapshot.extend(client(2, b"fine", b"lobby"));
+    snapshot.extend(client(3, b"eve\r\n5 x", b"lobby"));
+    for forged in [
+        message(b"x", b'E', &client(1, b"evil\nkick 1", b"lobby")),
+        message(
+            b"x",
+            b'E',
+            &client(1, b"mallory", b"lobby\n* 9 in lobby: forged"),
+        ),
+        message(b"x\nkick 1", b'E', &client(1, b"mallory", b"lobby")),
+        message(b"x", b'S', &snapshot),
+    ] {
+        redis.publish("relayd:lines", &forged);
+    }
+    // Read after the forged ones: once these show, those have been read too.
+    redis.publish(
+        "relayd:lines",
+        &message(b"y", b'E', &client(4, b"valid", b"lobby")),
+    );
+    redis.publish(
+        "relayd:lines",
+        &message(b"y", b'E', &client(5, b"guest5@y", b"lobby")),
+    );
+    wait_who(&mut alice, "* 3 in lobby: alice, valid, guest5@y\n");
+    for _ in 0..4 {
+        a.daemon.wait_log("cluster: dropped a message from node");
+    }
+    alice.send(b"/rooms\n");
+    assert_eq!(until(&mut alice, "* rooms: "), "* rooms: lobby (3)\n");
+    let clients = a.admin("clients");
+    let lines: Vec<&str> = clients.lines().collect();
+    assert_eq!(lines.len(), 3, "{clients}");
+    assert!(lines.iter().all(|l| l.split(' ').count() == 9), "{clients}");
+    assert_eq!(lines[1], "4@y - valid lobby - - - - node:y");
+    assert_eq!(lines[2], "5@y - guest5@y lobby - - - - node:y");
+}
+
+/// Something a client does, on a thread of its own: what it read, and the client.
+type Job = Box<dyn FnOnce() -> (String, Client) + Send>;
+
+/// Runs the jobs at once, each on a thread of its own, and times each: what each read, its
+/// client and how long it took, and the times as text for a failure message.
+fn timed_at_once(jobs: Vec<Job>) -> (Vec<(Duration, String, Client)>, Vec<String>) {
+    let threads: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let (line, c) = job();
+                (started.elapsed(), line, c)
+            })
+        })
+        .collect();
+    let done: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let times = done
+        .iter()
+        .map(|(took, _, _)| format!("{:.2}", took.as_secs_f64()))
+        .collect();
+    (done, times)
+}
+
+/// The next line that starts with one of `prefixes`, or why none came (without failing, so
+/// that the test can say when each of its clients got what).
+fn next_line(c: &mut Client, prefixes: &[&str]) -> String {
+    loop {
+        match c.try_line() {
+            Ok(l) if l.is_empty() => return "(end of stream)".into(),
+            Ok(l) => {
+                let l = String::from_utf8(l).unwrap();
+                if prefixes.iter().any(|p| l.starts_with(p)) {
+                    return l;
+                }
+            }
+            Err(e) => return format!("(no line: {e})"),
+        }
+    }
+}
+
+/// Proves (issue 19, point 3): a frozen Redis (SIGSTOP) costs a client that asks it one
+/// bounded pause, never a queue behind other clients, and never the accept loop: eight
+/// `/nick` at once are each answered within QUERY_TIMEOUT (1 s) and a little, not one after
+/// another; new clients of a node whose lobby was never read from Redis are each welcomed
+/// within as much; and once Redis resumes (SIGCONT), names change and lines cross nodes
+/// again.
+#[test]
+fn a_frozen_redis_costs_each_client_one_bounded_pause() {
+    use crate::common::cluster::Frozen;
+
+    // QUERY_TIMEOUT, plus scheduling slack on a shared machine.
+    const BOUND: Duration = Duration::from_millis(1800);
+    let redis = Redis::start_private("cluster-frozen");
+    let nodes = cluster(&redis, &["a", "b"], &["--history", "5"]);
+    let clients: Vec<Client> = (0..8)
+        .map(|_| {
+            let mut c = nodes[0].connect();
+            until(&mut c, "* welcome to relayd");
+            c
+        })
+        .collect();
+    let frozen = Frozen::new(&redis);
+
+    let asking: Vec<Job> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| -> Job {
+            Box::new(move || {
+                c.send(format!("/nick n{i}\n").as_bytes());
+                (next_line(&mut c, &["relayd: ", "* you are"]), c)
+            })
+        })
+        .collect();
+    let (answered, times) = timed_at_once(asking);
+    for (took, answer, _) in &answered {
+        assert_eq!(
+            answer,
+            "relayd: names cannot change while the cluster is unreachable, try again later\n",
+            "answered after {times:?} s"
+        );
+        assert!(*took < BOUND, "/nick answered after {times:?} s");
+    }
+
+    // b has had no client yet: its lobby's history was never read from Redis.
+    let addr = nodes[1].daemon.addrs[0];
+    let joining: Vec<Job> = (0..4)
+        .map(|_| -> Job {
+            Box::new(move || {
+                let mut c = Client::connect(addr);
+                (next_line(&mut c, &[""]), c)
+            })
+        })
+        .collect();
+    let (joined, times) = timed_at_once(joining);
+    for (took, welcome, _) in &joined {
+        assert!(
+            welcome.starts_with("* welcome to relayd, you are guest"),
+            "{welcome:?} after {times:?} s"
+        );
+        assert!(*took < BOUND, "welcomed after {times:?} s");
+    }
+
+    drop(frozen);
+    let mut alice = answered.into_iter().next().unwrap().2;
+    eventually("names to change again", || {
+        nick(&mut alice, "alice") == "* you are now alice\n"
+    });
+    let mut bee = joined.into_iter().next().unwrap().2;
+    eventually("b's names to change again", || {
+        nick(&mut bee, "bee") == "* you are now bee\n"
+    });
+    nodes[0].wait_linked();
+    nodes[1].wait_linked();
+    bee.send(b"after the freeze\n");
+    assert_eq!(until(&mut alice, "<"), "<bee> after the freeze\n");
+}
+
+/// Proves (issue 19, point 2): one client cannot fill Redis with room histories. Looping
+/// `/join rN` with a 60 KB line in each room, it enters at most 8 rooms it was not in at once
+/// (then one every 30 s) and is told `relayd: too many rooms too fast, wait a moment` for the
+/// others, so Redis holds a stream for each room it entered and no more, and every stream
+/// expires (within the hour); the heartbeat renews the stream of the room it is in, and not
+/// those of the rooms it left.
+#[test]
+fn one_client_cannot_fill_redis_with_room_histories() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a"], &["--history", "50", "--cluster-ttl", "3"]);
+    let mut c = nodes[0].connect();
+    until(&mut c, "* welcome to relayd");
+    let long = format!("{}\n", "x".repeat(60_000));
+    let mut entered = Vec::new();
+    for n in 0..40 {
+        c.send(format!("/join r{n}\n").as_bytes());
+        let answer = loop {
+            let l = line(&mut c);
+            if l.starts_with("* you are now in ") || l.starts_with("relayd: ") {
+                break l;
+            }
+        };
+        if answer.starts_with("* you are now in ") {
+            entered.push(format!("relayd:history:r{n}"));
+        } else {
+            assert_eq!(answer, "relayd: too many rooms too fast, wait a moment\n");
+        }
+        c.send(long.as_bytes());
+    }
+    eventually("a to publish the 40 lines", || {
+        nodes[0].stat("cluster_published") == 40
+    });
+    // 8 at once, and one more if the test took 30 s.
+    assert!(
+        (8..=9).contains(&entered.len()),
+        "entered {} rooms",
+        entered.len()
+    );
+    entered.sort();
+    assert_eq!(redis.keys("relayd:history:*"), entered);
+    for key in &entered {
+        let ttl = redis.ttl(key);
+        assert!((1..=3600).contains(&ttl), "{key} expires in {ttl} s");
+    }
+    // The room it is in is renewed at each heartbeat (every second here); one it left is
+    // not.
+    let (here, left) = (entered.last().unwrap(), &entered[0]);
+    for key in [here, left] {
+        redis.command(&[b"EXPIRE", key.as_bytes(), b"100"]);
+    }
+    eventually(
+        "the heartbeat to renew the stream of the room in use",
+        || redis.ttl(here) > 100,
+    );
+    assert!(redis.ttl(left) <= 100, "a room nobody is in was renewed");
+}
+
+/// Proves (issue 19, point 7): a node started with the id of a live node of the cluster
+/// exits 1 with one line naming the id, and the live node goes on; a node that stops
+/// cleanly frees its id for a restart at once, and one killed (SIGKILL) within the ttl.
+#[test]
+fn a_second_node_with_the_same_id_refuses_to_start() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let more = ["--chat", "--cluster-ttl", "3"];
+    let a = Node::start_with(&url, "a", &more);
+    a.wait_linked();
+    let mut alice = named(&a, "alice");
+
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_relayd"));
+    cmd.args(["--bind", "127.0.0.1:0", "--redis", &url, "--node-id", "a"])
+        .args(more);
+    let mut twin = crate::common::Daemon::start(cmd);
+    assert_eq!(twin.wait_exit(), Some(1));
+    let said = twin.log_until("relayd: ");
+    assert_eq!(
+        said.last().unwrap(),
+        "relayd: --node-id a: another live node of cluster relayd has this id (Redis key \
+         relayd:node:a); give each node its own"
+    );
+    assert!(
+        said.iter()
+            .all(|l| l.starts_with('[') || l == said.last().unwrap())
+    );
+    // The node that had the id first goes on.
+    assert_eq!(nick(&mut alice, "alicia"), "* you are now alicia\n");
+    assert_eq!(a.stat("redis_connected"), 1);
+
+    let mut a = a;
+    a.daemon.signal(libc::SIGTERM);
+    assert_eq!(a.daemon.wait_exit(), Some(0));
+    assert_eq!(redis.get("relayd:node:a"), None);
+    let again = Node::start_with(&url, "a", &more);
+    again.wait_linked();
+    let mut again = again;
+    again.daemon.signal(libc::SIGKILL);
+    again.daemon.wait_exit();
+    assert!(redis.get("relayd:node:a").is_some());
+    // Its id is taken for as long as nothing renews it: the ttl.
+    let third = Node::start_with(&url, "a", &more);
+    third.wait_linked();
+    let _carol = named(&third, "carol");
+}
+
+/// Proves (issue 19, point 7): a node that finds at a heartbeat that another instance holds
+/// its id (as when two were started while Redis was unreachable) logs an error and leaves
+/// the cluster: its link goes down, it no longer touches the other's key, and its own
+/// clients still relay between themselves.
+#[test]
+fn a_node_whose_id_is_taken_later_leaves_the_cluster() {
+    let redis = Redis::start();
+    let mut a = cluster(&redis, &["a"], &["--cluster-ttl", "3"])
+        .pop()
+        .unwrap();
+    let mut alice = named(&a, "alice");
+    let mut bob = named(&a, "bob");
+    redis.set("relayd:node:a", b"another instance");
+    a.daemon.wait_log(
+        "cluster: node id a is held by another instance (Redis key relayd:node:a): another \
+         node has this id; leaving the cluster",
+    );
+    eventually("a to leave the cluster", || a.stat("redis_connected") == 0);
+    alice.send(b"still here\n");
+    assert_eq!(until(&mut bob, "<"), "<alice> still here\n");
+    a.daemon.signal(libc::SIGTERM);
+    assert_eq!(a.daemon.wait_exit(), Some(0));
+    assert_eq!(
+        redis.get("relayd:node:a").as_deref(),
+        Some("another instance")
+    );
+}
