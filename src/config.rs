@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::policy::access::Rules;
+// The name rule lives in `policy::names`, where signed tokens can use it too; kept here for
+// the chat and the cluster, which name it `config::is_token`.
+pub(crate) use crate::policy::names::is_token;
 use crate::policy::rate::Rate;
 use crate::policy::settings::Sources;
 
@@ -112,12 +115,4 @@ impl Default for Config {
             cluster: None,
         }
     }
-}
-
-/// Whether `s` is 1 to `max` letters, digits, `_`, `-` or `.`: the characters of chat names
-/// and rooms, node ids and cluster names, which go into lines, lists and Redis keys alike.
-pub(crate) fn is_token(s: &str, max: usize) -> bool {
-    (1..=max).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
