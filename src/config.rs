@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::policy::access::Rules;
+// The name rules live in `policy::names`, below the chat, the cluster and signed tokens, so
+// that each applies the same rule; the chat and the cluster name them `config::…`.
+pub(crate) use crate::policy::names::{is_token, valid_name, valid_room};
 use crate::policy::rate::Rate;
 use crate::policy::settings::Sources;
 
@@ -112,26 +115,4 @@ impl Default for Config {
             cluster: None,
         }
     }
-}
-
-/// Longest chat name or room name, in characters.
-const MAX_NAME: usize = 32;
-
-/// A valid room name: 1–32 letters, digits, `_`, `-` or `.`.
-pub(crate) fn valid_room(name: &str) -> bool {
-    is_token(name, MAX_NAME)
-}
-
-/// A valid chat name: as a room name, but not only digits, so that the operator's `kick 7`
-/// can only mean client id 7.
-pub fn valid_name(name: &str) -> bool {
-    valid_room(name) && !name.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Whether `s` is 1 to `max` letters, digits, `_`, `-` or `.`: the characters of chat names
-/// and rooms, node ids and cluster names, which go into lines, lists and Redis keys alike.
-pub(crate) fn is_token(s: &str, max: usize) -> bool {
-    (1..=max).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }

@@ -31,7 +31,9 @@
 //!   shared bytes; `ws_frame`, their WebSocket frames), `history`, `notice` (every line relayd
 //!   writes itself, and why a client left), `echo` (`--console`'s printed copy).
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
-//!   `secret`, `rate`, and the `settings` a reload reads again), `config` (the tunables).
+//!   `secret`, `token` (signed tokens: their keys, and who a token says a client is),
+//!   `names` (what a chat name or room may be), `rate`, and the `settings` a reload reads
+//!   again), `config` (the tunables).
 //! - `systemd` (readiness, watchdog, socket activation), `shutdown` (the stop flag),
 //!   `framing` (what a line is; `--max-line`), `sync` (lock helpers, the only place a
 //!   poisoned lock is recovered; `Counted`, a counted place given back on `Drop`), `sys`

@@ -91,10 +91,10 @@ pub(crate) fn command_with_more_lines(message: &[u8]) -> bool {
     matches!(lines.next().map(parse), Some(Input::Command { .. })) && lines.next().is_some()
 }
 
-// In `config`, so that the cluster checks the names and rooms other nodes announce with the
-// very same rules.
-pub use crate::config::valid_name;
-pub(crate) use crate::config::valid_room;
+// In `policy::names`, so that the cluster checks the names and rooms other nodes announce,
+// and signed tokens the names they carry, with the very same rules.
+pub use crate::policy::names::valid_name;
+pub(crate) use crate::policy::names::valid_room;
 
 /// `guest<digits>` names are handed out by the daemon; nobody may take one.
 pub fn reserved(name: &str) -> bool {
