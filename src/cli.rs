@@ -341,8 +341,9 @@ pub(crate) fn one_line(text: &str) -> String {
         .take_while(|l| l.starts_with("  "))
         .map(str::trim)
         .collect();
-    match listed.is_empty() {
-        true => first.to_owned(),
-        false => format!("{first} {}", listed.join(", ")),
+    if listed.is_empty() {
+        first.to_owned()
+    } else {
+        format!("{first} {}", listed.join(", "))
     }
 }

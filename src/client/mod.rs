@@ -228,7 +228,7 @@ impl Client {
             memchr_iter(b'\n', message).count()
         );
         let notice = self.daemon.notices().error("a command is one line");
-        self.daemon.send_to(peer, &notice, 0);
+        self.daemon.reply(peer, &notice);
         true
     }
 
