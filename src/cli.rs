@@ -31,9 +31,10 @@ EXAMPLE:
 SIGNALS:
     SIGINT, SIGTERM   stop accepting, flush what is queued, tell each client
                       'relayd: shutting down', close, exit 0. A second signal exits at once.
-    SIGHUP            read --allow-file, --deny-file, --secret-file and --motd again; a file
-                      that no longer parses leaves the old settings in force. Clients stay,
-                      except those the new rules refuse ('relayd: no longer allowed').
+    SIGHUP            read --allow-file, --deny-file, --secret-file, --motd, --token-key and
+                      --token-public-key again; a file that no longer parses leaves the old
+                      settings in force. Clients stay, except those the new rules refuse
+                      ('relayd: no longer allowed').
 
 ENVIRONMENT:
     RUST_LOG          log filter (e.g. 'debug', 'relayd=trace'); overrides -v/-q.
@@ -122,6 +123,32 @@ pub(crate) struct Args {
     /// or receives anything. Not encryption: see README.md for TLS in front.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<String>,
+
+    /// Check signed tokens (JWT, HS256) with the secrets in FILE: one a line, at least 32
+    /// bytes each (`openssl rand -base64 32`), each optionally after a `kid: NAME` line for
+    /// rotation; # comments. Read again on SIGHUP and `reload`. See README.md, Signed tokens.
+    #[arg(long, value_name = "FILE")]
+    token_key: Option<PathBuf>,
+
+    /// Check signed tokens (JWT: RS256, ES256, EdDSA) with the PEM public keys in FILE
+    /// (`openssl pkey -pubout`), one block after another, each optionally after a `kid: NAME`
+    /// line. Read again on SIGHUP and `reload`.
+    #[arg(long, value_name = "FILE")]
+    token_public_key: Option<PathBuf>,
+
+    /// Accept only tokens whose `aud` names AUD. Without it, a token carrying `aud` is
+    /// refused.
+    #[arg(long, value_name = "AUD")]
+    token_audience: Option<String>,
+
+    /// Accept only tokens whose `iss` is ISS.
+    #[arg(long, value_name = "ISS")]
+    token_issuer: Option<String>,
+
+    /// Close every client that does not present a valid signed token first
+    /// (`relayd: a token is required`). Needs --token-key or --token-public-key.
+    #[arg(long)]
+    require_token: bool,
 
     /// Chat mode for people using nc/telnet: names, rooms, commands (/help), join and leave
     /// notices, and `<name> ` before every line.
@@ -256,8 +283,13 @@ impl Args {
             deny_files: self.deny_file.iter().map(PathBuf::from).collect(),
             secret_file: self.secret_file.as_ref().map(PathBuf::from),
             motd: self.motd.clone(),
+            token_key: self.token_key.clone(),
+            token_public_key: self.token_public_key.clone(),
             ..Sources::default()
         };
+        if self.require_token && !sources.has_token_keys() {
+            return Err("--require-token needs --token-key or --token-public-key".into());
+        }
         for (list, flag, entries) in [
             (&mut sources.allow, "--allow", &self.allow),
             (&mut sources.deny, "--deny", &self.deny),
@@ -307,6 +339,10 @@ impl Args {
             crlf: self.crlf,
             history: self.history,
             motd: settings.motd,
+            token_keys: settings.keys,
+            token_audience: self.token_audience.clone(),
+            token_issuer: self.token_issuer.clone(),
+            require_token: self.require_token,
             sources,
             rate: self.rate,
             admin: self.admin.clone(),

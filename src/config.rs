@@ -10,6 +10,7 @@ use crate::policy::access::Rules;
 pub(crate) use crate::policy::names::{is_token, valid_name, valid_room};
 use crate::policy::rate::Rate;
 use crate::policy::settings::Sources;
+use crate::policy::token::Keys;
 
 /// Limits that keep one client from costing the others. See README.md for the semantics.
 #[derive(Debug, Clone)]
@@ -52,7 +53,15 @@ pub struct Config {
     /// Lines sent after the welcome line in chat mode (the contents of `--motd FILE`), at
     /// startup.
     pub motd: Vec<String>,
-    /// The files `rules`, `secret` and `motd` came from, read again on every reload.
+    /// The keys signed tokens are checked with, at startup (`--token-key`,
+    /// `--token-public-key`; a reload may change them: see `sources`).
+    pub token_keys: Keys,
+    /// `--token-audience`, `--token-issuer`: what a token's `aud` and `iss` must be.
+    pub token_audience: Option<String>,
+    pub token_issuer: Option<String>,
+    /// `--require-token`: a client must send a valid token first.
+    pub require_token: bool,
+    /// The files `rules`, `secret`, `motd` and `token_keys` came from, read again on every reload.
     pub sources: Sources,
     /// Flood control: at most this many lines per client, with bursts up to its `lines`.
     pub rate: Option<Rate>,
@@ -105,6 +114,10 @@ impl Default for Config {
             crlf: false,
             history: 0,
             motd: Vec::new(),
+            token_keys: Keys::default(),
+            token_audience: None,
+            token_issuer: None,
+            require_token: false,
             sources: Sources::default(),
             rate: None,
             admin: None,

@@ -93,6 +93,7 @@ pub use ops::reload::Reloads;
 pub use policy::access::Rules;
 pub use policy::rate::Rate;
 pub use policy::settings::Sources;
+pub use policy::token::Keys;
 pub use server::{Listeners, bind, raise_fd_limit, run, serve};
 pub use shutdown::Shutdown;
 pub use systemd::{Kind, passed_listeners};

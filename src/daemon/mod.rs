@@ -141,6 +141,7 @@ impl Daemon {
                     rules: config.rules.clone(),
                     secret: config.secret.clone(),
                     motd: config.motd.clone(),
+                    keys: config.token_keys.clone(),
                 })),
                 notifier: Notifier::from_env(),
                 config,
@@ -435,7 +436,7 @@ impl Daemon {
         self.registry.rooms().len()
     }
 
-    /// The rules, secret and motd in force.
+    /// The rules, secret, motd and token keys in force.
     pub(crate) fn settings(&self) -> Arc<Settings> {
         Arc::clone(&sync::read(&self.settings))
     }

@@ -1,7 +1,7 @@
 //! Reloading without a restart (SIGHUP, the admin `reload`): the files behind `--allow-file`,
-//! `--deny-file`, `--secret-file` and `--motd` are read again and, if every one of them
-//! still parses, put in force at once. Connected clients stay, except those the new rules
-//! refuse.
+//! `--deny-file`, `--secret-file`, `--motd`, `--token-key` and `--token-public-key` are read
+//! again and, if every one of them still parses, put in force at once. Connected clients
+//! stay, except those the new rules refuse.
 //!
 //! The service manager hears `RELOADING=1` before and `READY=1` after, whether the reload
 //! worked or not: the daemon is serving with a complete configuration either way.
@@ -38,8 +38,8 @@ pub(crate) fn reload(daemon: &Daemon) -> Result<String, String> {
             }
         }
     } else {
-        let nothing = "reload: nothing to reload (no --allow-file, --deny-file, --secret-file \
-                       or --motd)";
+        let nothing = "reload: nothing to reload (no --allow-file, --deny-file, --secret-file, \
+                       --motd, --token-key or --token-public-key)";
         info!("{nothing}");
         Ok(nothing.to_string())
     };

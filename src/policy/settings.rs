@@ -1,7 +1,7 @@
 //! The settings an operator may change without a restart: the `--allow`/`--deny` rules, the
-//! shared secret and the motd. Read from their files at startup and again on every reload
-//! (SIGHUP, the admin `reload`), by the same code, so that a file means the same thing both
-//! times.
+//! shared secret, the motd and the signed tokens' keys (`--token-key`, `--token-public-key`).
+//! Read from their files at startup and again on every reload (SIGHUP, the admin `reload`),
+//! by the same code, so that a file means the same thing both times.
 //!
 //! A reload is all or nothing: every file is read and parsed before anything changes, so a
 //! broken file never leaves a half-applied configuration behind.
@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use crate::policy::access::{self, Net, Rules};
 use crate::policy::secret;
+use crate::policy::token::Keys;
 
 /// Where the reloadable settings come from.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +23,9 @@ pub struct Sources {
     pub deny_files: Vec<PathBuf>,
     pub secret_file: Option<PathBuf>,
     pub motd: Option<PathBuf>,
+    /// `--token-key` (HS256 secrets) and `--token-public-key` (PEM public keys).
+    pub token_key: Option<PathBuf>,
+    pub token_public_key: Option<PathBuf>,
 }
 
 /// The settings in force.
@@ -32,6 +36,9 @@ pub struct Settings {
     pub secret: Option<Vec<u8>>,
     /// Lines sent after the chat welcome.
     pub motd: Vec<String>,
+    /// The keys signed tokens are checked with; none without `--token-key` or
+    /// `--token-public-key`.
+    pub keys: Keys,
 }
 
 impl Sources {
@@ -80,6 +87,9 @@ impl Sources {
         if let Some(path) = &self.motd {
             next.motd = read_motd(path)?;
         }
+        if self.has_token_keys() {
+            next.keys = Keys::load(self.token_key.as_deref(), self.token_public_key.as_deref())?;
+        }
         Ok(next)
     }
 
@@ -89,6 +99,12 @@ impl Sources {
             || !self.deny_files.is_empty()
             || self.secret_file.is_some()
             || self.motd.is_some()
+            || self.has_token_keys()
+    }
+
+    /// Whether signed tokens can be checked: `--token-key` or `--token-public-key` is given.
+    pub fn has_token_keys(&self) -> bool {
+        self.token_key.is_some() || self.token_public_key.is_some()
     }
 }
 
@@ -119,6 +135,7 @@ mod tests {
             },
             secret: Some(b"s".to_vec()),
             motd: vec!["hi".into()],
+            keys: Keys::default(),
         };
         let kept = Sources::default().reload(&current, 100).unwrap();
         assert_eq!(kept.rules.allow, current.rules.allow);

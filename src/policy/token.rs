@@ -100,7 +100,7 @@ const MIN_SECRET: usize = 32;
 
 /// The keys tokens are checked with. Read again as a whole on a reload.
 #[derive(Clone, Default)]
-pub(crate) struct Keys {
+pub struct Keys {
     keys: Vec<Key>,
 }
 

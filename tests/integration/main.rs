@@ -37,4 +37,5 @@ mod rooms;
 mod service;
 mod telnet;
 mod tls;
+mod tokens;
 mod websocket;
