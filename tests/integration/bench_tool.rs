@@ -281,3 +281,79 @@ fn fanout_over_three_nodes_crosses_redis_and_compares_with_one_node() {
         .collect();
     assert!(dirs.is_empty(), "left in {}: {dirs:?}", tmp.display());
 }
+
+/// `run_bench` of danmaku: 2 TCP senders for 2 s, plus `extra`.
+fn run_danmaku(extra: &[&str]) -> String {
+    let mut args = vec!["danmaku", "--senders", "2", "--duration", "2"];
+    args.extend_from_slice(extra);
+    run_bench(&args)
+}
+
+#[test]
+fn danmaku_counts_every_viewer_served_in_a_lossless_room_and_a_stalled_one() {
+    // 20 viewers, every other one WebSocket, and one more that never reads.
+    let line = &run_danmaku(&[
+        "--viewers",
+        "20",
+        "--transport",
+        "mix",
+        "--rate",
+        "200",
+        "--slow",
+        "1",
+    ]);
+    assert!(line.contains("\"target\":\"relayd/mix\""), "{line}");
+    assert!(line.contains("\"transport\":\"mix\""), "{line}");
+    let sent = field(line, "sent");
+    // 400 offered; the senders are only late if this machine is badly overloaded.
+    assert!(sent >= 380, "{line}");
+    assert!(number(line, "achieved_pct").unwrap() >= 95.0, "{line}");
+    // Lossless, nobody slow among them: every viewer got every line.
+    assert_eq!(field(line, "viewers"), 20, "{line}");
+    assert_eq!(field(line, "received"), sent * 20, "{line}");
+    assert_eq!(field(line, "drops"), 0, "{line}");
+    assert_eq!(field(line, "cut"), 0, "{line}");
+    let each = sent as f64 / 2.0;
+    for key in ["rate_min", "rate_median", "rate_max"] {
+        assert_eq!(number(line, key), Some(each), "{key}: {line}");
+    }
+    let (p50, p99) = (number(line, "age_p50_us"), number(line, "age_p99_us"));
+    let worst = number(line, "worst_viewer_p99_us").unwrap();
+    assert!(p50.unwrap() > 0.0 && p50 <= p99, "{line}");
+    assert!(worst > 0.0 && worst < 2e6, "{line}");
+    assert!(
+        number(line, "idle_rss_per_viewer_kib").unwrap() > 0.0,
+        "{line}"
+    );
+    // 25 KiB is far from filling its socket buffers: it was stalled, never cut off, and
+    // every line for it was still waiting to be read.
+    assert_eq!(field(line, "slow"), 1, "{line}");
+    assert_eq!(field(line, "slow_cut"), 0, "{line}");
+    assert_eq!(field(line, "slow_connected"), 1, "{line}");
+    assert!(field(line, "slow_bytes_waiting") >= sent * 64, "{line}");
+}
+
+#[test]
+fn danmaku_reports_a_slow_viewer_cut_off_by_the_server() {
+    // 16 KiB lines fill a never-read socket's buffers (some 4 MiB on loopback) within the
+    // run; then relayd waits 200 ms for it (pacing the senders) and cuts it off.
+    let line = &run_danmaku(&[
+        "--viewers",
+        "2",
+        "--transport",
+        "tcp",
+        "--rate",
+        "500",
+        "--size",
+        "16384",
+        "--slow",
+        "1",
+        "--relayd-args",
+        "--max-pending 262144 --stall-timeout 200",
+    ]);
+    assert_eq!(field(line, "slow_cut"), 1, "{line}");
+    assert_eq!(field(line, "slow_connected"), 0, "{line}");
+    // The viewers that read lost nothing; they only waited with the senders.
+    assert_eq!(field(line, "drops"), 0, "{line}");
+    assert_eq!(field(line, "cut"), 0, "{line}");
+}

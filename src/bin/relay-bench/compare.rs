@@ -3,9 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{
-    Latency, Measure, Outcome, json_fine, json_num, json_str, opt, per_m, truncate,
-};
+use crate::json::{json_fine, json_num, json_str};
+use crate::report::{Latency, Measure, Outcome, opt, per_m, truncate};
 
 /// A figure compared across targets: its name, and how to read it from an outcome.
 struct Figure {

@@ -1,54 +1,69 @@
 //! A fixed-size latency histogram: 64 sub-buckets per power of two, so every recorded value
 //! is kept within 1.6 % and recording is a few instructions with no allocation, which matters
-//! at tens of millions of deliveries per second.
+//! at tens of millions of deliveries per second. A coarse one (8 per power of two, within
+//! 6 %, 4 KiB instead of 30) is kept per viewer in `danmaku`, where there may be 10,000.
 
-const SUB_BITS: u32 = 6;
-const SUB: u64 = 1 << SUB_BITS;
-const BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) * SUB as usize;
+const FINE_BITS: u32 = 6;
+const COARSE_BITS: u32 = 3;
 
 pub struct Histogram {
+    /// log2 of the sub-buckets per power of two.
+    bits: u32,
     counts: Vec<u64>,
     count: u64,
     max: u64,
 }
 
-fn index(v: u64) -> usize {
-    if v < SUB {
+fn index(bits: u32, v: u64) -> usize {
+    let sub_n = 1u64 << bits;
+    if v < sub_n {
         return v as usize;
     }
     let e = 63 - v.leading_zeros();
-    let sub = (v >> (e - SUB_BITS)) & (SUB - 1);
-    ((e - SUB_BITS + 1) as usize) * SUB as usize + sub as usize
+    let sub = (v >> (e - bits)) & (sub_n - 1);
+    ((e - bits + 1) as usize) * sub_n as usize + sub as usize
 }
 
 /// The middle of bucket `i`.
-fn value(i: usize) -> u64 {
-    if (i as u64) < SUB {
+fn value(bits: u32, i: usize) -> u64 {
+    let sub_n = 1u64 << bits;
+    if (i as u64) < sub_n {
         return i as u64;
     }
-    let e = (i as u64 / SUB) as u32 + SUB_BITS - 1;
-    let sub = i as u64 % SUB;
-    let low = (SUB + sub) << (e - SUB_BITS);
-    low + (1u64 << (e - SUB_BITS)) / 2
+    let e = (i as u64 / sub_n) as u32 + bits - 1;
+    let sub = i as u64 % sub_n;
+    let low = (sub_n + sub) << (e - bits);
+    low + (1u64 << (e - bits)) / 2
 }
 
 impl Histogram {
     pub fn new() -> Histogram {
+        Histogram::with_bits(FINE_BITS)
+    }
+
+    /// Within 6 % rather than 1.6 %, in an eighth of the memory.
+    pub fn coarse() -> Histogram {
+        Histogram::with_bits(COARSE_BITS)
+    }
+
+    fn with_bits(bits: u32) -> Histogram {
         Histogram {
-            counts: vec![0; BUCKETS],
+            bits,
+            counts: vec![0; ((64 - bits as usize) + 1) << bits],
             count: 0,
             max: 0,
         }
     }
 
     pub fn record(&mut self, v: u64) {
-        self.counts[index(v)] += 1;
+        self.counts[index(self.bits, v)] += 1;
         self.count += 1;
         self.max = self.max.max(v);
     }
 
-    /// Adds every value recorded in `other`.
+    /// Adds every value recorded in `other`, which must be as fine as this one.
     pub fn merge(&mut self, other: &Histogram) {
+        debug_assert_eq!(self.bits, other.bits);
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
             *a += b;
         }
@@ -74,7 +89,7 @@ impl Histogram {
         for (i, &c) in self.counts.iter().enumerate() {
             seen += c;
             if seen >= rank {
-                return Some(value(i).min(self.max));
+                return Some(value(self.bits, i).min(self.max));
             }
         }
         Some(self.max)
@@ -101,9 +116,26 @@ mod tests {
 
     #[test]
     fn index_and_value_agree() {
-        for v in [0, 1, 63, 64, 65, 127, 128, 1000, 1 << 40, u64::MAX / 2] {
-            let mid = value(index(v)) as f64;
-            assert!(v < 64 && mid == v as f64 || (mid / v as f64 - 1.0).abs() < 0.02);
+        for (bits, within) in [(FINE_BITS, 0.02), (COARSE_BITS, 0.07)] {
+            for v in [
+                0,
+                1,
+                7,
+                8,
+                9,
+                63,
+                64,
+                65,
+                127,
+                128,
+                1000,
+                1 << 40,
+                u64::MAX / 2,
+            ] {
+                let mid = value(bits, index(bits, v)) as f64;
+                let exact = v < 1 << bits && mid == v as f64;
+                assert!(exact || (mid / v as f64 - 1.0).abs() < within, "{bits} {v}");
+            }
         }
     }
 }

@@ -3,11 +3,15 @@
 //!
 //! Modules, one job each:
 //! - [`params`]: what a run is asked to do (the scenario's kind and parameters).
-//! - [`scenario`]: what each scenario connects, sends and measures.
+//! - [`scenario`]: what each scenario connects, sends and measures; [`danmaku`] is the one
+//!   with thousands of viewers and per-viewer figures ([`viewers`]).
+//! - [`setup`]: connecting clients, starting the receivers until every client is registered,
+//!   the phase's CPU clock.
 //! - [`sender`], [`receiver`]: the two sides of a run (one thread each).
 //! - [`payload`]: the self-checking line format; [`histogram`]: latency percentiles.
 //! - [`target`]: starting or finding the server; [`procstat`]: its cost from /proc.
-//! - [`report`]: one run's results, as a table row or JSON; [`compare`]: `--compare` ratios.
+//! - [`report`]: one run's results, as a table row or JSON ([`json`]); [`compare`]:
+//!   `--compare` ratios.
 //! - [`sys`]: epoll and friends.
 
 // Every `unsafe` block is in `sys`, each with the reason it is sound.
@@ -15,7 +19,9 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod compare;
+mod danmaku;
 mod histogram;
+mod json;
 mod params;
 mod payload;
 mod procstat;
@@ -23,9 +29,11 @@ mod receiver;
 mod report;
 mod scenario;
 mod sender;
+mod setup;
 #[allow(unsafe_code)]
 mod sys;
 mod target;
+mod viewers;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -33,7 +41,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use params::{Kind, Params};
+use params::{Kind, Params, Transport};
 use report::Outcome;
 use sys::Cpus;
 use target::Spec;
@@ -55,6 +63,23 @@ SCENARIOS:
                 (default 1000) to all of them. Shows per-connection memory (peak RSS divided
                 by clients) and throughput at scale. Add --relayd-args for relayd's limits
                 if needed; its --max-clients is sized for the run already.
+    danmaku     Bullet comments to a crowd: --viewers viewers (default 1000) over
+                --transport ws (default), tcp or mix (every other one WebSocket), and
+                --senders TCP senders (default 20) at --rate lines/s in all (default 2000,
+                spread evenly over the senders and over each second) for --duration seconds
+                (default 5); --slow K more viewers connect and never read. Reports per viewer
+                the received rate (min/median/max), the age of what it got (p50 and p99 over
+                all deliveries to viewers, and the worst viewer's p99), the drops (lines sent
+                x viewers - lines received) and the viewers cut off; the senders' achieved
+                rate against the offered one (a sender that cannot hand its lines to the
+                kernel falls behind; what is not written by the end of --duration is never
+                sent); the server's CPU; and its RSS per viewer (after every viewer is
+                connected and has seen a probe line, minus before any connected, divided by
+                the viewers and slow viewers). The slow viewers are read at the end: each is
+                either cut off by the server or still connected (stalled), with the bytes
+                that were waiting for it. --room NAME: with --relayd-args '--chat' everyone
+                /join-s NAME first (relayd's default raw mode has one room, lobby). Daemon
+                options for the room (say, a live room's) go in --relayd-args.
     ceiling     No server at all: this process writes one pre-built buffer of all the lines,
                 16 KiB at a time, to each of --clients sockets (default 100; --lines default
                 500000), and reads them
@@ -159,6 +184,7 @@ enum ScenarioArg {
     Slow,
     Connscale,
     Ceiling,
+    Danmaku,
 }
 
 /// relay-bench — load generator for relayd and other line relays.
@@ -172,8 +198,9 @@ struct Args {
     #[arg(value_enum)]
     scenario: ScenarioArg,
 
-    /// Receivers (fanout, slow, connscale, ceiling) or clients (chatter).
-    #[arg(short = 'n', long, value_name = "N")]
+    /// Receivers (fanout, slow, connscale, ceiling), clients (chatter) or viewers (danmaku;
+    /// --viewers is the same option).
+    #[arg(short = 'n', long, visible_alias = "viewers", value_name = "N")]
     clients: Option<usize>,
 
     /// Measured lines sent (fanout, slow, connscale, ceiling).
@@ -185,12 +212,13 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(payload::MIN_SIZE as u64..=payload::MAX_SIZE as u64))]
     size: u64,
 
-    /// Lines per second: the sender's (fanout, slow, connscale) or each client's (chatter,
-    /// default 100). Without it, fanout sends as fast as the server takes lines.
+    /// Lines per second: the sender's (fanout, slow, connscale), each client's (chatter,
+    /// default 100) or all senders' together (danmaku, default 2000). Without it, fanout
+    /// sends as fast as the server takes lines.
     #[arg(short, long, value_name = "LINES")]
     rate: Option<f64>,
 
-    /// How long chatter's clients send, in seconds.
+    /// How long chatter's clients (danmaku's senders) send, in seconds.
     #[arg(short, long, value_name = "SECS", default_value_t = 5.0)]
     duration: f64,
 
@@ -259,17 +287,36 @@ struct Args {
     #[arg(long, conflicts_with_all = ["connect", "server_cmd", "compare"])]
     ws: bool,
 
-    /// TCP senders (fanout, connscale); more than one needs --rate, each sends --lines lines
-    /// at --rate lines/s.
-    #[arg(long, value_name = "N", default_value_t = 1,
+    /// TCP senders (fanout, connscale: default 1; more than one needs --rate, each sends
+    /// --lines lines at --rate lines/s. danmaku: default 20, sharing --rate).
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=1000))]
-    senders: u64,
+    senders: Option<u64>,
 
     /// Receiver threads, each reading its share of the clients through its own epoll set.
     /// More than one when the generator's single reader is the limit (see genCPU%).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=16))]
     rx_threads: u64,
+
+    /// danmaku: how the viewers connect: ws (WebSocket), tcp, or mix (every other one).
+    #[arg(long, value_enum, value_name = "HOW")]
+    transport: Option<TransportArg>,
+
+    /// danmaku: this many more viewers that connect and never read.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    slow: usize,
+
+    /// danmaku: the room (lobby by default; another one needs --relayd-args '--chat').
+    #[arg(long, value_name = "NAME")]
+    room: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TransportArg {
+    Ws,
+    Tcp,
+    Mix,
 }
 
 fn params(a: &Args) -> Result<Params, String> {
@@ -279,7 +326,9 @@ fn params(a: &Args) -> Result<Params, String> {
         ScenarioArg::Slow => (Kind::Slow, 50, 100_000),
         ScenarioArg::Connscale => (Kind::Connscale, 1000, 1000),
         ScenarioArg::Ceiling => (Kind::Ceiling, 100, 500_000),
+        ScenarioArg::Danmaku => (Kind::Danmaku, 1000, 0),
     };
+    let danmaku = kind == Kind::Danmaku;
     let clients = a.clients.unwrap_or(clients);
     if clients == 0 || clients > 60_000 {
         return Err(format!("--clients must be 1 to 60000, not {clients}"));
@@ -301,8 +350,40 @@ fn params(a: &Args) -> Result<Params, String> {
             kind.name()
         ));
     }
-    let senders = a.senders as usize;
-    if senders > 1 {
+    let transport = match (a.transport, danmaku) {
+        (_, false) if a.transport.is_some() || a.slow > 0 || a.room.is_some() => {
+            return Err("--transport, --slow and --room are for danmaku".into());
+        }
+        (_, true) if a.ws => return Err("danmaku takes --transport ws, not --ws".into()),
+        (Some(TransportArg::Tcp), _) => Transport::Tcp,
+        (Some(TransportArg::Mix), _) => Transport::Mix,
+        (Some(TransportArg::Ws), _) | (None, true) => Transport::Ws,
+        (None, false) if a.ws => Transport::Ws,
+        (None, false) => Transport::Tcp,
+    };
+    let relayd_started = a.connect.is_none() && a.server_cmd.is_none() && a.compare.is_none();
+    if danmaku && transport != Transport::Tcp && !relayd_started {
+        return Err(format!(
+            "--transport {} needs the relayd started here (only it speaks WebSocket): \
+             use --transport tcp with --connect, --server-cmd or --compare",
+            transport.name()
+        ));
+    }
+    if danmaku && (a.nodes > 1 || a.compare_nodes.is_some()) {
+        return Err("danmaku runs on one relayd node (no --nodes, --compare-nodes)".into());
+    }
+    let chat = a.relayd_args.split_whitespace().any(|w| w == "--chat");
+    let room = a.room.clone().unwrap_or_else(|| "lobby".into());
+    if room != "lobby" && !chat {
+        return Err(format!(
+            "--room {room}: relayd has rooms only in --chat mode (--relayd-args '--chat')"
+        ));
+    }
+    let senders = a.senders.unwrap_or(if danmaku { 20 } else { 1 }) as usize;
+    if danmaku && senders > u16::MAX as usize {
+        return Err("danmaku supports at most 65535 senders".into());
+    }
+    if senders > 1 && !danmaku {
         if !matches!(kind, Kind::Fanout | Kind::Connscale) {
             return Err("--senders is for fanout and connscale".into());
         }
@@ -315,15 +396,19 @@ fn params(a: &Args) -> Result<Params, String> {
         clients,
         lines: a.lines.unwrap_or(lines),
         size: a.size as usize,
-        rate: a.rate,
+        rate: a.rate.or(danmaku.then_some(2000.0)),
         duration: Duration::from_secs_f64(a.duration),
         timeout: Duration::from_secs(a.timeout.max(1)),
         drain: Duration::from_millis(a.drain),
         server_cpus: None,
         client_cpus: None,
-        ws: a.ws,
+        ws: transport != Transport::Tcp,
         senders,
         rx_threads: a.rx_threads as usize,
+        transport,
+        slow: a.slow,
+        room,
+        chat,
     })
 }
 
@@ -388,7 +473,7 @@ fn run(a: &Args) -> Result<bool, String> {
     place(a, &mut p)?;
     // One descriptor per client; ceiling holds both ends of each connection.
     let ends = if p.kind == Kind::Ceiling { 2 } else { 1 };
-    let need = p.clients as u64 * ends + 64;
+    let need = (p.clients + p.slow + p.senders) as u64 * ends + 64;
     // connscale holds one descriptor per simulated client, far past the usual soft limit.
     match relayd::raise_fd_limit() {
         Ok(limit) if limit < need => {

@@ -13,6 +13,35 @@ pub enum Kind {
     Slow,
     Connscale,
     Ceiling,
+    Danmaku,
+}
+
+/// How `danmaku`'s viewers connect (`--transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Ws,
+    /// Every other viewer WebSocket, the others TCP (viewer 0 is WebSocket).
+    Mix,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+            Transport::Mix => "mix",
+        }
+    }
+
+    /// Whether viewer `i` is a WebSocket client.
+    pub fn ws(self, i: usize) -> bool {
+        match self {
+            Transport::Tcp => false,
+            Transport::Ws => true,
+            Transport::Mix => i.is_multiple_of(2),
+        }
+    }
 }
 
 impl Kind {
@@ -24,6 +53,7 @@ impl Kind {
             Kind::Slow => "slow",
             Kind::Connscale => "connscale",
             Kind::Ceiling => "ceiling",
+            Kind::Danmaku => "danmaku",
         }
     }
 }
@@ -32,15 +62,16 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub struct Params {
     pub kind: Kind,
-    /// Receivers (fanout, slow, connscale, ceiling) or clients (chatter).
+    /// Receivers (fanout, slow, connscale, ceiling), clients (chatter) or viewers (danmaku).
     pub clients: usize,
     /// Measured lines the sender sends (not chatter).
     pub lines: u64,
     /// Bytes per line, newline included.
     pub size: usize,
-    /// Lines per second: the sender's (fanout, slow, connscale) or each client's (chatter).
+    /// Lines per second: the sender's (fanout, slow, connscale), each client's (chatter) or
+    /// all senders' together (danmaku).
     pub rate: Option<f64>,
-    /// How long chatter clients send.
+    /// How long chatter's clients (danmaku's senders) send.
     pub duration: Duration,
     /// Hard limit on one run, connecting included.
     pub timeout: Duration,
@@ -59,4 +90,12 @@ pub struct Params {
     pub senders: usize,
     /// Receiver threads (--rx-threads), each reading its share of the clients.
     pub rx_threads: usize,
+    /// danmaku: how the viewers connect (TCP with every other scenario, WebSocket with --ws).
+    pub transport: Transport,
+    /// danmaku: viewers that connect and never read (--slow), on top of `clients`.
+    pub slow: usize,
+    /// danmaku: the room everyone is in (--room); other than lobby only with relayd's --chat
+    /// (`chat`), where everyone `/join`s it first.
+    pub room: String,
+    pub chat: bool,
 }

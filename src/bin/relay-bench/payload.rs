@@ -96,10 +96,17 @@ fn hex(digits: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-/// Checks one line, given without its newline, against the expected `size`.
+/// Checks one line, given without its newline, against the expected `size`. relayd's
+/// `--chat` mode is understood too: its notices (`* ...`) are notices, and the `<name> ` it
+/// puts in front of a relayed line is taken off (no generated line starts with `<`).
 pub fn decode(line: &[u8], size: usize) -> Line {
-    if line.starts_with(b"relayd: ") {
+    if line.starts_with(b"relayd: ") || line.starts_with(b"* ") {
         return Line::Notice;
+    }
+    if line.first() == Some(&b'<')
+        && let Some(end) = memchr::memmem::find(line, b"> ")
+    {
+        return decode(&line[end + 2..], size);
     }
     if line.len() + 1 != size {
         return Line::Corrupt;
@@ -157,5 +164,10 @@ mod tests {
         assert_eq!(decode(&a[..63], 64), Line::Corrupt);
         assert_eq!(decode(&b[..62], 64), Line::Corrupt);
         assert_eq!(decode(b"relayd: too slow", 64), Line::Notice);
+        assert_eq!(decode(b"* guest4 joined (3 online)", 64), Line::Notice);
+        let mut chat = b"<guest12> ".to_vec();
+        chat.extend_from_slice(&b[..63]);
+        assert!(matches!(decode(&chat, 64), Line::Data { seq: 6, .. }));
+        assert_eq!(decode(b"<guest12> hello", 64), Line::Corrupt);
     }
 }

@@ -138,6 +138,19 @@ pub struct RxConn {
     pub prober: bool,
     /// The relayd node (`--nodes`) it is connected to.
     pub node: u16,
+    /// A `danmaku` viewer: its own figures are kept (see [`ViewerStats`]).
+    pub viewer: bool,
+}
+
+/// One viewer's own figures (`danmaku`), kept apart from the run's totals, which also count
+/// the senders hearing each other.
+pub struct ViewerStats {
+    /// Measured lines it received in order.
+    pub delivered: u64,
+    /// The age of each of them: receive time minus send time (coarse, see `Histogram`).
+    pub age: Histogram,
+    /// The server closed it before the end (counted in `RxReport::disconnected` too).
+    pub cut: bool,
 }
 
 impl RxConn {
@@ -149,6 +162,7 @@ impl RxConn {
             own: None,
             prober: false,
             node: 0,
+            viewer: false,
         }
     }
 }
@@ -188,6 +202,10 @@ pub struct RxReport {
     pub last_ns: u64,
     /// The run ended at its deadline rather than by itself.
     pub timed_out: bool,
+    /// `danmaku`: each viewer's figures (in no particular order)...
+    pub viewers: Vec<ViewerStats>,
+    /// ...and the age of every delivery to a viewer, at full precision.
+    pub viewer_age: Histogram,
 }
 
 struct Conn {
@@ -204,6 +222,8 @@ struct Conn {
     out: Vec<u8>,
     /// Next sequence number expected from each sender.
     next: Vec<u64>,
+    /// A `danmaku` viewer's own figures.
+    viewer: Option<Box<ViewerStats>>,
     ready: bool,
     open: bool,
 }
@@ -236,6 +256,13 @@ pub fn receive(
                 fragments: None,
                 out: Vec::new(),
                 next: vec![0; senders],
+                viewer: c.viewer.then(|| {
+                    Box::new(ViewerStats {
+                        delivered: 0,
+                        age: Histogram::coarse(),
+                        cut: false,
+                    })
+                }),
                 ready: c.prober,
                 open: true,
             }
@@ -258,6 +285,8 @@ pub fn receive(
         first_ns: 0,
         last_ns: 0,
         timed_out: false,
+        viewers: Vec::new(),
+        viewer_age: Histogram::new(),
     };
     let mut buf = vec![0u8; READ_BUF];
     let mut events = vec![sys::empty_event(); MAX_EVENTS];
@@ -278,6 +307,9 @@ pub fn receive(
                 open -= 1;
                 if !progress.done_sending.load(Ordering::SeqCst) || expected != Some(advanced) {
                     rep.disconnected += 1;
+                    if let Some(v) = &mut c.viewer {
+                        v.cut = true;
+                    }
                 }
             }
             if advanced != before {
@@ -294,7 +326,7 @@ pub fn receive(
             rep.expected = e;
             // Done, or the drain expired: the senders have finished, and other receiver
             // threads (--rx-threads) still wait for their own lines, so stop no one.
-            return Ok(rep);
+            return Ok(with_viewers(rep, conns));
         }
         if open == 0 || progress.stop.load(Ordering::SeqCst) {
             rep.expected = expected.unwrap_or(advanced);
@@ -308,7 +340,14 @@ pub fn receive(
     }
     // Given up: the senders and any other receiver thread stop too.
     progress.stop.store(true, Ordering::SeqCst);
-    Ok(rep)
+    Ok(with_viewers(rep, conns))
+}
+
+/// `rep` with the viewers' own figures moved into it.
+fn with_viewers(mut rep: RxReport, conns: Vec<Conn>) -> RxReport {
+    rep.viewers
+        .extend(conns.into_iter().filter_map(|c| c.viewer.map(|v| *v)));
+    rep
 }
 
 impl RxReport {
@@ -336,6 +375,8 @@ impl RxReport {
         }
         self.last_ns = self.last_ns.max(o.last_ns);
         self.timed_out |= o.timed_out;
+        self.viewers.extend(o.viewers);
+        self.viewer_age.merge(&o.viewer_age);
     }
 }
 
@@ -514,7 +555,7 @@ fn send_pending(c: &mut Conn) -> bool {
 
 /// A fresh mask for a client frame (tungstenite's own generator is not public): the
 /// randomly keyed std hasher, which is unpredictable enough for a mask.
-fn mask() -> [u8; 4] {
+pub fn mask() -> [u8; 4] {
     use std::hash::{BuildHasher, Hasher};
     let h = std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -552,7 +593,13 @@ fn check_line(
             } else {
                 &mut rep.remote_latency
             };
-            latency.record(now.saturating_sub(ts));
+            let age = now.saturating_sub(ts);
+            latency.record(age);
+            if let Some(v) = &mut c.viewer {
+                v.delivered += 1;
+                v.age.record(age);
+                rep.viewer_age.record(age);
+            }
             if rep.first_ns == 0 {
                 rep.first_ns = now;
             }

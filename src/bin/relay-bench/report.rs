@@ -5,9 +5,11 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::histogram::Histogram;
+use crate::json::{json_fine, json_num, json_str};
 use crate::params::{Kind, Params};
 use crate::receiver::RxReport;
 use crate::target::Spec;
+use crate::viewers::Viewers;
 
 /// Latency percentiles, in microseconds.
 #[derive(Clone, Debug)]
@@ -143,7 +145,7 @@ pub enum Fresh {
 #[derive(Clone, Debug)]
 pub struct Outcome {
     pub target: String,
-    /// How the receivers connect: "tcp", or "ws" with --ws.
+    /// How the receivers connect: "tcp", or "ws" with --ws (danmaku: --transport, "mix" too).
     pub transport: &'static str,
     pub senders: usize,
     /// relayd nodes (`--nodes`), 1 for any other server.
@@ -161,6 +163,8 @@ pub struct Outcome {
     /// connscale: the server's resident memory (KiB) before the clients connected, and once
     /// all of them were registered, before any measured line.
     pub idle_rss_kib: Option<(u64, u64)>,
+    /// danmaku: the crowd's figures.
+    pub viewers: Option<Viewers>,
     /// --client-cpus, if given.
     pub client_cpus: Option<String>,
     /// Whether --server-cpus or --client-cpus placed the processes.
@@ -174,11 +178,11 @@ impl Outcome {
             target: if p.kind == Kind::Ceiling {
                 "loopback".into()
             } else if p.ws {
-                spec.label() + "/ws"
+                format!("{}/{}", spec.label(), p.transport.name())
             } else {
                 spec.label()
             },
-            transport: if p.ws { "ws" } else { "tcp" },
+            transport: p.transport.name(),
             senders: p.senders,
             nodes: spec.nodes(),
             scenario: p.kind,
@@ -191,6 +195,7 @@ impl Outcome {
             fresh: None,
             server: None,
             idle_rss_kib: None,
+            viewers: None,
             client_cpus: p.client_cpus.as_ref().map(ToString::to_string),
             pinned: p.server_cpus.is_some() || p.client_cpus.is_some(),
             error: None,
@@ -332,6 +337,7 @@ pub fn table(o: &Outcome) -> String {
         if let Some(c) = m.server_cpu_per_m() {
             notes.push(format!("server {} CPU-s per M deliveries", per_m(c)));
         }
+
         if o.pinned {
             let srv = o.server.as_ref().and_then(|s| s.cpus_allowed.as_deref());
             notes.push(format!(
@@ -343,39 +349,12 @@ pub fn table(o: &Outcome) -> String {
         if !notes.is_empty() {
             let _ = writeln!(s, "{:>31} {}", "", notes.join("; "));
         }
-    }
-    s
-}
-
-pub fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+        // The crowd's figures are many: a line each.
+        for note in o.viewers.iter().flat_map(Viewers::notes) {
+            let _ = writeln!(s, "{:>31} {note}", "");
         }
     }
-    out.push('"');
-    out
-}
-
-pub fn json_num(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() => format!("{v:.3}"),
-        _ => "null".into(),
-    }
-}
-
-/// As `json_num` with six decimals, for figures well below 1 (CPU-s per M deliveries).
-pub fn json_fine(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() => format!("{v:.6}"),
-        _ => "null".into(),
-    }
+    s
 }
 
 fn measure_json(m: &Measure) -> String {
@@ -423,7 +402,7 @@ pub fn json(o: &Outcome) -> String {
         "{{\"target\":{},\"transport\":{},\"scenario\":{},\"run\":{},\"clients\":{},\"senders\":{},\"nodes\":{},\"lines\":{},\"size\":{},\
          \"result\":{},\"baseline\":{},\"kept_pct\":{},\"fresh_first_line_ms\":{},\
          \"fresh_error\":{},\"server_peak_rss_kib\":{},\"server_rss_per_conn_kib\":{},\"server_idle_rss_per_conn_kib\":{},\
-         \"server_threads_max\":{},\"server_cpus\":{},\"client_cpus\":{},\"error\":{}}}",
+         \"server_threads_max\":{},\"server_cpus\":{},\"client_cpus\":{},\"danmaku\":{},\"error\":{}}}",
         json_str(&o.target),
         json_str(o.transport),
         json_str(o.scenario.name()),
@@ -449,6 +428,7 @@ pub fn json(o: &Outcome) -> String {
         srv.and_then(|s| s.cpus_allowed.as_deref())
             .map_or("null".into(), json_str),
         o.client_cpus.as_deref().map_or("null".into(), json_str),
+        o.viewers.as_ref().map_or("null".into(), Viewers::json),
         o.error.as_ref().map_or("null".into(), |e| json_str(e)),
     )
 }
