@@ -313,9 +313,11 @@ fn danmaku_counts_every_viewer_served_in_a_lossless_room_and_a_stalled_one() {
     assert_eq!(field(line, "received"), sent * 20, "{line}");
     assert_eq!(field(line, "drops"), 0, "{line}");
     assert_eq!(field(line, "cut"), 0, "{line}");
+    // Each received lines/s over the 2 s, or up to its last line if that came later.
     let each = sent as f64 / 2.0;
     for key in ["rate_min", "rate_median", "rate_max"] {
-        assert_eq!(number(line, key), Some(each), "{key}: {line}");
+        let rate = number(line, key).unwrap();
+        assert!(rate > 0.9 * each && rate <= each, "{key}: {line}");
     }
     let (p50, p99) = (number(line, "age_p50_us"), number(line, "age_p99_us"));
     let worst = number(line, "worst_viewer_p99_us").unwrap();

@@ -149,6 +149,8 @@ pub struct ViewerStats {
     pub delivered: u64,
     /// The age of each of them: receive time minus send time (coarse, see `Histogram`).
     pub age: Histogram,
+    /// When its last measured line arrived (payload clock), 0 if none did.
+    pub last_ns: u64,
     /// The server closed it before the end (counted in `RxReport::disconnected` too).
     pub cut: bool,
 }
@@ -260,6 +262,7 @@ pub fn receive(
                     Box::new(ViewerStats {
                         delivered: 0,
                         age: Histogram::coarse(),
+                        last_ns: 0,
                         cut: false,
                     })
                 }),
@@ -598,6 +601,7 @@ fn check_line(
             if let Some(v) = &mut c.viewer {
                 v.delivered += 1;
                 v.age.record(age);
+                v.last_ns = now;
                 rep.viewer_age.record(age);
             }
             if rep.first_ns == 0 {

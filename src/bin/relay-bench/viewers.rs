@@ -36,7 +36,9 @@ pub struct Viewers {
     pub secs: f64,
     /// Measured lines the viewers received, all together.
     pub received: u64,
-    /// Each viewer's received lines/s: min, median, max.
+    /// Each viewer's received lines/s: min, median, max. Over `--duration`, or up to its last
+    /// line if that came later: lines that arrive late lower the rate, as they would on
+    /// screen.
     pub rate: Option<[f64; 3]>,
     /// Age of every delivery to a viewer (µs): p50, p99...
     pub age: Option<[f64; 2]>,
@@ -59,10 +61,14 @@ impl Viewers {
     ) -> Viewers {
         let secs = p.duration.as_secs_f64();
         let sent = progress.sent.iter().map(|s| s.load(Ordering::SeqCst)).sum();
+        let start = progress.start_ns.load(Ordering::SeqCst);
         let mut rates: Vec<f64> = rep
             .viewers
             .iter()
-            .map(|v| v.delivered as f64 / secs)
+            .map(|v| {
+                let span = v.last_ns.saturating_sub(start) as f64 / 1e9;
+                v.delivered as f64 / span.max(secs)
+            })
             .collect();
         rates.sort_by(f64::total_cmp);
         let rate = (!rates.is_empty()).then(|| {
