@@ -96,6 +96,32 @@ fn hex(digits: &[u8]) -> Option<u64> {
     Some(v)
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Eight lowercase hex digits at once, in one u64 (SWAR). A receiver decodes 32 digits per
+/// delivery, some 15 million deliveries a second at full speed, and digit by digit through
+/// the table this was the largest part of its time (profile of `fanout --ws`).
+fn hex8(digits: &[u8]) -> Option<u64> {
+    let x = u64::from_be_bytes(digits.try_into().ok()?);
+    if x & HIGH != 0 {
+        return None;
+    }
+    // With every byte below 0x80, adding at most 0x50 to each never carries into the next:
+    // a byte's high bit then says whether it was at least the bound.
+    let at_least = |b: u8| x + ONES * (0x80 - b as u64);
+    let digit = at_least(b'0') & !at_least(b'9' + 1);
+    let letter = at_least(b'a') & !at_least(b'f' + 1);
+    if (digit | letter) & HIGH != HIGH {
+        return None;
+    }
+    // '0'..'9' keep their low nibble; 'a'..'f' (bit 6 set) have 1..6 there, plus 9.
+    let mut n = (x & (ONES * 0x0f)) + ((x >> 6) & ONES) * 9;
+    n = (n | (n >> 4)) & 0x00ff_00ff_00ff_00ff;
+    n = (n | (n >> 8)) & 0x0000_ffff_0000_ffff;
+    Some((n | (n >> 16)) & 0xffff_ffff)
+}
+
 /// Checks one line, given without its newline, against the expected `size`. relayd's
 /// `--chat` mode is understood too: its notices (`* ...`) are notices, and the `<name> ` it
 /// puts in front of a relayed line is taken off (no generated line starts with `<`).
@@ -111,11 +137,13 @@ pub fn decode(line: &[u8], size: usize) -> Line {
     if line.len() + 1 != size {
         return Line::Corrupt;
     }
-    let (Some(sender), Some(seq), Some(ts)) =
-        (hex(&line[1..5]), hex(&line[5..17]), hex(&line[17..33]))
+    let seq = hex8(&line[5..13]).zip(hex(&line[13..17]));
+    let ts = hex8(&line[17..25]).zip(hex8(&line[25..33]));
+    let (Some(sender), Some((seq_hi, seq_lo)), Some((ts_hi, ts_lo))) = (hex(&line[1..5]), seq, ts)
     else {
         return Line::Corrupt;
     };
+    let (seq, ts) = (seq_hi << 16 | seq_lo, ts_hi << 32 | ts_lo);
     if line[HEADER..] != *padding(seq, size - MIN_SIZE) {
         return Line::Corrupt;
     }
@@ -153,6 +181,26 @@ mod tests {
     }
 
     #[test]
+    fn eight_digits_at_once_agree_with_one_at_a_time() {
+        for v in [
+            0u64,
+            1,
+            0x9,
+            0xa,
+            0xf,
+            0x10,
+            0x9a9a_9a9a,
+            0xdead_beef,
+            0xffff_ffff,
+            0x0123_4567,
+        ] {
+            let text = format!("{v:08x}");
+            assert_eq!(hex8(text.as_bytes()), Some(v), "{text}");
+            assert_eq!(hex(text.as_bytes()), Some(v), "{text}");
+        }
+    }
+
+    #[test]
     fn splices_and_flips_are_caught() {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         encode(&mut a, false, 1, 5, 10, 64);
@@ -169,5 +217,12 @@ mod tests {
         chat.extend_from_slice(&b[..63]);
         assert!(matches!(decode(&chat, 64), Line::Data { seq: 6, .. }));
         assert_eq!(decode(b"<guest12> hello", 64), Line::Corrupt);
+        for at in [1, 4, 5, 12, 13, 16, 17, 24, 25, 32] {
+            for c in [b'g', b'/', b':', b'`', b'A', b'F', 0x80 | b'0', 0xe1] {
+                let mut bad = b.clone();
+                bad[at] = c;
+                assert_eq!(decode(&bad[..63], 64), Line::Corrupt, "digit {at}: {c}");
+            }
+        }
     }
 }
