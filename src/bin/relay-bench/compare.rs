@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::json::{json_fine, json_num, json_str};
 use crate::report::{Latency, Measure, Outcome, opt, per_m, truncate};
+use crate::viewers::Viewers;
 
 /// A figure compared across targets: its name, and how to read it from an outcome.
 struct Figure {
@@ -50,6 +51,9 @@ fn figures() -> Vec<Figure> {
     fn r(o: &Outcome) -> Option<&Latency> {
         m(o)?.remote_latency.as_ref()
     }
+    fn v(o: &Outcome) -> Option<&Viewers> {
+        o.viewers.as_ref()
+    }
     vec![
         Figure::new("deliveries/s", |o| m(o).map(|m| m.per_sec)),
         Figure::new("lost", |o| m(o).map(|m| m.lost as f64)),
@@ -69,6 +73,15 @@ fn figures() -> Vec<Figure> {
         Figure::new("generator CPU %", |o| m(o).map(|m| m.gen_cpu)),
         Figure::new("slow: kept % of baseline", Outcome::kept_pct),
         Figure::new("slow: fresh first line (ms)", Outcome::fresh_ms),
+        Figure::new("danmaku: senders % offered", |o| v(o)?.achieved_pct()),
+        Figure::new("danmaku: median rate", |o| Some(v(o)?.rate?[1])),
+        Figure::new("danmaku: age p99 (us)", |o| Some(v(o)?.age?[1])),
+        Figure::new("danmaku: worst p99 (us)", |o| v(o)?.worst_p99),
+        Figure::new("danmaku: drops", |o| Some(v(o)?.drops() as f64)),
+        Figure::new("danmaku: viewers cut off", |o| Some(v(o)?.cut as f64)),
+        Figure::new("danmaku: KiB per idle viewer", |o| {
+            v(o)?.idle_rss_per_viewer_kib()
+        }),
     ]
 }
 
