@@ -106,13 +106,15 @@ impl Daemon {
         };
         for c in self.registry.clients() {
             let Some(room) = c.room else { continue };
-            if self.config.chat && claimed(&c.name) {
+            // A user's name is held by the user, not by one of its connections.
+            if self.config.chat && c.user.is_none() && claimed(&c.name) {
                 local.names.push((c.id, c.name.clone()));
             }
             local.clients.push(Present {
                 id: c.id,
                 name: c.name,
                 room,
+                user: c.user.map(|u| u.sub.to_string()),
             });
         }
         local
@@ -126,10 +128,7 @@ impl Daemon {
         if self.registry.rename(id, &guest).is_err() {
             return;
         }
-        let mut renames = lock(&self.renames);
-        renames.insert(id, guest.clone());
-        self.renames_pending.store(renames.len(), Ordering::Relaxed);
-        drop(renames);
+        self.pending_rename(id, &guest);
         if let Some((_, peer, room)) = self.registry.client(id) {
             if let Some(room) = room {
                 self.present(id, &guest, &room);

@@ -11,7 +11,7 @@ use crate::common;
 use crate::common::chat::{self, Admin, Server, chat_config, socket_path, wait_until};
 use relayd::{Config, Shutdown};
 
-const STATS_KEYS: [&str; 19] = [
+const STATS_KEYS: [&str; 21] = [
     "uptime_seconds",
     "clients",
     "peak_clients",
@@ -31,6 +31,8 @@ const STATS_KEYS: [&str; 19] = [
     "cluster_received",
     "cluster_dropped",
     "cluster_queue_bytes",
+    "tokens_accepted",
+    "tokens_refused",
 ];
 
 fn ctl(server: &Server, args: &[&str]) -> (String, i32) {
