@@ -478,6 +478,7 @@ mod tests {
             local: Box::new(|| Local {
                 clients: Vec::new(),
                 names: Vec::new(),
+                users: Vec::new(),
             }),
             lost_name: Box::new(|_, _| {}),
         };

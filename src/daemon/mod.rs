@@ -454,7 +454,12 @@ impl Daemon {
     /// Who is in `room`: here first, in order of arrival, then on the other nodes.
     pub(crate) fn names_in(&self, room: &str) -> Vec<String> {
         let mut names = self.registry.names_in(room);
-        names.extend(self.presence.names_in(room));
+        // A user on this node and another is one name.
+        for name in self.presence.names_in(room) {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+                names.push(name);
+            }
+        }
         names
     }
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use log::info;
+use log::{info, warn};
 
-use crate::cluster::Direct;
+use crate::cluster::{ClaimError, Direct};
 use crate::delivery::notice::{Departure, clean};
 use crate::delivery::peer::Peer;
 use crate::delivery::registry::{Displaced, Identified, OtherUser, User};
@@ -26,6 +26,22 @@ impl Daemon {
         peer: &Arc<Peer>,
         identity: &Identity,
     ) -> Result<Identified, OtherUser> {
+        // Cluster-wide first: a guest on another node who picked the name loses it there,
+        // and another user holding it is refused, as here.
+        if let Some(cluster) = self.cluster.as_ref().filter(|c| !c.has_left()) {
+            match cluster.take_for_user(&identity.sub, &identity.name) {
+                Ok(()) => {}
+                Err(ClaimError::Taken) => return Err(OtherUser),
+                // The token says who it is: the name is its own, even if Redis cannot say so
+                // now; the heartbeat takes it once Redis is back.
+                Err(ClaimError::Unreachable) => {
+                    warn!(
+                        "cluster: the name {} taken here only, for now",
+                        identity.name
+                    );
+                }
+            }
+        }
         let user = User {
             sub: Arc::from(identity.sub.as_str()),
             role: identity.role,
@@ -48,7 +64,7 @@ impl Daemon {
 
     /// Tells a guest that lost `name` to a signed-in user, and its room, what it is now;
     /// its own thread takes the name on at its next read ([`Daemon::take_rename`]).
-    fn displace(&self, guest: &Displaced, name: &str) {
+    pub(super) fn displace(&self, guest: &Displaced, name: &str) {
         let new = self.guest_name(guest.id);
         info!(
             "client {}: {name} is now {new}: a signed-in user's name",

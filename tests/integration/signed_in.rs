@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::common::chat::Client;
+use crate::common::cluster::{Node, Redis};
 use crate::common::tokens::{OTHER, SECRET, connect, key_file, mint, now, token, until};
 use crate::common::ws::ws_text;
 use crate::common::{Daemon, admin_command, eventually, http, stat_in, temp_path};
@@ -451,4 +452,73 @@ fn a_websocket_client_signs_in_with_its_query() {
     let mut bad = open("x.y.z");
     assert_eq!(ws_text(&mut bad), "relayd: bad token: malformed");
     assert_log_clean(&d, &[&t, "x.y.z", SECRET]);
+}
+
+/// A chat client of cluster node `node` that read its welcome as a guest.
+fn guest_at(node: &Node) -> Client {
+    let mut c = connect(node.daemon.addrs[0]);
+    until(&mut c, "* welcome to relayd, you are guest");
+    c
+}
+
+/// Proves, across two nodes on one Redis: a guest cannot take a signed-in user's name held
+/// on the other node; a guest on the other node that picked the name first loses it when
+/// the user signs in; one user on both nodes is one name in `/who` and one person in the
+/// online count; and the operator's `kick NAME` on one node closes its connections on both.
+#[test]
+fn across_two_nodes_a_user_is_one_name_and_guests_cannot_take_it() {
+    let redis = Redis::start();
+    let keys = key_file("signed-in-cluster-key", &format!("{SECRET}\n"));
+    let args = [
+        "--chat",
+        "--token-key",
+        keys.to_str().unwrap(),
+        "--cluster-ttl",
+        "3",
+    ];
+    let a = Node::start_with(&redis.url(), "a", &args);
+    let b = Node::start_with(&redis.url(), "b", &args);
+    a.wait_linked();
+    b.wait_linked();
+
+    let mut g = guest_at(&b);
+    g.send("/nick carol\n");
+    g.expect("* you are now carol\n");
+    let t = token("u-1", "alice");
+    let mut alice_a = connect(a.daemon.addrs[0]);
+    alice_a.send(&format!("/auth {t}\n"));
+    until(&mut alice_a, "* you are now alice");
+    // At once, even before b hears of alice: Redis holds the name for the user.
+    g.send("/nick alice\n");
+    assert_eq!(until(&mut g, "relayd: "), "relayd: name alice is taken\n");
+
+    // carol signs in on a: b's guest carol is a guest again within a heartbeat.
+    let mut carol = connect(a.daemon.addrs[0]);
+    carol.send(&format!("/auth {}\n", token("u-3", "carol")));
+    until(&mut carol, "* you are now carol");
+    let line = until(&mut g, "relayd: ");
+    assert_eq!(
+        line,
+        "relayd: the name carol belongs to a signed-in user; you are now guest1@b\n"
+    );
+
+    // alice on b too: one name, one person.
+    let mut alice_b = guest_at(&b);
+    alice_b.send(&format!("/auth {t}\n"));
+    until(&mut alice_b, "* you are now alice");
+    eventually("b's /who to list alice once", || {
+        who(&mut g) == "* 3 in lobby: guest1@b, alice, carol\n"
+    });
+    eventually("a's /who to list alice once", || {
+        who(&mut carol) == "* 3 in lobby: alice, carol, guest1@b\n"
+    });
+
+    assert_eq!(a.admin("kick alice"), "ok\n");
+    for c in [&mut alice_a, &mut alice_b] {
+        until(c, "relayd: kicked by operator");
+        c.expect_eof();
+    }
+    eventually("b's /who without alice", || {
+        who(&mut g) == "* 2 in lobby: guest1@b, carol\n"
+    });
 }
