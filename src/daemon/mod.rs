@@ -12,7 +12,8 @@
 //! Here: the state, admission, and what a client's thread asks for (relay, notices, rooms,
 //! names, private messages). [`slot`]: a client's `Slot` and what its `Drop` gives back;
 //! [`operator`]: the operator's commands (clients, stats, send, broadcast, kick), on any node;
-//! [`remote`]: what the other nodes of the cluster tell this one.
+//! [`remote`]: what the other nodes of the cluster tell this one; [`users`]: signed-in users
+//! (a client taking on its token's name, and every connection of one user).
 
 mod operator;
 mod remote;
