@@ -27,7 +27,8 @@
 //! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
 //!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
 //!   `presence` (who is on the other nodes).
-//! - `delivery/`: getting a line to its clients — `registry` (who is where), `peer` (a
+//! - `delivery/`: getting a line to its clients — `registry` (who is where; `registry/users`:
+//!   signed-in users' names and connections), `peer` (a
 //!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to
 //!   the socket, and writer threads), `deliverer` (the one delivery thread), `chunk` (a line's
 //!   shared bytes; `ws_frame`, their WebSocket frames), `history`, `notice` (every line relayd
