@@ -126,6 +126,15 @@ fn a_token_fixes_the_name_and_guests_cannot_take_it() {
         format!("* 3 in lobby: {guest_name}, alice, carol\n")
     );
 
+    // Another user (another sub) with the same name: closed, alice keeps it.
+    let (mut other, answer) = sign_in(&d, &token("u-9", "Alice"));
+    assert_eq!(answer, "relayd: the name Alice is another user's\n");
+    other.expect_eof();
+    assert_eq!(
+        who(&mut alice),
+        format!("* 3 in lobby: {guest_name}, alice, carol\n")
+    );
+
     let clients = admin_command(&admin, "clients");
     let users: Vec<&str> = clients
         .lines()
