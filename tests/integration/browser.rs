@@ -180,3 +180,60 @@ fn a_link_cannot_make_the_page_post_lines_or_commands() {
     drop(_browser);
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+/// Proves, in Chromium, with `--require-token`: the page passes on its own `?token=` as the
+/// WebSocket's, which signs it in as the token's user (the room hears `alice` arrive and
+/// speak, never a guest), and it shows the token neither in its address bar nor in its text.
+#[test]
+fn the_page_signs_in_with_its_token_and_never_shows_it() {
+    use crate::common::tokens::{SECRET, key_file, token as mint_token};
+    let start = Instant::now();
+    let keys = key_file("browser-token-key", &format!("{SECRET}\n"));
+    let d = Daemon::spawn(&[
+        "--ws-bind",
+        "127.0.0.1:0",
+        "--chat",
+        "--require-token",
+        "--token-key",
+        keys.to_str().unwrap(),
+    ]);
+    let ws = d.ws_addr();
+    let mut nc = d.connect();
+    nc.reader_mut()
+        .get_ref()
+        .set_read_timeout(Some(BUDGET))
+        .unwrap();
+    nc.send(format!("/auth {}\n", mint_token("u-2", "observer")).as_bytes());
+    nc.line();
+    let token = format!("tok{}", std::process::id());
+    let signed = mint_token("u-1", "alice");
+    let profile = temp_path("chromium-token-profile");
+    std::fs::create_dir_all(&profile).unwrap();
+    let url = format!("http://{ws}/?token={signed}&selftest={token}");
+    let _browser = Killed(chromium(&url, &profile));
+
+    assert_eq!(
+        String::from_utf8_lossy(&nc.line()),
+        "* alice joined (2 online)\n"
+    );
+    let ready = format!("<alice> selftest {token} ready\n");
+    assert_eq!(String::from_utf8_lossy(&nc.line()), ready);
+    nc.send(format!("probe-{token}\n").as_bytes());
+    let saw = format!(
+        "<alice> selftest {token} saw 1 item(s), 0 element(s) inside: <observer> probe-{token} \
+         (token shown: false)\n"
+    );
+    loop {
+        assert!(
+            start.elapsed() < BUDGET,
+            "the page did not report within {BUDGET:?}"
+        );
+        let line = String::from_utf8_lossy(&nc.line()).to_string();
+        if line.contains(" saw ") {
+            assert_eq!(line, saw);
+            break;
+        }
+    }
+    drop(_browser);
+    let _ = std::fs::remove_dir_all(&profile);
+}
