@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, Killed, temp_path};
+use crate::common::{Client, Daemon, Killed, temp_path};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const FIREFOX: &str = "/usr/bin/firefox-esr";
@@ -55,6 +55,16 @@ fn firefox(url: &str, profile: &Path) -> Child {
         .expect("cannot start /usr/bin/firefox-esr (install Debian's firefox-esr; .ci/run does)")
 }
 
+/// A TCP client of `d` whose reads wait as long as the whole test may take.
+fn patient(d: &Daemon) -> Client {
+    let mut nc = d.connect();
+    nc.reader_mut()
+        .get_ref()
+        .set_read_timeout(Some(BUDGET))
+        .unwrap();
+    nc
+}
+
 /// Proves, in Chromium: the page connects over WebSocket; a line sent by a TCP client appears
 /// in its DOM as text (a line of HTML shows its characters and creates no element); a line
 /// typed into the page's input reaches the TCP client.
@@ -73,11 +83,7 @@ fn the_page_talks_with_a_tcp_client(name: &str, browser: fn(&str, &Path) -> Chil
     let start = Instant::now();
     let d = Daemon::spawn(&["--ws-bind", "127.0.0.1:0"]);
     let ws = d.ws_addr();
-    let mut nc = d.connect();
-    nc.reader_mut()
-        .get_ref()
-        .set_read_timeout(Some(BUDGET))
-        .unwrap();
+    let mut nc = patient(&d);
     let token = format!("{name}{}", std::process::id());
     let profile = temp_path(&format!("{name}-profile"));
     std::fs::create_dir_all(&profile).unwrap();
@@ -129,11 +135,7 @@ fn a_link_cannot_make_the_page_post_lines_or_commands() {
     let start = Instant::now();
     let d = Daemon::spawn(&["--ws-bind", "127.0.0.1:0", "--chat"]);
     let ws = d.ws_addr();
-    let mut nc = d.connect();
-    nc.reader_mut()
-        .get_ref()
-        .set_read_timeout(Some(BUDGET))
-        .unwrap();
+    let mut nc = patient(&d);
     nc.line();
     nc.send(b"/nick observer\n");
     assert_eq!(nc.line(), b"* you are now observer\n");
@@ -198,11 +200,7 @@ fn the_page_signs_in_with_its_token_and_never_shows_it() {
         keys.to_str().unwrap(),
     ]);
     let ws = d.ws_addr();
-    let mut nc = d.connect();
-    nc.reader_mut()
-        .get_ref()
-        .set_read_timeout(Some(BUDGET))
-        .unwrap();
+    let mut nc = patient(&d);
     nc.send(format!("/auth {}\n", mint_token("u-2", "observer")).as_bytes());
     nc.line();
     let token = format!("tok{}", std::process::id());
