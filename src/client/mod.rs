@@ -201,6 +201,10 @@ impl Client {
                     if let Some(why) = self.browser_token() {
                         return why;
                     }
+                    if self.signed_in.is_some() {
+                        // In by its `?token=`: the expiry arms its reads from now on.
+                        continue;
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return self.auth_timeout();
