@@ -126,7 +126,8 @@ pub(crate) struct Args {
 
     /// Check signed tokens (JWT, HS256) with the secrets in FILE: one a line, at least 32
     /// bytes each (`openssl rand -base64 32`), each optionally after a `kid: NAME` line for
-    /// rotation; # comments. Read again on SIGHUP and `reload`. See README.md, Signed tokens.
+    /// rotation; # comments. Read again on SIGHUP and `reload`. A client presents a token
+    /// with the line `/auth TOKEN` (a browser: `?token=`). See README.md, Signed tokens.
     #[arg(long, value_name = "FILE")]
     token_key: Option<PathBuf>,
 
@@ -145,8 +146,9 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ISS")]
     token_issuer: Option<String>,
 
-    /// Close every client that does not present a valid signed token first
-    /// (`relayd: a token is required`). Needs --token-key or --token-public-key.
+    /// Close every client that does not present a valid signed token (`/auth TOKEN`, or a
+    /// browser's `?token=`) as its first line, within 10 s (`relayd: a token is required`).
+    /// Needs --token-key or --token-public-key.
     #[arg(long)]
     require_token: bool,
 

@@ -12,7 +12,8 @@
 //!   operator's sockets — everything it started held by one guard that stops it on `Drop`.
 //! - `client/`: a client's life. `accept` (the accept loop: admission, refusals, the HTTP
 //!   front's threads), `mod` (one client's thread: authenticate, read, frame, hand on, leave),
-//!   `chat` (`--chat`: names, rooms, commands, what others see).
+//!   `auth` (its signed token: `/auth TOKEN` and `?token=`, refresh, expiry), `chat`
+//!   (`--chat`: names, rooms, commands, what others see).
 //! - `ops/`: the operator's ways in, acting through the daemon — `admin` (the control socket
 //!   and `relayd ctl`), `console` (`--console`), `metrics` (`/metrics`), `reload` (SIGHUP and
 //!   `reload`).
@@ -21,11 +22,13 @@
 //!   (the WebSocket handshake and messages); `ReadError`, why a read ended.
 //! - `daemon/`: the shared state behind one handle, `Arc<Daemon>` — `mod` (admission,
 //!   relaying, rooms, names), `slot` (a client's hold on the daemon, given back on `Drop`),
-//!   `operator` (clients, kick, send, broadcast, stats), `remote` (what other nodes say).
+//!   `operator` (clients, kick, send, broadcast, stats), `users` (signed-in users: their
+//!   names, and every connection of one user), `remote` (what other nodes say).
 //! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
 //!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
 //!   `presence` (who is on the other nodes).
-//! - `delivery/`: getting a line to its clients — `registry` (who is where), `peer` (a
+//! - `delivery/`: getting a line to its clients — `registry` (who is where; `registry/users`:
+//!   signed-in users' names and connections), `peer` (a
 //!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to
 //!   the socket, and writer threads), `deliverer` (the one delivery thread), `chunk` (a line's
 //!   shared bytes; `ws_frame`, their WebSocket frames), `history`, `notice` (every line relayd

@@ -113,7 +113,7 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
         return;
     }
     let sock = Arc::new(sock);
-    let slot = match daemon.admit(Arc::clone(&sock), addr, false) {
+    let slot = match daemon.admit(Arc::clone(&sock), addr, false, false) {
         Ok(slot) => slot,
         Err(refusal) => {
             // Someone not allowed at all gets not a byte, not even an error line.
@@ -124,11 +124,17 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
         }
     };
     log_connected(daemon, slot.peer().id(), addr, "");
-    start_client(daemon, slot, addr, Transport::Tcp(Tcp::new(sock)));
+    start_client(daemon, slot, addr, Transport::Tcp(Tcp::new(sock)), None);
 }
 
 /// Starts the thread that serves an admitted client for the rest of its life.
-fn start_client(daemon: &Arc<Daemon>, mut slot: Slot, addr: SocketAddr, transport: Transport) {
+fn start_client(
+    daemon: &Arc<Daemon>,
+    mut slot: Slot,
+    addr: SocketAddr,
+    transport: Transport,
+    token: Option<String>,
+) {
     let id = slot.peer().id();
     // What the slot says if the thread never runs: the closure, and the slot in it, is
     // dropped at once.
@@ -138,7 +144,7 @@ fn start_client(daemon: &Arc<Daemon>, mut slot: Slot, addr: SocketAddr, transpor
         thread::Builder::new()
             .name(format!("client-{id}"))
             .stack_size(CLIENT_STACK)
-            .spawn(move || client::serve(daemon, slot, transport))
+            .spawn(move || client::serve(daemon, slot, transport, token))
     };
     if let Err(e) = spawned {
         warn!("client {id} {addr} refused: cannot start a thread: {e}");
@@ -233,6 +239,12 @@ fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: 
 /// thread that read the request.
 fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr, head: Vec<u8>) {
     let config = daemon.config();
+    // `?token=` on the upgrade URL: a browser's `/auth TOKEN`. The query is never logged.
+    let token = http::parse(&head)
+        .ok()
+        .flatten()
+        .and_then(|r| http::param(r.query, "token"))
+        .filter(|t| !t.is_empty());
     let socket = match ws::handshake(Arc::clone(&sock), head, config) {
         Ok(socket) => socket,
         Err(ws::Refused::Answered(why)) => {
@@ -244,7 +256,7 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
             return;
         }
     };
-    let slot = match daemon.admit(Arc::clone(&sock), addr, true) {
+    let slot = match daemon.admit(Arc::clone(&sock), addr, true, token.is_some()) {
         Ok(slot) => slot,
         Err(refusal) => return refuse_websocket(daemon, &sock, addr, refusal),
     };
@@ -256,7 +268,7 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
     // touched stack pages an idle client would keep for its whole life, and a thread's stack
     // is given back when it ends: 1,000 idle browsers cost 19.2 KiB each so, 33.9 KiB on the
     // thread that did the handshake (2026-12-03).
-    start_client(daemon, slot, addr, transport);
+    start_client(daemon, slot, addr, transport, token);
 }
 
 /// Logs why a connection is refused, and returns what it is told (nothing if it is not

@@ -45,6 +45,7 @@ const HELP: &[&str] = &[
     "*   /join ROOM       leave your room for ROOM",
     "*   /rooms           rooms and how many are in each",
     "*   /quit [REASON]   leave",
+    "*   /auth TOKEN      sign in with a token from your site (or refresh it)",
     "*   /help            this list",
     "* a line starting with // sends the rest starting with a single /",
 ];
@@ -93,21 +94,16 @@ pub(crate) fn command_with_more_lines(message: &[u8]) -> bool {
 
 // In `policy::names`, so that the cluster checks the names and rooms other nodes announce,
 // and signed tokens the names they carry, with the very same rules.
-pub use crate::policy::names::valid_name;
 pub(crate) use crate::policy::names::valid_room;
-
-/// `guest<digits>` names are handed out by the daemon; nobody may take one.
-pub fn reserved(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower
-        .strip_prefix("guest")
-        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-}
+pub use crate::policy::names::{reserved, valid_name};
 
 /// One chat client's state, owned by its thread.
 pub(crate) struct Chat {
     name: String,
     room: String,
+    /// A signed-in user's `sub`, and the rooms its token lets it join (`None`: any); its
+    /// name is its token's. Boxed: most clients are guests.
+    user: Option<Box<(String, Option<Vec<String>>)>>,
     bucket: Option<Bucket>,
     /// In a cluster with `--history`: the rooms it may enter (see [`NEW_ROOMS`]).
     new_rooms: Option<NewRooms>,
@@ -121,6 +117,7 @@ impl Chat {
         Chat {
             name,
             room: LOBBY.to_string(),
+            user: None,
             bucket: config.rate.map(Bucket::new),
             new_rooms: (config.cluster.is_some() && config.history > 0).then(NewRooms::new),
             out: String::new(),
@@ -128,13 +125,53 @@ impl Chat {
         }
     }
 
-    /// Tells the lobby, as it was when this client joined, that it arrived.
+    /// Tells the lobby, as it was when this client joined, that it arrived (unless the
+    /// user is there on another connection already).
     pub(crate) fn announce(&self, daemon: &Daemon, peer: &Peer, lobby: &Members) {
-        let notice = daemon
-            .notices()
-            .joined(&self.name, daemon.online(LOBBY, lobby));
-        daemon.notify(LOBBY, lobby, peer.id(), &notice);
+        if !self.here_already(lobby, peer) {
+            let notice = daemon
+                .notices()
+                .joined(&self.name, daemon.online(LOBBY, lobby));
+            daemon.notify(LOBBY, lobby, peer.id(), &notice);
+        }
         daemon.present(peer.id(), &self.name, LOBBY);
+    }
+
+    /// Whether another connection of this client's user is among `members`.
+    fn here_already(&self, members: &Members, peer: &Peer) -> bool {
+        self.user
+            .as_deref()
+            .is_some_and(|(sub, _)| members.has_user(sub, peer.id()))
+    }
+
+    /// The client is now user `user`, named `name` (its token's), and may join `rooms`.
+    /// `renamed`: tell its room and itself of the new name (it was a guest in a room).
+    pub(crate) fn signed_in(
+        &mut self,
+        daemon: &Daemon,
+        peer: &Arc<Peer>,
+        user: &str,
+        rooms: Option<Vec<String>>,
+        renamed: bool,
+    ) {
+        self.user = Some(Box::new((user.to_string(), rooms)));
+        let old = std::mem::replace(&mut self.name, daemon.name_of(peer.id()));
+        if !renamed || old == self.name {
+            return;
+        }
+        let name = &self.name;
+        let room = daemon.members(&self.room);
+        let notice = daemon.notices().line(format_args!("* {old} is now {name}"));
+        daemon.notify(&self.room, &room, peer.id(), &notice);
+        daemon.present(peer.id(), name, &self.room);
+        self.reply(daemon, peer, &format!("* you are now {name}"));
+    }
+
+    /// A fresh token for the same user: the rooms it may join from now on.
+    pub(crate) fn refreshed(&mut self, rooms: Option<Vec<String>>) {
+        if let Some(user) = &mut self.user {
+            user.1 = rooms;
+        }
     }
 
     /// Handles the whole lines of one read. Returns the `/quit` reason if the client quit
@@ -225,7 +262,12 @@ impl Chat {
             return None;
         }
         match command.as_str() {
+            "nick" if self.user.is_some() => {
+                self.reply(daemon, peer, "relayd: your name comes from your token");
+            }
             "nick" => self.nick(daemon, peer, arg),
+            // With keys loaded, `/auth` never reaches here: the client's thread takes it.
+            "auth" => self.reply(daemon, peer, "relayd: tokens are not enabled here"),
             "who" => {
                 let names = daemon.names_in(&self.room);
                 let line = format!("* {} in {}: {}", names.len(), self.room, names.join(", "));
@@ -331,6 +373,14 @@ impl Chat {
         if room == self.room {
             return self.reply(daemon, peer, &format!("relayd: you are already in {room}"));
         }
+        // The lobby is everyone's: it is where a client starts.
+        if let Some((_, Some(rooms))) = self.user.as_deref()
+            && room != LOBBY
+            && !rooms.iter().any(|r| r == room)
+        {
+            let line = format!("relayd: your token does not let you join {room}");
+            return self.reply(daemon, peer, &line);
+        }
         if let Some(rooms) = &mut self.new_rooms
             && !rooms.enter(room, Instant::now())
         {
@@ -349,11 +399,16 @@ impl Chat {
         };
         let old = std::mem::replace(&mut self.room, room.to_string());
         let name = &self.name;
-        let online = daemon.online(&old, &left);
-        let line = format!("* {name} left (joined {room}) ({online} online)");
-        daemon.notify(&old, &left, peer.id(), &notices.line(line));
-        let joined_notice = notices.joined(name, daemon.online(room, &joined));
-        daemon.notify(room, &joined, peer.id(), &joined_notice);
+        // A user's other connections: the old room still has it, the new one had it.
+        if !self.here_already(&left, peer) {
+            let online = daemon.online(&old, &left);
+            let line = format!("* {name} left (joined {room}) ({online} online)");
+            daemon.notify(&old, &left, peer.id(), &notices.line(line));
+        }
+        if !self.here_already(&joined, peer) {
+            let joined_notice = notices.joined(name, daemon.online(room, &joined));
+            daemon.notify(room, &joined, peer.id(), &joined_notice);
+        }
         daemon.present(peer.id(), name, room);
     }
 }

@@ -7,6 +7,7 @@
 //! the same client: same framing, limits, rooms and departures.
 
 pub(crate) mod accept;
+mod auth;
 pub(crate) mod chat;
 
 use std::io;
@@ -76,6 +77,11 @@ enum Phase {
     AwaitingSecret {
         deadline: Instant,
     },
+    /// `--require-token` (or a browser that came with `?token=`): its first line (after the
+    /// secret, with `--secret-file`) must be `/auth TOKEN`, by the same deadline.
+    AwaitingToken {
+        deadline: Instant,
+    },
     /// A raw byte pipe; the flood control bucket, with `--rate`.
     Raw(Option<Bucket>),
     Chat(Chat),
@@ -98,21 +104,39 @@ struct Client {
     /// `line too long` notices are rate-limited (a burst of a few, then one a second), so a
     /// stream of long lines cannot make it queue a stream of notices.
     too_long_notices: Bucket,
+    /// A browser's `?token=`, until it is checked in place of the first `/auth` line.
+    ws_token: Option<String>,
+    /// Who its token says it is, once it presented one.
+    signed_in: Option<auth::SignedIn>,
+    /// When it last sent something: with a token's `exp`, the read timeout is no longer the
+    /// idle timeout, which then counts from here.
+    heard: Instant,
 }
 
-/// Serves one admitted client until it leaves. Runs on the client's own thread.
-pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Transport) {
+/// Serves one admitted client until it leaves. Runs on the client's own thread. `token`: a
+/// browser's `?token=`.
+pub(crate) fn serve(
+    daemon: Arc<Daemon>,
+    mut slot: Slot,
+    transport: Transport,
+    token: Option<String>,
+) {
     slot.set_departure(Departure::Panicked);
     let config = daemon.config();
-    let phase = match daemon.settings().secret {
-        Some(_) => Phase::AwaitingSecret {
-            deadline: Instant::now() + config.auth_timeout,
-        },
-        None => {
+    let deadline = Instant::now() + config.auth_timeout;
+    let settings = daemon.settings();
+    // Without keys a `?token=` means nothing: the browser is a guest.
+    let token = token.filter(|_| !settings.keys.is_empty());
+    let phase = match (&settings.secret, daemon.awaits_token(token.is_some())) {
+        (Some(_), _) => Phase::AwaitingSecret { deadline },
+        (None, true) => Phase::AwaitingToken { deadline },
+        (None, false) => {
             let lobby = slot.take_lobby();
-            joined_phase(&daemon, slot.peer(), lobby)
+            let name = daemon.guest_name(slot.peer().id());
+            joined_phase(&daemon, slot.peer(), lobby, name)
         }
     };
+    drop(settings);
     let mut client = Client {
         // Browsers do not speak telnet.
         telnet: (!config.binary && matches!(transport, Transport::Tcp(_))).then(Telnet::new),
@@ -125,19 +149,36 @@ pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Transport) {
         text: Vec::new(),
         reply: Vec::new(),
         too_long_notices: Bucket::new(TOO_LONG_NOTICES),
+        ws_token: token,
+        signed_in: None,
+        heard: Instant::now(),
     };
     let why = client.run();
     client.slot.set_departure(why);
 }
 
-/// The phase of a client that is in the lobby: in chat mode the lobby hears of it. `lobby` is
-/// who was there when it entered, if the caller saw it enter.
-fn joined_phase(daemon: &Daemon, peer: &Arc<Peer>, lobby: Option<Members>) -> Phase {
+/// The phase of a client that is in the lobby, named `name`: in chat mode the lobby hears of
+/// it. `lobby` is who was there when it entered, if the caller saw it enter.
+fn joined_phase(daemon: &Daemon, peer: &Arc<Peer>, lobby: Option<Members>, name: String) -> Phase {
+    joined_as(daemon, peer, lobby, name, None)
+}
+
+/// [`joined_phase`] for a client that may be a signed-in user already.
+fn joined_as(
+    daemon: &Daemon,
+    peer: &Arc<Peer>,
+    lobby: Option<Members>,
+    name: String,
+    user: Option<&auth::SignedIn>,
+) -> Phase {
     let config = daemon.config();
     // What entering queued for it (welcome, history) must fit its queue like anything else.
     daemon.settle(peer);
     if config.chat {
-        let chat = Chat::new(config, daemon.guest_name(peer.id()));
+        let mut chat = Chat::new(config, name);
+        if let Some(user) = user {
+            chat.signed_in(daemon, peer, &user.sub, user.rooms.clone(), false);
+        }
         let lobby = lobby.unwrap_or_else(|| daemon.members(LOBBY));
         chat.announce(daemon, peer, &lobby);
         Phase::Chat(chat)
@@ -155,23 +196,43 @@ impl Client {
     fn run(&mut self) -> Departure {
         let mut buf = Vec::with_capacity(READ_BUF);
         loop {
-            if let Phase::AwaitingSecret { deadline } = self.phase {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Departure::AuthTimeout;
+            match self.phase {
+                Phase::AwaitingSecret { deadline } | Phase::AwaitingToken { deadline } => {
+                    if let Some(why) = self.browser_token() {
+                        return why;
+                    }
+                    if self.signed_in.is_some() {
+                        // In by its `?token=`: the expiry arms its reads from now on.
+                        continue;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return self.auth_timeout();
+                    }
+                    self.transport.set_read_timeout(Some(left));
                 }
-                self.transport.set_read_timeout(Some(left));
+                _ => {
+                    if let Some(why) = self.arm_expiry() {
+                        return why;
+                    }
+                }
             }
             match self.transport.read(&mut buf) {
                 Ok(0) => return self.end_of_input(Departure::ClosedByClient),
-                Ok(_) => {}
+                Ok(_) => self.heard = Instant::now(),
                 Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(ReadError::Io(e)) if crate::sys::timed_out(&e) => {
-                    return match self.phase {
-                        Phase::AwaitingSecret { .. } => Departure::AuthTimeout,
-                        // SO_RCVTIMEO is otherwise only set when `--idle-timeout` is.
-                        _ => Departure::IdleTimeout,
-                    };
+                    match self.phase {
+                        Phase::AwaitingSecret { .. } | Phase::AwaitingToken { .. } => {
+                            return self.auth_timeout();
+                        }
+                        // SO_RCVTIMEO is otherwise only set when `--idle-timeout` is, or a
+                        // token expires: the nearer of the two, and not yet idle is the token.
+                        _ => match self.timed_out() {
+                            Some(why) => return why,
+                            None => continue,
+                        },
+                    }
                 }
                 // A reset is the client leaving too, abruptly: what it sent before is kept as
                 // with an orderly end of input (the kernel reports a reset on read or, if a
@@ -273,7 +334,7 @@ impl Client {
         if self.daemon.is_stopping() {
             return Departure::Shutdown;
         }
-        if let Phase::AwaitingSecret { .. } = self.phase {
+        if let Phase::AwaitingSecret { .. } | Phase::AwaitingToken { .. } = self.phase {
             return why;
         }
         self.framer.finish(&mut self.lines);
@@ -288,14 +349,46 @@ impl Client {
         {
             return Some(why);
         }
+        if let Phase::AwaitingToken { .. } = self.phase
+            && let Err(why) = self.await_token()
+        {
+            return Some(why);
+        }
         if self.lines.is_empty() {
             return None;
         }
         let n = memchr_iter(b'\n', &self.lines).count();
         self.peer().count_in(n as u64);
         add(&self.daemon.stats().lines_in, n as u64);
+        self.hand_on_signed()
+    }
+
+    /// Hands on the complete lines of `lines`, with the client joined: its `/auth` lines, if
+    /// tokens are enabled, are taken out and acted on where they are among the others.
+    fn hand_on_signed(&mut self) -> Option<Departure> {
+        while let Some((start, end)) = self.auth_line() {
+            let rest = self.lines.split_off(end);
+            let line = self.lines.split_off(start);
+            if let Some(why) = self.relay_lines() {
+                return Some(why);
+            }
+            self.lines = rest;
+            if let Some(why) = self.auth_again(&line) {
+                self.lines.clear();
+                return Some(why);
+            }
+        }
+        self.relay_lines()
+    }
+
+    /// Hands on the complete lines in `lines`, as the client's phase says.
+    fn relay_lines(&mut self) -> Option<Departure> {
+        if self.lines.is_empty() {
+            return None;
+        }
+        let n = memchr_iter(b'\n', &self.lines).count();
         let left = match &mut self.phase {
-            Phase::AwaitingSecret { .. } => None,
+            Phase::AwaitingSecret { .. } | Phase::AwaitingToken { .. } => None,
             Phase::Raw(bucket) => {
                 relay_raw(
                     &self.daemon,
@@ -342,10 +435,19 @@ impl Client {
         }
         self.transport
             .set_read_timeout(self.daemon.config().idle_timeout);
+        if self.daemon.awaits_token(self.ws_token.is_some()) {
+            info!("client {}: authenticated, awaiting its token", peer.id());
+            let Phase::AwaitingSecret { deadline } = self.phase else {
+                return Ok(());
+            };
+            self.phase = Phase::AwaitingToken { deadline };
+            return self.await_token();
+        }
         let lobby = self.daemon.enter(&peer);
         // Logged once it is in, so that a log reader can count on it.
         info!("client {}: authenticated", peer.id());
-        self.phase = joined_phase(&self.daemon, &peer, lobby);
+        let name = self.daemon.guest_name(peer.id());
+        self.phase = joined_phase(&self.daemon, &peer, lobby, name);
         Ok(())
     }
 }

@@ -74,6 +74,9 @@ impl Shared {
         for (id, name) in &local.names {
             pipe.add_command(self.claim_cmd(*id, name, None));
         }
+        for (sub, name) in &local.users {
+            pipe.add_command(self.take_cmd(sub, name));
+        }
         if self.history > 0 {
             let rooms: BTreeSet<&str> = local.clients.iter().map(|c| c.room.as_str()).collect();
             for room in rooms {
@@ -89,10 +92,17 @@ impl Shared {
         let Some(held) = self.beat.query::<i64>(&pipe) else {
             return;
         };
-        for ((id, name), held) in local.names.iter().zip(held) {
+        for ((id, name), &held) in local.names.iter().zip(&held) {
             if held == 0 {
                 warn!("cluster: name {name} of client {id} was taken by another node meanwhile");
                 (self.hooks.lost_name)(*id, name);
+            }
+        }
+        // A user keeps its connections and its name: another user holding it too is the
+        // app's doing (two users, one name), and is logged.
+        for ((_, name), &held) in local.users.iter().zip(&held[local.names.len()..]) {
+            if held == 0 {
+                warn!("cluster: name {name} of a signed-in user here is another user's");
             }
         }
     }

@@ -86,6 +86,13 @@ const CLAIM: &str = "local v = redis.call('GET', KEYS[1]) \
     if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) == ARGV[1] then \
     redis.call('DEL', KEYS[2]) end \
     return 1";
+/// Takes a name key for a signed-in user (`ARGV[1]`, a [`Shared::user_owner`]): from
+/// nobody, from itself (its connection on another node), or from a guest who picked the name
+/// (whose node's heartbeat then finds it lost); never from another user.
+const TAKE: &str = "local v = redis.call('GET', KEYS[1]) \
+    if v and v ~= ARGV[1] and string.byte(v, 1) == 0 then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+    return 1";
 /// Frees a name key if this node's client still holds it.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('DEL', KEYS[1]) end return 0";
@@ -95,6 +102,8 @@ pub(crate) struct Local {
     pub(crate) clients: Vec<Present>,
     /// The names to keep in Redis (a guest name is unique by construction): id, name.
     pub(crate) names: Vec<(u64, String)>,
+    /// The names signed-in users here hold, once each: sub, name.
+    pub(crate) users: Vec<(String, String)>,
 }
 
 /// Called with each message from another node: its id, and what it says.
@@ -344,6 +353,29 @@ impl Cluster {
         }
     }
 
+    /// Takes `name` for signed-in user `sub` cluster-wide (see [`TAKE`]).
+    pub(crate) fn take_for_user(&self, sub: &str, name: &str) -> Result<(), ClaimError> {
+        let s = &self.shared;
+        if !self.is_up() {
+            return Err(ClaimError::Unreachable);
+        }
+        match s.query::<i64>(&s.take_cmd(sub, name)) {
+            Some(1) => Ok(()),
+            Some(_) => Err(ClaimError::Taken),
+            None => Err(ClaimError::Unreachable),
+        }
+    }
+
+    /// Frees `name`, held by user `sub`, once its last connection here has left (a
+    /// connection of it on another node takes it again at that node's next heartbeat).
+    pub(crate) fn release_user(&self, sub: &str, name: &str) {
+        let s = &self.shared;
+        let mut queue = lock(&s.queue);
+        s.enqueue_freeing(&mut queue, s.name_key(name), s.user_owner(sub));
+        drop(queue);
+        s.queued.notify_one();
+    }
+
     /// Frees `name`, held by this node's client `id`, once what is queued before is sent.
     pub(crate) fn release(&self, id: u64, name: &str) {
         let s = &self.shared;
@@ -491,6 +523,23 @@ impl Shared {
     /// A name key's value: who holds it.
     fn owner(&self, id: u64) -> Vec<u8> {
         format!("{}\0{id}", self.node).into_bytes()
+    }
+
+    /// A name key's value when a signed-in user holds it, on whichever nodes: it starts with
+    /// a NUL, which no node id does.
+    fn user_owner(&self, sub: &str) -> Vec<u8> {
+        format!("\0user\0{sub}").into_bytes()
+    }
+
+    /// [`TAKE`] of `name` for user `sub`.
+    fn take_cmd(&self, sub: &str, name: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(TAKE)
+            .arg(1)
+            .arg(self.name_key(name))
+            .arg(self.user_owner(sub))
+            .arg(self.ttl.as_millis() as u64);
+        cmd
     }
 
     /// Queues a message, or drops it (its lines counted) if the queue is full.

@@ -6,8 +6,8 @@
 //! cluster without asking Redis. A node whose word is older than the name expiry (it died, or
 //! lost Redis) is forgotten, with its clients.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::sync::lock;
@@ -19,6 +19,9 @@ pub(crate) struct Present {
     pub(crate) id: u64,
     pub(crate) name: String,
     pub(crate) room: String,
+    /// Its user's `sub`, if it presented a signed token: a user's connections, on any node,
+    /// are one person.
+    pub(crate) user: Option<String>,
 }
 
 /// A client found on another node.
@@ -94,12 +97,42 @@ impl Presence {
             .collect()
     }
 
-    /// How many clients of other nodes are in `room`.
-    pub(crate) fn count_in(&self, room: &str) -> usize {
-        lock(&self.nodes)
+    /// How many people on other nodes are in `room`, but for the users in `except` (counted
+    /// here already): a user's connections count once.
+    pub(crate) fn count_in(&self, room: &str, except: &HashSet<Arc<str>>) -> usize {
+        let nodes = lock(&self.nodes);
+        let mut users = HashSet::new();
+        nodes
             .values()
-            .map(|v| v.clients.values().filter(|p| p.room == room).count())
-            .sum()
+            .flat_map(|v| v.clients.values())
+            .filter(|p| p.room == room)
+            .filter(|p| match &p.user {
+                None => true,
+                Some(sub) => !except.contains(sub.as_str()) && users.insert(sub.as_str()),
+            })
+            .count()
+    }
+
+    /// The clients of other nodes of user `user` (its `sub`), or else the guest so named:
+    /// node and id each.
+    pub(crate) fn user_clients(&self, user: &str) -> Vec<(String, u64)> {
+        let nodes = lock(&self.nodes);
+        let all = || {
+            nodes
+                .iter()
+                .flat_map(|(n, v)| v.clients.values().map(move |p| (n, p)))
+        };
+        let mut found: Vec<(String, u64)> = all()
+            .filter(|(_, p)| p.user.as_deref() == Some(user))
+            .map(|(n, p)| (n.clone(), p.id))
+            .collect();
+        if found.is_empty() {
+            found = all()
+                .filter(|(_, p)| p.user.is_none() && p.name.eq_ignore_ascii_case(user))
+                .map(|(n, p)| (n.clone(), p.id))
+                .collect();
+        }
+        found
     }
 
     /// The names of other nodes' clients in `room`, by node, then in order of arrival.
@@ -112,15 +145,24 @@ impl Presence {
             .flat_map(|(_, v)| v.clients.values())
             .filter(|p| p.room == room)
             .map(|p| p.name.clone())
-            .collect()
+            .fold(Vec::new(), |mut names, name| {
+                if !names.iter().any(|n: &String| n.eq_ignore_ascii_case(&name)) {
+                    names.push(name);
+                }
+                names
+            })
     }
 
     /// Rooms of other nodes' clients, with how many of them are in each.
     pub(crate) fn rooms(&self) -> BTreeMap<String, usize> {
         let mut rooms = BTreeMap::new();
+        let mut users = HashSet::new();
         for v in lock(&self.nodes).values() {
             for p in v.clients.values() {
-                *rooms.entry(p.room.clone()).or_insert(0) += 1;
+                let user = p.user.as_ref().map(|sub| (p.room.as_str(), sub.as_str()));
+                if user.is_none_or(|u| users.insert(u)) {
+                    *rooms.entry(p.room.clone()).or_insert(0) += 1;
+                }
             }
         }
         rooms
@@ -139,6 +181,12 @@ impl Presence {
                     name: p.name.clone(),
                 })
         })
+    }
+
+    /// The user (`sub`) of client `id` of `node`, if it has one.
+    pub(crate) fn user_of(&self, node: &str, id: u64) -> Option<String> {
+        let nodes = lock(&self.nodes);
+        nodes.get(node)?.clients.get(&id)?.user.clone()
     }
 
     /// The name of client `id` of `node`.
@@ -168,6 +216,7 @@ mod tests {
             id,
             name: name.into(),
             room: room.into(),
+            user: None,
         }
     }
 
@@ -176,7 +225,7 @@ mod tests {
         let presence = Presence::new(Duration::from_secs(60));
         presence.replace("b", vec![p(1, "alice", "lobby"), p(2, "bob", "games")]);
         presence.upsert("c", p(1, "carol", "lobby"));
-        assert_eq!(presence.count_in("lobby"), 2);
+        assert_eq!(presence.count_in("lobby", &HashSet::new()), 2);
         assert_eq!(presence.names_in("lobby"), ["alice", "carol"]);
         presence.upsert("b", p(1, "alice", "games"));
         presence.remove("b", 2);
@@ -198,6 +247,6 @@ mod tests {
         assert!(presence.expire(Instant::now()).is_empty());
         let later = Instant::now() + Duration::from_secs(31);
         assert_eq!(presence.expire(later), [("b".to_string(), 1)]);
-        assert_eq!(presence.count_in("lobby"), 0);
+        assert_eq!(presence.count_in("lobby", &HashSet::new()), 0);
     }
 }

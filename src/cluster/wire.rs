@@ -156,12 +156,15 @@ fn start(node: &str, kind: u8, capacity: usize) -> Vec<u8> {
     m
 }
 
-/// A client: its id (8 bytes), `name \0`, `room \0`.
+/// A client: its id (8 bytes), `name \0`, `room \0`, its user's `sub \0` (empty for a
+/// guest).
 fn encode_present(m: &mut Vec<u8>, p: &Present) {
     m.extend_from_slice(&p.id.to_be_bytes());
     m.extend_from_slice(p.name.as_bytes());
     m.push(0);
     m.extend_from_slice(p.room.as_bytes());
+    m.push(0);
+    m.extend_from_slice(p.user.as_deref().unwrap_or_default().as_bytes());
     m.push(0);
 }
 
@@ -257,6 +260,13 @@ fn check_present(node: &str, p: &Present) -> Result<(), &'static str> {
     if !valid_name(&p.name) && p.name != format!("guest{}@{node}", p.id) {
         return Err("invalid name");
     }
+    // A token's `sub` has no control character; it goes into the operator's `clients`.
+    if p.user
+        .as_deref()
+        .is_some_and(|u| u.chars().any(|c| c.is_control() || c.is_whitespace()))
+    {
+        return Err("invalid user");
+    }
     check_room(&p.room)
 }
 
@@ -264,10 +274,14 @@ fn decode_present(bytes: &[u8]) -> Option<(Present, &[u8])> {
     let (id, rest) = bytes.split_first_chunk::<8>()?;
     let (name, rest) = split_nul(rest)?;
     let (room, rest) = split_nul(rest)?;
+    let (user, rest) = split_nul(rest)?;
     let present = Present {
         id: u64::from_be_bytes(*id),
         name: String::from_utf8(name.to_vec()).ok()?,
         room: String::from_utf8(room.to_vec()).ok()?,
+        user: (!user.is_empty())
+            .then(|| String::from_utf8(user.to_vec()).ok())
+            .flatten(),
     };
     Some((present, rest))
 }
@@ -293,6 +307,7 @@ mod tests {
             id,
             name: name.into(),
             room: room.into(),
+            user: None,
         }
     }
 
@@ -463,6 +478,7 @@ mod tests {
             local: Box::new(|| Local {
                 clients: Vec::new(),
                 names: Vec::new(),
+                users: Vec::new(),
             }),
             lost_name: Box::new(|_, _| {}),
         };
@@ -490,6 +506,7 @@ mod tests {
             id: 7,
             name: "alice".into(),
             room: "games".into(),
+            user: Some("u-1".into()),
         };
         cluster.publish_lines("lobby", 42, 7, b"a\0b\nc\n", 2);
         cluster.publish_notice("games", &Chunk::from(&b"* bob joined\n"[..]));

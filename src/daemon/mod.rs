@@ -12,13 +12,15 @@
 //! Here: the state, admission, and what a client's thread asks for (relay, notices, rooms,
 //! names, private messages). [`slot`]: a client's `Slot` and what its `Drop` gives back;
 //! [`operator`]: the operator's commands (clients, stats, send, broadcast, kick), on any node;
-//! [`remote`]: what the other nodes of the cluster tell this one.
+//! [`remote`]: what the other nodes of the cluster tell this one; [`users`]: signed-in users
+//! (a client taking on its token's name, and every connection of one user).
 
 mod operator;
 mod remote;
 mod slot;
+mod users;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -175,8 +177,9 @@ impl Daemon {
         self.shutdown.is_triggered()
     }
 
-    /// Admits a new connection, or says why not. Without `--secret-file` the client is in
-    /// the lobby when this returns (its welcome and the lobby's history queued), so clients
+    /// Admits a new connection, or says why not (`token`: a browser came with `?token=`).
+    /// Without `--secret-file` or a token to check first, the client is in the lobby when
+    /// this returns (its welcome and the lobby's history queued), so clients
     /// are registered in the order they connected; unless the lobby's history is first to be
     /// read from Redis, which may take up to the cluster's query timeout: the client's own
     /// thread enters it then (see [`Slot::take_lobby`]), so that this, on the accept loop,
@@ -186,6 +189,7 @@ impl Daemon {
         sock: Arc<TcpStream>,
         addr: SocketAddr,
         websocket: bool,
+        token: bool,
     ) -> Result<Slot, Refusal> {
         let config = &self.config;
         let settings = sync::read(&self.settings);
@@ -210,10 +214,16 @@ impl Daemon {
         let mut slot = Slot::new(Arc::clone(self), peer, addr);
         let secret = settings.secret.is_some();
         drop(settings);
-        if !secret && !self.reads_redis(LOBBY) {
+        if !secret && !self.awaits_token(token) && !self.reads_redis(LOBBY) {
             slot.enter_lobby();
         }
         Ok(slot)
+    }
+
+    /// Whether a client enters the lobby only once its token is checked: with
+    /// `--require-token`, or a browser's `?token=` (`token`), so that it enters by its name.
+    pub(crate) fn awaits_token(&self, token: bool) -> bool {
+        self.config.require_token || token
     }
 
     /// Puts an admitted client into the lobby; in chat mode its welcome (and any history) is
@@ -224,7 +234,7 @@ impl Daemon {
         let settings = self.settings();
         let seed = self.seed(LOBBY);
         let elsewhere = if config.chat {
-            self.presence.count_in(LOBBY)
+            self.presence.count_in(LOBBY, &HashSet::new())
         } else {
             0
         };
@@ -256,6 +266,7 @@ impl Daemon {
                 id,
                 name: name.into(),
                 room: room.into(),
+                user: self.registry.user_of(id).map(|sub| sub.to_string()),
             });
         }
     }
@@ -293,7 +304,7 @@ impl Daemon {
 
     /// How many are in `room` across the cluster, given its `members` here.
     pub(crate) fn online(&self, room: &str, members: &Members) -> usize {
-        members.online() + self.presence.count_in(room)
+        members.online() + self.presence.count_in(room, &members.users())
     }
 
     /// Moves a client to `room`; see [`Registry::change_room`]. What the move queues for it
@@ -308,7 +319,7 @@ impl Daemon {
     ) -> Option<(Members, Members)> {
         self.registry.settle(peer, Share::Own);
         let seed = self.seed(room);
-        let elsewhere = self.presence.count_in(room);
+        let elsewhere = self.presence.count_in(room, &HashSet::new());
         let moved = self
             .registry
             .change_room(peer.id(), room, seed, |_, online| greet(online + elsewhere));
@@ -389,6 +400,13 @@ impl Daemon {
         })
     }
 
+    /// Client `id`'s name now.
+    pub(crate) fn name_of(&self, id: PeerId) -> String {
+        self.registry
+            .client(id)
+            .map_or_else(|| self.guest_name(id), |(name, ..)| name)
+    }
+
     /// The client of this node with this id or name: its name and peer.
     pub(crate) fn find(&self, id_or_name: &str) -> Option<(String, Arc<Peer>)> {
         self.registry.find(id_or_name)
@@ -400,14 +418,33 @@ impl Daemon {
         Some((cluster, self.presence.find(name)?))
     }
 
-    /// Sends a private message (`line`, formatted) to the client named `to`, on any node.
+    /// Sends a private message (`line`, formatted) to the client named `to`, on any node:
+    /// to each of a user's connections, here and on the other nodes.
     pub(crate) fn private(&self, to: &str, line: &Chunk) -> Result<(), NoSuchClient> {
-        if let Some((_, peer)) = self.find(to) {
-            self.send_to(&peer, line, 1);
+        let here = self.registry.find_all(to);
+        for (_, peer) in &here {
+            self.send_to(peer, line, 1);
+        }
+        let user = here
+            .first()
+            .and_then(|(_, p)| self.registry.user_of(p.id()));
+        if let (Some(cluster), Some(sub)) = (&self.cluster, &user) {
+            for (node, id) in self.presence.user_clients(sub) {
+                cluster.publish_direct(&node, id, Direct::Private, line);
+            }
+        }
+        if !here.is_empty() {
             return Ok(());
         }
         let (cluster, remote) = self.find_elsewhere(to).ok_or(NoSuchClient)?;
-        cluster.publish_direct(&remote.node, remote.id, Direct::Private, line);
+        match self.presence.user_of(&remote.node, remote.id) {
+            Some(sub) => {
+                for (node, id) in self.presence.user_clients(&sub) {
+                    cluster.publish_direct(&node, id, Direct::Private, line);
+                }
+            }
+            None => cluster.publish_direct(&remote.node, remote.id, Direct::Private, line),
+        }
         Ok(())
     }
 
@@ -418,7 +455,12 @@ impl Daemon {
     /// Who is in `room`: here first, in order of arrival, then on the other nodes.
     pub(crate) fn names_in(&self, room: &str) -> Vec<String> {
         let mut names = self.registry.names_in(room);
-        names.extend(self.presence.names_in(room));
+        // A user on this node and another is one name.
+        for name in self.presence.names_in(room) {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+                names.push(name);
+            }
+        }
         names
     }
 

@@ -23,6 +23,14 @@ pub(crate) enum Found {
 #[derive(Debug)]
 pub(crate) struct NoSuchClient;
 
+/// What the operator is told of a client located.
+fn found(located: Located<'_>) -> Found {
+    match located {
+        Located::Here(name, peer) => Found::Here(peer.id(), name),
+        Located::There(_, node, _, name) => Found::There(name, node),
+    }
+}
+
 /// A client the operator named, where it is.
 enum Located<'a> {
     Here(String, Arc<Peer>),
@@ -87,9 +95,27 @@ impl Daemon {
         Some(Located::There(cluster, remote.node, remote.id, remote.name))
     }
 
-    /// Pushes `text` to one client, on any node, as a server line.
+    /// The user (`sub`) the operator means by a name: a name (not an id) of a signed-in
+    /// user means every connection of the user.
+    fn user_named(&self, target: &str, located: &Located<'_>) -> Option<String> {
+        if is_id(target) || target.contains('@') {
+            return None;
+        }
+        match located {
+            Located::Here(_, peer) => self.registry.user_of(peer.id()).map(|s| s.to_string()),
+            Located::There(_, node, id, _) => self.presence.user_of(node, *id),
+        }
+    }
+
+    /// Pushes `text` to one client, or every connection of a user named, on any node, as a
+    /// server line.
     pub(crate) fn push_to(&self, target: &str, text: &str) -> Result<Found, NoSuchClient> {
-        match self.locate(target).ok_or(NoSuchClient)? {
+        let located = self.locate(target).ok_or(NoSuchClient)?;
+        if let Some(user) = self.user_named(target, &located) {
+            self.send_user(&user, text)?;
+            return Ok(found(located));
+        }
+        match located {
             Located::Here(name, peer) => {
                 let chunk = self.notices.push(self.config.chat, text);
                 self.send_to(&peer, &chunk, 0);
@@ -107,7 +133,12 @@ impl Daemon {
     /// after any line it was relaying at that moment. A client on another node is kicked
     /// there as soon as that node hears of it.
     pub(crate) fn kick(&self, target: &str, reason: Option<&str>) -> Result<Found, NoSuchClient> {
-        match self.locate(target).ok_or(NoSuchClient)? {
+        let located = self.locate(target).ok_or(NoSuchClient)?;
+        if let Some(user) = self.user_named(target, &located) {
+            self.kick_user(&user, reason)?;
+            return Ok(found(located));
+        }
+        match located {
             Located::Here(name, peer) => {
                 let (id, name) = self.kick_here(&peer, name, reason)?;
                 Ok(Found::Here(id, name))

@@ -13,6 +13,7 @@ use crate::cluster::presence::Present;
 use crate::cluster::{Direct, Event, Hooks, Local};
 use crate::delivery::chunk::Chunk;
 use crate::delivery::peer::PeerId;
+use crate::delivery::registry::Displaced;
 use crate::sync::lock;
 
 use super::{Daemon, claimed};
@@ -34,6 +35,7 @@ pub(super) fn hooks(weak: &Weak<Daemon>) -> Hooks {
             None => Local {
                 clients: Vec::new(),
                 names: Vec::new(),
+                users: Vec::new(),
             },
         }),
         lost_name: Box::new(move |id, name| {
@@ -103,16 +105,25 @@ impl Daemon {
         let mut local = Local {
             clients: Vec::new(),
             names: Vec::new(),
+            users: Vec::new(),
         };
         for c in self.registry.clients() {
             let Some(room) = c.room else { continue };
-            if self.config.chat && claimed(&c.name) {
-                local.names.push((c.id, c.name.clone()));
+            // A user's name is held by the user, not by one of its connections.
+            match &c.user {
+                Some(u) if self.config.chat && !local.users.iter().any(|(s, _)| **s == *u.sub) => {
+                    local.users.push((u.sub.to_string(), c.name.clone()));
+                }
+                None if self.config.chat && claimed(&c.name) => {
+                    local.names.push((c.id, c.name.clone()));
+                }
+                _ => {}
             }
             local.clients.push(Present {
                 id: c.id,
                 name: c.name,
                 room,
+                user: c.user.map(|u| u.sub.to_string()),
             });
         }
         local
@@ -126,10 +137,15 @@ impl Daemon {
         if self.registry.rename(id, &guest).is_err() {
             return;
         }
-        let mut renames = lock(&self.renames);
-        renames.insert(id, guest.clone());
-        self.renames_pending.store(renames.len(), Ordering::Relaxed);
-        drop(renames);
+        let by_user = self
+            .presence
+            .find(name)
+            .and_then(|r| self.presence.user_of(&r.node, r.id));
+        if let (Some(_), Some((_, peer, room))) = (by_user, self.registry.client(id)) {
+            // A signed-in user on another node took it back: as for one here.
+            return self.displace(&Displaced { id, peer, room }, name);
+        }
+        self.pending_rename(id, &guest);
         if let Some((_, peer, room)) = self.registry.client(id) {
             if let Some(room) = room {
                 self.present(id, &guest, &room);

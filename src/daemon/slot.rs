@@ -100,12 +100,24 @@ impl Drop for Slot {
                 && left.room.is_some()
             {
                 cluster.publish_leave(self.peer.id());
-                if claimed(&left.name) {
-                    cluster.release(self.peer.id(), &left.name);
+                match &left.user {
+                    // Its last connection here: the name is the user's while it is on
+                    // another node, whose heartbeat takes it again.
+                    Some(sub) if daemon.registry.user_peers(sub).is_empty() => {
+                        cluster.release_user(sub, &left.name);
+                    }
+                    Some(_) => {}
+                    None if claimed(&left.name) => cluster.release(self.peer.id(), &left.name),
+                    None => {}
                 }
             }
+            // A user's other connection still in the room: for the room, it has not left.
             if let (true, Some(left)) = (daemon.config.chat, left)
                 && let (Some(members), Some(room)) = (left.members, left.room)
+                && !left
+                    .user
+                    .as_deref()
+                    .is_some_and(|sub| members.has_user(sub, self.peer.id()))
             {
                 let online = daemon.online(&room, &members);
                 let notice = daemon.notices.left(&left.name, &why, online);

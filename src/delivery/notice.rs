@@ -10,6 +10,7 @@ use std::fmt;
 
 use crate::config::Config;
 use crate::delivery::chunk::Chunk;
+use crate::policy::token::TokenError;
 
 /// Why a client left. Its `Display` is what the log and the client's room are told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,14 @@ pub(crate) enum Departure {
     Shutdown,
     /// No thread could be started for it.
     OutOfThreads,
+    /// Its signed token was refused (`/auth TOKEN`, `?token=`).
+    BadToken(TokenError),
+    /// `--require-token`: its first line was not `/auth TOKEN`, or came too late.
+    TokenRequired,
+    /// Its token's `exp` passed without a fresh one.
+    TokenExpired,
+    /// Its token names a user whose name another user (another `sub`) holds now.
+    NameInUse(String),
     /// Its thread panicked (a bug): it is still taken out cleanly.
     Panicked,
     /// A WebSocket client sent a binary message: relayd relays text.
@@ -84,7 +93,11 @@ impl Departure {
             | Departure::TooSlow { .. }
             | Departure::WriteTimeout { .. }
             | Departure::AuthTimeout
-            | Departure::AuthFailed => 1008,
+            | Departure::AuthFailed
+            | Departure::BadToken(_)
+            | Departure::TokenRequired
+            | Departure::TokenExpired
+            | Departure::NameInUse(_) => 1008,
             Departure::MessageTooLong(_) => 1009,
             Departure::Panicked => 1011,
             Departure::OutOfThreads => 1013,
@@ -111,6 +124,10 @@ impl fmt::Display for Departure {
             Departure::AuthTimeout => f.write_str("authentication timeout"),
             Departure::AuthFailed => f.write_str("authentication failed"),
             Departure::Shutdown => f.write_str("shutdown"),
+            Departure::BadToken(e) => write!(f, "bad token: {e}"),
+            Departure::TokenRequired => f.write_str("a token is required"),
+            Departure::TokenExpired => f.write_str("token expired"),
+            Departure::NameInUse(name) => write!(f, "the name {name} is another user's"),
             Departure::OutOfThreads => f.write_str("out of threads"),
             Departure::Panicked => f.write_str("thread panicked"),
             Departure::BinaryMessage => f.write_str("binary message"),
@@ -163,6 +180,10 @@ impl Notices {
             | Departure::NoLongerAllowed
             | Departure::IdleTimeout
             | Departure::AuthTimeout
+            | Departure::BadToken(_)
+            | Departure::TokenRequired
+            | Departure::TokenExpired
+            | Departure::NameInUse(_)
             | Departure::MessageTooLong(_)
             | Departure::Protocol { .. } => self.error(why),
             Departure::BinaryMessage => self.error("binary messages are not accepted, send text"),

@@ -37,7 +37,7 @@ const MAX_COMMAND: u64 = 64 * 1024;
 const MAX_CONNECTIONS: usize = 16;
 
 const HELP: &str = "\
-clients                    one line per client: id address name room seconds lines_in lines_out bytes_pending transport
+clients                    one line per client: id address name room seconds lines_in lines_out bytes_pending transport user
 kick ID|NAME [REASON]      disconnect a client, telling it and its room why
 broadcast TEXT             push TEXT to every client
 send ID|NAME TEXT          push TEXT to one client
@@ -236,7 +236,7 @@ fn execute(daemon: &Daemon, command: &str) -> String {
             for c in daemon.clients() {
                 let (lines_in, lines_out) = c.peer.line_counts();
                 out.push_str(&format!(
-                    "{} {} {} {} {} {lines_in} {lines_out} {} {}\n",
+                    "{} {} {} {} {} {lines_in} {lines_out} {} {} {}\n",
                     c.id,
                     c.addr,
                     c.name,
@@ -245,13 +245,18 @@ fn execute(daemon: &Daemon, command: &str) -> String {
                     c.connected.as_secs(),
                     c.peer.pending(),
                     c.peer.transport(),
+                    // A signed-in user's `sub` (never its token); `-` for a guest.
+                    c.user.as_ref().map_or("-", |u| &u.sub),
                 ));
             }
             // Other nodes' clients: what their nodes told this one, no more.
             for (node, c) in daemon.clients_elsewhere() {
                 out.push_str(&format!(
-                    "{}@{node} - {} {} - - - - node:{node}\n",
-                    c.id, c.name, c.room
+                    "{}@{node} - {} {} - - - - node:{node} {}\n",
+                    c.id,
+                    c.name,
+                    c.room,
+                    c.user.as_deref().unwrap_or("-")
                 ));
             }
             out

@@ -23,6 +23,7 @@ use log::{debug, info, warn};
 use socket2::SockRef;
 
 use crate::daemon::Daemon;
+use crate::policy::token::TokenError;
 use crate::sync::Counted;
 use crate::transport::http::{self, HeadError};
 
@@ -210,7 +211,7 @@ fn render(daemon: &Daemon) -> String {
             get(&stats.cluster_queue_bytes),
         ),
     ];
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 14] = [
         (
             "relayd_connections_accepted_total",
             "Connections admitted.",
@@ -276,6 +277,11 @@ fn render(daemon: &Daemon) -> String {
             "Local lines not published: the cluster queue was full or Redis failed.",
             get(&stats.cluster_dropped),
         ),
+        (
+            "relayd_tokens_accepted_total",
+            "Signed tokens accepted (a client identified, or its token refreshed).",
+            get(&stats.tokens_accepted),
+        ),
     ];
     let mut out = String::new();
     for (kind, rows) in [("gauge", &gauges[..]), ("counter", &counters[..])] {
@@ -284,6 +290,18 @@ fn render(daemon: &Daemon) -> String {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         }
+    }
+    // One series per reason, each always present so that a rate() has a start; the label is
+    // the word the client was told, `_` for its spaces, as PromQL users type labels.
+    let name = "relayd_tokens_refused_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Signed tokens refused, by the reason the client was told."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (reason, n) in TokenError::REASONS.iter().zip(&stats.tokens_refused) {
+        let reason = reason.replace(' ', "_");
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", get(n));
     }
     stats.line_wait.expose(
         "relayd_line_wait_seconds",

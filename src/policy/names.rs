@@ -23,3 +23,12 @@ pub(crate) fn valid_room(name: &str) -> bool {
 pub fn valid_name(name: &str) -> bool {
     valid_room(name) && !name.bytes().all(|b| b.is_ascii_digit())
 }
+
+/// `guest<digits>` names are handed out by the daemon; nobody may take one, not even with a
+/// signed token.
+pub fn reserved(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower
+        .strip_prefix("guest")
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}

@@ -65,8 +65,10 @@
 //!   no `--token-audience` (RFC 7519 §4.1.3: a recipient not named in `aud` must refuse it).
 //! - `malformed`: anything else: not three base64url parts; a header or claims that are not
 //!   JSON; an `alg` that is no algorithm (`none` included); `sub` missing, empty, not a string
-//!   or holding a control character; a `name` (or, without one, `sub`) that is not a chat name
-//!   (1–32 letters, digits, `_ - .`, not only digits: a numeric user id needs a `name`);
+//!   or holding a control character or white space (it is a column of the operator's
+//!   `clients`); a `name` (or, without one, `sub`) that is not a chat name
+//!   (1–32 letters, digits, `_ - .`, not only digits: a numeric user id needs a `name`) or is
+//!   a guest's (`guest` and digits, which relayd hands out);
 //!   `rooms` not an array of room names; `role` not `user` or `mod`; `exp` or `nbf` not a
 //!   number of seconds; `aud` or `iss` neither a string nor an array of strings where no
 //!   `--token-audience` / `--token-issuer` is given; a signature that is not base64url.
@@ -84,7 +86,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::policy::names::{valid_name, valid_room};
+use crate::policy::names::{reserved, valid_name, valid_room};
 
 /// How far ahead of this host's clock a token's `nbf` may be. An app that mints a token with
 /// `nbf` (or `iat` copied into it) at its own "now" and hands it to a browser that connects at
@@ -165,6 +167,26 @@ pub(crate) enum TokenError {
 }
 
 impl TokenError {
+    /// Every refusal's word, in a fixed order, for the counters (see [`TokenError::index`]).
+    pub(crate) const REASONS: [&'static str; 5] = [
+        "expired",
+        "not yet valid",
+        "bad signature",
+        "wrong audience",
+        "malformed",
+    ];
+
+    /// This refusal's place in [`TokenError::REASONS`].
+    pub(crate) fn index(&self) -> usize {
+        match self {
+            TokenError::Expired => 0,
+            TokenError::NotYetValid => 1,
+            TokenError::BadSignature(_) => 2,
+            TokenError::WrongAudience(_) => 3,
+            TokenError::Malformed(_) => 4,
+        }
+    }
+
     /// What exactly was wrong, for the log: fixed text, nothing taken from the token.
     pub(crate) fn detail(&self) -> &'static str {
         match self {
@@ -179,13 +201,7 @@ impl TokenError {
 
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TokenError::Expired => "expired",
-            TokenError::NotYetValid => "not yet valid",
-            TokenError::BadSignature(_) => "bad signature",
-            TokenError::WrongAudience(_) => "wrong audience",
-            TokenError::Malformed(_) => "malformed",
-        })
+        f.write_str(TokenError::REASONS[self.index()])
     }
 }
 
@@ -206,6 +222,11 @@ impl fmt::Debug for Key {
 }
 
 impl Keys {
+    /// Whether no key is loaded: tokens are not enabled.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// Reads `--token-key` (HS256 secrets) and `--token-public-key` (PEM public keys), either
     /// or both. An error is one line naming the option, the file and, where it is about one,
     /// the line.
@@ -388,14 +409,22 @@ impl Claims {
         if sub.is_empty() {
             return Err(TokenError::Malformed("sub is empty"));
         }
-        if sub.chars().any(char::is_control) {
-            return Err(TokenError::Malformed("sub holds a control character"));
+        // It is a column of the operator's space-separated `clients`.
+        if sub.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(TokenError::Malformed(
+                "sub holds a control character or a space",
+            ));
         }
         let name = self.name.unwrap_or_else(|| sub.clone());
         if !valid_name(&name) {
             return Err(TokenError::Malformed(
                 "name (or sub, without a name) is not 1-32 letters, digits, _ - . \
                  and not only digits",
+            ));
+        }
+        if reserved(&name) {
+            return Err(TokenError::Malformed(
+                "name (or sub, without a name) is a guest name, which relayd hands out",
             ));
         }
         if let Some(rooms) = &self.rooms

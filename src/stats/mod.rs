@@ -33,6 +33,10 @@ pub(crate) struct Stats {
     pub cluster_dropped: AtomicU64,
     /// Bytes waiting to be published (a gauge).
     pub cluster_queue_bytes: AtomicU64,
+    /// Signed tokens accepted (a client identified or refreshed), and refused, by reason
+    /// (in the order of `TokenError::REASONS`).
+    pub tokens_accepted: AtomicU64,
+    pub tokens_refused: [AtomicU64; 5],
     /// How long relayed lines waited in relayd, from read to written to a recipient's socket.
     pub line_wait: Histogram,
 }
@@ -57,6 +61,8 @@ impl Default for Stats {
             cluster_received: AtomicU64::new(0),
             cluster_dropped: AtomicU64::new(0),
             cluster_queue_bytes: AtomicU64::new(0),
+            tokens_accepted: AtomicU64::new(0),
+            tokens_refused: Default::default(),
             line_wait: Histogram::default(),
         }
     }
@@ -75,7 +81,8 @@ impl Stats {
     /// The `stats` answer: one `key value` line each, in a fixed order. `clients` and `rooms`
     /// are the registry's, passed in because they are not counters.
     pub(crate) fn report(&self, clients: usize, rooms: usize) -> String {
-        let rows: [(&str, u64); 19] = [
+        let refused = self.tokens_refused.iter().map(get).sum();
+        let rows: [(&str, u64); 21] = [
             ("uptime_seconds", self.started.elapsed().as_secs()),
             ("clients", clients as u64),
             ("peak_clients", get(&self.peak_clients)),
@@ -95,6 +102,8 @@ impl Stats {
             ("cluster_received", get(&self.cluster_received)),
             ("cluster_dropped", get(&self.cluster_dropped)),
             ("cluster_queue_bytes", get(&self.cluster_queue_bytes)),
+            ("tokens_accepted", get(&self.tokens_accepted)),
+            ("tokens_refused", refused),
         ];
         let mut out = String::new();
         for (key, value) in rows {

@@ -50,6 +50,8 @@ pub(crate) struct Request<'a> {
     pub(crate) method: &'a str,
     /// The target without its query.
     pub(crate) path: &'a str,
+    /// The query, without its `?` (it may hold a token: never logged).
+    pub(crate) query: &'a str,
     /// Whether it asks for a WebSocket (`Upgrade: websocket`).
     pub(crate) upgrade: bool,
     /// How many bytes the head takes: what follows is the client's next bytes.
@@ -74,9 +76,38 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
     Ok(Some(Request {
         method: request.method.unwrap_or(""),
         path: target.split('?').next().unwrap_or(""),
+        query: target.split_once('?').map_or("", |(_, q)| q),
         upgrade,
         len,
     }))
+}
+
+/// The value of parameter `name` in `query` (`a=1&b=2`), percent-decoded; the first if
+/// there are several.
+pub(crate) fn param(query: &str, name: &str) -> Option<String> {
+    let value = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?;
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Reads a request head from `sock`: at most `max` bytes of it, all within `timeout`.
@@ -194,6 +225,21 @@ fn respond(sock: &TcpStream, status: u16, content_type: &str, body: &[u8]) {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    #[test]
+    fn reads_a_query_parameter() {
+        assert_eq!(
+            param("token=a.b-c_d&x=1", "token").as_deref(),
+            Some("a.b-c_d")
+        );
+        assert_eq!(
+            param("x=1&token=a%2Eb%2", "token").as_deref(),
+            Some("a.b%2")
+        );
+        assert_eq!(param("tokens=a", "token"), None);
+        assert_eq!(param("", "token"), None);
+        assert_eq!(param("token=", "token").as_deref(), Some(""));
+    }
 
     #[test]
     fn parses_a_head_to_route_it() {

@@ -12,6 +12,7 @@
 
 pub mod chat;
 pub mod cluster;
+pub mod tokens;
 pub mod ws;
 
 use std::io::{self, BufRead, BufReader, Read, Write};

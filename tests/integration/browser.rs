@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Daemon, Killed, temp_path};
+use crate::common::{Client, Daemon, Killed, temp_path};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const FIREFOX: &str = "/usr/bin/firefox-esr";
@@ -55,6 +55,16 @@ fn firefox(url: &str, profile: &Path) -> Child {
         .expect("cannot start /usr/bin/firefox-esr (install Debian's firefox-esr; .ci/run does)")
 }
 
+/// A TCP client of `d` whose reads wait as long as the whole test may take.
+fn patient(d: &Daemon) -> Client {
+    let mut nc = d.connect();
+    nc.reader_mut()
+        .get_ref()
+        .set_read_timeout(Some(BUDGET))
+        .unwrap();
+    nc
+}
+
 /// Proves, in Chromium: the page connects over WebSocket; a line sent by a TCP client appears
 /// in its DOM as text (a line of HTML shows its characters and creates no element); a line
 /// typed into the page's input reaches the TCP client.
@@ -73,11 +83,7 @@ fn the_page_talks_with_a_tcp_client(name: &str, browser: fn(&str, &Path) -> Chil
     let start = Instant::now();
     let d = Daemon::spawn(&["--ws-bind", "127.0.0.1:0"]);
     let ws = d.ws_addr();
-    let mut nc = d.connect();
-    nc.reader_mut()
-        .get_ref()
-        .set_read_timeout(Some(BUDGET))
-        .unwrap();
+    let mut nc = patient(&d);
     let token = format!("{name}{}", std::process::id());
     let profile = temp_path(&format!("{name}-profile"));
     std::fs::create_dir_all(&profile).unwrap();
@@ -129,11 +135,7 @@ fn a_link_cannot_make_the_page_post_lines_or_commands() {
     let start = Instant::now();
     let d = Daemon::spawn(&["--ws-bind", "127.0.0.1:0", "--chat"]);
     let ws = d.ws_addr();
-    let mut nc = d.connect();
-    nc.reader_mut()
-        .get_ref()
-        .set_read_timeout(Some(BUDGET))
-        .unwrap();
+    let mut nc = patient(&d);
     nc.line();
     nc.send(b"/nick observer\n");
     assert_eq!(nc.line(), b"* you are now observer\n");
@@ -177,6 +179,59 @@ fn a_link_cannot_make_the_page_post_lines_or_commands() {
     }
     heard.sort();
     assert_eq!(heard, [saw, typed], "the link made the page send more");
+    drop(_browser);
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+/// Proves, in Chromium, with `--require-token`: the page passes on its own `?token=` as the
+/// WebSocket's, which signs it in as the token's user (the room hears `alice` arrive and
+/// speak, never a guest), and it shows the token neither in its address bar nor in its text.
+#[test]
+fn the_page_signs_in_with_its_token_and_never_shows_it() {
+    use crate::common::tokens::{SECRET, key_file, token as mint_token};
+    let start = Instant::now();
+    let keys = key_file("browser-token-key", &format!("{SECRET}\n"));
+    let d = Daemon::spawn(&[
+        "--ws-bind",
+        "127.0.0.1:0",
+        "--chat",
+        "--require-token",
+        "--token-key",
+        keys.to_str().unwrap(),
+    ]);
+    let ws = d.ws_addr();
+    let mut nc = patient(&d);
+    nc.send(format!("/auth {}\n", mint_token("u-2", "observer")).as_bytes());
+    nc.line();
+    let token = format!("tok{}", std::process::id());
+    let signed = mint_token("u-1", "alice");
+    let profile = temp_path("chromium-token-profile");
+    std::fs::create_dir_all(&profile).unwrap();
+    let url = format!("http://{ws}/?token={signed}&selftest={token}");
+    let _browser = Killed(chromium(&url, &profile));
+
+    assert_eq!(
+        String::from_utf8_lossy(&nc.line()),
+        "* alice joined (2 online)\n"
+    );
+    let ready = format!("<alice> selftest {token} ready\n");
+    assert_eq!(String::from_utf8_lossy(&nc.line()), ready);
+    nc.send(format!("probe-{token}\n").as_bytes());
+    let saw = format!(
+        "<alice> selftest {token} saw 1 item(s), 0 element(s) inside: <observer> probe-{token} \
+         (token shown: false)\n"
+    );
+    loop {
+        assert!(
+            start.elapsed() < BUDGET,
+            "the page did not report within {BUDGET:?}"
+        );
+        let line = String::from_utf8_lossy(&nc.line()).to_string();
+        if line.contains(" saw ") {
+            assert_eq!(line, saw);
+            break;
+        }
+    }
     drop(_browser);
     let _ = std::fs::remove_dir_all(&profile);
 }

@@ -211,7 +211,7 @@ fn msg_and_the_operator_reach_other_nodes() {
     assert!(
         clients
             .lines()
-            .any(|l| l == "1@b - bob lobby - - - - node:b"),
+            .any(|l| l == "1@b - bob lobby - - - - node:b -"),
         "{clients}"
     );
     assert_eq!(
@@ -453,14 +453,18 @@ fn forged_names_on_the_channel_break_no_line() {
     let redis = Redis::start();
     let a = cluster(&redis, &["a"], &[]).pop().unwrap();
     let mut alice = named(&a, "alice");
-    let client = |id: u64, name: &[u8], room: &[u8]| {
+    // id, name, room, then the user's sub (empty for a guest).
+    let client_of = |id: u64, name: &[u8], room: &[u8], user: &[u8]| {
         let mut m = id.to_be_bytes().to_vec();
         m.extend_from_slice(name);
         m.push(0);
         m.extend_from_slice(room);
         m.push(0);
+        m.extend_from_slice(user);
+        m.push(0);
         m
     };
+    let client = |id: u64, name: &[u8], room: &[u8]| client_of(id, name, room, b"");
     let message = |node: &[u8], kind: u8, payload: &[u8]| {
         let mut m = node.to_vec();
         m.push(0);
@@ -480,6 +484,8 @@ fn forged_names_on_the_channel_break_no_line() {
         ),
         message(b"x\nkick 1", b'E', &client(1, b"mallory", b"lobby")),
         message(b"x", b'S', &snapshot),
+        // A user's sub is a column of `clients`: no space, no line end.
+        message(b"x", b'E', &client_of(1, b"mallory", b"lobby", b"u 1\n5 x")),
     ] {
         redis.publish("relayd:lines", &forged);
     }
@@ -493,7 +499,7 @@ fn forged_names_on_the_channel_break_no_line() {
         &message(b"y", b'E', &client(5, b"guest5@y", b"lobby")),
     );
     wait_who(&mut alice, "* 3 in lobby: alice, valid, guest5@y\n");
-    for _ in 0..4 {
+    for _ in 0..5 {
         a.daemon.wait_log("cluster: dropped a message from node");
     }
     alice.send(b"/rooms\n");
@@ -501,9 +507,12 @@ fn forged_names_on_the_channel_break_no_line() {
     let clients = a.admin("clients");
     let lines: Vec<&str> = clients.lines().collect();
     assert_eq!(lines.len(), 3, "{clients}");
-    assert!(lines.iter().all(|l| l.split(' ').count() == 9), "{clients}");
-    assert_eq!(lines[1], "4@y - valid lobby - - - - node:y");
-    assert_eq!(lines[2], "5@y - guest5@y lobby - - - - node:y");
+    assert!(
+        lines.iter().all(|l| l.split(' ').count() == 10),
+        "{clients}"
+    );
+    assert_eq!(lines[1], "4@y - valid lobby - - - - node:y -");
+    assert_eq!(lines[2], "5@y - guest5@y lobby - - - - node:y -");
 }
 
 /// Something a client does, on a thread of its own: what it read, and the client.

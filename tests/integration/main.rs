@@ -35,6 +35,7 @@ mod relay;
 mod reload;
 mod rooms;
 mod service;
+mod signed_in;
 mod telnet;
 mod tls;
 mod tokens;

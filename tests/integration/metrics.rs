@@ -139,10 +139,13 @@ fn metrics_parse_match_stats_and_move_with_traffic() {
         ("cluster_received", "relayd_cluster_received_lines_total"),
         ("cluster_dropped", "relayd_cluster_dropped_lines_total"),
         ("cluster_queue_bytes", "relayd_cluster_queue_bytes"),
+        ("tokens_accepted", "relayd_tokens_accepted_total"),
     ];
+    // `tokens_refused` is the sum of the labeled `relayd_tokens_refused_total` (see
+    // tests/integration/signed_in.rs).
     assert_eq!(
         stats.lines().count(),
-        names.len() + 1,
+        names.len() + 2,
         "a stats figure without a metric (uptime aside): {stats}"
     );
     for (key, name) in names {

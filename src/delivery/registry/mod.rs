@@ -45,6 +45,11 @@ use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
+mod users;
+
+pub(crate) use users::{Displaced, Identified, OtherUser, User};
+use users::{add_name, remove_name};
+
 /// The room everyone starts in (and the only one in raw mode).
 pub(crate) const LOBBY: &str = "lobby";
 
@@ -64,8 +69,9 @@ pub(crate) struct Registry {
 struct Inner {
     /// By id, so listings come out in connection order.
     clients: BTreeMap<PeerId, Entry>,
-    /// Lower-cased name to id: names are unique case-insensitively.
-    names: HashMap<String, PeerId>,
+    /// Lower-cased name to its holders: names are unique case-insensitively, held by one
+    /// guest or by every connection of one signed-in user.
+    names: HashMap<String, Vec<PeerId>>,
     rooms: BTreeMap<String, Room>,
     /// Clients taken out by [`Registry::expel`] whose threads have not left yet: where they
     /// were, for the leave notice.
@@ -83,6 +89,8 @@ const RECENT: (usize, Duration) = (1024, Duration::from_secs(2));
 struct Entry {
     peer: Arc<Peer>,
     name: String,
+    /// Who its signed token says it is; `None` for a guest.
+    user: Option<User>,
     /// `None` until the client has authenticated.
     room: Option<String>,
     addr: SocketAddr,
@@ -104,6 +112,8 @@ struct Room {
 #[derive(Clone)]
 struct Member {
     peer: Arc<Peer>,
+    /// Its user's `sub`: a user's connections in one room count as one.
+    user: Option<Arc<str>>,
     epoch: u64,
     /// Joined before the room's history was merged from Redis (see [`Room::expected`]).
     before_seed: bool,
@@ -133,6 +143,8 @@ pub(crate) struct ClientInfo {
     pub(crate) name: String,
     /// `None`: not authenticated yet.
     pub(crate) room: Option<String>,
+    /// Its user, if it presented a signed token.
+    pub(crate) user: Option<User>,
     pub(crate) connected: Duration,
     pub(crate) peer: Arc<Peer>,
 }
@@ -145,15 +157,38 @@ pub(crate) struct Members {
 }
 
 impl Members {
-    /// How many are in the room.
+    /// How many are in the room: people, so a user's connections count once.
     pub(crate) fn online(&self) -> usize {
-        self.list.len()
+        let mut users = HashSet::new();
+        self.list
+            .iter()
+            .filter(|m| {
+                m.user
+                    .as_ref()
+                    .is_none_or(|sub| users.insert(Arc::clone(sub)))
+            })
+            .count()
+    }
+
+    /// The users among them, by `sub`.
+    pub(crate) fn users(&self) -> HashSet<Arc<str>> {
+        self.list.iter().filter_map(|m| m.user.clone()).collect()
+    }
+
+    /// Whether a connection of user `sub` other than `except` is among them: then the room
+    /// has seen the user arrive already, and does not see it leave yet.
+    pub(crate) fn has_user(&self, sub: &str, except: PeerId) -> bool {
+        self.list
+            .iter()
+            .any(|m| m.peer.id() != except && m.user.as_deref() == Some(sub))
     }
 }
 
 /// Where a client was when it left.
 pub(crate) struct Left {
     pub(crate) name: String,
+    /// Its user's `sub`, if it had one.
+    pub(crate) user: Option<Arc<str>>,
     /// The room it left; `None` if it never entered one.
     pub(crate) room: Option<String>,
     /// Who is still in the room it left; `None` if it never entered one.
@@ -206,6 +241,7 @@ impl Registry {
             peer.id(),
             Entry {
                 name,
+                user: None,
                 peer,
                 room: None,
                 addr,
@@ -231,8 +267,9 @@ impl Registry {
         let entry = inner.clients.get_mut(&id)?;
         entry.room = Some(LOBBY.to_string());
         let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
-        inner.names.insert(name.to_lowercase(), id);
-        Some(self.enter_room(&mut inner, &peer, &name, LOBBY, seed, greet))
+        let user = entry.user.as_ref().map(|u| Arc::clone(&u.sub));
+        add_name(&mut inner.names, &name, id);
+        Some(self.enter_room(&mut inner, &peer, &name, user, LOBBY, seed, greet))
     }
 
     /// Moves a client to `room` (created on demand), queuing `greet`'s lines and the room's
@@ -252,8 +289,9 @@ impl Registry {
             return None;
         }
         let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
+        let user = entry.user.as_ref().map(|u| Arc::clone(&u.sub));
         let left = self.leave_room(&mut inner, &peer, &old);
-        let joined = self.enter_room(&mut inner, &peer, &name, room, seed, greet);
+        let joined = self.enter_room(&mut inner, &peer, &name, user, room, seed, greet);
         Some((left, joined))
     }
 
@@ -264,11 +302,13 @@ impl Registry {
         self.history > 0 && lock(&self.inner).rooms.get(room).is_none_or(|r| !r.seeded)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn enter_room(
         &self,
         inner: &mut Inner,
         peer: &Arc<Peer>,
         name: &str,
+        user: Option<Arc<str>>,
         room: &str,
         seed: Option<Seed>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
@@ -302,11 +342,21 @@ impl Registry {
                 }
             }
         }
-        let mut lines = greet(name, room.members.len() + 1);
+        let online = {
+            let before = Members {
+                list: Arc::clone(&room.members),
+            };
+            let new = user
+                .as_deref()
+                .is_none_or(|sub| !before.has_user(sub, peer.id()));
+            before.online() + usize::from(new)
+        };
+        let mut lines = greet(name, online);
         lines.extend(room.history.replay());
         let epoch = peer.enter_room(&lines);
         Arc::make_mut(&mut room.members).push(Member {
             peer: Arc::clone(peer),
+            user,
             epoch,
             before_seed: false,
         });
@@ -336,12 +386,14 @@ impl Registry {
 
     fn remove(&self, inner: &mut Inner, id: PeerId) -> Option<(Arc<Peer>, Left)> {
         let entry = inner.clients.remove(&id)?;
-        let members = entry.room.as_ref().map(|room| {
-            inner.names.remove(&entry.name.to_lowercase());
-            self.leave_room(inner, &entry.peer, room)
-        });
+        remove_name(&mut inner.names, &entry.name, id);
+        let members = entry
+            .room
+            .as_ref()
+            .map(|room| self.leave_room(inner, &entry.peer, room));
         let left = Left {
             name: entry.name,
+            user: entry.user.map(|u| u.sub),
             room: entry.room,
             members,
         };
@@ -372,13 +424,17 @@ impl Registry {
     pub(crate) fn rename(&self, id: PeerId, new: &str) -> Result<String, RenameError> {
         let mut inner = lock(&self.inner);
         let key = new.to_lowercase();
-        if inner.names.get(&key).is_some_and(|&owner| owner != id) {
+        if inner
+            .names
+            .get(&key)
+            .is_some_and(|holders| holders.iter().any(|&h| h != id))
+        {
             return Err(RenameError::Taken);
         }
         let entry = inner.clients.get_mut(&id).ok_or(RenameError::Gone)?;
         let old = std::mem::replace(&mut entry.name, new.to_string());
-        inner.names.remove(&old.to_lowercase());
-        inner.names.insert(key, id);
+        remove_name(&mut inner.names, &old, id);
+        add_name(&mut inner.names, new, id);
         Ok(old)
     }
 
@@ -389,7 +445,7 @@ impl Registry {
         let id = if is_id(id_or_name) {
             id_or_name.parse::<PeerId>().ok()?
         } else {
-            *inner.names.get(&id_or_name.to_lowercase())?
+            *inner.names.get(&id_or_name.to_lowercase())?.first()?
         };
         let entry = inner.clients.get(&id)?;
         Some((entry.name.clone(), Arc::clone(&entry.peer)))
@@ -415,15 +471,18 @@ impl Registry {
         Members { list }
     }
 
-    /// Names of the members of `room`, in order of arrival.
+    /// Names of the members of `room`, in order of arrival, each once (a user's
+    /// connections share theirs).
     pub(crate) fn names_in(&self, room: &str) -> Vec<String> {
         let inner = lock(&self.inner);
         let Some(r) = inner.rooms.get(room) else {
             return Vec::new();
         };
+        let mut seen = HashSet::new();
         r.members
             .iter()
             .filter_map(|m| inner.clients.get(&m.peer.id()).map(|c| c.name.clone()))
+            .filter(|name| seen.insert(name.to_lowercase()))
             .collect()
     }
 
@@ -433,7 +492,12 @@ impl Registry {
             .rooms
             .iter()
             .filter(|(_, r)| !r.members.is_empty())
-            .map(|(name, r)| (name.clone(), r.members.len()))
+            .map(|(name, r)| {
+                let members = Members {
+                    list: Arc::clone(&r.members),
+                };
+                (name.clone(), members.online())
+            })
             .collect()
     }
 
@@ -448,6 +512,7 @@ impl Registry {
                 addr: c.addr,
                 name: c.name.clone(),
                 room: c.room.clone(),
+                user: c.user.clone(),
                 connected: now.saturating_duration_since(c.since),
                 peer: Arc::clone(&c.peer),
             })
@@ -534,6 +599,7 @@ impl Registry {
             .iter()
             .map(|peer| Member {
                 peer: Arc::clone(peer),
+                user: None,
                 epoch: 0,
                 before_seed: false,
             })
