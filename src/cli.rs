@@ -213,6 +213,18 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<String>,
 
+    /// Serve the HTTP API (JSON: publish, broadcast, send, kick, presence, rooms, history,
+    /// stats, and /metrics) on ADDR, for a web application's backend. Without
+    /// --api-key-file, ADDR must be a loopback address. Default: off. See README.md, HTTP API.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) api: Option<String>,
+
+    /// The key every --api request must carry (`Authorization: Bearer KEY`): the first line
+    /// of FILE, at least 16 bytes (`openssl rand -base64 32`). Read again on SIGHUP and
+    /// `reload`.
+    #[arg(long, value_name = "FILE", requires = "api")]
+    pub(crate) api_key_file: Option<PathBuf>,
+
     /// Join a cluster of relayd nodes that share their clients (lines, and in chat mode rooms,
     /// names, history and the operator's commands) through this Redis (redis://HOST:PORT/ or
     /// redis+unix:///PATH). Default: off.
@@ -285,6 +297,7 @@ impl Args {
             motd: self.motd.clone(),
             token_key: self.token_key.clone(),
             token_public_key: self.token_public_key.clone(),
+            api_key_file: self.api_key_file.clone(),
             ..Sources::default()
         };
         if self.require_token && !sources.has_token_keys() {
@@ -340,6 +353,7 @@ impl Args {
             history: self.history,
             motd: settings.motd,
             token_keys: settings.keys,
+            api_key: settings.api_key,
             token_audience: self.token_audience.clone(),
             token_issuer: self.token_issuer.clone(),
             require_token: self.require_token,

@@ -1,7 +1,7 @@
 //! HTTP, one request per connection: its head read within a size and a time bound, and the
 //! `--ws-bind` front's answer to it.
 //!
-//! [`read_head`] serves the front here and `--metrics` (which answers on its own). The front
+//! [`read_head`] serves the front here, `--metrics` and `--api` (which answer on their own). The front
 //! serves the page at `/`, hands a WebSocket upgrade on to `ws.rs`, or refuses anything else
 //! with a plain HTTP error; every answer closes the connection.
 //!
@@ -50,6 +50,10 @@ pub(crate) struct Request<'a> {
     pub(crate) method: &'a str,
     /// The target without its query.
     pub(crate) path: &'a str,
+    /// What follows the `?` in the target, if anything.
+    pub(crate) query: &'a str,
+    /// Every header, in order, as sent.
+    pub(crate) headers: Vec<(&'a str, &'a [u8])>,
     /// Whether it asks for a WebSocket (`Upgrade: websocket`).
     pub(crate) upgrade: bool,
     /// How many bytes the head takes: what follows is the client's next bytes.
@@ -67,16 +71,29 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
         Err(_) => return Err(HeadError::NotHttp),
     };
     let target = request.path.unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let upgrade = request.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("upgrade")
             && String::from_utf8_lossy(h.value).eq_ignore_ascii_case("websocket")
     });
     Ok(Some(Request {
         method: request.method.unwrap_or(""),
-        path: target.split('?').next().unwrap_or(""),
+        path,
+        query,
+        headers: request.headers.iter().map(|h| (h.name, h.value)).collect(),
         upgrade,
         len,
     }))
+}
+
+impl Request<'_> {
+    /// The values of header `name` (any case), in order.
+    pub(crate) fn header<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
 }
 
 /// Reads a request head from `sock`: at most `max` bytes of it, all within `timeout`.
@@ -200,6 +217,8 @@ mod tests {
         let head = b"GET /ws?x=1 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\r\nafter";
         let request = parse(head).unwrap().unwrap();
         assert_eq!((request.method, request.path), ("GET", "/ws"));
+        assert_eq!(request.query, "x=1");
+        assert_eq!(request.header("HOST").collect::<Vec<_>>(), [b"x"]);
         assert!(request.upgrade);
         assert_eq!(&head[request.len..], b"after");
         // Bare line feeds are accepted as line ends, as by tungstenite's handshake.
