@@ -47,6 +47,8 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the answer may take to be taken.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request's thread waits, after the answer, for the client to close.
+const LINGER: Duration = Duration::from_secs(1);
 /// A request thread's stack, as a client's: the JSON is on the heap.
 const REQUEST_STACK: usize = 128 * 1024;
 
@@ -145,6 +147,26 @@ fn serve(daemon: &Daemon, stream: &TcpStream, addr: SocketAddr) {
         debug!("api {addr}: answer not taken: {e}");
     }
     let _ = stream.shutdown(SocketShutdown::Write);
+    linger(stream);
+}
+
+/// Before the socket is closed: reads what the client still sends (a body refused unread, a
+/// 413's), for a moment, so that closing with unread input does not reset the connection and
+/// destroy the answer before the client has read it.
+fn linger(mut stream: &TcpStream) {
+    let until = Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut left = MAX_BODY * 2;
+    while left > 0 {
+        let wait = until.saturating_duration_since(Instant::now());
+        if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
 
 /// The answer to the request on `stream`, and the request's method and path for the log;
@@ -236,6 +258,13 @@ fn body(
         ));
     }
     let mut body = read[..read.len().min(length)].to_vec();
+    // curl asks first for a body over 1 KiB, and waits a second for the go-ahead.
+    let expects = request
+        .header("expect")
+        .any(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    if expects && body.len() < length {
+        let _ = (&*stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
     let mut chunk = [0u8; 4096];
     while body.len() < length {
         let left = deadline.saturating_duration_since(Instant::now());
