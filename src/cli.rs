@@ -179,7 +179,7 @@ pub(crate) struct Args {
     rate: Option<Rate>,
 
     /// Open the operator's control socket at PATH (mode 0600): clients, kick, broadcast,
-    /// send, stats, reload. See `relayd ctl`.
+    /// send, publish, presence, rooms, history, stats, reload. See `relayd ctl`.
     #[arg(long, value_name = "PATH")]
     admin: Option<PathBuf>,
 

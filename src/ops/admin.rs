@@ -48,7 +48,8 @@ presence ROOM              one line per member: id name transport node
 rooms                      one line per room: room members
 history ROOM               ROOM's last --history lines
 stats                      counters, one 'key value' line each
-reload                     read --allow-file, --deny-file, --secret-file and --motd again
+reload                     read --allow-file, --deny-file, --secret-file, --motd, the token keys
+                           and --api-key-file again
 help                       this list
 ";
 
