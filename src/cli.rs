@@ -181,7 +181,7 @@ pub(crate) struct Args {
     rate: Option<Rate>,
 
     /// Open the operator's control socket at PATH (mode 0600): clients, kick, broadcast,
-    /// send, stats, reload. See `relayd ctl`.
+    /// send, publish, presence, rooms, history, stats, reload. See `relayd ctl`.
     #[arg(long, value_name = "PATH")]
     admin: Option<PathBuf>,
 
@@ -214,6 +214,18 @@ pub(crate) struct Args {
     /// listener, never the relay port. Default: off.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<String>,
+
+    /// Serve the HTTP API (JSON: publish, broadcast, send, kick, presence, rooms, history,
+    /// stats, and /metrics) on ADDR, for a web application's backend. Without
+    /// --api-key-file, ADDR must be a loopback address. Default: off. See README.md, HTTP API.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) api: Option<String>,
+
+    /// The key every --api request must carry (`Authorization: Bearer KEY`): the first line
+    /// of FILE, at least 16 bytes (`openssl rand -base64 32`). Read again on SIGHUP and
+    /// `reload`.
+    #[arg(long, value_name = "FILE", requires = "api")]
+    pub(crate) api_key_file: Option<PathBuf>,
 
     /// Join a cluster of relayd nodes that share their clients (lines, and in chat mode rooms,
     /// names, history and the operator's commands) through this Redis (redis://HOST:PORT/ or
@@ -287,6 +299,7 @@ impl Args {
             motd: self.motd.clone(),
             token_key: self.token_key.clone(),
             token_public_key: self.token_public_key.clone(),
+            api_key_file: self.api_key_file.clone(),
             ..Sources::default()
         };
         if self.require_token && !sources.has_token_keys() {
@@ -342,6 +355,7 @@ impl Args {
             history: self.history,
             motd: settings.motd,
             token_keys: settings.keys,
+            api_key: settings.api_key,
             token_audience: self.token_audience.clone(),
             token_issuer: self.token_issuer.clone(),
             require_token: self.require_token,

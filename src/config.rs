@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::policy::access::Rules;
+use crate::policy::api_key::ApiKey;
 // The name rules live in `policy::names`, below the chat, the cluster and signed tokens, so
 // that each applies the same rule; the chat and the cluster name them `config::…`.
 pub(crate) use crate::policy::names::{is_token, valid_name, valid_room};
@@ -61,7 +62,11 @@ pub struct Config {
     pub token_issuer: Option<String>,
     /// `--require-token`: a client must send a valid token first.
     pub require_token: bool,
-    /// The files `rules`, `secret`, `motd` and `token_keys` came from, read again on every reload.
+    /// `--api-key-file`: the key every HTTP API request must carry, at startup (a reload may
+    /// change it); `None`: the API asks for none (it is then on a loopback address).
+    pub api_key: Option<ApiKey>,
+    /// The files `rules`, `secret`, `motd`, `token_keys` and `api_key` came from, read again
+    /// on every reload.
     pub sources: Sources,
     /// Flood control: at most this many lines per client, with bursts up to its `lines`.
     pub rate: Option<Rate>,
@@ -118,6 +123,7 @@ impl Default for Config {
             token_audience: None,
             token_issuer: None,
             require_token: false,
+            api_key: None,
             sources: Sources::default(),
             rate: None,
             admin: None,

@@ -9,21 +9,26 @@
 //! level.
 //!
 //! - `server`: the daemon's start and stop — listeners, the accept threads, the reloader, the
-//!   operator's sockets — everything it started held by one guard that stops it on `Drop`.
+//!   operator's sockets, the HTTP API — everything it started held by one guard that stops it
+//!   on `Drop`.
+//! - `api/`: `--api`, the HTTP API for a web app's backend — `mod` (the listener, its request
+//!   threads and limits, reading a request and its key), `routes` (each endpoint, calling the
+//!   daemon's operator commands, as the control socket does), `json` (requests and answers).
 //! - `client/`: a client's life. `accept` (the accept loop: admission, refusals, the HTTP
 //!   front's threads), `mod` (one client's thread: authenticate, read, frame, hand on, leave),
 //!   `auth` (its signed token: `/auth TOKEN` and `?token=`, refresh, expiry), `chat`
 //!   (`--chat`: names, rooms, commands, what others see).
 //! - `ops/`: the operator's ways in, acting through the daemon — `admin` (the control socket
 //!   and `relayd ctl`), `console` (`--console`), `metrics` (`/metrics`), `reload` (SIGHUP and
-//!   `reload`).
+//!   `reload`), `listening` (a listener served by a thread until stopped).
 //! - `transport/`: how a client's bytes come in — `tcp`, `telnet` (its commands taken out
 //!   unless `--binary`), `http` (the one HTTP request reader; the page and upgrades), `ws`
 //!   (the WebSocket handshake and messages); `ReadError`, why a read ended.
 //! - `daemon/`: the shared state behind one handle, `Arc<Daemon>` — `mod` (admission,
 //!   relaying, rooms, names), `slot` (a client's hold on the daemon, given back on `Drop`),
-//!   `operator` (clients, kick, send, broadcast, stats), `users` (signed-in users: their
-//!   names, and every connection of one user), `remote` (what other nodes say).
+//!   `operator` (clients, kick, send, broadcast, publish, presence, history, stats), `users`
+//!   (signed-in users: their names, and every connection of one user), `remote` (what other
+//!   nodes say).
 //! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
 //!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
 //!   `presence` (who is on the other nodes).
@@ -34,8 +39,8 @@
 //!   shared bytes; `ws_frame`, their WebSocket frames), `history`, `notice` (every line relayd
 //!   writes itself, and why a client left), `echo` (`--console`'s printed copy).
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
-//!   `secret`, `token` (signed tokens: their keys, and who a token says a client is),
-//!   `names` (what a chat name or room may be), `rate`, and the `settings` a reload reads
+//!   `secret`, `api_key` (the HTTP API's key), `token` (signed tokens: their keys, and who a
+//!   token says a client is), `names` (what a chat name or room may be), `rate`, and the `settings` a reload reads
 //!   again), `config` (the tunables).
 //! - `systemd` (readiness, watchdog, socket activation), `shutdown` (the stop flag),
 //!   `framing` (what a line is; `--max-line`), `sync` (lock helpers, the only place a
@@ -58,8 +63,9 @@
 //!   blocking writes; ends when its queue is empty or the peer is cut off. `farewell-ID`:
 //!   writes a closed peer's last bytes within `--write-timeout`, then ends.
 //! - `admin` and its connections' threads (`ops::admin`), `metrics` and `metrics-scrape`
-//!   (`ops::metrics`), `console` and `console-out` (`ops::console`, `delivery::echo`): end at
-//!   shutdown, or with their connection, within their timeouts.
+//!   (`ops::metrics`), `api` and `api-request` (`api`: one request each, at most 64 at once),
+//!   `console` and `console-out` (`ops::console`, `delivery::echo`): end at shutdown, or with
+//!   their connection, within their timeouts.
 //! - `reload` (`server`): serves SIGHUP and `reload` requests; ends when they are closed at
 //!   shutdown. `signals` (`main`): turns signals into shutdown and reloads; ends with the
 //!   process.
@@ -70,6 +76,7 @@
 #![deny(unsafe_code)]
 #![warn(unreachable_pub, clippy::undocumented_unsafe_blocks)]
 
+mod api;
 mod client;
 mod cluster;
 mod config;
@@ -94,6 +101,7 @@ pub use framing::Framer;
 pub use ops::admin::ctl;
 pub use ops::reload::Reloads;
 pub use policy::access::Rules;
+pub use policy::api_key::ApiKey;
 pub use policy::rate::Rate;
 pub use policy::settings::Sources;
 pub use policy::token::Keys;

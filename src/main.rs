@@ -128,6 +128,7 @@ fn passed_listeners() -> Result<Listeners, String> {
         relay: Vec::new(),
         ws: Vec::new(),
         metrics: None,
+        api: None,
     };
     for (kind, listener) in relayd::passed_listeners()? {
         match kind {
@@ -159,8 +160,8 @@ fn is_empty(listeners: &Listeners) -> bool {
     listeners.relay.is_empty() && listeners.ws.is_empty() && listeners.metrics.is_none()
 }
 
-/// Binds, next to the sockets systemd passed, what `--bind`, `--ws-bind` and `--metrics` ask
-/// for.
+/// Binds, next to the sockets systemd passed, what `--bind`, `--ws-bind`, `--metrics` and
+/// `--api` ask for.
 fn bind_listeners(
     args: &Args,
     explicit_bind: bool,
@@ -209,6 +210,19 @@ fn bind_listeners(
         let listener =
             relayd::bind(addr, false).map_err(|e| format!("--metrics cannot bind {spec}: {e}"))?;
         listeners.metrics = Some(listener);
+    }
+    if let Some(spec) = &args.api {
+        let addr = resolve(spec).map_err(|e| format!("--api {e}"))?;
+        // Without a key, whoever reaches the port may kick and speak for anyone: only this
+        // machine may.
+        if args.api_key_file.is_none() && !addr.ip().is_loopback() {
+            return Err(format!(
+                "--api {spec}: not a loopback address, so --api-key-file is required"
+            ));
+        }
+        let listener =
+            relayd::bind(addr, false).map_err(|e| format!("--api cannot bind {spec}: {e}"))?;
+        listeners.api = Some(listener);
     }
     Ok(())
 }

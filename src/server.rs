@@ -1,5 +1,5 @@
-//! The daemon's lifecycle: start (control socket, console, metrics, one accept thread per
-//! listener), tell the service manager it is ready, serve reloads, wait for the stop signal,
+//! The daemon's lifecycle: start (control socket, console, metrics, the HTTP API, one accept
+//! thread per listener), tell the service manager it is ready, serve reloads, wait for the stop signal,
 //! and shut down cleanly.
 
 use std::io;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use socket2::SockRef;
 
+use crate::api;
 use crate::client::accept;
 use crate::config::Config;
 use crate::daemon::Daemon;
@@ -18,7 +19,8 @@ use crate::delivery::notice::Departure;
 use crate::delivery::peer::Peer;
 use crate::ops::admin::{self, Admin};
 use crate::ops::console;
-use crate::ops::metrics::{self, Metrics};
+use crate::ops::listening::Listening;
+use crate::ops::metrics;
 use crate::ops::reload::{self, Reloads};
 use crate::shutdown::Shutdown;
 
@@ -35,6 +37,7 @@ pub fn run(listeners: Vec<TcpListener>, config: Config, shutdown: Shutdown) -> i
         relay: listeners,
         ws: Vec::new(),
         metrics: None,
+        api: None,
     };
     serve(listeners, config, shutdown, Reloads::new())
 }
@@ -48,6 +51,8 @@ pub struct Listeners {
     pub ws: Vec<TcpListener>,
     /// `--metrics`: the Prometheus endpoint.
     pub metrics: Option<TcpListener>,
+    /// `--api`: the HTTP API.
+    pub api: Option<TcpListener>,
 }
 
 /// [`run`], with a metrics listener and reloads: each request on `reloads` (SIGHUP) reads
@@ -86,6 +91,9 @@ pub fn serve(
     }
     if let Some(listener) = listeners.metrics {
         running.metrics = Some(metrics::start(Arc::clone(&daemon), listener)?);
+    }
+    if let Some(listener) = listeners.api {
+        running.api = Some(api::start(Arc::clone(&daemon), listener)?);
     }
     let kinds = listeners
         .relay
@@ -141,13 +149,14 @@ fn start_reloader(daemon: &Arc<Daemon>, reloads: &Reloads) -> io::Result<JoinHan
 
 /// What [`serve`] started, as far as it got. Dropping it stops all of it, in order, whether
 /// the daemon was told to stop or a later step of the start failed: the reloads, the
-/// metrics endpoint, the accept loops, the control socket, then the clients.
+/// metrics endpoint and the HTTP API, the accept loops, the control socket, then the clients.
 struct Running {
     daemon: Arc<Daemon>,
     shutdown: Shutdown,
     reloads: Reloads,
     admin: Option<Admin>,
-    metrics: Option<Metrics>,
+    metrics: Option<Listening>,
+    api: Option<Listening>,
     accepters: Vec<(Arc<TcpListener>, JoinHandle<()>)>,
     reloader: Option<JoinHandle<()>>,
 }
@@ -160,6 +169,7 @@ impl Running {
             reloads: reloads.clone(),
             admin: None,
             metrics: None,
+            api: None,
             accepters: Vec::new(),
             reloader: None,
         }
@@ -177,6 +187,9 @@ impl Drop for Running {
         }
         if let Some(metrics) = self.metrics.take() {
             metrics.stop();
+        }
+        if let Some(api) = self.api.take() {
+            api.stop();
         }
         for (listener, _) in &self.accepters {
             // Wakes a thread blocked in accept(2): on Linux it returns EINVAL once the

@@ -144,6 +144,7 @@ impl Daemon {
                     secret: config.secret.clone(),
                     motd: config.motd.clone(),
                     keys: config.token_keys.clone(),
+                    api_key: config.api_key.clone(),
                 })),
                 notifier: Notifier::from_env(),
                 config,

@@ -1,11 +1,17 @@
-//! The operator's commands (the control socket's and `--console`'s): list the clients, the
-//! counters, push a line to everyone or to one client, kick one; each reaches a client on
-//! any node of the cluster. And expelling a client, for a kick or a reload's new rules.
+//! The operator's commands (the control socket's, `--console`'s and the HTTP API's): list the
+//! clients, the counters, a room's members and history, push a line to everyone, to one
+//! client or to a room, kick one; each reaches a client on any node of the cluster. And
+//! expelling a client, for a kick or a reload's new rules.
 
+use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::cluster::presence::Present;
 use crate::cluster::{Cluster, Direct};
+use crate::config::{valid_name, valid_room};
+use crate::delivery::chunk::Chunk;
+use crate::delivery::history::LineId;
 use crate::delivery::notice::{Departure, clean};
 use crate::delivery::peer::{Peer, PeerId};
 use crate::delivery::registry::{ClientInfo, Which, is_id};
@@ -29,6 +35,47 @@ fn found(located: Located<'_>) -> Found {
         Located::Here(name, peer) => Found::Here(peer.id(), name),
         Located::There(_, node, _, name) => Found::There(name, node),
     }
+}
+
+/// Why a line was not published to a room.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PublishError {
+    BadRoom,
+    BadName,
+    /// A name to speak for, in raw mode, where lines carry no names.
+    NameInRawMode,
+    Empty,
+    NotOneLine,
+    /// Longer than `--max-line` once formatted.
+    TooLong(usize),
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::BadRoom => f.write_str("a room is 1-32 letters, digits, _ - ."),
+            PublishError::BadName => {
+                f.write_str("a name is 1-32 letters, digits, _ - . and not only digits")
+            }
+            PublishError::NameInRawMode => f.write_str("lines carry no names without --chat"),
+            PublishError::Empty => f.write_str("the text is empty"),
+            PublishError::NotOneLine => f.write_str("the text must be one line"),
+            PublishError::TooLong(max) => write!(f, "the line is longer than --max-line {max}"),
+        }
+    }
+}
+
+/// A member of a room, on any node, for the operator's `presence`.
+pub(crate) struct Member {
+    pub(crate) name: String,
+    /// Its user's `sub`, if it presented a signed token.
+    pub(crate) user: Option<String>,
+    /// Its id on its node.
+    pub(crate) client: PeerId,
+    /// `tcp` or `ws`; `None` on another node, which does not say.
+    pub(crate) transport: Option<&'static str>,
+    /// Its node, in a cluster.
+    pub(crate) node: Option<String>,
 }
 
 /// A client the operator named, where it is.
@@ -169,5 +216,113 @@ impl Daemon {
         self.registry.expel(peer.id()).ok_or(NoSuchClient)?;
         peer.close(why);
         Ok(())
+    }
+
+    /// Publishes `text` to everyone in `room`, on every node: as a server line (`* [server]
+    /// TEXT`), or with `from` as a line `from` said (`<NAME> TEXT`, chat mode only), which
+    /// like any line said in the room is kept in its history. Returns to how many here.
+    pub(crate) fn publish(
+        &self,
+        room: &str,
+        from: Option<&str>,
+        text: &str,
+    ) -> Result<usize, PublishError> {
+        if !valid_room(room) {
+            return Err(PublishError::BadRoom);
+        }
+        if text.contains(['\n', '\r']) {
+            return Err(PublishError::NotOneLine);
+        }
+        if text.is_empty() {
+            return Err(PublishError::Empty);
+        }
+        let Some(from) = from else {
+            let chunk = self.notices.push(self.config.chat, text);
+            self.check_length(&chunk)?;
+            let members = self.registry.members(room);
+            self.registry.notify(&members, None, &chunk);
+            if let Some(cluster) = &self.cluster {
+                cluster.publish_notice(room, &chunk);
+            }
+            return Ok(members.online());
+        };
+        if !self.config.chat {
+            return Err(PublishError::NameInRawMode);
+        }
+        if !valid_name(from) {
+            return Err(PublishError::BadName);
+        }
+        let line = format!("<{from}> {}{}", clean(text.as_bytes()), self.notices.eol());
+        let chunk = Chunk::relayed(line.as_bytes(), 1);
+        self.check_length(&chunk)?;
+        // As a line from another node's client: nobody here is its sender.
+        let id = self.cluster.as_ref().map(|c| LineId {
+            node: Arc::clone(c.node()),
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        });
+        let seq = id.as_ref().map(|id| id.seq);
+        self.registry.deliver(room, None, &chunk, 1, id);
+        if let (Some(cluster), Some(seq)) = (&self.cluster, seq) {
+            // Client 0: no client's id (they start at 1).
+            cluster.publish_lines(room, seq, 0, &chunk, 1);
+        }
+        Ok(self.registry.members(room).online())
+    }
+
+    fn check_length(&self, chunk: &Chunk) -> Result<(), PublishError> {
+        match chunk.len() > self.config.max_line {
+            true => Err(PublishError::TooLong(self.config.max_line)),
+            false => Ok(()),
+        }
+    }
+
+    /// Who is in `room`: here first, by id, then on the other nodes.
+    pub(crate) fn presence(&self, room: &str) -> Vec<Member> {
+        let node = self.cluster.as_ref().map(|c| c.node().to_string());
+        let mut members: Vec<Member> = self
+            .registry
+            .clients()
+            .into_iter()
+            .filter(|c| c.room.as_deref() == Some(room))
+            .map(|c| Member {
+                transport: Some(c.peer.transport()),
+                user: c.user.map(|u| u.sub.to_string()),
+                name: c.name,
+                client: c.id,
+                node: node.clone(),
+            })
+            .collect();
+        members.extend(
+            self.presence
+                .all()
+                .into_iter()
+                .filter(|(_, c)| c.room == room)
+                .map(|(node, c)| Member {
+                    user: c.user,
+                    name: c.name,
+                    client: c.id,
+                    transport: None,
+                    node: Some(node),
+                }),
+        );
+        members
+    }
+
+    /// The last `--history` lines said in `room`, oldest first, without their line ends: as
+    /// Redis keeps them in a cluster (as this node does if Redis cannot say), else as this
+    /// node does, which is nothing for a room nobody is in.
+    pub(crate) fn history(&self, room: &str) -> Vec<String> {
+        let chunks = match self.cluster.as_ref().and_then(|c| c.history(room)) {
+            Some(entries) => entries.into_iter().map(|e| e.chunk).collect(),
+            None => self.registry.history(room),
+        };
+        let mut lines: Vec<String> = chunks
+            .iter()
+            .flat_map(|chunk| chunk.split_inclusive(|&b| b == b'\n'))
+            .map(clean)
+            .collect();
+        let excess = lines.len().saturating_sub(self.config.history);
+        lines.drain(..excess);
+        lines
     }
 }

@@ -91,15 +91,16 @@ impl Daemon {
         self.renames_pending.store(renames.len(), Ordering::Relaxed);
     }
 
-    /// Closes every connection of user `user` (its `sub`), on every node, telling each
-    /// `reason`; returns how many here. `Err` if the user has no connection anywhere.
+    /// Closes every connection of the user with this `sub`, or else the guest with this name,
+    /// on every node, telling each `reason`; returns how many here. `Err` if there is no such
+    /// user or guest anywhere.
     pub(crate) fn kick_user(
         &self,
         user: &str,
         reason: Option<&str>,
     ) -> Result<usize, NoSuchClient> {
         let why = Departure::Kicked(reason.map(|r| clean(r.as_bytes())));
-        let here = self.registry.user_peers(user);
+        let here = self.user_here(user);
         let mut kicked = 0;
         for (name, peer) in &here {
             if self.expel(peer, why.clone()).is_ok() {
@@ -118,10 +119,7 @@ impl Daemon {
     /// else to the guest with this name, on every node; returns to how many here. `Err` if
     /// there is no such user or guest anywhere.
     pub(crate) fn send_user(&self, user: &str, text: &str) -> Result<usize, NoSuchClient> {
-        let mut peers = self.registry.user_peers(user);
-        if peers.is_empty() {
-            peers = self.registry.find_guest(user).into_iter().collect();
-        }
+        let peers = self.user_here(user);
         let chunk = self.notices.push(self.config.chat, text);
         for (_, peer) in &peers {
             self.send_to(peer, &chunk, 0);
@@ -131,6 +129,18 @@ impl Daemon {
             return Err(NoSuchClient);
         }
         Ok(peers.len())
+    }
+
+    /// The connections here of the user with this `sub`, or else of the guest with this name
+    /// (as [`Presence::user_clients`] finds them on the other nodes).
+    ///
+    /// [`Presence::user_clients`]: crate::cluster::presence::Presence::user_clients
+    fn user_here(&self, user: &str) -> Vec<(String, Arc<Peer>)> {
+        let peers = self.registry.user_peers(user);
+        if !peers.is_empty() {
+            return peers;
+        }
+        self.registry.find_guest(user).into_iter().collect()
     }
 
     /// Sends `what` to every connection of user `user` (or the guest so named) on the

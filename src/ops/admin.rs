@@ -1,4 +1,5 @@
-//! The operator's control socket (`--admin PATH`) and its client (`relayd ctl`).
+//! The operator's control socket (`--admin PATH`) and its client (`relayd ctl`). Its verbs and
+//! the HTTP API's endpoints (`api/`) call the same daemon commands.
 //!
 //! A Unix socket rather than a TCP port: file permissions (mode 0600) decide who may kick and
 //! push, with no password to manage, and it cannot be reached from the network by mistake.
@@ -41,8 +42,14 @@ clients                    one line per client: id address name room seconds lin
 kick ID|NAME [REASON]      disconnect a client, telling it and its room why
 broadcast TEXT             push TEXT to every client
 send ID|NAME TEXT          push TEXT to one client
+publish ROOM TEXT          push TEXT to everyone in ROOM
+publish-as ROOM NAME TEXT  say TEXT in ROOM as NAME (kept in its history)
+presence ROOM              one line per member: id name transport node
+rooms                      one line per room: room members
+history ROOM               ROOM's last --history lines
 stats                      counters, one 'key value' line each
-reload                     read --allow-file, --deny-file, --secret-file and --motd again
+reload                     read --allow-file, --deny-file, --secret-file, --motd, the token keys
+                           and --api-key-file again
 help                       this list
 ";
 
@@ -294,6 +301,51 @@ fn execute(daemon: &Daemon, command: &str) -> String {
                 Err(_) => "error: no such client\n".into(),
             }
         }
+        "publish" | "publish-as" => {
+            let (room, rest) = split_word(arg);
+            let (from, text) = match verb {
+                "publish-as" => {
+                    let (from, text) = split_word(rest);
+                    (Some(from), text)
+                }
+                _ => (None, rest),
+            };
+            if text.is_empty() {
+                let usage = match from {
+                    Some(_) => "error: usage: publish-as ROOM NAME TEXT\n",
+                    None => "error: usage: publish ROOM TEXT\n",
+                };
+                return usage.into();
+            }
+            match daemon.publish(room, from, text) {
+                Ok(_) => "ok\n".into(),
+                Err(e) => format!("error: {e}\n"),
+            }
+        }
+        "presence" if !arg.is_empty() => {
+            let mut out = String::new();
+            for m in daemon.presence(arg) {
+                out.push_str(&format!(
+                    "{} {} {} {} {}\n",
+                    m.client,
+                    m.name,
+                    m.transport.unwrap_or("-"),
+                    m.node.as_deref().unwrap_or("-"),
+                    m.user.as_deref().unwrap_or("-"),
+                ));
+            }
+            out
+        }
+        "rooms" => daemon
+            .rooms()
+            .into_iter()
+            .map(|(room, n)| format!("{room} {n}\n"))
+            .collect(),
+        "history" if !arg.is_empty() => daemon
+            .history(arg)
+            .into_iter()
+            .map(|line| line + "\n")
+            .collect(),
         "stats" => daemon.stats_report(),
         "reload" => match reload::reload(daemon) {
             Ok(done) => format!("ok: {done}\n"),
@@ -302,6 +354,8 @@ fn execute(daemon: &Daemon, command: &str) -> String {
         "help" => HELP.into(),
         "kick" => "error: usage: kick ID|NAME [REASON]\n".into(),
         "broadcast" => "error: usage: broadcast TEXT\n".into(),
+        "presence" => "error: usage: presence ROOM\n".into(),
+        "history" => "error: usage: history ROOM\n".into(),
         _ => "error: unknown command\n".into(),
     }
 }

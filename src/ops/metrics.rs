@@ -16,13 +16,13 @@ use std::io::{self, Write};
 use std::net::{Shutdown as SocketShutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use socket2::SockRef;
 
 use crate::daemon::Daemon;
+use crate::ops::listening::{self, Listening};
 use crate::policy::token::TokenError;
 use crate::sync::Counted;
 use crate::transport::http::{self, HeadError};
@@ -37,30 +37,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest request head (request line and headers); a longer one is a bad request.
 const MAX_REQUEST: usize = 8 * 1024;
 
-/// The running endpoint.
-pub(crate) struct Metrics {
-    listener: Arc<TcpListener>,
-    thread: JoinHandle<()>,
-}
-
-/// Serves `listener` on a thread of its own until [`Metrics::stop`].
-pub(crate) fn start(daemon: Arc<Daemon>, listener: TcpListener) -> io::Result<Metrics> {
+/// Serves `listener` on a thread of its own until it is stopped.
+pub(crate) fn start(daemon: Arc<Daemon>, listener: TcpListener) -> io::Result<Listening> {
     info!("metrics on http://{}/metrics", listener.local_addr()?);
-    let listener = Arc::new(listener);
-    let l = Arc::clone(&listener);
-    let thread = thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || accept_loop(&daemon, &l))?;
-    Ok(Metrics { listener, thread })
-}
-
-impl Metrics {
-    /// Stops accepting scrapes. One being answered ends on its own, within its timeouts.
-    pub(crate) fn stop(self) {
-        // Wakes the accept loop, as for the relay listeners.
-        let _ = SockRef::from(&*self.listener).shutdown(SocketShutdown::Both);
-        let _ = self.thread.join();
-    }
+    listening::start("metrics", listener, move |l| accept_loop(&daemon, l))
 }
 
 fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener) {
@@ -164,7 +144,7 @@ fn respond(status: &str, headers: &str, body: &str) -> String {
 }
 
 /// The exposition: every counter of the admin `stats`, the gauges, and the histogram.
-fn render(daemon: &Daemon) -> String {
+pub(crate) fn render(daemon: &Daemon) -> String {
     let stats = daemon.stats();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     // Each peer's lock in turn, after the registry's is released.

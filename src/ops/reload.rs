@@ -1,5 +1,6 @@
 //! Reloading without a restart (SIGHUP, the admin `reload`): the files behind `--allow-file`,
-//! `--deny-file`, `--secret-file`, `--motd`, `--token-key` and `--token-public-key` are read
+//! `--deny-file`, `--secret-file`, `--motd`, `--token-key`, `--token-public-key` and
+//! `--api-key-file` are read
 //! again and, if every one of them still parses, put in force at once. Connected clients
 //! stay, except those the new rules refuse.
 //!
@@ -39,7 +40,7 @@ pub(crate) fn reload(daemon: &Daemon) -> Result<String, String> {
         }
     } else {
         let nothing = "reload: nothing to reload (no --allow-file, --deny-file, --secret-file, \
-                       --motd, --token-key or --token-public-key)";
+                       --motd, --token-key, --token-public-key or --api-key-file)";
         info!("{nothing}");
         Ok(nothing.to_string())
     };

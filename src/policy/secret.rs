@@ -5,6 +5,8 @@
 
 use std::fs;
 
+use subtle::ConstantTimeEq;
+
 use crate::framing::without_line_end;
 
 /// Reads the secret: the file's first line, without its `\n` or `\r\n`, nothing else trimmed.
@@ -17,16 +19,12 @@ pub(crate) fn load(path: &str) -> Result<Vec<u8>, String> {
     Ok(secret.to_vec())
 }
 
-/// Whether a client's first line (with its newline) is the secret. Takes the same time for
-/// every line of a given length, so response timing does not reveal how much of a guess
-/// was right.
+/// Whether a client's first line (with its newline) is the secret, in a time that depends on
+/// the lengths only, so response timing does not reveal how much of a guess was right:
+/// `subtle`'s comparison, as for the API key (`policy::api_key`), which the compiler cannot
+/// turn back into one that stops at the first difference.
 pub(crate) fn matches(secret: &[u8], line: &[u8]) -> bool {
-    let line = without_line_end(line);
-    let mut diff = secret.len() ^ line.len();
-    for (i, &s) in secret.iter().enumerate() {
-        diff |= usize::from(s ^ line.get(i).copied().unwrap_or(!s));
-    }
-    diff == 0
+    bool::from(secret.ct_eq(without_line_end(line)))
 }
 
 #[cfg(test)]

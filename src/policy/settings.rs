@@ -1,5 +1,6 @@
 //! The settings an operator may change without a restart: the `--allow`/`--deny` rules, the
-//! shared secret, the motd and the signed tokens' keys (`--token-key`, `--token-public-key`).
+//! shared secret, the motd, the signed tokens' keys (`--token-key`, `--token-public-key`) and
+//! the HTTP API's key (`--api-key-file`).
 //! Read from their files at startup and again on every reload (SIGHUP, the admin `reload`),
 //! by the same code, so that a file means the same thing both times.
 //!
@@ -10,6 +11,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use crate::policy::access::{self, Net, Rules};
+use crate::policy::api_key::ApiKey;
 use crate::policy::secret;
 use crate::policy::token::Keys;
 
@@ -26,6 +28,8 @@ pub struct Sources {
     /// `--token-key` (HS256 secrets) and `--token-public-key` (PEM public keys).
     pub token_key: Option<PathBuf>,
     pub token_public_key: Option<PathBuf>,
+    /// `--api-key-file`: the key HTTP API requests must carry.
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// The settings in force.
@@ -39,6 +43,9 @@ pub struct Settings {
     /// The keys signed tokens are checked with; none without `--token-key` or
     /// `--token-public-key`.
     pub keys: Keys,
+    /// The HTTP API's key; none without `--api-key-file` (the API is then on a loopback
+    /// address, which `main` checks).
+    pub api_key: Option<ApiKey>,
 }
 
 impl Sources {
@@ -90,6 +97,9 @@ impl Sources {
         if self.has_token_keys() {
             next.keys = Keys::load(self.token_key.as_deref(), self.token_public_key.as_deref())?;
         }
+        if let Some(path) = &self.api_key_file {
+            next.api_key = Some(ApiKey::load(path)?);
+        }
         Ok(next)
     }
 
@@ -100,6 +110,7 @@ impl Sources {
             || self.secret_file.is_some()
             || self.motd.is_some()
             || self.has_token_keys()
+            || self.api_key_file.is_some()
     }
 
     /// Whether signed tokens can be checked: `--token-key` or `--token-public-key` is given.
@@ -136,6 +147,7 @@ mod tests {
             secret: Some(b"s".to_vec()),
             motd: vec!["hi".into()],
             keys: Keys::default(),
+            api_key: None,
         };
         let kept = Sources::default().reload(&current, 100).unwrap();
         assert_eq!(kept.rules.allow, current.rules.allow);

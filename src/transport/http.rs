@@ -1,7 +1,7 @@
 //! HTTP, one request per connection: its head read within a size and a time bound, and the
 //! `--ws-bind` front's answer to it.
 //!
-//! [`read_head`] serves the front here and `--metrics` (which answers on its own). The front
+//! [`read_head`] serves the front here, `--metrics` and `--api` (which answer on their own). The front
 //! serves the page at `/`, hands a WebSocket upgrade on to `ws.rs`, or refuses anything else
 //! with a plain HTTP error; every answer closes the connection.
 //!
@@ -50,8 +50,10 @@ pub(crate) struct Request<'a> {
     pub(crate) method: &'a str,
     /// The target without its query.
     pub(crate) path: &'a str,
-    /// The query, without its `?` (it may hold a token: never logged).
+    /// What follows the `?` in the target, if anything (it may hold a token: never logged).
     pub(crate) query: &'a str,
+    /// Every header, in order, as sent.
+    pub(crate) headers: Vec<(&'a str, &'a [u8])>,
     /// Whether it asks for a WebSocket (`Upgrade: websocket`).
     pub(crate) upgrade: bool,
     /// How many bytes the head takes: what follows is the client's next bytes.
@@ -69,45 +71,37 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Option<Request<'_>>, HeadError> {
         Err(_) => return Err(HeadError::NotHttp),
     };
     let target = request.path.unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let upgrade = request.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("upgrade")
             && String::from_utf8_lossy(h.value).eq_ignore_ascii_case("websocket")
     });
     Ok(Some(Request {
         method: request.method.unwrap_or(""),
-        path: target.split('?').next().unwrap_or(""),
-        query: target.split_once('?').map_or("", |(_, q)| q),
+        path,
+        query,
+        headers: request.headers.iter().map(|h| (h.name, h.value)).collect(),
         upgrade,
         len,
     }))
 }
 
-/// The value of parameter `name` in `query` (`a=1&b=2`), percent-decoded; the first if
-/// there are several.
+/// The value of parameter `name` in `query` (`a=1&b=2`), decoded as a browser's form
+/// encoding is (`%XX`, `+`), by the url crate's own decoder; the first if there are several.
 pub(crate) fn param(query: &str, name: &str) -> Option<String> {
-    let value = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?;
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+impl Request<'_> {
+    /// The values of header `name` (any case), in order.
+    pub(crate) fn header<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
     }
-    String::from_utf8(out).ok()
 }
 
 /// Reads a request head from `sock`: at most `max` bytes of it, all within `timeout`.
@@ -246,6 +240,8 @@ mod tests {
         let head = b"GET /ws?x=1 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\r\nafter";
         let request = parse(head).unwrap().unwrap();
         assert_eq!((request.method, request.path), ("GET", "/ws"));
+        assert_eq!(request.query, "x=1");
+        assert_eq!(request.header("HOST").collect::<Vec<_>>(), [b"x"]);
         assert!(request.upgrade);
         assert_eq!(&head[request.len..], b"after");
         // Bare line feeds are accepted as line ends, as by tungstenite's handshake.

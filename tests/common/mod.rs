@@ -10,6 +10,7 @@
 //! control socket and clients of its own; `cluster`, a `redis-server` and relayd nodes; `ws`,
 //! WebSocket clients.
 
+pub mod api;
 pub mod chat;
 pub mod cluster;
 pub mod tokens;

@@ -15,6 +15,7 @@ mod common;
 
 mod access;
 mod admin;
+mod api;
 mod bench_tool;
 mod browser;
 mod chat;

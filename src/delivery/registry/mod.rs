@@ -486,6 +486,16 @@ impl Registry {
             .collect()
     }
 
+    /// What `room`'s history holds here, oldest first (none for a room nobody here is in:
+    /// it went with its last member).
+    pub(crate) fn history(&self, room: &str) -> Vec<Chunk> {
+        lock(&self.inner)
+            .rooms
+            .get(room)
+            .map(|r| r.history.replay())
+            .unwrap_or_default()
+    }
+
     /// Rooms with members, with their member counts, by name.
     pub(crate) fn rooms(&self) -> Vec<(String, usize)> {
         lock(&self.inner)

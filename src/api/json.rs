@@ -1,0 +1,75 @@
+//! What the HTTP API reads and writes. Every request type refuses fields it does not know:
+//! a typo (`"txt"`) must be a 400, not a silently empty line.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/publish`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Publish {
+    pub(super) room: String,
+    pub(super) text: String,
+    /// The user the backend speaks for: the line is `<FROM> TEXT`.
+    pub(super) from: Option<String>,
+}
+
+/// `POST /api/broadcast`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Broadcast {
+    pub(super) text: String,
+}
+
+/// `POST /api/send`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Send {
+    pub(super) user: String,
+    pub(super) text: String,
+}
+
+/// `POST /api/kick`: a user (every connection of it), or one client, by its id on `node`
+/// (this node's without one).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Kick {
+    pub(super) user: Option<String>,
+    pub(super) client: Option<u64>,
+    pub(super) node: Option<String>,
+    pub(super) reason: Option<String>,
+}
+
+/// One member in `GET /api/presence`.
+#[derive(Serialize)]
+pub(super) struct Member {
+    /// Who the member is to the web app: its token's `sub`; `null` for a guest (whom
+    /// `/api/send` and `/api/kick` reach by its name).
+    pub(super) user: Option<String>,
+    pub(super) name: String,
+    pub(super) client: u64,
+    /// `tcp` or `ws`; `null` for another node's client.
+    pub(super) transport: Option<&'static str>,
+    /// Its node, in a cluster; `null` alone.
+    pub(super) node: Option<String>,
+}
+
+/// `GET /api/presence`.
+#[derive(Serialize)]
+pub(super) struct Presence<'a> {
+    pub(super) room: &'a str,
+    pub(super) members: Vec<Member>,
+}
+
+/// A room in `GET /api/rooms`.
+#[derive(Serialize)]
+pub(super) struct Room {
+    pub(super) room: String,
+    pub(super) members: usize,
+}
+
+/// `GET /api/history`.
+#[derive(Serialize)]
+pub(super) struct History<'a> {
+    pub(super) room: &'a str,
+    pub(super) lines: Vec<String>,
+}
