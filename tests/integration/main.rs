@@ -40,4 +40,5 @@ mod signed_in;
 mod telnet;
 mod tls;
 mod tokens;
+mod webapp;
 mod websocket;
