@@ -135,7 +135,7 @@ impl Daemon {
     /// (as [`Presence::user_clients`] finds them on the other nodes).
     ///
     /// [`Presence::user_clients`]: crate::cluster::presence::Presence::user_clients
-    fn user_here(&self, user: &str) -> Vec<(String, Arc<Peer>)> {
+    pub(super) fn user_here(&self, user: &str) -> Vec<(String, Arc<Peer>)> {
         let peers = self.registry.user_peers(user);
         if !peers.is_empty() {
             return peers;
@@ -145,7 +145,7 @@ impl Daemon {
 
     /// Sends `what` to every connection of user `user` (or the guest so named) on the
     /// other nodes; whether there was any.
-    fn to_user_elsewhere(&self, user: &str, what: Direct, text: &str) -> bool {
+    pub(super) fn to_user_elsewhere(&self, user: &str, what: Direct, text: &str) -> bool {
         let Some(cluster) = &self.cluster else {
             return false;
         };
