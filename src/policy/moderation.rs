@@ -127,7 +127,14 @@ impl Entry {
         Entry {
             kind,
             target: target.to_string(),
-            until: duration.map(|d| now_secs(SystemTime::now()) + d.as_secs()),
+            // Rounded up to the second: never shorter than asked.
+            until: duration.map(|d| {
+                let end = SystemTime::now() + d;
+                let part = end
+                    .duration_since(UNIX_EPOCH)
+                    .is_ok_and(|t| t.subsec_nanos() > 0);
+                now_secs(end) + u64::from(part)
+            }),
             reason: reason.filter(|r| !r.is_empty()).map(str::to_string),
             by: by.to_string(),
             parsed: Some(target.clone()),
@@ -159,10 +166,9 @@ impl Entry {
         if let Some(until) = self.until_text() {
             text.push_str(&format!(" until {until}"));
         }
-        text.push_str(&format!(
-            ": {}",
-            self.reason.as_deref().unwrap_or("no reason given")
-        ));
+        if let Some(reason) = &self.reason {
+            text.push_str(&format!(": {reason}"));
+        }
         text
     }
 
