@@ -31,7 +31,7 @@
 //!   mutes: the operator's verbs and the checks), `remote` (what other nodes say).
 //! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
 //!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
-//!   `presence` (who is on the other nodes).
+//!   `presence` (who is on the other nodes), `moderation` (bans and mutes in Redis).
 //! - `delivery/`: getting a line to its clients — `registry` (who is where; `registry/users`:
 //!   signed-in users' names and connections), `peer` (a
 //!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::cluster::Direct;
 use crate::delivery::notice::Departure;
 use crate::delivery::peer::Peer;
 use crate::policy::access::canonical;
@@ -66,10 +65,8 @@ impl Daemon {
         }
         let entry = Entry::new(kind, &parsed, duration, reason, by);
         self.moderation.set(entry.clone());
-        let closed = match kind {
-            Kind::Ban => self.close_banned(&parsed, &entry),
-            Kind::Mute => 0,
-        };
+        let closed = self.enforce(&entry);
+        self.share(true, &entry);
         info!(
             "{by}: {} {target} until {}: {} ({closed} connections closed)",
             match kind {
@@ -94,6 +91,7 @@ impl Daemon {
             return Err(ModerationError::NotFound(format!("{parsed} is not {what}")));
         }
         info!("{by}: {parsed} is no longer {what}");
+        self.share(false, &Entry::new(kind, &parsed, None, None, by));
         self.save_moderation()
     }
 
@@ -140,14 +138,81 @@ impl Daemon {
         true
     }
 
-    /// Closes every connection `target` names, here, and asks the other nodes to close
-    /// the user's there; how many here.
+    /// Another node's ban or mute (`set`), or its lifting, as its notice says.
+    pub(super) fn moderation_from(&self, node: &str, set: bool, entry: &[u8]) {
+        let entry = match serde_json::from_slice::<Entry>(entry).map(Entry::checked) {
+            Ok(Ok(entry)) => entry,
+            Ok(Err(e)) => return warn!("cluster: node {node}: a bad ban or mute: {e}"),
+            Err(e) => return warn!("cluster: node {node}: a bad ban or mute: {e}"),
+        };
+        let Some(target) = entry.target().cloned() else {
+            return;
+        };
+        if set {
+            self.moderation.set(entry.clone());
+            let closed = self.enforce(&entry);
+            info!(
+                "node {node}: {} on {target} ({closed} connections closed here)",
+                entry.kind.as_str()
+            );
+        } else {
+            self.moderation.lift(entry.kind, &target);
+            info!("node {node}: {} on {target} lifted", entry.kind.as_str());
+        }
+        let _ = self.save_moderation();
+    }
+
+    /// Puts in force here the bans and mutes Redis keeps that this node has not heard of (it
+    /// started later, or missed their notices while cut off). Each heartbeat.
+    pub(super) fn sync_moderation(&self) {
+        let Some(saved) = self.cluster.as_ref().and_then(|c| c.moderation()) else {
+            return;
+        };
+        let mut new = 0;
+        for json in saved {
+            let Ok(Ok(entry)) = serde_json::from_slice::<Entry>(&json).map(Entry::checked) else {
+                continue;
+            };
+            if !self.moderation.has(&entry) {
+                self.moderation.set(entry.clone());
+                self.enforce(&entry);
+                new += 1;
+            }
+        }
+        if new > 0 {
+            info!("cluster: {new} bans or mutes read from Redis");
+            let _ = self.save_moderation();
+        }
+    }
+
+    /// Tells the other nodes of a ban or mute (`set`), or its lifting.
+    fn share(&self, set: bool, entry: &Entry) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let json = serde_json::to_vec(entry).unwrap_or_default();
+        let key = (entry.kind.as_str(), entry.target.as_str());
+        if !cluster.publish_moderation(set, key, entry.until, &json) {
+            warn!(
+                "cluster: Redis did not take the {} on {}: nodes that miss its notice will not know it",
+                entry.kind.as_str(),
+                entry.target
+            );
+        }
+    }
+
+    /// Closes every connection here that a ban names; how many. Nothing for a mute.
+    fn enforce(&self, ban: &Entry) -> usize {
+        match (ban.kind, ban.target()) {
+            (Kind::Ban, Some(target)) => self.close_banned(target, ban),
+            _ => 0,
+        }
+    }
+
+    /// Closes every connection here that `target` names; how many.
     fn close_banned(&self, target: &Target, ban: &Entry) -> usize {
         let peers: Vec<Arc<Peer>> = match target {
-            Target::User(user) => {
-                self.to_user_elsewhere(user, Direct::Kick, &ban.banned_text());
-                self.user_here(user).into_iter().map(|(_, p)| p).collect()
-            }
+            Target::User(user) => self.user_here(user).into_iter().map(|(_, p)| p).collect(),
             Target::Net(net) => self
                 .registry
                 .clients()

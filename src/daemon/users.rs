@@ -145,7 +145,7 @@ impl Daemon {
 
     /// Sends `what` to every connection of user `user` (or the guest so named) on the
     /// other nodes; whether there was any.
-    pub(super) fn to_user_elsewhere(&self, user: &str, what: Direct, text: &str) -> bool {
+    fn to_user_elsewhere(&self, user: &str, what: Direct, text: &str) -> bool {
         let Some(cluster) = &self.cluster else {
             return false;
         };

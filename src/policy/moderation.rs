@@ -147,7 +147,8 @@ impl Entry {
         Ok(self)
     }
 
-    fn target(&self) -> Option<&Target> {
+    /// Its target, read (`None` only for an entry not yet [`Entry::checked`]).
+    pub(crate) fn target(&self) -> Option<&Target> {
         self.parsed.as_ref()
     }
 
@@ -228,6 +229,13 @@ impl Moderation {
             });
         });
         found
+    }
+
+    /// Whether `entry` (its kind, target and end) is in force already.
+    pub(crate) fn has(&self, entry: &Entry) -> bool {
+        sync::read(&self.entries)
+            .iter()
+            .any(|e| e.kind == entry.kind && e.target() == entry.target() && e.until == entry.until)
     }
 
     /// The entries in force, bans first, then by target; expired ones are dropped.

@@ -11,6 +11,7 @@ use tungstenite::Message;
 
 use crate::common::api::{call, post};
 use crate::common::chat::Client;
+use crate::common::cluster::{Node, Redis};
 use crate::common::tokens::{SECRET, connect, key_file, token, until as read_until};
 use crate::common::ws::{ws_connect, ws_text};
 use crate::common::{Daemon, admin_command, eventually, temp_path};
@@ -421,4 +422,48 @@ fn bans_survive_a_restart_and_a_corrupt_state_file_stops_the_start() {
         std::fs::read_to_string(&file).unwrap(),
         "{\"version\": 1, \"moderation\": ["
     );
+}
+
+/// Proves (cluster, `--redis`): a ban made on node A closes the user on node B within a
+/// second and refuses it there; its key in Redis expires with it; a node started later reads
+/// it from Redis; lifting it on B lifts it on A, and deletes the key.
+#[test]
+fn a_ban_on_one_node_closes_and_refuses_the_user_on_another() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let a = Node::start_with(&url, "a", &["--chat"]);
+    let b = Node::start_with(&url, "b", &["--chat"]);
+    a.wait_linked();
+    b.wait_linked();
+    let mut bob = guest(&b.daemon, "bob");
+    let banned = Instant::now();
+    let answer = a.admin("ban bob 1h spam");
+    let until = until_of(&answer);
+    assert_eq!(
+        answer,
+        format!("ok: bob banned until {until}, 0 connections closed\n")
+    );
+    let told = format!("relayd: you are banned until {until}: spam\n");
+    assert_eq!(read_until(&mut bob, "relayd: "), told);
+    let took = banned.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    bob.expect_eof();
+    let mut again = connect(b.daemon.addrs[0]);
+    read_until(&mut again, "* welcome to relayd, you are guest");
+    again.send("/nick bob\n");
+    again.expect(&told);
+    again.expect_eof();
+
+    let ttl = redis.ttl("relayd:moderation:ban:bob");
+    assert!((3590..=3601).contains(&ttl), "{ttl}");
+    let c = Node::start_with(&url, "c", &["--chat", "--cluster-ttl", "3"]);
+    c.wait_linked();
+    let listed = a.admin("bans");
+    assert_eq!(listed, format!("ban bob {until} operator spam\n"));
+    eventually("node c to read the ban", || c.admin("bans") == listed);
+
+    assert_eq!(b.admin("unban bob"), "ok\n");
+    eventually("node a to lift the ban", || a.admin("bans").is_empty());
+    assert_eq!(redis.get("relayd:moderation:ban:bob"), None);
+    guest(&a.daemon, "bob");
 }
