@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::delivery::notice::Departure;
+use crate::delivery::notice::{Departure, clean};
 use crate::delivery::peer::Peer;
 use crate::policy::access::canonical;
 use crate::policy::moderation::{Entry, Kind, Target, parse_duration};
@@ -63,7 +63,9 @@ impl Daemon {
         if reason.is_some_and(|r| r.contains(['\n', '\r'])) {
             return Err(ModerationError::Bad("a reason is one line".into()));
         }
-        let entry = Entry::new(kind, &parsed, duration, reason, by);
+        // Shown to the client and in `bans` as the operator's other texts are: cleaned.
+        let reason = reason.map(|r| clean(r.as_bytes()));
+        let entry = Entry::new(kind, &parsed, duration, reason.as_deref(), by);
         self.moderation.set(entry.clone());
         let closed = self.enforce(&entry);
         self.share(true, &entry);

@@ -467,3 +467,42 @@ fn a_ban_on_one_node_closes_and_refuses_the_user_on_another() {
     assert_eq!(redis.get("relayd:moderation:ban:bob"), None);
     guest(&a.daemon, "bob");
 }
+
+/// Proves: in raw mode a muted signed-in user's lines are dropped, byte for byte nothing of
+/// them relayed, and it is told once; unmuted, its next line is relayed.
+#[test]
+fn a_muted_raw_client_is_not_relayed() {
+    let keys = key_file("moderation-raw-key", &format!("{SECRET}\n"));
+    let admin = temp_path("moderation-raw-admin");
+    let d = Daemon::spawn(&[
+        "--token-key",
+        keys.to_str().unwrap(),
+        "--admin",
+        admin.to_str().unwrap(),
+    ]);
+    eventually("the admin socket", || {
+        std::os::unix::net::UnixStream::connect(&admin).is_ok()
+    });
+    let mut a = d.connect();
+    let mut b = d.connect();
+    b.send(format!("/auth {}\nhello\n", token("u-1", "alice")).as_bytes());
+    a.expect(b"hello\n");
+    assert_eq!(
+        admin_command(&admin, "mute u-1"),
+        "ok: u-1 muted until lifted\n"
+    );
+    b.send(b"muted\n");
+    b.expect(b"relayd: you are muted\n");
+    b.send(b"again\n");
+    // b's four lines read (the /auth line counts) before it is unmuted.
+    eventually("b's lines read", || {
+        admin_command(&admin, "clients")
+            .lines()
+            .any(|l| l.ends_with(" u-1") && l.split(' ').nth(5) == Some("4"))
+    });
+    a.send(b"ping\n");
+    b.expect(b"ping\n");
+    assert_eq!(admin_command(&admin, "unmute u-1"), "ok\n");
+    b.send(b"free\n");
+    a.expect(b"free\n");
+}
