@@ -31,10 +31,15 @@ fn moderated(more: &[&str]) -> (Daemon, PathBuf) {
     ];
     args.extend_from_slice(more);
     let d = Daemon::spawn(&args);
-    eventually("the admin socket", || {
-        std::os::unix::net::UnixStream::connect(&admin).is_ok()
-    });
+    wait_admin(&admin);
     (d, admin)
+}
+
+/// Waits until the control socket at `admin` answers.
+fn wait_admin(admin: &Path) {
+    eventually("the admin socket", || {
+        std::os::unix::net::UnixStream::connect(admin).is_ok()
+    });
 }
 
 /// `relayd ctl --admin ADMIN ARGS`: its output and exit status.
@@ -378,9 +383,7 @@ fn bans_survive_a_restart_and_a_corrupt_state_file_stops_the_start() {
     ];
     let start = || {
         let d = Daemon::spawn(&args);
-        eventually("the admin socket", || {
-            std::os::unix::net::UnixStream::connect(&admin).is_ok()
-        });
+        wait_admin(&admin);
         d
     };
     let mut d = start();
@@ -480,9 +483,7 @@ fn a_muted_raw_client_is_not_relayed() {
         "--admin",
         admin.to_str().unwrap(),
     ]);
-    eventually("the admin socket", || {
-        std::os::unix::net::UnixStream::connect(&admin).is_ok()
-    });
+    wait_admin(&admin);
     let mut a = d.connect();
     let mut b = d.connect();
     b.send(format!("/auth {}\nhello\n", token("u-1", "alice")).as_bytes());
