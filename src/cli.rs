@@ -252,6 +252,11 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), requires = "redis")]
     cluster_ttl: u64,
 
+    /// Keep bans and mutes in DIR/state.json, so that they survive a restart (DIR is created
+    /// if missing).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -366,6 +371,7 @@ impl Args {
             console: self.console,
             ws_origins: self.ws_origin.clone(),
             ws_ping_interval: Duration::from_secs(self.ws_ping_interval),
+            state_dir: self.state_dir.clone(),
             ..Config::default()
         })
     }

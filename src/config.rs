@@ -83,6 +83,8 @@ pub struct Config {
     /// `--redis`: join a cluster of nodes that relay each other's lines; `None`: this node
     /// alone.
     pub cluster: Option<ClusterConfig>,
+    /// `--state-dir`: where bans and mutes are kept across restarts; `None`: in memory.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Where the cluster's Redis is, which cluster on it, and this node's name in it.
@@ -132,6 +134,7 @@ impl Default for Config {
             ws_origins: Vec::new(),
             ws_ping_interval: Duration::from_secs(30),
             cluster: None,
+            state_dir: None,
         }
     }
 }

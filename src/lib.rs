@@ -27,11 +27,11 @@
 //! - `daemon/`: the shared state behind one handle, `Arc<Daemon>` — `mod` (admission,
 //!   relaying, rooms, names), `slot` (a client's hold on the daemon, given back on `Drop`),
 //!   `operator` (clients, kick, send, broadcast, publish, presence, history, stats), `users`
-//!   (signed-in users: their names, and every connection of one user), `remote` (what other
-//!   nodes say).
+//!   (signed-in users: their names, and every connection of one user), `moderation` (bans and
+//!   mutes: the operator's verbs and the checks), `remote` (what other nodes say).
 //! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
 //!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
-//!   `presence` (who is on the other nodes).
+//!   `presence` (who is on the other nodes), `moderation` (bans and mutes in Redis).
 //! - `delivery/`: getting a line to its clients — `registry` (who is where; `registry/users`:
 //!   signed-in users' names and connections), `peer` (a
 //!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to
@@ -40,8 +40,9 @@
 //!   writes itself, and why a client left), `echo` (`--console`'s printed copy).
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
 //!   `secret`, `api_key` (the HTTP API's key), `token` (signed tokens: their keys, and who a
-//!   token says a client is), `names` (what a chat name or room may be), `rate`, and the `settings` a reload reads
-//!   again), `config` (the tunables).
+//!   token says a client is), `names` (what a chat name or room may be), `rate`,
+//!   `moderation` (bans and mutes: targets, durations, expiry), `state` (`--state-dir`'s
+//!   file), and the `settings` a reload reads again), `config` (the tunables).
 //! - `systemd` (readiness, watchdog, socket activation), `shutdown` (the stop flag),
 //!   `framing` (what a line is; `--max-line`), `sync` (lock helpers, the only place a
 //!   poisoned lock is recovered; `Counted`, a counted place given back on `Drop`), `sys`

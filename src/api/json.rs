@@ -73,3 +73,31 @@ pub(super) struct History<'a> {
     pub(super) room: &'a str,
     pub(super) lines: Vec<String>,
 }
+
+/// `POST /api/ban` and `/api/mute`: `duration` as `30s`, `10m`, `2h`, `7d`; none: until
+/// lifted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Moderate {
+    pub(super) target: String,
+    pub(super) duration: Option<String>,
+    pub(super) reason: Option<String>,
+}
+
+/// `POST /api/unban` and `/api/unmute`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Lift {
+    pub(super) target: String,
+}
+
+/// One ban or mute in `GET /api/bans`.
+#[derive(Serialize)]
+pub(super) struct Ban {
+    pub(super) kind: &'static str,
+    pub(super) target: String,
+    /// UTC RFC 3339; `null`: until lifted.
+    pub(super) until: Option<String>,
+    pub(super) reason: Option<String>,
+    pub(super) by: String,
+}

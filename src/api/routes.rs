@@ -5,8 +5,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, ModerationError};
 use crate::ops::metrics;
+use crate::policy::moderation::Kind;
 
 use super::json;
 
@@ -22,6 +23,11 @@ pub(super) enum Endpoint {
     History,
     Stats,
     Metrics,
+    Ban,
+    Unban,
+    Mute,
+    Unmute,
+    Bans,
 }
 
 impl Endpoint {
@@ -37,6 +43,11 @@ impl Endpoint {
             "/api/history" => Endpoint::History,
             "/api/stats" => Endpoint::Stats,
             "/metrics" => Endpoint::Metrics,
+            "/api/ban" => Endpoint::Ban,
+            "/api/unban" => Endpoint::Unban,
+            "/api/mute" => Endpoint::Mute,
+            "/api/unmute" => Endpoint::Unmute,
+            "/api/bans" => Endpoint::Bans,
             _ => return None,
         })
     }
@@ -44,7 +55,14 @@ impl Endpoint {
     /// The one method it answers: actions are POSTs, questions GETs.
     pub(super) fn method(self) -> &'static str {
         match self {
-            Endpoint::Publish | Endpoint::Broadcast | Endpoint::Send | Endpoint::Kick => "POST",
+            Endpoint::Publish
+            | Endpoint::Broadcast
+            | Endpoint::Send
+            | Endpoint::Kick
+            | Endpoint::Ban
+            | Endpoint::Unban
+            | Endpoint::Mute
+            | Endpoint::Unmute => "POST",
             _ => "GET",
         }
     }
@@ -124,6 +142,20 @@ pub(super) fn get(daemon: &Daemon, endpoint: Endpoint, query: &str) -> Answer {
             Answer::json(200, &json!({ "rooms": rooms }))
         }
         Endpoint::Stats => Answer::json(200, &stats(&daemon.stats_report())),
+        Endpoint::Bans => {
+            let bans: Vec<json::Ban> = daemon
+                .bans()
+                .into_iter()
+                .map(|e| json::Ban {
+                    kind: e.kind.as_str(),
+                    until: e.until_text(),
+                    target: e.target,
+                    reason: e.reason,
+                    by: e.by,
+                })
+                .collect();
+            Answer::json(200, &json!({ "bans": bans }))
+        }
         Endpoint::Metrics => Answer {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -156,6 +188,27 @@ pub(super) fn post(daemon: &Daemon, endpoint: Endpoint, body: &[u8]) -> Answer {
             Ok(json!({ "connections": n }))
         }),
         Endpoint::Kick => read(body).and_then(|k: json::Kick| kick(daemon, k)),
+        Endpoint::Ban | Endpoint::Mute => read(body).and_then(|m: json::Moderate| {
+            let kind = match endpoint {
+                Endpoint::Ban => Kind::Ban,
+                _ => Kind::Mute,
+            };
+            let (duration, reason) = (m.duration.as_deref(), m.reason.as_deref());
+            let (entry, closed) = daemon
+                .moderate(kind, &m.target, duration, reason, "api")
+                .map_err(moderation_error)?;
+            Ok(json!({ "until": entry.until_text(), "connections": closed }))
+        }),
+        Endpoint::Unban | Endpoint::Unmute => read(body).and_then(|l: json::Lift| {
+            let kind = match endpoint {
+                Endpoint::Unban => Kind::Ban,
+                _ => Kind::Mute,
+            };
+            daemon
+                .lift(kind, &l.target, "api")
+                .map_err(moderation_error)?;
+            Ok(json!({}))
+        }),
         _ => Err(Answer::not_allowed("GET")),
     };
     match done {
@@ -230,6 +283,15 @@ fn kick(daemon: &Daemon, k: json::Kick) -> Result<Value, Answer> {
         }
     };
     Ok(json!({ "connections": n }))
+}
+
+fn moderation_error(e: ModerationError) -> Answer {
+    let status = match e {
+        ModerationError::Bad(_) => 400,
+        ModerationError::NotFound(_) => 404,
+        ModerationError::NotSaved(_) => 500,
+    };
+    Answer::error(status, &e.to_string())
 }
 
 /// The `stats` report (`key value` lines) as one JSON object.

@@ -290,18 +290,27 @@ fn refusal_notice(daemon: &Daemon, addr: SocketAddr, refusal: Refusal) -> Option
             info!("refused {addr}: server full ({max} clients)");
             Some(notices.server_full(max))
         }
+        Refusal::Banned(text) => {
+            info!("refused {addr}: {text}");
+            Some(notices.error(text))
+        }
     }
 }
 
 /// Tells a WebSocket client, which completed its handshake, why it is not served: the
 /// notice a TCP client would get, as a text message, then a close frame.
 fn refuse_websocket(daemon: &Daemon, sock: &TcpStream, addr: SocketAddr, refusal: Refusal) {
+    // A ban is a policy refusal; the others say to try again later.
+    let code = match refusal {
+        Refusal::Banned(_) => 1008,
+        _ => 1013,
+    };
     let Some(notice) = refusal_notice(daemon, addr, refusal) else {
         let _ = sock.shutdown(std::net::Shutdown::Both);
         return;
     };
     let reason = String::from_utf8_lossy(&notice).trim_end().to_string();
     let mut bytes = Chunk::wire(&notice, true).to_vec();
-    bytes.extend_from_slice(&ws_frame::close(1013, &reason));
+    bytes.extend_from_slice(&ws_frame::close(code, &reason));
     tcp::refuse(sock, &bytes);
 }

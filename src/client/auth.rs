@@ -108,6 +108,15 @@ impl Client {
     /// Gives the client its token's identity in the registry.
     fn identify(&mut self, identity: &Identity) -> Result<Identified, Departure> {
         let peer = Arc::clone(self.peer());
+        if let Some(ban) = self.daemon.banned_user(Some(&identity.sub), &identity.name) {
+            let text = ban.banned_text();
+            info!(
+                "client {}: refused: user {}: {text}",
+                peer.id(),
+                identity.sub
+            );
+            return Err(Departure::Banned(text));
+        }
         match self.daemon.identify(&peer, identity) {
             Ok(identified) => {
                 info!(

@@ -110,6 +110,8 @@ pub(crate) struct Chat {
     /// Formatted lines for the room, not delivered yet.
     out: String,
     out_lines: usize,
+    /// When it was last told it is muted (at most once a minute).
+    muted_told: Option<Instant>,
 }
 
 impl Chat {
@@ -122,6 +124,7 @@ impl Chat {
             new_rooms: (config.cluster.is_some() && config.history > 0).then(NewRooms::new),
             out: String::new(),
             out_lines: 0,
+            muted_told: None,
         }
     }
 
@@ -194,11 +197,15 @@ impl Chat {
                     if let Some(reason) = self.command(daemon, peer, &name, &arg) {
                         return Some(reason);
                     }
+                    // Banned by the name it took: nothing more it sent is relayed.
+                    if peer.cut_off().is_some() {
+                        return None;
+                    }
                     continue;
                 }
                 Input::Text(text) => text,
             };
-            if !self.allow(daemon, peer, "line") {
+            if daemon.silenced(peer, &mut self.muted_told) || !self.allow(daemon, peer, "line") {
                 continue;
             }
             self.out.push_str(&format!("<{}> {text}{eol}", self.name));
@@ -275,7 +282,7 @@ impl Chat {
             }
             "me" if arg.is_empty() => self.reply(daemon, peer, "relayd: usage: /me TEXT"),
             "me" => {
-                if self.allow(daemon, peer, "/me") {
+                if !daemon.silenced(peer, &mut self.muted_told) && self.allow(daemon, peer, "/me") {
                     let eol = daemon.notices().eol();
                     self.out.push_str(&format!("* {} {arg}{eol}", self.name));
                     self.out_lines += 1;
@@ -317,6 +324,10 @@ impl Chat {
         if reserved(name) {
             return self.reply(daemon, peer, &format!("relayd: name {name} is reserved"));
         }
+        // A guest's ban follows the name: whoever takes it is closed.
+        if let Some(ban) = daemon.banned_user(None, name) {
+            return daemon.expel_banned(peer, &ban);
+        }
         match daemon.rename(peer.id(), name) {
             Ok(old) => {
                 self.name = name.to_string();
@@ -354,7 +365,7 @@ impl Chat {
         if to.eq_ignore_ascii_case(&self.name) {
             return self.reply(daemon, peer, "relayd: that is you");
         }
-        if !self.allow(daemon, peer, "/msg") {
+        if daemon.silenced(peer, &mut self.muted_told) || !self.allow(daemon, peer, "/msg") {
             return;
         }
         let line = daemon

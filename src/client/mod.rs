@@ -82,8 +82,9 @@ enum Phase {
     AwaitingToken {
         deadline: Instant,
     },
-    /// A raw byte pipe; the flood control bucket, with `--rate`.
-    Raw(Option<Bucket>),
+    /// A raw byte pipe; the flood control bucket, with `--rate`; when it was last told it
+    /// is muted.
+    Raw(Option<Bucket>, Option<Instant>),
     Chat(Chat),
 }
 
@@ -183,7 +184,7 @@ fn joined_as(
         chat.announce(daemon, peer, &lobby);
         Phase::Chat(chat)
     } else {
-        Phase::Raw(config.rate.map(Bucket::new))
+        Phase::Raw(config.rate.map(Bucket::new), None)
     }
 }
 
@@ -389,7 +390,11 @@ impl Client {
         let n = memchr_iter(b'\n', &self.lines).count();
         let left = match &mut self.phase {
             Phase::AwaitingSecret { .. } | Phase::AwaitingToken { .. } => None,
-            Phase::Raw(bucket) => {
+            Phase::Raw(bucket, told) => {
+                if self.daemon.silenced(self.slot.peer(), told) {
+                    self.lines.clear();
+                    return None;
+                }
                 relay_raw(
                     &self.daemon,
                     self.slot.peer(),

@@ -33,6 +33,7 @@
 
 mod heartbeat;
 mod link;
+mod moderation;
 mod node;
 pub(crate) mod presence;
 mod publisher;

@@ -42,6 +42,9 @@ pub(crate) enum Event<'a> {
     },
     /// `B`: the operator's broadcast.
     Broadcast(&'a [u8]),
+    /// `M`: a ban or mute put in force (`set`) or lifted: the entry as JSON, as
+    /// `policy::moderation::Entry` reads it.
+    Moderation { set: bool, entry: &'a [u8] },
 }
 
 /// What a [`Event::Direct`] message is.
@@ -147,6 +150,14 @@ pub(crate) fn broadcast(node: &str, text: &[u8]) -> Vec<u8> {
     m
 }
 
+/// `M`: `s` (set) or `l` (lifted), then the entry's JSON.
+pub(crate) fn moderation(node: &str, set: bool, entry: &[u8]) -> Vec<u8> {
+    let mut m = start(node, b'M', 1 + entry.len());
+    m.push(if set { b's' } else { b'l' });
+    m.extend_from_slice(entry);
+    m
+}
+
 /// A message's start: `node` and the kind, with room for `capacity` bytes more.
 fn start(node: &str, kind: u8, capacity: usize) -> Vec<u8> {
     let mut m = Vec::with_capacity(node.len() + 2 + capacity);
@@ -224,6 +235,11 @@ pub(crate) fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
             }
         }
         b'B' => Event::Broadcast(rest),
+        b'M' => match rest.split_first()? {
+            (b's', entry) => Event::Moderation { set: true, entry },
+            (b'l', entry) => Event::Moderation { set: false, entry },
+            _ => return None,
+        },
         _ => return None,
     };
     Some((node, event))
@@ -242,7 +258,10 @@ pub(crate) fn check(node: &str, event: &Event<'_>) -> Result<(), &'static str> {
         Event::Enter(client) => check_present(node, client),
         Event::Snapshot { clients, .. } => clients.iter().try_for_each(|p| check_present(node, p)),
         Event::Direct { to, .. } if !is_token(to, MAX_NODE_ID) => Err("invalid node id"),
-        Event::Direct { .. } | Event::Leave(_) | Event::Broadcast(_) => Ok(()),
+        // An entry's JSON and target are checked as the daemon reads it.
+        Event::Direct { .. } | Event::Leave(_) | Event::Broadcast(_) | Event::Moderation { .. } => {
+            Ok(())
+        }
     }
 }
 
@@ -369,6 +388,16 @@ mod tests {
     fn enter_round_trip() {
         let alice = present(7, "alice", "games");
         assert_eq!(read(&enter("node-1", &alice)), Event::Enter(alice));
+    }
+
+    #[test]
+    fn moderation_round_trip() {
+        for set in [true, false] {
+            let m = moderation("node-1", set, b"{\"kind\":\"ban\"}");
+            let entry = &b"{\"kind\":\"ban\"}"[..];
+            assert_eq!(read(&m), Event::Moderation { set, entry });
+        }
+        assert_eq!(decode(b"node-1\0Mx{}"), None);
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! names, private messages). [`slot`]: a client's `Slot` and what its `Drop` gives back;
 //! [`operator`]: the operator's commands (clients, stats, send, broadcast, kick), on any node;
 //! [`remote`]: what the other nodes of the cluster tell this one; [`users`]: signed-in users
-//! (a client taking on its token's name, and every connection of one user).
+//! (a client taking on its token's name, and every connection of one user); [`moderation`]:
+//! bans and mutes, and the checks that enforce them.
 
+mod moderation;
 mod operator;
 mod remote;
 mod slot;
@@ -40,12 +42,15 @@ use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Peer, PeerId, Share};
 use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
 use crate::policy::access::PerAddress;
+use crate::policy::moderation::Moderation;
 use crate::policy::settings::Settings;
+use crate::policy::state::Store;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, add};
 use crate::sync::{self, lock, wait_while_until};
 use crate::systemd::Notifier;
 
+pub(crate) use moderation::ModerationError;
 pub(crate) use operator::{Found, NoSuchClient};
 pub(crate) use slot::Slot;
 
@@ -88,15 +93,20 @@ pub(crate) struct Daemon {
     /// that its chat state follows. `renames_pending` spares the read path the lock.
     renames: Mutex<HashMap<PeerId, String>>,
     renames_pending: AtomicUsize,
+    /// Bans and mutes in force, and `--state-dir`'s file that keeps them.
+    moderation: Moderation,
+    store: Option<Store>,
 }
 
 /// Why a connection is not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// Not allowed by `--allow`/`--deny`: it is told nothing at all.
     NotAllowed,
     TooManyFromAddress,
     Full,
+    /// Its address is banned: what it is told, after `relayd: `.
+    Banned(String),
 }
 
 /// Why a `/nick` did not take.
@@ -109,6 +119,13 @@ pub(crate) enum NameError {
 
 impl Daemon {
     pub(crate) fn new(config: Config, shutdown: Shutdown) -> io::Result<Arc<Daemon>> {
+        let (store, saved) = match &config.state_dir {
+            Some(dir) => {
+                let (store, saved) = Store::open(dir).map_err(io::Error::other)?;
+                (Some(store), saved.moderation)
+            }
+            None => (None, Vec::new()),
+        };
         let stats = Arc::new(Stats::default());
         let echo = if config.console {
             Some(Echo::start()?)
@@ -153,6 +170,8 @@ impl Daemon {
                 next_seq: AtomicU64::new(1),
                 renames: Mutex::new(HashMap::new()),
                 renames_pending: AtomicUsize::new(0),
+                moderation: Moderation::new(saved),
+                store,
             }
         });
         match failed {
@@ -196,6 +215,9 @@ impl Daemon {
         let settings = sync::read(&self.settings);
         if !settings.rules.permits(addr.ip()) {
             return Err(Refusal::NotAllowed);
+        }
+        if let Some(ban) = self.banned_addr(addr.ip()) {
+            return Err(Refusal::Banned(ban.banned_text()));
         }
         if !self.per_address.try_add(addr.ip(), config.max_per_ip) {
             return Err(Refusal::TooManyFromAddress);

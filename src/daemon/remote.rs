@@ -30,6 +30,7 @@ pub(super) fn hooks(weak: &Weak<Daemon>) -> Hooks {
         local: Box::new(move || match w2.upgrade() {
             Some(daemon) => {
                 daemon.expire_silent_nodes();
+                daemon.sync_moderation();
                 daemon.local()
             }
             None => Local {
@@ -68,6 +69,7 @@ impl Daemon {
             }
             Event::Enter(client) => self.presence.upsert(node, client),
             Event::Leave(id) => self.presence.remove(node, id),
+            Event::Moderation { set, entry } => self.moderation_from(node, set, entry),
             Event::Snapshot { clients, .. } => self.presence.replace(node, clients),
             Event::Direct { id, what, text, .. } => {
                 let Some((name, peer, _)) = self.registry.client(id) else {

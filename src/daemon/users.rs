@@ -135,7 +135,7 @@ impl Daemon {
     /// (as [`Presence::user_clients`] finds them on the other nodes).
     ///
     /// [`Presence::user_clients`]: crate::cluster::presence::Presence::user_clients
-    fn user_here(&self, user: &str) -> Vec<(String, Arc<Peer>)> {
+    pub(super) fn user_here(&self, user: &str) -> Vec<(String, Arc<Peer>)> {
         let peers = self.registry.user_peers(user);
         if !peers.is_empty() {
             return peers;

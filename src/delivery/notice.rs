@@ -23,6 +23,8 @@ pub(crate) enum Departure {
     Quit(Option<String>),
     /// The operator's `kick`, with its reason.
     Kicked(Option<String>),
+    /// Banned (its user, name or address): what it is told, after `relayd: `.
+    Banned(String),
     /// A reload brought `--allow`/`--deny` rules that refuse its address.
     NoLongerAllowed,
     /// Its queue stayed full for `--stall-timeout`.
@@ -89,6 +91,7 @@ impl Departure {
             Departure::BinaryMessage => 1003,
             Departure::Protocol { utf8: true, .. } => 1007,
             Departure::Kicked(_)
+            | Departure::Banned(_)
             | Departure::NoLongerAllowed
             | Departure::TooSlow { .. }
             | Departure::WriteTimeout { .. }
@@ -114,6 +117,7 @@ impl fmt::Display for Departure {
             Departure::Quit(Some(reason)) => f.write_str(reason),
             Departure::Kicked(None) => f.write_str("kicked by operator"),
             Departure::Kicked(Some(reason)) => write!(f, "kicked by operator: {reason}"),
+            Departure::Banned(_) => f.write_str("banned"),
             Departure::NoLongerAllowed => f.write_str("no longer allowed"),
             Departure::TooSlow { pending } => write!(f, "too slow ({pending} bytes pending)"),
             Departure::WriteTimeout { pending } => {
@@ -176,6 +180,7 @@ impl Notices {
             Departure::TooSlow { pending } | Departure::WriteTimeout { pending } => self.error(
                 format_args!("disconnected: too slow ({pending} bytes pending)"),
             ),
+            Departure::Banned(text) => self.error(text),
             Departure::Kicked(_)
             | Departure::NoLongerAllowed
             | Departure::IdleTimeout

@@ -29,6 +29,7 @@ use socket2::SockRef;
 
 use crate::daemon::{Daemon, Found};
 use crate::ops::reload;
+use crate::policy::moderation::Kind;
 use crate::sync::lock;
 use crate::sys;
 
@@ -48,6 +49,12 @@ presence ROOM              one line per member: id name transport node
 rooms                      one line per room: room members
 history ROOM               ROOM's last --history lines
 stats                      counters, one 'key value' line each
+ban TARGET [DURATION] [REASON]   ban a user (sub or guest name) or address/network: 30s 10m 2h 7d,
+                           none: until lifted; closes its connections
+unban TARGET               lift a ban
+mute TARGET [DURATION] [REASON]  nothing it sends is relayed
+unmute TARGET              lift a mute
+bans                       bans and mutes in force: kind target until by reason
 reload                     read --allow-file, --deny-file, --secret-file, --motd, the token keys
                            and --api-key-file again
 help                       this list
@@ -351,12 +358,66 @@ fn execute(daemon: &Daemon, command: &str) -> String {
             Ok(done) => format!("ok: {done}\n"),
             Err(e) => format!("error: reload failed, keeping the previous settings: {e}\n"),
         },
+        "ban" | "mute" | "unban" | "unmute" if !arg.is_empty() => moderate(daemon, verb, arg),
+        "bans" => daemon
+            .bans()
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "{} {} {} {} {}\n",
+                    e.kind.as_str(),
+                    e.target,
+                    e.until_text().as_deref().unwrap_or("-"),
+                    e.by,
+                    e.reason.as_deref().unwrap_or("-"),
+                )
+            })
+            .collect(),
         "help" => HELP.into(),
+        "ban" | "mute" => format!("error: usage: {verb} TARGET [DURATION] [REASON]\n"),
+        "unban" | "unmute" => format!("error: usage: {verb} TARGET\n"),
         "kick" => "error: usage: kick ID|NAME [REASON]\n".into(),
         "broadcast" => "error: usage: broadcast TEXT\n".into(),
         "presence" => "error: usage: presence ROOM\n".into(),
         "history" => "error: usage: history ROOM\n".into(),
         _ => "error: unknown command\n".into(),
+    }
+}
+
+/// `ban`, `mute` (`TARGET [DURATION] [REASON]`: a second word starting with a digit is a
+/// duration), `unban`, `unmute` (`TARGET`).
+fn moderate(daemon: &Daemon, verb: &str, arg: &str) -> String {
+    let (target, rest) = split_word(arg);
+    let (kind, lift) = match verb {
+        "ban" => (Kind::Ban, false),
+        "unban" => (Kind::Ban, true),
+        "mute" => (Kind::Mute, false),
+        _ => (Kind::Mute, true),
+    };
+    if lift {
+        return match daemon.lift(kind, target, "operator") {
+            Ok(()) => "ok\n".into(),
+            Err(e) => format!("error: {e}\n"),
+        };
+    }
+    let (word, after) = split_word(rest);
+    let (duration, reason) = match word.starts_with(|c: char| c.is_ascii_digit()) {
+        true => (Some(word), after),
+        false => (None, rest),
+    };
+    let reason = (!reason.is_empty()).then_some(reason);
+    match daemon.moderate(kind, target, duration, reason, "operator") {
+        Ok((entry, closed)) => {
+            let until = entry.until_text().unwrap_or_else(|| "lifted".into());
+            match kind {
+                Kind::Ban => format!(
+                    "ok: {} banned until {until}, {closed} connections closed\n",
+                    entry.target
+                ),
+                Kind::Mute => format!("ok: {} muted until {until}\n", entry.target),
+            }
+        }
+        Err(e) => format!("error: {e}\n"),
     }
 }
 

@@ -31,6 +31,7 @@ mod framing;
 mod hostile;
 mod memory;
 mod metrics;
+mod moderation;
 mod operator;
 mod relay;
 mod reload;
