@@ -25,7 +25,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -304,6 +304,22 @@ impl Daemon {
     /// The log lines logged so far and not yet consumed, for failure messages.
     pub fn log_so_far(&self) -> Vec<String> {
         self.log.try_iter().collect()
+    }
+
+    /// Every log line until its stderr ends (the process exited and the reading thread
+    /// passed on all it read), within [`TIMEOUT`]: after [`Daemon::wait_exit`], what
+    /// `log_so_far` may not have yet.
+    pub fn log_to_end(&self) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => return seen,
+                Err(RecvTimeoutError::Timeout) => panic!("stderr still open: {seen:?}"),
+            }
+        }
     }
 
     /// Returns the log lines up to and including the first that contains `needle`.

@@ -315,7 +315,7 @@ fn refuses_to_start_without_a_key_off_loopback() {
     let mut d = Daemon::start(cmd);
     assert_eq!(d.wait_exit(), Some(1));
     assert_eq!(
-        d.log_so_far(),
+        d.log_to_end(),
         ["relayd: --api 0.0.0.0:0: not a loopback address, so --api-key-file is required"]
     );
     // On loopback it starts, and asks for no key.
