@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use log::LevelFilter;
 
-use relayd::{Config, Rate, Sources};
+use relayd::{Config, FilterAction, Rate, Sources};
 
 const AFTER_HELP: &str = "\
 EXAMPLE:
@@ -31,8 +31,8 @@ EXAMPLE:
 SIGNALS:
     SIGINT, SIGTERM   stop accepting, flush what is queued, tell each client
                       'relayd: shutting down', close, exit 0. A second signal exits at once.
-    SIGHUP            read --allow-file, --deny-file, --secret-file, --motd, --token-key and
-                      --token-public-key again; a file that no longer parses leaves the old
+    SIGHUP            read --allow-file, --deny-file, --secret-file, --motd, --token-key,
+                      --token-public-key, --api-key-file and --filter-file again; a file that no longer parses leaves the old
                       settings in force. Clients stay, except those the new rules refuse
                       ('relayd: no longer allowed').
 
@@ -180,6 +180,17 @@ pub(crate) struct Args {
     #[arg(long, value_name = "LINES/SECONDS")]
     rate: Option<Rate>,
 
+    /// Word filter: one word or phrase per line of FILE (blank lines and # comments skipped),
+    /// matched as whole words, ASCII letters in any case, in what clients send (chat lines,
+    /// /me, /msg, /nick; raw lines). Read again on SIGHUP and `reload`. Not with --binary.
+    #[arg(long, value_name = "FILE", conflicts_with = "binary")]
+    filter_file: Option<PathBuf>,
+
+    /// What a filtered line becomes: `drop` (not sent; its sender is told `relayd: your line
+    /// was not sent (filtered)`) or `mask` (sent with each listed word as `***`).
+    #[arg(long, value_name = "ACTION", default_value_t = FilterAction::Drop, requires = "filter_file")]
+    filter_action: FilterAction,
+
     /// Open the operator's control socket at PATH (mode 0600): clients, kick, broadcast,
     /// send, publish, presence, rooms, history, stats, reload. See `relayd ctl`.
     #[arg(long, value_name = "PATH")]
@@ -300,6 +311,7 @@ impl Args {
             token_key: self.token_key.clone(),
             token_public_key: self.token_public_key.clone(),
             api_key_file: self.api_key_file.clone(),
+            filter_file: self.filter_file.clone(),
             ..Sources::default()
         };
         if self.require_token && !sources.has_token_keys() {
@@ -356,6 +368,8 @@ impl Args {
             motd: settings.motd,
             token_keys: settings.keys,
             api_key: settings.api_key,
+            filter: settings.filter,
+            filter_action: self.filter_action,
             token_audience: self.token_audience.clone(),
             token_issuer: self.token_issuer.clone(),
             require_token: self.require_token,

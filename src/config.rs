@@ -2,10 +2,12 @@
 //! tests (and any future front end) can build a `Config` directly.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::policy::access::Rules;
 use crate::policy::api_key::ApiKey;
+use crate::policy::filter::{Action, Filter};
 // The name rules live in `policy::names`, below the chat, the cluster and signed tokens, so
 // that each applies the same rule; the chat and the cluster name them `config::…`.
 pub(crate) use crate::policy::names::{is_token, valid_name, valid_room};
@@ -65,6 +67,9 @@ pub struct Config {
     /// `--api-key-file`: the key every HTTP API request must carry, at startup (a reload may
     /// change it); `None`: the API asks for none (it is then on a loopback address).
     pub api_key: Option<ApiKey>,
+    /// `--filter-file`, at startup (a reload may change it), and `--filter-action`.
+    pub filter: Option<Arc<Filter>>,
+    pub filter_action: Action,
     /// The files `rules`, `secret`, `motd`, `token_keys` and `api_key` came from, read again
     /// on every reload.
     pub sources: Sources,
@@ -124,6 +129,8 @@ impl Default for Config {
             token_issuer: None,
             require_token: false,
             api_key: None,
+            filter: None,
+            filter_action: Action::Drop,
             sources: Sources::default(),
             rate: None,
             admin: None,

@@ -17,7 +17,8 @@
 //! - `client/`: a client's life. `accept` (the accept loop: admission, refusals, the HTTP
 //!   front's threads), `mod` (one client's thread: authenticate, read, frame, hand on, leave),
 //!   `auth` (its signed token: `/auth TOKEN` and `?token=`, refresh, expiry), `chat`
-//!   (`--chat`: names, rooms, commands, what others see).
+//!   (`--chat`: names, rooms, commands, what others see), `censor` (the word filter on what
+//!   it sends).
 //! - `ops/`: the operator's ways in, acting through the daemon — `admin` (the control socket
 //!   and `relayd ctl`), `console` (`--console`), `metrics` (`/metrics`), `reload` (SIGHUP and
 //!   `reload`), `listening` (a listener served by a thread until stopped).
@@ -40,7 +41,8 @@
 //!   writes itself, and why a client left), `echo` (`--console`'s printed copy).
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
 //!   `secret`, `api_key` (the HTTP API's key), `token` (signed tokens: their keys, and who a
-//!   token says a client is), `names` (what a chat name or room may be), `rate`, and the `settings` a reload reads
+//!   token says a client is), `names` (what a chat name or room may be), `rate`, `filter` (`--filter-file`'s
+//!   words), and the `settings` a reload reads
 //!   again), `config` (the tunables).
 //! - `systemd` (readiness, watchdog, socket activation), `shutdown` (the stop flag),
 //!   `framing` (what a line is; `--max-line`), `sync` (lock helpers, the only place a
@@ -102,6 +104,7 @@ pub use ops::admin::ctl;
 pub use ops::reload::Reloads;
 pub use policy::access::Rules;
 pub use policy::api_key::ApiKey;
+pub use policy::filter::{Action as FilterAction, Filter};
 pub use policy::rate::Rate;
 pub use policy::settings::Sources;
 pub use policy::token::Keys;

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 
+use crate::client::censor::Censor;
 use crate::config::Config;
 use crate::daemon::{Daemon, NameError};
 use crate::delivery::chunk::Chunk;
@@ -105,6 +106,8 @@ pub(crate) struct Chat {
     /// name is its token's. Boxed: most clients are guests.
     user: Option<Box<(String, Option<Vec<String>>)>>,
     bucket: Option<Bucket>,
+    /// The word filter, if any.
+    censor: Censor,
     /// In a cluster with `--history`: the rooms it may enter (see [`NEW_ROOMS`]).
     new_rooms: Option<NewRooms>,
     /// Formatted lines for the room, not delivered yet.
@@ -119,6 +122,7 @@ impl Chat {
             room: LOBBY.to_string(),
             user: None,
             bucket: config.rate.map(Bucket::new),
+            censor: Censor::default(),
             new_rooms: (config.cluster.is_some() && config.history > 0).then(NewRooms::new),
             out: String::new(),
             out_lines: 0,
@@ -186,6 +190,7 @@ impl Chat {
         if let Some(guest) = daemon.take_rename(peer.id()) {
             self.name = guest;
         }
+        self.censor.refresh(daemon);
         for line in lines.split_inclusive(|&b| b == b'\n') {
             let text = match parse(line) {
                 Input::Empty => continue,
@@ -201,6 +206,9 @@ impl Chat {
             if !self.allow(daemon, peer, "line") {
                 continue;
             }
+            let Some(text) = self.censor.pass_text(daemon, peer, &text) else {
+                continue;
+            };
             self.out.push_str(&format!("<{}> {text}{eol}", self.name));
             self.out_lines += 1;
         }
@@ -275,7 +283,9 @@ impl Chat {
             }
             "me" if arg.is_empty() => self.reply(daemon, peer, "relayd: usage: /me TEXT"),
             "me" => {
-                if self.allow(daemon, peer, "/me") {
+                if self.allow(daemon, peer, "/me")
+                    && let Some(arg) = self.censor.pass_text(daemon, peer, arg)
+                {
                     let eol = daemon.notices().eol();
                     self.out.push_str(&format!("* {} {arg}{eol}", self.name));
                     self.out_lines += 1;
@@ -292,7 +302,13 @@ impl Chat {
                     .collect();
                 self.reply(daemon, peer, &format!("* rooms: {}", rooms.join(", ")));
             }
-            "quit" => return Some((!arg.is_empty()).then(|| arg.to_string())),
+            // Others see the reason: filtered like a line.
+            "quit" => {
+                let reason = (!arg.is_empty())
+                    .then(|| self.censor.pass_text(daemon, peer, arg))
+                    .flatten();
+                return Some(reason.map(|r| r.into_owned()));
+            }
             "help" => {
                 for line in HELP {
                     self.reply(daemon, peer, line);
@@ -316,6 +332,9 @@ impl Chat {
         }
         if reserved(name) {
             return self.reply(daemon, peer, &format!("relayd: name {name} is reserved"));
+        }
+        if !self.censor.allows_name(name) {
+            return self.reply(daemon, peer, &format!("relayd: name {name} is not allowed"));
         }
         match daemon.rename(peer.id(), name) {
             Ok(old) => {
@@ -357,6 +376,9 @@ impl Chat {
         if !self.allow(daemon, peer, "/msg") {
             return;
         }
+        let Some(text) = self.censor.pass_text(daemon, peer, text) else {
+            return;
+        };
         let line = daemon
             .notices()
             .line(format_args!("[private] <{}> {text}", self.name));

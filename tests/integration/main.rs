@@ -27,6 +27,7 @@ mod crlf;
 mod cutoff;
 mod daemon;
 mod faults;
+mod filter;
 mod framing;
 mod hostile;
 mod memory;
