@@ -119,6 +119,14 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_per_ip: usize,
 
+    /// A trusted proxy's address or network (CIDR; repeatable): its connections must start
+    /// with a PROXY protocol header (v1 or v2; HAProxy's send-proxy, stunnel's protocol =
+    /// proxy), on --ws-bind may instead carry X-Forwarded-For, and the client's address they
+    /// give is used for --allow/--deny, --max-per-ip, the log and `clients`. Nobody else's
+    /// header is ever read.
+    #[arg(long, value_name = "CIDR")]
+    proxy_protocol: Vec<String>,
+
     /// Require every client to send the first line of FILE as its first line before it sends
     /// or receives anything. Not encryption: see README.md for TLS in front.
     #[arg(long, value_name = "FILE")]
@@ -325,6 +333,10 @@ impl Args {
                 list.push(entry.parse().map_err(|e| format!("{flag} {e}"))?);
             }
         }
+        let mut proxies = Vec::new();
+        for entry in &self.proxy_protocol {
+            proxies.push(entry.parse().map_err(|e| format!("--proxy-protocol {e}"))?);
+        }
         for origin in &self.ws_origin {
             relayd::check_ws_origin(origin)?;
         }
@@ -354,6 +366,7 @@ impl Args {
             cluster,
             rules: settings.rules,
             max_per_ip: self.max_per_ip,
+            proxies,
             secret: settings.secret,
             max_line: self.max_line as usize,
             max_clients: usize::try_from(self.max_clients).unwrap_or(usize::MAX),

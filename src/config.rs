@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::policy::access::Rules;
+use crate::policy::access::{Net, Rules};
 use crate::policy::api_key::ApiKey;
 use crate::policy::filter::{Action, Filter};
 // The name rules live in `policy::names`, below the chat, the cluster and signed tokens, so
@@ -37,6 +37,9 @@ pub struct Config {
     pub rules: Rules,
     /// Connections from one address at once; 0: no limit.
     pub max_per_ip: usize,
+    /// `--proxy-protocol`: the proxies whose PROXY header (and `X-Forwarded-For`) says who
+    /// the client is.
+    pub proxies: Vec<Net>,
     /// The line a client must send first, if any (without its line ending), at startup.
     pub secret: Option<Vec<u8>>,
     /// How long a client has to send the secret.
@@ -116,6 +119,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(3),
             rules: Rules::default(),
             max_per_ip: 0,
+            proxies: Vec::new(),
             secret: None,
             auth_timeout: Duration::from_secs(10),
             auth_failure_delay: Duration::from_secs(1),

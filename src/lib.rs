@@ -24,7 +24,8 @@
 //!   `reload`), `listening` (a listener served by a thread until stopped).
 //! - `transport/`: how a client's bytes come in — `tcp`, `telnet` (its commands taken out
 //!   unless `--binary`), `http` (the one HTTP request reader; the page and upgrades), `ws`
-//!   (the WebSocket handshake and messages); `ReadError`, why a read ended.
+//!   (the WebSocket handshake and messages), `proxy` (the client's address a trusted proxy
+//!   passes on: PROXY header, `X-Forwarded-For`); `ReadError`, why a read ended.
 //! - `daemon/`: the shared state behind one handle, `Arc<Daemon>` — `mod` (admission,
 //!   relaying, rooms, names), `slot` (a client's hold on the daemon, given back on `Drop`),
 //!   `operator` (clients, kick, send, broadcast, publish, presence, history, stats), `users`
@@ -58,7 +59,9 @@
 //!   its line buffers. Ends when the client leaves, however (its `Slot`'s `Drop` gives back
 //!   everything). `http-ADDR` (`client::accept`): one HTTP request to the front (the page,
 //!   or an upgrade, which then goes on as that client's thread); holds one of the front's
-//!   counted places; ends with the request.
+//!   counted places; ends with the request. `proxy-ADDR` (`client::accept`, for a
+//!   `--proxy-protocol` peer on `--bind`): reads its PROXY header, admits the client it
+//!   names, and ends; holds one of those places meanwhile.
 //! - `deliverer` (`delivery::deliverer`, started by the daemon): sends every peer's queue with
 //!   non-blocking writes; owns the run list. Ends at shutdown (or when the daemon is dropped).
 //! - `writer-ID` (`delivery::peer::write`): drains one peer whose socket is full, with

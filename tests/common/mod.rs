@@ -13,6 +13,7 @@
 pub mod api;
 pub mod chat;
 pub mod cluster;
+pub mod tls;
 pub mod tokens;
 pub mod ws;
 

@@ -33,6 +33,7 @@ mod hostile;
 mod memory;
 mod metrics;
 mod operator;
+mod proxy;
 mod relay;
 mod reload;
 mod rooms;
