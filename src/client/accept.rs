@@ -171,7 +171,11 @@ fn real_address(sock: &TcpStream, proxy: SocketAddr, required: bool) -> Option<S
     match proxy::read_header(sock, required) {
         Ok(addr) => Some(addr.unwrap_or(proxy)),
         Err(why) => {
-            warn!("refused {proxy}: {why}");
+            if why == proxy::CLOSED {
+                debug!("{proxy}: {why}");
+            } else {
+                warn!("refused {proxy}: {why}");
+            }
             let _ = sock.shutdown(std::net::Shutdown::Both);
             None
         }

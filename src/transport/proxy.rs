@@ -22,6 +22,10 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 /// v1's `PROXY ` and v2's first six signature bytes: how a header starts.
 const V1_START: &[u8] = b"PROXY ";
 const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+/// Why a peer that sent nothing at all was not read: a proxy's health check, if it is not
+/// told to send a header (HAProxy's `check` without `check-send-proxy`), so not a warning.
+pub(crate) const CLOSED: &str = "closed before its PROXY protocol header";
+
 /// A v1 header's longest form, CR LF included.
 const V1_MAX: usize = 107;
 
@@ -123,7 +127,7 @@ fn peek_exact(sock: &TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(),
     loop {
         arm(sock, deadline)?;
         match sock.peek(buf) {
-            Ok(0) => return Err("closed before its PROXY protocol header".into()),
+            Ok(0) => return Err(CLOSED.into()),
             Ok(n) if n == buf.len() => return Ok(()),
             // Fewer so far: wait for more (a peek returns at once while any are there).
             Ok(_) => std::thread::sleep(Duration::from_millis(5)),
