@@ -32,9 +32,9 @@ SIGNALS:
     SIGINT, SIGTERM   stop accepting, flush what is queued, tell each client
                       'relayd: shutting down', close, exit 0. A second signal exits at once.
     SIGHUP            read --allow-file, --deny-file, --secret-file, --motd, --token-key,
-                      --token-public-key, --api-key-file and --filter-file again; a file that no longer parses leaves the old
-                      settings in force. Clients stay, except those the new rules refuse
-                      ('relayd: no longer allowed').
+                      --token-public-key, --api-key-file and --filter-file again; a
+                      file that no longer parses leaves the old settings in force. Clients
+                      stay, except those the new rules refuse ('relayd: no longer allowed').
 
 ENVIRONMENT:
     RUST_LOG          log filter (e.g. 'debug', 'relayd=trace'); overrides -v/-q.
