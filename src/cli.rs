@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use log::LevelFilter;
 
-use relayd::{Config, Rate, Sources};
+use relayd::{Config, FilterAction, Rate, Sources};
 
 const AFTER_HELP: &str = "\
 EXAMPLE:
@@ -31,10 +31,10 @@ EXAMPLE:
 SIGNALS:
     SIGINT, SIGTERM   stop accepting, flush what is queued, tell each client
                       'relayd: shutting down', close, exit 0. A second signal exits at once.
-    SIGHUP            read --allow-file, --deny-file, --secret-file, --motd, --token-key and
-                      --token-public-key again; a file that no longer parses leaves the old
-                      settings in force. Clients stay, except those the new rules refuse
-                      ('relayd: no longer allowed').
+    SIGHUP            read --allow-file, --deny-file, --secret-file, --motd, --token-key,
+                      --token-public-key, --api-key-file and --filter-file again; a
+                      file that no longer parses leaves the old settings in force. Clients
+                      stay, except those the new rules refuse ('relayd: no longer allowed').
 
 ENVIRONMENT:
     RUST_LOG          log filter (e.g. 'debug', 'relayd=trace'); overrides -v/-q.
@@ -119,6 +119,14 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_per_ip: usize,
 
+    /// A trusted proxy's address or network (CIDR; repeatable): its connections must start
+    /// with a PROXY protocol header (v1 or v2; HAProxy's send-proxy, stunnel's protocol =
+    /// proxy), on --ws-bind may instead carry X-Forwarded-For, and the client's address they
+    /// give is used for --allow/--deny, --max-per-ip, the log and `clients`. Nobody else's
+    /// header is ever read.
+    #[arg(long, value_name = "CIDR")]
+    proxy_protocol: Vec<String>,
+
     /// Require every client to send the first line of FILE as its first line before it sends
     /// or receives anything. Not encryption: see README.md for TLS in front.
     #[arg(long, value_name = "FILE")]
@@ -179,6 +187,17 @@ pub(crate) struct Args {
     /// excess lines are dropped. E.g. 20/5. Default: off.
     #[arg(long, value_name = "LINES/SECONDS")]
     rate: Option<Rate>,
+
+    /// Word filter: one word or phrase per line of FILE (blank lines and # comments skipped),
+    /// matched as whole words, ASCII letters in any case, in what clients send (chat lines,
+    /// /me, /msg, /nick; raw lines). Read again on SIGHUP and `reload`. Not with --binary.
+    #[arg(long, value_name = "FILE", conflicts_with = "binary")]
+    filter_file: Option<PathBuf>,
+
+    /// What a filtered line becomes: `drop` (not sent; its sender is told `relayd: your line
+    /// was not sent (filtered)`) or `mask` (sent with each listed word as `***`).
+    #[arg(long, value_name = "ACTION", default_value_t = FilterAction::Drop, requires = "filter_file")]
+    filter_action: FilterAction,
 
     /// Open the operator's control socket at PATH (mode 0600): clients, kick, broadcast,
     /// send, publish, presence, rooms, history, stats, reload. See `relayd ctl`.
@@ -305,6 +324,7 @@ impl Args {
             token_key: self.token_key.clone(),
             token_public_key: self.token_public_key.clone(),
             api_key_file: self.api_key_file.clone(),
+            filter_file: self.filter_file.clone(),
             ..Sources::default()
         };
         if self.require_token && !sources.has_token_keys() {
@@ -317,6 +337,10 @@ impl Args {
             for entry in entries {
                 list.push(entry.parse().map_err(|e| format!("{flag} {e}"))?);
             }
+        }
+        let mut proxies = Vec::new();
+        for entry in &self.proxy_protocol {
+            proxies.push(entry.parse().map_err(|e| format!("--proxy-protocol {e}"))?);
         }
         for origin in &self.ws_origin {
             relayd::check_ws_origin(origin)?;
@@ -347,6 +371,7 @@ impl Args {
             cluster,
             rules: settings.rules,
             max_per_ip: self.max_per_ip,
+            proxies,
             secret: settings.secret,
             max_line: self.max_line as usize,
             max_clients: usize::try_from(self.max_clients).unwrap_or(usize::MAX),
@@ -361,6 +386,8 @@ impl Args {
             motd: settings.motd,
             token_keys: settings.keys,
             api_key: settings.api_key,
+            filter: settings.filter,
+            filter_action: self.filter_action,
             token_audience: self.token_audience.clone(),
             token_issuer: self.token_issuer.clone(),
             require_token: self.require_token,

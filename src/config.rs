@@ -2,10 +2,12 @@
 //! tests (and any future front end) can build a `Config` directly.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::policy::access::Rules;
+use crate::policy::access::{Net, Rules};
 use crate::policy::api_key::ApiKey;
+use crate::policy::filter::{Action, Filter};
 // The name rules live in `policy::names`, below the chat, the cluster and signed tokens, so
 // that each applies the same rule; the chat and the cluster name them `config::…`.
 pub(crate) use crate::policy::names::{is_token, valid_name, valid_room};
@@ -35,6 +37,9 @@ pub struct Config {
     pub rules: Rules,
     /// Connections from one address at once; 0: no limit.
     pub max_per_ip: usize,
+    /// `--proxy-protocol`: the proxies whose PROXY header (and `X-Forwarded-For`) says who
+    /// the client is.
+    pub proxies: Vec<Net>,
     /// The line a client must send first, if any (without its line ending), at startup.
     pub secret: Option<Vec<u8>>,
     /// How long a client has to send the secret.
@@ -65,6 +70,9 @@ pub struct Config {
     /// `--api-key-file`: the key every HTTP API request must carry, at startup (a reload may
     /// change it); `None`: the API asks for none (it is then on a loopback address).
     pub api_key: Option<ApiKey>,
+    /// `--filter-file`, at startup (a reload may change it), and `--filter-action`.
+    pub filter: Option<Arc<Filter>>,
+    pub filter_action: Action,
     /// The files `rules`, `secret`, `motd`, `token_keys` and `api_key` came from, read again
     /// on every reload.
     pub sources: Sources,
@@ -113,6 +121,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(3),
             rules: Rules::default(),
             max_per_ip: 0,
+            proxies: Vec::new(),
             secret: None,
             auth_timeout: Duration::from_secs(10),
             auth_failure_delay: Duration::from_secs(1),
@@ -126,6 +135,8 @@ impl Default for Config {
             token_issuer: None,
             require_token: false,
             api_key: None,
+            filter: None,
+            filter_action: Action::Drop,
             sources: Sources::default(),
             rate: None,
             admin: None,

@@ -17,13 +17,15 @@
 //! - `client/`: a client's life. `accept` (the accept loop: admission, refusals, the HTTP
 //!   front's threads), `mod` (one client's thread: authenticate, read, frame, hand on, leave),
 //!   `auth` (its signed token: `/auth TOKEN` and `?token=`, refresh, expiry), `chat`
-//!   (`--chat`: names, rooms, commands, what others see).
+//!   (`--chat`: names, rooms, commands, what others see), `censor` (the word filter on what
+//!   it sends).
 //! - `ops/`: the operator's ways in, acting through the daemon — `admin` (the control socket
 //!   and `relayd ctl`), `console` (`--console`), `metrics` (`/metrics`), `reload` (SIGHUP and
 //!   `reload`), `listening` (a listener served by a thread until stopped).
 //! - `transport/`: how a client's bytes come in — `tcp`, `telnet` (its commands taken out
 //!   unless `--binary`), `http` (the one HTTP request reader; the page and upgrades), `ws`
-//!   (the WebSocket handshake and messages); `ReadError`, why a read ended.
+//!   (the WebSocket handshake and messages), `proxy` (the client's address a trusted proxy
+//!   passes on: PROXY header, `X-Forwarded-For`); `ReadError`, why a read ended.
 //! - `daemon/`: the shared state behind one handle, `Arc<Daemon>` — `mod` (admission,
 //!   relaying, rooms, names), `slot` (a client's hold on the daemon, given back on `Drop`),
 //!   `operator` (clients, kick, send, broadcast, publish, presence, history, stats), `users`
@@ -40,9 +42,10 @@
 //!   writes itself, and why a client left), `echo` (`--console`'s printed copy).
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
 //!   `secret`, `api_key` (the HTTP API's key), `token` (signed tokens: their keys, and who a
-//!   token says a client is), `names` (what a chat name or room may be), `rate`,
-//!   `moderation` (bans and mutes: targets, durations, expiry), `state` (`--state-dir`'s
-//!   file), and the `settings` a reload reads again), `config` (the tunables).
+//!   token says a client is), `names` (what a chat name or room may be), `rate`, `filter`
+//!   (`--filter-file`'s words), `moderation` (bans and mutes: targets, durations, expiry),
+//!   `state` (`--state-dir`'s file), and the `settings` a reload reads again), `config` (the
+//!   tunables).
 //! - `systemd` (readiness, watchdog, socket activation), `shutdown` (the stop flag),
 //!   `framing` (what a line is; `--max-line`), `sync` (lock helpers, the only place a
 //!   poisoned lock is recovered; `Counted`, a counted place given back on `Drop`), `sys`
@@ -57,7 +60,9 @@
 //!   its line buffers. Ends when the client leaves, however (its `Slot`'s `Drop` gives back
 //!   everything). `http-ADDR` (`client::accept`): one HTTP request to the front (the page,
 //!   or an upgrade, which then goes on as that client's thread); holds one of the front's
-//!   counted places; ends with the request.
+//!   counted places; ends with the request. `proxy-ADDR` (`client::accept`, for a
+//!   `--proxy-protocol` peer on `--bind`): reads its PROXY header, admits the client it
+//!   names, and ends; holds one of those places meanwhile.
 //! - `deliverer` (`delivery::deliverer`, started by the daemon): sends every peer's queue with
 //!   non-blocking writes; owns the run list. Ends at shutdown (or when the daemon is dropped).
 //! - `writer-ID` (`delivery::peer::write`): drains one peer whose socket is full, with
@@ -103,6 +108,7 @@ pub use ops::admin::ctl;
 pub use ops::reload::Reloads;
 pub use policy::access::Rules;
 pub use policy::api_key::ApiKey;
+pub use policy::filter::{Action as FilterAction, Filter};
 pub use policy::rate::Rate;
 pub use policy::settings::Sources;
 pub use policy::token::Keys;

@@ -5,6 +5,12 @@
 //! `http::HEAD_TIMEOUT`, which the accept loop must not wait for), serves the page or does
 //! the WebSocket handshake, and only then is the client admitted, so that nothing is queued
 //! for it before the handshake's answer is on the wire.
+//!
+//! A connection from a `--proxy-protocol` peer is admitted by the client's address its
+//! header gives, so the header is read before admission, on a thread of the connection's
+//! own like the HTTP request (up to `proxy::HEADER_TIMEOUT`): on `--ws-bind` the request's
+//! thread, which reads it first; on `--bind` a `proxy-ADDR` thread that ends once the client
+//! is admitted. Nobody else's connection costs a thread before admission.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -25,6 +31,7 @@ use crate::delivery::ws_frame;
 use crate::policy::access::PerAddress;
 use crate::sync::Counted;
 use crate::transport::http;
+use crate::transport::proxy;
 use crate::transport::tcp::{self, Tcp};
 use crate::transport::ws::{self, Ws};
 
@@ -69,7 +76,9 @@ pub(crate) fn accept_loop(daemon: &Arc<Daemon>, listener: &TcpListener, kind: Ki
         match accepted {
             Ok((sock, addr)) => {
                 backoff = BACKOFF_MIN;
+                let proxied = proxy::trusted(&daemon.config().proxies, addr.ip());
                 match kind {
+                    Kind::Tcp if proxied => start_proxied(daemon, sock, addr, &fronts),
                     Kind::Tcp => admit(daemon, sock, addr),
                     Kind::Ws => start_front(daemon, sock, addr, &fronts),
                 }
@@ -127,6 +136,52 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
     start_client(daemon, slot, addr, Transport::Tcp(Tcp::new(sock)), None);
 }
 
+/// Reads a trusted proxy's header on a thread of its own, then admits the client by the
+/// address the header gives (its rules, its limit, its log lines and `clients` row).
+fn start_proxied(daemon: &Arc<Daemon>, sock: TcpStream, proxy: SocketAddr, fronts: &Fronts) {
+    let Some(front) = fronts.enter(proxy, daemon.config()) else {
+        return;
+    };
+    let daemon = Arc::clone(daemon);
+    spawn(format!("proxy-{proxy}"), proxy, move || {
+        let addr = real_address(&sock, proxy, true);
+        drop(front);
+        if let Some(addr) = addr {
+            admit(&daemon, sock, addr);
+        }
+    });
+}
+
+/// Starts a thread for the connection from `addr` before it is a client (its stack is a
+/// client's: it may go on as one); logs it if none can start.
+fn spawn(name: String, addr: SocketAddr, run: impl FnOnce() + Send + 'static) {
+    let spawned = thread::Builder::new()
+        .name(name)
+        .stack_size(CLIENT_STACK)
+        .spawn(run);
+    if let Err(e) = spawned {
+        warn!("{addr} refused: cannot start a thread: {e}");
+    }
+}
+
+/// The address of the client behind the trusted proxy at `proxy`, from its PROXY header
+/// (the proxy's own for a health check); `None`, logged and closed, if the header is bad.
+/// `required`: see `proxy::read_header`.
+fn real_address(sock: &TcpStream, proxy: SocketAddr, required: bool) -> Option<SocketAddr> {
+    match proxy::read_header(sock, required) {
+        Ok(addr) => Some(addr.unwrap_or(proxy)),
+        Err(why) => {
+            if why == proxy::CLOSED {
+                debug!("{proxy}: {why}");
+            } else {
+                warn!("refused {proxy}: {why}");
+            }
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            None
+        }
+    }
+}
+
 /// Starts the thread that serves an admitted client for the rest of its life.
 fn start_client(
     daemon: &Arc<Daemon>,
@@ -172,7 +227,8 @@ struct Fronts {
 struct Front {
     _total: Counted,
     per_address: Arc<PerAddress>,
-    ip: IpAddr,
+    /// Not counted for a trusted proxy, whose address is every client's.
+    ip: Option<IpAddr>,
 }
 
 impl Fronts {
@@ -181,7 +237,8 @@ impl Fronts {
             info!("refused {addr}: too many HTTP requests being read");
             return None;
         };
-        if !self.per_address.try_add(addr.ip(), config.max_per_ip) {
+        let proxy = proxy::trusted(&config.proxies, addr.ip());
+        if !proxy && !self.per_address.try_add(addr.ip(), config.max_per_ip) {
             let max = config.max_per_ip;
             info!("refused {addr}: more than {max} HTTP requests from this address being read");
             return None;
@@ -189,14 +246,16 @@ impl Fronts {
         Some(Front {
             _total: total,
             per_address: Arc::clone(&self.per_address),
-            ip: addr.ip(),
+            ip: (!proxy).then_some(addr.ip()),
         })
     }
 }
 
 impl Drop for Front {
     fn drop(&mut self) {
-        self.per_address.remove(self.ip);
+        if let Some(ip) = self.ip {
+            self.per_address.remove(ip);
+        }
     }
 }
 
@@ -204,9 +263,10 @@ impl Drop for Front {
 /// a WebSocket, serves the client. At most `--max-clients` requests are read at once, so
 /// connections that never send a request cannot pile up threads.
 fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: &Fronts) {
-    // Not a byte for someone who does not belong here, not even an HTTP error.
-    if !daemon.settings().rules.permits(addr.ip()) {
-        info!("refused {addr}: not allowed by --allow/--deny");
+    // Not a byte for someone who does not belong here, not even an HTTP error. Behind a
+    // proxy, that is the client its header names.
+    let proxied = proxy::trusted(&daemon.config().proxies, addr.ip());
+    if !proxied && !permitted(daemon, addr) {
         return;
     }
     if let Err(e) = tcp::configure(&sock, daemon.config()) {
@@ -216,35 +276,55 @@ fn start_front(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr, fronts: 
     let Some(front) = fronts.enter(addr, daemon.config()) else {
         return;
     };
-    let spawned = {
-        let daemon = Arc::clone(daemon);
-        thread::Builder::new()
-            .name(format!("http-{addr}"))
-            .stack_size(CLIENT_STACK)
-            .spawn(move || {
-                let upgrade = http::front(&sock, addr);
-                // A WebSocket client is counted as a client from here on, not as a request.
-                drop(front);
-                if let Some(head) = upgrade {
-                    serve_websocket(&daemon, Arc::new(sock), addr, head);
-                }
-            })
-    };
-    if let Err(e) = spawned {
-        warn!("{addr} refused: cannot start a thread: {e}");
+    let daemon = Arc::clone(daemon);
+    spawn(format!("http-{addr}"), addr, move || {
+        let addr = match proxied {
+            true => match real_address(&sock, addr, false) {
+                Some(addr) if permitted(&daemon, addr) => addr,
+                _ => return,
+            },
+            false => addr,
+        };
+        let upgrade = http::front(&sock, addr);
+        // A WebSocket client is counted as a client from here on, not as a request.
+        drop(front);
+        if let Some(head) = upgrade {
+            serve_websocket(&daemon, Arc::new(sock), addr, head);
+        }
+    });
+}
+
+/// Whether the rules let `addr` in; logged if not.
+fn permitted(daemon: &Daemon, addr: SocketAddr) -> bool {
+    let ok = daemon.settings().rules.permits(addr.ip());
+    if !ok {
+        info!("refused {addr}: not allowed by --allow/--deny");
     }
+    ok
 }
 
 /// Completes the handshake of a WebSocket request, admits the client and serves it, on the
 /// thread that read the request.
 fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr, head: Vec<u8>) {
     let config = daemon.config();
+    let request = http::parse(&head).ok().flatten();
     // `?token=` on the upgrade URL: a browser's `/auth TOKEN`. The query is never logged.
-    let token = http::parse(&head)
-        .ok()
-        .flatten()
+    let token = request
+        .as_ref()
         .and_then(|r| http::param(r.query, "token"))
         .filter(|t| !t.is_empty());
+    // Behind an HTTP proxy: the client it names (no port: the header carries none).
+    let addr = match request
+        .as_ref()
+        .filter(|_| proxy::trusted(&config.proxies, addr.ip()))
+    {
+        None => addr,
+        Some(r) => match proxy::forwarded_for(&r.headers, &config.proxies) {
+            Ok(ip) => ip.map_or(addr, |ip| SocketAddr::new(ip, 0)),
+            Err(why) => return http::bad_request(&sock, addr, &why),
+        },
+    };
+    drop(request);
     let socket = match ws::handshake(Arc::clone(&sock), head, config) {
         Ok(socket) => socket,
         Err(ws::Refused::Answered(why)) => {

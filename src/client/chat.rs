@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 
+use crate::client::censor::Censor;
 use crate::config::Config;
 use crate::daemon::{Daemon, NameError};
 use crate::delivery::chunk::Chunk;
@@ -105,6 +106,8 @@ pub(crate) struct Chat {
     /// name is its token's. Boxed: most clients are guests.
     user: Option<Box<(String, Option<Vec<String>>)>>,
     bucket: Option<Bucket>,
+    /// The word filter, if any.
+    censor: Censor,
     /// In a cluster with `--history`: the rooms it may enter (see [`NEW_ROOMS`]).
     new_rooms: Option<NewRooms>,
     /// Formatted lines for the room, not delivered yet.
@@ -121,6 +124,7 @@ impl Chat {
             room: LOBBY.to_string(),
             user: None,
             bucket: config.rate.map(Bucket::new),
+            censor: Censor::default(),
             new_rooms: (config.cluster.is_some() && config.history > 0).then(NewRooms::new),
             out: String::new(),
             out_lines: 0,
@@ -189,6 +193,7 @@ impl Chat {
         if let Some(guest) = daemon.take_rename(peer.id()) {
             self.name = guest;
         }
+        self.censor.refresh(daemon);
         for line in lines.split_inclusive(|&b| b == b'\n') {
             let text = match parse(line) {
                 Input::Empty => continue,
@@ -208,6 +213,9 @@ impl Chat {
             if daemon.silenced(peer, &mut self.muted_told) || !self.allow(daemon, peer, "line") {
                 continue;
             }
+            let Some(text) = self.censor.pass_text(daemon, peer, &text) else {
+                continue;
+            };
             self.out.push_str(&format!("<{}> {text}{eol}", self.name));
             self.out_lines += 1;
         }
@@ -282,7 +290,10 @@ impl Chat {
             }
             "me" if arg.is_empty() => self.reply(daemon, peer, "relayd: usage: /me TEXT"),
             "me" => {
-                if !daemon.silenced(peer, &mut self.muted_told) && self.allow(daemon, peer, "/me") {
+                if !daemon.silenced(peer, &mut self.muted_told)
+                    && self.allow(daemon, peer, "/me")
+                    && let Some(arg) = self.censor.pass_text(daemon, peer, arg)
+                {
                     let eol = daemon.notices().eol();
                     self.out.push_str(&format!("* {} {arg}{eol}", self.name));
                     self.out_lines += 1;
@@ -299,7 +310,13 @@ impl Chat {
                     .collect();
                 self.reply(daemon, peer, &format!("* rooms: {}", rooms.join(", ")));
             }
-            "quit" => return Some((!arg.is_empty()).then(|| arg.to_string())),
+            // Others see the reason: filtered like a line.
+            "quit" => {
+                let reason = (!arg.is_empty())
+                    .then(|| self.censor.pass_text(daemon, peer, arg))
+                    .flatten();
+                return Some(reason.map(|r| r.into_owned()));
+            }
             "help" => {
                 for line in HELP {
                     self.reply(daemon, peer, line);
@@ -327,6 +344,9 @@ impl Chat {
         // A guest's ban follows the name: whoever takes it is closed.
         if let Some(ban) = daemon.banned_user(None, name) {
             return daemon.expel_banned(peer, &ban);
+        }
+        if !self.censor.allows_name(name) {
+            return self.reply(daemon, peer, &format!("relayd: name {name} is not allowed"));
         }
         match daemon.rename(peer.id(), name) {
             Ok(old) => {
@@ -368,6 +388,9 @@ impl Chat {
         if daemon.silenced(peer, &mut self.muted_told) || !self.allow(daemon, peer, "/msg") {
             return;
         }
+        let Some(text) = self.censor.pass_text(daemon, peer, text) else {
+            return;
+        };
         let line = daemon
             .notices()
             .line(format_args!("[private] <{}> {text}", self.name));

@@ -8,6 +8,7 @@
 
 pub(crate) mod accept;
 mod auth;
+mod censor;
 pub(crate) mod chat;
 
 use std::io;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, log_enabled, warn};
 use memchr::memchr_iter;
 
+use crate::client::censor::Censor;
 use crate::client::chat::Chat;
 use crate::daemon::{Daemon, Slot};
 use crate::delivery::chunk::Chunk;
@@ -105,6 +107,8 @@ struct Client {
     /// `line too long` notices are rate-limited (a burst of a few, then one a second), so a
     /// stream of long lines cannot make it queue a stream of notices.
     too_long_notices: Bucket,
+    /// The word filter on raw lines (a chat client's is its `Chat`'s).
+    censor: Censor,
     /// A browser's `?token=`, until it is checked in place of the first `/auth` line.
     ws_token: Option<String>,
     /// Who its token says it is, once it presented one.
@@ -150,6 +154,7 @@ pub(crate) fn serve(
         text: Vec::new(),
         reply: Vec::new(),
         too_long_notices: Bucket::new(TOO_LONG_NOTICES),
+        censor: Censor::default(),
         ws_token: token,
         signed_in: None,
         heard: Instant::now(),
@@ -395,10 +400,12 @@ impl Client {
                     self.lines.clear();
                     return None;
                 }
+                self.censor.refresh(&self.daemon);
                 relay_raw(
                     &self.daemon,
                     self.slot.peer(),
                     bucket.as_mut(),
+                    &mut self.censor,
                     &mut self.lines,
                     n,
                 );
@@ -463,6 +470,7 @@ fn relay_raw(
     daemon: &Daemon,
     peer: &Arc<Peer>,
     bucket: Option<&mut Bucket>,
+    censor: &mut Censor,
     lines: &mut Vec<u8>,
     mut n: usize,
 ) {
@@ -487,6 +495,10 @@ fn relay_raw(
             }
         }
     }
+    n = censor_raw(daemon, peer, censor, lines, n);
+    if n == 0 {
+        return;
+    }
     if log_enabled!(log::Level::Debug) {
         for line in lines.split_inclusive(|&b| b == b'\n') {
             debug!(
@@ -497,4 +509,28 @@ fn relay_raw(
         }
     }
     daemon.relay(LOBBY, peer.id(), &Chunk::relayed(&lines[..], n), n);
+}
+
+/// Passes the `n` lines of `lines` through the word filter, in place; returns how many are
+/// left. Raw lines are bytes: a mask keeps each line's own ending.
+fn censor_raw(
+    daemon: &Daemon,
+    peer: &Arc<Peer>,
+    censor: &mut Censor,
+    lines: &mut Vec<u8>,
+    n: usize,
+) -> usize {
+    if !censor.is_on() {
+        return n;
+    }
+    let mut out = Vec::with_capacity(lines.len());
+    let mut left = 0;
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        if let Some(passed) = censor.pass(daemon, peer, line) {
+            out.extend_from_slice(&passed);
+            left += 1;
+        }
+    }
+    *lines = out;
+    left
 }

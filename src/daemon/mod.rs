@@ -162,6 +162,7 @@ impl Daemon {
                     motd: config.motd.clone(),
                     keys: config.token_keys.clone(),
                     api_key: config.api_key.clone(),
+                    filter: config.filter.clone(),
                 })),
                 notifier: Notifier::from_env(),
                 config,

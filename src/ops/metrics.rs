@@ -191,7 +191,7 @@ pub(crate) fn render(daemon: &Daemon) -> String {
             get(&stats.cluster_queue_bytes),
         ),
     ];
-    let counters: [(&str, &str, u64); 14] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "relayd_connections_accepted_total",
             "Connections admitted.",
@@ -231,6 +231,16 @@ pub(crate) fn render(daemon: &Daemon) -> String {
             "relayd_too_long_lines_total",
             "Lines longer than --max-line, discarded.",
             get(&stats.too_long),
+        ),
+        (
+            "relayd_filtered_dropped_lines_total",
+            "Lines the word filter (--filter-file) dropped.",
+            get(&stats.filtered_dropped),
+        ),
+        (
+            "relayd_filtered_masked_lines_total",
+            "Lines the word filter (--filter-file) relayed masked.",
+            get(&stats.filtered_masked),
         ),
         (
             "relayd_slow_consumer_disconnects_total",

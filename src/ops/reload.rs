@@ -1,6 +1,6 @@
 //! Reloading without a restart (SIGHUP, the admin `reload`): the files behind `--allow-file`,
 //! `--deny-file`, `--secret-file`, `--motd`, `--token-key`, `--token-public-key` and
-//! `--api-key-file` are read
+//! `--api-key-file` and `--filter-file` are read
 //! again and, if every one of them still parses, put in force at once. Connected clients
 //! stay, except those the new rules refuse.
 //!
@@ -40,7 +40,7 @@ pub(crate) fn reload(daemon: &Daemon) -> Result<String, String> {
         }
     } else {
         let nothing = "reload: nothing to reload (no --allow-file, --deny-file, --secret-file, \
-                       --motd, --token-key, --token-public-key or --api-key-file)";
+                       --motd, --token-key, --token-public-key, --api-key-file or --filter-file)";
         info!("{nothing}");
         Ok(nothing.to_string())
     };

@@ -1,6 +1,6 @@
 //! The settings an operator may change without a restart: the `--allow`/`--deny` rules, the
 //! shared secret, the motd, the signed tokens' keys (`--token-key`, `--token-public-key`) and
-//! the HTTP API's key (`--api-key-file`).
+//! the HTTP API's key (`--api-key-file`) and the word filter (`--filter-file`).
 //! Read from their files at startup and again on every reload (SIGHUP, the admin `reload`),
 //! by the same code, so that a file means the same thing both times.
 //!
@@ -9,9 +9,11 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::policy::access::{self, Net, Rules};
 use crate::policy::api_key::ApiKey;
+use crate::policy::filter::Filter;
 use crate::policy::secret;
 use crate::policy::token::Keys;
 
@@ -30,6 +32,8 @@ pub struct Sources {
     pub token_public_key: Option<PathBuf>,
     /// `--api-key-file`: the key HTTP API requests must carry.
     pub api_key_file: Option<PathBuf>,
+    /// `--filter-file`: the words a client's lines may not carry.
+    pub filter_file: Option<PathBuf>,
 }
 
 /// The settings in force.
@@ -46,6 +50,8 @@ pub struct Settings {
     /// The HTTP API's key; none without `--api-key-file` (the API is then on a loopback
     /// address, which `main` checks).
     pub api_key: Option<ApiKey>,
+    /// The word filter; none without `--filter-file`. Shared: every chat line reads it.
+    pub filter: Option<Arc<Filter>>,
 }
 
 impl Sources {
@@ -100,6 +106,9 @@ impl Sources {
         if let Some(path) = &self.api_key_file {
             next.api_key = Some(ApiKey::load(path)?);
         }
+        if let Some(path) = &self.filter_file {
+            next.filter = Some(Arc::new(Filter::load(path)?));
+        }
         Ok(next)
     }
 
@@ -111,6 +120,7 @@ impl Sources {
             || self.motd.is_some()
             || self.has_token_keys()
             || self.api_key_file.is_some()
+            || self.filter_file.is_some()
     }
 
     /// Whether signed tokens can be checked: `--token-key` or `--token-public-key` is given.
@@ -148,6 +158,7 @@ mod tests {
             motd: vec!["hi".into()],
             keys: Keys::default(),
             api_key: None,
+            filter: None,
         };
         let kept = Sources::default().reload(&current, 100).unwrap();
         assert_eq!(kept.rules.allow, current.rules.allow);

@@ -22,6 +22,9 @@ pub(crate) struct Stats {
     pub bytes_out: AtomicU64,
     pub dropped_rate_limit: AtomicU64,
     pub too_long: AtomicU64,
+    /// Lines the word filter dropped, and lines it masked (one each, however many words).
+    pub filtered_dropped: AtomicU64,
+    pub filtered_masked: AtomicU64,
     pub slow_consumer_kicks: AtomicU64,
     pub idle_kicks: AtomicU64,
     /// 1 while both connections to the cluster's Redis are up, else 0 (a gauge).
@@ -54,6 +57,8 @@ impl Default for Stats {
             bytes_out: AtomicU64::new(0),
             dropped_rate_limit: AtomicU64::new(0),
             too_long: AtomicU64::new(0),
+            filtered_dropped: AtomicU64::new(0),
+            filtered_masked: AtomicU64::new(0),
             slow_consumer_kicks: AtomicU64::new(0),
             idle_kicks: AtomicU64::new(0),
             redis_connected: AtomicU64::new(0),
@@ -82,7 +87,7 @@ impl Stats {
     /// are the registry's, passed in because they are not counters.
     pub(crate) fn report(&self, clients: usize, rooms: usize) -> String {
         let refused = self.tokens_refused.iter().map(get).sum();
-        let rows: [(&str, u64); 21] = [
+        let rows: [(&str, u64); 23] = [
             ("uptime_seconds", self.started.elapsed().as_secs()),
             ("clients", clients as u64),
             ("peak_clients", get(&self.peak_clients)),
@@ -94,6 +99,8 @@ impl Stats {
             ("bytes_out", get(&self.bytes_out)),
             ("dropped_rate_limit", get(&self.dropped_rate_limit)),
             ("too_long", get(&self.too_long)),
+            ("filtered_dropped", get(&self.filtered_dropped)),
+            ("filtered_masked", get(&self.filtered_masked)),
             ("slow_consumer_kicks", get(&self.slow_consumer_kicks)),
             ("idle_kicks", get(&self.idle_kicks)),
             ("rooms", rooms as u64),

@@ -1,8 +1,10 @@
 //! How a client's bytes come in, and why a read brought none ([`ReadError`]): plain TCP
 //! (`tcp`, with `telnet`'s commands taken out), and browsers through the HTTP front (`http`:
-//! the page, upgrades) and WebSocket (`ws`). `http`'s request reader serves `--metrics` too.
+//! the page, upgrades) and WebSocket (`ws`); `proxy`, the client's real address a trusted
+//! proxy passes on. `http`'s request reader serves `--metrics` too.
 
 pub(crate) mod http;
+pub(crate) mod proxy;
 pub(crate) mod tcp;
 pub(crate) mod telnet;
 pub(crate) mod ws;

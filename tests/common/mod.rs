@@ -15,6 +15,7 @@ pub mod api;
 pub mod browser;
 pub mod chat;
 pub mod cluster;
+pub mod tls;
 pub mod tokens;
 pub mod ws;
 

@@ -11,14 +11,24 @@ pub fn try_ws_connect(
     addr: SocketAddr,
     origin: Option<&str>,
 ) -> Result<tungstenite::WebSocket<TcpStream>, tungstenite::Error> {
+    let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+    ws_handshake(TcpStream::connect(addr).unwrap(), addr, &headers)
+}
+
+/// The handshake for `/ws` on `sock` (connected to `addr`, maybe already written to), with
+/// these extra headers; its reads bounded by [`TIMEOUT`].
+pub fn ws_handshake(
+    sock: TcpStream,
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<tungstenite::WebSocket<TcpStream>, tungstenite::Error> {
     use tungstenite::client::IntoClientRequest;
-    let sock = TcpStream::connect(addr).unwrap();
+    use tungstenite::http::HeaderName;
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-    if let Some(origin) = origin {
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().unwrap());
+    for (name, value) in headers {
+        let name: HeaderName = name.parse().unwrap();
+        request.headers_mut().insert(name, value.parse().unwrap());
     }
     match tungstenite::client(request, sock) {
         Ok((ws, _)) => Ok(ws),

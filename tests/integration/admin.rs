@@ -11,7 +11,7 @@ use crate::common;
 use crate::common::chat::{self, Admin, Server, chat_config, socket_path, wait_until};
 use relayd::{Config, Shutdown};
 
-const STATS_KEYS: [&str; 21] = [
+const STATS_KEYS: [&str; 23] = [
     "uptime_seconds",
     "clients",
     "peak_clients",
@@ -23,6 +23,8 @@ const STATS_KEYS: [&str; 21] = [
     "bytes_out",
     "dropped_rate_limit",
     "too_long",
+    "filtered_dropped",
+    "filtered_masked",
     "slow_consumer_kicks",
     "idle_kicks",
     "rooms",

@@ -128,6 +128,8 @@ fn metrics_parse_match_stats_and_move_with_traffic() {
         ("bytes_out", "relayd_queued_bytes_total"),
         ("dropped_rate_limit", "relayd_rate_limited_lines_total"),
         ("too_long", "relayd_too_long_lines_total"),
+        ("filtered_dropped", "relayd_filtered_dropped_lines_total"),
+        ("filtered_masked", "relayd_filtered_masked_lines_total"),
         (
             "slow_consumer_kicks",
             "relayd_slow_consumer_disconnects_total",
