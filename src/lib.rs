@@ -102,6 +102,7 @@ pub use ops::admin::ctl;
 pub use ops::reload::Reloads;
 pub use policy::access::Rules;
 pub use policy::api_key::ApiKey;
+pub use policy::names::valid_room;
 pub use policy::rate::Rate;
 pub use policy::settings::Sources;
 pub use policy::token::Keys;

@@ -17,6 +17,7 @@ pub(super) enum Endpoint {
     Broadcast,
     Send,
     Kick,
+    Live,
     Presence,
     Rooms,
     History,
@@ -32,6 +33,7 @@ impl Endpoint {
             "/api/broadcast" => Endpoint::Broadcast,
             "/api/send" => Endpoint::Send,
             "/api/kick" => Endpoint::Kick,
+            "/api/live" => Endpoint::Live,
             "/api/presence" => Endpoint::Presence,
             "/api/rooms" => Endpoint::Rooms,
             "/api/history" => Endpoint::History,
@@ -44,7 +46,11 @@ impl Endpoint {
     /// The one method it answers: actions are POSTs, questions GETs.
     pub(super) fn method(self) -> &'static str {
         match self {
-            Endpoint::Publish | Endpoint::Broadcast | Endpoint::Send | Endpoint::Kick => "POST",
+            Endpoint::Publish
+            | Endpoint::Broadcast
+            | Endpoint::Send
+            | Endpoint::Kick
+            | Endpoint::Live => "POST",
             _ => "GET",
         }
     }
@@ -156,6 +162,12 @@ pub(super) fn post(daemon: &Daemon, endpoint: Endpoint, body: &[u8]) -> Answer {
             Ok(json!({ "connections": n }))
         }),
         Endpoint::Kick => read(body).and_then(|k: json::Kick| kick(daemon, k)),
+        Endpoint::Live => read(body).and_then(|l: json::Live| {
+            let n = daemon
+                .set_live(&l.room, l.live)
+                .map_err(|_| Answer::error(400, "a room is 1-32 letters, digits, _ - ."))?;
+            Ok(json!({ "members": n }))
+        }),
         _ => Err(Answer::not_allowed("GET")),
     };
     match done {

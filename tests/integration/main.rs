@@ -29,6 +29,7 @@ mod daemon;
 mod faults;
 mod framing;
 mod hostile;
+mod live;
 mod memory;
 mod metrics;
 mod operator;

@@ -42,10 +42,14 @@ use crate::delivery::chunk::Chunk;
 use crate::delivery::history::{Entry as HistoryEntry, History, LineId};
 use crate::delivery::notice::Departure;
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
+use crate::policy::token::Role;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
+mod live;
 mod users;
+
+use live::LiveRooms;
 
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
@@ -80,6 +84,7 @@ struct Inner {
     /// nodes' latest lines for rooms nobody here is in, oldest first, so that a room's first member here gets those that reached this node
     /// after it read the room's history from Redis and before it entered (see [`RECENT`]).
     recent: VecDeque<(String, HistoryEntry, Instant)>,
+    live: LiveRooms,
 }
 
 /// How many, and for how long, lines for rooms without members here are kept: enough to
@@ -106,6 +111,8 @@ struct Room {
     /// node's subscriber delivered them): when one does, only the members that were here
     /// before the merge get it, since everyone who joined later had it replayed.
     expected: HashSet<LineId>,
+    /// Its delivery is live (see `live.rs`), not lossless.
+    live: bool,
 }
 
 /// A member of a room, during one stay in it.
@@ -211,6 +218,7 @@ impl Registry {
                 rooms: BTreeMap::new(),
                 expelled: HashMap::new(),
                 recent: VecDeque::new(),
+                live: LiveRooms::new(&config.live_rooms),
             }),
             max_clients: config.max_clients,
             history: config.history,
@@ -314,13 +322,19 @@ impl Registry {
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Members {
         let history = self.history;
-        let Inner { rooms, recent, .. } = inner;
+        let Inner {
+            rooms,
+            recent,
+            live,
+            ..
+        } = inner;
         let room_name = room;
         let room = rooms.entry(room.to_string()).or_insert_with(|| Room {
             members: Arc::new(Vec::new()),
             history: History::new(history),
             seeded: false,
             expected: HashSet::new(),
+            live: live.is_live(room_name),
         });
         if let Some(Seed {
             mut entries, asked, ..
@@ -353,6 +367,7 @@ impl Registry {
         };
         let mut lines = greet(name, online);
         lines.extend(room.history.replay());
+        peer.set_live(room.live);
         let epoch = peer.enter_room(&lines);
         Arc::make_mut(&mut room.members).push(Member {
             peer: Arc::clone(peer),
@@ -369,6 +384,7 @@ impl Registry {
     /// lobby go away when their last member leaves, so that rooms cannot pile up.
     fn leave_room(&self, inner: &mut Inner, peer: &Peer, room: &str) -> Members {
         peer.leave_room();
+        peer.set_live(false);
         let Some(r) = inner.rooms.get_mut(room) else {
             return Members {
                 list: Arc::new(Vec::new()),
@@ -556,20 +572,30 @@ impl Registry {
     /// backpressure reaches a sender that outruns its slowest reader. Peers still full at the
     /// deadline are cut off as slow consumers.
     ///
+    /// In a live room nobody waits and nobody is cut off: each viewer is handed what its
+    /// limits let through (see `peer/live.rs`), and lines from the `operator` or from a
+    /// moderator (a token's role `mod`) all of it.
+    ///
     /// Returns whether the sender was still registered.
     pub(crate) fn deliver(
         &self,
         room: &str,
         from: Option<PeerId>,
+        operator: bool,
         chunk: &Chunk,
         lines: usize,
         id: Option<LineId>,
     ) -> bool {
-        let members = {
+        let (members, live) = {
             let mut inner = lock(&self.inner);
-            if from.is_some_and(|id| !inner.clients.contains_key(&id)) {
-                return false;
-            }
+            let sender = match from {
+                Some(id) => match inner.clients.get(&id) {
+                    Some(entry) => entry.user.as_ref().map(|u| u.role),
+                    None => return false,
+                },
+                None => None,
+            };
+            let kept = operator || sender == Some(Role::Mod);
             let Some(r) = inner.rooms.get_mut(room) else {
                 if let (Some(id), true) = (id, self.seeding.load(Ordering::SeqCst) > 0) {
                     remember_recent(&mut inner.recent, room, chunk, lines, id);
@@ -584,15 +610,19 @@ impl Registry {
                         .filter(|m| m.before_seed)
                         .cloned()
                         .collect();
-                    Arc::new(before)
+                    (Arc::new(before), r.live && kept)
                 }
                 id => {
                     r.history.push(chunk, lines, id);
-                    Arc::clone(&r.members)
+                    (Arc::clone(&r.members), r.live && kept)
                 }
             }
         };
-        self.offer_all(&members, from, chunk, lines as u64);
+        if live {
+            self.offer_all(&members, from, &chunk.kept(), lines as u64);
+        } else {
+            self.offer_all(&members, from, chunk, lines as u64);
+        }
         true
     }
 
@@ -778,7 +808,7 @@ mod tests {
 
     /// Another node's line, arriving through the subscriber.
     fn arrive(registry: &Registry, room: &str, entry: &HistoryEntry) {
-        registry.deliver(room, None, &entry.chunk, 1, entry.id.clone());
+        registry.deliver(room, None, false, &entry.chunk, 1, entry.id.clone());
     }
 
     /// A client in the lobby, and the socket it reads.
