@@ -1,14 +1,18 @@
 //! A peer in a live room (`--live-room`, `live ROOM on`): what it is shown of a room whose
 //! lines come faster than a screen can show them, and nothing stale.
 //!
-//! A viewer never makes a sender wait, and is never cut off for falling behind: a relayed
-//! line beyond its `--live-rate` (a token bucket, [`Gate`]) is dropped for it when it is
-//! offered, one older than `--live-max-age` when it would be written, and one that does not
-//! fit under `--max-pending` at once; each is counted. What a viewer sees of a flooded room is
-//! a sample in time: the first line after each of its tokens comes back, so its lines are
-//! spread evenly over the second, and each sender is shown in proportion to how much it says.
-//! Lines a live room never drops ([`Chunk::droppable`]): relayd's own notices, moderators'
-//! and the operator's lines; they skip the gate and the age limit.
+//! A viewer never makes a sender wait, and is never cut off for falling behind. A relayed
+//! line beyond `--live-rate` is dropped for the whole room, once, when it is read (a token
+//! bucket per room, [`Gate`], kept by the registry): every viewer is shown the same lines,
+//! and a line nobody is shown costs one check, not one per viewer (10,000 viewers of 2,000
+//! lines/s would be 20 M checks a second). What the room lets through is then dropped for
+//! one viewer if it is older than `--live-max-age` when it would be written, or does not fit
+//! under `--max-pending` at once; each drop is counted, for the viewer and in all. What a
+//! viewer of a flooded room sees is a sample in time: the first line after each token comes
+//! back, so its lines are spread evenly over the second, and each sender is shown in
+//! proportion to how much it says. Lines a live room never drops ([`Chunk::droppable`]):
+//! relayd's own notices, moderators' and the operator's lines; they skip the gate and the
+//! age limit.
 //!
 //! "Delivered" is what the viewer reads, so what the kernel holds for it is bounded too: a
 //! live peer's socket gets a small send buffer ([`LIVE_SNDBUF`]) instead of loopback's
@@ -16,7 +20,7 @@
 //! dropping what went stale meanwhile, instead of blocking on a batch chosen before the wait.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
@@ -38,7 +42,7 @@ pub(super) const LIVE_TICK: Duration = Duration::from_millis(50);
 /// viewer's lines come evenly spaced rather than in bursts.
 const BURST_SHARE: f64 = 0.25;
 
-/// `--live-rate` and `--live-max-age`, as every live peer applies them.
+/// `--live-rate` and `--live-max-age`, as every live room applies them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     rate: f64,
@@ -54,16 +58,18 @@ impl Limits {
     }
 }
 
-/// A live peer's token bucket: how many more relayed lines it may be handed now.
+/// A live room's token bucket: how many more relayed lines its viewers may be shown now.
 #[derive(Debug)]
-pub(super) struct Gate {
+pub(crate) struct Gate {
+    limits: Limits,
     tokens: f64,
     at: Instant,
 }
 
 impl Gate {
-    fn new(limits: &Limits) -> Gate {
+    pub(crate) fn new(limits: &Limits) -> Gate {
         Gate {
+            limits: *limits,
             tokens: burst(limits),
             at: Instant::now(),
         }
@@ -71,10 +77,10 @@ impl Gate {
 
     /// How many of `lines` lines read at once may go now: all of them, one (the newest,
     /// see [`Chunk::last_line`]) or none.
-    fn admit(&mut self, limits: &Limits, now: Instant, lines: u64) -> u64 {
+    pub(crate) fn admit(&mut self, now: Instant, lines: u64) -> u64 {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
-        self.tokens = (self.tokens + elapsed * limits.rate).min(burst(limits));
+        self.tokens = (self.tokens + elapsed * self.limits.rate).min(burst(&self.limits));
         let admitted = if self.tokens >= lines as f64 {
             lines
         } else {
@@ -119,34 +125,57 @@ impl State {
     }
 }
 
+/// A live peer's share of its room's drops: the room's count of lines it dropped for every
+/// viewer, and what that count was when the peer came in.
+#[derive(Debug)]
+pub(super) struct RoomDrops {
+    room: Arc<AtomicU64>,
+    since: u64,
+}
+
+impl RoomDrops {
+    fn so_far(&self) -> u64 {
+        self.room.load(Ordering::Relaxed) - self.since
+    }
+}
+
 impl Peer {
-    /// Puts this peer in a live room (`on`) or takes it out: called as it enters or leaves a
-    /// room, and when the operator turns a room live or lossless. The send buffer is set
-    /// while the peer's state is locked, so that no write sees the new policy with the old
-    /// buffer; setting it never blocks.
-    pub(crate) fn set_live(&self, on: bool) {
+    /// Puts this peer in a live room, whose drops for every viewer `room_drops` counts
+    /// (`Some`), or takes it out (`None`): called as it enters or leaves a room, and when the
+    /// operator turns a room live or lossless. The send buffer is set while the peer's state
+    /// is locked, so that no write sees the new policy with the old buffer; setting it never
+    /// blocks.
+    pub(crate) fn set_live(&self, room_drops: Option<&Arc<AtomicU64>>) {
         let mut st = lock(&self.state);
-        if st.live.is_some() == on {
-            return;
+        if let Some(left) = st.live.take() {
+            self.dropped.fetch_add(left.so_far(), Ordering::Relaxed);
         }
         let sock = SockRef::from(&*self.sock);
-        if on {
-            // What the kernel gave the socket so far (it reports twice what is asked), to
-            // ask for again when the peer leaves the live room.
-            st.lossless_sndbuf = sock.send_buffer_size().ok().map(|b| b / 2);
-            let _ = sock.set_send_buffer_size(LIVE_SNDBUF);
-            st.live = Some(Gate::new(&self.live_limits));
-        } else {
-            if let Some(size) = st.lossless_sndbuf.take() {
-                let _ = sock.set_send_buffer_size(size);
+        match room_drops {
+            Some(room) => {
+                if st.lossless_sndbuf.is_none() {
+                    // What the kernel gave the socket so far (it reports twice what is
+                    // asked), to ask for again when the peer leaves the live room.
+                    st.lossless_sndbuf = sock.send_buffer_size().ok().map(|b| b / 2);
+                    let _ = sock.set_send_buffer_size(LIVE_SNDBUF);
+                }
+                st.live = Some(RoomDrops {
+                    room: Arc::clone(room),
+                    since: room.load(Ordering::Relaxed),
+                });
             }
-            st.live = None;
+            None => {
+                if let Some(size) = st.lossless_sndbuf.take() {
+                    let _ = sock.set_send_buffer_size(size);
+                }
+            }
         }
     }
 
     /// Lines dropped for this peer in live rooms, for the operator's `clients` list.
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        let st = lock(&self.state);
+        self.dropped.load(Ordering::Relaxed) + st.live.as_ref().map_or(0, RoomDrops::so_far)
     }
 
     /// Hands `chunk` to a live peer, or drops it for this peer (see the module's note).
@@ -160,27 +189,13 @@ impl Peer {
             self.hand_over(st, chunk);
             return;
         }
-        let lines = chunk.relayed_lines().map_or(0, |(_, n)| n);
-        let limits = self.live_limits;
-        let admitted = st
-            .live
-            .as_mut()
-            .map_or(0, |gate| gate.admit(&limits, Instant::now(), lines));
-        let stale = st.drop_stale(self.websocket, limits.max_age);
+        let stale = st.drop_stale(self.websocket, self.live_limits.max_age);
         self.count_dropped(stale);
-        let chunk = match admitted {
-            0 => None,
-            n if n == lines => Some(Chunk::clone(chunk)),
-            _ => Some(chunk.last_line()),
-        };
-        let Some(chunk) = chunk.filter(|chunk| {
-            st.pending == 0 || st.cost() + self.wire(chunk).len() + CHUNK_COST <= self.max_pending
-        }) else {
-            self.count_dropped(lines);
+        if st.pending > 0 && st.cost() + self.wire(chunk).len() + CHUNK_COST > self.max_pending {
+            self.count_dropped(chunk.relayed_lines().map_or(0, |(_, n)| n));
             return;
-        };
-        self.count_dropped(lines - admitted);
-        self.hand_over(st, &chunk);
+        }
+        self.hand_over(st, chunk);
     }
 
     /// Counts `lines` dropped for this peer: they were counted as relayed to it when offered.

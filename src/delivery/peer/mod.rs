@@ -48,7 +48,8 @@ use crate::stats::Stats;
 use crate::sync::{self, lock};
 use crate::sys;
 
-use self::live::{Gate, Limits};
+use self::live::RoomDrops;
+pub(crate) use self::live::{Gate, Limits};
 use self::write::Writes;
 
 /// A client's number, unique for the life of the process.
@@ -137,8 +138,9 @@ struct State {
     epoch: u64,
     /// Threads waiting on `changed` (for room, or for a flush).
     waiters: usize,
-    /// In a live room: its token bucket (see `live.rs`); `None` in a lossless room.
-    live: Option<Gate>,
+    /// In a live room (see `live.rs`): its share of the room's drops; `None` in a lossless
+    /// room.
+    live: Option<RoomDrops>,
     /// The send buffer the socket had before it entered a live room.
     lossless_sndbuf: Option<usize>,
 }

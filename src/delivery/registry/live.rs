@@ -1,16 +1,32 @@
-//! Which rooms are live (see `peer/live.rs` for what that means for their viewers):
-//! `--live-room` names and prefixes, and what the operator said since, by room.
+//! Live rooms in the registry (see `peer/live.rs` for what that means for their viewers):
+//! which rooms are live (`--live-room` names and prefixes, and what the operator said since,
+//! by room), and each live room's gate, which picks the lines its viewers are shown.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
+use crate::config::Config;
+use crate::delivery::chunk::Chunk;
+use crate::delivery::peer::{Gate, Limits, PeerId};
+use crate::stats::add;
 use crate::sync::lock;
 
-use super::Registry;
+use super::{Member, Registry};
+
+/// A live room's own state: which of its lines its viewers are shown, and how many it
+/// dropped for every viewer.
+pub(super) struct LiveRoom {
+    gate: Gate,
+    /// Lines dropped for every viewer (each viewer's share is counted from when it came in).
+    pub(super) drops: Arc<AtomicU64>,
+}
 
 /// `--live-room` and the operator's `live ROOM on|off`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct LiveRooms {
+    limits: Limits,
     /// Rooms by name, and prefixes (given with a trailing `*`, kept without it).
     names: Vec<String>,
     prefixes: Vec<String>,
@@ -19,11 +35,13 @@ pub(super) struct LiveRooms {
 }
 
 impl LiveRooms {
-    pub(super) fn new(rooms: &[String]) -> LiveRooms {
-        let (prefixes, names) = rooms
+    pub(super) fn new(config: &Config) -> LiveRooms {
+        let (prefixes, names) = config
+            .live_rooms
             .iter()
             .partition::<Vec<&String>, _>(|r| r.ends_with('*'));
         LiveRooms {
+            limits: Limits::new(config),
             names: names.into_iter().cloned().collect(),
             prefixes: prefixes
                 .into_iter()
@@ -33,8 +51,20 @@ impl LiveRooms {
         }
     }
 
+    /// A new room's live state, if it is live.
+    pub(super) fn for_room(&self, room: &str) -> Option<LiveRoom> {
+        self.is_live(room).then(|| self.new_room())
+    }
+
+    fn new_room(&self) -> LiveRoom {
+        LiveRoom {
+            gate: Gate::new(&self.limits),
+            drops: Arc::default(),
+        }
+    }
+
     /// Whether `room` is live: as the operator last said, else as `--live-room` says.
-    pub(super) fn is_live(&self, room: &str) -> bool {
+    fn is_live(&self, room: &str) -> bool {
         self.said.get(room).copied().unwrap_or_else(|| {
             self.names.iter().any(|n| n == room)
                 || self.prefixes.iter().any(|p| room.starts_with(p.as_str()))
@@ -47,17 +77,48 @@ impl Registry {
     /// enters it later. Returns how many members it has here.
     pub(crate) fn set_live(&self, room: &str, on: bool) -> usize {
         let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
         inner.live.said.insert(room.to_string(), on);
         let Some(r) = inner.rooms.get_mut(room) else {
             return 0;
         };
-        r.live = on;
-        let members = Arc::clone(&r.members);
+        if r.live.is_some() != on {
+            r.live = on.then(|| inner.live.new_room());
+        }
+        let drops = r.live.as_ref().map(|l| &l.drops);
         // Under the lock, so that no line is delivered to the room under the old policy
         // after this returns: `set_live` takes only the peer's state lock and never blocks.
-        for m in members.iter() {
-            m.peer.set_live(on);
+        for m in r.members.iter() {
+            m.peer.set_live(drops);
         }
-        members.len()
+        r.members.len()
+    }
+
+    /// What of `chunk` (`lines` relayed lines from `from`) a live room's viewers are shown:
+    /// all of it, its newest line, or nothing, as the room's gate says; what is not shown is
+    /// counted as dropped for each of `members`. Called under the registry lock, in the order
+    /// the room's lines are delivered.
+    pub(super) fn gate(
+        &self,
+        live: &mut LiveRoom,
+        members: &[Member],
+        from: Option<PeerId>,
+        chunk: &Chunk,
+        lines: usize,
+    ) -> Option<Chunk> {
+        let lines = lines as u64;
+        let shown = live.gate.admit(Instant::now(), lines);
+        let dropped = lines - shown;
+        if dropped > 0 {
+            live.drops
+                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+            let viewers = members.iter().filter(|m| Some(m.peer.id()) != from).count();
+            add(&self.stats.live_dropped, dropped * viewers as u64);
+        }
+        match shown {
+            0 => None,
+            n if n == lines => Some(Chunk::clone(chunk)),
+            _ => Some(chunk.last_line()),
+        }
     }
 }

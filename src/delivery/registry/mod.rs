@@ -49,7 +49,7 @@ use crate::sync::lock;
 mod live;
 mod users;
 
-use live::LiveRooms;
+use live::{LiveRoom, LiveRooms};
 
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
@@ -111,8 +111,8 @@ struct Room {
     /// node's subscriber delivered them): when one does, only the members that were here
     /// before the merge get it, since everyone who joined later had it replayed.
     expected: HashSet<LineId>,
-    /// Its delivery is live (see `live.rs`), not lossless.
-    live: bool,
+    /// Its delivery is live (see `live.rs`), not lossless: its state then.
+    live: Option<LiveRoom>,
 }
 
 /// A member of a room, during one stay in it.
@@ -218,7 +218,7 @@ impl Registry {
                 rooms: BTreeMap::new(),
                 expelled: HashMap::new(),
                 recent: VecDeque::new(),
-                live: LiveRooms::new(&config.live_rooms),
+                live: LiveRooms::new(config),
             }),
             max_clients: config.max_clients,
             history: config.history,
@@ -334,7 +334,7 @@ impl Registry {
             history: History::new(history),
             seeded: false,
             expected: HashSet::new(),
-            live: live.is_live(room_name),
+            live: live.for_room(room_name),
         });
         if let Some(Seed {
             mut entries, asked, ..
@@ -367,7 +367,7 @@ impl Registry {
         };
         let mut lines = greet(name, online);
         lines.extend(room.history.replay());
-        peer.set_live(room.live);
+        peer.set_live(room.live.as_ref().map(|l| &l.drops));
         let epoch = peer.enter_room(&lines);
         Arc::make_mut(&mut room.members).push(Member {
             peer: Arc::clone(peer),
@@ -384,7 +384,7 @@ impl Registry {
     /// lobby go away when their last member leaves, so that rooms cannot pile up.
     fn leave_room(&self, inner: &mut Inner, peer: &Peer, room: &str) -> Members {
         peer.leave_room();
-        peer.set_live(false);
+        peer.set_live(None);
         let Some(r) = inner.rooms.get_mut(room) else {
             return Members {
                 list: Arc::new(Vec::new()),
@@ -586,7 +586,7 @@ impl Registry {
         lines: usize,
         id: Option<LineId>,
     ) -> bool {
-        let (members, live) = {
+        let (members, kept, shown) = {
             let mut inner = lock(&self.inner);
             let sender = match from {
                 Some(id) => match inner.clients.get(&id) {
@@ -602,7 +602,7 @@ impl Registry {
                 }
                 return true;
             };
-            match id {
+            let members = match id {
                 Some(id) if !r.expected.is_empty() && r.expected.remove(&id) => {
                     let before: Vec<Member> = r
                         .members
@@ -610,18 +610,27 @@ impl Registry {
                         .filter(|m| m.before_seed)
                         .cloned()
                         .collect();
-                    (Arc::new(before), r.live && kept)
+                    Arc::new(before)
                 }
                 id => {
                     r.history.push(chunk, lines, id);
-                    (Arc::clone(&r.members), r.live && kept)
+                    Arc::clone(&r.members)
                 }
-            }
+            };
+            let shown = match r.live.as_mut() {
+                Some(live) if !kept => Some(self.gate(live, &members, from, chunk, lines)),
+                _ => None,
+            };
+            (members, kept && r.live.is_some(), shown)
         };
-        if live {
-            self.offer_all(&members, from, &chunk.kept(), lines as u64);
-        } else {
-            self.offer_all(&members, from, chunk, lines as u64);
+        match shown {
+            Some(Some(shown)) => {
+                let n = shown.relayed_lines().map_or(0, |(_, n)| n);
+                self.offer_all(&members, from, &shown, n);
+            }
+            Some(None) => {}
+            None if kept => self.offer_all(&members, from, &chunk.kept(), lines as u64),
+            None => self.offer_all(&members, from, chunk, lines as u64),
         }
         true
     }
