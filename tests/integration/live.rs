@@ -150,6 +150,33 @@ fn a_viewer_that_never_reads_slows_no_sender_and_others_get_the_live_rate() {
     // The stuck viewer is still there, having missed lines, not cut off.
     assert!(dropped(&admin, "guest1") > 0);
     assert_eq!(clients(&admin).len(), 3);
+    // A second after the flood, the room tells its viewers how much they were shown: the
+    // next line after that second brings the notice. A line every 50 ms, within the rate.
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickle = {
+        let stop = Arc::clone(&stop);
+        let mut stream = sender.stream().try_clone().unwrap();
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                stream.write_all(b"one more\n").unwrap();
+                thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let busy = loop {
+        let line = reader.line();
+        if line.starts_with("* live: ") {
+            break line;
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    trickle.join().unwrap();
+    let counts: Vec<u64> = busy
+        .strip_prefix("* live: showing ")
+        .and_then(|rest| rest.strip_suffix(" lines/s\n"))
+        .and_then(|rest| rest.split(" of ").map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| panic!("{busy:?}"));
+    assert!(counts[0] < counts[1], "{busy:?}");
 }
 
 /// Microseconds since the first call, in this process: the send time a line carries.

@@ -214,7 +214,9 @@ impl Peer {
             }
             match result {
                 Ok(n) if n > 0 => {
-                    progress = Instant::now();
+                    if live_wait {
+                        progress = Instant::now();
+                    }
                     self.advance(&mut st, n);
                     self.notify(&st);
                     if writes == Writes::NonBlocking && n < attempted {

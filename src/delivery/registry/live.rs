@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::delivery::chunk::Chunk;
+use crate::delivery::notice::Notices;
 use crate::delivery::peer::{Gate, Limits, PeerId};
 use crate::stats::add;
 use crate::sync::lock;
@@ -21,6 +22,22 @@ pub(super) struct LiveRoom {
     gate: Gate,
     /// Lines dropped for every viewer (each viewer's share is counted from when it came in).
     pub(super) drops: Arc<AtomicU64>,
+    /// Since when `offered` and `shown` count, for the room's busy notice.
+    since: Instant,
+    offered: u64,
+    shown: u64,
+}
+
+/// How often a flooded live room in chat mode tells its viewers how much they are shown.
+const BUSY_EVERY: Duration = Duration::from_secs(1);
+
+/// What a live room's gate made of a chunk of lines.
+pub(super) struct Gated {
+    /// What its viewers are shown: all of it, its newest line, or nothing.
+    pub(super) shown: Option<Chunk>,
+    /// In chat mode, once a second while the room drops lines: `* live: showing N of M
+    /// lines/s`, for every member (the page shows it as the room's busy sign).
+    pub(super) busy: Option<Chunk>,
 }
 
 /// `--live-room` and the operator's `live ROOM on|off`.
@@ -60,6 +77,9 @@ impl LiveRooms {
         LiveRoom {
             gate: Gate::new(&self.limits),
             drops: Arc::default(),
+            since: Instant::now(),
+            offered: 0,
+            shown: 0,
         }
     }
 
@@ -105,9 +125,14 @@ impl Registry {
         from: Option<PeerId>,
         chunk: &Chunk,
         lines: usize,
-    ) -> Option<Chunk> {
+    ) -> Gated {
         let lines = lines as u64;
-        let shown = live.gate.admit(Instant::now(), lines);
+        let now = Instant::now();
+        let shown = live.gate.admit(now, lines);
+        let busy = self
+            .notices
+            .as_ref()
+            .and_then(|notices| live.busy(notices, now, lines, shown));
         let dropped = lines - shown;
         if dropped > 0 {
             live.drops
@@ -115,10 +140,34 @@ impl Registry {
             let viewers = members.iter().filter(|m| Some(m.peer.id()) != from).count();
             add(&self.stats.live_dropped, dropped * viewers as u64);
         }
-        match shown {
+        let shown = match shown {
             0 => None,
             n if n == lines => Some(Chunk::clone(chunk)),
             _ => Some(chunk.last_line()),
+        };
+        Gated { shown, busy }
+    }
+}
+
+impl LiveRoom {
+    /// Counts `lines` offered and `shown`; once every [`BUSY_EVERY`], if the room dropped
+    /// any meanwhile, the notice saying how much its viewers were shown.
+    fn busy(&mut self, notices: &Notices, now: Instant, lines: u64, shown: u64) -> Option<Chunk> {
+        self.offered += lines;
+        self.shown += shown;
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < BUSY_EVERY {
+            return None;
         }
+        let (offered, shown) = (self.offered, self.shown);
+        (self.since, self.offered, self.shown) = (now, 0, 0);
+        let per_second = |n: u64| (n as f64 / elapsed.as_secs_f64()).round();
+        (shown < offered).then(|| {
+            notices.line(format_args!(
+                "* live: showing {} of {} lines/s",
+                per_second(shown),
+                per_second(offered)
+            ))
+        })
     }
 }

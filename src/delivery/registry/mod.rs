@@ -40,7 +40,7 @@ use log::warn;
 use crate::config::Config;
 use crate::delivery::chunk::Chunk;
 use crate::delivery::history::{Entry as HistoryEntry, History, LineId};
-use crate::delivery::notice::Departure;
+use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
 use crate::policy::token::Role;
 use crate::stats::{Stats, add};
@@ -49,7 +49,7 @@ use crate::sync::lock;
 mod live;
 mod users;
 
-use live::{LiveRoom, LiveRooms};
+use live::{Gated, LiveRoom, LiveRooms};
 
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
@@ -65,6 +65,8 @@ pub(crate) struct Registry {
     max_clients: usize,
     history: usize,
     stats: Arc<Stats>,
+    /// In chat mode: how relayd's own lines are written (a live room's busy notice).
+    notices: Option<Notices>,
     /// Seeds being read from Redis now: only while there are any is [`Inner::recent`] kept,
     /// since only a seed asked for before a line arrived can need it.
     seeding: Arc<AtomicUsize>,
@@ -223,6 +225,7 @@ impl Registry {
             max_clients: config.max_clients,
             history: config.history,
             stats,
+            notices: config.chat.then(|| Notices::new(config)),
             seeding: Arc::default(),
         }
     }
@@ -617,18 +620,22 @@ impl Registry {
                     Arc::clone(&r.members)
                 }
             };
-            let shown = match r.live.as_mut() {
+            let gated = match r.live.as_mut() {
                 Some(live) if !kept => Some(self.gate(live, &members, from, chunk, lines)),
                 _ => None,
             };
-            (members, kept && r.live.is_some(), shown)
+            (members, kept && r.live.is_some(), gated)
         };
         match shown {
-            Some(Some(shown)) => {
-                let n = shown.relayed_lines().map_or(0, |(_, n)| n);
-                self.offer_all(&members, from, &shown, n);
+            Some(Gated { shown, busy }) => {
+                if let Some(busy) = busy {
+                    self.offer_all(&members, None, &busy, 0);
+                }
+                if let Some(shown) = shown {
+                    let n = shown.relayed_lines().map_or(0, |(_, n)| n);
+                    self.offer_all(&members, from, &shown, n);
+                }
             }
-            Some(None) => {}
             None if kept => self.offer_all(&members, from, &chunk.kept(), lines as u64),
             None => self.offer_all(&members, from, chunk, lines as u64),
         }
