@@ -152,31 +152,50 @@ fn a_viewer_that_never_reads_slows_no_sender_and_others_get_the_live_rate() {
     assert_eq!(clients(&admin).len(), 3);
     // A second after the flood, the room tells its viewers how much they were shown: the
     // next line after that second brings the notice. A line every 50 ms, within the rate.
-    let stop = Arc::new(AtomicBool::new(false));
-    let trickle = {
-        let stop = Arc::clone(&stop);
-        let mut stream = sender.stream().try_clone().unwrap();
-        thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                stream.write_all(b"one more\n").unwrap();
-                thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let trickle = Sending::start(&sender, Duration::from_millis(50), || "one more\n".into());
     let busy = loop {
         let line = reader.line();
         if line.starts_with("* live: ") {
             break line;
         }
     };
-    stop.store(true, Ordering::Relaxed);
-    trickle.join().unwrap();
+    trickle.stop();
     let counts: Vec<u64> = busy
         .strip_prefix("* live: showing ")
         .and_then(|rest| rest.strip_suffix(" lines/s\n"))
         .and_then(|rest| rest.split(" of ").map(|n| n.parse().ok()).collect())
         .unwrap_or_else(|| panic!("{busy:?}"));
     assert!(counts[0] < counts[1], "{busy:?}");
+}
+
+/// A thread sending `client` a line made by `line` every `every`, until stopped.
+struct Sending {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Sending {
+    fn start(
+        client: &Client,
+        every: Duration,
+        line: impl Fn() -> String + Send + 'static,
+    ) -> Sending {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut stream = client.stream().try_clone().unwrap();
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                stream.write_all(line().as_bytes()).unwrap();
+                thread::sleep(every);
+            }
+        });
+        Sending { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
 }
 
 /// Microseconds since the first call, in this process: the send time a line carries.
@@ -206,19 +225,10 @@ fn a_line_older_than_max_age_is_never_written() {
     until(&mut paused, "* you are now in live2 ");
     let sender = viewer(&d, "live2");
     wait_members(&admin, "live2", 2);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sending = {
-        let stop = Arc::clone(&stop);
-        let mut stream = sender.stream().try_clone().unwrap();
-        thread::spawn(move || {
-            // About 200 bytes a millisecond, 200 KB/s.
-            while !stop.load(Ordering::Relaxed) {
-                let line = format!("{} {}\n", micros(), "y".repeat(180));
-                stream.write_all(line.as_bytes()).unwrap();
-                thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    // About 200 bytes a millisecond, 200 KB/s.
+    let sending = Sending::start(&sender, Duration::from_millis(1), || {
+        format!("{} {}\n", micros(), "y".repeat(180))
+    });
     let age = |line: &str| -> Option<Duration> {
         let sent: u64 = line
             .strip_prefix("<guest2> ")?
@@ -249,8 +259,7 @@ fn a_line_older_than_max_age_is_never_written() {
             fresh += 1;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    sending.join().unwrap();
+    sending.stop();
     assert!(
         stale_bytes <= 24 * 1024,
         "{stale_bytes} bytes of stale lines read"
