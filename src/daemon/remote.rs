@@ -92,6 +92,9 @@ impl Daemon {
             Event::Broadcast(text) => {
                 self.push_here(&String::from_utf8_lossy(text));
             }
+            Event::Live { room, live } => {
+                self.set_live_here(room, live);
+            }
         }
     }
 

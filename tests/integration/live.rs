@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::common::api::{post, with_api};
 use crate::common::chat::Client;
+use crate::common::cluster::{Node, Redis};
 use crate::common::tokens::{SECRET, connect, key_file, mint, now, until};
 use crate::common::{Daemon, admin_command, connect_small_rcvbuf, eventually, stat_in, temp_path};
 
@@ -399,5 +400,29 @@ fn the_operator_turns_a_room_live_and_back() {
     sender.send(&flood(5000));
     eventually("the lossless room's stuck viewer to be cut off", || {
         stat_in(&admin_command(&admin, "stats"), "slow_consumer_kicks") == 1
+    });
+}
+
+/// In a cluster the operator's `live ROOM on` said to one node reaches the others: a room on
+/// node b, told nothing itself, drops for its viewer what its rate does not let through.
+#[test]
+fn the_operator_s_word_reaches_every_node() {
+    let redis = Redis::start();
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|id| Node::start_with(&redis.url(), id, &["--chat"]))
+        .collect();
+    for n in &nodes {
+        n.wait_linked();
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let _reader = viewer(&b.daemon, "show");
+    let mut sender = viewer(&b.daemon, "show");
+    wait_members(&b.admin, "show", 2);
+    let name = clients(&b.admin)[0][2].clone();
+    assert_eq!(a.admin("live show on"), "ok\n");
+    eventually("node b to make show live", || {
+        sender.send(&flood(100));
+        dropped(&b.admin, &name) > 0
     });
 }
