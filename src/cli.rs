@@ -199,6 +199,22 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ACTION", default_value_t = FilterAction::Drop, requires = "filter_file")]
     filter_action: FilterAction,
 
+    /// Make ROOM live (repeatable; a trailing * matches every room starting with what precedes
+    /// it): no sender ever waits for its viewers, each viewer is shown at most --live-rate
+    /// lines a second and nothing older than --live-max-age, and a viewer that stops reading
+    /// misses lines instead of being cut off. The operator's `live ROOM on|off` changes it.
+    #[arg(long, value_name = "ROOM")]
+    live_room: Vec<String>,
+
+    /// Lines a second each viewer of a live room is shown at most; the rest are dropped for
+    /// it (moderators', the operator's and relayd's own lines never are).
+    #[arg(long, value_name = "N", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    live_rate: u32,
+
+    /// A line older than this is never written to a viewer of a live room.
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS * 1000))]
+    live_max_age: u64,
+
     /// Open the operator's control socket at PATH (mode 0600): clients, kick, broadcast,
     /// send, publish, presence, rooms, history, stats, reload. See `relayd ctl`.
     #[arg(long, value_name = "PATH")]
@@ -399,8 +415,25 @@ impl Args {
             ws_origins: self.ws_origin.clone(),
             ws_ping_interval: Duration::from_secs(self.ws_ping_interval),
             state_dir: self.state_dir.clone(),
+            live_rooms: self.live_rooms()?,
+            live_rate: self.live_rate,
+            live_max_age: Duration::from_millis(self.live_max_age),
             ..Config::default()
         })
+    }
+
+    /// `--live-room`s, each a room name, or the start of one followed by `*`.
+    fn live_rooms(&self) -> Result<Vec<String>, String> {
+        for room in &self.live_room {
+            let name = room.strip_suffix('*').unwrap_or(room);
+            if !(relayd::valid_room(name) || (name.is_empty() && room == "*")) {
+                return Err(format!(
+                    "--live-room {room}: a room is 1-32 letters, digits, _ - . (a trailing * \
+                     matches a prefix)"
+                ));
+            }
+        }
+        Ok(self.live_room.clone())
     }
 
     pub(crate) fn log_level(&self) -> LevelFilter {

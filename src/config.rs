@@ -88,6 +88,14 @@ pub struct Config {
     pub ws_origins: Vec<String>,
     /// A WebSocket client that sent nothing for this long is pinged.
     pub ws_ping_interval: Duration,
+    /// `--live-room`: rooms whose delivery is live (a trailing `*` matches a prefix); the
+    /// operator may turn others live, or these lossless, while the daemon runs.
+    pub live_rooms: Vec<String>,
+    /// `--live-rate`: relayed lines a second each viewer of a live room is shown at most.
+    pub live_rate: u32,
+    /// `--live-max-age`: a relayed line older than this is never written to a live room's
+    /// viewer.
+    pub live_max_age: Duration,
     /// `--redis`: join a cluster of nodes that relay each other's lines; `None`: this node
     /// alone.
     pub cluster: Option<ClusterConfig>,
@@ -144,6 +152,9 @@ impl Default for Config {
             console: false,
             ws_origins: Vec::new(),
             ws_ping_interval: Duration::from_secs(30),
+            live_rooms: Vec::new(),
+            live_rate: 30,
+            live_max_age: Duration::from_millis(2000),
             cluster: None,
             state_dir: None,
         }

@@ -30,14 +30,17 @@
 //!   relaying, rooms, names), `slot` (a client's hold on the daemon, given back on `Drop`),
 //!   `operator` (clients, kick, send, broadcast, publish, presence, history, stats), `users`
 //!   (signed-in users: their names, and every connection of one user), `moderation` (bans and
-//!   mutes: the operator's verbs and the checks), `remote` (what other nodes say).
+//!   mutes: the operator's verbs and the checks), `remote` (what other nodes say), `live` (the
+//!   operator's `live ROOM on|off`).
 //! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
 //!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
 //!   `presence` (who is on the other nodes), `moderation` (bans and mutes in Redis).
 //! - `delivery/`: getting a line to its clients — `registry` (who is where; `registry/users`:
-//!   signed-in users' names and connections), `peer` (a
+//!   signed-in users' names and connections; `registry/live`: which rooms are live, and each
+//!   live room's gate), `peer` (a
 //!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to
-//!   the socket, and writer threads), `deliverer` (the one delivery thread), `chunk` (a line's
+//!   the socket, and writer threads; `peer/live`: a viewer in a live room, its age limit and
+//!   small send buffer), `deliverer` (the one delivery thread), `chunk` (a line's
 //!   shared bytes; `ws_frame`, their WebSocket frames), `history`, `notice` (every line relayd
 //!   writes itself, and why a client left), `echo` (`--console`'s printed copy).
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
@@ -66,7 +69,8 @@
 //! - `deliverer` (`delivery::deliverer`, started by the daemon): sends every peer's queue with
 //!   non-blocking writes; owns the run list. Ends at shutdown (or when the daemon is dropped).
 //! - `writer-ID` (`delivery::peer::write`): drains one peer whose socket is full, with
-//!   blocking writes; ends when its queue is empty or the peer is cut off. `farewell-ID`:
+//!   blocking writes (a live room's viewer: waiting for room in short steps); ends when its
+//!   queue is empty or the peer is cut off. `farewell-ID`:
 //!   writes a closed peer's last bytes within `--write-timeout`, then ends.
 //! - `admin` and its connections' threads (`ops::admin`), `metrics` and `metrics-scrape`
 //!   (`ops::metrics`), `api` and `api-request` (`api`: one request each, at most 64 at once),
@@ -109,6 +113,7 @@ pub use ops::reload::Reloads;
 pub use policy::access::Rules;
 pub use policy::api_key::ApiKey;
 pub use policy::filter::{Action as FilterAction, Filter};
+pub use policy::names::valid_room;
 pub use policy::rate::Rate;
 pub use policy::settings::Sources;
 pub use policy::token::Keys;

@@ -75,6 +75,20 @@ pub(crate) fn unacknowledged(sock: &TcpStream) -> Option<usize> {
     ok.then(|| unsent.max(0) as usize)
 }
 
+/// Waits up to `timeout` for `sock` to take more bytes; returns whether it will (or has
+/// failed, which the next write reports).
+pub(crate) fn wait_writable(sock: &TcpStream, timeout: std::time::Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll reads and writes one pollfd, `fd`, which lives for the call.
+    let rc = unsafe { libc::poll(&mut fd, 1, ms) };
+    rc != 0
+}
+
 /// Whether the connection is gone in the kernel (TCP state CLOSE: reset, or timed out).
 pub(crate) fn is_reset(sock: &TcpStream) -> bool {
     /// `TCP_CLOSE` in Linux's `enum tcp_state`.

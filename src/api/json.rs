@@ -39,6 +39,14 @@ pub(super) struct Kick {
     pub(super) reason: Option<String>,
 }
 
+/// `POST /api/live`: make `room` live or lossless.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Live {
+    pub(super) room: String,
+    pub(super) live: bool,
+}
+
 /// One member in `GET /api/presence`.
 #[derive(Serialize)]
 pub(super) struct Member {

@@ -18,6 +18,7 @@ pub(super) enum Endpoint {
     Broadcast,
     Send,
     Kick,
+    Live,
     Presence,
     Rooms,
     History,
@@ -38,6 +39,7 @@ impl Endpoint {
             "/api/broadcast" => Endpoint::Broadcast,
             "/api/send" => Endpoint::Send,
             "/api/kick" => Endpoint::Kick,
+            "/api/live" => Endpoint::Live,
             "/api/presence" => Endpoint::Presence,
             "/api/rooms" => Endpoint::Rooms,
             "/api/history" => Endpoint::History,
@@ -62,7 +64,8 @@ impl Endpoint {
             | Endpoint::Ban
             | Endpoint::Unban
             | Endpoint::Mute
-            | Endpoint::Unmute => "POST",
+            | Endpoint::Unmute
+            | Endpoint::Live => "POST",
             _ => "GET",
         }
     }
@@ -208,6 +211,12 @@ pub(super) fn post(daemon: &Daemon, endpoint: Endpoint, body: &[u8]) -> Answer {
                 .lift(kind, &l.target, "api")
                 .map_err(moderation_error)?;
             Ok(json!({}))
+        }),
+        Endpoint::Live => read(body).and_then(|l: json::Live| {
+            let n = daemon
+                .set_live(&l.room, l.live)
+                .map_err(|_| Answer::error(400, "a room is 1-32 letters, digits, _ - ."))?;
+            Ok(json!({ "members": n }))
         }),
         _ => Err(Answer::not_allowed("GET")),
     };

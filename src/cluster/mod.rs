@@ -333,6 +333,12 @@ impl Cluster {
         self.shared.push(m, lines, None);
     }
 
+    /// Tells the other nodes that the operator made `room` live or lossless.
+    pub(crate) fn publish_live(&self, room: &str, live: bool) {
+        let m = wire::live(&self.shared.node, room, live);
+        self.shared.push(m, 0, None);
+    }
+
     /// Pushes the operator's text to every client of the other nodes.
     pub(crate) fn publish_broadcast(&self, text: &str) {
         let m = wire::broadcast(&self.shared.node, text.as_bytes());

@@ -45,6 +45,8 @@ pub(crate) enum Event<'a> {
     /// `M`: a ban or mute put in force (`set`) or lifted: the entry as JSON, as
     /// `policy::moderation::Entry` reads it.
     Moderation { set: bool, entry: &'a [u8] },
+    /// `V`: the operator made a room live or lossless (`live ROOM on|off`).
+    Live { room: &'a str, live: bool },
 }
 
 /// What a [`Event::Direct`] message is.
@@ -158,6 +160,14 @@ pub(crate) fn moderation(node: &str, set: bool, entry: &[u8]) -> Vec<u8> {
     m
 }
 
+/// `V`: `room` made live (`1`) or lossless (`0`): that byte, then the room.
+pub(crate) fn live(node: &str, room: &str, live: bool) -> Vec<u8> {
+    let mut m = start(node, b'V', 1 + room.len());
+    m.push(if live { b'1' } else { b'0' });
+    m.extend_from_slice(room.as_bytes());
+    m
+}
+
 /// A message's start: `node` and the kind, with room for `capacity` bytes more.
 fn start(node: &str, kind: u8, capacity: usize) -> Vec<u8> {
     let mut m = Vec::with_capacity(node.len() + 2 + capacity);
@@ -240,6 +250,16 @@ pub(crate) fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
             (b'l', entry) => Event::Moderation { set: false, entry },
             _ => return None,
         },
+        b'V' => {
+            let (&flag, room) = rest.split_first()?;
+            let live = match flag {
+                b'1' => true,
+                b'0' => false,
+                _ => return None,
+            };
+            let room = std::str::from_utf8(room).ok()?;
+            Event::Live { room, live }
+        }
         _ => return None,
     };
     Some((node, event))
@@ -254,7 +274,9 @@ pub(crate) fn check(node: &str, event: &Event<'_>) -> Result<(), &'static str> {
         return Err("invalid node id");
     }
     match event {
-        Event::Lines { room, .. } | Event::Notice { room, .. } => check_room(room),
+        Event::Lines { room, .. } | Event::Notice { room, .. } | Event::Live { room, .. } => {
+            check_room(room)
+        }
         Event::Enter(client) => check_present(node, client),
         Event::Snapshot { clients, .. } => clients.iter().try_for_each(|p| check_present(node, p)),
         Event::Direct { to, .. } if !is_token(to, MAX_NODE_ID) => Err("invalid node id"),
@@ -457,6 +479,25 @@ mod tests {
             }
         );
         assert!(decode(b"node-1\0Tnode-2\0\0\0\0\0\0\0\0\x09xspam").is_none());
+    }
+
+    #[test]
+    fn live_round_trip() {
+        assert_eq!(
+            read(&live("node-1", "show.1", true)),
+            Event::Live {
+                room: "show.1",
+                live: true
+            }
+        );
+        assert_eq!(
+            read(&live("node-1", "talk", false)),
+            Event::Live {
+                room: "talk",
+                live: false
+            }
+        );
+        assert!(decode(b"node-1\0V2talk").is_none());
     }
 
     #[test]

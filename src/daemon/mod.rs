@@ -14,8 +14,10 @@
 //! [`operator`]: the operator's commands (clients, stats, send, broadcast, kick), on any node;
 //! [`remote`]: what the other nodes of the cluster tell this one; [`users`]: signed-in users
 //! (a client taking on its token's name, and every connection of one user); [`moderation`]:
-//! bans and mutes, and the checks that enforce them.
+//! bans and mutes, and the checks that enforce them; [`live`]: a room's delivery policy, as
+//! the operator sets it.
 
+mod live;
 mod moderation;
 mod operator;
 mod remote;
@@ -367,7 +369,10 @@ impl Daemon {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         });
         let seq = id.as_ref().map(|id| id.seq);
-        if self.registry.deliver(room, Some(from), chunk, lines, id) {
+        if self
+            .registry
+            .deliver(room, Some(from), false, chunk, lines, id)
+        {
             if let (Some(cluster), Some(seq)) = (&self.cluster, seq) {
                 cluster.publish_lines(room, seq, from, chunk, lines);
             }

@@ -261,7 +261,7 @@ impl Daemon {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         });
         let seq = id.as_ref().map(|id| id.seq);
-        self.registry.deliver(room, None, &chunk, 1, id);
+        self.registry.deliver(room, None, true, &chunk, 1, id);
         if let (Some(cluster), Some(seq)) = (&self.cluster, seq) {
             // Client 0: no client's id (they start at 1).
             cluster.publish_lines(room, seq, 0, &chunk, 1);

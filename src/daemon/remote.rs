@@ -61,7 +61,9 @@ impl Daemon {
             } => {
                 debug!("cluster: {lines} lines for {room} from client {from} of node {node}");
                 let chunk = Chunk::relayed(bytes, lines);
-                self.registry.deliver(room, None, &chunk, lines, Some(id));
+                // Client 0 is no client: the operator's `publish` on that node.
+                self.registry
+                    .deliver(room, None, from == 0, &chunk, lines, Some(id));
             }
             Event::Notice { room, bytes } => {
                 let members = self.registry.members(room);
@@ -91,6 +93,9 @@ impl Daemon {
             }
             Event::Broadcast(text) => {
                 self.push_here(&String::from_utf8_lossy(text));
+            }
+            Event::Live { room, live } => {
+                self.set_live_here(room, live);
             }
         }
     }

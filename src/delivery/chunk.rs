@@ -31,8 +31,13 @@ struct Inner {
     frames: bool,
     /// Something its one recipient caused for itself (see [`Chunk::own`]).
     own: bool,
+    /// Lines a live room never drops: a moderator's or the operator's (see [`Chunk::kept`]).
+    kept: bool,
     /// The lines as WebSocket frames, built on first use.
     ws: OnceLock<Box<[u8]>>,
+    /// Its last line alone, for live viewers with room for one line only: built on first
+    /// use and shared by all of them.
+    last: OnceLock<Chunk>,
     /// Shared with the chunk's unstamped copies (one allocation, like a `Box`).
     bytes: Arc<[u8]>,
 }
@@ -73,6 +78,47 @@ impl Chunk {
         }))
     }
 
+    /// The same lines (bytes shared, read time and count kept), marked as lines a live room
+    /// delivers whatever its rate and age limits say: a moderator's or the operator's.
+    pub(crate) fn kept(&self) -> Chunk {
+        Chunk(Arc::new(Inner {
+            kept: true,
+            ..Inner::new(
+                Arc::clone(&self.0.bytes),
+                self.0.read_at,
+                self.0.lines,
+                self.0.frames,
+            )
+        }))
+    }
+
+    /// Whether a live room may drop these lines for a viewer: relayed lines not [`kept`].
+    ///
+    /// [`kept`]: Chunk::kept
+    pub(crate) fn droppable(&self) -> bool {
+        self.0.lines > 0 && !self.0.kept
+    }
+
+    /// The newest of a chunk's relayed lines, as a chunk of its own (read when it was): what
+    /// a live room's viewer is shown of a batch of lines read at once when it may be shown
+    /// only one. The chunk itself if it holds one line.
+    pub(crate) fn last_line(&self) -> Chunk {
+        if self.0.lines <= 1 {
+            return self.clone();
+        }
+        self.0
+            .last
+            .get_or_init(|| {
+                let bytes = &self.0.bytes[..self.0.bytes.len() - 1];
+                let start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                Chunk(Arc::new(Inner {
+                    kept: self.0.kept,
+                    ..Inner::new(self.0.bytes[start..].into(), self.0.read_at, 1, false)
+                }))
+            })
+            .clone()
+    }
+
     /// Whether this is a chunk made by [`Chunk::own`].
     pub(crate) fn is_own(&self) -> bool {
         self.0.own
@@ -101,7 +147,9 @@ impl Inner {
             lines,
             frames,
             own: false,
+            kept: false,
             ws: OnceLock::new(),
+            last: OnceLock::new(),
             bytes,
         }
     }

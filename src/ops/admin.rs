@@ -39,7 +39,7 @@ const MAX_COMMAND: u64 = 64 * 1024;
 const MAX_CONNECTIONS: usize = 16;
 
 const HELP: &str = "\
-clients                    one line per client: id address name room seconds lines_in lines_out bytes_pending transport user
+clients                    one line per client: id address name room seconds lines_in lines_out bytes_pending transport user dropped
 kick ID|NAME [REASON]      disconnect a client, telling it and its room why
 broadcast TEXT             push TEXT to every client
 send ID|NAME TEXT          push TEXT to one client
@@ -48,6 +48,7 @@ publish-as ROOM NAME TEXT  say TEXT in ROOM as NAME (kept in its history)
 presence ROOM              one line per member: id name transport node
 rooms                      one line per room: room members
 history ROOM               ROOM's last --history lines
+live ROOM on|off           make ROOM live (no sender waits; viewers shown --live-rate) or lossless
 stats                      counters, one 'key value' line each
 ban TARGET [DURATION] [REASON]   ban a user (sub or guest name) or address/network: 30s 10m 2h 7d,
                            none: until lifted; closes its connections
@@ -250,7 +251,7 @@ fn execute(daemon: &Daemon, command: &str) -> String {
             for c in daemon.clients() {
                 let (lines_in, lines_out) = c.peer.line_counts();
                 out.push_str(&format!(
-                    "{} {} {} {} {} {lines_in} {lines_out} {} {} {}\n",
+                    "{} {} {} {} {} {lines_in} {lines_out} {} {} {} {}\n",
                     c.id,
                     c.addr,
                     c.name,
@@ -261,12 +262,14 @@ fn execute(daemon: &Daemon, command: &str) -> String {
                     c.peer.transport(),
                     // A signed-in user's `sub` (never its token); `-` for a guest.
                     c.user.as_ref().map_or("-", |u| &u.sub),
+                    // Relayed lines dropped for it in live rooms.
+                    c.peer.dropped(),
                 ));
             }
             // Other nodes' clients: what their nodes told this one, no more.
             for (node, c) in daemon.clients_elsewhere() {
                 out.push_str(&format!(
-                    "{}@{node} - {} {} - - - - node:{node} {}\n",
+                    "{}@{node} - {} {} - - - - node:{node} {} -\n",
                     c.id,
                     c.name,
                     c.room,
@@ -353,6 +356,7 @@ fn execute(daemon: &Daemon, command: &str) -> String {
             .into_iter()
             .map(|line| line + "\n")
             .collect(),
+        "live" => live(daemon, arg),
         "stats" => daemon.stats_report(),
         "reload" => match reload::reload(daemon) {
             Ok(done) => format!("ok: {done}\n"),
@@ -418,6 +422,20 @@ fn moderate(daemon: &Daemon, verb: &str, arg: &str) -> String {
             }
         }
         Err(e) => format!("error: {e}\n"),
+    }
+}
+
+/// `live ROOM on|off`.
+fn live(daemon: &Daemon, arg: &str) -> String {
+    let (room, word) = split_word(arg);
+    let on = match word {
+        "on" => true,
+        "off" => false,
+        _ => return "error: usage: live ROOM on|off\n".into(),
+    };
+    match daemon.set_live(room, on) {
+        Ok(_) => "ok\n".into(),
+        Err(_) => "error: a room is 1-32 letters, digits, _ - .\n".into(),
     }
 }
 

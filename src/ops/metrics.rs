@@ -191,7 +191,7 @@ pub(crate) fn render(daemon: &Daemon) -> String {
             get(&stats.cluster_queue_bytes),
         ),
     ];
-    let counters: [(&str, &str, u64); 16] = [
+    let counters: [(&str, &str, u64); 17] = [
         (
             "relayd_connections_accepted_total",
             "Connections admitted.",
@@ -246,6 +246,11 @@ pub(crate) fn render(daemon: &Daemon) -> String {
             "relayd_slow_consumer_disconnects_total",
             "Clients disconnected as too slow (--stall-timeout, --max-pending, --write-timeout).",
             get(&stats.slow_consumer_kicks),
+        ),
+        (
+            "relayd_live_dropped_lines_total",
+            "Relayed lines dropped for viewers of live rooms (--live-rate, --live-max-age).",
+            get(&stats.live_dropped),
         ),
         (
             "relayd_idle_disconnects_total",

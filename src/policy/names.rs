@@ -14,7 +14,7 @@ pub(crate) fn is_token(s: &str, max: usize) -> bool {
 }
 
 /// A valid room name: 1–32 letters, digits, `_`, `-` or `.`.
-pub(crate) fn valid_room(name: &str) -> bool {
+pub fn valid_room(name: &str) -> bool {
     is_token(name, MAX_NAME)
 }
 

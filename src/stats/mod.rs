@@ -27,6 +27,9 @@ pub(crate) struct Stats {
     pub filtered_masked: AtomicU64,
     pub slow_consumer_kicks: AtomicU64,
     pub idle_kicks: AtomicU64,
+    /// Relayed lines dropped for viewers of live rooms (over `--live-rate`, older than
+    /// `--live-max-age`, or not fitting `--max-pending`).
+    pub live_dropped: AtomicU64,
     /// 1 while both connections to the cluster's Redis are up, else 0 (a gauge).
     pub redis_connected: AtomicU64,
     /// Lines published to the cluster, received from other nodes, and dropped (the publish
@@ -61,6 +64,7 @@ impl Default for Stats {
             filtered_masked: AtomicU64::new(0),
             slow_consumer_kicks: AtomicU64::new(0),
             idle_kicks: AtomicU64::new(0),
+            live_dropped: AtomicU64::new(0),
             redis_connected: AtomicU64::new(0),
             cluster_published: AtomicU64::new(0),
             cluster_received: AtomicU64::new(0),
@@ -87,7 +91,7 @@ impl Stats {
     /// are the registry's, passed in because they are not counters.
     pub(crate) fn report(&self, clients: usize, rooms: usize) -> String {
         let refused = self.tokens_refused.iter().map(get).sum();
-        let rows: [(&str, u64); 23] = [
+        let rows: [(&str, u64); 24] = [
             ("uptime_seconds", self.started.elapsed().as_secs()),
             ("clients", clients as u64),
             ("peak_clients", get(&self.peak_clients)),
@@ -111,6 +115,7 @@ impl Stats {
             ("cluster_queue_bytes", get(&self.cluster_queue_bytes)),
             ("tokens_accepted", get(&self.tokens_accepted)),
             ("tokens_refused", refused),
+            ("live_dropped", get(&self.live_dropped)),
         ];
         let mut out = String::new();
         for (key, value) in rows {

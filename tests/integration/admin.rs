@@ -11,7 +11,7 @@ use crate::common;
 use crate::common::chat::{self, Admin, Server, chat_config, socket_path, wait_until};
 use relayd::{Config, Shutdown};
 
-const STATS_KEYS: [&str; 23] = [
+const STATS_KEYS: [&str; 24] = [
     "uptime_seconds",
     "clients",
     "peak_clients",
@@ -35,6 +35,7 @@ const STATS_KEYS: [&str; 23] = [
     "cluster_queue_bytes",
     "tokens_accepted",
     "tokens_refused",
+    "live_dropped",
 ];
 
 fn ctl(server: &Server, args: &[&str]) -> (String, i32) {
@@ -82,11 +83,11 @@ fn clients_in_raw_mode() {
     assert_eq!(rows.len(), 2, "{clients}");
     let addr_a = a.stream().local_addr().unwrap().to_string();
     let addr_b = b.stream().local_addr().unwrap().to_string();
-    // id address name room seconds lines_in lines_out pending transport user
+    // id address name room seconds lines_in lines_out pending transport user dropped
     assert_eq!(rows[0][..4], ["1", &addr_a, "guest1", "lobby"]);
-    assert_eq!(rows[0][5..], ["2", "0", "0", "tcp", "-"]);
+    assert_eq!(rows[0][5..], ["2", "0", "0", "tcp", "-", "0"]);
     assert_eq!(rows[1][..4], ["2", &addr_b, "guest2", "lobby"]);
-    assert_eq!(rows[1][5..], ["0", "2", "0", "tcp", "-"]);
+    assert_eq!(rows[1][5..], ["0", "2", "0", "tcp", "-", "0"]);
     assert!(rows[0][4].parse::<u64>().unwrap() < 5);
     a.send("x\n");
     assert_eq!(b.bytes(2), b"x\n");

@@ -211,7 +211,7 @@ fn msg_and_the_operator_reach_other_nodes() {
     assert!(
         clients
             .lines()
-            .any(|l| l == "1@b - bob lobby - - - - node:b -"),
+            .any(|l| l == "1@b - bob lobby - - - - node:b - -"),
         "{clients}"
     );
     assert_eq!(
@@ -508,11 +508,11 @@ fn forged_names_on_the_channel_break_no_line() {
     let lines: Vec<&str> = clients.lines().collect();
     assert_eq!(lines.len(), 3, "{clients}");
     assert!(
-        lines.iter().all(|l| l.split(' ').count() == 10),
+        lines.iter().all(|l| l.split(' ').count() == 11),
         "{clients}"
     );
-    assert_eq!(lines[1], "4@y - valid lobby - - - - node:y -");
-    assert_eq!(lines[2], "5@y - guest5@y lobby - - - - node:y -");
+    assert_eq!(lines[1], "4@y - valid lobby - - - - node:y - -");
+    assert_eq!(lines[2], "5@y - guest5@y lobby - - - - node:y - -");
 }
 
 /// Something a client does, on a thread of its own: what it read, and the client.

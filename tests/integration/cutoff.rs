@@ -69,7 +69,7 @@ impl Admin {
         self.command("clients")
             .lines()
             .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
-            .find(|cols| cols.len() == 10 && cols[1] == addr)
+            .find(|cols| cols.len() == 11 && cols[1] == addr)
     }
 }
 

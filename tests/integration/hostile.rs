@@ -248,7 +248,7 @@ fn an_unauthenticated_client_is_listed_without_a_room_and_can_be_kicked() {
         thread::sleep(Duration::from_millis(5));
     };
     let cols: Vec<&str> = row.split(' ').collect();
-    assert_eq!(cols.len(), 10, "clients row {row:?}");
+    assert_eq!(cols.len(), 11, "clients row {row:?}");
     assert_eq!(
         cols[3], "-",
         "room column of an unauthenticated client: {row:?}"

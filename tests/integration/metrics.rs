@@ -142,6 +142,7 @@ fn metrics_parse_match_stats_and_move_with_traffic() {
         ("cluster_dropped", "relayd_cluster_dropped_lines_total"),
         ("cluster_queue_bytes", "relayd_cluster_queue_bytes"),
         ("tokens_accepted", "relayd_tokens_accepted_total"),
+        ("live_dropped", "relayd_live_dropped_lines_total"),
     ];
     // `tokens_refused` is the sum of the labeled `relayd_tokens_refused_total` (see
     // tests/integration/signed_in.rs).

@@ -114,7 +114,7 @@ fn pending_of(server: &Server, addr: SocketAddr) -> usize {
     let row = clients
         .lines()
         .map(|l| l.split(' ').collect::<Vec<_>>())
-        .find(|cols| cols.len() == 10 && cols[1] == addr)
+        .find(|cols| cols.len() == 11 && cols[1] == addr)
         .unwrap_or_else(|| panic!("no client from {addr} in {clients:?}"));
     row[7].parse().unwrap()
 }

@@ -107,8 +107,8 @@ fn raw_lines_cross_between_websocket_and_tcp() {
     assert_eq!(ws_text(&mut ws), "from nc");
     assert_eq!(ws_text(&mut ws), "\u{fffd}z");
     let clients = b.clients();
-    assert!(clients[0].ends_with(" tcp -"), "{clients:?}");
-    assert!(clients[1].ends_with(" ws -"), "{clients:?}");
+    assert!(clients[0].ends_with(" tcp - 0"), "{clients:?}");
+    assert!(clients[1].ends_with(" ws - 0"), "{clients:?}");
 }
 
 /// Proves: in chat mode browsers and `nc` users share names and rooms: notices, `/nick`,
@@ -326,7 +326,7 @@ fn ping_keeps_answering_clients_and_closes_silent_ones() {
         let _ = answering.read();
     }
     assert_eq!(b.clients().len(), 1);
-    assert!(b.clients()[0].ends_with(" ws -"));
+    assert!(b.clients()[0].ends_with(" ws - 0"));
 }
 
 /// HTTP requests being read count against `--max-per-ip` too: connections from one address

@@ -28,6 +28,7 @@
 //! frames, which are what is really queued. Its farewell finishes a frame that a write left
 //! unfinished and ends with a close frame.
 
+mod live;
 pub(crate) mod write;
 
 use std::collections::VecDeque;
@@ -47,6 +48,8 @@ use crate::stats::Stats;
 use crate::sync::{self, lock};
 use crate::sys;
 
+use self::live::RoomDrops;
+pub(crate) use self::live::{Gate, Limits};
 use self::write::Writes;
 
 /// A client's number, unique for the life of the process.
@@ -86,6 +89,10 @@ pub(crate) struct Peer {
     stats: Arc<Stats>,
     max_pending: usize,
     stall_timeout: Duration,
+    /// How long a live peer's writer may make no progress (a lossless peer's blocking writes
+    /// have it as their socket's timeout).
+    write_timeout: Duration,
+    live_limits: Limits,
     notices: Notices,
     state: Mutex<State>,
     /// Signalled whenever the queue shrinks, a send ends or the peer closes: senders waiting
@@ -98,6 +105,8 @@ pub(crate) struct Peer {
     /// Set once `closed` is: read without the lock by senders waiting on *other* peers, to
     /// give up on a line whose sender was cut off meanwhile.
     is_closed: AtomicBool,
+    /// Relayed lines dropped for this peer in live rooms.
+    dropped: AtomicU64,
 }
 
 struct State {
@@ -129,6 +138,11 @@ struct State {
     epoch: u64,
     /// Threads waiting on `changed` (for room, or for a flush).
     waiters: usize,
+    /// In a live room (see `live.rs`): its share of the room's drops; `None` in a lossless
+    /// room.
+    live: Option<RoomDrops>,
+    /// The send buffer the socket had before it entered a live room.
+    lossless_sndbuf: Option<usize>,
 }
 
 /// Who owns a peer's queue: the one thread that may take from it, which is what keeps the
@@ -227,6 +241,8 @@ impl Peer {
             stats: Arc::clone(stats),
             max_pending: config.max_pending,
             stall_timeout: config.stall_timeout,
+            write_timeout: config.write_timeout,
+            live_limits: Limits::new(config),
             notices: Notices::new(config),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -241,11 +257,14 @@ impl Peer {
                 last_progress: Instant::now(),
                 epoch: 0,
                 waiters: 0,
+                live: None,
+                lossless_sndbuf: None,
             }),
             changed: Condvar::new(),
             lines_in: AtomicU64::new(0),
             lines_out: AtomicU64::new(0),
             is_closed: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
         })
     }
 
@@ -328,6 +347,10 @@ impl Peer {
                 || epoch.is_some_and(|e| e != st.epoch)
                 || sender.is_some_and(Peer::is_closed)
             {
+                return Offer::Taken;
+            }
+            if st.live.is_some() {
+                self.offer_live(st, chunk);
                 return Offer::Taken;
             }
             if self.fits(&st, chunk) {

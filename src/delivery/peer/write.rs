@@ -13,10 +13,12 @@ use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, MutexGuard};
 use std::thread;
+use std::time::Instant;
 
 use log::{debug, warn};
 use socket2::SockRef;
 
+use super::live::LIVE_TICK;
 use super::{Peer, Role, State};
 use crate::delivery::chunk::Chunk;
 use crate::delivery::deliverer::{Backlog, MAX_DELIVERER_ROUNDS};
@@ -140,12 +142,18 @@ impl Peer {
     fn drain(self: &Arc<Self>, writes: Writes) {
         let mut batch: Vec<Chunk> = Vec::new();
         let mut rounds = 0;
+        let mut progress = Instant::now();
         loop {
-            let head = {
+            let (head, live) = {
                 let mut st = lock(&self.state);
                 if st.closed.is_some() {
                     self.finish_close(st, writes);
                     return;
+                }
+                let live = st.live.is_some();
+                if live {
+                    let stale = st.drop_stale(self.websocket, self.live_limits.max_age);
+                    self.count_dropped(stale);
                 }
                 if st.queue.is_empty() {
                     st.role = Role::Idle;
@@ -169,10 +177,25 @@ impl Peer {
                         break;
                     }
                 }
-                st.head
+                (st.head, live)
             };
             rounds += 1;
-            let (attempted, result) = write_batch(&self.sock, &batch, head, self.websocket, writes);
+            // A live peer's writer never blocks on a batch chosen before the wait: it waits
+            // for room in short steps and chooses again, without what went stale meanwhile.
+            let live_wait = live && writes == Writes::Blocking;
+            if live_wait && !sys::wait_writable(&self.sock, LIVE_TICK) {
+                batch.clear();
+                if progress.elapsed() >= self.write_timeout {
+                    self.time_out(&mut lock(&self.state));
+                }
+                continue;
+            }
+            let mode = if live_wait {
+                Writes::NonBlocking
+            } else {
+                writes
+            };
+            let (attempted, result) = write_batch(&self.sock, &batch, head, self.websocket, mode);
             let mut st = lock(&self.state);
             match result {
                 Ok(n) if self.websocket && n > 0 && st.closed.is_some() => {
@@ -191,6 +214,9 @@ impl Peer {
             }
             match result {
                 Ok(n) if n > 0 => {
+                    if live_wait {
+                        progress = Instant::now();
+                    }
                     self.advance(&mut st, n);
                     self.notify(&st);
                     if writes == Writes::NonBlocking && n < attempted {
@@ -205,17 +231,14 @@ impl Peer {
                     self.hand_to_writer();
                     return;
                 }
+                Err(e) if sys::timed_out(&e) && live_wait => {
+                    if progress.elapsed() >= self.write_timeout {
+                        self.time_out(&mut st);
+                    }
+                }
                 Err(e) if sys::timed_out(&e) => {
                     // SO_SNDTIMEO (`--write-timeout`) expired without the peer taking a byte.
-                    let pending = st.pending;
-                    warn!(
-                        "client {}: write timed out, {pending} bytes pending: disconnected",
-                        self.id
-                    );
-                    let why = Departure::WriteTimeout { pending };
-                    st.notice = self.notices.farewell(&why);
-                    self.mark_closed(&mut st, why);
-                    self.notify(&st);
+                    self.time_out(&mut st);
                 }
                 Ok(_) | Err(_) => {
                     let why = match result {
@@ -227,6 +250,19 @@ impl Peer {
                 }
             }
         }
+    }
+
+    /// Closes a peer whose socket took nothing for `--write-timeout`.
+    fn time_out(&self, st: &mut State) {
+        let pending = st.pending;
+        warn!(
+            "client {}: write timed out, {pending} bytes pending: disconnected",
+            self.id
+        );
+        let why = Departure::WriteTimeout { pending };
+        st.notice = self.notices.farewell(&why);
+        self.mark_closed(st, why);
+        self.notify(st);
     }
 
     /// The deliverer gives the rest of the queue to a writer thread, which may block.

@@ -40,12 +40,16 @@ use log::warn;
 use crate::config::Config;
 use crate::delivery::chunk::Chunk;
 use crate::delivery::history::{Entry as HistoryEntry, History, LineId};
-use crate::delivery::notice::Departure;
+use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
+use crate::policy::token::Role;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
+mod live;
 mod users;
+
+use live::{Gated, LiveRoom, LiveRooms};
 
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
@@ -61,6 +65,8 @@ pub(crate) struct Registry {
     max_clients: usize,
     history: usize,
     stats: Arc<Stats>,
+    /// In chat mode: how relayd's own lines are written (a live room's busy notice).
+    notices: Option<Notices>,
     /// Seeds being read from Redis now: only while there are any is [`Inner::recent`] kept,
     /// since only a seed asked for before a line arrived can need it.
     seeding: Arc<AtomicUsize>,
@@ -80,6 +86,7 @@ struct Inner {
     /// nodes' latest lines for rooms nobody here is in, oldest first, so that a room's first member here gets those that reached this node
     /// after it read the room's history from Redis and before it entered (see [`RECENT`]).
     recent: VecDeque<(String, HistoryEntry, Instant)>,
+    live: LiveRooms,
 }
 
 /// How many, and for how long, lines for rooms without members here are kept: enough to
@@ -106,6 +113,8 @@ struct Room {
     /// node's subscriber delivered them): when one does, only the members that were here
     /// before the merge get it, since everyone who joined later had it replayed.
     expected: HashSet<LineId>,
+    /// Its delivery is live (see `live.rs`), not lossless: its state then.
+    live: Option<LiveRoom>,
 }
 
 /// A member of a room, during one stay in it.
@@ -211,10 +220,12 @@ impl Registry {
                 rooms: BTreeMap::new(),
                 expelled: HashMap::new(),
                 recent: VecDeque::new(),
+                live: LiveRooms::new(config),
             }),
             max_clients: config.max_clients,
             history: config.history,
             stats,
+            notices: config.chat.then(|| Notices::new(config)),
             seeding: Arc::default(),
         }
     }
@@ -314,13 +325,19 @@ impl Registry {
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Members {
         let history = self.history;
-        let Inner { rooms, recent, .. } = inner;
+        let Inner {
+            rooms,
+            recent,
+            live,
+            ..
+        } = inner;
         let room_name = room;
         let room = rooms.entry(room.to_string()).or_insert_with(|| Room {
             members: Arc::new(Vec::new()),
             history: History::new(history),
             seeded: false,
             expected: HashSet::new(),
+            live: live.for_room(room_name),
         });
         if let Some(Seed {
             mut entries, asked, ..
@@ -353,6 +370,7 @@ impl Registry {
         };
         let mut lines = greet(name, online);
         lines.extend(room.history.replay());
+        peer.set_live(room.live.as_ref().map(|l| &l.drops));
         let epoch = peer.enter_room(&lines);
         Arc::make_mut(&mut room.members).push(Member {
             peer: Arc::clone(peer),
@@ -369,6 +387,7 @@ impl Registry {
     /// lobby go away when their last member leaves, so that rooms cannot pile up.
     fn leave_room(&self, inner: &mut Inner, peer: &Peer, room: &str) -> Members {
         peer.leave_room();
+        peer.set_live(None);
         let Some(r) = inner.rooms.get_mut(room) else {
             return Members {
                 list: Arc::new(Vec::new()),
@@ -556,27 +575,37 @@ impl Registry {
     /// backpressure reaches a sender that outruns its slowest reader. Peers still full at the
     /// deadline are cut off as slow consumers.
     ///
+    /// In a live room nobody waits and nobody is cut off: each viewer is handed what its
+    /// limits let through (see `peer/live.rs`), and lines from the `operator` or from a
+    /// moderator (a token's role `mod`) all of it.
+    ///
     /// Returns whether the sender was still registered.
     pub(crate) fn deliver(
         &self,
         room: &str,
         from: Option<PeerId>,
+        operator: bool,
         chunk: &Chunk,
         lines: usize,
         id: Option<LineId>,
     ) -> bool {
-        let members = {
+        let (members, kept, shown) = {
             let mut inner = lock(&self.inner);
-            if from.is_some_and(|id| !inner.clients.contains_key(&id)) {
-                return false;
-            }
+            let sender = match from {
+                Some(id) => match inner.clients.get(&id) {
+                    Some(entry) => entry.user.as_ref().map(|u| u.role),
+                    None => return false,
+                },
+                None => None,
+            };
+            let kept = operator || sender == Some(Role::Mod);
             let Some(r) = inner.rooms.get_mut(room) else {
                 if let (Some(id), true) = (id, self.seeding.load(Ordering::SeqCst) > 0) {
                     remember_recent(&mut inner.recent, room, chunk, lines, id);
                 }
                 return true;
             };
-            match id {
+            let members = match id {
                 Some(id) if !r.expected.is_empty() && r.expected.remove(&id) => {
                     let before: Vec<Member> = r
                         .members
@@ -590,9 +619,26 @@ impl Registry {
                     r.history.push(chunk, lines, id);
                     Arc::clone(&r.members)
                 }
-            }
+            };
+            let gated = match r.live.as_mut() {
+                Some(live) if !kept => Some(self.gate(live, &members, from, chunk, lines)),
+                _ => None,
+            };
+            (members, kept && r.live.is_some(), gated)
         };
-        self.offer_all(&members, from, chunk, lines as u64);
+        match shown {
+            Some(Gated { shown, busy }) => {
+                if let Some(busy) = busy {
+                    self.offer_all(&members, None, &busy, 0);
+                }
+                if let Some(shown) = shown {
+                    let n = shown.relayed_lines().map_or(0, |(_, n)| n);
+                    self.offer_all(&members, from, &shown, n);
+                }
+            }
+            None if kept => self.offer_all(&members, from, &chunk.kept(), lines as u64),
+            None => self.offer_all(&members, from, chunk, lines as u64),
+        }
         true
     }
 
@@ -778,7 +824,7 @@ mod tests {
 
     /// Another node's line, arriving through the subscriber.
     fn arrive(registry: &Registry, room: &str, entry: &HistoryEntry) {
-        registry.deliver(room, None, &entry.chunk, 1, entry.id.clone());
+        registry.deliver(room, None, false, &entry.chunk, 1, entry.id.clone());
     }
 
     /// A client in the lobby, and the socket it reads.

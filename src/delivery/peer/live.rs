@@ -1,0 +1,211 @@
+//! A peer in a live room (`--live-room`, `live ROOM on`): what it is shown of a room whose
+//! lines come faster than a screen can show them, and nothing stale.
+//!
+//! A viewer never makes a sender wait, and is never cut off for falling behind. A relayed
+//! line beyond `--live-rate` is dropped for the whole room, once, when it is read (a token
+//! bucket per room, [`Gate`], kept by the registry): every viewer is shown the same lines,
+//! and a line nobody is shown costs one check, not one per viewer (10,000 viewers of 2,000
+//! lines/s would be 20 M checks a second). What the room lets through is then dropped for
+//! one viewer if it is older than `--live-max-age` when it would be written, or does not fit
+//! under `--max-pending` at once; each drop is counted, for the viewer and in all. What a
+//! viewer of a flooded room sees is a sample in time: the first line after each token comes
+//! back, so its lines are spread evenly over the second, and each sender is shown in
+//! proportion to how much it says. Lines a live room never drops ([`Chunk::droppable`]):
+//! relayd's own notices, moderators' and the operator's lines; they skip the gate and the
+//! age limit.
+//!
+//! "Delivered" is what the viewer reads, so what the kernel holds for it is bounded too: a
+//! live peer's socket gets a small send buffer ([`LIVE_SNDBUF`]) instead of loopback's
+//! autotuned megabytes, and its writer waits for room in short steps ([`LIVE_TICK`]),
+//! dropping what went stale meanwhile, instead of blocking on a batch chosen before the wait.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+
+use super::{CHUNK_COST, Peer, State};
+use crate::config::Config;
+use crate::delivery::chunk::Chunk;
+use crate::stats::add;
+use crate::sync::lock;
+
+/// The send buffer asked for a live peer's socket (Linux doubles it, to 8 KiB): a few dozen
+/// lines, well under a second of `--live-rate`, where loopback's autotuning grows to 4 MiB.
+const LIVE_SNDBUF: usize = 4096;
+
+/// How long a live peer's writer waits for room before it looks at its queue's ages again.
+pub(super) const LIVE_TICK: Duration = Duration::from_millis(50);
+
+/// A token bucket holds at most this share of a second's `--live-rate`: small, so that a
+/// viewer's lines come evenly spaced rather than in bursts.
+const BURST_SHARE: f64 = 0.25;
+
+/// `--live-rate` and `--live-max-age`, as every live room applies them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    rate: f64,
+    pub(super) max_age: Duration,
+}
+
+impl Limits {
+    pub(crate) fn new(config: &Config) -> Limits {
+        Limits {
+            rate: f64::from(config.live_rate.max(1)),
+            max_age: config.live_max_age,
+        }
+    }
+}
+
+/// A live room's token bucket: how many more relayed lines its viewers may be shown now.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    limits: Limits,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Gate {
+    pub(crate) fn new(limits: &Limits) -> Gate {
+        Gate {
+            limits: *limits,
+            tokens: burst(limits),
+            at: Instant::now(),
+        }
+    }
+
+    /// How many of `lines` lines read at once may go now: all of them, one (the newest,
+    /// see [`Chunk::last_line`]) or none.
+    pub(crate) fn admit(&mut self, now: Instant, lines: u64) -> u64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.limits.rate).min(burst(&self.limits));
+        let admitted = if self.tokens >= lines as f64 {
+            lines
+        } else {
+            u64::from(self.tokens >= 1.0)
+        };
+        self.tokens -= admitted as f64;
+        admitted
+    }
+}
+
+fn burst(limits: &Limits) -> f64 {
+    (limits.rate * BURST_SHARE).max(1.0)
+}
+
+impl State {
+    /// Drops from the queue the relayed lines older than `max_age` (never the chunk a write
+    /// stopped in) and returns how many lines it dropped.
+    pub(super) fn drop_stale(&mut self, websocket: bool, max_age: Duration) -> u64 {
+        let now = Instant::now();
+        let stale = |chunk: &Chunk| {
+            chunk.droppable()
+                && chunk
+                    .relayed_lines()
+                    .is_some_and(|(read_at, _)| now.saturating_duration_since(read_at) > max_age)
+        };
+        let skip = usize::from(self.head > 0);
+        if !self.queue.iter().skip(skip).any(stale) {
+            return 0;
+        }
+        let mut dropped = 0;
+        let mut i = skip;
+        while i < self.queue.len() {
+            if stale(&self.queue[i]) {
+                let chunk = self.queue.remove(i).unwrap_or_else(|| unreachable!());
+                self.pending -= chunk.wire(websocket).len();
+                dropped += chunk.relayed_lines().map_or(0, |(_, n)| n);
+            } else {
+                i += 1;
+            }
+        }
+        dropped
+    }
+}
+
+/// A live peer's share of its room's drops: the room's count of lines it dropped for every
+/// viewer, and what that count was when the peer came in.
+#[derive(Debug)]
+pub(super) struct RoomDrops {
+    room: Arc<AtomicU64>,
+    since: u64,
+}
+
+impl RoomDrops {
+    fn so_far(&self) -> u64 {
+        self.room.load(Ordering::Relaxed) - self.since
+    }
+}
+
+impl Peer {
+    /// Puts this peer in a live room, whose drops for every viewer `room_drops` counts
+    /// (`Some`), or takes it out (`None`): called as it enters or leaves a room, and when the
+    /// operator turns a room live or lossless. The send buffer is set while the peer's state
+    /// is locked, so that no write sees the new policy with the old buffer; setting it never
+    /// blocks.
+    pub(crate) fn set_live(&self, room_drops: Option<&Arc<AtomicU64>>) {
+        let mut st = lock(&self.state);
+        if let Some(left) = st.live.take() {
+            self.dropped.fetch_add(left.so_far(), Ordering::Relaxed);
+        }
+        let sock = SockRef::from(&*self.sock);
+        match room_drops {
+            Some(room) => {
+                if st.lossless_sndbuf.is_none() {
+                    // What the kernel gave the socket so far (it reports twice what is
+                    // asked), to ask for again when the peer leaves the live room.
+                    st.lossless_sndbuf = sock.send_buffer_size().ok().map(|b| b / 2);
+                    let _ = sock.set_send_buffer_size(LIVE_SNDBUF);
+                }
+                st.live = Some(RoomDrops {
+                    room: Arc::clone(room),
+                    since: room.load(Ordering::Relaxed),
+                });
+            }
+            None => {
+                if let Some(size) = st.lossless_sndbuf.take() {
+                    let _ = sock.set_send_buffer_size(size);
+                }
+            }
+        }
+    }
+
+    /// Lines dropped for this peer in live rooms, for the operator's `clients` list.
+    pub(crate) fn dropped(&self) -> u64 {
+        let st = lock(&self.state);
+        self.dropped.load(Ordering::Relaxed) + st.live.as_ref().map_or(0, RoomDrops::so_far)
+    }
+
+    /// Hands `chunk` to a live peer, or drops it for this peer (see the module's note).
+    /// Never waits, and never judges the peer.
+    pub(super) fn offer_live(
+        self: &Arc<Self>,
+        mut st: std::sync::MutexGuard<'_, State>,
+        chunk: &Chunk,
+    ) {
+        if !chunk.droppable() {
+            self.hand_over(st, chunk);
+            return;
+        }
+        let stale = st.drop_stale(self.websocket, self.live_limits.max_age);
+        self.count_dropped(stale);
+        if st.pending > 0 && st.cost() + self.wire(chunk).len() + CHUNK_COST > self.max_pending {
+            self.count_dropped(chunk.relayed_lines().map_or(0, |(_, n)| n));
+            return;
+        }
+        self.hand_over(st, chunk);
+    }
+
+    /// Counts `lines` dropped for this peer: they were counted as relayed to it when offered.
+    pub(super) fn count_dropped(&self, lines: u64) {
+        if lines == 0 {
+            return;
+        }
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        self.lines_out.fetch_sub(lines, Ordering::Relaxed);
+        add(&self.stats.live_dropped, lines);
+        self.stats.lines_out.fetch_sub(lines, Ordering::Relaxed);
+    }
+}
