@@ -28,6 +28,8 @@ pub(super) enum Endpoint {
     Mute,
     Unmute,
     Bans,
+    Op,
+    Deop,
 }
 
 impl Endpoint {
@@ -48,6 +50,8 @@ impl Endpoint {
             "/api/mute" => Endpoint::Mute,
             "/api/unmute" => Endpoint::Unmute,
             "/api/bans" => Endpoint::Bans,
+            "/api/op" => Endpoint::Op,
+            "/api/deop" => Endpoint::Deop,
             _ => return None,
         })
     }
@@ -62,7 +66,9 @@ impl Endpoint {
             | Endpoint::Ban
             | Endpoint::Unban
             | Endpoint::Mute
-            | Endpoint::Unmute => "POST",
+            | Endpoint::Unmute
+            | Endpoint::Op
+            | Endpoint::Deop => "POST",
             _ => "GET",
         }
     }
@@ -206,6 +212,12 @@ pub(super) fn post(daemon: &Daemon, endpoint: Endpoint, body: &[u8]) -> Answer {
             };
             daemon
                 .lift(kind, &l.target, "api")
+                .map_err(moderation_error)?;
+            Ok(json!({}))
+        }),
+        Endpoint::Op | Endpoint::Deop => read(body).and_then(|o: json::Op| {
+            daemon
+                .op(&o.user, &o.room, endpoint == Endpoint::Op, "api")
                 .map_err(moderation_error)?;
             Ok(json!({}))
         }),
