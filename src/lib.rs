@@ -34,7 +34,8 @@
 //!   mutes and slow mode), `remote` (what other nodes say).
 //! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
 //!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
-//!   `presence` (who is on the other nodes), `moderation` (bans and mutes in Redis).
+//!   `presence` (who is on the other nodes), `moderation` (bans, mutes, slow modes and
+//!   moderators in Redis).
 //! - `delivery/`: getting a line to its clients — `registry` (who is where; `registry/users`:
 //!   signed-in users' names and connections), `peer` (a
 //!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to

@@ -14,6 +14,7 @@ use crate::delivery::notice::{Departure, clean};
 use crate::delivery::peer::Peer;
 use crate::policy::access::canonical;
 use crate::policy::moderation::{Entry, Kind, Target, parse_duration};
+use crate::policy::rooms::Shared;
 use crate::policy::state::Saved;
 use crate::stats::add;
 
@@ -180,11 +181,20 @@ impl Daemon {
         true
     }
 
-    /// Another node's ban or mute (`set`), or its lifting, as its notice says.
+    /// Another node's ban or mute (`set`), or its lifting, as its notice says; or a room's
+    /// slow mode, or a moderator the operator made (see [`Shared`]).
     pub(super) fn moderation_from(&self, node: &str, set: bool, entry: &[u8]) {
-        let entry = match serde_json::from_slice::<Entry>(entry).map(Entry::checked) {
-            Ok(Ok(entry)) => entry,
-            Ok(Err(e)) => return warn!("cluster: node {node}: a bad ban or mute: {e}"),
+        let entry = match serde_json::from_slice::<Shared>(entry) {
+            Ok(Shared::Entry(entry)) => match entry.checked() {
+                Ok(entry) => entry,
+                Err(e) => return warn!("cluster: node {node}: a bad ban or mute: {e}"),
+            },
+            Ok(rule) => {
+                info!("node {node}: {rule:?}");
+                self.put_room_rule(rule);
+                let _ = self.save_moderation();
+                return;
+            }
             Err(e) => return warn!("cluster: node {node}: a bad ban or mute: {e}"),
         };
         let Some(target) = entry.target().cloned() else {
@@ -205,25 +215,32 @@ impl Daemon {
         let _ = self.save_moderation();
     }
 
-    /// Puts in force here the bans and mutes Redis keeps that this node has not heard of (it
-    /// started later, or missed their notices while cut off). Each heartbeat.
+    /// Puts in force here the bans, mutes, slow modes and moderators Redis keeps that this
+    /// node has not heard of (it started later, or missed their notices while cut off).
+    /// Each heartbeat.
     pub(super) fn sync_moderation(&self) {
         let Some(saved) = self.cluster.as_ref().and_then(|c| c.moderation()) else {
             return;
         };
         let mut new = 0;
         for json in saved {
-            let Ok(Ok(entry)) = serde_json::from_slice::<Entry>(&json).map(Entry::checked) else {
-                continue;
-            };
-            if !self.moderation.has(&entry) {
-                self.moderation.set(entry.clone());
-                self.enforce(&entry);
-                new += 1;
+            match serde_json::from_slice::<Shared>(&json) {
+                Ok(Shared::Entry(entry)) => {
+                    let Ok(entry) = entry.checked() else {
+                        continue;
+                    };
+                    if !self.moderation.has(&entry) {
+                        self.moderation.set(entry.clone());
+                        self.enforce(&entry);
+                        new += 1;
+                    }
+                }
+                Ok(rule) => new += usize::from(self.put_room_rule(rule)),
+                Err(_) => {}
             }
         }
         if new > 0 {
-            info!("cluster: {new} bans or mutes read from Redis");
+            info!("cluster: {new} bans, mutes, slow modes or moderators read from Redis");
             let _ = self.save_moderation();
         }
     }
@@ -245,6 +262,20 @@ impl Daemon {
                 "cluster: Redis did not take the {} on {}: nodes that miss its notice will not know it",
                 entry.kind.as_str(),
                 entry.target
+            );
+        }
+    }
+
+    /// Tells the other nodes of a room's slow mode or moderator (`set`: in force; else
+    /// ended), kept in Redis under `key` (kind, target) until then.
+    pub(super) fn share_rule(&self, set: bool, key: (&str, &str), rule: &Shared) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let json = serde_json::to_vec(rule).unwrap_or_default();
+        if !cluster.publish_moderation(set, key, None, &json) {
+            warn!(
+                "cluster: Redis did not take {rule:?}: nodes that miss its notice will not know it"
             );
         }
     }

@@ -14,7 +14,7 @@ use log::info;
 use crate::delivery::peer::{Peer, PeerId};
 use crate::delivery::registry::{LOBBY, is_id};
 use crate::policy::moderation::{Entry, Kind, Target};
-use crate::policy::rooms::Op;
+use crate::policy::rooms::{MAX_SLOW, Op, Shared};
 use crate::policy::token::Role;
 use crate::sync::lock;
 
@@ -169,6 +169,11 @@ impl Daemon {
     ) -> Result<(), ModerationError> {
         self.room_rules.set_slow(room, seconds);
         info!("{by}: slow mode in {room}: {seconds} s");
+        let rule = Shared::Slow {
+            slow: room.to_string(),
+            seconds,
+        };
+        self.share_rule(seconds > 0, ("slow", room), &rule);
         self.save_moderation()
     }
 
@@ -191,7 +196,7 @@ impl Daemon {
             room: room.to_string(),
             user: user.to_string(),
         };
-        if !self.room_rules.set_op(op, on) && !on {
+        if !self.room_rules.set_op(op.clone(), on) && !on {
             return Err(ModerationError::NotFound(format!(
                 "{user} is not a moderator of {room}"
             )));
@@ -200,6 +205,18 @@ impl Daemon {
             "{by}: {user} is {} a moderator of {room}",
             if on { "now" } else { "no longer" }
         );
+        self.share_rule(on, (&format!("op@{room}"), user), &Shared::Op { op, on });
         self.save_moderation()
+    }
+
+    /// Puts another node's slow mode or moderator in force here; whether it changed anything.
+    pub(super) fn put_room_rule(&self, rule: Shared) -> bool {
+        match rule {
+            Shared::Slow { slow, seconds } if seconds <= MAX_SLOW => {
+                self.room_rules.set_slow(&slow, seconds)
+            }
+            Shared::Op { op, on } => self.room_rules.set_op(op, on),
+            _ => false,
+        }
     }
 }

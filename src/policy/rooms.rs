@@ -7,6 +7,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::moderation::Entry;
 use crate::sync;
 
 /// The longest slow mode: an hour a line is as good as a closed room.
@@ -17,6 +18,17 @@ pub(crate) const MAX_SLOW: u32 = 3600;
 pub(crate) struct Op {
     pub(crate) room: String,
     pub(crate) user: String,
+}
+
+/// What one node tells the others of moderation, in a cluster (and keeps in Redis): a ban or
+/// mute (everywhere or in a room), a room's slow mode (`0`: ended), or a moderator the
+/// operator made (`on`) or unmade. Each reads apart from the others by its fields.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Shared {
+    Entry(Entry),
+    Slow { slow: String, seconds: u32 },
+    Op { op: Op, on: bool },
 }
 
 /// Slow modes and operator-made moderators, shared by all threads.

@@ -415,10 +415,7 @@ fn bans_survive_a_restart_and_a_corrupt_state_file_stops_the_start() {
 fn a_ban_on_one_node_closes_and_refuses_the_user_on_another() {
     let redis = Redis::start();
     let url = redis.url();
-    let a = Node::start_with(&url, "a", &["--chat"]);
-    let b = Node::start_with(&url, "b", &["--chat"]);
-    a.wait_linked();
-    b.wait_linked();
+    let (a, b) = Node::chat_pair(&url);
     let mut bob = guest(&b.daemon, "bob");
     let banned = Instant::now();
     let answer = a.admin("ban bob 1h spam");

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::common::api::{call, post};
 use crate::common::chat::Client;
+use crate::common::cluster::{Node, Redis};
 use crate::common::tokens::{SECRET, connect, mint, moderated, now, until as read_until};
 use crate::common::{Daemon, admin_command, temp_path};
 
@@ -471,4 +472,82 @@ fn bad_input_is_a_one_line_error() {
     // Nothing reached bob: its next line is carol's.
     carol.send("done\n");
     bob.expect("<carol> done\n");
+}
+
+/// Proves (cluster, `--redis`): a moderator the operator made on node A is one on node B, a
+/// slow mode set on B holds on A, and a room ban made on B moves the user out of the room on
+/// A and refuses its `/join` there, each within a second; a node started later reads them
+/// from Redis.
+#[test]
+fn room_moderation_is_shared_across_the_cluster() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let (a, b) = Node::chat_pair(&url);
+    let guest_in = |node: &Node, name: &str| {
+        let mut c = connect(node.daemon.addrs[0]);
+        read_until(&mut c, "* welcome to relayd, you are guest");
+        c.send(&format!("/nick {name}\n/join dev\n"));
+        read_until(&mut c, &format!("* you are now {name}\n"));
+        read_until(&mut c, "* you are now in dev (");
+        c
+    };
+    let mut alice = guest_in(&b, "alice");
+    let mut bob = guest_in(&a, "bob");
+    assert_eq!(a.admin("op alice dev"), "ok\n");
+    let made = Instant::now();
+    loop {
+        alice.send("/slow 2\n");
+        let line = loop {
+            let line = alice.line();
+            if line.starts_with("relayd: ") || line.starts_with("* alice set slow mode") {
+                break line;
+            }
+        };
+        if line.starts_with("* alice set slow mode") {
+            break;
+        }
+        assert_eq!(line, "relayd: you are not a moderator here\n");
+        assert!(
+            made.elapsed() < Duration::from_secs(1),
+            "not a moderator on b"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The room on a is told after a put the slow mode in force (both came from b in order):
+    // within a second.
+    let set = Instant::now();
+    read_until(&mut bob, "* alice set slow mode: one line every 2 s\n");
+    assert!(
+        set.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        set.elapsed()
+    );
+    bob.send("x\ny\n");
+    bob.expect("relayd: slow mode: one line every 2 s in dev\n");
+    let banned = Instant::now();
+    alice.send("/ban bob 1h spam\n");
+    let told = read_until(&mut bob, "relayd: you are banned");
+    assert!(
+        banned.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        banned.elapsed()
+    );
+    let until = until_of(&told);
+    assert_eq!(
+        told,
+        format!("relayd: you are banned from dev until {until}: spam\n")
+    );
+    bob.expect("* you are now in lobby (1 online)\n");
+    bob.send("/join dev\n");
+    bob.expect(&told);
+    assert!(redis.ttl("relayd:moderation:ban@dev:bob") > 3500);
+
+    // A node started later reads all three from Redis.
+    let c = Node::start_with(&url, "c", &["--chat", "--cluster-ttl", "3"]);
+    c.wait_linked();
+    c.daemon
+        .wait_log("cluster: 3 bans, mutes, slow modes or moderators read from Redis");
+    let mut erin = guest_in(&c, "erin");
+    erin.send("p\nq\n");
+    erin.expect("relayd: slow mode: one line every 2 s in dev\n");
 }
