@@ -187,7 +187,7 @@ fn through_stunnel_an_address_ban_refuses_that_user_only() {
         "{told}"
     );
     d.wait_log("refused 127.0.0.3:");
-    let mut b = stunnel.client(Some("127.0.0.4"));
+    let b = stunnel.client(Some("127.0.0.4"));
     d.wait_log("connected from 127.0.0.4:");
     a.send("hello past the ban\n");
     assert_eq!(b.line(), "hello past the ban");
