@@ -330,7 +330,9 @@ impl Chat {
                 return Some(reason.map(|r| r.into_owned()));
             }
             "help" => {
-                for line in HELP.iter().chain(moderator::HELP) {
+                // The moderators' commands before the closing note on `//`.
+                let (last, first) = HELP.split_last().unwrap_or((&"", &[]));
+                for line in first.iter().chain(moderator::HELP).chain([last]) {
                     self.reply(daemon, peer, line);
                 }
             }

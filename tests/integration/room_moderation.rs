@@ -171,6 +171,11 @@ fn a_moderator_by_token_runs_each_command() {
         "* carol ended slow mode\n",
     );
 
+    // `/help` lists the moderators' commands, for everyone.
+    dave.send("/help\n");
+    read_until(&mut dave, "* for a room's moderators, in the room:\n");
+    dave.expect("*   /kick NAME [REASON]              move NAME out of the room, to the lobby\n");
+
     assert_eq!(stat(&admin, "dropped_muted"), 1);
     assert_eq!(stat(&admin, "dropped_slow"), 2);
     assert_eq!(stat(&admin, "refused_banned"), 1);
