@@ -17,8 +17,8 @@
 //! - `client/`: a client's life. `accept` (the accept loop: admission, refusals, the HTTP
 //!   front's threads), `mod` (one client's thread: authenticate, read, frame, hand on, leave),
 //!   `auth` (its signed token: `/auth TOKEN` and `?token=`, refresh, expiry), `chat`
-//!   (`--chat`: names, rooms, commands, what others see), `censor` (the word filter on what
-//!   it sends).
+//!   (`--chat`: names, rooms, commands, what others see), `moderator` (a room's moderators'
+//!   commands, and slow mode's pace), `censor` (the word filter on what it sends).
 //! - `ops/`: the operator's ways in, acting through the daemon — `admin` (the control socket
 //!   and `relayd ctl`), `console` (`--console`), `metrics` (`/metrics`), `reload` (SIGHUP and
 //!   `reload`), `listening` (a listener served by a thread until stopped).
@@ -30,11 +30,13 @@
 //!   relaying, rooms, names), `slot` (a client's hold on the daemon, given back on `Drop`),
 //!   `operator` (clients, kick, send, broadcast, publish, presence, history, stats), `users`
 //!   (signed-in users: their names, and every connection of one user), `moderation` (bans and
-//!   mutes: the operator's verbs and the checks), `remote` (what other nodes say), `live` (the
-//!   operator's `live ROOM on|off`).
+//!   mutes: the operator's verbs and the checks), `rooms` (a room's moderators, its bans,
+//!   mutes and slow mode), `remote` (what other nodes say), `live` (the operator's
+//!   `live ROOM on|off`).
 //! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
 //!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
-//!   `presence` (who is on the other nodes), `moderation` (bans and mutes in Redis).
+//!   `presence` (who is on the other nodes), `moderation` (bans, mutes, slow modes and
+//!   moderators in Redis).
 //! - `delivery/`: getting a line to its clients — `registry` (who is where; `registry/users`:
 //!   signed-in users' names and connections; `registry/live`: which rooms are live, and each
 //!   live room's gate), `peer` (a
@@ -46,7 +48,8 @@
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
 //!   `secret`, `api_key` (the HTTP API's key), `token` (signed tokens: their keys, and who a
 //!   token says a client is), `names` (what a chat name or room may be), `rate`, `filter`
-//!   (`--filter-file`'s words), `moderation` (bans and mutes: targets, durations, expiry),
+//!   (`--filter-file`'s words), `moderation` (bans and mutes: targets, durations, expiry, everywhere or in one
+//!   room), `rooms` (slow modes and the moderators the operator made),
 //!   `state` (`--state-dir`'s file), and the `settings` a reload reads again), `config` (the
 //!   tunables).
 //! - `systemd` (readiness, watchdog, socket activation), `shutdown` (the stop flag),

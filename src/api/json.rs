@@ -99,6 +99,15 @@ pub(super) struct Lift {
     pub(super) target: String,
 }
 
+/// `POST /api/op` and `/api/deop`: a user (a `sub`, or a guest's name) made a moderator of
+/// a room, or no longer.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Op {
+    pub(super) user: String,
+    pub(super) room: String,
+}
+
 /// One ban or mute in `GET /api/bans`.
 #[derive(Serialize)]
 pub(super) struct Ban {

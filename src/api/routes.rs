@@ -29,6 +29,8 @@ pub(super) enum Endpoint {
     Mute,
     Unmute,
     Bans,
+    Op,
+    Deop,
 }
 
 impl Endpoint {
@@ -50,6 +52,8 @@ impl Endpoint {
             "/api/mute" => Endpoint::Mute,
             "/api/unmute" => Endpoint::Unmute,
             "/api/bans" => Endpoint::Bans,
+            "/api/op" => Endpoint::Op,
+            "/api/deop" => Endpoint::Deop,
             _ => return None,
         })
     }
@@ -65,7 +69,9 @@ impl Endpoint {
             | Endpoint::Unban
             | Endpoint::Mute
             | Endpoint::Unmute
-            | Endpoint::Live => "POST",
+            | Endpoint::Live
+            | Endpoint::Op
+            | Endpoint::Deop => "POST",
             _ => "GET",
         }
     }
@@ -217,6 +223,12 @@ pub(super) fn post(daemon: &Daemon, endpoint: Endpoint, body: &[u8]) -> Answer {
                 .set_live(&l.room, l.live)
                 .map_err(|_| Answer::error(400, "a room is 1-32 letters, digits, _ - ."))?;
             Ok(json!({ "members": n }))
+        }),
+        Endpoint::Op | Endpoint::Deop => read(body).and_then(|o: json::Op| {
+            daemon
+                .op(&o.user, &o.room, endpoint == Endpoint::Op, "api")
+                .map_err(moderation_error)?;
+            Ok(json!({}))
         }),
         _ => Err(Answer::not_allowed("GET")),
     };

@@ -110,6 +110,7 @@ impl Client {
         let peer = Arc::clone(self.peer());
         if let Some(ban) = self.daemon.banned_user(Some(&identity.sub), &identity.name) {
             let text = ban.banned_text();
+            crate::stats::add(&self.daemon.stats().refused_banned, 1);
             info!(
                 "client {}: refused: user {}: {text}",
                 peer.id(),

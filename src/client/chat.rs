@@ -16,6 +16,7 @@ use std::time::Instant;
 use log::{debug, info};
 
 use crate::client::censor::Censor;
+use crate::client::moderator::{self, Moderator, Slow, slow_allows};
 use crate::config::Config;
 use crate::daemon::{Daemon, NameError};
 use crate::delivery::chunk::Chunk;
@@ -47,7 +48,7 @@ const HELP: &[&str] = &[
     "*   /rooms           rooms and how many are in each",
     "*   /quit [REASON]   leave",
     "*   /auth TOKEN      sign in with a token from your site (or refresh it)",
-    "*   /help            this list",
+    "*   /help            this list (and a room's moderators' commands)",
     "* a line starting with // sends the rest starting with a single /",
 ];
 
@@ -115,6 +116,8 @@ pub(crate) struct Chat {
     out_lines: usize,
     /// When it was last told it is muted (at most once a minute).
     muted_told: Option<Instant>,
+    /// Its pace in a room with a slow mode.
+    slow: Option<Box<Slow>>,
 }
 
 impl Chat {
@@ -129,6 +132,7 @@ impl Chat {
             out: String::new(),
             out_lines: 0,
             muted_told: None,
+            slow: None,
         }
     }
 
@@ -193,6 +197,10 @@ impl Chat {
         if let Some(guest) = daemon.take_rename(peer.id()) {
             self.name = guest;
         }
+        if let Some(room) = daemon.take_move(peer.id()) {
+            self.room = room;
+            self.slow = None;
+        }
         self.censor.refresh(daemon);
         for line in lines.split_inclusive(|&b| b == b'\n') {
             let text = match parse(line) {
@@ -210,7 +218,10 @@ impl Chat {
                 }
                 Input::Text(text) => text,
             };
-            if daemon.silenced(peer, &mut self.muted_told) || !self.allow(daemon, peer, "line") {
+            if daemon.silenced(peer, &self.room, &mut self.muted_told)
+                || !slow_allows(&mut self.slow, daemon, peer, &self.room)
+                || !self.allow(daemon, peer, "line")
+            {
                 continue;
             }
             let Some(text) = self.censor.pass_text(daemon, peer, &text) else {
@@ -290,7 +301,8 @@ impl Chat {
             }
             "me" if arg.is_empty() => self.reply(daemon, peer, "relayd: usage: /me TEXT"),
             "me" => {
-                if !daemon.silenced(peer, &mut self.muted_told)
+                if !daemon.silenced(peer, &self.room, &mut self.muted_told)
+                    && slow_allows(&mut self.slow, daemon, peer, &self.room)
                     && self.allow(daemon, peer, "/me")
                     && let Some(arg) = self.censor.pass_text(daemon, peer, arg)
                 {
@@ -318,9 +330,20 @@ impl Chat {
                 return Some(reason.map(|r| r.into_owned()));
             }
             "help" => {
-                for line in HELP {
+                // The moderators' commands before the closing note on `//`.
+                let (last, first) = HELP.split_last().unwrap_or((&"", &[]));
+                for line in first.iter().chain(moderator::HELP).chain([last]) {
                     self.reply(daemon, peer, line);
                 }
+            }
+            command if moderator::is_command(command) => {
+                let moderator = Moderator {
+                    daemon,
+                    peer,
+                    name: &self.name,
+                    room: &self.room,
+                };
+                moderator.run(command, arg);
             }
             _ => {
                 let line = format!("relayd: unknown command /{command} (try /help)");
@@ -385,7 +408,9 @@ impl Chat {
         if to.eq_ignore_ascii_case(&self.name) {
             return self.reply(daemon, peer, "relayd: that is you");
         }
-        if daemon.silenced(peer, &mut self.muted_told) || !self.allow(daemon, peer, "/msg") {
+        if daemon.silenced(peer, &self.room, &mut self.muted_told)
+            || !self.allow(daemon, peer, "/msg")
+        {
             return;
         }
         let Some(text) = self.censor.pass_text(daemon, peer, text) else {
@@ -406,6 +431,12 @@ impl Chat {
         }
         if room == self.room {
             return self.reply(daemon, peer, &format!("relayd: you are already in {room}"));
+        }
+        let sub = self.user.as_deref().map(|(sub, _)| sub.as_str());
+        if let Some(ban) = daemon.banned_from(room, sub, &self.name) {
+            add(&daemon.stats().refused_banned, 1);
+            info!("client {}: /join {room} refused: banned", peer.id());
+            return self.reply(daemon, peer, &format!("relayd: {}", ban.banned_text()));
         }
         // The lobby is everyone's: it is where a client starts.
         if let Some((_, Some(rooms))) = self.user.as_deref()
@@ -432,6 +463,7 @@ impl Chat {
             return;
         };
         let old = std::mem::replace(&mut self.room, room.to_string());
+        self.slow = None;
         let name = &self.name;
         // A user's other connections: the old room still has it, the new one had it.
         if !self.here_already(&left, peer) {

@@ -10,6 +10,7 @@ pub(crate) mod accept;
 mod auth;
 mod censor;
 pub(crate) mod chat;
+mod moderator;
 
 use std::io;
 use std::sync::Arc;
@@ -87,7 +88,8 @@ enum Phase {
     /// A raw byte pipe; the flood control bucket, with `--rate`; when it was last told it
     /// is muted.
     Raw(Option<Bucket>, Option<Instant>),
-    Chat(Chat),
+    // Boxed: a chat client's state is most of a client's, and only chat clients have it.
+    Chat(Box<Chat>),
 }
 
 struct Client {
@@ -187,7 +189,7 @@ fn joined_as(
         }
         let lobby = lobby.unwrap_or_else(|| daemon.members(LOBBY));
         chat.announce(daemon, peer, &lobby);
-        Phase::Chat(chat)
+        Phase::Chat(Box::new(chat))
     } else {
         Phase::Raw(config.rate.map(Bucket::new), None)
     }
@@ -396,7 +398,7 @@ impl Client {
         let left = match &mut self.phase {
             Phase::AwaitingSecret { .. } | Phase::AwaitingToken { .. } => None,
             Phase::Raw(bucket, told) => {
-                if self.daemon.silenced(self.slot.peer(), told) {
+                if self.daemon.silenced(self.slot.peer(), LOBBY, told) {
                     self.lines.clear();
                     return None;
                 }

@@ -1,4 +1,5 @@
-//! Bans and mutes across the cluster: each in a Redis key of its own that expires with it
+//! Bans and mutes (everywhere or in one room), slow modes and operator-made moderators
+//! across the cluster: each in a Redis key of its own that expires with it
 //! (so a node that starts later, or missed a notice, reads it there), and a notice on the
 //! channel, on which every node puts it in force and closes a banned user's connections.
 

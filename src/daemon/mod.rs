@@ -14,13 +14,14 @@
 //! [`operator`]: the operator's commands (clients, stats, send, broadcast, kick), on any node;
 //! [`remote`]: what the other nodes of the cluster tell this one; [`users`]: signed-in users
 //! (a client taking on its token's name, and every connection of one user); [`moderation`]:
-//! bans and mutes, and the checks that enforce them; [`live`]: a room's delivery policy, as
-//! the operator sets it.
+//! bans and mutes, and the checks that enforce them; [`rooms`]: a room's moderators, its bans,
+//! mutes and slow mode; [`live`]: a room's delivery policy, as the operator sets it.
 
 mod live;
 mod moderation;
 mod operator;
 mod remote;
+mod rooms;
 mod slot;
 mod users;
 
@@ -45,6 +46,7 @@ use crate::delivery::peer::{Peer, PeerId, Share};
 use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
 use crate::policy::access::PerAddress;
 use crate::policy::moderation::Moderation;
+use crate::policy::rooms::RoomRules;
 use crate::policy::settings::Settings;
 use crate::policy::state::Store;
 use crate::shutdown::Shutdown;
@@ -98,6 +100,12 @@ pub(crate) struct Daemon {
     /// Bans and mutes in force, and `--state-dir`'s file that keeps them.
     moderation: Moderation,
     store: Option<Store>,
+    /// Slow modes and the moderators the operator made, by room.
+    room_rules: RoomRules,
+    /// Clients a room's moderator moved to the lobby (kicked or banned from their room): the
+    /// room each client's thread is to take on at its next read, as `renames`.
+    moves: Mutex<HashMap<PeerId, String>>,
+    moves_pending: AtomicUsize,
 }
 
 /// Why a connection is not admitted.
@@ -124,9 +132,13 @@ impl Daemon {
         let (store, saved) = match &config.state_dir {
             Some(dir) => {
                 let (store, saved) = Store::open(dir).map_err(io::Error::other)?;
-                (Some(store), saved.moderation)
+                (Some(store), Some(saved))
             }
-            None => (None, Vec::new()),
+            None => (None, None),
+        };
+        let (saved, room_rules) = match saved {
+            Some(s) => (s.moderation, RoomRules::new(s.slow_modes, s.moderators)),
+            None => (Vec::new(), RoomRules::default()),
         };
         let stats = Arc::new(Stats::default());
         let echo = if config.console {
@@ -175,6 +187,9 @@ impl Daemon {
                 renames_pending: AtomicUsize::new(0),
                 moderation: Moderation::new(saved),
                 store,
+                room_rules,
+                moves: Mutex::new(HashMap::new()),
+                moves_pending: AtomicUsize::new(0),
             }
         });
         match failed {
@@ -220,6 +235,7 @@ impl Daemon {
             return Err(Refusal::NotAllowed);
         }
         if let Some(ban) = self.banned_addr(addr.ip()) {
+            add(&self.stats.refused_banned, 1);
             return Err(Refusal::Banned(ban.banned_text()));
         }
         if !self.per_address.try_add(addr.ip(), config.max_per_ip) {

@@ -14,7 +14,9 @@ use crate::delivery::notice::{Departure, clean};
 use crate::delivery::peer::Peer;
 use crate::policy::access::canonical;
 use crate::policy::moderation::{Entry, Kind, Target, parse_duration};
+use crate::policy::rooms::Shared;
 use crate::policy::state::Saved;
+use crate::stats::add;
 
 use super::Daemon;
 
@@ -55,6 +57,20 @@ impl Daemon {
         reason: Option<&str>,
         by: &str,
     ) -> Result<(Entry, usize), ModerationError> {
+        self.impose(kind, None, target, duration, reason, by)
+    }
+
+    /// [`Daemon::moderate`], everywhere (`room` `None`) or in one room only (a room's
+    /// moderator's, `by` its name: a ban there moves the user out of the room).
+    pub(super) fn impose(
+        &self,
+        kind: Kind,
+        room: Option<&str>,
+        target: &str,
+        duration: Option<&str>,
+        reason: Option<&str>,
+        by: &str,
+    ) -> Result<(Entry, usize), ModerationError> {
         let parsed = Target::parse(target).map_err(ModerationError::Bad)?;
         let duration = duration
             .map(parse_duration)
@@ -65,12 +81,19 @@ impl Daemon {
         }
         // Shown to the client and in `bans` as the operator's other texts are: cleaned.
         let reason = reason.map(|r| clean(r.as_bytes()));
-        let entry = Entry::new(kind, &parsed, duration, reason.as_deref(), by);
+        let mut entry = Entry::new(kind, &parsed, duration, reason.as_deref(), by);
+        if let Some(room) = room {
+            entry = entry.in_room(room);
+        }
         self.moderation.set(entry.clone());
         let closed = self.enforce(&entry);
         self.share(true, &entry);
+        let (place, done) = match room {
+            Some(room) => (format!(" in {room}"), "moved out of the room"),
+            None => (String::new(), "closed"),
+        };
         info!(
-            "{by}: {} {target} until {}: {} ({closed} connections closed)",
+            "{by}: {} {target}{place} until {}: {} ({closed} connections {done})",
             match kind {
                 Kind::Ban => "banned",
                 Kind::Mute => "muted",
@@ -89,7 +112,7 @@ impl Daemon {
             Kind::Ban => "banned",
             Kind::Mute => "muted",
         };
-        if !self.moderation.lift(kind, &parsed) {
+        if !self.moderation.lift(kind, None, &parsed) {
             return Err(ModerationError::NotFound(format!("{parsed} is not {what}")));
         }
         info!("{by}: {parsed} is no longer {what}");
@@ -97,9 +120,12 @@ impl Daemon {
         self.save_moderation()
     }
 
-    /// The bans and mutes in force.
+    /// The bans and mutes in force everywhere (not a room's moderators', which hold in one
+    /// room).
     pub(crate) fn bans(&self) -> Vec<Entry> {
-        self.moderation.list()
+        let mut list = self.moderation.list();
+        list.retain(|e| e.room.is_none());
+        list
     }
 
     /// The ban on address `ip`, if any: it is refused at connect.
@@ -114,14 +140,21 @@ impl Daemon {
 
     /// Closes `peer` for `ban` (a guest that took a banned name).
     pub(crate) fn expel_banned(&self, peer: &Arc<Peer>, ban: &Entry) {
+        add(&self.stats.refused_banned, 1);
         if self.expel(peer, banned(ban)).is_ok() {
             info!("client {}: refused: {}", peer.id(), ban.banned_text());
         }
     }
 
-    /// Whether `peer` is muted: nothing it sends is relayed. It is told so, at most once a
-    /// minute (`told`: when it last was, kept by its own thread).
-    pub(crate) fn silenced(&self, peer: &Arc<Peer>, told: &mut Option<Instant>) -> bool {
+    /// Whether `peer`, in `room`, is muted there or everywhere: nothing it sends is relayed.
+    /// It is told so, at most once a minute (`told`: when it last was, kept by its own
+    /// thread).
+    pub(crate) fn silenced(
+        &self,
+        peer: &Arc<Peer>,
+        room: &str,
+        told: &mut Option<Instant>,
+    ) -> bool {
         if !self.moderation.any() {
             return false;
         }
@@ -129,9 +162,17 @@ impl Daemon {
             return false;
         };
         let sub = self.registry.user_of(peer.id());
-        let Some(mute) = self.moderation.on_user(Kind::Mute, sub.as_deref(), &name) else {
+        let Some(mute) = self
+            .moderation
+            .on_user(Kind::Mute, sub.as_deref(), &name)
+            .or_else(|| {
+                self.moderation
+                    .in_room(Kind::Mute, room, sub.as_deref(), &name)
+            })
+        else {
             return false;
         };
+        add(&self.stats.dropped_muted, 1);
         if told.is_none_or(|t| t.elapsed() >= MUTED_NOTICE_EVERY) {
             *told = Some(Instant::now());
             info!("client {} ({name}): muted, its lines dropped", peer.id());
@@ -140,11 +181,20 @@ impl Daemon {
         true
     }
 
-    /// Another node's ban or mute (`set`), or its lifting, as its notice says.
+    /// Another node's ban or mute (`set`), or its lifting, as its notice says; or a room's
+    /// slow mode, or a moderator the operator made (see [`Shared`]).
     pub(super) fn moderation_from(&self, node: &str, set: bool, entry: &[u8]) {
-        let entry = match serde_json::from_slice::<Entry>(entry).map(Entry::checked) {
-            Ok(Ok(entry)) => entry,
-            Ok(Err(e)) => return warn!("cluster: node {node}: a bad ban or mute: {e}"),
+        let entry = match serde_json::from_slice::<Shared>(entry) {
+            Ok(Shared::Entry(entry)) => match entry.checked() {
+                Ok(entry) => entry,
+                Err(e) => return warn!("cluster: node {node}: a bad ban or mute: {e}"),
+            },
+            Ok(rule) => {
+                info!("node {node}: {rule:?}");
+                self.put_room_rule(rule);
+                let _ = self.save_moderation();
+                return;
+            }
             Err(e) => return warn!("cluster: node {node}: a bad ban or mute: {e}"),
         };
         let Some(target) = entry.target().cloned() else {
@@ -158,42 +208,55 @@ impl Daemon {
                 entry.kind.as_str()
             );
         } else {
-            self.moderation.lift(entry.kind, &target);
+            self.moderation
+                .lift(entry.kind, entry.room.as_deref(), &target);
             info!("node {node}: {} on {target} lifted", entry.kind.as_str());
         }
         let _ = self.save_moderation();
     }
 
-    /// Puts in force here the bans and mutes Redis keeps that this node has not heard of (it
-    /// started later, or missed their notices while cut off). Each heartbeat.
+    /// Puts in force here the bans, mutes, slow modes and moderators Redis keeps that this
+    /// node has not heard of (it started later, or missed their notices while cut off).
+    /// Each heartbeat.
     pub(super) fn sync_moderation(&self) {
         let Some(saved) = self.cluster.as_ref().and_then(|c| c.moderation()) else {
             return;
         };
         let mut new = 0;
         for json in saved {
-            let Ok(Ok(entry)) = serde_json::from_slice::<Entry>(&json).map(Entry::checked) else {
-                continue;
-            };
-            if !self.moderation.has(&entry) {
-                self.moderation.set(entry.clone());
-                self.enforce(&entry);
-                new += 1;
+            match serde_json::from_slice::<Shared>(&json) {
+                Ok(Shared::Entry(entry)) => {
+                    let Ok(entry) = entry.checked() else {
+                        continue;
+                    };
+                    if !self.moderation.has(&entry) {
+                        self.moderation.set(entry.clone());
+                        self.enforce(&entry);
+                        new += 1;
+                    }
+                }
+                Ok(rule) => new += usize::from(self.put_room_rule(rule)),
+                Err(_) => {}
             }
         }
         if new > 0 {
-            info!("cluster: {new} bans or mutes read from Redis");
+            info!("cluster: {new} bans, mutes, slow modes or moderators read from Redis");
             let _ = self.save_moderation();
         }
     }
 
     /// Tells the other nodes of a ban or mute (`set`), or its lifting.
-    fn share(&self, set: bool, entry: &Entry) {
+    pub(super) fn share(&self, set: bool, entry: &Entry) {
         let Some(cluster) = &self.cluster else {
             return;
         };
         let json = serde_json::to_vec(entry).unwrap_or_default();
-        let key = (entry.kind.as_str(), entry.target.as_str());
+        // One key per kind, room and target: a ban from a room is not a ban everywhere.
+        let kind = match &entry.room {
+            Some(room) => format!("{}@{room}", entry.kind.as_str()),
+            None => entry.kind.as_str().to_string(),
+        };
+        let key = (kind.as_str(), entry.target.as_str());
         if !cluster.publish_moderation(set, key, entry.until, &json) {
             warn!(
                 "cluster: Redis did not take the {} on {}: nodes that miss its notice will not know it",
@@ -203,10 +266,26 @@ impl Daemon {
         }
     }
 
-    /// Closes every connection here that a ban names; how many. Nothing for a mute.
-    fn enforce(&self, ban: &Entry) -> usize {
-        match (ban.kind, ban.target()) {
-            (Kind::Ban, Some(target)) => self.close_banned(target, ban),
+    /// Tells the other nodes of a room's slow mode or moderator (`set`: in force; else
+    /// ended), kept in Redis under `key` (kind, target) until then.
+    pub(super) fn share_rule(&self, set: bool, key: (&str, &str), rule: &Shared) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let json = serde_json::to_vec(rule).unwrap_or_default();
+        if !cluster.publish_moderation(set, key, None, &json) {
+            warn!(
+                "cluster: Redis did not take {rule:?}: nodes that miss its notice will not know it"
+            );
+        }
+    }
+
+    /// Closes every connection here that a ban names, or moves it out of the room a ban
+    /// from a room names; how many. Nothing for a mute.
+    pub(super) fn enforce(&self, ban: &Entry) -> usize {
+        match (ban.kind, ban.target(), &ban.room) {
+            (Kind::Ban, Some(Target::User(user)), Some(room)) => self.move_out(user, room, ban),
+            (Kind::Ban, Some(target), None) => self.close_banned(target, ban),
             _ => 0,
         }
     }
@@ -229,12 +308,15 @@ impl Daemon {
             .count()
     }
 
-    fn save_moderation(&self) -> Result<(), ModerationError> {
+    pub(super) fn save_moderation(&self) -> Result<(), ModerationError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
         store
-            .write(|| Saved::new(self.moderation.list()))
+            .write(|| {
+                let rules = &self.room_rules;
+                Saved::new(self.moderation.list(), rules.slow_modes(), rules.ops())
+            })
             .map_err(|e| {
                 warn!("cannot save to --state-dir: {e}");
                 ModerationError::NotSaved(e.to_string())

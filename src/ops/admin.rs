@@ -56,6 +56,8 @@ unban TARGET               lift a ban
 mute TARGET [DURATION] [REASON]  nothing it sends is relayed
 unmute TARGET              lift a mute
 bans                       bans and mutes in force: kind target until by reason
+op NAME ROOM               make a user (sub or guest name) a moderator of ROOM
+deop NAME ROOM             no longer
 reload                     read --allow-file, --deny-file, --secret-file, --motd, the token keys
                            and --api-key-file again
 help                       this list
@@ -377,10 +379,18 @@ fn execute(daemon: &Daemon, command: &str) -> String {
                 )
             })
             .collect(),
+        "op" | "deop" if !split_word(arg).1.is_empty() => {
+            let (user, room) = split_word(arg);
+            match daemon.op(user, room, verb == "op", "operator") {
+                Ok(()) => "ok\n".into(),
+                Err(e) => format!("error: {e}\n"),
+            }
+        }
         "help" => HELP.into(),
         "ban" | "mute" => format!("error: usage: {verb} TARGET [DURATION] [REASON]\n"),
         "unban" | "unmute" => format!("error: usage: {verb} TARGET\n"),
         "kick" => "error: usage: kick ID|NAME [REASON]\n".into(),
+        "op" | "deop" => format!("error: usage: {verb} NAME ROOM\n"),
         "broadcast" => "error: usage: broadcast TEXT\n".into(),
         "presence" => "error: usage: presence ROOM\n".into(),
         "history" => "error: usage: history ROOM\n".into(),

@@ -191,7 +191,7 @@ pub(crate) fn render(daemon: &Daemon) -> String {
             get(&stats.cluster_queue_bytes),
         ),
     ];
-    let counters: [(&str, &str, u64); 17] = [
+    let counters: [(&str, &str, u64); 20] = [
         (
             "relayd_connections_accepted_total",
             "Connections admitted.",
@@ -241,6 +241,21 @@ pub(crate) fn render(daemon: &Daemon) -> String {
             "relayd_filtered_masked_lines_total",
             "Lines the word filter (--filter-file) relayed masked.",
             get(&stats.filtered_masked),
+        ),
+        (
+            "relayd_refused_banned_total",
+            "Connections, /auths and /joins refused for a ban.",
+            get(&stats.refused_banned),
+        ),
+        (
+            "relayd_muted_dropped_lines_total",
+            "Lines of muted clients, not relayed.",
+            get(&stats.dropped_muted),
+        ),
+        (
+            "relayd_slow_mode_dropped_lines_total",
+            "Lines over a room's slow mode, not relayed.",
+            get(&stats.dropped_slow),
         ),
         (
             "relayd_slow_consumer_disconnects_total",

@@ -110,8 +110,11 @@ pub(crate) struct Entry {
     /// Seconds since the epoch; `None`: until lifted.
     pub(crate) until: Option<u64>,
     pub(crate) reason: Option<String>,
-    /// `operator` (the control socket) or `api`.
+    /// `operator` (the control socket), `api`, or the name of a room's moderator.
     pub(crate) by: String,
+    /// A room's moderator's ban or mute holds in that room only; `None`: everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) room: Option<String>,
     #[serde(skip)]
     parsed: Option<Target>,
 }
@@ -137,8 +140,20 @@ impl Entry {
             }),
             reason: reason.filter(|r| !r.is_empty()).map(str::to_string),
             by: by.to_string(),
+            room: None,
             parsed: Some(target.clone()),
         }
+    }
+
+    /// The same, in `room` only.
+    pub(crate) fn in_room(mut self, room: &str) -> Entry {
+        self.room = Some(room.to_string());
+        self
+    }
+
+    /// Whether it is the same kind on the same target in the same place as `other`.
+    fn same(&self, other: &Entry) -> bool {
+        self.kind == other.kind && self.target() == other.target() && self.room == other.room
     }
 
     /// Fills in the parsed target of an entry read from the state file.
@@ -164,6 +179,9 @@ impl Entry {
     /// What the banned client is told (after `relayd: `).
     pub(crate) fn banned_text(&self) -> String {
         let mut text = String::from("you are banned");
+        if let Some(room) = &self.room {
+            text.push_str(&format!(" from {room}"));
+        }
         if let Some(until) = self.until_text() {
             text.push_str(&format!(" until {until}"));
         }
@@ -175,9 +193,11 @@ impl Entry {
 
     /// What the muted client is told (after `relayd: `).
     pub(crate) fn muted_text(&self) -> String {
+        let room = self.room.as_ref().map(|r| format!(" in {r}"));
+        let room = room.as_deref().unwrap_or_default();
         match self.until_text() {
-            Some(until) => format!("you are muted until {until}"),
-            None => "you are muted".into(),
+            Some(until) => format!("you are muted{room} until {until}"),
+            None => format!("you are muted{room}"),
         }
     }
 }
@@ -212,18 +232,19 @@ impl Moderation {
     /// Puts `entry` in force, in place of any of its kind for the same target.
     pub(crate) fn set(&self, entry: Entry) {
         self.change(|entries| {
-            entries.retain(|e| !(e.kind == entry.kind && e.target() == entry.target()));
+            entries.retain(|e| !e.same(&entry));
             entries.push(entry);
         });
     }
 
-    /// Lifts the `kind` on `target`; whether there was one in force.
-    pub(crate) fn lift(&self, kind: Kind, target: &Target) -> bool {
+    /// Lifts the `kind` on `target` (in `room` only, or everywhere); whether there was one
+    /// in force.
+    pub(crate) fn lift(&self, kind: Kind, room: Option<&str>, target: &Target) -> bool {
         let mut found = false;
         self.change(|entries| {
             let now = now_secs(SystemTime::now());
             entries.retain(|e| {
-                let hit = e.kind == kind && e.target() == Some(target);
+                let hit = e.kind == kind && e.target() == Some(target) && e.room.as_deref() == room;
                 found |= hit && e.live(now);
                 !hit
             });
@@ -235,7 +256,7 @@ impl Moderation {
     pub(crate) fn has(&self, entry: &Entry) -> bool {
         sync::read(&self.entries)
             .iter()
-            .any(|e| e.kind == entry.kind && e.target() == entry.target() && e.until == entry.until)
+            .any(|e| e.same(entry) && e.until == entry.until)
     }
 
     /// The entries in force, bans first, then by target; expired ones are dropped.
@@ -265,23 +286,40 @@ impl Moderation {
     pub(crate) fn banned_addr(&self, ip: IpAddr) -> Option<Entry> {
         self.find(
             Kind::Ban,
+            None,
             |t| matches!(t, Target::Net(net) if net.contains(ip)),
         )
     }
 
     /// The `kind` in force on a user: a signed-in one by its `sub`, a guest by its `name`.
     pub(crate) fn on_user(&self, kind: Kind, sub: Option<&str>, name: &str) -> Option<Entry> {
-        self.find(kind, |t| t.matches_user(sub, name))
+        self.find(kind, None, |t| t.matches_user(sub, name))
     }
 
-    fn find(&self, kind: Kind, hit: impl Fn(&Target) -> bool) -> Option<Entry> {
+    /// The `kind` in force on a user in `room` only (a room's moderator's).
+    pub(crate) fn in_room(
+        &self,
+        kind: Kind,
+        room: &str,
+        sub: Option<&str>,
+        name: &str,
+    ) -> Option<Entry> {
+        self.find(kind, Some(room), |t| t.matches_user(sub, name))
+    }
+
+    fn find(&self, kind: Kind, room: Option<&str>, hit: impl Fn(&Target) -> bool) -> Option<Entry> {
         if !self.any() {
             return None;
         }
         let now = now_secs(SystemTime::now());
         sync::read(&self.entries)
             .iter()
-            .find(|e| e.kind == kind && e.live(now) && e.target().is_some_and(&hit))
+            .find(|e| {
+                e.kind == kind
+                    && e.room.as_deref() == room
+                    && e.live(now)
+                    && e.target().is_some_and(&hit)
+            })
             .cloned()
     }
 }
@@ -344,7 +382,13 @@ mod tests {
         m.set(old);
         assert!(m.banned_addr("192.0.2.9".parse().unwrap()).is_none());
         assert_eq!(m.list().len(), 1);
-        assert!(m.lift(Kind::Ban, &bob));
-        assert!(!m.lift(Kind::Ban, &bob));
+        // A ban from a room holds there only, and is lifted on its own.
+        m.set(Entry::new(Kind::Ban, &bob, None, None, "carol").in_room("dev"));
+        assert!(m.in_room(Kind::Ban, "dev", None, "bob").is_some());
+        assert!(m.in_room(Kind::Ban, "ops", None, "bob").is_none());
+        assert!(m.lift(Kind::Ban, None, &bob));
+        assert!(!m.lift(Kind::Ban, None, &bob));
+        assert!(m.on_user(Kind::Ban, None, "bob").is_none());
+        assert!(m.lift(Kind::Ban, Some("dev"), &bob));
     }
 }

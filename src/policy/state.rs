@@ -1,5 +1,6 @@
 //! `--state-dir DIR`: what the operators decided that must outlive a restart — bans and
-//! mutes now — in one JSON file, `DIR/state.json`.
+//! mutes (`moderation`), bans and mutes from one room (`room_moderation`), slow modes
+//! (`slow_modes`) and the moderators the operator made (`moderators`) — in one JSON file, `DIR/state.json`.
 //!
 //! Each change writes the whole file to `state.json.tmp`, fsyncs it, renames it into place
 //! and fsyncs the directory: a crash leaves the old file or the new one, never half of one.
@@ -21,7 +22,10 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::policy::moderation::Entry;
+use crate::policy::rooms::{MAX_SLOW, Op};
 use crate::sync::lock;
 
 const VERSION: u32 = 1;
@@ -33,13 +37,32 @@ pub(crate) struct Saved {
     /// Bans and mutes, expired ones left out.
     #[serde(default)]
     pub(crate) moderation: Vec<Entry>,
+    /// A room's moderators' bans and mutes, in that room only: a key of their own, so that a
+    /// file read by an older relayd does not take them for bans everywhere.
+    #[serde(default)]
+    pub(crate) room_moderation: Vec<Entry>,
+    /// Seconds between two lines of one user, by room.
+    #[serde(default)]
+    pub(crate) slow_modes: BTreeMap<String, u32>,
+    /// The moderators the operator made, each for one room.
+    #[serde(default)]
+    pub(crate) moderators: Vec<Op>,
 }
 
 impl Saved {
-    pub(crate) fn new(moderation: Vec<Entry>) -> Saved {
+    /// The file's contents: `moderation`, everywhere and in rooms alike, sorted out here.
+    pub(crate) fn new(
+        moderation: Vec<Entry>,
+        slow_modes: BTreeMap<String, u32>,
+        moderators: Vec<Op>,
+    ) -> Saved {
+        let (room_moderation, moderation) = moderation.into_iter().partition(|e| e.room.is_some());
         Saved {
             version: VERSION,
             moderation,
+            room_moderation,
+            slow_modes,
+            moderators,
         }
     }
 }
@@ -70,7 +93,7 @@ impl Store {
         let saved = match fs::read(&store.path) {
             Ok(bytes) => parse(&bytes).map_err(|e| format!("{shown}: {e}"))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let saved = Saved::new(Vec::new());
+                let saved = Saved::new(Vec::new(), BTreeMap::new(), Vec::new());
                 store.save(&saved).map_err(|e| format!("{shown}: {e}"))?;
                 saved
             }
@@ -113,11 +136,27 @@ fn parse(bytes: &[u8]) -> Result<Saved, String> {
     if saved.version != VERSION {
         return Err(format!("version {} is not {VERSION}", saved.version));
     }
+    let mut room = std::mem::take(&mut saved.room_moderation);
+    if room.iter().any(|e| e.room.is_none()) {
+        return Err("an entry of room_moderation without its room".into());
+    }
+    room.extend(
+        saved
+            .moderation
+            .iter()
+            .filter(|e| e.room.is_some())
+            .cloned(),
+    );
+    saved.moderation.retain(|e| e.room.is_none());
+    saved.moderation.extend(room);
     saved.moderation = std::mem::take(&mut saved.moderation)
         .into_iter()
         .map(Entry::checked)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("a bad target: {e}"))?;
+    if let Some(bad) = saved.slow_modes.values().find(|&&n| n == 0 || n > MAX_SLOW) {
+        return Err(format!("a slow mode of {bad} s"));
+    }
     Ok(saved)
 }
 
@@ -132,5 +171,6 @@ mod tests {
         assert!(parse(b"{\"version\": 1, \"moderation\": [{\"kind\": \"ban\", \"target\": \"1.2.3.999\", \"until\": null, \"reason\": null, \"by\": \"api\"}]}").is_err());
         let ok = parse(b"{\"version\": 1, \"later\": []}").unwrap();
         assert!(ok.moderation.is_empty());
+        assert!(parse(b"{\"version\": 1, \"slow_modes\": {\"dev\": 0}}").is_err());
     }
 }

@@ -25,6 +25,11 @@ pub(crate) struct Stats {
     /// Lines the word filter dropped, and lines it masked (one each, however many words).
     pub filtered_dropped: AtomicU64,
     pub filtered_masked: AtomicU64,
+    /// Connections and `/auth`s refused for a ban, and `/join`s refused for a ban from the
+    /// room; lines dropped for a mute, and for a room's slow mode.
+    pub refused_banned: AtomicU64,
+    pub dropped_muted: AtomicU64,
+    pub dropped_slow: AtomicU64,
     pub slow_consumer_kicks: AtomicU64,
     pub idle_kicks: AtomicU64,
     /// Relayed lines dropped for viewers of live rooms (over `--live-rate`, older than
@@ -62,6 +67,9 @@ impl Default for Stats {
             too_long: AtomicU64::new(0),
             filtered_dropped: AtomicU64::new(0),
             filtered_masked: AtomicU64::new(0),
+            refused_banned: AtomicU64::new(0),
+            dropped_muted: AtomicU64::new(0),
+            dropped_slow: AtomicU64::new(0),
             slow_consumer_kicks: AtomicU64::new(0),
             idle_kicks: AtomicU64::new(0),
             live_dropped: AtomicU64::new(0),
@@ -91,7 +99,7 @@ impl Stats {
     /// are the registry's, passed in because they are not counters.
     pub(crate) fn report(&self, clients: usize, rooms: usize) -> String {
         let refused = self.tokens_refused.iter().map(get).sum();
-        let rows: [(&str, u64); 24] = [
+        let rows: [(&str, u64); 27] = [
             ("uptime_seconds", self.started.elapsed().as_secs()),
             ("clients", clients as u64),
             ("peak_clients", get(&self.peak_clients)),
@@ -105,6 +113,9 @@ impl Stats {
             ("too_long", get(&self.too_long)),
             ("filtered_dropped", get(&self.filtered_dropped)),
             ("filtered_masked", get(&self.filtered_masked)),
+            ("refused_banned", get(&self.refused_banned)),
+            ("dropped_muted", get(&self.dropped_muted)),
+            ("dropped_slow", get(&self.dropped_slow)),
             ("slow_consumer_kicks", get(&self.slow_consumer_kicks)),
             ("idle_kicks", get(&self.idle_kicks)),
             ("rooms", rooms as u64),

@@ -292,6 +292,15 @@ impl Node {
         Node { daemon, admin }
     }
 
+    /// Chat nodes `a` and `b` of the cluster at `url`, both linked.
+    pub fn chat_pair(url: &str) -> (Node, Node) {
+        let a = Node::start_with(url, "a", &["--chat"]);
+        let b = Node::start_with(url, "b", &["--chat"]);
+        a.wait_linked();
+        b.wait_linked();
+        (a, b)
+    }
+
     /// One command on its control socket, the answer without its closing empty line.
     pub fn admin(&self, command: &str) -> String {
         admin_command(&self.admin, command)

@@ -3,14 +3,14 @@
 //! present a token.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::Value;
 
 use super::chat::Client;
-use super::temp_path;
+use super::{Daemon, eventually, temp_path};
 
 /// HS256 secrets of the tests (32 bytes and more); never real ones.
 pub const SECRET: &str = "relayd-integration-test-secret-0123456789";
@@ -59,4 +59,29 @@ pub fn until(c: &mut Client, prefix: &str) -> String {
             return l;
         }
     }
+}
+
+/// A chat daemon checking tokens of [`SECRET`], with a control socket (its path returned,
+/// answering once this returns) and `more` arguments.
+pub fn moderated(more: &[&str]) -> (Daemon, PathBuf) {
+    let keys = key_file("moderation-key", &format!("{SECRET}\n"));
+    let admin = temp_path("moderation-admin");
+    let mut args = vec![
+        "--chat",
+        "--token-key",
+        keys.to_str().unwrap(),
+        "--admin",
+        admin.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    let d = Daemon::spawn(&args);
+    wait_admin(&admin);
+    (d, admin)
+}
+
+/// Waits until the control socket at `admin` answers.
+pub fn wait_admin(admin: &Path) {
+    eventually("the admin socket", || {
+        std::os::unix::net::UnixStream::connect(admin).is_ok()
+    });
 }

@@ -11,7 +11,7 @@ use crate::common;
 use crate::common::chat::{self, Admin, Server, chat_config, socket_path, wait_until};
 use relayd::{Config, Shutdown};
 
-const STATS_KEYS: [&str; 24] = [
+const STATS_KEYS: [&str; 27] = [
     "uptime_seconds",
     "clients",
     "peak_clients",
@@ -25,6 +25,9 @@ const STATS_KEYS: [&str; 24] = [
     "too_long",
     "filtered_dropped",
     "filtered_masked",
+    "refused_banned",
+    "dropped_muted",
+    "dropped_slow",
     "slow_consumer_kicks",
     "idle_kicks",
     "rooms",

@@ -38,6 +38,7 @@ mod operator;
 mod proxy;
 mod relay;
 mod reload;
+mod room_moderation;
 mod rooms;
 mod service;
 mod signed_in;

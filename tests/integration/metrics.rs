@@ -130,6 +130,9 @@ fn metrics_parse_match_stats_and_move_with_traffic() {
         ("too_long", "relayd_too_long_lines_total"),
         ("filtered_dropped", "relayd_filtered_dropped_lines_total"),
         ("filtered_masked", "relayd_filtered_masked_lines_total"),
+        ("refused_banned", "relayd_refused_banned_total"),
+        ("dropped_muted", "relayd_muted_dropped_lines_total"),
+        ("dropped_slow", "relayd_slow_mode_dropped_lines_total"),
         (
             "slow_consumer_kicks",
             "relayd_slow_consumer_disconnects_total",

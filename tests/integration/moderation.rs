@@ -12,34 +12,15 @@ use tungstenite::Message;
 use crate::common::api::{call, post};
 use crate::common::chat::Client;
 use crate::common::cluster::{Node, Redis};
-use crate::common::tokens::{SECRET, connect, key_file, token, until as read_until};
+use crate::common::tokens::{SECRET, connect, key_file, token, until as read_until, wait_admin};
 use crate::common::ws::{ws_connect, ws_text};
 use crate::common::{Daemon, admin_command, eventually, temp_path};
 
 /// A chat daemon checking tokens, with a control socket, a `--ws-bind` port and `more`.
 fn moderated(more: &[&str]) -> (Daemon, PathBuf) {
-    let keys = key_file("moderation-key", &format!("{SECRET}\n"));
-    let admin = temp_path("moderation-admin");
-    let mut args = vec![
-        "--chat",
-        "--token-key",
-        keys.to_str().unwrap(),
-        "--admin",
-        admin.to_str().unwrap(),
-        "--ws-bind",
-        "127.0.0.1:0",
-    ];
+    let mut args = vec!["--ws-bind", "127.0.0.1:0"];
     args.extend_from_slice(more);
-    let d = Daemon::spawn(&args);
-    wait_admin(&admin);
-    (d, admin)
-}
-
-/// Waits until the control socket at `admin` answers.
-fn wait_admin(admin: &Path) {
-    eventually("the admin socket", || {
-        std::os::unix::net::UnixStream::connect(admin).is_ok()
-    });
+    crate::common::tokens::moderated(&args)
 }
 
 /// `relayd ctl --admin ADMIN ARGS`: its output and exit status.
@@ -434,10 +415,7 @@ fn bans_survive_a_restart_and_a_corrupt_state_file_stops_the_start() {
 fn a_ban_on_one_node_closes_and_refuses_the_user_on_another() {
     let redis = Redis::start();
     let url = redis.url();
-    let a = Node::start_with(&url, "a", &["--chat"]);
-    let b = Node::start_with(&url, "b", &["--chat"]);
-    a.wait_linked();
-    b.wait_linked();
+    let (a, b) = Node::chat_pair(&url);
     let mut bob = guest(&b.daemon, "bob");
     let banned = Instant::now();
     let answer = a.admin("ban bob 1h spam");

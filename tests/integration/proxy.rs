@@ -1,7 +1,7 @@
 //! The client's real address behind a trusted proxy (`--proxy-protocol`): PROXY protocol
 //! headers v1 (by hand, and from a real stunnel with `protocol = proxy`) and v2, and
 //! `X-Forwarded-For` on the WebSocket listener. The address they carry is what `clients`
-//! shows and what --deny and --max-per-ip judge (an address ban is issue 21's other half).
+//! shows and what --deny, --max-per-ip and an address ban judge.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -152,6 +152,63 @@ fn through_stunnel_each_tls_user_its_own_address() {
     let rows = addresses(&admin);
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows[0].starts_with("127.0.0.2:") && rows[1].starts_with("127.0.0.4:"));
+}
+
+/// Proves, through a real stunnel (`protocol = proxy`) in front: an address *ban* (`ban
+/// 127.0.0.3` on the control socket) refuses that TLS user with `relayd: you are banned`, and
+/// not the others behind the same stunnel; a ban of a connected one's address closes it
+/// alone. Without the PROXY header every user would have stunnel's address, 127.0.0.1, and
+/// the ban would hit none of them (or, on 127.0.0.1, all).
+#[test]
+fn through_stunnel_an_address_ban_refuses_that_user_only() {
+    if !have_stunnel() {
+        return;
+    }
+    let admin = temp_path("proxy-stunnel-ban-admin");
+    let d = Daemon::spawn(&[
+        "--proxy-protocol",
+        "127.0.0.1",
+        "--admin",
+        admin.to_str().unwrap(),
+    ]);
+    let stunnel = Stunnel::start(d.addrs[0], "protocol = proxy\n");
+    let mut a = stunnel.client(Some("127.0.0.2"));
+    d.wait_log("connected from 127.0.0.2:");
+    let answer = admin_command(&admin, "ban 127.0.0.3 1h bots");
+    assert!(
+        answer.starts_with("ok: 127.0.0.3/32 banned until ")
+            && answer.ends_with(", 0 connections closed\n"),
+        "{answer}"
+    );
+    let banned = stunnel.client(Some("127.0.0.3"));
+    let told = banned.line();
+    assert!(
+        told.starts_with("relayd: you are banned until ") && told.ends_with(": bots"),
+        "{told}"
+    );
+    d.wait_log("refused 127.0.0.3:");
+    let b = stunnel.client(Some("127.0.0.4"));
+    d.wait_log("connected from 127.0.0.4:");
+    a.send("hello past the ban\n");
+    assert_eq!(b.line(), "hello past the ban");
+    let rows = addresses(&admin);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+
+    // A ban of b's address closes b, and a stays.
+    let answer = admin_command(&admin, "ban 127.0.0.4");
+    assert!(answer.ends_with(", 1 connections closed\n"), "{answer}");
+    assert_eq!(b.line(), "relayd: you are banned");
+    let rows = addresses(&admin);
+    assert!(
+        rows.len() == 1 && rows[0].starts_with("127.0.0.2:"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        admin_command(&admin, "stats")
+            .lines()
+            .find(|l| l.starts_with("refused_banned ")),
+        Some("refused_banned 1")
+    );
 }
 
 /// A WebSocket client that sends `prelude` (a PROXY header) first and, if given, an

@@ -122,6 +122,12 @@ impl Registry {
         Some(Arc::clone(&inner.clients.get(&id)?.user.as_ref()?.sub))
     }
 
+    /// The role of client `id`'s user (a room moderator's check); `None` for a guest.
+    pub(crate) fn role_of(&self, id: PeerId) -> Option<Role> {
+        let inner = lock(&self.inner);
+        Some(inner.clients.get(&id)?.user.as_ref()?.role)
+    }
+
     /// The guest with this name: its name and peer.
     pub(crate) fn find_guest(&self, name: &str) -> Option<(String, Arc<Peer>)> {
         let inner = lock(&self.inner);
