@@ -117,4 +117,7 @@ pub(super) struct Ban {
     pub(super) until: Option<String>,
     pub(super) reason: Option<String>,
     pub(super) by: String,
+    /// A room's moderator's ban or mute holds in that room only; absent: everywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) room: Option<String>,
 }

@@ -161,6 +161,7 @@ pub(super) fn get(daemon: &Daemon, endpoint: Endpoint, query: &str) -> Answer {
                     target: e.target,
                     reason: e.reason,
                     by: e.by,
+                    room: e.room,
                 })
                 .collect();
             Answer::json(200, &json!({ "bans": bans }))

@@ -120,12 +120,10 @@ impl Daemon {
         self.save_moderation()
     }
 
-    /// The bans and mutes in force everywhere (not a room's moderators', which hold in one
-    /// room).
+    /// The bans and mutes in force: everywhere, and a room's moderators' (`room` set), so
+    /// that the operator sees every one.
     pub(crate) fn bans(&self) -> Vec<Entry> {
-        let mut list = self.moderation.list();
-        list.retain(|e| e.room.is_none());
-        list
+        self.moderation.list()
     }
 
     /// The ban on address `ip`, if any: it is refused at connect.

@@ -369,9 +369,13 @@ fn execute(daemon: &Daemon, command: &str) -> String {
             .bans()
             .into_iter()
             .map(|e| {
+                // A room's moderator's: `ban@dev`, as the state and Redis keys name it.
+                let kind = match &e.room {
+                    Some(room) => format!("{}@{room}", e.kind.as_str()),
+                    None => e.kind.as_str().to_string(),
+                };
                 format!(
-                    "{} {} {} {} {}\n",
-                    e.kind.as_str(),
+                    "{kind} {} {} {} {}\n",
                     e.target,
                     e.until_text().as_deref().unwrap_or("-"),
                     e.by,

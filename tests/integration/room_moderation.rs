@@ -147,6 +147,13 @@ fn a_moderator_by_token_runs_each_command() {
     );
     bob.send("/join dev\n");
     bob.expect(&banned);
+    // The operator sees a room's bans among the others, with the room.
+    let bans = admin_command(&admin, "bans");
+    assert!(
+        bans.lines()
+            .any(|l| l.starts_with("ban@dev ") && l.ends_with(&format!(" {until} carol abuse"))),
+        "{bans}"
+    );
     carol.send("/unban bob\n");
     all_get(
         &mut [&mut carol, &mut dave],
