@@ -44,12 +44,18 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// Waits for the next bytes (a TCP read, or a WebSocket message's lines) and leaves them
-    /// in `buf` (allocated with [`READ_BUF`] of capacity). Returns how many: 0 at end of input.
+    /// in `buf`. Returns how many: 0 at end of input.
     /// An error is the connection failing, or the transport's verdict that the client must
     /// leave (a WebSocket client that broke the rules).
     fn read(&mut self, buf: &mut Vec<u8>) -> Result<usize, ReadError> {
         match self {
-            Transport::Tcp(tcp) => tcp.read(buf).map_err(ReadError::Io),
+            Transport::Tcp(tcp) => {
+                // Allocated at the first read, not with the client: a WebSocket viewer that
+                // never sends never needs one (its messages are copied in, and grow it).
+                buf.clear();
+                buf.reserve_exact(READ_BUF);
+                tcp.read(buf).map_err(ReadError::Io)
+            }
             Transport::Ws(ws) => ws.read(buf),
         }
     }
@@ -202,7 +208,7 @@ impl Client {
 
     /// The read loop. Returns why the client is leaving.
     fn run(&mut self) -> Departure {
-        let mut buf = Vec::with_capacity(READ_BUF);
+        let mut buf = Vec::new();
         loop {
             match self.phase {
                 Phase::AwaitingSecret { deadline } | Phase::AwaitingToken { deadline } => {
@@ -264,7 +270,7 @@ impl Client {
             // A WebSocket message can grow the buffer to --max-line; like `lines`, it does
             // not keep that peak (a TCP read never grows it past READ_BUF).
             if buf.capacity() > KEEP_CAPACITY {
-                buf = Vec::with_capacity(READ_BUF);
+                buf = Vec::new();
             }
             if self.daemon.is_stopping() {
                 // What was read before the daemon stopped is delivered; a half line is not.
