@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -19,27 +19,8 @@ use serde_json::json;
 use crate::common::api::{post, with_api};
 use crate::common::chat::Client;
 use crate::common::cluster::{Node, Redis};
-use crate::common::tokens::{SECRET, connect, key_file, mint, now, until};
+use crate::common::tokens::{SECRET, connect, mint, moderated, now, until};
 use crate::common::{Daemon, admin_command, connect_small_rcvbuf, eventually, stat_in, temp_path};
-
-/// A chat daemon with a control socket, checking tokens with [`SECRET`], and `more`.
-fn daemon(more: &[&str]) -> (Daemon, PathBuf) {
-    let keys = key_file("live-key", &format!("{SECRET}\n"));
-    let admin = temp_path("live-admin");
-    let mut args = vec![
-        "--chat",
-        "--token-key",
-        keys.to_str().unwrap(),
-        "--admin",
-        admin.to_str().unwrap(),
-    ];
-    args.extend_from_slice(more);
-    let d = Daemon::spawn(&args);
-    eventually("the admin socket", || {
-        std::os::unix::net::UnixStream::connect(&admin).is_ok()
-    });
-    (d, admin)
-}
 
 /// A guest in `room`, having read its welcome and its entry.
 fn viewer(d: &Daemon, room: &str) -> Client {
@@ -115,7 +96,7 @@ fn relayed_until(c: &mut Client, end: &str) -> Vec<String> {
 /// second (plus the bucket's burst) and both are counted as having dropped the rest.
 #[test]
 fn a_viewer_that_never_reads_slows_no_sender_and_others_get_the_live_rate() {
-    let (d, admin) = daemon(&[
+    let (d, admin) = moderated(&[
         "--live-room",
         "live*",
         "--live-rate",
@@ -212,7 +193,7 @@ fn micros() -> u64 {
 /// With lossless delivery it reads the whole second of backlog, 200 KB.
 #[test]
 fn a_line_older_than_max_age_is_never_written() {
-    let (d, admin) = daemon(&[
+    let (d, admin) = moderated(&[
         "--live-room",
         "live*",
         "--live-rate",
@@ -274,7 +255,7 @@ fn a_line_older_than_max_age_is_never_written() {
 /// --live-rate (1 a second) lets through almost none of a guest's, and in order.
 #[test]
 fn moderators_and_the_operator_are_never_dropped() {
-    let (d, admin) = daemon(&["--live-room", "show", "--live-rate", "1"]);
+    let (d, admin) = moderated(&["--live-room", "show", "--live-rate", "1"]);
     let mut reader = viewer(&d, "show");
     let mut guest = viewer(&d, "show");
     let mut moderator = connect(d.addrs[0]);
@@ -320,7 +301,7 @@ fn moderators_and_the_operator_are_never_dropped() {
 /// stuck viewer stays.
 #[test]
 fn a_lossless_room_beside_a_live_one_is_unchanged() {
-    let (d, admin) = daemon(&[
+    let (d, admin) = moderated(&[
         "--live-room",
         "live*",
         "--stall-timeout",
