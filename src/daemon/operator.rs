@@ -100,6 +100,11 @@ impl Daemon {
         self.stats.report(self.registry.len(), self.room_count())
     }
 
+    /// The same counters by name, for the API.
+    pub(crate) fn stats_rows(&self) -> [(&'static str, u64); 27] {
+        self.stats.rows(self.registry.len(), self.room_count())
+    }
+
     /// Pushes `text` to every client that has joined, on every node, as a server line;
     /// returns to how many here.
     pub(crate) fn broadcast(&self, text: &str) -> usize {

@@ -98,8 +98,18 @@ impl Stats {
     /// The `stats` answer: one `key value` line each, in a fixed order. `clients` and `rooms`
     /// are the registry's, passed in because they are not counters.
     pub(crate) fn report(&self, clients: usize, rooms: usize) -> String {
+        let mut out = String::new();
+        for (key, value) in self.rows(clients, rooms) {
+            out.push_str(&format!("{key} {value}\n"));
+        }
+        out
+    }
+
+    /// Every counter by name, in the `stats` order: the control socket's lines and the API's
+    /// JSON are both made from these.
+    pub(crate) fn rows(&self, clients: usize, rooms: usize) -> [(&'static str, u64); 27] {
         let refused = self.tokens_refused.iter().map(get).sum();
-        let rows: [(&str, u64); 27] = [
+        [
             ("uptime_seconds", self.started.elapsed().as_secs()),
             ("clients", clients as u64),
             ("peak_clients", get(&self.peak_clients)),
@@ -127,11 +137,6 @@ impl Stats {
             ("tokens_accepted", get(&self.tokens_accepted)),
             ("tokens_refused", refused),
             ("live_dropped", get(&self.live_dropped)),
-        ];
-        let mut out = String::new();
-        for (key, value) in rows {
-            out.push_str(&format!("{key} {value}\n"));
-        }
-        out
+        ]
     }
 }
