@@ -9,6 +9,7 @@ pub(crate) mod chunk;
 pub(crate) mod deliverer;
 pub(crate) mod echo;
 pub(crate) mod history;
+pub(crate) mod line_id;
 pub(crate) mod notice;
 pub(crate) mod peer;
 pub(crate) mod registry;
