@@ -39,7 +39,8 @@
 //!   moderators in Redis).
 //! - `delivery/`: getting a line to its clients — `registry` (who is where; `registry/users`:
 //!   signed-in users' names and connections; `registry/live`: which rooms are live, and each
-//!   live room's gate), `peer` (a
+//!   live room's gate; `registry/stream`: in a cluster, a room's lines in its Redis
+//!   stream's order, with the stream's ids), `peer` (a
 //!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to
 //!   the socket, and writer threads; `peer/live`: a viewer in a live room, its age limit and
 //!   small send buffer), `deliverer` (the one delivery thread), `chunk` (a line's

@@ -40,10 +40,9 @@ use crate::config::Config;
 use crate::delivery::chunk::Chunk;
 use crate::delivery::deliverer::Deliverer;
 use crate::delivery::echo::Echo;
-use crate::delivery::history::OriginId;
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Peer, PeerId, Share};
-use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
+use crate::delivery::registry::{LOBBY, Members, Origin, Registry, Seed, Which};
 use crate::policy::access::PerAddress;
 use crate::policy::moderation::Moderation;
 use crate::policy::rooms::RoomRules;
@@ -377,24 +376,32 @@ impl Daemon {
     }
 
     /// Relays `chunk` (`lines` lines) from `from` to the others in `room`, and, with
-    /// `--redis`, queues it for the other nodes (after the local delivery, so one sender's
-    /// lines are queued in its order).
+    /// `--redis`, queues it for Redis (after the local delivery, so one sender's lines are
+    /// queued in its order), which stamps it with its id and hands it back to every node.
     pub(crate) fn relay(&self, room: &str, from: PeerId, chunk: &Chunk, lines: usize) {
-        let id = self.cluster.as_ref().map(|c| OriginId {
-            node: Arc::clone(c.node()),
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        });
-        let seq = id.as_ref().map(|id| id.seq);
+        let (origin, seq) = self.origin();
         if self
             .registry
-            .deliver(room, Some(from), false, chunk, lines, id)
+            .deliver(room, Some(from), false, chunk, lines, origin)
         {
             if let (Some(cluster), Some(seq)) = (&self.cluster, seq) {
-                cluster.publish_lines(room, seq, from, chunk, lines);
+                cluster.publish_lines(room, seq, from, chunk, lines, chunk.sender());
             }
             if let Some(echo) = &self.echo {
                 echo.echo(from, chunk);
             }
+        }
+    }
+
+    /// Where a line relayed here now comes from: in a cluster, this node's next number for
+    /// it, which Redis hands back with its id.
+    fn origin(&self) -> (Origin, Option<u64>) {
+        match &self.cluster {
+            Some(_) => {
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                (Origin::Sent(seq), Some(seq))
+            }
+            None => (Origin::Here, None),
         }
     }
 

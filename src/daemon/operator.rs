@@ -5,13 +5,11 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::cluster::presence::Present;
 use crate::cluster::{Cluster, Direct};
 use crate::config::{valid_name, valid_room};
 use crate::delivery::chunk::{Chunk, Sender};
-use crate::delivery::history::OriginId;
 use crate::delivery::notice::{Departure, clean};
 use crate::delivery::peer::{Peer, PeerId};
 use crate::delivery::registry::{ClientInfo, Which, is_id};
@@ -267,15 +265,11 @@ impl Daemon {
         let chunk = Chunk::relayed_from(line.as_bytes(), 1, &sender);
         self.check_length(&chunk)?;
         // As a line from another node's client: nobody here is its sender.
-        let id = self.cluster.as_ref().map(|c| OriginId {
-            node: Arc::clone(c.node()),
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        });
-        let seq = id.as_ref().map(|id| id.seq);
-        self.registry.deliver(room, None, true, &chunk, 1, id);
+        let (origin, seq) = self.origin();
+        self.registry.deliver(room, None, true, &chunk, 1, origin);
         if let (Some(cluster), Some(seq)) = (&self.cluster, seq) {
             // Client 0: no client's id (they start at 1).
-            cluster.publish_lines(room, seq, 0, &chunk, 1);
+            cluster.publish_lines(room, seq, 0, &chunk, 1, chunk.sender());
         }
         Ok(self.registry.members(room).online())
     }

@@ -5,29 +5,22 @@
 //! oldest chunk may hold more lines than are still wanted; those are trimmed off at replay,
 //! which is rare next to delivery.
 //!
-//! In a cluster (`--redis`) every chunk carries the id its origin node gave it, so that the
-//! room's history kept in Redis can be merged into this node's without a line appearing twice
-//! ([`History::seed`]).
+//! In a cluster (`--redis`) every chunk carries its entry's id in the room's Redis stream,
+//! so that the room's history kept in Redis can be merged into this node's without a line
+//! appearing twice ([`History::seed`]).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 
 use crate::delivery::chunk::Chunk;
+use crate::delivery::line_id::LineId;
 
-/// A relayed chunk's identity across the cluster: its origin node and that node's sequence
-/// number for it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct OriginId {
-    pub(crate) node: Arc<str>,
-    pub(crate) seq: u64,
-}
-
-/// A chunk of history: its bytes, how many lines it holds, and its cluster id if it has one.
+/// A chunk of history: its bytes, how many lines it holds, and, in a cluster, its Redis
+/// stream entry's id (the id of its first line).
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) chunk: Chunk,
     pub(crate) lines: usize,
-    pub(crate) id: Option<OriginId>,
+    pub(crate) id: Option<LineId>,
 }
 
 #[derive(Debug)]
@@ -50,7 +43,7 @@ impl History {
     }
 
     /// Remembers `chunk`, which holds `lines` whole lines.
-    pub(crate) fn push(&mut self, chunk: &Chunk, lines: usize, id: Option<OriginId>) {
+    pub(crate) fn push(&mut self, chunk: &Chunk, lines: usize, id: Option<LineId>) {
         if self.cap == 0 || lines == 0 {
             return;
         }
@@ -75,32 +68,31 @@ impl History {
 
     /// Merges `older` (a room's history as Redis had it, oldest first) into this one: those of
     /// its chunks not remembered here already go before the ones that are, and the last `cap`
-    /// lines are kept. Returns the ids it added, which this node may still receive live.
-    pub(crate) fn seed(&mut self, older: Vec<Entry>) -> HashSet<OriginId> {
+    /// lines are kept. Returns the newest id it added, if any: this node may still receive
+    /// the lines up to it live.
+    pub(crate) fn seed(&mut self, older: Vec<Entry>) -> Option<LineId> {
         // Once per room, so the ids are gathered here rather than kept for every line.
         let mut seen = self.ids();
-        let mut added = HashSet::new();
+        let mut added = None;
         let mut merged: VecDeque<Entry> = VecDeque::new();
         for entry in older {
-            let Some(id) = &entry.id else { continue };
-            if !seen.insert(id.clone()) {
+            let Some(id) = entry.id else { continue };
+            if !seen.insert(id) {
                 continue;
             }
-            added.insert(id.clone());
+            added = added.max(Some(id));
             self.lines += entry.lines;
             merged.push_back(entry);
         }
         merged.append(&mut self.chunks);
         self.chunks = merged;
         self.trim();
-        let kept = self.ids();
-        added.retain(|id| kept.contains(id));
         added
     }
 
     /// The ids of the chunks remembered.
-    fn ids(&self) -> HashSet<OriginId> {
-        self.chunks.iter().filter_map(|e| e.id.clone()).collect()
+    fn ids(&self) -> HashSet<LineId> {
+        self.chunks.iter().filter_map(|e| e.id).collect()
     }
 
     /// The last `cap` lines, oldest first.
@@ -128,11 +120,8 @@ mod tests {
         h.replay().iter().flat_map(|c| c.iter().copied()).collect()
     }
 
-    fn id(seq: u64) -> OriginId {
-        OriginId {
-            node: Arc::from("n"),
-            seq,
-        }
+    fn id(seq: u64) -> LineId {
+        LineId::new(17, seq)
     }
 
     fn entry(bytes: &[u8], lines: usize, seq: u64) -> Entry {
@@ -173,7 +162,7 @@ mod tests {
             entry(b"c\n", 1, 3),
         ]);
         assert_eq!(replayed(&h), b"a\nb\nc\nd\n");
-        assert_eq!(added, [id(1), id(2)].into_iter().collect());
+        assert_eq!(added, Some(id(2)));
         assert!(h.ids().contains(&id(1)));
         // Past the cap, the oldest go, and so do their ids.
         h.push(&Chunk::from(&b"e\n"[..]), 1, Some(id(5)));

@@ -10,9 +10,9 @@
 //! the history snapshot and becomes a member in one critical section, so every line reaches a
 //! joiner exactly once, either replayed or live. The replay is only *queued* under the lock
 //! ([`Peer::enter_room`]); the caller sends it after releasing it. In a cluster (`--redis`) a
-//! room's history also holds what Redis keeps of it, merged in when the first client here
-//! enters the room; every line carries its origin node's id for it, which keeps that seam
-//! exact too ([`Room::expected`], [`Inner::recent`]). A snapshot remembers each
+//! room's history is in the order of its Redis stream, with the stream's ids, and also holds
+//! what Redis keeps of it, merged in when the first client here enters the room; the ids
+//! keep that seam exact too (`stream.rs`, [`Inner::recent`]). A snapshot remembers each
 //! member's stay in the room (its epoch), so a sender that waits for a full member before
 //! handing it a line cannot hand it to one that left, or left and came back, meanwhile.
 //!
@@ -39,7 +39,7 @@ use log::warn;
 
 use crate::config::Config;
 use crate::delivery::chunk::{Chunk, Placed};
-use crate::delivery::history::{Entry as HistoryEntry, History, OriginId};
+use crate::delivery::history::{Entry as HistoryEntry, History};
 use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
@@ -48,9 +48,13 @@ use crate::stats::{Stats, add};
 use crate::sync::lock;
 
 mod live;
+mod stream;
 mod users;
 
 use live::{Gated, LiveRoom, LiveRooms};
+use stream::{Order, remember_recent};
+
+pub(crate) use stream::{Echo, Origin};
 
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
@@ -85,14 +89,11 @@ struct Inner {
     expelled: HashMap<PeerId, Left>,
     /// In a cluster with `--history`, while a seed is read ([`Registry::seeding`]): the other
     /// nodes' latest lines for rooms nobody here is in, oldest first, so that a room's first member here gets those that reached this node
-    /// after it read the room's history from Redis and before it entered (see [`RECENT`]).
+    /// after it read the room's history from Redis and before it entered (see
+    /// [`stream::RECENT`]).
     recent: VecDeque<(String, HistoryEntry, Instant)>,
     live: LiveRooms,
 }
-
-/// How many, and for how long, lines for rooms without members here are kept: enough to
-/// bridge the moment between reading a room's history from Redis and entering the room.
-const RECENT: (usize, Duration) = (1024, Duration::from_secs(2));
 
 struct Entry {
     peer: Arc<Peer>,
@@ -116,10 +117,8 @@ struct Room {
     history: History,
     /// In a cluster: whether the room's history in Redis has been merged into `history`.
     seeded: bool,
-    /// Lines merged in from Redis that may still arrive live (Redis had them before this
-    /// node's subscriber delivered them): when one does, only the members that were here
-    /// before the merge get it, since everyone who joined later had it replayed.
-    expected: HashSet<OriginId>,
+    /// In a cluster: where the room is in its Redis stream (see `stream.rs`).
+    order: Order,
     /// Its delivery is live (see `live.rs`), not lossless: its state then.
     live: Option<LiveRoom>,
 }
@@ -131,7 +130,7 @@ struct Member {
     /// Its user's `sub`: a user's connections in one room count as one.
     user: Option<Arc<str>>,
     epoch: u64,
-    /// Joined before the room's history was merged from Redis (see [`Room::expected`]).
+    /// Joined before the room's history was merged from Redis (see `stream.rs`).
     before_seed: bool,
 }
 
@@ -346,7 +345,7 @@ impl Registry {
             numbered: 0,
             history: History::new(history),
             seeded: false,
-            expected: HashSet::new(),
+            order: Order::default(),
             live: live.for_room(room_name),
         });
         if let Some(Seed {
@@ -362,12 +361,7 @@ impl Registry {
             {
                 entries.push(entry.clone());
             }
-            room.expected = room.history.seed(entries);
-            if !room.expected.is_empty() {
-                for m in Arc::make_mut(&mut room.members) {
-                    m.before_seed = true;
-                }
-            }
+            room.seed(entries);
         }
         let online = {
             let before = Members {
@@ -575,9 +569,10 @@ impl Registry {
     }
 
     /// Delivers `chunk`, which holds `lines` relayed lines, to every member of `room` except
-    /// `from` (`None`: another node's client), and remembers it in the room's history with
-    /// its cluster `id`. Nothing is delivered for a sender that is no longer registered
-    /// (kicked or cut off), and no line with an id is delivered to anyone twice.
+    /// `from` (`None`: another node's client), gives them their ids and remembers them in
+    /// the room's history; in a cluster, when and to whom as their `origin` says (see
+    /// `stream.rs`). Nothing is delivered for a sender that is no longer registered (kicked
+    /// or cut off), and no line from the stream is delivered to anyone twice.
     ///
     /// Peers with room take it at once. If some are full, the caller waits for all of them
     /// together, against one deadline `--stall-timeout` from now, so N stuck peers cost one
@@ -597,7 +592,7 @@ impl Registry {
         operator: bool,
         chunk: &Chunk,
         lines: usize,
-        id: Option<OriginId>,
+        origin: Origin,
     ) -> bool {
         let (members, kept, shown) = {
             let mut inner = lock(&self.inner);
@@ -610,31 +605,26 @@ impl Registry {
             };
             let kept = operator || sender == Some(Role::Mod);
             let Some(r) = inner.rooms.get_mut(room) else {
-                if let (Some(id), true) = (id, self.seeding.load(Ordering::SeqCst) > 0) {
+                if let (Origin::Stream { id, echo: None }, true) =
+                    (origin, self.seeding.load(Ordering::SeqCst) > 0)
+                {
                     remember_recent(&mut inner.recent, room, chunk, lines, id);
                 }
                 return true;
             };
-            let members = match id {
-                Some(id) if !r.expected.is_empty() && r.expected.remove(&id) => {
-                    let before: Vec<Member> = r
-                        .members
-                        .iter()
-                        .filter(|m| m.before_seed)
-                        .cloned()
-                        .collect();
-                    Arc::new(before)
-                }
-                id => {
+            let members = match origin {
+                Origin::Here => {
                     chunk.place(Placed {
                         room: Arc::clone(&r.name),
                         first: LineId::new(r.life, r.numbered + 1),
                         numbered: true,
                     });
                     r.numbered += lines as u64;
-                    r.history.push(chunk, lines, id);
+                    r.history.push(chunk, lines, None);
                     Arc::clone(&r.members)
                 }
+                Origin::Sent(seq) => r.sent(seq),
+                Origin::Stream { id, echo } => r.stamped(chunk, lines, id, echo),
             };
             let gated = match r.live.as_mut() {
                 Some(live) if !kept => Some(self.gate(live, &members, from, chunk, lines)),
@@ -774,30 +764,6 @@ impl Registry {
     }
 }
 
-/// Keeps another node's line for a room nobody here is in, for a while (see
-/// [`Inner::recent`]).
-fn remember_recent(
-    recent: &mut VecDeque<(String, HistoryEntry, Instant)>,
-    room: &str,
-    chunk: &Chunk,
-    lines: usize,
-    id: OriginId,
-) {
-    let now = Instant::now();
-    while recent
-        .front()
-        .is_some_and(|(.., at)| recent.len() >= RECENT.0 || now - *at > RECENT.1)
-    {
-        recent.pop_front();
-    }
-    let entry = HistoryEntry {
-        chunk: Chunk::clone(chunk),
-        lines,
-        id: Some(id),
-    };
-    recent.push_back((room.to_string(), entry, now));
-}
-
 /// Whether `s` reads as a client id (all digits), which a name never does.
 pub(crate) fn is_id(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
@@ -827,20 +793,21 @@ mod tests {
     use super::*;
     use crate::delivery::peer::tests::{connection, numbered_peer};
 
-    fn line(node: &str, seq: u64, text: &str) -> HistoryEntry {
+    fn line(seq: u64, text: &str) -> HistoryEntry {
         HistoryEntry {
             chunk: Chunk::from(text.as_bytes()),
             lines: 1,
-            id: Some(OriginId {
-                node: Arc::from(node),
-                seq,
-            }),
+            id: Some(LineId::new(17, seq)),
         }
     }
 
     /// Another node's line, arriving through the subscriber.
     fn arrive(registry: &Registry, room: &str, entry: &HistoryEntry) {
-        registry.deliver(room, None, false, &entry.chunk, 1, entry.id.clone());
+        let origin = Origin::Stream {
+            id: entry.id.unwrap(),
+            echo: None,
+        };
+        registry.deliver(room, None, false, &entry.chunk, 1, origin);
     }
 
     /// A client in the lobby, and the socket it reads.
@@ -856,6 +823,16 @@ mod tests {
             .unwrap();
         registry.enter(id, None, |_, _| Vec::new());
         (peer, client)
+    }
+
+    /// A registry whose rooms keep 10 lines, and its config.
+    fn keeping_ten() -> (Config, Registry) {
+        let config = Config {
+            history: 10,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::default());
+        (config, registry)
     }
 
     fn read_exactly(sock: &mut TcpStream, n: usize) -> String {
@@ -878,7 +855,7 @@ mod tests {
         let one = Chunk::relayed(b"c\n", 1);
         let more = Chunk::relayed(b"d\n", 1);
         for (chunk, n) in [(&two, 2), (&one, 1), (&more, 1)] {
-            assert!(registry.deliver(LOBBY, Some(1), false, chunk, n, None));
+            assert!(registry.deliver(LOBBY, Some(1), false, chunk, n, Origin::Here));
         }
         let first = two.placed().unwrap().first;
         assert_eq!(first.b, 1);
@@ -897,23 +874,19 @@ mod tests {
     /// line reaches the joiner once, in order.
     #[test]
     fn a_seeded_room_replays_each_line_once() {
-        let config = Config {
-            history: 10,
-            ..Config::default()
-        };
-        let registry = Registry::new(&config, Arc::default());
+        let (config, registry) = keeping_ten();
         let (peer, mut sock) = client(&registry, 1, &config);
         let (a, b, c, d) = (
-            line("n", 1, "a\n"),
-            line("n", 2, "b\n"),
-            line("n", 3, "c\n"),
-            line("n", 4, "d\n"),
+            line(1, "a\n"),
+            line(2, "b\n"),
+            line(3, "c\n"),
+            line(4, "d\n"),
         );
         // Another joiner's seed is being read already, so lines for the room are kept.
         let earlier = registry.seeding();
         // Before Redis was asked: too old for its answer (past --history there), so not
         // replayed after what it has.
-        arrive(&registry, "games", &line("n", 0, "z\n"));
+        arrive(&registry, "games", &line(0, "z\n"));
         arrive(&registry, "games", &a); // before Redis was asked: in its answer
         let reading = registry.seeding();
         let asked = Instant::now();
@@ -938,17 +911,13 @@ mod tests {
     /// member who was there before, since the joiner had it replayed.
     #[test]
     fn a_line_merged_from_redis_arriving_late_goes_only_to_earlier_members() {
-        let config = Config {
-            history: 10,
-            ..Config::default()
-        };
-        let registry = Registry::new(&config, Arc::default());
+        let (config, registry) = keeping_ten();
         let (first, mut first_sock) = client(&registry, 1, &config);
         let (second, mut second_sock) = client(&registry, 2, &config);
         registry.change_room(1, "games", None, |_, _| Vec::new());
         first.start_sending();
         assert!(registry.needs_seed("games"));
-        let (a, b) = (line("n", 1, "a\n"), line("n", 2, "b\n"));
+        let (a, b) = (line(1, "a\n"), line(2, "b\n"));
         let seed = Seed {
             entries: vec![a.clone()],
             asked: Instant::now(),
@@ -961,8 +930,49 @@ mod tests {
         assert_eq!(read_exactly(&mut first_sock, 4), "a\nb\n");
         assert_eq!(read_exactly(&mut second_sock, 4), "a\nb\n");
         // Nothing more for either: the next line is the next thing each reads.
-        arrive(&registry, "games", &line("n", 3, "c\n"));
+        arrive(&registry, "games", &line(3, "c\n"));
         assert_eq!(read_exactly(&mut first_sock, 2), "c\n");
         assert_eq!(read_exactly(&mut second_sock, 2), "c\n");
+    }
+
+    /// In a cluster, a line from a client here goes at once to the members here who were
+    /// there, and, when Redis hands it back with its id, to whoever entered meanwhile; it
+    /// enters the history then, with its stream id, in the stream's order.
+    #[test]
+    fn a_line_sent_here_reaches_who_came_before_its_id_came_back_once() {
+        let (config, registry) = keeping_ten();
+        let (sender, mut sender_sock) = client(&registry, 1, &config);
+        let (early, mut early_sock) = client(&registry, 2, &config);
+        for peer in [&sender, &early] {
+            peer.start_sending();
+        }
+        let sent = Chunk::relayed(b"a\n", 1);
+        assert!(registry.deliver(LOBBY, Some(1), false, &sent, 1, Origin::Sent(7)));
+        assert!(
+            registry.history(LOBBY).is_empty(),
+            "kept before its id came"
+        );
+        let (late, mut late_sock) = client(&registry, 3, &config);
+        late.start_sending();
+        let back = line(5, "a\n");
+        let echo = Echo {
+            seq: 7,
+            from: Some(1),
+        };
+        let origin = Origin::Stream {
+            id: back.id.unwrap(),
+            echo: Some(echo),
+        };
+        registry.deliver(LOBBY, None, false, &back.chunk, 1, origin);
+        arrive(&registry, LOBBY, &line(6, "b\n"));
+        assert_eq!(read_exactly(&mut early_sock, 4), "a\nb\n");
+        assert_eq!(read_exactly(&mut late_sock, 4), "a\nb\n");
+        assert_eq!(read_exactly(&mut sender_sock, 2), "b\n");
+        let replay = registry.history(LOBBY);
+        let ids: Vec<String> = replay
+            .iter()
+            .map(|c| c.placed().unwrap().first.to_string())
+            .collect();
+        assert_eq!(ids, ["17-5", "17-6"]);
     }
 }
