@@ -19,8 +19,9 @@ use crate::client::censor::Censor;
 use crate::client::moderator::{self, Moderator, Slow, slow_allows};
 use crate::config::Config;
 use crate::daemon::{Daemon, NameError};
-use crate::delivery::chunk::Chunk;
-use crate::delivery::json_event::{Kind, now_ms};
+use crate::delivery::chunk::{Chunk, Sender};
+use crate::delivery::json_event::Kind;
+use crate::delivery::line_id::now_ms;
 use crate::delivery::notice::clean;
 use crate::delivery::peer::Peer;
 use crate::delivery::registry::{LOBBY, Members, is_id};
@@ -119,6 +120,9 @@ pub(crate) struct Chat {
     muted_told: Option<Instant>,
     /// Its pace in a room with a slow mode.
     slow: Option<Box<Slow>>,
+    /// Who its lines and its `/me` lines are from, while its name stays (see
+    /// [`Chat::sender`]).
+    senders: [Option<Arc<Sender>>; 2],
 }
 
 impl Chat {
@@ -132,6 +136,7 @@ impl Chat {
             new_rooms: (config.cluster.is_some() && config.history > 0).then(NewRooms::new),
             out: String::new(),
             out_lines: 0,
+            senders: [None, None],
             muted_told: None,
             slow: None,
         }
@@ -168,6 +173,7 @@ impl Chat {
         renamed: bool,
     ) {
         self.user = Some(Box::new((user.to_string(), rooms)));
+        self.senders = [None, None];
         let old = std::mem::replace(&mut self.name, daemon.name_of(peer.id()));
         if !renamed || old == self.name {
             return;
@@ -259,13 +265,37 @@ impl Chat {
 
     /// Delivers the formatted lines gathered so far to the room.
     fn flush(&mut self, daemon: &Daemon, peer: &Peer) {
+        self.flush_as(daemon, peer, false);
+    }
+
+    /// [`Chat::flush`], of `/me` lines (`me`) or chat lines.
+    fn flush_as(&mut self, daemon: &Daemon, peer: &Peer, me: bool) {
         if self.out.is_empty() {
             return;
         }
-        let chunk = Chunk::relayed(self.out.as_bytes(), self.out_lines);
+        let sender = self.sender(me);
+        let chunk = Chunk::relayed_from(self.out.as_bytes(), self.out_lines, &sender);
         daemon.relay(&self.room, peer.id(), &chunk, self.out_lines);
         self.out.clear();
         self.out_lines = 0;
+    }
+
+    /// Who this client's lines are from (`me`: its `/me` lines): made again only when its
+    /// name changes, and shared by every chunk it sends until then.
+    fn sender(&mut self, me: bool) -> Arc<Sender> {
+        let cached = &mut self.senders[usize::from(me)];
+        if let Some(sender) = cached.as_ref().filter(|s| *s.name == *self.name) {
+            return Arc::clone(sender);
+        }
+        // `<NAME> ` or `* NAME ` before each line's text.
+        let sender = Arc::new(Sender {
+            name: Arc::from(self.name.as_str()),
+            user: self.user.as_deref().map(|(sub, _)| Arc::from(sub.as_str())),
+            prefix: self.name.len() + 3,
+            me,
+        });
+        *cached = Some(Arc::clone(&sender));
+        sender
     }
 
     /// Takes a token for one relayed line (or a command that makes others see one: `what`
@@ -332,7 +362,7 @@ impl Chat {
                     let eol = daemon.notices().eol();
                     self.out.push_str(&format!("* {} {arg}{eol}", self.name));
                     self.out_lines += 1;
-                    self.flush(daemon, peer);
+                    self.flush_as(daemon, peer, true);
                 }
             }
             "msg" => self.msg(daemon, peer, arg),

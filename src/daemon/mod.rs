@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::delivery::chunk::{Chunk, Format};
 use crate::delivery::deliverer::Deliverer;
 use crate::delivery::echo::Echo;
-use crate::delivery::history::LineId;
+use crate::delivery::history::OriginId;
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Peer, PeerId, Share};
 use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
@@ -381,7 +381,7 @@ impl Daemon {
     /// `--redis`, queues it for the other nodes (after the local delivery, so one sender's
     /// lines are queued in its order).
     pub(crate) fn relay(&self, room: &str, from: PeerId, chunk: &Chunk, lines: usize) {
-        let id = self.cluster.as_ref().map(|c| LineId {
+        let id = self.cluster.as_ref().map(|c| OriginId {
             node: Arc::clone(c.node()),
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         });

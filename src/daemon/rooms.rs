@@ -139,8 +139,10 @@ impl Daemon {
             }) else {
                 continue;
             };
-            peer.start_sending();
+            // Recorded before the client can read that it moved, so that whatever it sends
+            // after reading it finds its thread in the lobby too.
             self.pending_move(peer.id());
+            peer.start_sending();
             info!("client {} ({name}): moved out of {room}: {why}", peer.id());
             let member = self.member(&peer, &name, LOBBY);
             let joined = notices.joined(member, self.online(LOBBY, &lobby), LOBBY);

@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::delivery::json_event::{self, Notice};
+use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::ws_frame;
 
 #[derive(Clone, Debug)]
@@ -62,15 +63,88 @@ struct Inner {
     /// Its last line alone, for live viewers with room for one line only: built on first
     /// use and shared by all of them.
     last: OnceLock<Chunk>,
+    /// Who sent relayed lines in chat mode, for the clients told so apart from the text
+    /// (JSON): one per client, shared by its chunks.
+    sender: Option<Arc<Sender>>,
+    /// When relayed lines were read, in ms since the Unix epoch (0: not relayed lines).
+    time_ms: u64,
+    /// Where relayed lines went and their ids, given under the registry lock as they are
+    /// delivered (see [`Chunk::place`]).
+    placed: OnceLock<Placed>,
     /// Shared with the chunk's unstamped copies (one allocation, like a `Box`).
     bytes: Arc<[u8]>,
+}
+
+/// Who sent a chunk's lines, and how its lines are written.
+// Read by the JSON events (issue 22), next.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub(crate) struct Sender {
+    /// Its chat name.
+    pub(crate) name: Arc<str>,
+    /// Its signed token's `sub`; `None` for a guest.
+    pub(crate) user: Option<Arc<str>>,
+    /// Bytes at the start of each line that say who sent it (`<alice> `, `* alice `), not
+    /// part of the text.
+    pub(crate) prefix: usize,
+    /// `/me`.
+    pub(crate) me: bool,
+}
+
+/// The room a chunk of relayed lines went to and its first line's id (the others follow:
+/// [`LineId::nth`]).
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub(crate) struct Placed {
+    pub(crate) room: Arc<str>,
+    pub(crate) first: LineId,
+    /// Its lines are numbered one by one (one node's ids), not parts of one Redis entry.
+    pub(crate) numbered: bool,
 }
 
 impl Chunk {
     /// `lines` lines a client sent, read just now.
     pub(crate) fn relayed(bytes: &[u8], lines: usize) -> Chunk {
+        Chunk::read_now(bytes, lines, None)
+    }
+
+    /// `lines` lines `sender` sent, read just now.
+    pub(crate) fn relayed_from(bytes: &[u8], lines: usize, sender: &Arc<Sender>) -> Chunk {
+        Chunk::read_now(bytes, lines, Some(Arc::clone(sender)))
+    }
+
+    fn read_now(bytes: &[u8], lines: usize, sender: Option<Arc<Sender>>) -> Chunk {
         let read_at = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Chunk::new(bytes.into(), read_at, lines as u64, false)
+        Chunk(Arc::new(Inner {
+            sender,
+            time_ms: now_ms(),
+            ..Inner::new(bytes.into(), read_at, lines as u64, false)
+        }))
+    }
+
+    /// When its relayed lines were read, in ms since the Unix epoch; 0 for other lines.
+    #[allow(dead_code)]
+    pub(crate) fn time_ms(&self) -> u64 {
+        self.0.time_ms
+    }
+
+    /// Who sent its lines, if it is relayed lines of a known sender.
+    #[allow(dead_code)]
+    pub(crate) fn sender(&self) -> Option<&Sender> {
+        self.0.sender.as_deref()
+    }
+
+    /// Records where its lines went and the first one's id: once, by the registry, under
+    /// its lock, as it delivers them. Copies made afterwards ([`Chunk::unstamped`],
+    /// [`Chunk::kept`], [`Chunk::last_line`]) keep it.
+    pub(crate) fn place(&self, placed: Placed) {
+        let _ = self.0.placed.set(placed);
+    }
+
+    /// Where its lines went and the first one's id, once placed.
+    #[allow(dead_code)]
+    pub(crate) fn placed(&self) -> Option<&Placed> {
+        self.0.placed.get()
     }
 
     /// WebSocket frames, sent as they are (only ever queued for a WebSocket peer).
@@ -89,10 +163,24 @@ impl Chunk {
     /// not counted as relayed lines when sent: a replay is not a line waiting in relayd
     /// since it was read.
     pub(crate) fn unstamped(&self) -> Chunk {
-        Chunk(Arc::new(Inner {
-            notice: self.0.notice.clone(),
-            ..Inner::new(Arc::clone(&self.0.bytes), 0, 0, self.0.frames)
-        }))
+        Chunk(Arc::new(self.0.same(Arc::clone(&self.0.bytes), 0, 0, 0)))
+    }
+
+    /// Its lines from the `skip`-th on (a replay that starts within a chunk), with their
+    /// sender and ids, unstamped like [`Chunk::unstamped`].
+    pub(crate) fn lines_from(&self, skip: usize) -> Chunk {
+        if skip == 0 {
+            return self.unstamped();
+        }
+        let cut = memchr::memchr_iter(b'\n', &self.0.bytes)
+            .nth(skip - 1)
+            .map_or(self.0.bytes.len(), |i| i + 1);
+        Chunk(Arc::new(self.0.same(
+            self.0.bytes[cut..].into(),
+            0,
+            0,
+            skip,
+        )))
     }
 
     /// Relayd's own line(s), `notice` saying what they are to JSON clients.
@@ -109,8 +197,7 @@ impl Chunk {
     pub(crate) fn own(&self) -> Chunk {
         Chunk(Arc::new(Inner {
             own: true,
-            notice: self.0.notice.clone(),
-            ..Inner::new(Arc::clone(&self.0.bytes), 0, 0, self.0.frames)
+            ..self.0.same(Arc::clone(&self.0.bytes), 0, 0, 0)
         }))
     }
 
@@ -119,12 +206,9 @@ impl Chunk {
     pub(crate) fn kept(&self) -> Chunk {
         Chunk(Arc::new(Inner {
             kept: true,
-            ..Inner::new(
-                Arc::clone(&self.0.bytes),
-                self.0.read_at,
-                self.0.lines,
-                self.0.frames,
-            )
+            ..self
+                .0
+                .same(Arc::clone(&self.0.bytes), self.0.read_at, self.0.lines, 0)
         }))
     }
 
@@ -147,9 +231,12 @@ impl Chunk {
             .get_or_init(|| {
                 let bytes = &self.0.bytes[..self.0.bytes.len() - 1];
                 let start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                let skip = self.0.lines as usize - 1;
                 Chunk(Arc::new(Inner {
                     kept: self.0.kept,
-                    ..Inner::new(self.0.bytes[start..].into(), self.0.read_at, 1, false)
+                    ..self
+                        .0
+                        .same(self.0.bytes[start..].into(), self.0.read_at, 1, skip)
                 }))
             })
             .clone()
@@ -195,8 +282,29 @@ impl Inner {
             json: OnceLock::new(),
             notice: None,
             last: OnceLock::new(),
+            sender: None,
+            time_ms: 0,
+            placed: OnceLock::new(),
             bytes,
         }
+    }
+
+    /// `bytes`, from the same sender and placed where these were: `bytes` are these lines
+    /// from the `skip`-th on, so their first id is that line's.
+    fn same(&self, bytes: Arc<[u8]>, read_at: u64, lines: u64, skip: usize) -> Inner {
+        let inner = Inner {
+            sender: self.sender.clone(),
+            time_ms: self.time_ms,
+            notice: self.notice.clone(),
+            ..Inner::new(bytes, read_at, lines, self.frames)
+        };
+        if let Some(placed) = self.placed.get() {
+            let _ = inner.placed.set(Placed {
+                first: placed.first.nth(skip, placed.numbered),
+                ..placed.clone()
+            });
+        }
+        inner
     }
 }
 

@@ -129,12 +129,6 @@ pub(crate) fn frames(bytes: &[u8], lines: Option<Lines<'_>>, notice: Option<&Not
     out.into_boxed_slice()
 }
 
-/// Milliseconds since the Unix epoch, as events' `time` says.
-pub(crate) fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// One event on its own, as a frame: `presence`, `resumed`.
 pub(crate) fn frame(event: &impl Serialize) -> Vec<u8> {
     let mut out = Vec::new();

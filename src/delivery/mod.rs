@@ -11,6 +11,7 @@ pub(crate) mod deliverer;
 pub(crate) mod echo;
 pub(crate) mod history;
 pub(crate) mod json_event;
+pub(crate) mod line_id;
 pub(crate) mod notice;
 pub(crate) mod peer;
 pub(crate) mod registry;

@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use crate::config::Config;
-use crate::delivery::chunk::{Chunk, Format};
-use crate::delivery::history::{Entry as HistoryEntry, History, LineId};
+use crate::delivery::chunk::{Chunk, Format, Placed};
+use crate::delivery::history::{Entry as HistoryEntry, History, OriginId};
+use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
 use crate::policy::rooms::RoomRules;
@@ -111,14 +112,20 @@ struct Entry {
 }
 
 struct Room {
+    /// Its name, shared with the lines placed in it.
+    name: Arc<str>,
     members: Arc<Vec<Member>>,
+    /// When this life of the room began (ms since the Unix epoch), and how many lines it
+    /// has given ids: its lines' ids (see `line_id.rs`).
+    life: u64,
+    numbered: u64,
     history: History,
     /// In a cluster: whether the room's history in Redis has been merged into `history`.
     seeded: bool,
     /// Lines merged in from Redis that may still arrive live (Redis had them before this
     /// node's subscriber delivered them): when one does, only the members that were here
     /// before the merge get it, since everyone who joined later had it replayed.
-    expected: HashSet<LineId>,
+    expected: HashSet<OriginId>,
     /// Its delivery is live (see `live.rs`), not lossless: its state then.
     live: Option<LiveRoom>,
 }
@@ -343,7 +350,10 @@ impl Registry {
         } = inner;
         let room_name = room;
         let room = rooms.entry(room.to_string()).or_insert_with(|| Room {
+            name: Arc::from(room_name),
             members: Arc::new(Vec::new()),
+            life: now_ms(),
+            numbered: 0,
             history: History::new(history),
             seeded: false,
             expected: HashSet::new(),
@@ -609,7 +619,7 @@ impl Registry {
         operator: bool,
         chunk: &Chunk,
         lines: usize,
-        id: Option<LineId>,
+        id: Option<OriginId>,
     ) -> bool {
         let (members, kept, shown) = {
             let mut inner = lock(&self.inner);
@@ -638,6 +648,12 @@ impl Registry {
                     Arc::new(before)
                 }
                 id => {
+                    chunk.place(Placed {
+                        room: Arc::clone(&r.name),
+                        first: LineId::new(r.life, r.numbered + 1),
+                        numbered: true,
+                    });
+                    r.numbered += lines as u64;
                     r.history.push(chunk, lines, id);
                     Arc::clone(&r.members)
                 }
@@ -787,7 +803,7 @@ fn remember_recent(
     room: &str,
     chunk: &Chunk,
     lines: usize,
-    id: LineId,
+    id: OriginId,
 ) {
     let now = Instant::now();
     while recent
@@ -837,7 +853,7 @@ mod tests {
         HistoryEntry {
             chunk: Chunk::from(text.as_bytes()),
             lines: 1,
-            id: Some(LineId {
+            id: Some(OriginId {
                 node: Arc::from(node),
                 seq,
             }),
@@ -868,6 +884,34 @@ mod tests {
         let mut buf = vec![0; n];
         sock.read_exact(&mut buf).unwrap();
         String::from_utf8(buf).unwrap()
+    }
+
+    /// Every relayed line gets the next id of its room, kept with it in the history, and a
+    /// replay that starts within a chunk starts with the id of its first line.
+    #[test]
+    fn lines_are_numbered_in_their_room_and_replayed_with_their_ids() {
+        let config = Config {
+            history: 3,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
+        let (_a, _sock) = client(&registry, 1, &config);
+        let two = Chunk::relayed(b"a\nb\n", 2);
+        let one = Chunk::relayed(b"c\n", 1);
+        let more = Chunk::relayed(b"d\n", 1);
+        for (chunk, n) in [(&two, 2), (&one, 1), (&more, 1)] {
+            assert!(registry.deliver(LOBBY, Some(1), false, chunk, n, None));
+        }
+        let first = two.placed().unwrap().first;
+        assert_eq!(first.b, 1);
+        assert_eq!(&*two.placed().unwrap().room, LOBBY);
+        assert_eq!(one.placed().unwrap().first, first.nth(2, true));
+        assert_eq!(more.placed().unwrap().first, first.nth(3, true));
+        // History 3: b, c, d; the replay of the first chunk starts at b, with b's id.
+        let replay = registry.history(LOBBY);
+        assert_eq!(&replay[0][..], b"b\n");
+        assert_eq!(replay[0].placed().unwrap().first, first.nth(1, true));
+        assert_eq!(replay[2].placed().unwrap().first, first.nth(3, true));
     }
 
     /// The seams of a room's history across the cluster: what Redis had, what reached this
