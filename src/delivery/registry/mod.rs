@@ -38,16 +38,18 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use crate::config::Config;
-use crate::delivery::chunk::{Chunk, Placed};
+use crate::delivery::chunk::{Chunk, Format, Placed};
 use crate::delivery::history::{Entry as HistoryEntry, History};
 use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
+use crate::policy::rooms::RoomRules;
 use crate::policy::token::Role;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
 mod live;
+mod presence;
 mod stream;
 mod users;
 
@@ -56,6 +58,7 @@ use stream::{Order, remember_recent};
 
 pub(crate) use stream::{Echo, Origin};
 
+pub(crate) use presence::member;
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
 
@@ -72,6 +75,9 @@ pub(crate) struct Registry {
     stats: Arc<Stats>,
     /// In chat mode: how relayd's own lines are written (a live room's busy notice).
     notices: Option<Notices>,
+    /// The moderators the operator made for rooms: part of who a room's members are, for
+    /// JSON clients.
+    rules: Arc<RoomRules>,
     /// Seeds being read from Redis now: only while there are any is [`Inner::recent`] kept,
     /// since only a seed asked for before a line arrived can need it.
     seeding: Arc<AtomicUsize>,
@@ -204,6 +210,8 @@ pub(crate) struct Left {
     pub(crate) name: String,
     /// Its user's `sub`, if it had one.
     pub(crate) user: Option<Arc<str>>,
+    /// Its token's role, if it had one.
+    pub(crate) role: Option<Role>,
     /// The room it left; `None` if it never entered one.
     pub(crate) room: Option<String>,
     /// Who is still in the room it left; `None` if it never entered one.
@@ -218,7 +226,7 @@ pub(crate) enum RenameError {
 }
 
 impl Registry {
-    pub(crate) fn new(config: &Config, stats: Arc<Stats>) -> Registry {
+    pub(crate) fn new(config: &Config, stats: Arc<Stats>, rules: Arc<RoomRules>) -> Registry {
         Registry {
             inner: Mutex::new(Inner {
                 clients: BTreeMap::new(),
@@ -232,6 +240,7 @@ impl Registry {
             history: config.history,
             stats,
             notices: config.chat.then(|| Notices::new(config)),
+            rules,
             seeding: Arc::default(),
         }
     }
@@ -335,6 +344,7 @@ impl Registry {
             rooms,
             recent,
             live,
+            clients,
             ..
         } = inner;
         let room_name = room;
@@ -373,15 +383,26 @@ impl Registry {
             before.online() + usize::from(new)
         };
         let mut lines = greet(name, online);
+        let joiner = Member {
+            peer: Arc::clone(peer),
+            user,
+            epoch: 0,
+            before_seed: false,
+        };
+        if peer.format() == Format::Json {
+            let mut members = room.members.to_vec();
+            members.push(joiner.clone());
+            lines.push(presence::presence(
+                clients,
+                &self.rules,
+                room_name,
+                &members,
+            ));
+        }
         lines.extend(room.history.replay());
         peer.set_live(room.live.as_ref().map(|l| &l.drops));
         let epoch = peer.enter_room(&lines);
-        Arc::make_mut(&mut room.members).push(Member {
-            peer: Arc::clone(peer),
-            user,
-            epoch,
-            before_seed: false,
-        });
+        Arc::make_mut(&mut room.members).push(Member { epoch, ..joiner });
         Members {
             list: Arc::clone(&room.members),
         }
@@ -416,6 +437,7 @@ impl Registry {
             .map(|room| self.leave_room(inner, &entry.peer, room));
         let left = Left {
             name: entry.name,
+            role: entry.user.as_ref().map(|u| u.role),
             user: entry.user.map(|u| u.sub),
             room: entry.room,
             members,
@@ -627,7 +649,7 @@ impl Registry {
                 Origin::Stream { id, echo } => r.stamped(chunk, lines, id, echo),
             };
             let gated = match r.live.as_mut() {
-                Some(live) if !kept => Some(self.gate(live, &members, from, chunk, lines)),
+                Some(live) if !kept => Some(self.gate(room, live, &members, from, chunk, lines)),
                 _ => None,
             };
             (members, kept && r.live.is_some(), gated)
@@ -831,7 +853,7 @@ mod tests {
             history: 10,
             ..Config::default()
         };
-        let registry = Registry::new(&config, Arc::default());
+        let registry = Registry::new(&config, Arc::default(), Arc::default());
         (config, registry)
     }
 
@@ -849,7 +871,7 @@ mod tests {
             history: 3,
             ..Config::default()
         };
-        let registry = Registry::new(&config, Arc::new(Stats::default()));
+        let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
         let (_a, _sock) = client(&registry, 1, &config);
         let two = Chunk::relayed(b"a\nb\n", 2);
         let one = Chunk::relayed(b"c\n", 1);

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::delivery::chunk::{Chunk, Placed};
+use crate::delivery::chunk::{Chunk, Format, Placed};
 use crate::delivery::history::Entry as HistoryEntry;
 use crate::delivery::line_id::LineId;
 use crate::delivery::peer::PeerId;
@@ -69,8 +69,7 @@ impl Member {
     /// Whether it takes a room's lines in the stream's order only, with their ids: a JSON
     /// client (`relayd.v1.json`).
     fn ordered(&self) -> bool {
-        // The JSON peer format comes with the subprotocol (branch i22-json).
-        false
+        self.peer.format() == Format::Json
     }
 }
 
