@@ -23,6 +23,7 @@ mod chat_parser;
 mod chat_raw;
 mod cluster;
 mod cluster_chat;
+mod cluster_json;
 mod crlf;
 mod cutoff;
 mod daemon;
