@@ -20,6 +20,7 @@
 mod live;
 mod moderation;
 mod operator;
+mod recall;
 mod remote;
 mod rooms;
 mod slot;
@@ -56,6 +57,7 @@ use crate::systemd::Notifier;
 
 pub(crate) use moderation::ModerationError;
 pub(crate) use operator::{Found, NoSuchClient};
+pub(crate) use recall::RecallError;
 pub(crate) use slot::Slot;
 
 pub(crate) struct Daemon {
