@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::Room;
+use super::{LOBBY, Room};
 
 /// Empty rooms kept at once: with at most `RECOVERY_BYTES` (256 KiB) of history each
 /// beyond their `--history` lines, at most 64 MiB.
@@ -35,11 +35,14 @@ impl Emptied {
         self.sweep(rooms);
     }
 
-    /// `room` is being entered: it is no longer empty, if it was; and the longest empty
-    /// rooms go if their history has aged out.
+    /// `room` is being entered: it is no longer empty, if it was (and if its history aged
+    /// out meanwhile, it is made anew); and the longest empty rooms go if their history has.
     pub(super) fn refill(&mut self, room: &str, rooms: &mut BTreeMap<String, Room>) {
-        if rooms.get(room).is_some_and(|r| r.members.is_empty()) {
+        if let Some(r) = rooms.get_mut(room).filter(|r| r.members.is_empty()) {
             self.0.retain(|(name, _)| name != room);
+            if room != LOBBY && !r.history.expire() {
+                rooms.remove(room);
+            }
         }
         self.sweep(rooms);
     }
