@@ -118,7 +118,7 @@ impl Daemon {
     /// Pushes `text` to every client here that has joined, as a server line; returns to how
     /// many.
     pub(super) fn push_here(&self, text: &str) -> usize {
-        let chunk = self.notices.push(self.config.chat, text);
+        let chunk = self.notices.push(self.config.chat, text, None);
         let peers = self.registry.peers(Which::Joined);
         self.registry.deliver_to(&peers, &chunk, 0);
         peers.len()
@@ -170,7 +170,7 @@ impl Daemon {
         }
         match located {
             Located::Here(name, peer) => {
-                let chunk = self.notices.push(self.config.chat, text);
+                let chunk = self.notices.push(self.config.chat, text, None);
                 self.send_to(&peer, &chunk, 0);
                 Ok(Found::Here(peer.id(), name))
             }
@@ -243,7 +243,7 @@ impl Daemon {
             return Err(PublishError::Empty);
         }
         let Some(from) = from else {
-            let chunk = self.notices.push(self.config.chat, text);
+            let chunk = self.notices.push(self.config.chat, text, Some(room));
             self.check_length(&chunk)?;
             let members = self.registry.members(room);
             self.registry.notify(&members, None, &chunk);

@@ -38,11 +38,12 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use crate::config::Config;
-use crate::delivery::chunk::{Chunk, Placed};
+use crate::delivery::chunk::{Chunk, Format, Placed};
 use crate::delivery::history::{Entry as HistoryEntry, History, OriginId};
 use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
+use crate::policy::rooms::RoomRules;
 use crate::policy::token::Role;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
@@ -50,6 +51,7 @@ use crate::sync::lock;
 mod empty;
 mod live;
 mod members;
+mod presence;
 mod recall;
 mod users;
 
@@ -57,6 +59,7 @@ use empty::Emptied;
 use live::{Gated, LiveRoom, LiveRooms};
 pub(crate) use members::Members;
 
+pub(crate) use presence::member;
 pub(crate) use recall::Recalled;
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
@@ -75,6 +78,9 @@ pub(crate) struct Registry {
     stats: Arc<Stats>,
     /// In chat mode: how relayd's own lines are written (a live room's busy notice).
     notices: Option<Notices>,
+    /// The moderators the operator made for rooms: part of who a room's members are, for
+    /// JSON clients.
+    rules: Arc<RoomRules>,
     /// Seeds being read from Redis now: only while there are any is [`Inner::recent`] kept,
     /// since only a seed asked for before a line arrived can need it.
     seeding: Arc<AtomicUsize>,
@@ -179,6 +185,8 @@ pub(crate) struct Left {
     pub(crate) name: String,
     /// Its user's `sub`, if it had one.
     pub(crate) user: Option<Arc<str>>,
+    /// Its token's role, if it had one.
+    pub(crate) role: Option<Role>,
     /// The room it left; `None` if it never entered one.
     pub(crate) room: Option<String>,
     /// Who is still in the room it left; `None` if it never entered one.
@@ -193,7 +201,7 @@ pub(crate) enum RenameError {
 }
 
 impl Registry {
-    pub(crate) fn new(config: &Config, stats: Arc<Stats>) -> Registry {
+    pub(crate) fn new(config: &Config, stats: Arc<Stats>, rules: Arc<RoomRules>) -> Registry {
         Registry {
             inner: Mutex::new(Inner {
                 clients: BTreeMap::new(),
@@ -208,6 +216,7 @@ impl Registry {
             history: (config.history, config.history_age),
             stats,
             notices: config.chat.then(|| Notices::new(config)),
+            rules,
             seeding: Arc::default(),
         }
     }
@@ -312,6 +321,7 @@ impl Registry {
             emptied,
             recent,
             live,
+            clients,
             ..
         } = inner;
         emptied.refill(room, rooms);
@@ -356,15 +366,26 @@ impl Registry {
             before.online() + usize::from(new)
         };
         let mut lines = greet(name, online);
+        let joiner = Member {
+            peer: Arc::clone(peer),
+            user,
+            epoch: 0,
+            before_seed: false,
+        };
+        if peer.format() == Format::Json {
+            let mut members = room.members.to_vec();
+            members.push(joiner.clone());
+            lines.push(presence::presence(
+                clients,
+                &self.rules,
+                room_name,
+                &members,
+            ));
+        }
         lines.extend(room.history.replay());
         peer.set_live(room.live.as_ref().map(|l| &l.drops));
         let epoch = peer.enter_room(&lines);
-        Arc::make_mut(&mut room.members).push(Member {
-            peer: Arc::clone(peer),
-            user,
-            epoch,
-            before_seed: false,
-        });
+        Arc::make_mut(&mut room.members).push(Member { epoch, ..joiner });
         Members {
             list: Arc::clone(&room.members),
         }
@@ -399,6 +420,7 @@ impl Registry {
             .map(|room| self.leave_room(inner, &entry.peer, room));
         let left = Left {
             name: entry.name,
+            role: entry.user.as_ref().map(|u| u.role),
             user: entry.user.map(|u| u.sub),
             room: entry.room,
             members,
@@ -614,7 +636,7 @@ impl Registry {
                 }
             };
             let gated = match r.live.as_mut() {
-                Some(live) if !kept => Some(self.gate(live, &members, from, chunk, lines)),
+                Some(live) if !kept => Some(self.gate(room, live, &members, from, chunk, lines)),
                 _ => None,
             };
             (members, kept && r.live.is_some(), gated)
@@ -851,7 +873,7 @@ mod tests {
             history_age: Duration::ZERO,
             ..Config::default()
         };
-        let registry = Registry::new(&config, Arc::new(Stats::default()));
+        let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
         let (_a, _sock) = client(&registry, 1, &config);
         let two = Chunk::relayed(b"a\nb\n", 2);
         let one = Chunk::relayed(b"c\n", 1);
@@ -917,7 +939,7 @@ mod tests {
             history: 10,
             ..Config::default()
         };
-        let registry = Registry::new(&config, Arc::default());
+        let registry = Registry::new(&config, Arc::default(), Arc::default());
         let (peer, mut sock) = client(&registry, 1, &config);
         let (a, b, c, d) = (
             line("n", 1, "a\n"),
@@ -958,7 +980,7 @@ mod tests {
             history: 10,
             ..Config::default()
         };
-        let registry = Registry::new(&config, Arc::default());
+        let registry = Registry::new(&config, Arc::default(), Arc::default());
         let (first, mut first_sock) = client(&registry, 1, &config);
         let (second, mut second_sock) = client(&registry, 2, &config);
         registry.change_room(1, "games", None, |_, _| Vec::new());
