@@ -59,7 +59,7 @@ use crate::cluster::presence::Present;
 use crate::cluster::query::Pool;
 use crate::config::{ClusterConfig, is_token};
 use crate::delivery::chunk::{Chunk, Placed, Sender};
-use crate::delivery::history::Entry;
+use crate::delivery::history::{Entry, RECOVERY_LINES};
 use crate::delivery::line_id::LineId;
 use crate::stats::{Stats, add};
 use crate::sync::{self, lock};
@@ -79,10 +79,6 @@ const QUERIES: usize = 16;
 /// for a moment (a restart of every node, a lunch break) still has its history, while a
 /// room nobody comes back to costs Redis nothing after an hour.
 pub(crate) const HISTORY_IDLE: Duration = Duration::from_secs(3600);
-/// Lines a room's history stream keeps at least, whatever `--history` says: what a JSON
-/// client can recover after a drop, on any node (issue 22's design: a room keeps
-/// `max(--history, 1000)` lines).
-const KEEP: usize = 1000;
 
 /// Claims a name key for `ARGV[1]` (`node \0 id`) for `ARGV[2]` ms, or renews it if it holds
 /// that value already, and then frees `KEYS[2]` (the old name) if it held that value; 0 if
@@ -196,9 +192,12 @@ struct Shared {
     url: String,
     client: redis::Client,
     ttl: Duration,
-    /// Entries a room's history stream keeps at least (`MAXLEN ~`): what a room keeps
-    /// for recovery, `max(--history, KEEP)` lines (each entry holds one line or more).
+    /// Entries a room's history stream keeps at least (`MAXLEN ~`): what a room keeps,
+    /// `max(--history, RECOVERY_LINES)` lines with `--history-age`, else `--history`'s
+    /// (each entry holds one line or more; one at least, whose id every line needs).
     keep: usize,
+    /// `--history-age`: older entries are trimmed too (`MINID ~`); `None`: 0, no recovery.
+    age: Option<Duration>,
     stats: Arc<Stats>,
     hooks: Hooks,
     queue: Mutex<Queue>,
@@ -276,7 +275,7 @@ impl Cluster {
     /// background: a Redis that is not there yet costs one log line, not the node's start.
     pub(crate) fn start(
         config: &ClusterConfig,
-        history: usize,
+        history: (usize, Duration),
         stats: Arc<Stats>,
         hooks: Hooks,
     ) -> io::Result<Cluster> {
@@ -514,10 +513,15 @@ impl Drop for Cluster {
 impl Shared {
     fn new(
         config: &ClusterConfig,
-        history: usize,
+        (history, age): (usize, Duration),
         stats: Arc<Stats>,
         hooks: Hooks,
     ) -> io::Result<Shared> {
+        let age = (!age.is_zero()).then_some(age);
+        let keep = match age {
+            Some(_) => history.max(RECOVERY_LINES),
+            None => history,
+        };
         let bad_url = |e| io::Error::other(format!("--redis {}: {e}", config.url));
         let client = client(&config.url).map_err(bad_url)?;
         let queries = query_client(&client).map_err(bad_url)?;
@@ -528,7 +532,8 @@ impl Shared {
             url: config.url.clone(),
             client,
             ttl: config.ttl,
-            keep: history.max(KEEP),
+            keep: keep.max(1),
+            age,
             stats,
             hooks,
             queue: Mutex::new(Queue::default()),

@@ -16,16 +16,19 @@ use std::sync::atomic::Ordering;
 use crate::cluster::link::{IO_TIMEOUT, Side};
 use crate::cluster::wire::STAMPED;
 use crate::cluster::{HISTORY_IDLE, Item, RELEASE, Shared};
+use crate::delivery::line_id::now_ms;
 use crate::stats::add;
 use crate::sync::{self, lock};
 
 /// Appends lines to their room's history stream (`KEYS[1]`), keeping about `ARGV[1]`
-/// entries, as fields `m` (the `L` message, `ARGV[2]`) and `s` (its sender, `ARGV[3]`), and
-/// publishes them on the channel (`KEYS[2]`) stamped with the new entry's id: `ARGV[4]` (the
-/// node and the kind `K`, as long as the `L` message's start it replaces), the id, a NUL,
-/// the sender, the rest of the `L` message (see `wire.rs`). Returns the id.
+/// entries and, if `ARGV[5]` is not empty, none older than that id, as fields `m` (the `L`
+/// message, `ARGV[2]`) and `s` (its sender, `ARGV[3]`), and publishes them on the channel
+/// (`KEYS[2]`) stamped with the new entry's id: `ARGV[4]` (the node and the kind `K`, as long
+/// as the `L` message's start it replaces), the id, a NUL, the sender, the rest of the `L`
+/// message (see `wire.rs`). Returns the id.
 pub(super) const STAMP: &str = "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], \
     '*', 'm', ARGV[2], 's', ARGV[3]) \
+    if ARGV[5] ~= '' then redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[5]) end \
     redis.call('PUBLISH', KEYS[2], \
     ARGV[4] .. id .. '\\0' .. ARGV[3] .. string.sub(ARGV[2], string.len(ARGV[4]) + 1)) \
     return id";
@@ -106,6 +109,12 @@ impl Shared {
                     .store(queue.bytes as u64, Ordering::Relaxed);
                 batch
             };
+            // The oldest id a stream keeps, by `--history-age` (this node's clock, which the
+            // stream's ids, Redis's clock, are close to).
+            let oldest = self.age.map_or_else(String::new, |age| {
+                let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                format!("{}-0", now_ms().saturating_sub(ms))
+            });
             let mut pipe = redis::pipe();
             // Streams given their expiry in this batch: once each, after its first entry.
             let mut expiring: Vec<&str> = Vec::new();
@@ -128,6 +137,7 @@ impl Shared {
                             .arg(message.as_slice())
                             .arg(stream.sender.as_slice())
                             .arg([self.node.as_bytes(), &kind].concat())
+                            .arg(&oldest)
                             .ignore();
                         if !expiring.contains(&room.as_str()) {
                             expiring.push(room);

@@ -656,7 +656,13 @@ mod tests {
             }),
             lost_name: Box::new(|_, _| {}),
         };
-        Shared::new(&config, 10, Arc::new(Stats::default()), hooks).unwrap()
+        Shared::new(
+            &config,
+            (10, Duration::ZERO),
+            Arc::new(Stats::default()),
+            hooks,
+        )
+        .unwrap()
     }
 
     /// What the queue holds, as messages.

@@ -20,6 +20,7 @@
 mod live;
 mod moderation;
 mod operator;
+mod recall;
 mod remote;
 mod rooms;
 mod slot;
@@ -55,6 +56,7 @@ use crate::systemd::Notifier;
 
 pub(crate) use moderation::ModerationError;
 pub(crate) use operator::{Found, NoSuchClient};
+pub(crate) use recall::RecallError;
 pub(crate) use slot::Slot;
 
 pub(crate) struct Daemon {
@@ -154,9 +156,14 @@ impl Daemon {
         let mut failed = None;
         let daemon = Arc::new_cyclic(|weak: &Weak<Daemon>| {
             let cluster = cluster_config.and_then(|c| {
-                Cluster::start(&c, config.history, Arc::clone(&stats), remote::hooks(weak))
-                    .map_err(|e| failed = Some(e))
-                    .ok()
+                Cluster::start(
+                    &c,
+                    (config.history, config.history_age),
+                    Arc::clone(&stats),
+                    remote::hooks(weak),
+                )
+                .map_err(|e| failed = Some(e))
+                .ok()
             });
             Daemon {
                 notices: Notices::new(&config),

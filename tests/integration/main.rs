@@ -38,6 +38,7 @@ mod metrics;
 mod moderation;
 mod operator;
 mod proxy;
+mod recall;
 mod relay;
 mod reload;
 mod room_moderation;

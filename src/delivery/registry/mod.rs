@@ -48,17 +48,23 @@ use crate::policy::token::Role;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
+mod empty;
 mod live;
+mod members;
 mod presence;
+mod recall;
 mod stream;
 mod users;
 
+use empty::Emptied;
 use live::{Gated, LiveRoom, LiveRooms};
 use stream::{Order, remember_recent};
 
+pub(crate) use members::Members;
 pub(crate) use stream::{Echo, Origin};
 
 pub(crate) use presence::member;
+pub(crate) use recall::Recalled;
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
 
@@ -71,7 +77,8 @@ const WAIT_STEP: Duration = Duration::from_millis(5);
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     max_clients: usize,
-    history: usize,
+    /// `--history` and `--history-age`.
+    history: (usize, Duration),
     stats: Arc<Stats>,
     /// In chat mode: how relayd's own lines are written (a live room's busy notice).
     notices: Option<Notices>,
@@ -90,6 +97,8 @@ struct Inner {
     /// guest or by every connection of one signed-in user.
     names: HashMap<String, Vec<PeerId>>,
     rooms: BTreeMap<String, Room>,
+    /// Rooms nobody is in, kept for their history (see `empty.rs`).
+    emptied: Emptied,
     /// Clients taken out by [`Registry::expel`] whose threads have not left yet: where they
     /// were, for the leave notice.
     expelled: HashMap<PeerId, Left>,
@@ -170,41 +179,6 @@ pub(crate) struct ClientInfo {
     pub(crate) peer: Arc<Peer>,
 }
 
-/// A room's members just after someone entered or left it: who is told about it. Taken in
-/// the same critical section as the change, so the notice reaches exactly those who were
-/// there, and none who arrive later.
-pub(crate) struct Members {
-    list: Arc<Vec<Member>>,
-}
-
-impl Members {
-    /// How many are in the room: people, so a user's connections count once.
-    pub(crate) fn online(&self) -> usize {
-        let mut users = HashSet::new();
-        self.list
-            .iter()
-            .filter(|m| {
-                m.user
-                    .as_ref()
-                    .is_none_or(|sub| users.insert(Arc::clone(sub)))
-            })
-            .count()
-    }
-
-    /// The users among them, by `sub`.
-    pub(crate) fn users(&self) -> HashSet<Arc<str>> {
-        self.list.iter().filter_map(|m| m.user.clone()).collect()
-    }
-
-    /// Whether a connection of user `sub` other than `except` is among them: then the room
-    /// has seen the user arrive already, and does not see it leave yet.
-    pub(crate) fn has_user(&self, sub: &str, except: PeerId) -> bool {
-        self.list
-            .iter()
-            .any(|m| m.peer.id() != except && m.user.as_deref() == Some(sub))
-    }
-}
-
 /// Where a client was when it left.
 pub(crate) struct Left {
     pub(crate) name: String,
@@ -232,12 +206,13 @@ impl Registry {
                 clients: BTreeMap::new(),
                 names: HashMap::new(),
                 rooms: BTreeMap::new(),
+                emptied: Emptied::default(),
                 expelled: HashMap::new(),
                 recent: VecDeque::new(),
                 live: LiveRooms::new(config),
             }),
             max_clients: config.max_clients,
-            history: config.history,
+            history: (config.history, config.history_age),
             stats,
             notices: config.chat.then(|| Notices::new(config)),
             rules,
@@ -325,7 +300,8 @@ impl Registry {
     /// `--history`, the daemon reads that before the first client here enters the room, and
     /// hands it to [`Registry::enter`] or [`Registry::change_room`].
     pub(crate) fn needs_seed(&self, room: &str) -> bool {
-        self.history > 0 && lock(&self.inner).rooms.get(room).is_none_or(|r| !r.seeded)
+        let keeps = self.history.0 > 0 || !self.history.1.is_zero();
+        keeps && lock(&self.inner).rooms.get(room).is_none_or(|r| !r.seeded)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -342,18 +318,20 @@ impl Registry {
         let history = self.history;
         let Inner {
             rooms,
+            emptied,
             recent,
             live,
             clients,
             ..
         } = inner;
+        emptied.refill(room, rooms);
         let room_name = room;
         let room = rooms.entry(room.to_string()).or_insert_with(|| Room {
             name: Arc::from(room_name),
             members: Arc::new(Vec::new()),
             life: now_ms(),
             numbered: 0,
-            history: History::new(history),
+            history: History::new(history.0, history.1),
             seeded: false,
             order: Order::default(),
             live: live.for_room(room_name),
@@ -408,8 +386,8 @@ impl Registry {
         }
     }
 
-    /// Removes `peer` from `room`'s members and returns those left. Rooms other than the
-    /// lobby go away when their last member leaves, so that rooms cannot pile up.
+    /// Removes `peer` from `room`'s members and returns those left. A room other than the
+    /// lobby that its last member leaves is kept while its history is (`empty.rs`).
     fn leave_room(&self, inner: &mut Inner, peer: &Peer, room: &str) -> Members {
         peer.leave_room();
         peer.set_live(None);
@@ -423,7 +401,7 @@ impl Registry {
             list: Arc::clone(&r.members),
         };
         if r.members.is_empty() && room != LOBBY {
-            inner.rooms.remove(room);
+            inner.emptied.keep(room, &mut inner.rooms);
         }
         left
     }
@@ -531,13 +509,13 @@ impl Registry {
             .collect()
     }
 
-    /// What `room`'s history holds here, oldest first (none for a room nobody here is in:
-    /// it went with its last member).
+    /// Every line `room`'s history keeps here, oldest first (none for a room that went
+    /// with its last member).
     pub(crate) fn history(&self, room: &str) -> Vec<Chunk> {
         lock(&self.inner)
             .rooms
-            .get(room)
-            .map(|r| r.history.replay())
+            .get_mut(room)
+            .map(|r| r.history.kept())
             .unwrap_or_default()
     }
 
@@ -867,8 +845,10 @@ mod tests {
     /// replay that starts within a chunk starts with the id of its first line.
     #[test]
     fn lines_are_numbered_in_their_room_and_replayed_with_their_ids() {
+        // No recovery: the history keeps the 3 lines it replays.
         let config = Config {
             history: 3,
+            history_age: Duration::ZERO,
             ..Config::default()
         };
         let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
@@ -889,6 +869,43 @@ mod tests {
         assert_eq!(&replay[0][..], b"b\n");
         assert_eq!(replay[0].placed().unwrap().first, first.nth(1, true));
         assert_eq!(replay[2].placed().unwrap().first, first.nth(3, true));
+    }
+
+    /// A room its last member left keeps its history and its numbering while it has lines,
+    /// and at most [`empty::EMPTY_ROOMS`] such rooms are kept, the longest empty going first.
+    #[test]
+    fn empty_rooms_are_kept_for_their_history_up_to_a_bound() {
+        let config = Config {
+            history: 2,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
+        let (_peer, _sock) = client(&registry, 1, &config);
+        let say = |room: &str| {
+            let chunk = Chunk::relayed(b"x\n", 1);
+            assert!(registry.deliver(room, Some(1), false, &chunk, 1, Origin::Here));
+            chunk.placed().unwrap().first
+        };
+        let mut first = Vec::new();
+        for i in 0..=empty::EMPTY_ROOMS {
+            let room = format!("r{i}");
+            registry.change_room(1, &room, None, |_, _| Vec::new());
+            first.push(say(&room));
+        }
+        assert_eq!(lock(&registry.inner).emptied.len(), empty::EMPTY_ROOMS);
+        assert_eq!(registry.history("r0").len(), 1);
+        registry.change_room(1, LOBBY, None, |_, _| Vec::new());
+        assert_eq!(lock(&registry.inner).emptied.len(), empty::EMPTY_ROOMS);
+        assert!(registry.history("r0").is_empty(), "the longest empty went");
+        assert_eq!(registry.history("r1").len(), 1);
+        // Back in r1: the same life of the room, its numbering going on.
+        registry.change_room(1, "r1", None, |_, _| Vec::new());
+        assert_eq!(say("r1"), first[1].nth(1, true));
+        assert_eq!(lock(&registry.inner).emptied.len(), empty::EMPTY_ROOMS - 1);
+        // A room without lines is not kept.
+        registry.change_room(1, "quiet", None, |_, _| Vec::new());
+        registry.change_room(1, LOBBY, None, |_, _| Vec::new());
+        assert!(!lock(&registry.inner).rooms.contains_key("quiet"));
     }
 
     /// The seams of a room's history across the cluster: what Redis had, what reached this
