@@ -227,6 +227,46 @@ impl History {
         }
         true
     }
+
+    /// Every line kept after `after`, oldest first, and the id of the first of them: a JSON
+    /// client's recovery, which gets every line kept, not only the last `--history`. On one
+    /// node `after` is an id of this life of the room (numbered lines); in a cluster, a
+    /// stream id, which every line kept here is ordered against whichever node gave it.
+    pub(crate) fn since(&mut self, after: LineId) -> (Vec<Chunk>, Option<LineId>) {
+        self.trim();
+        let mut out = Vec::new();
+        let mut first = None;
+        // The oldest chunk's lines past `cap` are not kept, as for a replay.
+        let mut excess = self.lines.saturating_sub(self.cap);
+        for kept in &self.chunks {
+            let e = &kept.entry;
+            let trimmed = std::mem::take(&mut excess);
+            let Some(placed) = e.chunk.placed() else {
+                continue;
+            };
+            let start = placed.first;
+            // How many of its lines are `after` or older.
+            let seen = if placed.numbered {
+                if start.a != after.a {
+                    continue;
+                }
+                (after.b + 1).saturating_sub(start.b) as usize
+            } else {
+                match (start.a, start.b).cmp(&(after.a, after.b)) {
+                    std::cmp::Ordering::Less => e.lines,
+                    std::cmp::Ordering::Equal => (after.c + 1).saturating_sub(start.c) as usize,
+                    std::cmp::Ordering::Greater => 0,
+                }
+            };
+            let skip = seen.max(trimmed);
+            if skip >= e.lines {
+                continue;
+            }
+            first.get_or_insert(start.nth(skip, placed.numbered));
+            out.push(e.chunk.lines_from(skip));
+        }
+        (out, first)
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
@@ -18,21 +18,31 @@ use crate::common::Client;
 use crate::common::cluster::{Node, Redis};
 use crate::common::json::Json;
 
+/// A node, and where its browsers connect.
+struct WebNode {
+    node: Node,
+    ws: SocketAddr,
+}
+
 /// Chat nodes named `ids` on one Redis, each with a WebSocket listener, linked.
-fn cluster(redis: &Redis, ids: &[&str]) -> Vec<Node> {
-    let nodes: Vec<Node> = ids
+fn cluster(redis: &Redis, ids: &[&str]) -> Vec<WebNode> {
+    let nodes: Vec<WebNode> = ids
         .iter()
-        .map(|id| Node::start_with(&redis.url(), id, &["--chat", "--ws-bind", "127.0.0.1:0"]))
+        .map(|id| {
+            let node = Node::start_with(&redis.url(), id, &["--chat", "--ws-bind", "127.0.0.1:0"]);
+            let ws = node.daemon.ws_addr();
+            WebNode { node, ws }
+        })
         .collect();
     for n in &nodes {
-        n.wait_linked();
+        n.node.wait_linked();
     }
     nodes
 }
 
 /// A TCP client of `node` named `name`, in `room`, its welcome and its room's read.
-fn tcp_in(node: &Node, name: &str, room: &str) -> Client {
-    let mut c = node.connect();
+fn tcp_in(node: &WebNode, name: &str, room: &str) -> Client {
+    let mut c = node.node.connect();
     c.send(format!("/nick {name}\n/join {room}\n").as_bytes());
     let want = format!("* you are now in {room}");
     while !String::from_utf8(c.line()).unwrap().starts_with(&want) {}
@@ -41,8 +51,8 @@ fn tcp_in(node: &Node, name: &str, room: &str) -> Client {
 
 /// A JSON client of `node` that has entered `room` (with `since`, if given) with a `join`
 /// message, its events up to its room's presence read.
-fn json_in(node: &Node, room: &str, since: Option<&str>) -> Json {
-    let mut j = Json::connect(node.daemon.ws_addr(), "");
+fn json_in(node: &WebNode, room: &str, since: Option<&str>) -> Json {
+    let mut j = Json::connect(node.ws, "");
     j.welcomed();
     let join = match since {
         Some(id) => json!({"type": "join", "room": room, "since": id}),

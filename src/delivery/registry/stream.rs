@@ -133,6 +133,17 @@ impl Room {
         Arc::new(self.members.iter().filter(|m| gets(m)).cloned().collect())
     }
 
+    /// Whether the room's lines have stream ids: a cluster's room (seeded from Redis, or
+    /// given a line by it).
+    pub(super) fn in_stream(&self) -> bool {
+        self.seeded || self.order.last.is_some()
+    }
+
+    /// The newest stream id the room's history here has had.
+    pub(super) fn last_in_stream(&self) -> Option<LineId> {
+        self.order.last
+    }
+
     /// Merges what Redis keeps of the room's history (`entries`, oldest first) into it.
     pub(super) fn seed(&mut self, entries: Vec<HistoryEntry>) {
         let Some(newest) = self.history.seed(entries) else {
