@@ -901,7 +901,7 @@ mod tests {
             history: 2,
             ..Config::default()
         };
-        let registry = Registry::new(&config, Arc::new(Stats::default()));
+        let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
         let (_peer, _sock) = client(&registry, 1, &config);
         let say = |room: &str| {
             let chunk = Chunk::relayed(b"x\n", 1);
