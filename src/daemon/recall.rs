@@ -44,7 +44,7 @@ impl Daemon {
             return Err(RecallError::BadRoom);
         }
         let line = LineId::parse(id).ok_or_else(|| RecallError::BadId(id.into()))?;
-        let (found, members) = self
+        let found = self
             .registry
             .recall(room, line)
             .ok_or_else(|| RecallError::NoSuchLine(room.into(), id.into()))?;
@@ -56,7 +56,6 @@ impl Daemon {
                 false => " (no longer in its history)",
             }
         );
-        let _ = members;
         Ok(kept)
     }
 }

@@ -1,7 +1,8 @@
 //! Issue 22, recall and history by age, on the real binary over real sockets: a line taken
 //! back by a room's moderator (`/recall`), the operator (`recall`) and the API (`POST
 //! /api/recall`), and what each kind of client sees of it; `--history-age`; a room nobody is
-//! in kept for its history, and how many such rooms are kept.
+//! in kept for its history, and how many such rooms are kept. JSON events parsed with
+//! serde_json.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::api::{call, get, named, post, until, with_api};
+use crate::common::json::Json;
+use crate::common::ws::{Browsers, ws_text};
 use crate::common::{Client, Daemon, admin_command, eventually_within, temp_path};
 
 /// `history ROOM` on the control socket: (id, line) each, oldest first.
@@ -338,4 +341,58 @@ fn a_bad_history_age_stops_the_start() {
             format!("relayd: invalid value '{age}' for '--history-age <DURATION>': {error}\n")
         );
     }
+}
+
+/// A room's JSON clients get `recall` (its moderators' own `recall` message included), a
+/// plain WebSocket client and a TCP client nothing.
+#[test]
+fn json_clients_get_the_recall_and_no_one_else_does() {
+    let r = Browsers::spawn(&["--chat"]);
+    let mut nc = entering(&r.d, &[]);
+    let mut plain = r.ws();
+    assert!(ws_text(&mut plain).starts_with("* welcome to relayd, you are guest2"));
+    nc.expect(b"* guest2 joined (2 online)\n");
+    let mut j = Json::connect(r.ws, "");
+    assert_eq!(j.welcomed(), "guest3");
+    nc.expect(b"* guest3 joined (3 online)\n");
+    assert_eq!(ws_text(&mut plain), "* guest3 joined (3 online)");
+    assert_eq!(r.admin("op guest3 lobby"), "ok\n");
+
+    nc.send(b"one\ntwo\n");
+    let seen = j.until(|e| e["text"].as_str().is_some_and(|t| t.ends_with("two")));
+    let ids = ["one", "two"].map(|l| id_of(&r.admin, "lobby", &format!("<guest1> {l}")));
+    // The ids the JSON client was given with the lines, where it is given them.
+    for (event, id) in seen.iter().zip(&ids) {
+        if event["type"] == "line" {
+            assert_eq!(event["id"], json!(id));
+        }
+    }
+    assert_eq!(r.admin(&format!("recall lobby {}", ids[0])), "ok\n");
+    j.expect(json!({"type": "recall", "room": "lobby", "id": ids[0]}));
+    // Its own recall, as a moderator of the room: the event, then the answer.
+    j.send(json!({"type": "recall", "id": ids[1]}));
+    j.expect(json!({"type": "recall", "room": "lobby", "id": ids[1]}));
+    let answer = j.event();
+    assert_eq!(
+        (&answer["kind"], &answer["text"]),
+        (
+            &json!("info"),
+            &json!(format!("* line {} recalled", ids[1]))
+        )
+    );
+    assert_eq!(history(&r.admin, "lobby"), []);
+
+    // The others: each one's next line after the lines is the next line said.
+    nc.send(b"three\n");
+    for text in ["<guest1> one", "<guest1> two", "<guest1> three"] {
+        assert_eq!(ws_text(&mut plain), text);
+    }
+    let three = j.event();
+    assert!(
+        three["text"].as_str().unwrap().ends_with("three"),
+        "{three}"
+    );
+    // The TCP client wrote the lines and gets none back: its next line is a new arrival's.
+    let _late = entering(&r.d, &[]);
+    nc.expect(b"* guest4 joined (4 online)\n");
 }

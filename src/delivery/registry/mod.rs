@@ -337,6 +337,8 @@ impl Registry {
             order: Order::default(),
             live: live.for_room(room_name),
         });
+        // What has aged out goes before anything is replayed or recovered.
+        room.history.expire();
         if let Some(Seed {
             mut entries, asked, ..
         }) = seed.filter(|_| !room.seeded)
