@@ -17,6 +17,7 @@
 //! so that the room's history kept in Redis can be merged into this node's without a line
 //! appearing twice ([`History::seed`]).
 
+use std::cmp::Ordering;
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -196,27 +197,42 @@ impl History {
         out
     }
 
-    /// Every line kept after `after` (an id this node numbered, in this life of the room),
-    /// oldest first, and the id of the first line after `after` that was not forgotten (for
-    /// count, bytes or age): the lines between the two were missed. A recalled line is not
-    /// missed, so this is not the first line returned. Call [`History::expire`] first.
-    // Used by the JSON clients' recovery (branch i22-json's `registry/recovery.rs`), at merge.
-    #[allow(dead_code)]
+    /// Every line kept after `after`, oldest first, and the id of the first line after
+    /// `after` that was not forgotten (for count, bytes or age): the lines between the two
+    /// were missed. A recalled line is not missed, so this is not the first line returned.
+    /// Call [`History::expire`] first. On one node `after` is an id this node numbered, in
+    /// this life of the room, and the first id is exact; in a cluster it is a stream id,
+    /// which lines are ordered against by entry, then by line within it, whichever node gave
+    /// them, and the first id means nothing (see [`History::forgotten`]).
     pub(crate) fn since(&self, after: LineId) -> (Vec<Chunk>, Option<LineId>) {
         let mut out = Vec::new();
         for kept in &self.chunks {
             let Some(placed) = kept.entry.chunk.placed() else {
                 continue;
             };
-            let (start, lines) = (placed.first, kept.entry.lines as u64);
-            if !placed.numbered || start.a != after.a || start.b + lines <= after.b + 1 {
-                continue;
+            let (start, lines) = (placed.first, kept.entry.lines);
+            // How many of its lines are `after` or older.
+            let seen = match placed.numbered {
+                true if start.a != after.a => continue,
+                true => (after.b + 1).saturating_sub(start.b) as usize,
+                false => match (start.a, start.b).cmp(&(after.a, after.b)) {
+                    Ordering::Less => lines,
+                    Ordering::Equal => (after.c + 1).saturating_sub(start.c) as usize,
+                    Ordering::Greater => 0,
+                },
+            };
+            if seen < lines {
+                out.push(kept.entry.chunk.lines_from(seen));
             }
-            let skip = (after.b + 1).saturating_sub(start.b);
-            out.push(kept.entry.chunk.lines_from(skip as usize));
         }
         let forgotten = self.forgotten.filter(|f| f.a == after.a).map_or(0, |f| f.b);
         (out, Some(LineId::new(after.a, after.b.max(forgotten) + 1)))
+    }
+
+    /// The newest line forgotten for count, bytes or age (not a recalled one): in a
+    /// cluster, a client recovering from before it may have missed lines.
+    pub(crate) fn forgotten(&self) -> Option<LineId> {
+        self.forgotten
     }
 
     /// Takes the line `id` out (from within its chunk if it shares one): it is never replayed
@@ -256,46 +272,6 @@ impl History {
             }
         }
         true
-    }
-
-    /// Every line kept after `after`, oldest first, and the id of the first of them: a JSON
-    /// client's recovery, which gets every line kept, not only the last `--history`. On one
-    /// node `after` is an id of this life of the room (numbered lines); in a cluster, a
-    /// stream id, which every line kept here is ordered against whichever node gave it.
-    pub(crate) fn since(&mut self, after: LineId) -> (Vec<Chunk>, Option<LineId>) {
-        self.trim();
-        let mut out = Vec::new();
-        let mut first = None;
-        // The oldest chunk's lines past `cap` are not kept, as for a replay.
-        let mut excess = self.lines.saturating_sub(self.cap);
-        for kept in &self.chunks {
-            let e = &kept.entry;
-            let trimmed = std::mem::take(&mut excess);
-            let Some(placed) = e.chunk.placed() else {
-                continue;
-            };
-            let start = placed.first;
-            // How many of its lines are `after` or older.
-            let seen = if placed.numbered {
-                if start.a != after.a {
-                    continue;
-                }
-                (after.b + 1).saturating_sub(start.b) as usize
-            } else {
-                match (start.a, start.b).cmp(&(after.a, after.b)) {
-                    std::cmp::Ordering::Less => e.lines,
-                    std::cmp::Ordering::Equal => (after.c + 1).saturating_sub(start.c) as usize,
-                    std::cmp::Ordering::Greater => 0,
-                }
-            };
-            let skip = seen.max(trimmed);
-            if skip >= e.lines {
-                continue;
-            }
-            first.get_or_insert(start.nth(skip, placed.numbered));
-            out.push(e.chunk.lines_from(skip));
-        }
-        (out, first)
     }
 }
 

@@ -82,16 +82,16 @@ fn recover(room: &mut Room, since: LineId, notices: &Notices) -> Vec<Chunk> {
 }
 
 /// [`recover`] in a cluster, where ids are the room's Redis stream's, the same on every
-/// node, and not dense: every line kept after `since`; recovered if `since` is not older
-/// than the oldest line kept (nothing after it can have gone), else not, how many missed
+/// node, and not dense: every line kept after `since`; recovered if nothing after `since`
+/// can have gone (it is not older than the newest line forgotten here, nor than the oldest
+/// line read from Redis, which may have trimmed older ones), else not, how many missed
 /// unknown. A `since` newer than every line: recovered, nothing missed.
-fn recover_in_stream(room: &mut Room, since: LineId) -> Vec<Chunk> {
-    let oldest = room.history.since(LineId::new(0, 0)).1;
+fn recover_in_stream(room: &Room, since: LineId) -> Vec<Chunk> {
     let (mut lines, _) = room.history.since(since);
-    // Nothing kept: whatever the room had after `since` (if anything) is gone.
-    let recovered = oldest
-        .or(room.last_in_stream())
-        .is_none_or(|oldest| since >= oldest);
+    let recovered = [room.history.forgotten(), room.seed_floor()]
+        .into_iter()
+        .flatten()
+        .all(|gone_before| since >= gone_before);
     lines.push(resumed(&room.name, recovered, recovered.then_some(0)));
     lines
 }

@@ -61,6 +61,8 @@ pub(crate) struct Echo {
 pub(super) struct Order {
     /// The newest stream id in the room's history here.
     last: Option<LineId>,
+    /// The oldest line the room's history was seeded with from Redis.
+    floor: Option<LineId>,
     /// This node's lines handed out before their ids came back, by number: who had them.
     sent: VecDeque<(u64, Arc<Vec<Member>>)>,
 }
@@ -139,13 +141,17 @@ impl Room {
         self.seeded || self.order.last.is_some()
     }
 
-    /// The newest stream id the room's history here has had.
-    pub(super) fn last_in_stream(&self) -> Option<LineId> {
-        self.order.last
+    /// The oldest line read from Redis into the room's history: Redis may have trimmed
+    /// lines before it.
+    pub(super) fn seed_floor(&self) -> Option<LineId> {
+        self.order.floor
     }
 
     /// Merges what Redis keeps of the room's history (`entries`, oldest first) into it.
     pub(super) fn seed(&mut self, entries: Vec<HistoryEntry>) {
+        if self.order.floor.is_none() {
+            self.order.floor = entries.iter().find_map(|e| e.id);
+        }
         let Some(newest) = self.history.seed(entries) else {
             return;
         };
