@@ -26,10 +26,11 @@ struct WebNode {
 
 /// Chat nodes named `ids` on one Redis, each with a WebSocket listener, linked.
 fn cluster(redis: &Redis, ids: &[&str]) -> Vec<WebNode> {
+    let args = ["--chat", "--ws-bind", "127.0.0.1:0"];
     let nodes: Vec<WebNode> = ids
         .iter()
         .map(|id| {
-            let node = Node::start_with(&redis.url(), id, &["--chat", "--ws-bind", "127.0.0.1:0"]);
+            let node = Node::start_with(&redis.url(), id, &args);
             let ws = node.daemon.ws_addr();
             WebNode { node, ws }
         })
@@ -152,6 +153,41 @@ fn a_json_client_resumes_on_the_other_node_exactly() {
     for (text, id) in got.iter().chain(&resumed_lines) {
         assert_eq!(on_b.get(text.as_str()), Some(&id.as_str()), "{text}");
     }
+}
+
+/// Proves: a JSON client coming back on another node with a `since` older than what the
+/// room keeps (1,000 lines: Redis keeps about 1,000 entries) gets what is kept, in order,
+/// and `resumed` with `recovered: false` and `missed: null` (stream ids are not dense: how
+/// many is not known).
+#[test]
+fn beyond_what_the_room_keeps_it_is_not_recovered() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a", "b"]);
+    let mut first = json_in(&nodes[0], "games", None);
+    let mut alice = tcp_in(&nodes[0], "alice", "games");
+    alice.send(b"n1\n");
+    let (got, _) = lines_until(&mut first, "n1");
+    first.ws.close(None).unwrap();
+    while first.ws.read().is_ok() {}
+    send_paced(&mut alice, "n", 1300, 1000).join().unwrap();
+    // Nobody is in the room on b: it reads what Redis keeps as the client enters.
+    let mut again = json_in(&nodes[1], "games", Some(&got[0].1));
+    let (lines, mut resumed) = lines_until(&mut again, "n end");
+    // All of it was replayed: `resumed` follows the replay.
+    assert_eq!(resumed, Vec::<Value>::new());
+    resumed.push(again.until(|e| e["type"] == "resumed").pop().unwrap());
+    assert_eq!(resumed[0]["recovered"], false, "{}", resumed[0]);
+    assert_eq!(resumed[0]["missed"], Value::Null, "{}", resumed[0]);
+    // What Redis kept: the last lines, in order, up to the end (1,000 at least: trimming is
+    // approximate; fewer than all 1,301).
+    let texts: Vec<&str> = lines.iter().map(|(t, _)| t.as_str()).collect();
+    assert!((1000..1301).contains(&texts.len()), "{}", texts.len());
+    let from: usize = texts[0].strip_prefix('n').unwrap().parse().unwrap();
+    let want: Vec<String> = (from..=1300)
+        .map(|n| format!("n{n}"))
+        .chain(["n end".to_string()])
+        .collect();
+    assert_eq!(texts, want);
 }
 
 /// Proves: with senders on both nodes at once, a JSON client on each node gets the room's
