@@ -211,11 +211,14 @@ fn json_clients_on_two_nodes_see_one_order() {
     let (a_lines, b_lines) = (read_both_ends(&mut on_a), read_both_ends(&mut on_b));
     assert_eq!(a_lines.len(), 302);
     assert_eq!(a_lines, b_lines);
-    let ids: Vec<(u64, u64)> = a_lines
+    // `A-B`, or `A-B.C` for a further line of an entry that holds several (lines read at
+    // once): ordered by A, then B, then C.
+    let ids: Vec<(u64, u64, u64)> = a_lines
         .iter()
         .map(|(_, id)| {
-            let (x, y) = id.split_once('-').unwrap();
-            (x.parse().unwrap(), y.parse().unwrap())
+            let (x, rest) = id.split_once('-').unwrap();
+            let (y, z) = rest.split_once('.').unwrap_or((rest, "0"));
+            (x.parse().unwrap(), y.parse().unwrap(), z.parse().unwrap())
         })
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{a_lines:?}");
