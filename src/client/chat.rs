@@ -20,6 +20,8 @@ use crate::client::moderator::{self, Moderator, Slow, slow_allows};
 use crate::config::Config;
 use crate::daemon::{Daemon, NameError};
 use crate::delivery::chunk::{Chunk, Sender};
+use crate::delivery::json_event::Kind;
+use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::clean;
 use crate::delivery::peer::Peer;
 use crate::delivery::registry::{LOBBY, Members, is_id};
@@ -87,6 +89,14 @@ pub fn parse(line: &[u8]) -> Input {
     }
 }
 
+/// What a client whose `since` is not a line id is told.
+pub(crate) fn bad_since(since: Option<&str>) -> String {
+    format!(
+        "since {:?} is not a line id, entered without it",
+        since.unwrap_or_default()
+    )
+}
+
 /// Whether `message`, a browser's message as lines each ending with `\n`, is a command
 /// followed by more lines: a command is one line (see `Client::command_with_more_lines`).
 pub(crate) fn command_with_more_lines(message: &[u8]) -> bool {
@@ -144,9 +154,10 @@ impl Chat {
     /// user is there on another connection already).
     pub(crate) fn announce(&self, daemon: &Daemon, peer: &Peer, lobby: &Members) {
         if !self.here_already(lobby, peer) {
+            let member = daemon.member(peer, &self.name, LOBBY);
             let notice = daemon
                 .notices()
-                .joined(&self.name, daemon.online(LOBBY, lobby));
+                .joined(member, daemon.online(LOBBY, lobby), LOBBY);
             daemon.notify(LOBBY, lobby, peer.id(), &notice);
         }
         daemon.present(peer.id(), &self.name, LOBBY);
@@ -177,7 +188,8 @@ impl Chat {
         }
         let name = &self.name;
         let room = daemon.members(&self.room);
-        let notice = daemon.notices().line(format_args!("* {old} is now {name}"));
+        let member = daemon.member(peer, name, &self.room);
+        let notice = daemon.notices().renamed(member, &old, &self.room);
         daemon.notify(&self.room, &room, peer.id(), &notice);
         daemon.present(peer.id(), name, &self.room);
         self.reply(daemon, peer, &format!("* you are now {name}"));
@@ -199,13 +211,7 @@ impl Chat {
         lines: &[u8],
     ) -> Option<Option<String>> {
         let eol = daemon.notices().eol();
-        if let Some(guest) = daemon.take_rename(peer.id()) {
-            self.name = guest;
-        }
-        if let Some(room) = daemon.take_move(peer.id()) {
-            self.room = room;
-            self.slow = None;
-        }
+        self.catch_up(daemon, peer);
         self.censor.refresh(daemon);
         for line in lines.split_inclusive(|&b| b == b'\n') {
             let text = match parse(line) {
@@ -237,6 +243,32 @@ impl Chat {
         }
         self.flush(daemon, peer);
         None
+    }
+
+    /// Takes in what others did to this client since it last acted: a name taken back, a
+    /// move to the lobby.
+    fn catch_up(&mut self, daemon: &Daemon, peer: &Peer) {
+        if let Some(guest) = daemon.take_rename(peer.id()) {
+            self.name = guest;
+        }
+        if let Some(room) = daemon.take_move(peer.id()) {
+            self.room = room;
+            self.slow = None;
+        }
+    }
+
+    /// A JSON client's `join`: `/join ROOM`, recovering the lines after `since` if given.
+    pub(crate) fn join_since(
+        &mut self,
+        daemon: &Daemon,
+        peer: &Arc<Peer>,
+        room: &str,
+        since: Option<&str>,
+    ) {
+        self.catch_up(daemon, peer);
+        if self.allow(daemon, peer, "/join") {
+            self.join(daemon, peer, room, since);
+        }
     }
 
     /// Delivers the formatted lines gathered so far to the room.
@@ -342,7 +374,7 @@ impl Chat {
                 }
             }
             "msg" => self.msg(daemon, peer, arg),
-            "join" => self.join(daemon, peer, arg),
+            "join" => self.join(daemon, peer, arg, None),
             "rooms" => {
                 let rooms: Vec<String> = daemon
                     .rooms()
@@ -405,7 +437,8 @@ impl Chat {
                 self.name = name.to_string();
                 info!("client {}: {old} is now {name}", peer.id());
                 let room = daemon.members(&self.room);
-                let notice = daemon.notices().line(format_args!("* {old} is now {name}"));
+                let member = daemon.member(peer, name, &self.room);
+                let notice = daemon.notices().renamed(member, &old, &self.room);
                 daemon.notify(&self.room, &room, peer.id(), &notice);
                 daemon.present(peer.id(), name, &self.room);
                 self.reply(daemon, peer, &format!("* you are now {name}"));
@@ -445,15 +478,23 @@ impl Chat {
         let Some(text) = self.censor.pass_text(daemon, peer, text) else {
             return;
         };
+        let prefix = format!("[private] <{}> ", self.name);
+        let private = Kind::Private {
+            from: self.name.as_str().into(),
+            user: self.user.as_deref().map(|(sub, _)| sub.as_str().into()),
+            to: to.into(),
+            time: now_ms(),
+            prefix: prefix.len(),
+        };
         let line = daemon
             .notices()
-            .line(format_args!("[private] <{}> {text}", self.name));
+            .notice(private, None, format_args!("{prefix}{text}"));
         if daemon.private(to, &line).is_err() {
             self.reply(daemon, peer, &no_such_user);
         }
     }
 
-    fn join(&mut self, daemon: &Daemon, peer: &Arc<Peer>, room: &str) {
+    fn join(&mut self, daemon: &Daemon, peer: &Arc<Peer>, room: &str, since: Option<&str>) {
         if !valid_room(room) {
             let line = format!("relayd: invalid room {room:?} (1-32 letters, digits, _ - .)");
             return self.reply(daemon, peer, &line);
@@ -485,9 +526,15 @@ impl Chat {
             );
         }
         let notices = daemon.notices();
-        let moved = daemon.change_room(peer, room, |online| {
-            vec![notices.line(format_args!("* you are now in {room} ({online} online)"))]
+        let since = since.and_then(|s| {
+            let id = LineId::parse(s);
+            if id.is_none() {
+                self.reply(daemon, peer, &format!("relayd: {}", bad_since(Some(s))));
+            }
+            id
         });
+        let greet = |online| vec![notices.now_in(room, online)];
+        let moved = daemon.change_room(peer, room, since, greet);
         let Some((left, joined)) = moved else {
             return;
         };
@@ -497,11 +544,18 @@ impl Chat {
         // A user's other connections: the old room still has it, the new one had it.
         if !self.here_already(&left, peer) {
             let online = daemon.online(&old, &left);
-            let line = format!("* {name} left (joined {room}) ({online} online)");
-            daemon.notify(&old, &left, peer.id(), &notices.line(line));
+            let member = daemon.member(peer, name, &old);
+            let why = format_args!("joined {room}");
+            daemon.notify(
+                &old,
+                &left,
+                peer.id(),
+                &notices.left(member, why, online, &old),
+            );
         }
         if !self.here_already(&joined, peer) {
-            let joined_notice = notices.joined(name, daemon.online(room, &joined));
+            let member = daemon.member(peer, name, room);
+            let joined_notice = notices.joined(member, daemon.online(room, &joined), room);
             daemon.notify(room, &joined, peer.id(), &joined_notice);
         }
         daemon.present(peer.id(), name, room);

@@ -1,7 +1,7 @@
-//! A room's moderator's commands (`/kick`, `/mute`, `/unmute`, `/ban`, `/unban`, `/slow`),
-//! run in the room the moderator is in, and the slow mode each client keeps to. Who is a
-//! moderator and what each action does is the daemon's (`daemon/rooms.rs`); here: reading
-//! the command, answering, and what the room is told.
+//! A room's moderator's commands (`/kick`, `/mute`, `/unmute`, `/ban`, `/unban`, `/slow`,
+//! `/recall`), run in the room the moderator is in, and the slow mode each client keeps to.
+//! Who is a moderator and what each action does is the daemon's (`daemon/rooms.rs`); here:
+//! reading the command, answering, and what the room is told.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,13 +23,14 @@ pub(crate) const HELP: &[&str] = &[
     "*   /ban NAME [DURATION] [REASON]    NAME cannot join the room again until then",
     "*   /unban NAME                      lift it",
     "*   /slow SECONDS                    one line per SECONDS for each user (0: off)",
+    "*   /recall ID                       take line ID back (pages remove it; terminals keep it)",
 ];
 
 /// Whether `command` is a moderator's.
 pub(crate) fn is_command(command: &str) -> bool {
     matches!(
         command,
-        "kick" | "mute" | "unmute" | "ban" | "unban" | "slow"
+        "kick" | "mute" | "unmute" | "ban" | "unban" | "slow" | "recall"
     )
 }
 
@@ -48,15 +49,25 @@ impl Moderator<'_> {
             return self.reply("relayd: you are not a moderator here");
         }
         let done = match command {
+            "recall" => return self.recall(arg),
             "slow" => self.slow(arg),
             _ => self.on_user(command, arg),
         };
         match done {
             Ok(notice) => {
                 let room = self.daemon.members(self.room);
-                let chunk = self.daemon.notices().line(&notice);
+                let action = match command {
+                    "kick" => "kick",
+                    "mute" => "mute",
+                    "unmute" => "unmute",
+                    "ban" => "ban",
+                    "unban" => "unban",
+                    _ => "slow",
+                };
+                let notices = self.daemon.notices();
+                let chunk = notices.moderation(action, Some(self.room), &notice);
                 self.daemon.notify(self.room, &room, self.peer.id(), &chunk);
-                self.reply(&notice);
+                self.daemon.reply(self.peer, &chunk);
             }
             Err(error) => self.reply(&format!("relayd: {error}")),
         }
@@ -131,6 +142,21 @@ impl Moderator<'_> {
         })
     }
 
+    /// `/recall ID`: the moderator alone is answered; the room's JSON clients get the
+    /// recall itself, and nothing is said to the others (see `daemon/recall.rs`).
+    fn recall(&self, arg: &str) {
+        if arg.is_empty() || arg.contains([' ', '\t']) {
+            return self.reply("relayd: usage: /recall ID");
+        }
+        match self.daemon.recall(self.room, arg, self.name) {
+            Ok(true) => self.reply(&format!("* line {arg} recalled")),
+            Ok(false) => self.reply(&format!(
+                "* line {arg} recalled (it was no longer in the history)"
+            )),
+            Err(e) => self.reply(&format!("relayd: {e}")),
+        }
+    }
+
     fn reply(&self, line: &str) {
         if let Some(error) = line.strip_prefix("relayd: ") {
             debug!("client {} ({}): {error}", self.peer.id(), self.name);
@@ -198,8 +224,8 @@ pub(crate) fn slow_allows(
     if pace.told.is_none_or(|t| now.duration_since(t) >= period) {
         pace.told = Some(now);
         info!("client {}: slow mode in {room}, dropping lines", peer.id());
-        let line = format!("slow mode: one line every {seconds} s in {room}");
-        daemon.reply(peer, &daemon.notices().error(line));
+        let line = format!("relayd: slow mode: one line every {seconds} s in {room}");
+        daemon.reply(peer, &daemon.notices().moderation("slow", Some(room), line));
     }
     false
 }

@@ -20,6 +20,7 @@
 mod live;
 mod moderation;
 mod operator;
+mod recall;
 mod remote;
 mod rooms;
 mod slot;
@@ -37,13 +38,13 @@ use log::{info, warn};
 use crate::cluster::presence::{Presence, Present};
 use crate::cluster::{ClaimError, Cluster, Direct};
 use crate::config::Config;
-use crate::delivery::chunk::Chunk;
+use crate::delivery::chunk::{Chunk, Format};
 use crate::delivery::deliverer::Deliverer;
 use crate::delivery::echo::Echo;
-use crate::delivery::history::OriginId;
+use crate::delivery::line_id::LineId;
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Peer, PeerId, Share};
-use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
+use crate::delivery::registry::{LOBBY, Members, Origin, Registry, Seed, Which};
 use crate::policy::access::PerAddress;
 use crate::policy::moderation::Moderation;
 use crate::policy::rooms::RoomRules;
@@ -56,6 +57,7 @@ use crate::systemd::Notifier;
 
 pub(crate) use moderation::ModerationError;
 pub(crate) use operator::{Found, NoSuchClient};
+pub(crate) use recall::RecallError;
 pub(crate) use slot::Slot;
 
 pub(crate) struct Daemon {
@@ -101,7 +103,7 @@ pub(crate) struct Daemon {
     moderation: Moderation,
     store: Option<Store>,
     /// Slow modes and the moderators the operator made, by room.
-    room_rules: RoomRules,
+    room_rules: Arc<RoomRules>,
     /// Clients a room's moderator moved to the lobby (kicked or banned from their room): the
     /// room each client's thread is to take on at its next read, as `renames`.
     moves: Mutex<HashMap<PeerId, String>>,
@@ -140,6 +142,7 @@ impl Daemon {
             Some(s) => (s.moderation, RoomRules::new(s.slow_modes, s.moderators)),
             None => (Vec::new(), RoomRules::default()),
         };
+        let room_rules = Arc::new(room_rules);
         let stats = Arc::new(Stats::default());
         let echo = if config.console {
             Some(Echo::start()?)
@@ -154,13 +157,18 @@ impl Daemon {
         let mut failed = None;
         let daemon = Arc::new_cyclic(|weak: &Weak<Daemon>| {
             let cluster = cluster_config.and_then(|c| {
-                Cluster::start(&c, config.history, Arc::clone(&stats), remote::hooks(weak))
-                    .map_err(|e| failed = Some(e))
-                    .ok()
+                Cluster::start(
+                    &c,
+                    (config.history, config.history_age),
+                    Arc::clone(&stats),
+                    remote::hooks(weak),
+                )
+                .map_err(|e| failed = Some(e))
+                .ok()
             });
             Daemon {
                 notices: Notices::new(&config),
-                registry: Registry::new(&config, Arc::clone(&stats)),
+                registry: Registry::new(&config, Arc::clone(&stats), Arc::clone(&room_rules)),
                 stats,
                 shutdown,
                 per_address: PerAddress::default(),
@@ -221,13 +229,15 @@ impl Daemon {
     /// are registered in the order they connected; unless the lobby's history is first to be
     /// read from Redis, which may take up to the cluster's query timeout: the client's own
     /// thread enters it then (see [`Slot::take_lobby`]), so that this, on the accept loop,
-    /// never waits for Redis.
+    /// never waits for Redis; or a JSON client's upgrade URL asked to recover the lobby's
+    /// lines (`recovers`): its thread enters with its `since`.
     pub(crate) fn admit(
         self: &Arc<Self>,
         sock: Arc<TcpStream>,
         addr: SocketAddr,
-        websocket: bool,
+        format: Format,
         token: bool,
+        recovers: bool,
     ) -> Result<Slot, Refusal> {
         let config = &self.config;
         let settings = sync::read(&self.settings);
@@ -242,7 +252,7 @@ impl Daemon {
             return Err(Refusal::TooManyFromAddress);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let peer = Peer::new(id, sock, websocket, config, &self.deliverer, &self.stats);
+        let peer = Peer::new(id, sock, format, config, &self.deliverer, &self.stats);
         if self
             .registry
             .admit(Arc::clone(&peer), addr, self.guest_name(id))
@@ -256,7 +266,7 @@ impl Daemon {
         let mut slot = Slot::new(Arc::clone(self), peer, addr);
         let secret = settings.secret.is_some();
         drop(settings);
-        if !secret && !self.awaits_token(token) && !self.reads_redis(LOBBY) {
+        if !secret && !self.awaits_token(token) && !self.reads_redis(LOBBY) && !recovers {
             slot.enter_lobby();
         }
         Ok(slot)
@@ -271,7 +281,7 @@ impl Daemon {
     /// Puts an admitted client into the lobby; in chat mode its welcome (and any history) is
     /// queued under the registry lock and sent once the lock is free, so nothing relayed can
     /// come between them. Returns the lobby's members, itself included.
-    pub(crate) fn enter(&self, peer: &Arc<Peer>) -> Option<Members> {
+    pub(crate) fn enter(&self, peer: &Arc<Peer>, since: Option<LineId>) -> Option<Members> {
         let (notices, config) = (self.notices, &self.config);
         let settings = self.settings();
         let seed = self.seed(LOBBY);
@@ -281,10 +291,10 @@ impl Daemon {
             0
         };
         let mut named = None;
-        let members = self.registry.enter(peer.id(), seed, |name, online| {
+        let members = self.registry.enter(peer.id(), seed, since, |name, online| {
             named = Some(name.to_string());
             if config.chat {
-                vec![notices.welcome(name, online + elsewhere, &settings.motd)]
+                vec![notices.welcome(name, online + elsewhere, &settings.motd, LOBBY)]
             } else {
                 Vec::new()
             }
@@ -357,6 +367,7 @@ impl Daemon {
         &self,
         peer: &Arc<Peer>,
         room: &str,
+        since: Option<LineId>,
         greet: impl FnOnce(usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
         self.registry.settle(peer, Share::Own);
@@ -364,7 +375,9 @@ impl Daemon {
         let elsewhere = self.presence.count_in(room, &HashSet::new());
         let moved = self
             .registry
-            .change_room(peer.id(), room, seed, |_, online| greet(online + elsewhere));
+            .change_room(peer.id(), room, seed, since, |_, online| {
+                greet(online + elsewhere)
+            });
         peer.start_sending();
         self.settle(peer);
         moved
@@ -377,24 +390,32 @@ impl Daemon {
     }
 
     /// Relays `chunk` (`lines` lines) from `from` to the others in `room`, and, with
-    /// `--redis`, queues it for the other nodes (after the local delivery, so one sender's
-    /// lines are queued in its order).
+    /// `--redis`, queues it for Redis (after the local delivery, so one sender's lines are
+    /// queued in its order), which stamps it with its id and hands it back to every node.
     pub(crate) fn relay(&self, room: &str, from: PeerId, chunk: &Chunk, lines: usize) {
-        let id = self.cluster.as_ref().map(|c| OriginId {
-            node: Arc::clone(c.node()),
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        });
-        let seq = id.as_ref().map(|id| id.seq);
+        let (origin, seq) = self.origin();
         if self
             .registry
-            .deliver(room, Some(from), false, chunk, lines, id)
+            .deliver(room, Some(from), false, chunk, lines, origin)
         {
             if let (Some(cluster), Some(seq)) = (&self.cluster, seq) {
-                cluster.publish_lines(room, seq, from, chunk, lines);
+                cluster.publish_lines(room, seq, from, chunk, lines, chunk.sender());
             }
             if let Some(echo) = &self.echo {
                 echo.echo(from, chunk);
             }
+        }
+    }
+
+    /// Where a line relayed here now comes from: in a cluster, this node's next number for
+    /// it, which Redis hands back with its id.
+    fn origin(&self) -> (Origin, Option<u64>) {
+        match &self.cluster {
+            Some(_) => {
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                (Origin::Sent(seq), Some(seq))
+            }
+            None => (Origin::Here, None),
         }
     }
 

@@ -16,11 +16,30 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::delivery::json_event::{self, Lines, Notice};
 use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::ws_frame;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Chunk(Arc<Inner>);
+
+/// How a peer is written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Lines, as they are (TCP).
+    Text,
+    /// One WebSocket text message per line.
+    WebSocket,
+    /// One WebSocket text message per `relayd.v1.json` event (see `json_event.rs`).
+    Json,
+}
+
+impl Format {
+    /// Whether it is written WebSocket frames.
+    pub(crate) fn websocket(self) -> bool {
+        self != Format::Text
+    }
+}
 
 #[derive(Debug)]
 struct Inner {
@@ -36,6 +55,11 @@ struct Inner {
     kept: bool,
     /// The lines as WebSocket frames, built on first use.
     ws: OnceLock<Box<[u8]>>,
+    /// The lines as `relayd.v1.json` events in WebSocket frames, built on first use: never
+    /// for a chunk no JSON peer gets.
+    json: OnceLock<Box<[u8]>>,
+    /// What relayd's own lines are, for JSON clients (`None`: told by their prefix).
+    notice: Option<Arc<Notice>>,
     /// Its last line alone, for live viewers with room for one line only: built on first
     /// use and shared by all of them.
     last: OnceLock<Chunk>,
@@ -159,6 +183,26 @@ impl Chunk {
         )))
     }
 
+    /// Its first `take` lines, with their sender and ids, unstamped: what is left before a
+    /// line recalled from within a chunk.
+    pub(crate) fn lines_before(&self, take: usize) -> Chunk {
+        let cut = match take {
+            0 => 0,
+            n => memchr::memchr_iter(b'\n', &self.0.bytes)
+                .nth(n - 1)
+                .map_or(self.0.bytes.len(), |i| i + 1),
+        };
+        Chunk(Arc::new(self.0.same(self.0.bytes[..cut].into(), 0, 0, 0)))
+    }
+
+    /// Relayd's own line(s), `notice` saying what they are to JSON clients.
+    pub(crate) fn notice(bytes: &[u8], notice: Notice) -> Chunk {
+        Chunk(Arc::new(Inner {
+            notice: Some(Arc::new(notice)),
+            ..Inner::new(bytes.into(), 0, 0, false)
+        }))
+    }
+
     /// The same bytes (shared, not copied), marked as something the client it is queued for
     /// caused for itself — a reply, a pong, a room's welcome and replay — which its queue
     /// holds to a share of its own (see `Peer::reply`).
@@ -215,15 +259,36 @@ impl Chunk {
         self.0.own
     }
 
-    /// What goes on the wire: the bytes as they are for a TCP peer, and for a WebSocket peer
-    /// one text frame per line (built once, whoever asks first).
-    pub(crate) fn wire(&self, websocket: bool) -> &[u8] {
-        if !websocket || self.0.frames {
-            return &self.0.bytes;
+    /// What goes on the wire: the bytes as they are for a TCP peer, for a WebSocket peer
+    /// one text frame per line, for a JSON one a frame per event (each built once, whoever
+    /// asks first).
+    pub(crate) fn wire(&self, format: Format) -> &[u8] {
+        match format {
+            _ if self.0.frames => &self.0.bytes,
+            Format::Text => &self.0.bytes,
+            Format::WebSocket => self
+                .0
+                .ws
+                .get_or_init(|| ws_frame::text_frames(&self.0.bytes)),
+            Format::Json => self.0.json.get_or_init(|| self.json_events()),
         }
-        self.0
-            .ws
-            .get_or_init(|| ws_frame::text_frames(&self.0.bytes))
+    }
+
+    /// Its `relayd.v1.json` events: `line` events if it is relayed lines placed in a room,
+    /// else notices.
+    fn json_events(&self) -> Box<[u8]> {
+        let sender = self.0.sender.as_deref();
+        let lines = self.0.placed.get().map(|placed| Lines {
+            room: &placed.room,
+            first: placed.first,
+            numbered: placed.numbered,
+            from: sender.map(|s| &*s.name),
+            user: sender.and_then(|s| s.user.as_deref()),
+            prefix: sender.map_or(0, |s| s.prefix),
+            time: self.0.time_ms,
+            me: sender.is_some_and(|s| s.me),
+        });
+        json_event::frames(&self.0.bytes, lines, self.0.notice.as_deref())
     }
 
     fn new(bytes: Arc<[u8]>, read_at: u64, lines: u64, frames: bool) -> Chunk {
@@ -240,6 +305,8 @@ impl Inner {
             own: false,
             kept: false,
             ws: OnceLock::new(),
+            json: OnceLock::new(),
+            notice: None,
             last: OnceLock::new(),
             sender: None,
             time_ms: 0,
@@ -254,6 +321,7 @@ impl Inner {
         let inner = Inner {
             sender: self.sender.clone(),
             time_ms: self.time_ms,
+            notice: self.notice.clone(),
             ..Inner::new(bytes, read_at, lines, self.frames)
         };
         if let Some(placed) = self.placed.get() {
@@ -310,14 +378,14 @@ mod tests {
     fn the_websocket_form_is_built_once_and_shared() {
         let chunk = Chunk::relayed(b"a\nb\n", 2);
         let copy = chunk.clone();
-        let first = chunk.wire(true);
+        let first = chunk.wire(Format::WebSocket);
         assert_eq!(first, b"\x81\x01a\x81\x01b");
         assert!(
-            std::ptr::eq(first, copy.wire(true)),
+            std::ptr::eq(first, copy.wire(Format::WebSocket)),
             "built again for another recipient"
         );
-        assert_eq!(chunk.wire(false), b"a\nb\n");
+        assert_eq!(chunk.wire(Format::Text), b"a\nb\n");
         let frames = Chunk::frames(b"\x89\x00");
-        assert_eq!(frames.wire(true), b"\x89\x00");
+        assert_eq!(frames.wire(Format::WebSocket), b"\x89\x00");
     }
 }

@@ -8,13 +8,14 @@
 //! One tree, included once by each test binary as its `common` module. The submodules build
 //! on this module (`super`), never the other way round: `chat`, a chat-mode server with its
 //! control socket and clients of its own; `cluster`, a `redis-server` and relayd nodes; `ws`,
-//! WebSocket clients; `api`, the HTTP API with curl; `tokens`, signed tokens; `browser`,
-//! headless Chromium.
+//! WebSocket clients; `json`, `relayd.v1.json` clients; `api`, the HTTP API with curl;
+//! `tokens`, signed tokens; `browser`, headless Chromium.
 
 pub mod api;
 pub mod browser;
 pub mod chat;
 pub mod cluster;
+pub mod json;
 pub mod tls;
 pub mod tokens;
 pub mod ws;

@@ -10,9 +10,9 @@
 //! the history snapshot and becomes a member in one critical section, so every line reaches a
 //! joiner exactly once, either replayed or live. The replay is only *queued* under the lock
 //! ([`Peer::enter_room`]); the caller sends it after releasing it. In a cluster (`--redis`) a
-//! room's history also holds what Redis keeps of it, merged in when the first client here
-//! enters the room; every line carries its origin node's id for it, which keeps that seam
-//! exact too ([`Room::expected`], [`Inner::recent`]). A snapshot remembers each
+//! room's history is in the order of its Redis stream, with the stream's ids, and also holds
+//! what Redis keeps of it, merged in when the first client here enters the room; the ids
+//! keep that seam exact too (`stream.rs`, [`Inner::recent`]). A snapshot remembers each
 //! member's stay in the room (its epoch), so a sender that waits for a full member before
 //! handing it a line cannot hand it to one that left, or left and came back, meanwhile.
 //!
@@ -39,19 +39,31 @@ use log::warn;
 
 use crate::config::Config;
 use crate::delivery::chunk::{Chunk, Placed};
-use crate::delivery::history::{Entry as HistoryEntry, History, OriginId};
+use crate::delivery::history::{Entry as HistoryEntry, History};
 use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
+use crate::policy::rooms::RoomRules;
 use crate::policy::token::Role;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
+mod empty;
 mod live;
+mod presence;
+mod recall;
+mod recovery;
+mod stream;
 mod users;
 
+use empty::Emptied;
 use live::{Gated, LiveRoom, LiveRooms};
+use recovery::Place;
+use stream::{Order, remember_recent};
 
+pub(crate) use presence::{Members, member};
+pub(crate) use recall::Recalled;
+pub(crate) use stream::{Echo, Origin};
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
 
@@ -64,10 +76,16 @@ const WAIT_STEP: Duration = Duration::from_millis(5);
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     max_clients: usize,
-    history: usize,
+    /// `--history` and `--history-age`.
+    history: (usize, Duration),
     stats: Arc<Stats>,
     /// In chat mode: how relayd's own lines are written (a live room's busy notice).
     notices: Option<Notices>,
+    /// The same in any mode (a recovery's error).
+    said: Notices,
+    /// The moderators the operator made for rooms: part of who a room's members are, for
+    /// JSON clients.
+    rules: Arc<RoomRules>,
     /// Seeds being read from Redis now: only while there are any is [`Inner::recent`] kept,
     /// since only a seed asked for before a line arrived can need it.
     seeding: Arc<AtomicUsize>,
@@ -80,19 +98,18 @@ struct Inner {
     /// guest or by every connection of one signed-in user.
     names: HashMap<String, Vec<PeerId>>,
     rooms: BTreeMap<String, Room>,
+    /// Rooms nobody is in, kept for their history (see `empty.rs`).
+    emptied: Emptied,
     /// Clients taken out by [`Registry::expel`] whose threads have not left yet: where they
     /// were, for the leave notice.
     expelled: HashMap<PeerId, Left>,
     /// In a cluster with `--history`, while a seed is read ([`Registry::seeding`]): the other
     /// nodes' latest lines for rooms nobody here is in, oldest first, so that a room's first member here gets those that reached this node
-    /// after it read the room's history from Redis and before it entered (see [`RECENT`]).
+    /// after it read the room's history from Redis and before it entered (see
+    /// [`stream::RECENT`]).
     recent: VecDeque<(String, HistoryEntry, Instant)>,
     live: LiveRooms,
 }
-
-/// How many, and for how long, lines for rooms without members here are kept: enough to
-/// bridge the moment between reading a room's history from Redis and entering the room.
-const RECENT: (usize, Duration) = (1024, Duration::from_secs(2));
 
 struct Entry {
     peer: Arc<Peer>,
@@ -116,10 +133,8 @@ struct Room {
     history: History,
     /// In a cluster: whether the room's history in Redis has been merged into `history`.
     seeded: bool,
-    /// Lines merged in from Redis that may still arrive live (Redis had them before this
-    /// node's subscriber delivered them): when one does, only the members that were here
-    /// before the merge get it, since everyone who joined later had it replayed.
-    expected: HashSet<OriginId>,
+    /// In a cluster: where the room is in its Redis stream (see `stream.rs`).
+    order: Order,
     /// Its delivery is live (see `live.rs`), not lossless: its state then.
     live: Option<LiveRoom>,
 }
@@ -131,7 +146,7 @@ struct Member {
     /// Its user's `sub`: a user's connections in one room count as one.
     user: Option<Arc<str>>,
     epoch: u64,
-    /// Joined before the room's history was merged from Redis (see [`Room::expected`]).
+    /// Joined before the room's history was merged from Redis (see `stream.rs`).
     before_seed: bool,
 }
 
@@ -165,74 +180,37 @@ pub(crate) struct ClientInfo {
     pub(crate) peer: Arc<Peer>,
 }
 
-/// A room's members just after someone entered or left it: who is told about it. Taken in
-/// the same critical section as the change, so the notice reaches exactly those who were
-/// there, and none who arrive later.
-pub(crate) struct Members {
-    list: Arc<Vec<Member>>,
-}
-
-impl Members {
-    /// How many are in the room: people, so a user's connections count once.
-    pub(crate) fn online(&self) -> usize {
-        let mut users = HashSet::new();
-        self.list
-            .iter()
-            .filter(|m| {
-                m.user
-                    .as_ref()
-                    .is_none_or(|sub| users.insert(Arc::clone(sub)))
-            })
-            .count()
-    }
-
-    /// The users among them, by `sub`.
-    pub(crate) fn users(&self) -> HashSet<Arc<str>> {
-        self.list.iter().filter_map(|m| m.user.clone()).collect()
-    }
-
-    /// Whether a connection of user `sub` other than `except` is among them: then the room
-    /// has seen the user arrive already, and does not see it leave yet.
-    pub(crate) fn has_user(&self, sub: &str, except: PeerId) -> bool {
-        self.list
-            .iter()
-            .any(|m| m.peer.id() != except && m.user.as_deref() == Some(sub))
-    }
-}
-
 /// Where a client was when it left.
 pub(crate) struct Left {
     pub(crate) name: String,
     /// Its user's `sub`, if it had one.
     pub(crate) user: Option<Arc<str>>,
+    /// Its token's role, if it had one.
+    pub(crate) role: Option<Role>,
     /// The room it left; `None` if it never entered one.
     pub(crate) room: Option<String>,
     /// Who is still in the room it left; `None` if it never entered one.
     pub(crate) members: Option<Members>,
 }
 
-/// Why a rename was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum RenameError {
-    Taken,
-    Gone,
-}
-
 impl Registry {
-    pub(crate) fn new(config: &Config, stats: Arc<Stats>) -> Registry {
+    pub(crate) fn new(config: &Config, stats: Arc<Stats>, rules: Arc<RoomRules>) -> Registry {
         Registry {
             inner: Mutex::new(Inner {
                 clients: BTreeMap::new(),
                 names: HashMap::new(),
                 rooms: BTreeMap::new(),
+                emptied: Emptied::default(),
                 expelled: HashMap::new(),
                 recent: VecDeque::new(),
                 live: LiveRooms::new(config),
             }),
             max_clients: config.max_clients,
-            history: config.history,
+            history: (config.history, config.history_age),
             stats,
             notices: config.chat.then(|| Notices::new(config)),
+            said: Notices::new(config),
+            rules,
             seeding: Arc::default(),
         }
     }
@@ -279,6 +257,7 @@ impl Registry {
         &self,
         id: PeerId,
         seed: Option<Seed>,
+        since: Option<LineId>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Option<Members> {
         let mut inner = lock(&self.inner);
@@ -287,7 +266,12 @@ impl Registry {
         let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
         let user = entry.user.as_ref().map(|u| Arc::clone(&u.sub));
         add_name(&mut inner.names, &name, id);
-        Some(self.enter_room(&mut inner, &peer, &name, user, LOBBY, seed, greet))
+        let place = Place {
+            room: LOBBY,
+            seed,
+            since,
+        };
+        Some(self.enter_room(&mut inner, &peer, &name, user, place, greet))
     }
 
     /// Moves a client to `room` (created on demand), queuing `greet`'s lines and the room's
@@ -298,6 +282,7 @@ impl Registry {
         id: PeerId,
         room: &str,
         seed: Option<Seed>,
+        since: Option<LineId>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
         let mut inner = lock(&self.inner);
@@ -309,7 +294,8 @@ impl Registry {
         let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
         let user = entry.user.as_ref().map(|u| Arc::clone(&u.sub));
         let left = self.leave_room(&mut inner, &peer, &old);
-        let joined = self.enter_room(&mut inner, &peer, &name, user, room, seed, greet);
+        let place = Place { room, seed, since };
+        let joined = self.enter_room(&mut inner, &peer, &name, user, place, greet);
         Some((left, joined))
     }
 
@@ -317,38 +303,42 @@ impl Registry {
     /// `--history`, the daemon reads that before the first client here enters the room, and
     /// hands it to [`Registry::enter`] or [`Registry::change_room`].
     pub(crate) fn needs_seed(&self, room: &str) -> bool {
-        self.history > 0 && lock(&self.inner).rooms.get(room).is_none_or(|r| !r.seeded)
+        let keeps = self.history.0 > 0 || !self.history.1.is_zero();
+        keeps && lock(&self.inner).rooms.get(room).is_none_or(|r| !r.seeded)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn enter_room(
         &self,
         inner: &mut Inner,
         peer: &Arc<Peer>,
         name: &str,
         user: Option<Arc<str>>,
-        room: &str,
-        seed: Option<Seed>,
+        Place { room, seed, since }: Place<'_>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Members {
         let history = self.history;
         let Inner {
             rooms,
+            emptied,
             recent,
             live,
+            clients,
             ..
         } = inner;
+        emptied.refill(room, rooms);
         let room_name = room;
         let room = rooms.entry(room.to_string()).or_insert_with(|| Room {
             name: Arc::from(room_name),
             members: Arc::new(Vec::new()),
             life: now_ms(),
             numbered: 0,
-            history: History::new(history),
+            history: History::new(history.0, history.1),
             seeded: false,
-            expected: HashSet::new(),
+            order: Order::default(),
             live: live.for_room(room_name),
         });
+        // What has aged out goes before anything is replayed or recovered.
+        room.history.expire();
         if let Some(Seed {
             mut entries, asked, ..
         }) = seed.filter(|_| !room.seeded)
@@ -362,12 +352,7 @@ impl Registry {
             {
                 entries.push(entry.clone());
             }
-            room.expected = room.history.seed(entries);
-            if !room.expected.is_empty() {
-                for m in Arc::make_mut(&mut room.members) {
-                    m.before_seed = true;
-                }
-            }
+            room.seed(entries);
         }
         let online = {
             let before = Members {
@@ -379,22 +364,23 @@ impl Registry {
             before.online() + usize::from(new)
         };
         let mut lines = greet(name, online);
-        lines.extend(room.history.replay());
-        peer.set_live(room.live.as_ref().map(|l| &l.drops));
-        let epoch = peer.enter_room(&lines);
-        Arc::make_mut(&mut room.members).push(Member {
+        let joiner = Member {
             peer: Arc::clone(peer),
             user,
-            epoch,
+            epoch: 0,
             before_seed: false,
-        });
+        };
+        lines.extend(self.arrival(clients, room, &joiner, since));
+        peer.set_live(room.live.as_ref().map(|l| &l.drops));
+        let epoch = peer.enter_room(&lines);
+        Arc::make_mut(&mut room.members).push(Member { epoch, ..joiner });
         Members {
             list: Arc::clone(&room.members),
         }
     }
 
-    /// Removes `peer` from `room`'s members and returns those left. Rooms other than the
-    /// lobby go away when their last member leaves, so that rooms cannot pile up.
+    /// Removes `peer` from `room`'s members and returns those left. A room other than the
+    /// lobby that its last member leaves is kept while its history is (`empty.rs`).
     fn leave_room(&self, inner: &mut Inner, peer: &Peer, room: &str) -> Members {
         peer.leave_room();
         peer.set_live(None);
@@ -408,7 +394,7 @@ impl Registry {
             list: Arc::clone(&r.members),
         };
         if r.members.is_empty() && room != LOBBY {
-            inner.rooms.remove(room);
+            inner.emptied.keep(room, &mut inner.rooms);
         }
         left
     }
@@ -422,6 +408,7 @@ impl Registry {
             .map(|room| self.leave_room(inner, &entry.peer, room));
         let left = Left {
             name: entry.name,
+            role: entry.user.as_ref().map(|u| u.role),
             user: entry.user.map(|u| u.sub),
             room: entry.room,
             members,
@@ -447,37 +434,6 @@ impl Registry {
             return Some(left);
         }
         self.remove(&mut inner, id).map(|(_, left)| left)
-    }
-
-    /// Renames a client; `Ok` holds the old name.
-    pub(crate) fn rename(&self, id: PeerId, new: &str) -> Result<String, RenameError> {
-        let mut inner = lock(&self.inner);
-        let key = new.to_lowercase();
-        if inner
-            .names
-            .get(&key)
-            .is_some_and(|holders| holders.iter().any(|&h| h != id))
-        {
-            return Err(RenameError::Taken);
-        }
-        let entry = inner.clients.get_mut(&id).ok_or(RenameError::Gone)?;
-        let old = std::mem::replace(&mut entry.name, new.to_string());
-        remove_name(&mut inner.names, &old, id);
-        add_name(&mut inner.names, new, id);
-        Ok(old)
-    }
-
-    /// The client with this id (all digits) or else this name (case-insensitively; names are
-    /// never all digits, so the two cannot be confused): its name and peer.
-    pub(crate) fn find(&self, id_or_name: &str) -> Option<(String, Arc<Peer>)> {
-        let inner = lock(&self.inner);
-        let id = if is_id(id_or_name) {
-            id_or_name.parse::<PeerId>().ok()?
-        } else {
-            *inner.names.get(&id_or_name.to_lowercase())?.first()?
-        };
-        let entry = inner.clients.get(&id)?;
-        Some((entry.name.clone(), Arc::clone(&entry.peer)))
     }
 
     /// Client `id`: its name, peer and room (`None`: not authenticated yet).
@@ -515,13 +471,13 @@ impl Registry {
             .collect()
     }
 
-    /// What `room`'s history holds here, oldest first (none for a room nobody here is in:
-    /// it went with its last member).
+    /// Every line `room`'s history keeps here, oldest first (none for a room that went
+    /// with its last member).
     pub(crate) fn history(&self, room: &str) -> Vec<Chunk> {
         lock(&self.inner)
             .rooms
-            .get(room)
-            .map(|r| r.history.replay())
+            .get_mut(room)
+            .map(|r| r.history.kept())
             .unwrap_or_default()
     }
 
@@ -575,9 +531,10 @@ impl Registry {
     }
 
     /// Delivers `chunk`, which holds `lines` relayed lines, to every member of `room` except
-    /// `from` (`None`: another node's client), and remembers it in the room's history with
-    /// its cluster `id`. Nothing is delivered for a sender that is no longer registered
-    /// (kicked or cut off), and no line with an id is delivered to anyone twice.
+    /// `from` (`None`: another node's client), gives them their ids and remembers them in
+    /// the room's history; in a cluster, when and to whom as their `origin` says (see
+    /// `stream.rs`). Nothing is delivered for a sender that is no longer registered (kicked
+    /// or cut off), and no line from the stream is delivered to anyone twice.
     ///
     /// Peers with room take it at once. If some are full, the caller waits for all of them
     /// together, against one deadline `--stall-timeout` from now, so N stuck peers cost one
@@ -597,7 +554,7 @@ impl Registry {
         operator: bool,
         chunk: &Chunk,
         lines: usize,
-        id: Option<OriginId>,
+        origin: Origin,
     ) -> bool {
         let (members, kept, shown) = {
             let mut inner = lock(&self.inner);
@@ -610,34 +567,29 @@ impl Registry {
             };
             let kept = operator || sender == Some(Role::Mod);
             let Some(r) = inner.rooms.get_mut(room) else {
-                if let (Some(id), true) = (id, self.seeding.load(Ordering::SeqCst) > 0) {
+                if let (Origin::Stream { id, echo: None }, true) =
+                    (origin, self.seeding.load(Ordering::SeqCst) > 0)
+                {
                     remember_recent(&mut inner.recent, room, chunk, lines, id);
                 }
                 return true;
             };
-            let members = match id {
-                Some(id) if !r.expected.is_empty() && r.expected.remove(&id) => {
-                    let before: Vec<Member> = r
-                        .members
-                        .iter()
-                        .filter(|m| m.before_seed)
-                        .cloned()
-                        .collect();
-                    Arc::new(before)
-                }
-                id => {
+            let members = match origin {
+                Origin::Here => {
                     chunk.place(Placed {
                         room: Arc::clone(&r.name),
                         first: LineId::new(r.life, r.numbered + 1),
                         numbered: true,
                     });
                     r.numbered += lines as u64;
-                    r.history.push(chunk, lines, id);
+                    r.history.push(chunk, lines, None);
                     Arc::clone(&r.members)
                 }
+                Origin::Sent(seq) => r.sent(seq),
+                Origin::Stream { id, echo } => r.stamped(chunk, lines, id, echo),
             };
             let gated = match r.live.as_mut() {
-                Some(live) if !kept => Some(self.gate(live, &members, from, chunk, lines)),
+                Some(live) if !kept => Some(self.gate(room, live, &members, from, chunk, lines)),
                 _ => None,
             };
             (members, kept && r.live.is_some(), gated)
@@ -774,30 +726,6 @@ impl Registry {
     }
 }
 
-/// Keeps another node's line for a room nobody here is in, for a while (see
-/// [`Inner::recent`]).
-fn remember_recent(
-    recent: &mut VecDeque<(String, HistoryEntry, Instant)>,
-    room: &str,
-    chunk: &Chunk,
-    lines: usize,
-    id: OriginId,
-) {
-    let now = Instant::now();
-    while recent
-        .front()
-        .is_some_and(|(.., at)| recent.len() >= RECENT.0 || now - *at > RECENT.1)
-    {
-        recent.pop_front();
-    }
-    let entry = HistoryEntry {
-        chunk: Chunk::clone(chunk),
-        lines,
-        id: Some(id),
-    };
-    recent.push_back((room.to_string(), entry, now));
-}
-
 /// Whether `s` reads as a client id (all digits), which a name never does.
 pub(crate) fn is_id(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
@@ -827,20 +755,21 @@ mod tests {
     use super::*;
     use crate::delivery::peer::tests::{connection, numbered_peer};
 
-    fn line(node: &str, seq: u64, text: &str) -> HistoryEntry {
+    fn line(seq: u64, text: &str) -> HistoryEntry {
         HistoryEntry {
             chunk: Chunk::from(text.as_bytes()),
             lines: 1,
-            id: Some(OriginId {
-                node: Arc::from(node),
-                seq,
-            }),
+            id: Some(LineId::new(17, seq)),
         }
     }
 
     /// Another node's line, arriving through the subscriber.
     fn arrive(registry: &Registry, room: &str, entry: &HistoryEntry) {
-        registry.deliver(room, None, false, &entry.chunk, 1, entry.id.clone());
+        let origin = Origin::Stream {
+            id: entry.id.unwrap(),
+            echo: None,
+        };
+        registry.deliver(room, None, false, &entry.chunk, 1, origin);
     }
 
     /// A client in the lobby, and the socket it reads.
@@ -854,8 +783,18 @@ mod tests {
         registry
             .admit(Arc::clone(&peer), addr, format!("guest{id}"))
             .unwrap();
-        registry.enter(id, None, |_, _| Vec::new());
+        registry.enter(id, None, None, |_, _| Vec::new());
         (peer, client)
+    }
+
+    /// A registry whose rooms keep 10 lines, and its config.
+    fn keeping_ten() -> (Config, Registry) {
+        let config = Config {
+            history: 10,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::default(), Arc::default());
+        (config, registry)
     }
 
     fn read_exactly(sock: &mut TcpStream, n: usize) -> String {
@@ -868,17 +807,19 @@ mod tests {
     /// replay that starts within a chunk starts with the id of its first line.
     #[test]
     fn lines_are_numbered_in_their_room_and_replayed_with_their_ids() {
+        // No recovery: the history keeps the 3 lines it replays.
         let config = Config {
             history: 3,
+            history_age: Duration::ZERO,
             ..Config::default()
         };
-        let registry = Registry::new(&config, Arc::new(Stats::default()));
+        let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
         let (_a, _sock) = client(&registry, 1, &config);
         let two = Chunk::relayed(b"a\nb\n", 2);
         let one = Chunk::relayed(b"c\n", 1);
         let more = Chunk::relayed(b"d\n", 1);
         for (chunk, n) in [(&two, 2), (&one, 1), (&more, 1)] {
-            assert!(registry.deliver(LOBBY, Some(1), false, chunk, n, None));
+            assert!(registry.deliver(LOBBY, Some(1), false, chunk, n, Origin::Here));
         }
         let first = two.placed().unwrap().first;
         assert_eq!(first.b, 1);
@@ -892,28 +833,61 @@ mod tests {
         assert_eq!(replay[2].placed().unwrap().first, first.nth(3, true));
     }
 
+    /// A room its last member left keeps its history and its numbering while it has lines,
+    /// and at most [`empty::EMPTY_ROOMS`] such rooms are kept, the longest empty going first.
+    #[test]
+    fn empty_rooms_are_kept_for_their_history_up_to_a_bound() {
+        let config = Config {
+            history: 2,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
+        let (_peer, _sock) = client(&registry, 1, &config);
+        let say = |room: &str| {
+            let chunk = Chunk::relayed(b"x\n", 1);
+            assert!(registry.deliver(room, Some(1), false, &chunk, 1, Origin::Here));
+            chunk.placed().unwrap().first
+        };
+        let mut first = Vec::new();
+        for i in 0..=empty::EMPTY_ROOMS {
+            let room = format!("r{i}");
+            registry.change_room(1, &room, None, None, |_, _| Vec::new());
+            first.push(say(&room));
+        }
+        assert_eq!(lock(&registry.inner).emptied.len(), empty::EMPTY_ROOMS);
+        assert_eq!(registry.history("r0").len(), 1);
+        registry.change_room(1, LOBBY, None, None, |_, _| Vec::new());
+        assert_eq!(lock(&registry.inner).emptied.len(), empty::EMPTY_ROOMS);
+        assert!(registry.history("r0").is_empty(), "the longest empty went");
+        assert_eq!(registry.history("r1").len(), 1);
+        // Back in r1: the same life of the room, its numbering going on.
+        registry.change_room(1, "r1", None, None, |_, _| Vec::new());
+        assert_eq!(say("r1"), first[1].nth(1, true));
+        assert_eq!(lock(&registry.inner).emptied.len(), empty::EMPTY_ROOMS - 1);
+        // A room without lines is not kept.
+        registry.change_room(1, "quiet", None, None, |_, _| Vec::new());
+        registry.change_room(1, LOBBY, None, None, |_, _| Vec::new());
+        assert!(!lock(&registry.inner).rooms.contains_key("quiet"));
+    }
+
     /// The seams of a room's history across the cluster: what Redis had, what reached this
     /// node while nobody here was in the room, and what arrives late through pub/sub. Each
     /// line reaches the joiner once, in order.
     #[test]
     fn a_seeded_room_replays_each_line_once() {
-        let config = Config {
-            history: 10,
-            ..Config::default()
-        };
-        let registry = Registry::new(&config, Arc::default());
+        let (config, registry) = keeping_ten();
         let (peer, mut sock) = client(&registry, 1, &config);
         let (a, b, c, d) = (
-            line("n", 1, "a\n"),
-            line("n", 2, "b\n"),
-            line("n", 3, "c\n"),
-            line("n", 4, "d\n"),
+            line(1, "a\n"),
+            line(2, "b\n"),
+            line(3, "c\n"),
+            line(4, "d\n"),
         );
         // Another joiner's seed is being read already, so lines for the room are kept.
         let earlier = registry.seeding();
         // Before Redis was asked: too old for its answer (past --history there), so not
         // replayed after what it has.
-        arrive(&registry, "games", &line("n", 0, "z\n"));
+        arrive(&registry, "games", &line(0, "z\n"));
         arrive(&registry, "games", &a); // before Redis was asked: in its answer
         let reading = registry.seeding();
         let asked = Instant::now();
@@ -925,7 +899,7 @@ mod tests {
             asked,
             _reading: reading,
         };
-        registry.change_room(1, "games", Some(seed), |_, _| Vec::new());
+        registry.change_room(1, "games", Some(seed), None, |_, _| Vec::new());
         peer.start_sending();
         arrive(&registry, "games", &b); // pub/sub later than Redis's answer: not again
         arrive(&registry, "games", &d);
@@ -938,31 +912,68 @@ mod tests {
     /// member who was there before, since the joiner had it replayed.
     #[test]
     fn a_line_merged_from_redis_arriving_late_goes_only_to_earlier_members() {
-        let config = Config {
-            history: 10,
-            ..Config::default()
-        };
-        let registry = Registry::new(&config, Arc::default());
+        let (config, registry) = keeping_ten();
         let (first, mut first_sock) = client(&registry, 1, &config);
         let (second, mut second_sock) = client(&registry, 2, &config);
-        registry.change_room(1, "games", None, |_, _| Vec::new());
+        registry.change_room(1, "games", None, None, |_, _| Vec::new());
         first.start_sending();
         assert!(registry.needs_seed("games"));
-        let (a, b) = (line("n", 1, "a\n"), line("n", 2, "b\n"));
+        let (a, b) = (line(1, "a\n"), line(2, "b\n"));
         let seed = Seed {
             entries: vec![a.clone()],
             asked: Instant::now(),
             _reading: registry.seeding(),
         };
-        registry.change_room(2, "games", Some(seed), |_, _| Vec::new());
+        registry.change_room(2, "games", Some(seed), None, |_, _| Vec::new());
         second.start_sending();
         arrive(&registry, "games", &a);
         arrive(&registry, "games", &b);
         assert_eq!(read_exactly(&mut first_sock, 4), "a\nb\n");
         assert_eq!(read_exactly(&mut second_sock, 4), "a\nb\n");
         // Nothing more for either: the next line is the next thing each reads.
-        arrive(&registry, "games", &line("n", 3, "c\n"));
+        arrive(&registry, "games", &line(3, "c\n"));
         assert_eq!(read_exactly(&mut first_sock, 2), "c\n");
         assert_eq!(read_exactly(&mut second_sock, 2), "c\n");
+    }
+
+    /// In a cluster, a line from a client here goes at once to the members here who were
+    /// there, and, when Redis hands it back with its id, to whoever entered meanwhile; it
+    /// enters the history then, with its stream id, in the stream's order.
+    #[test]
+    fn a_line_sent_here_reaches_who_came_before_its_id_came_back_once() {
+        let (config, registry) = keeping_ten();
+        let (sender, mut sender_sock) = client(&registry, 1, &config);
+        let (early, mut early_sock) = client(&registry, 2, &config);
+        for peer in [&sender, &early] {
+            peer.start_sending();
+        }
+        let sent = Chunk::relayed(b"a\n", 1);
+        assert!(registry.deliver(LOBBY, Some(1), false, &sent, 1, Origin::Sent(7)));
+        assert!(
+            registry.history(LOBBY).is_empty(),
+            "kept before its id came"
+        );
+        let (late, mut late_sock) = client(&registry, 3, &config);
+        late.start_sending();
+        let back = line(5, "a\n");
+        let echo = Echo {
+            seq: 7,
+            from: Some(1),
+        };
+        let origin = Origin::Stream {
+            id: back.id.unwrap(),
+            echo: Some(echo),
+        };
+        registry.deliver(LOBBY, None, false, &back.chunk, 1, origin);
+        arrive(&registry, LOBBY, &line(6, "b\n"));
+        assert_eq!(read_exactly(&mut early_sock, 4), "a\nb\n");
+        assert_eq!(read_exactly(&mut late_sock, 4), "a\nb\n");
+        assert_eq!(read_exactly(&mut sender_sock, 2), "b\n");
+        let replay = registry.history(LOBBY);
+        let ids: Vec<String> = replay
+            .iter()
+            .map(|c| c.placed().unwrap().first.to_string())
+            .collect();
+        assert_eq!(ids, ["17-5", "17-6"]);
     }
 }
