@@ -131,6 +131,11 @@ impl History {
         }
     }
 
+    /// Whether it keeps lines for recovery (`--history-age` is not 0).
+    pub(crate) fn recovers(&self) -> bool {
+        self.age.is_some()
+    }
+
     /// Forgets what has aged out; returns whether anything is left.
     pub(crate) fn expire(&mut self) -> bool {
         self.trim();
@@ -170,9 +175,8 @@ impl History {
     }
 
     /// The last `--history` lines, oldest first: what whoever enters without `since` is
-    /// replayed.
-    pub(crate) fn replay(&mut self) -> Vec<Chunk> {
-        self.trim();
+    /// replayed. Call [`History::expire`] first.
+    pub(crate) fn replay(&self) -> Vec<Chunk> {
         self.last(self.replayed)
     }
 
@@ -206,11 +210,18 @@ impl History {
     /// them, and the first id means nothing (see [`History::forgotten`]).
     pub(crate) fn since(&self, after: LineId) -> (Vec<Chunk>, Option<LineId>) {
         let mut out = Vec::new();
+        let mut forgotten = self.forgotten;
+        // The oldest chunk's lines past `cap` are not kept, as for a replay.
+        let mut excess = self.lines.saturating_sub(self.cap);
         for kept in &self.chunks {
+            let trimmed = std::mem::take(&mut excess);
             let Some(placed) = kept.entry.chunk.placed() else {
                 continue;
             };
             let (start, lines) = (placed.first, kept.entry.lines);
+            if trimmed > 0 {
+                forgotten = Some(start.nth(trimmed - 1, placed.numbered));
+            }
             // How many of its lines are `after` or older.
             let seen = match placed.numbered {
                 true if start.a != after.a => continue,
@@ -221,11 +232,12 @@ impl History {
                     Ordering::Greater => 0,
                 },
             };
-            if seen < lines {
-                out.push(kept.entry.chunk.lines_from(seen));
+            let skip = seen.max(trimmed);
+            if skip < lines {
+                out.push(kept.entry.chunk.lines_from(skip));
             }
         }
-        let forgotten = self.forgotten.filter(|f| f.a == after.a).map_or(0, |f| f.b);
+        let forgotten = forgotten.filter(|f| f.a == after.a).map_or(0, |f| f.b);
         (out, Some(LineId::new(after.a, after.b.max(forgotten) + 1)))
     }
 
@@ -283,6 +295,7 @@ mod tests {
     use crate::delivery::chunk::Placed;
 
     fn replayed(h: &mut History) -> Vec<u8> {
+        h.expire();
         bytes(&h.replay())
     }
 
@@ -396,7 +409,7 @@ mod tests {
         h.push(&Chunk::from(&b"a\n"[..]), 1, None);
         std::thread::sleep(Duration::from_millis(5));
         assert!(!h.expire());
-        assert!(h.replay().is_empty());
+        assert!(replayed(&mut h).is_empty());
         // Without an age, the last --history lines are kept however old.
         let mut h = History::new(5, Duration::ZERO);
         h.push(&Chunk::from(&b"a\n"[..]), 1, None);
@@ -445,5 +458,15 @@ mod tests {
         assert_eq!(ids(&lines), ["7-2"]);
         assert_eq!(first, Some(LineId::new(7, 2)));
         assert!(h.since(LineId::new(7, 3)).0.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_chunks_lines_past_the_cap_are_missed() {
+        let mut h = History::new(3, Duration::ZERO);
+        h.push(&placed(b"z\n", 1), 1, None);
+        h.push(&placed(b"a\nb\nc\nd\ne\n", 2), 5, None);
+        let (lines, first) = h.since(LineId::new(7, 1));
+        assert_eq!(bytes(&lines), b"c\nd\ne\n");
+        assert_eq!(first, Some(LineId::new(7, 4)), "a and b missed");
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::api::{call, get, named, post, until, with_api};
 use crate::common::json::Json;
@@ -358,15 +358,13 @@ fn json_clients_get_the_recall_and_no_one_else_does() {
     assert_eq!(ws_text(&mut plain), "* guest3 joined (3 online)");
     assert_eq!(r.admin("op guest3 lobby"), "ok\n");
 
-    nc.send(b"one\ntwo\n");
-    let seen = j.until(|e| e["text"].as_str().is_some_and(|t| t.ends_with("two")));
-    let ids = ["one", "two"].map(|l| id_of(&r.admin, "lobby", &format!("<guest1> {l}")));
-    // The ids the JSON client was given with the lines, where it is given them.
-    for (event, id) in seen.iter().zip(&ids) {
-        if event["type"] == "line" {
-            assert_eq!(event["id"], json!(id));
-        }
-    }
+    nc.send(b"zero\none\ntwo\n");
+    let seen = j.until(|e| e["text"] == "two");
+    let [zero, ids @ ..] =
+        ["zero", "one", "two"].map(|l| id_of(&r.admin, "lobby", &format!("<guest1> {l}")));
+    // The ids the JSON client was given with the lines.
+    let given: Vec<&Value> = seen.iter().map(|e| &e["id"]).collect();
+    assert_eq!(given, [&json!(zero), &json!(ids[0]), &json!(ids[1])]);
     assert_eq!(r.admin(&format!("recall lobby {}", ids[0])), "ok\n");
     j.expect(json!({"type": "recall", "room": "lobby", "id": ids[0]}));
     // Its own recall, as a moderator of the room: the event, then the answer.
@@ -380,19 +378,35 @@ fn json_clients_get_the_recall_and_no_one_else_does() {
             &json!(format!("* line {} recalled", ids[1]))
         )
     );
-    assert_eq!(history(&r.admin, "lobby"), []);
+    assert_eq!(
+        history(&r.admin, "lobby"),
+        [(zero.clone(), "<guest1> zero".into())]
+    );
 
     // The others: each one's next line after the lines is the next line said.
     nc.send(b"three\n");
-    for text in ["<guest1> one", "<guest1> two", "<guest1> three"] {
+    for text in [
+        "<guest1> zero",
+        "<guest1> one",
+        "<guest1> two",
+        "<guest1> three",
+    ] {
         assert_eq!(ws_text(&mut plain), text);
     }
-    let three = j.event();
-    assert!(
-        three["text"].as_str().unwrap().ends_with("three"),
-        "{three}"
-    );
+    assert_eq!(j.event()["text"], "three");
     // The TCP client wrote the lines and gets none back: its next line is a new arrival's.
-    let _late = entering(&r.d, &[]);
+    // That one recovers from `zero`: not the recalled lines, and they are not missed.
+    let mut late = Json::connect(r.ws, &format!("room=lobby&since={zero}"));
+    let events = late.until(|e| e["type"] == "resumed");
+    let lines: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "line")
+        .map(|e| &e["text"])
+        .collect();
+    assert_eq!(lines, [&json!("three")]);
+    assert_eq!(
+        events.last(),
+        Some(&json!({"type": "resumed", "room": "lobby", "recovered": true, "missed": 0}))
+    );
     nc.expect(b"* guest4 joined (4 online)\n");
 }
