@@ -35,6 +35,7 @@ mod memory;
 mod metrics;
 mod moderation;
 mod operator;
+mod page;
 mod proxy;
 mod relay;
 mod reload;
