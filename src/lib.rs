@@ -43,7 +43,8 @@
 //!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to
 //!   the socket, and writer threads; `peer/live`: a viewer in a live room, its age limit and
 //!   small send buffer), `deliverer` (the one delivery thread), `chunk` (a line's
-//!   shared bytes; `ws_frame`, their WebSocket frames), `history`, `notice` (every line relayd
+//!   shared bytes, who sent them and where they went; `ws_frame`, their WebSocket frames),
+//!   `line_id` (a relayed line's id in its room), `history`, `notice` (every line relayd
 //!   writes itself, and why a client left), `echo` (`--console`'s printed copy).
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
 //!   `secret`, `api_key` (the HTTP API's key), `token` (signed tokens: their keys, and who a

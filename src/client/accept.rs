@@ -25,7 +25,7 @@ use socket2::SockRef;
 use crate::client::{self, Transport};
 use crate::config::Config;
 use crate::daemon::{Daemon, Refusal, Slot};
-use crate::delivery::chunk::Chunk;
+use crate::delivery::chunk::{Chunk, Format};
 use crate::delivery::notice::Departure;
 use crate::delivery::ws_frame;
 use crate::policy::access::PerAddress;
@@ -122,7 +122,7 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
         return;
     }
     let sock = Arc::new(sock);
-    let slot = match daemon.admit(Arc::clone(&sock), addr, false, false) {
+    let slot = match daemon.admit(Arc::clone(&sock), addr, Format::Text, false) {
         Ok(slot) => slot,
         Err(refusal) => {
             // Someone not allowed at all gets not a byte, not even an error line.
@@ -325,8 +325,8 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
         },
     };
     drop(request);
-    let socket = match ws::handshake(Arc::clone(&sock), head, config) {
-        Ok(socket) => socket,
+    let (socket, format) = match ws::handshake(Arc::clone(&sock), head, config) {
+        Ok(done) => done,
         Err(ws::Refused::Answered(why)) => {
             info!("http {addr}: websocket refused: {why}");
             return;
@@ -336,9 +336,9 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
             return;
         }
     };
-    let slot = match daemon.admit(Arc::clone(&sock), addr, true, token.is_some()) {
+    let slot = match daemon.admit(Arc::clone(&sock), addr, format, token.is_some()) {
         Ok(slot) => slot,
-        Err(refusal) => return refuse_websocket(daemon, &sock, addr, refusal),
+        Err(refusal) => return refuse_websocket(daemon, &sock, addr, refusal, format),
     };
     let id = slot.peer().id();
     log_connected(daemon, id, addr, " over WebSocket");
@@ -379,7 +379,13 @@ fn refusal_notice(daemon: &Daemon, addr: SocketAddr, refusal: Refusal) -> Option
 
 /// Tells a WebSocket client, which completed its handshake, why it is not served: the
 /// notice a TCP client would get, as a text message, then a close frame.
-fn refuse_websocket(daemon: &Daemon, sock: &TcpStream, addr: SocketAddr, refusal: Refusal) {
+fn refuse_websocket(
+    daemon: &Daemon,
+    sock: &TcpStream,
+    addr: SocketAddr,
+    refusal: Refusal,
+    format: Format,
+) {
     // A ban is a policy refusal; the others say to try again later.
     let code = match refusal {
         Refusal::Banned(_) => 1008,
@@ -390,7 +396,7 @@ fn refuse_websocket(daemon: &Daemon, sock: &TcpStream, addr: SocketAddr, refusal
         return;
     };
     let reason = String::from_utf8_lossy(&notice).trim_end().to_string();
-    let mut bytes = Chunk::wire(&notice, true).to_vec();
+    let mut bytes = Chunk::wire(&notice, format).to_vec();
     bytes.extend_from_slice(&ws_frame::close(code, &reason));
     tcp::refuse(sock, &bytes);
 }

@@ -19,7 +19,9 @@ use crate::client::censor::Censor;
 use crate::client::moderator::{self, Moderator, Slow, slow_allows};
 use crate::config::Config;
 use crate::daemon::{Daemon, NameError};
-use crate::delivery::chunk::Chunk;
+use crate::delivery::chunk::{Chunk, Sender};
+use crate::delivery::json_event::Kind;
+use crate::delivery::line_id::now_ms;
 use crate::delivery::notice::clean;
 use crate::delivery::peer::Peer;
 use crate::delivery::registry::{LOBBY, Members, is_id};
@@ -118,6 +120,9 @@ pub(crate) struct Chat {
     muted_told: Option<Instant>,
     /// Its pace in a room with a slow mode.
     slow: Option<Box<Slow>>,
+    /// Who its lines and its `/me` lines are from, while its name stays (see
+    /// [`Chat::sender`]).
+    senders: [Option<Arc<Sender>>; 2],
 }
 
 impl Chat {
@@ -131,6 +136,7 @@ impl Chat {
             new_rooms: (config.cluster.is_some() && config.history > 0).then(NewRooms::new),
             out: String::new(),
             out_lines: 0,
+            senders: [None, None],
             muted_told: None,
             slow: None,
         }
@@ -140,9 +146,10 @@ impl Chat {
     /// user is there on another connection already).
     pub(crate) fn announce(&self, daemon: &Daemon, peer: &Peer, lobby: &Members) {
         if !self.here_already(lobby, peer) {
+            let member = daemon.member(peer, &self.name, LOBBY);
             let notice = daemon
                 .notices()
-                .joined(&self.name, daemon.online(LOBBY, lobby));
+                .joined(member, daemon.online(LOBBY, lobby), LOBBY);
             daemon.notify(LOBBY, lobby, peer.id(), &notice);
         }
         daemon.present(peer.id(), &self.name, LOBBY);
@@ -166,13 +173,15 @@ impl Chat {
         renamed: bool,
     ) {
         self.user = Some(Box::new((user.to_string(), rooms)));
+        self.senders = [None, None];
         let old = std::mem::replace(&mut self.name, daemon.name_of(peer.id()));
         if !renamed || old == self.name {
             return;
         }
         let name = &self.name;
         let room = daemon.members(&self.room);
-        let notice = daemon.notices().line(format_args!("* {old} is now {name}"));
+        let member = daemon.member(peer, name, &self.room);
+        let notice = daemon.notices().renamed(member, &old, &self.room);
         daemon.notify(&self.room, &room, peer.id(), &notice);
         daemon.present(peer.id(), name, &self.room);
         self.reply(daemon, peer, &format!("* you are now {name}"));
@@ -194,13 +203,7 @@ impl Chat {
         lines: &[u8],
     ) -> Option<Option<String>> {
         let eol = daemon.notices().eol();
-        if let Some(guest) = daemon.take_rename(peer.id()) {
-            self.name = guest;
-        }
-        if let Some(room) = daemon.take_move(peer.id()) {
-            self.room = room;
-            self.slow = None;
-        }
+        self.catch_up(daemon, peer);
         self.censor.refresh(daemon);
         for line in lines.split_inclusive(|&b| b == b'\n') {
             let text = match parse(line) {
@@ -234,15 +237,65 @@ impl Chat {
         None
     }
 
+    /// Takes in what others did to this client since it last acted: a name taken back, a
+    /// move to the lobby.
+    fn catch_up(&mut self, daemon: &Daemon, peer: &Peer) {
+        if let Some(guest) = daemon.take_rename(peer.id()) {
+            self.name = guest;
+        }
+        if let Some(room) = daemon.take_move(peer.id()) {
+            self.room = room;
+            self.slow = None;
+        }
+    }
+
+    /// A JSON client's `join`: `/join ROOM`, recovering the lines after `since` if given.
+    pub(crate) fn join_since(
+        &mut self,
+        daemon: &Daemon,
+        peer: &Arc<Peer>,
+        room: &str,
+        since: Option<&str>,
+    ) {
+        self.catch_up(daemon, peer);
+        if self.allow(daemon, peer, "/join") {
+            self.join(daemon, peer, room, since);
+        }
+    }
+
     /// Delivers the formatted lines gathered so far to the room.
     fn flush(&mut self, daemon: &Daemon, peer: &Peer) {
+        self.flush_as(daemon, peer, false);
+    }
+
+    /// [`Chat::flush`], of `/me` lines (`me`) or chat lines.
+    fn flush_as(&mut self, daemon: &Daemon, peer: &Peer, me: bool) {
         if self.out.is_empty() {
             return;
         }
-        let chunk = Chunk::relayed(self.out.as_bytes(), self.out_lines);
+        let sender = self.sender(me);
+        let chunk = Chunk::relayed_from(self.out.as_bytes(), self.out_lines, &sender);
         daemon.relay(&self.room, peer.id(), &chunk, self.out_lines);
         self.out.clear();
         self.out_lines = 0;
+    }
+
+    /// Who this client's lines are from (`me`: its `/me` lines): made again only when its
+    /// name changes, and shared by every chunk it sends until then.
+    fn sender(&mut self, me: bool) -> Arc<Sender> {
+        let cached = &mut self.senders[usize::from(me)];
+        if let Some(sender) = cached.as_ref().filter(|s| *s.name == *self.name) {
+            return Arc::clone(sender);
+        }
+        // `<NAME> ` or `* NAME ` before each line's text.
+        let sender = Arc::new(Sender {
+            name: Arc::from(self.name.as_str()),
+            user: self.user.as_deref().map(|(sub, _)| Arc::from(sub.as_str())),
+            prefix: self.name.len() + 3,
+            me,
+        });
+        *cached = Some(Arc::clone(&sender));
+        sender
     }
 
     /// Takes a token for one relayed line (or a command that makes others see one: `what`
@@ -309,11 +362,11 @@ impl Chat {
                     let eol = daemon.notices().eol();
                     self.out.push_str(&format!("* {} {arg}{eol}", self.name));
                     self.out_lines += 1;
-                    self.flush(daemon, peer);
+                    self.flush_as(daemon, peer, true);
                 }
             }
             "msg" => self.msg(daemon, peer, arg),
-            "join" => self.join(daemon, peer, arg),
+            "join" => self.join(daemon, peer, arg, None),
             "rooms" => {
                 let rooms: Vec<String> = daemon
                     .rooms()
@@ -376,7 +429,8 @@ impl Chat {
                 self.name = name.to_string();
                 info!("client {}: {old} is now {name}", peer.id());
                 let room = daemon.members(&self.room);
-                let notice = daemon.notices().line(format_args!("* {old} is now {name}"));
+                let member = daemon.member(peer, name, &self.room);
+                let notice = daemon.notices().renamed(member, &old, &self.room);
                 daemon.notify(&self.room, &room, peer.id(), &notice);
                 daemon.present(peer.id(), name, &self.room);
                 self.reply(daemon, peer, &format!("* you are now {name}"));
@@ -416,15 +470,23 @@ impl Chat {
         let Some(text) = self.censor.pass_text(daemon, peer, text) else {
             return;
         };
+        let prefix = format!("[private] <{}> ", self.name);
+        let private = Kind::Private {
+            from: self.name.as_str().into(),
+            user: self.user.as_deref().map(|(sub, _)| sub.as_str().into()),
+            to: to.into(),
+            time: now_ms(),
+            prefix: prefix.len(),
+        };
         let line = daemon
             .notices()
-            .line(format_args!("[private] <{}> {text}", self.name));
+            .notice(private, None, format_args!("{prefix}{text}"));
         if daemon.private(to, &line).is_err() {
             self.reply(daemon, peer, &no_such_user);
         }
     }
 
-    fn join(&mut self, daemon: &Daemon, peer: &Arc<Peer>, room: &str) {
+    fn join(&mut self, daemon: &Daemon, peer: &Arc<Peer>, room: &str, _since: Option<&str>) {
         if !valid_room(room) {
             let line = format!("relayd: invalid room {room:?} (1-32 letters, digits, _ - .)");
             return self.reply(daemon, peer, &line);
@@ -456,9 +518,7 @@ impl Chat {
             );
         }
         let notices = daemon.notices();
-        let moved = daemon.change_room(peer, room, |online| {
-            vec![notices.line(format_args!("* you are now in {room} ({online} online)"))]
-        });
+        let moved = daemon.change_room(peer, room, |online| vec![notices.now_in(room, online)]);
         let Some((left, joined)) = moved else {
             return;
         };
@@ -468,11 +528,18 @@ impl Chat {
         // A user's other connections: the old room still has it, the new one had it.
         if !self.here_already(&left, peer) {
             let online = daemon.online(&old, &left);
-            let line = format!("* {name} left (joined {room}) ({online} online)");
-            daemon.notify(&old, &left, peer.id(), &notices.line(line));
+            let member = daemon.member(peer, name, &old);
+            let why = format_args!("joined {room}");
+            daemon.notify(
+                &old,
+                &left,
+                peer.id(),
+                &notices.left(member, why, online, &old),
+            );
         }
         if !self.here_already(&joined, peer) {
-            let joined_notice = notices.joined(name, daemon.online(room, &joined));
+            let member = daemon.member(peer, name, room);
+            let joined_notice = notices.joined(member, daemon.online(room, &joined), room);
             daemon.notify(room, &joined, peer.id(), &joined_notice);
         }
         daemon.present(peer.id(), name, room);

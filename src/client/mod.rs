@@ -10,6 +10,7 @@ pub(crate) mod accept;
 mod auth;
 mod censor;
 pub(crate) mod chat;
+mod json;
 mod moderator;
 
 use std::io;
@@ -263,6 +264,12 @@ impl Client {
             if let Some(why) = self.peer().cut_off() {
                 return why;
             }
+            if let Transport::Ws(ws) = &self.transport
+                && ws.json()
+                && !self.decode_json(&mut buf)
+            {
+                continue;
+            }
             if self.command_with_more_lines(&buf) {
                 continue;
             }
@@ -282,6 +289,28 @@ impl Client {
                 return why;
             }
         }
+    }
+
+    /// Reads a JSON client's message in `buf` into the lines it stands for, and says whether
+    /// there are any; a `join` is done here, and a message relayd does not understand is
+    /// answered with an error, the connection kept.
+    fn decode_json(&mut self, buf: &mut Vec<u8>) -> bool {
+        let (daemon, peer) = (&*self.daemon, self.slot.peer());
+        match json::decode(buf, daemon.config().chat) {
+            json::Decoded::Lines(lines) => {
+                *buf = lines;
+                return true;
+            }
+            json::Decoded::Error(why) => {
+                debug!("client {}: {why}", peer.id());
+                daemon.reply(peer, &daemon.notices().error(why));
+            }
+            json::Decoded::Join { room, since } => match &mut self.phase {
+                Phase::Chat(chat) => chat.join_since(daemon, peer, &room, since.as_deref()),
+                _ => daemon.reply(peer, &daemon.notices().error("sign in first")),
+            },
+        }
+        false
     }
 
     /// Refuses, whole, a browser's chat message that starts with a command and goes on past

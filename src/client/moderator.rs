@@ -54,9 +54,18 @@ impl Moderator<'_> {
         match done {
             Ok(notice) => {
                 let room = self.daemon.members(self.room);
-                let chunk = self.daemon.notices().line(&notice);
+                let action = match command {
+                    "kick" => "kick",
+                    "mute" => "mute",
+                    "unmute" => "unmute",
+                    "ban" => "ban",
+                    "unban" => "unban",
+                    _ => "slow",
+                };
+                let notices = self.daemon.notices();
+                let chunk = notices.moderation(action, Some(self.room), &notice);
                 self.daemon.notify(self.room, &room, self.peer.id(), &chunk);
-                self.reply(&notice);
+                self.daemon.reply(self.peer, &chunk);
             }
             Err(error) => self.reply(&format!("relayd: {error}")),
         }
@@ -198,8 +207,8 @@ pub(crate) fn slow_allows(
     if pace.told.is_none_or(|t| now.duration_since(t) >= period) {
         pace.told = Some(now);
         info!("client {}: slow mode in {room}, dropping lines", peer.id());
-        let line = format!("slow mode: one line every {seconds} s in {room}");
-        daemon.reply(peer, &daemon.notices().error(line));
+        let line = format!("relayd: slow mode: one line every {seconds} s in {room}");
+        daemon.reply(peer, &daemon.notices().moderation("slow", Some(room), line));
     }
     false
 }

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use crate::cluster::MAX_NODE_ID;
 use crate::cluster::presence::Present;
 use crate::config::{is_token, valid_name, valid_room};
-use crate::delivery::history::LineId;
+use crate::delivery::history::OriginId;
 
 /// A message from another node, as the `deliver` hook gets it.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Event<'a> {
     /// `L`: a client's lines for a room (kept in its history).
     Lines {
-        id: LineId,
+        id: OriginId,
         /// The sender's id on its node.
         from: u64,
         room: &'a str,
@@ -201,7 +201,7 @@ pub(crate) fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
             let (room, rest) = split_nul(rest)?;
             let (lines, bytes) = rest.split_first_chunk::<4>()?;
             Event::Lines {
-                id: LineId {
+                id: OriginId {
                     node: Arc::from(node),
                     seq: u64::from_be_bytes(*seq),
                 },
@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn lines_round_trip() {
         let m = lines("node-1", "lobby", 42, 7, b"a\0b\nc\n", 2);
-        let id = LineId {
+        let id = OriginId {
             node: Arc::from("node-1"),
             seq: 42,
         };
@@ -378,7 +378,7 @@ mod tests {
         );
         // An empty room and no bytes are still a message.
         let m = lines("node-1", "", u64::MAX, 0, b"", 0);
-        let id = LineId {
+        let id = OriginId {
             node: Arc::from("node-1"),
             seq: u64::MAX,
         };

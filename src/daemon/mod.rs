@@ -37,10 +37,10 @@ use log::{info, warn};
 use crate::cluster::presence::{Presence, Present};
 use crate::cluster::{ClaimError, Cluster, Direct};
 use crate::config::Config;
-use crate::delivery::chunk::Chunk;
+use crate::delivery::chunk::{Chunk, Format};
 use crate::delivery::deliverer::Deliverer;
 use crate::delivery::echo::Echo;
-use crate::delivery::history::LineId;
+use crate::delivery::history::OriginId;
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Peer, PeerId, Share};
 use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
@@ -101,7 +101,7 @@ pub(crate) struct Daemon {
     moderation: Moderation,
     store: Option<Store>,
     /// Slow modes and the moderators the operator made, by room.
-    room_rules: RoomRules,
+    room_rules: Arc<RoomRules>,
     /// Clients a room's moderator moved to the lobby (kicked or banned from their room): the
     /// room each client's thread is to take on at its next read, as `renames`.
     moves: Mutex<HashMap<PeerId, String>>,
@@ -140,6 +140,7 @@ impl Daemon {
             Some(s) => (s.moderation, RoomRules::new(s.slow_modes, s.moderators)),
             None => (Vec::new(), RoomRules::default()),
         };
+        let room_rules = Arc::new(room_rules);
         let stats = Arc::new(Stats::default());
         let echo = if config.console {
             Some(Echo::start()?)
@@ -160,7 +161,7 @@ impl Daemon {
             });
             Daemon {
                 notices: Notices::new(&config),
-                registry: Registry::new(&config, Arc::clone(&stats)),
+                registry: Registry::new(&config, Arc::clone(&stats), Arc::clone(&room_rules)),
                 stats,
                 shutdown,
                 per_address: PerAddress::default(),
@@ -226,7 +227,7 @@ impl Daemon {
         self: &Arc<Self>,
         sock: Arc<TcpStream>,
         addr: SocketAddr,
-        websocket: bool,
+        format: Format,
         token: bool,
     ) -> Result<Slot, Refusal> {
         let config = &self.config;
@@ -242,7 +243,7 @@ impl Daemon {
             return Err(Refusal::TooManyFromAddress);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let peer = Peer::new(id, sock, websocket, config, &self.deliverer, &self.stats);
+        let peer = Peer::new(id, sock, format, config, &self.deliverer, &self.stats);
         if self
             .registry
             .admit(Arc::clone(&peer), addr, self.guest_name(id))
@@ -284,7 +285,7 @@ impl Daemon {
         let members = self.registry.enter(peer.id(), seed, |name, online| {
             named = Some(name.to_string());
             if config.chat {
-                vec![notices.welcome(name, online + elsewhere, &settings.motd)]
+                vec![notices.welcome(name, online + elsewhere, &settings.motd, LOBBY)]
             } else {
                 Vec::new()
             }
@@ -380,7 +381,7 @@ impl Daemon {
     /// `--redis`, queues it for the other nodes (after the local delivery, so one sender's
     /// lines are queued in its order).
     pub(crate) fn relay(&self, room: &str, from: PeerId, chunk: &Chunk, lines: usize) {
-        let id = self.cluster.as_ref().map(|c| LineId {
+        let id = self.cluster.as_ref().map(|c| OriginId {
             node: Arc::clone(c.node()),
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         });

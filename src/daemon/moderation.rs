@@ -174,7 +174,8 @@ impl Daemon {
         if told.is_none_or(|t| t.elapsed() >= MUTED_NOTICE_EVERY) {
             *told = Some(Instant::now());
             info!("client {} ({name}): muted, its lines dropped", peer.id());
-            self.reply(peer, &self.notices.error(mute.muted_text()));
+            let text = format_args!("relayd: {}", mute.muted_text());
+            self.reply(peer, &self.notices.moderation("mute", Some(room), text));
         }
         true
     }

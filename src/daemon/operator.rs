@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use crate::cluster::presence::Present;
 use crate::cluster::{Cluster, Direct};
 use crate::config::{valid_name, valid_room};
-use crate::delivery::chunk::Chunk;
-use crate::delivery::history::LineId;
+use crate::delivery::chunk::{Chunk, Sender};
+use crate::delivery::history::OriginId;
 use crate::delivery::notice::{Departure, clean};
 use crate::delivery::peer::{Peer, PeerId};
 use crate::delivery::registry::{ClientInfo, Which, is_id};
@@ -117,7 +117,7 @@ impl Daemon {
     /// Pushes `text` to every client here that has joined, as a server line; returns to how
     /// many.
     pub(super) fn push_here(&self, text: &str) -> usize {
-        let chunk = self.notices.push(self.config.chat, text);
+        let chunk = self.notices.push(self.config.chat, text, None);
         let peers = self.registry.peers(Which::Joined);
         self.registry.deliver_to(&peers, &chunk, 0);
         peers.len()
@@ -169,7 +169,7 @@ impl Daemon {
         }
         match located {
             Located::Here(name, peer) => {
-                let chunk = self.notices.push(self.config.chat, text);
+                let chunk = self.notices.push(self.config.chat, text, None);
                 self.send_to(&peer, &chunk, 0);
                 Ok(Found::Here(peer.id(), name))
             }
@@ -242,7 +242,7 @@ impl Daemon {
             return Err(PublishError::Empty);
         }
         let Some(from) = from else {
-            let chunk = self.notices.push(self.config.chat, text);
+            let chunk = self.notices.push(self.config.chat, text, Some(room));
             self.check_length(&chunk)?;
             let members = self.registry.members(room);
             self.registry.notify(&members, None, &chunk);
@@ -258,10 +258,16 @@ impl Daemon {
             return Err(PublishError::BadName);
         }
         let line = format!("<{from}> {}{}", clean(text.as_bytes()), self.notices.eol());
-        let chunk = Chunk::relayed(line.as_bytes(), 1);
+        let sender = Arc::new(Sender {
+            name: Arc::from(from),
+            user: None,
+            prefix: from.len() + 3,
+            me: false,
+        });
+        let chunk = Chunk::relayed_from(line.as_bytes(), 1, &sender);
         self.check_length(&chunk)?;
         // As a line from another node's client: nobody here is its sender.
-        let id = self.cluster.as_ref().map(|c| LineId {
+        let id = self.cluster.as_ref().map(|c| OriginId {
             node: Arc::clone(c.node()),
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         });

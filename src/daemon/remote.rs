@@ -81,7 +81,7 @@ impl Daemon {
                 match what {
                     Direct::Private => self.send_to(&peer, &Chunk::from(text.as_bytes()), 1),
                     Direct::Push => {
-                        self.send_to(&peer, &self.notices.push(self.config.chat, &text), 0);
+                        self.send_to(&peer, &self.notices.push(self.config.chat, &text, None), 0);
                     }
                     Direct::Kick => {
                         let reason = (!text.is_empty()).then_some(&*text);

@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering;
 
 use log::info;
 
+use crate::delivery::json_event::Member;
 use crate::delivery::peer::{Peer, PeerId};
-use crate::delivery::registry::{LOBBY, is_id};
+use crate::delivery::registry::{LOBBY, is_id, member};
 use crate::policy::moderation::{Entry, Kind, Target};
 use crate::policy::rooms::{MAX_SLOW, Op, Shared};
 use crate::policy::token::Role;
@@ -27,6 +28,25 @@ pub(crate) struct Named {
 }
 
 impl Daemon {
+    /// Who client `peer`, named `name`, is in `room`, as JSON clients are told.
+    pub(crate) fn member(&self, peer: &Peer, name: &str, room: &str) -> Member {
+        let sub = self.registry.user_of(peer.id());
+        let role = self.registry.role_of(peer.id());
+        self.member_as(name, sub.as_deref(), role, room)
+    }
+
+    /// Who `name`, user `sub` with its token's `role` (`None`: a guest), is in `room`: also
+    /// for a client that has left already.
+    pub(crate) fn member_as(
+        &self,
+        name: &str,
+        sub: Option<&str>,
+        role: Option<Role>,
+        room: &str,
+    ) -> Member {
+        member(&self.room_rules, room, name, sub, role)
+    }
+
     /// Whether `peer` is a moderator in `room`.
     pub(crate) fn is_moderator(&self, peer: &Peer, room: &str) -> bool {
         if self.registry.role_of(peer.id()) == Some(Role::Mod) {
@@ -113,19 +133,19 @@ impl Daemon {
                 continue;
             }
             let notices = self.notices;
-            let line = notices.error(why);
+            let line = notices.moderation("kick", Some(room), format_args!("relayd: {why}"));
             let Some((_, lobby)) = self.registry.change_room(peer.id(), LOBBY, None, |_, n| {
-                vec![
-                    line,
-                    notices.line(format_args!("* you are now in {LOBBY} ({n} online)")),
-                ]
+                vec![line, notices.now_in(LOBBY, n)]
             }) else {
                 continue;
             };
-            peer.start_sending();
+            // Recorded before the client can read that it moved, so that whatever it sends
+            // after reading it finds its thread in the lobby too.
             self.pending_move(peer.id());
+            peer.start_sending();
             info!("client {} ({name}): moved out of {room}: {why}", peer.id());
-            let joined = notices.joined(&name, self.online(LOBBY, &lobby));
+            let member = self.member(&peer, &name, LOBBY);
+            let joined = notices.joined(member, self.online(LOBBY, &lobby), LOBBY);
             self.notify(LOBBY, &lobby, peer.id(), &joined);
             self.present(peer.id(), &name, LOBBY);
             moved += 1;

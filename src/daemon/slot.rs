@@ -120,7 +120,8 @@ impl Drop for Slot {
                     .is_some_and(|sub| members.has_user(sub, self.peer.id()))
             {
                 let online = daemon.online(&room, &members);
-                let notice = daemon.notices.left(&left.name, &why, online);
+                let member = daemon.member_as(&left.name, left.user.as_deref(), left.role, &room);
+                let notice = daemon.notices.left(member, &why, online, &room);
                 daemon.notify(&room, &members, self.peer.id(), &notice);
             }
             // The flush still holds a socket and threads, so it counts against the address's

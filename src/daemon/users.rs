@@ -78,7 +78,8 @@ impl Daemon {
         self.send_to(&guest.peer, &line, 0);
         if let (true, Some(room)) = (self.config.chat, &guest.room) {
             let members = self.registry.members(room);
-            let notice = notices.line(format_args!("* {name} is now {new}"));
+            let member = self.member(&guest.peer, &new, room);
+            let notice = notices.renamed(member, name, room);
             self.notify(room, &members, guest.id, &notice);
             self.present(guest.id, &new, room);
         }
@@ -120,7 +121,7 @@ impl Daemon {
     /// there is no such user or guest anywhere.
     pub(crate) fn send_user(&self, user: &str, text: &str) -> Result<usize, NoSuchClient> {
         let peers = self.user_here(user);
-        let chunk = self.notices.push(self.config.chat, text);
+        let chunk = self.notices.push(self.config.chat, text, None);
         for (_, peer) in &peers {
             self.send_to(peer, &chunk, 0);
         }

@@ -16,10 +16,30 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::delivery::json_event::{self, Notice};
+use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::ws_frame;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Chunk(Arc<Inner>);
+
+/// How a peer is written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Lines, as they are (TCP).
+    Text,
+    /// One WebSocket text message per line.
+    WebSocket,
+    /// One WebSocket text message per `relayd.v1.json` event (see `json_event.rs`).
+    Json,
+}
+
+impl Format {
+    /// Whether it is written WebSocket frames.
+    pub(crate) fn websocket(self) -> bool {
+        self != Format::Text
+    }
+}
 
 #[derive(Debug)]
 struct Inner {
@@ -35,18 +55,96 @@ struct Inner {
     kept: bool,
     /// The lines as WebSocket frames, built on first use.
     ws: OnceLock<Box<[u8]>>,
+    /// The lines as `relayd.v1.json` events in WebSocket frames, built on first use: never
+    /// for a chunk no JSON peer gets.
+    json: OnceLock<Box<[u8]>>,
+    /// What relayd's own lines are, for JSON clients (`None`: told by their prefix).
+    notice: Option<Arc<Notice>>,
     /// Its last line alone, for live viewers with room for one line only: built on first
     /// use and shared by all of them.
     last: OnceLock<Chunk>,
+    /// Who sent relayed lines in chat mode, for the clients told so apart from the text
+    /// (JSON): one per client, shared by its chunks.
+    sender: Option<Arc<Sender>>,
+    /// When relayed lines were read, in ms since the Unix epoch (0: not relayed lines).
+    time_ms: u64,
+    /// Where relayed lines went and their ids, given under the registry lock as they are
+    /// delivered (see [`Chunk::place`]).
+    placed: OnceLock<Placed>,
     /// Shared with the chunk's unstamped copies (one allocation, like a `Box`).
     bytes: Arc<[u8]>,
+}
+
+/// Who sent a chunk's lines, and how its lines are written.
+// Read by the JSON events (issue 22), next.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub(crate) struct Sender {
+    /// Its chat name.
+    pub(crate) name: Arc<str>,
+    /// Its signed token's `sub`; `None` for a guest.
+    pub(crate) user: Option<Arc<str>>,
+    /// Bytes at the start of each line that say who sent it (`<alice> `, `* alice `), not
+    /// part of the text.
+    pub(crate) prefix: usize,
+    /// `/me`.
+    pub(crate) me: bool,
+}
+
+/// The room a chunk of relayed lines went to and its first line's id (the others follow:
+/// [`LineId::nth`]).
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub(crate) struct Placed {
+    pub(crate) room: Arc<str>,
+    pub(crate) first: LineId,
+    /// Its lines are numbered one by one (one node's ids), not parts of one Redis entry.
+    pub(crate) numbered: bool,
 }
 
 impl Chunk {
     /// `lines` lines a client sent, read just now.
     pub(crate) fn relayed(bytes: &[u8], lines: usize) -> Chunk {
+        Chunk::read_now(bytes, lines, None)
+    }
+
+    /// `lines` lines `sender` sent, read just now.
+    pub(crate) fn relayed_from(bytes: &[u8], lines: usize, sender: &Arc<Sender>) -> Chunk {
+        Chunk::read_now(bytes, lines, Some(Arc::clone(sender)))
+    }
+
+    fn read_now(bytes: &[u8], lines: usize, sender: Option<Arc<Sender>>) -> Chunk {
         let read_at = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Chunk::new(bytes.into(), read_at, lines as u64, false)
+        Chunk(Arc::new(Inner {
+            sender,
+            time_ms: now_ms(),
+            ..Inner::new(bytes.into(), read_at, lines as u64, false)
+        }))
+    }
+
+    /// When its relayed lines were read, in ms since the Unix epoch; 0 for other lines.
+    #[allow(dead_code)]
+    pub(crate) fn time_ms(&self) -> u64 {
+        self.0.time_ms
+    }
+
+    /// Who sent its lines, if it is relayed lines of a known sender.
+    #[allow(dead_code)]
+    pub(crate) fn sender(&self) -> Option<&Sender> {
+        self.0.sender.as_deref()
+    }
+
+    /// Records where its lines went and the first one's id: once, by the registry, under
+    /// its lock, as it delivers them. Copies made afterwards ([`Chunk::unstamped`],
+    /// [`Chunk::kept`], [`Chunk::last_line`]) keep it.
+    pub(crate) fn place(&self, placed: Placed) {
+        let _ = self.0.placed.set(placed);
+    }
+
+    /// Where its lines went and the first one's id, once placed.
+    #[allow(dead_code)]
+    pub(crate) fn placed(&self) -> Option<&Placed> {
+        self.0.placed.get()
     }
 
     /// WebSocket frames, sent as they are (only ever queued for a WebSocket peer).
@@ -65,7 +163,32 @@ impl Chunk {
     /// not counted as relayed lines when sent: a replay is not a line waiting in relayd
     /// since it was read.
     pub(crate) fn unstamped(&self) -> Chunk {
-        Chunk::new(Arc::clone(&self.0.bytes), 0, 0, self.0.frames)
+        Chunk(Arc::new(self.0.same(Arc::clone(&self.0.bytes), 0, 0, 0)))
+    }
+
+    /// Its lines from the `skip`-th on (a replay that starts within a chunk), with their
+    /// sender and ids, unstamped like [`Chunk::unstamped`].
+    pub(crate) fn lines_from(&self, skip: usize) -> Chunk {
+        if skip == 0 {
+            return self.unstamped();
+        }
+        let cut = memchr::memchr_iter(b'\n', &self.0.bytes)
+            .nth(skip - 1)
+            .map_or(self.0.bytes.len(), |i| i + 1);
+        Chunk(Arc::new(self.0.same(
+            self.0.bytes[cut..].into(),
+            0,
+            0,
+            skip,
+        )))
+    }
+
+    /// Relayd's own line(s), `notice` saying what they are to JSON clients.
+    pub(crate) fn notice(bytes: &[u8], notice: Notice) -> Chunk {
+        Chunk(Arc::new(Inner {
+            notice: Some(Arc::new(notice)),
+            ..Inner::new(bytes.into(), 0, 0, false)
+        }))
     }
 
     /// The same bytes (shared, not copied), marked as something the client it is queued for
@@ -74,7 +197,7 @@ impl Chunk {
     pub(crate) fn own(&self) -> Chunk {
         Chunk(Arc::new(Inner {
             own: true,
-            ..Inner::new(Arc::clone(&self.0.bytes), 0, 0, self.0.frames)
+            ..self.0.same(Arc::clone(&self.0.bytes), 0, 0, 0)
         }))
     }
 
@@ -83,12 +206,9 @@ impl Chunk {
     pub(crate) fn kept(&self) -> Chunk {
         Chunk(Arc::new(Inner {
             kept: true,
-            ..Inner::new(
-                Arc::clone(&self.0.bytes),
-                self.0.read_at,
-                self.0.lines,
-                self.0.frames,
-            )
+            ..self
+                .0
+                .same(Arc::clone(&self.0.bytes), self.0.read_at, self.0.lines, 0)
         }))
     }
 
@@ -111,9 +231,12 @@ impl Chunk {
             .get_or_init(|| {
                 let bytes = &self.0.bytes[..self.0.bytes.len() - 1];
                 let start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                let skip = self.0.lines as usize - 1;
                 Chunk(Arc::new(Inner {
                     kept: self.0.kept,
-                    ..Inner::new(self.0.bytes[start..].into(), self.0.read_at, 1, false)
+                    ..self
+                        .0
+                        .same(self.0.bytes[start..].into(), self.0.read_at, 1, skip)
                 }))
             })
             .clone()
@@ -124,15 +247,22 @@ impl Chunk {
         self.0.own
     }
 
-    /// What goes on the wire: the bytes as they are for a TCP peer, and for a WebSocket peer
-    /// one text frame per line (built once, whoever asks first).
-    pub(crate) fn wire(&self, websocket: bool) -> &[u8] {
-        if !websocket || self.0.frames {
-            return &self.0.bytes;
+    /// What goes on the wire: the bytes as they are for a TCP peer, for a WebSocket peer
+    /// one text frame per line, for a JSON one a frame per event (each built once, whoever
+    /// asks first).
+    pub(crate) fn wire(&self, format: Format) -> &[u8] {
+        match format {
+            _ if self.0.frames => &self.0.bytes,
+            Format::Text => &self.0.bytes,
+            Format::WebSocket => self
+                .0
+                .ws
+                .get_or_init(|| ws_frame::text_frames(&self.0.bytes)),
+            Format::Json => self
+                .0
+                .json
+                .get_or_init(|| json_event::frames(&self.0.bytes, None, self.0.notice.as_deref())),
         }
-        self.0
-            .ws
-            .get_or_init(|| ws_frame::text_frames(&self.0.bytes))
     }
 
     fn new(bytes: Arc<[u8]>, read_at: u64, lines: u64, frames: bool) -> Chunk {
@@ -149,9 +279,32 @@ impl Inner {
             own: false,
             kept: false,
             ws: OnceLock::new(),
+            json: OnceLock::new(),
+            notice: None,
             last: OnceLock::new(),
+            sender: None,
+            time_ms: 0,
+            placed: OnceLock::new(),
             bytes,
         }
+    }
+
+    /// `bytes`, from the same sender and placed where these were: `bytes` are these lines
+    /// from the `skip`-th on, so their first id is that line's.
+    fn same(&self, bytes: Arc<[u8]>, read_at: u64, lines: u64, skip: usize) -> Inner {
+        let inner = Inner {
+            sender: self.sender.clone(),
+            time_ms: self.time_ms,
+            notice: self.notice.clone(),
+            ..Inner::new(bytes, read_at, lines, self.frames)
+        };
+        if let Some(placed) = self.placed.get() {
+            let _ = inner.placed.set(Placed {
+                first: placed.first.nth(skip, placed.numbered),
+                ..placed.clone()
+            });
+        }
+        inner
     }
 }
 
@@ -199,14 +352,14 @@ mod tests {
     fn the_websocket_form_is_built_once_and_shared() {
         let chunk = Chunk::relayed(b"a\nb\n", 2);
         let copy = chunk.clone();
-        let first = chunk.wire(true);
+        let first = chunk.wire(Format::WebSocket);
         assert_eq!(first, b"\x81\x01a\x81\x01b");
         assert!(
-            std::ptr::eq(first, copy.wire(true)),
+            std::ptr::eq(first, copy.wire(Format::WebSocket)),
             "built again for another recipient"
         );
-        assert_eq!(chunk.wire(false), b"a\nb\n");
+        assert_eq!(chunk.wire(Format::Text), b"a\nb\n");
         let frames = Chunk::frames(b"\x89\x00");
-        assert_eq!(frames.wire(true), b"\x89\x00");
+        assert_eq!(frames.wire(Format::WebSocket), b"\x89\x00");
     }
 }

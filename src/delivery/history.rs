@@ -12,14 +12,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use memchr::memchr_iter;
-
 use crate::delivery::chunk::Chunk;
 
 /// A relayed chunk's identity across the cluster: its origin node and that node's sequence
 /// number for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct LineId {
+pub(crate) struct OriginId {
     pub(crate) node: Arc<str>,
     pub(crate) seq: u64,
 }
@@ -29,7 +27,7 @@ pub(crate) struct LineId {
 pub(crate) struct Entry {
     pub(crate) chunk: Chunk,
     pub(crate) lines: usize,
-    pub(crate) id: Option<LineId>,
+    pub(crate) id: Option<OriginId>,
 }
 
 #[derive(Debug)]
@@ -52,7 +50,7 @@ impl History {
     }
 
     /// Remembers `chunk`, which holds `lines` whole lines.
-    pub(crate) fn push(&mut self, chunk: &Chunk, lines: usize, id: Option<LineId>) {
+    pub(crate) fn push(&mut self, chunk: &Chunk, lines: usize, id: Option<OriginId>) {
         if self.cap == 0 || lines == 0 {
             return;
         }
@@ -78,7 +76,7 @@ impl History {
     /// Merges `older` (a room's history as Redis had it, oldest first) into this one: those of
     /// its chunks not remembered here already go before the ones that are, and the last `cap`
     /// lines are kept. Returns the ids it added, which this node may still receive live.
-    pub(crate) fn seed(&mut self, older: Vec<Entry>) -> HashSet<LineId> {
+    pub(crate) fn seed(&mut self, older: Vec<Entry>) -> HashSet<OriginId> {
         // Once per room, so the ids are gathered here rather than kept for every line.
         let mut seen = self.ids();
         let mut added = HashSet::new();
@@ -101,21 +99,24 @@ impl History {
     }
 
     /// The ids of the chunks remembered.
-    fn ids(&self) -> HashSet<LineId> {
+    fn ids(&self) -> HashSet<OriginId> {
         self.chunks.iter().filter_map(|e| e.id.clone()).collect()
     }
 
     /// The last `cap` lines, oldest first.
     pub(crate) fn replay(&self) -> Vec<Chunk> {
-        let mut out: Vec<Chunk> = self.chunks.iter().map(|e| e.chunk.unstamped()).collect();
         let excess = self.lines.saturating_sub(self.cap);
-        if excess > 0 {
-            let cut = memchr_iter(b'\n', &out[0])
-                .nth(excess - 1)
-                .map_or(0, |i| i + 1);
-            out[0] = Chunk::from(&out[0][cut..]);
-        }
-        out
+        self.chunks
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if i == 0 {
+                    e.chunk.lines_from(excess)
+                } else {
+                    e.chunk.unstamped()
+                }
+            })
+            .collect()
     }
 }
 
@@ -127,8 +128,8 @@ mod tests {
         h.replay().iter().flat_map(|c| c.iter().copied()).collect()
     }
 
-    fn id(seq: u64) -> LineId {
-        LineId {
+    fn id(seq: u64) -> OriginId {
+        OriginId {
             node: Arc::from("n"),
             seq,
         }

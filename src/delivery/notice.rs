@@ -10,6 +10,7 @@ use std::fmt;
 
 use crate::config::Config;
 use crate::delivery::chunk::Chunk;
+use crate::delivery::json_event::{Kind, Member, Notice};
 use crate::policy::token::TokenError;
 
 /// Why a client left. Its `Display` is what the log and the client's room are told.
@@ -169,6 +170,26 @@ impl Notices {
         Chunk::from(format!("{text}{}", self.eol).as_bytes())
     }
 
+    /// `text` as a line that JSON clients get as a notice of `kind` about `room`.
+    pub(crate) fn notice(&self, kind: Kind, room: Option<&str>, text: impl fmt::Display) -> Chunk {
+        let notice = Notice {
+            kind,
+            room: room.map(Box::from),
+        };
+        Chunk::notice(format!("{text}{}", self.eol).as_bytes(), notice)
+    }
+
+    /// What a moderator (or the daemon, for one) did in `room`: `action` is `kick`, `ban`,
+    /// `mute`, `slow`, ...
+    pub(crate) fn moderation(
+        &self,
+        action: &'static str,
+        room: Option<&str>,
+        text: impl fmt::Display,
+    ) -> Chunk {
+        self.notice(Kind::Moderation { action }, room, text)
+    }
+
     /// An error or refusal for one client: `relayd: WHAT`.
     pub(crate) fn error(&self, what: impl fmt::Display) -> Chunk {
         self.line(format_args!("relayd: {what}"))
@@ -180,9 +201,9 @@ impl Notices {
             Departure::TooSlow { pending } | Departure::WriteTimeout { pending } => self.error(
                 format_args!("disconnected: too slow ({pending} bytes pending)"),
             ),
-            Departure::Banned(text) => self.error(text),
-            Departure::Kicked(_)
-            | Departure::NoLongerAllowed
+            Departure::Banned(text) => self.moderation("ban", None, format_args!("relayd: {text}")),
+            Departure::Kicked(_) => self.moderation("kick", None, format_args!("relayd: {why}")),
+            Departure::NoLongerAllowed
             | Departure::IdleTimeout
             | Departure::AuthTimeout
             | Departure::BadToken(_)
@@ -222,8 +243,8 @@ impl Notices {
         ))
     }
 
-    /// The chat welcome: the welcome line, then the `--motd` lines, in one chunk.
-    pub(crate) fn welcome(&self, name: &str, online: usize, motd: &[String]) -> Chunk {
+    /// The chat welcome to `room`: the welcome line, then the `--motd` lines, in one chunk.
+    pub(crate) fn welcome(&self, name: &str, online: usize, motd: &[String], room: &str) -> Chunk {
         let eol = self.eol;
         let mut text = format!(
             "* welcome to relayd, you are {name} ({online} online) — /help for commands{eol}"
@@ -232,27 +253,58 @@ impl Notices {
             text.push_str(&clean(line.as_bytes()));
             text.push_str(eol);
         }
-        Chunk::from(text.as_bytes())
+        let kind = Kind::Welcome {
+            name: name.into(),
+            online,
+        };
+        let notice = Notice {
+            kind,
+            room: Some(room.into()),
+        };
+        Chunk::notice(text.as_bytes(), notice)
     }
 
-    pub(crate) fn joined(&self, name: &str, online: usize) -> Chunk {
-        self.line(format_args!("* {name} joined ({online} online)"))
+    /// What a client is told as it enters `room`, where `online` are now.
+    pub(crate) fn now_in(&self, room: &str, online: usize) -> Chunk {
+        let text = format!("* you are now in {room} ({online} online)");
+        self.notice(Kind::Info, Some(room), text)
     }
 
-    pub(crate) fn left(&self, name: &str, why: &Departure, online: usize) -> Chunk {
-        self.line(format_args!("* {name} left ({why}) ({online} online)"))
+    /// `member` entered `room`.
+    pub(crate) fn joined(&self, member: Member, online: usize, room: &str) -> Chunk {
+        let text = format!("* {} joined ({online} online)", member.name);
+        self.notice(Kind::Join { member, online }, Some(room), text)
     }
 
-    /// An operator's push: `* [server] TEXT` in chat mode, the bare line in raw mode; cleaned
-    /// like any chat line in both.
-    pub(crate) fn push(&self, chat: bool, text: &str) -> Chunk {
+    /// `member` left `room`: `why` says why, as in `* alice left (quit) (3 online)`.
+    pub(crate) fn left(
+        &self,
+        member: Member,
+        why: impl fmt::Display,
+        online: usize,
+        room: &str,
+    ) -> Chunk {
+        let text = format!("* {} left ({why}) ({online} online)", member.name);
+        self.notice(Kind::Leave { member, online }, Some(room), text)
+    }
+
+    /// `member`, in `room`, was `old` until now.
+    pub(crate) fn renamed(&self, member: Member, old: &str, room: &str) -> Chunk {
+        let text = format!("* {old} is now {}", member.name);
+        let old = old.into();
+        self.notice(Kind::Nick { member, old }, Some(room), text)
+    }
+
+    /// An operator's push (to `room`, if it is published there): `* [server] TEXT` in chat
+    /// mode, the bare line in raw mode; cleaned like any chat line in both.
+    pub(crate) fn push(&self, chat: bool, text: &str, room: Option<&str>) -> Chunk {
         // Cleaned in every mode: in raw mode too the operator's line lands on people's
         // terminals, where an escape sequence would act on their screens.
         let text = clean(text.as_bytes());
         if chat {
-            self.line(format_args!("* [server] {text}"))
+            self.notice(Kind::Server, room, format_args!("* [server] {text}"))
         } else {
-            self.line(text)
+            self.notice(Kind::Server, room, text)
         }
     }
 }
@@ -299,7 +351,7 @@ mod tests {
             crlf.too_many_from_address(),
             crlf.farewell(&why).unwrap(),
             crlf.farewell(&Departure::OutOfThreads).unwrap(),
-            crlf.welcome("a", 1, &["motd".into()]),
+            crlf.welcome("a", 1, &["motd".into()], "lobby"),
         ] {
             assert!(
                 chunk.ends_with(b"\r\n"),

@@ -21,17 +21,21 @@ pub(crate) fn text_frames(lines: &[u8]) -> Box<[u8]> {
     let count = memchr::memchr_iter(b'\n', lines).count() + 1;
     // Headers of at most 10 bytes: a server's frames carry no mask.
     let mut out = Vec::with_capacity(lines.len() + 10 * count);
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        push_text(&mut out, &String::from_utf8_lossy(without_line_end(line)));
+    }
+    out.into_boxed_slice()
+}
+
+/// Appends one text message holding `text` to `out`.
+pub(crate) fn push_text(out: &mut Vec<u8>, text: &str) {
     let header = FrameHeader {
         opcode: OpCode::Data(Data::Text),
         ..FrameHeader::default()
     };
-    for line in lines.split_inclusive(|&b| b == b'\n') {
-        let text = String::from_utf8_lossy(without_line_end(line));
-        // Writing to a Vec cannot fail.
-        let _ = header.format(text.len() as u64, &mut out);
-        out.extend_from_slice(text.as_bytes());
-    }
-    out.into_boxed_slice()
+    // Writing to a Vec cannot fail.
+    let _ = header.format(text.len() as u64, out);
+    out.extend_from_slice(text.as_bytes());
 }
 
 /// Where the frame that holds byte `at` of `frames` (whole frames relayd built, back to back)

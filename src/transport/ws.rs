@@ -14,7 +14,7 @@
 //! socket, and frames never interleave. Lines for the client go into the same queue as
 //! pre-built frames; relayd's own pings too.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Cursor, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use tungstenite::{Error, Message, WebSocket};
 
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::delivery::chunk::Chunk;
+use crate::delivery::chunk::{Chunk, Format};
 use crate::delivery::notice::Departure;
 use crate::delivery::peer::Peer;
 use crate::delivery::ws_frame;
@@ -249,20 +249,45 @@ pub fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The subprotocol a browser asks for to speak JSON (see `json_event.rs`, `client/json.rs`).
+pub(crate) const JSON_PROTOCOL: &str = "relayd.v1.json";
+
+/// Whether a request's `Sec-WebSocket-Protocol` headers (each a comma-separated list) offer
+/// [`JSON_PROTOCOL`].
+fn offers_json(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == JSON_PROTOCOL)
+}
+
 /// Completes the WebSocket handshake on `sock`, whose request head `head` the HTTP front has
-/// read (and found to be an upgrade). With `--ws-origin`, a request from any other origin
+/// read (and found to be an upgrade), and says how the client is to be written: a client
+/// that offers [`JSON_PROTOCOL`] gets it confirmed and speaks JSON; any other is a plain
+/// WebSocket client, as before the subprotocol existed. With `--ws-origin`, a request from any other origin
 /// (or none) is refused with 403: a page on another site could otherwise open a WebSocket
 /// to relayd with its visitor's browser (cross-site WebSocket hijacking).
 pub(crate) fn handshake(
     sock: Arc<TcpStream>,
     head: Vec<u8>,
     config: &Config,
-) -> Result<WebSocket<Duplex>, Refused> {
+) -> Result<(WebSocket<Duplex>, Format), Refused> {
     let origins = &config.ws_origins;
     let seen = RefCell::new(None);
+    let format = Cell::new(Format::WebSocket);
     // tungstenite's callback signature, which is not ours to change.
     #[allow(clippy::result_large_err)]
-    let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+    let check = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+        if offers_json(request) {
+            format.set(Format::Json);
+            response.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static(JSON_PROTOCOL),
+            );
+        }
         let origin = request
             .headers()
             .get("origin")
@@ -303,7 +328,7 @@ pub(crate) fn handshake(
         rebuild: false,
     };
     match tungstenite::accept_hdr_with_config(duplex, check, Some(ws_config)) {
-        Ok(socket) => Ok(socket),
+        Ok(socket) => Ok((socket, format.get())),
         Err(HandshakeError::Failure(Error::Http(response))) => Err(Refused::Answered(format!(
             "{} (origin {})",
             response.status(),
@@ -326,6 +351,8 @@ pub(crate) struct Ws {
     heard: Instant,
     /// When relayd pinged it, if it has not answered yet.
     pinged: Option<Instant>,
+    /// It speaks `relayd.v1.json`: a message is one JSON object, not lines.
+    json: bool,
 }
 
 impl Ws {
@@ -335,6 +362,7 @@ impl Ws {
         let config = daemon.config();
         let (ping_interval, pong_timeout) = (config.ws_ping_interval, config.write_timeout);
         let timeout = config.idle_timeout;
+        let json = peer.format() == Format::Json;
         socket.get_mut().queue = Some((daemon, peer));
         Ws {
             socket,
@@ -343,11 +371,13 @@ impl Ws {
             pong_timeout,
             heard: Instant::now(),
             pinged: None,
+            json,
         }
     }
 
     /// Waits for the next text message and leaves its lines in `buf`, each ending with `\n`
-    /// (a trailing `\r` dropped). Returns how many bytes: 0 when the client closed. Pings are
+    /// (a trailing `\r` dropped); a JSON client's message as it is, with a `\n` after it.
+    /// Returns how many bytes: 0 when the client closed. Pings are
     /// answered, and a quiet client pinged, meanwhile; a binary message, one too long, a
     /// protocol error or no answer to a ping is a [`ReadError::Departure`].
     pub(crate) fn read(&mut self, buf: &mut Vec<u8>) -> Result<usize, ReadError> {
@@ -387,6 +417,11 @@ impl Ws {
             };
             self.heard = Instant::now();
             match message {
+                Message::Text(text) if self.json => {
+                    buf.extend_from_slice(text.as_bytes());
+                    buf.push(b'\n');
+                    return Ok(buf.len());
+                }
                 Message::Text(text) => {
                     for line in text.as_bytes().split_inclusive(|&b| b == b'\n') {
                         buf.extend_from_slice(without_line_end(line));
@@ -410,6 +445,11 @@ impl Ws {
                 Message::Frame(_) => {}
             }
         }
+    }
+
+    /// Whether it speaks `relayd.v1.json`.
+    pub(crate) fn json(&self) -> bool {
+        self.json
     }
 
     /// A fresh `WebSocket` on the same stream, with a buffer of [`READ_BUFFER`] again, in

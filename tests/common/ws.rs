@@ -1,9 +1,11 @@
-//! WebSocket clients (tungstenite's own client) of a daemon's `--ws-bind` port, for the
-//! browser-side tests (`websocket`, `cluster_chat`).
+//! WebSocket clients (tungstenite's own client) of a daemon's `--ws-bind` port, and a daemon
+//! serving them ([`Browsers`]), for the browser-side tests (`websocket`, `cluster_chat`,
+//! `json_protocol`).
 
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 
-use super::TIMEOUT;
+use super::{Client, Daemon, TIMEOUT, admin_command, eventually, temp_path};
 
 /// A WebSocket client of `addr`'s `/ws` (with an `Origin` header if given), its reads bounded
 /// by [`TIMEOUT`]; the handshake's failure as an error.
@@ -51,5 +53,55 @@ pub fn ws_text(ws: &mut tungstenite::WebSocket<TcpStream>) -> String {
             Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("expected a text message, got {other:?}"),
         }
+    }
+}
+
+/// A daemon with a TCP port, a `--ws-bind` port and an admin socket.
+pub struct Browsers {
+    pub d: Daemon,
+    pub ws: SocketAddr,
+    pub admin: PathBuf,
+}
+
+impl Browsers {
+    pub fn spawn(args: &[&str]) -> Browsers {
+        let admin = temp_path("ws-admin");
+        let admin_s = admin.to_str().unwrap().to_string();
+        let mut all = vec!["--ws-bind", "127.0.0.1:0", "--admin", &admin_s];
+        all.extend_from_slice(args);
+        let d = Daemon::spawn(&all);
+        let ws = d.ws_addr();
+        Browsers { d, ws, admin }
+    }
+
+    pub fn tcp(&self) -> Client {
+        self.d.connect()
+    }
+
+    pub fn ws(&self) -> tungstenite::WebSocket<TcpStream> {
+        ws_connect(self.ws, None)
+    }
+
+    pub fn clients(&self) -> Vec<String> {
+        admin_command(&self.admin, "clients")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn admin(&self, command: &str) -> String {
+        admin_command(&self.admin, command)
+    }
+
+    /// Waits until `n` clients are registered: lines sent from now on reach all of them.
+    pub fn wait_clients(&self, n: usize) {
+        eventually(&format!("{n} clients"), || self.clients().len() == n);
+    }
+}
+
+impl Drop for Browsers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.admin);
     }
 }

@@ -30,6 +30,7 @@ mod faults;
 mod filter;
 mod framing;
 mod hostile;
+mod json_protocol;
 mod live;
 mod memory;
 mod metrics;

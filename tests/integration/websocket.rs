@@ -3,59 +3,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::common::ws::{try_ws_connect, ws_connect, ws_text};
-use crate::common::{self, Client, Daemon, TIMEOUT, admin_command, eventually, temp_path};
+use crate::common::ws::{Browsers, try_ws_connect, ws_connect, ws_text};
+use crate::common::{self, TIMEOUT, admin_command, eventually, temp_path};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
-
-/// A daemon with a TCP port, a `--ws-bind` port and an admin socket.
-struct Browsers {
-    d: Daemon,
-    ws: SocketAddr,
-    admin: PathBuf,
-}
-
-impl Browsers {
-    fn spawn(args: &[&str]) -> Browsers {
-        let admin = temp_path("ws-admin");
-        let admin_s = admin.to_str().unwrap().to_string();
-        let mut all = vec!["--ws-bind", "127.0.0.1:0", "--admin", &admin_s];
-        all.extend_from_slice(args);
-        let d = Daemon::spawn(&all);
-        let ws = d.ws_addr();
-        Browsers { d, ws, admin }
-    }
-
-    fn tcp(&self) -> Client {
-        self.d.connect()
-    }
-
-    fn ws(&self) -> WebSocket<TcpStream> {
-        ws_connect(self.ws, None)
-    }
-
-    fn clients(&self) -> Vec<String> {
-        admin_command(&self.admin, "clients")
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Waits until `n` clients are registered: lines sent from now on reach all of them.
-    fn wait_clients(&self, n: usize) {
-        eventually(&format!("{n} clients"), || self.clients().len() == n);
-    }
-}
-
-impl Drop for Browsers {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.admin);
-    }
-}
 
 fn send(ws: &mut WebSocket<TcpStream>, text: &str) {
     ws.send(Message::text(text)).unwrap();

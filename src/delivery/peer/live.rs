@@ -27,7 +27,7 @@ use socket2::SockRef;
 
 use super::{CHUNK_COST, Peer, State};
 use crate::config::Config;
-use crate::delivery::chunk::Chunk;
+use crate::delivery::chunk::{Chunk, Format};
 use crate::stats::add;
 use crate::sync::lock;
 
@@ -98,7 +98,7 @@ fn burst(limits: &Limits) -> f64 {
 impl State {
     /// Drops from the queue the relayed lines older than `max_age` (never the chunk a write
     /// stopped in) and returns how many lines it dropped.
-    pub(super) fn drop_stale(&mut self, websocket: bool, max_age: Duration) -> u64 {
+    pub(super) fn drop_stale(&mut self, format: Format, max_age: Duration) -> u64 {
         let now = Instant::now();
         let stale = |chunk: &Chunk| {
             chunk.droppable()
@@ -115,7 +115,7 @@ impl State {
         while i < self.queue.len() {
             if stale(&self.queue[i]) {
                 let chunk = self.queue.remove(i).unwrap_or_else(|| unreachable!());
-                self.pending -= chunk.wire(websocket).len();
+                self.pending -= chunk.wire(format).len();
                 dropped += chunk.relayed_lines().map_or(0, |(_, n)| n);
             } else {
                 i += 1;
@@ -189,7 +189,7 @@ impl Peer {
             self.hand_over(st, chunk);
             return;
         }
-        let stale = st.drop_stale(self.websocket, self.live_limits.max_age);
+        let stale = st.drop_stale(self.format, self.live_limits.max_age);
         self.count_dropped(stale);
         if st.pending > 0 && st.cost() + self.wire(chunk).len() + CHUNK_COST > self.max_pending {
             self.count_dropped(chunk.relayed_lines().map_or(0, |(_, n)| n));

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 
 use crate::config::Config;
-use crate::delivery::chunk::Chunk;
+use crate::delivery::chunk::{Chunk, Format};
 use crate::delivery::deliverer::{Backlog, Deliverer};
 use crate::delivery::notice::{Departure, Notices};
 use crate::stats::Stats;
@@ -82,8 +82,8 @@ const DELIVERER_TURN: Duration = Duration::from_secs(1);
 pub(crate) struct Peer {
     id: PeerId,
     sock: Arc<TcpStream>,
-    /// A WebSocket client: it is written frames, not lines.
-    websocket: bool,
+    /// How it is written: lines, WebSocket frames of lines, or `relayd.v1.json` events.
+    format: Format,
     deliverer: Arc<Deliverer>,
     /// Where the time relayed lines waited is recorded.
     stats: Arc<Stats>,
@@ -180,12 +180,12 @@ impl State {
 
     /// Appends `chunk` to the queue. A backlog that starts now is not stuck: "no progress for
     /// --stall-timeout" counts from here, not from whenever this peer's queue last moved.
-    fn enqueue(&mut self, chunk: &Chunk, websocket: bool) {
+    fn enqueue(&mut self, chunk: &Chunk, format: Format) {
         if self.pending == 0 {
             self.last_progress = Instant::now();
         }
         self.queue.push_back(Chunk::clone(chunk));
-        let len = chunk.wire(websocket).len();
+        let len = chunk.wire(format).len();
         self.pending += len;
         if chunk.is_own() {
             self.own += len + CHUNK_COST;
@@ -228,7 +228,7 @@ impl Peer {
     pub(crate) fn new(
         id: PeerId,
         sock: Arc<TcpStream>,
-        websocket: bool,
+        format: Format,
         config: &Config,
         deliverer: &Arc<Deliverer>,
         stats: &Arc<Stats>,
@@ -236,7 +236,7 @@ impl Peer {
         Arc::new(Peer {
             id,
             sock,
-            websocket,
+            format,
             deliverer: Arc::clone(deliverer),
             stats: Arc::clone(stats),
             max_pending: config.max_pending,
@@ -274,12 +274,17 @@ impl Peer {
 
     /// How the client is connected, for the operator's `clients` list.
     pub(crate) fn transport(&self) -> &'static str {
-        if self.websocket { "ws" } else { "tcp" }
+        if self.format.websocket() { "ws" } else { "tcp" }
+    }
+
+    /// How it is written to.
+    pub(crate) fn format(&self) -> Format {
+        self.format
     }
 
     /// What `chunk` puts on this peer's wire.
     fn wire<'a>(&self, chunk: &'a Chunk) -> &'a [u8] {
-        chunk.wire(self.websocket)
+        chunk.wire(self.format)
     }
 
     /// Counts `n` lines read from this client.
@@ -513,7 +518,7 @@ impl Peer {
             return;
         }
         for chunk in chunks {
-            st.enqueue(&chunk.own(), self.websocket);
+            st.enqueue(&chunk.own(), self.format);
         }
         if st.role == Role::Idle {
             st.role = Role::Held;
@@ -531,7 +536,7 @@ impl Peer {
     /// Appends `chunk` to the queue and, if no one is draining it, puts the peer on the
     /// deliverer's run list.
     fn hand_over(self: &Arc<Self>, mut st: MutexGuard<'_, State>, chunk: &Chunk) {
-        st.enqueue(chunk, self.websocket);
+        st.enqueue(chunk, self.format);
         if st.role != Role::Idle {
             return;
         }
@@ -620,10 +625,10 @@ impl Peer {
     fn mark_closed(&self, st: &mut State, why: Departure) {
         self.is_closed.store(true, Ordering::Release);
         st.closed = Some(why);
-        if self.websocket {
+        if self.format.websocket() {
             // Where the write in flight started, if one is: its owner moves this on when it
             // returns (see `drain`).
-            st.frame_rest = write::unsent_frame(st.queue.front(), st.head);
+            st.frame_rest = write::unsent_frame(st.queue.front(), st.head, self.format);
         }
         st.queue = VecDeque::new();
         st.head = 0;
@@ -684,7 +689,7 @@ pub(crate) mod tests {
         Peer::new(
             id,
             Arc::new(server),
-            false,
+            Format::Text,
             config,
             &deliverer,
             &Arc::default(),

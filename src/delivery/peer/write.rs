@@ -20,7 +20,7 @@ use socket2::SockRef;
 
 use super::live::LIVE_TICK;
 use super::{Peer, Role, State};
-use crate::delivery::chunk::Chunk;
+use crate::delivery::chunk::{Chunk, Format};
 use crate::delivery::deliverer::{Backlog, MAX_DELIVERER_ROUNDS};
 use crate::delivery::notice::Departure;
 use crate::delivery::ws_frame;
@@ -152,7 +152,7 @@ impl Peer {
                 }
                 let live = st.live.is_some();
                 if live {
-                    let stale = st.drop_stale(self.websocket, self.live_limits.max_age);
+                    let stale = st.drop_stale(self.format, self.live_limits.max_age);
                     self.count_dropped(stale);
                 }
                 if st.queue.is_empty() {
@@ -195,15 +195,15 @@ impl Peer {
             } else {
                 writes
             };
-            let (attempted, result) = write_batch(&self.sock, &batch, head, self.websocket, mode);
+            let (attempted, result) = write_batch(&self.sock, &batch, head, self.format, mode);
             let mut st = lock(&self.state);
             match result {
-                Ok(n) if self.websocket && n > 0 && st.closed.is_some() => {
+                Ok(n) if self.format.websocket() && n > 0 && st.closed.is_some() => {
                     // Closed while this write was in flight: the queue is gone, and the frame
                     // it stopped in is finished from here (see `send_last`).
-                    st.frame_rest = unsent_frame(&batch, head + n);
+                    st.frame_rest = unsent_frame(&batch, head + n, self.format);
                 }
-                Ok(n) if !self.websocket => {
+                Ok(n) if !self.format.websocket() => {
                     st.mid_line = ends_mid_line(&batch, head, n).unwrap_or(st.mid_line);
                 }
                 _ => {}
@@ -303,7 +303,7 @@ impl Peer {
         cut: Cut,
         writes: Writes,
     ) {
-        let last = if self.websocket {
+        let last = if self.format.websocket() {
             let code = why.ws_close_code();
             // A frame cut short would swallow the bytes after it: the browser would see its
             // connection fail (1006), not why it was closed. So it is finished first.
@@ -313,7 +313,7 @@ impl Peer {
                     Cut::AtLineEnd | Cut::MidLine => Vec::new(),
                 };
                 if let Some(notice) = notice {
-                    last.extend_from_slice(notice.wire(true));
+                    last.extend_from_slice(notice.wire(self.format));
                 }
                 if let Some(code) = code {
                     last.extend_from_slice(&ws_frame::close(code, &why.to_string()));
@@ -372,13 +372,13 @@ fn write_batch(
     sock: &TcpStream,
     batch: &[Chunk],
     head: usize,
-    websocket: bool,
+    format: Format,
     writes: Writes,
 ) -> (usize, io::Result<usize>) {
     let mut budget = WRITE_BATCH;
     let mut slices = Vec::with_capacity(batch.len());
     for (i, chunk) in batch.iter().enumerate() {
-        let wire = chunk.wire(websocket);
+        let wire = chunk.wire(format);
         let bytes = if i == 0 { &wire[head..] } else { wire };
         let bytes = &bytes[..bytes.len().min(budget)];
         budget -= bytes.len();
@@ -418,9 +418,10 @@ fn ends_mid_line(batch: &[Chunk], head: usize, n: usize) -> Option<bool> {
 pub(super) fn unsent_frame<'a>(
     chunks: impl IntoIterator<Item = &'a Chunk>,
     mut at: usize,
+    format: Format,
 ) -> Vec<u8> {
     for chunk in chunks {
-        let wire = chunk.wire(true);
+        let wire = chunk.wire(format);
         if at < wire.len() {
             return wire[at..ws_frame::frame_end(wire, at)].to_vec();
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::delivery::chunk::Chunk;
+use crate::delivery::json_event::Kind;
 use crate::delivery::notice::Notices;
 use crate::delivery::peer::{Gate, Limits, PeerId};
 use crate::stats::add;
@@ -120,6 +121,7 @@ impl Registry {
     /// the room's lines are delivered.
     pub(super) fn gate(
         &self,
+        room: &str,
         live: &mut LiveRoom,
         members: &[Member],
         from: Option<PeerId>,
@@ -132,7 +134,7 @@ impl Registry {
         let busy = self
             .notices
             .as_ref()
-            .and_then(|notices| live.busy(notices, now, lines, shown));
+            .and_then(|notices| live.busy(notices, room, now, lines, shown));
         let dropped = lines - shown;
         if dropped > 0 {
             live.drops
@@ -152,7 +154,14 @@ impl Registry {
 impl LiveRoom {
     /// Counts `lines` offered and `shown`; once every [`BUSY_EVERY`], if the room dropped
     /// any meanwhile, the notice saying how much its viewers were shown.
-    fn busy(&mut self, notices: &Notices, now: Instant, lines: u64, shown: u64) -> Option<Chunk> {
+    fn busy(
+        &mut self,
+        notices: &Notices,
+        room: &str,
+        now: Instant,
+        lines: u64,
+        shown: u64,
+    ) -> Option<Chunk> {
         self.offered += lines;
         self.shown += shown;
         let elapsed = now.saturating_duration_since(self.since);
@@ -163,11 +172,13 @@ impl LiveRoom {
         (self.since, self.offered, self.shown) = (now, 0, 0);
         let per_second = |n: u64| (n as f64 / elapsed.as_secs_f64()).round();
         (shown < offered).then(|| {
-            notices.line(format_args!(
-                "* live: showing {} of {} lines/s",
-                per_second(shown),
-                per_second(offered)
-            ))
+            let (shown, sent) = (per_second(shown), per_second(offered));
+            let text = format_args!("* live: showing {shown} of {sent} lines/s");
+            let kind = Kind::Live {
+                shown: shown as u64,
+                sent: sent as u64,
+            };
+            notices.notice(kind, Some(room), text)
         })
     }
 }

@@ -38,19 +38,23 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use crate::config::Config;
-use crate::delivery::chunk::Chunk;
-use crate::delivery::history::{Entry as HistoryEntry, History, LineId};
+use crate::delivery::chunk::{Chunk, Format, Placed};
+use crate::delivery::history::{Entry as HistoryEntry, History, OriginId};
+use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
+use crate::policy::rooms::RoomRules;
 use crate::policy::token::Role;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
 mod live;
+mod presence;
 mod users;
 
 use live::{Gated, LiveRoom, LiveRooms};
 
+pub(crate) use presence::member;
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
 
@@ -67,6 +71,9 @@ pub(crate) struct Registry {
     stats: Arc<Stats>,
     /// In chat mode: how relayd's own lines are written (a live room's busy notice).
     notices: Option<Notices>,
+    /// The moderators the operator made for rooms: part of who a room's members are, for
+    /// JSON clients.
+    rules: Arc<RoomRules>,
     /// Seeds being read from Redis now: only while there are any is [`Inner::recent`] kept,
     /// since only a seed asked for before a line arrived can need it.
     seeding: Arc<AtomicUsize>,
@@ -105,14 +112,20 @@ struct Entry {
 }
 
 struct Room {
+    /// Its name, shared with the lines placed in it.
+    name: Arc<str>,
     members: Arc<Vec<Member>>,
+    /// When this life of the room began (ms since the Unix epoch), and how many lines it
+    /// has given ids: its lines' ids (see `line_id.rs`).
+    life: u64,
+    numbered: u64,
     history: History,
     /// In a cluster: whether the room's history in Redis has been merged into `history`.
     seeded: bool,
     /// Lines merged in from Redis that may still arrive live (Redis had them before this
     /// node's subscriber delivered them): when one does, only the members that were here
     /// before the merge get it, since everyone who joined later had it replayed.
-    expected: HashSet<LineId>,
+    expected: HashSet<OriginId>,
     /// Its delivery is live (see `live.rs`), not lossless: its state then.
     live: Option<LiveRoom>,
 }
@@ -198,6 +211,8 @@ pub(crate) struct Left {
     pub(crate) name: String,
     /// Its user's `sub`, if it had one.
     pub(crate) user: Option<Arc<str>>,
+    /// Its token's role, if it had one.
+    pub(crate) role: Option<Role>,
     /// The room it left; `None` if it never entered one.
     pub(crate) room: Option<String>,
     /// Who is still in the room it left; `None` if it never entered one.
@@ -212,7 +227,7 @@ pub(crate) enum RenameError {
 }
 
 impl Registry {
-    pub(crate) fn new(config: &Config, stats: Arc<Stats>) -> Registry {
+    pub(crate) fn new(config: &Config, stats: Arc<Stats>, rules: Arc<RoomRules>) -> Registry {
         Registry {
             inner: Mutex::new(Inner {
                 clients: BTreeMap::new(),
@@ -226,6 +241,7 @@ impl Registry {
             history: config.history,
             stats,
             notices: config.chat.then(|| Notices::new(config)),
+            rules,
             seeding: Arc::default(),
         }
     }
@@ -329,11 +345,15 @@ impl Registry {
             rooms,
             recent,
             live,
+            clients,
             ..
         } = inner;
         let room_name = room;
         let room = rooms.entry(room.to_string()).or_insert_with(|| Room {
+            name: Arc::from(room_name),
             members: Arc::new(Vec::new()),
+            life: now_ms(),
+            numbered: 0,
             history: History::new(history),
             seeded: false,
             expected: HashSet::new(),
@@ -369,15 +389,26 @@ impl Registry {
             before.online() + usize::from(new)
         };
         let mut lines = greet(name, online);
+        let joiner = Member {
+            peer: Arc::clone(peer),
+            user,
+            epoch: 0,
+            before_seed: false,
+        };
+        if peer.format() == Format::Json {
+            let mut members = room.members.to_vec();
+            members.push(joiner.clone());
+            lines.push(presence::presence(
+                clients,
+                &self.rules,
+                room_name,
+                &members,
+            ));
+        }
         lines.extend(room.history.replay());
         peer.set_live(room.live.as_ref().map(|l| &l.drops));
         let epoch = peer.enter_room(&lines);
-        Arc::make_mut(&mut room.members).push(Member {
-            peer: Arc::clone(peer),
-            user,
-            epoch,
-            before_seed: false,
-        });
+        Arc::make_mut(&mut room.members).push(Member { epoch, ..joiner });
         Members {
             list: Arc::clone(&room.members),
         }
@@ -412,6 +443,7 @@ impl Registry {
             .map(|room| self.leave_room(inner, &entry.peer, room));
         let left = Left {
             name: entry.name,
+            role: entry.user.as_ref().map(|u| u.role),
             user: entry.user.map(|u| u.sub),
             room: entry.room,
             members,
@@ -587,7 +619,7 @@ impl Registry {
         operator: bool,
         chunk: &Chunk,
         lines: usize,
-        id: Option<LineId>,
+        id: Option<OriginId>,
     ) -> bool {
         let (members, kept, shown) = {
             let mut inner = lock(&self.inner);
@@ -616,12 +648,18 @@ impl Registry {
                     Arc::new(before)
                 }
                 id => {
+                    chunk.place(Placed {
+                        room: Arc::clone(&r.name),
+                        first: LineId::new(r.life, r.numbered + 1),
+                        numbered: true,
+                    });
+                    r.numbered += lines as u64;
                     r.history.push(chunk, lines, id);
                     Arc::clone(&r.members)
                 }
             };
             let gated = match r.live.as_mut() {
-                Some(live) if !kept => Some(self.gate(live, &members, from, chunk, lines)),
+                Some(live) if !kept => Some(self.gate(room, live, &members, from, chunk, lines)),
                 _ => None,
             };
             (members, kept && r.live.is_some(), gated)
@@ -765,7 +803,7 @@ fn remember_recent(
     room: &str,
     chunk: &Chunk,
     lines: usize,
-    id: LineId,
+    id: OriginId,
 ) {
     let now = Instant::now();
     while recent
@@ -815,7 +853,7 @@ mod tests {
         HistoryEntry {
             chunk: Chunk::from(text.as_bytes()),
             lines: 1,
-            id: Some(LineId {
+            id: Some(OriginId {
                 node: Arc::from(node),
                 seq,
             }),
@@ -848,6 +886,34 @@ mod tests {
         String::from_utf8(buf).unwrap()
     }
 
+    /// Every relayed line gets the next id of its room, kept with it in the history, and a
+    /// replay that starts within a chunk starts with the id of its first line.
+    #[test]
+    fn lines_are_numbered_in_their_room_and_replayed_with_their_ids() {
+        let config = Config {
+            history: 3,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
+        let (_a, _sock) = client(&registry, 1, &config);
+        let two = Chunk::relayed(b"a\nb\n", 2);
+        let one = Chunk::relayed(b"c\n", 1);
+        let more = Chunk::relayed(b"d\n", 1);
+        for (chunk, n) in [(&two, 2), (&one, 1), (&more, 1)] {
+            assert!(registry.deliver(LOBBY, Some(1), false, chunk, n, None));
+        }
+        let first = two.placed().unwrap().first;
+        assert_eq!(first.b, 1);
+        assert_eq!(&*two.placed().unwrap().room, LOBBY);
+        assert_eq!(one.placed().unwrap().first, first.nth(2, true));
+        assert_eq!(more.placed().unwrap().first, first.nth(3, true));
+        // History 3: b, c, d; the replay of the first chunk starts at b, with b's id.
+        let replay = registry.history(LOBBY);
+        assert_eq!(&replay[0][..], b"b\n");
+        assert_eq!(replay[0].placed().unwrap().first, first.nth(1, true));
+        assert_eq!(replay[2].placed().unwrap().first, first.nth(3, true));
+    }
+
     /// The seams of a room's history across the cluster: what Redis had, what reached this
     /// node while nobody here was in the room, and what arrives late through pub/sub. Each
     /// line reaches the joiner once, in order.
@@ -857,7 +923,7 @@ mod tests {
             history: 10,
             ..Config::default()
         };
-        let registry = Registry::new(&config, Arc::default());
+        let registry = Registry::new(&config, Arc::default(), Arc::default());
         let (peer, mut sock) = client(&registry, 1, &config);
         let (a, b, c, d) = (
             line("n", 1, "a\n"),
@@ -898,7 +964,7 @@ mod tests {
             history: 10,
             ..Config::default()
         };
-        let registry = Registry::new(&config, Arc::default());
+        let registry = Registry::new(&config, Arc::default(), Arc::default());
         let (first, mut first_sock) = client(&registry, 1, &config);
         let (second, mut second_sock) = client(&registry, 2, &config);
         registry.change_room(1, "games", None, |_, _| Vec::new());
