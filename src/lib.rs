@@ -16,6 +16,7 @@
 //!   daemon's operator commands, as the control socket does), `json` (requests and answers).
 //! - `client/`: a client's life. `accept` (the accept loop: admission, refusals, the HTTP
 //!   front's threads), `mod` (one client's thread: authenticate, read, frame, hand on, leave),
+//!   `json` (what a `relayd.v1.json` client sends, read into the lines it stands for),
 //!   `auth` (its signed token: `/auth TOKEN` and `?token=`, refresh, expiry), `chat`
 //!   (`--chat`: names, rooms, commands, what others see), `moderator` (a room's moderators'
 //!   commands, and slow mode's pace), `censor` (the word filter on what it sends).
@@ -24,8 +25,9 @@
 //!   `reload`), `listening` (a listener served by a thread until stopped).
 //! - `transport/`: how a client's bytes come in — `tcp`, `telnet` (its commands taken out
 //!   unless `--binary`), `http` (the one HTTP request reader; the page and upgrades), `ws`
-//!   (the WebSocket handshake and messages), `proxy` (the client's address a trusted proxy
-//!   passes on: PROXY header, `X-Forwarded-For`); `ReadError`, why a read ended.
+//!   (the WebSocket handshake, `relayd.v1.json`'s negotiation, and messages), `proxy` (the
+//!   client's address a trusted proxy passes on: PROXY header, `X-Forwarded-For`);
+//!   `ReadError`, why a read ended.
 //! - `daemon/`: the shared state behind one handle, `Arc<Daemon>` — `mod` (admission,
 //!   relaying, rooms, names), `slot` (a client's hold on the daemon, given back on `Drop`),
 //!   `operator` (clients, kick, send, broadcast, publish, presence, history, stats), `users`
@@ -38,14 +40,17 @@
 //!   `presence` (who is on the other nodes), `moderation` (bans, mutes, slow modes and
 //!   moderators in Redis).
 //! - `delivery/`: getting a line to its clients — `registry` (who is where; `registry/users`:
-//!   signed-in users' names and connections; `registry/live`: which rooms are live, and each
-//!   live room's gate), `peer` (a
-//!   client's bounded queue, its role and the slow-consumer rule; `peer/write`: writing it to
-//!   the socket, and writer threads; `peer/live`: a viewer in a live room, its age limit and
-//!   small send buffer), `deliverer` (the one delivery thread), `chunk` (a line's
-//!   shared bytes, who sent them and where they went; `ws_frame`, their WebSocket frames),
-//!   `line_id` (a relayed line's id in its room), `history`, `notice` (every line relayd
-//!   writes itself, and why a client left), `echo` (`--console`'s printed copy).
+//!   names, renames, and signed-in users' connections; `registry/live`: which rooms are live,
+//!   and each live room's gate; `registry/presence`: a room's members, as notices reach them
+//!   and as JSON clients see them; `registry/recovery`: what a client entering a room is
+//!   queued, a JSON client's recovery after `since` included), `peer` (a client's bounded
+//!   queue, its role and the slow-consumer rule; `peer/write`: writing it to the socket, and
+//!   writer threads; `peer/live`: a viewer in a live room, its age limit and small send
+//!   buffer), `deliverer` (the one delivery thread), `chunk` (a line's shared bytes, who sent
+//!   them and where they went, and how each kind of peer is written; `ws_frame`, their
+//!   WebSocket frames; `json_event`, their `relayd.v1.json` events), `line_id` (a relayed
+//!   line's id in its room), `history`, `notice` (every line relayd writes itself, what it
+//!   is to JSON clients, and why a client left), `echo` (`--console`'s printed copy).
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
 //!   `secret`, `api_key` (the HTTP API's key), `token` (signed tokens: their keys, and who a
 //!   token says a client is), `names` (what a chat name or room may be), `rate`, `filter`

@@ -22,7 +22,7 @@ use std::time::Duration;
 use log::{debug, error, info, warn};
 use socket2::SockRef;
 
-use crate::client::{self, Transport};
+use crate::client::{self, Transport, Upgrade};
 use crate::config::Config;
 use crate::daemon::{Daemon, Refusal, Slot};
 use crate::delivery::chunk::{Chunk, Format};
@@ -122,7 +122,7 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
         return;
     }
     let sock = Arc::new(sock);
-    let slot = match daemon.admit(Arc::clone(&sock), addr, Format::Text, false) {
+    let slot = match daemon.admit(Arc::clone(&sock), addr, Format::Text, false, false) {
         Ok(slot) => slot,
         Err(refusal) => {
             // Someone not allowed at all gets not a byte, not even an error line.
@@ -133,7 +133,13 @@ fn admit(daemon: &Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
         }
     };
     log_connected(daemon, slot.peer().id(), addr, "");
-    start_client(daemon, slot, addr, Transport::Tcp(Tcp::new(sock)), None);
+    start_client(
+        daemon,
+        slot,
+        addr,
+        Transport::Tcp(Tcp::new(sock)),
+        Upgrade::default(),
+    );
 }
 
 /// Reads a trusted proxy's header on a thread of its own, then admits the client by the
@@ -188,7 +194,7 @@ fn start_client(
     mut slot: Slot,
     addr: SocketAddr,
     transport: Transport,
-    token: Option<String>,
+    upgrade: Upgrade,
 ) {
     let id = slot.peer().id();
     // What the slot says if the thread never runs: the closure, and the slot in it, is
@@ -199,7 +205,7 @@ fn start_client(
         thread::Builder::new()
             .name(format!("client-{id}"))
             .stack_size(CLIENT_STACK)
-            .spawn(move || client::serve(daemon, slot, transport, token))
+            .spawn(move || client::serve(daemon, slot, transport, upgrade))
     };
     if let Err(e) = spawned {
         warn!("client {id} {addr} refused: cannot start a thread: {e}");
@@ -309,10 +315,17 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
     let config = daemon.config();
     let request = http::parse(&head).ok().flatten();
     // `?token=` on the upgrade URL: a browser's `/auth TOKEN`. The query is never logged.
-    let token = request
-        .as_ref()
-        .and_then(|r| http::param(r.query, "token"))
-        .filter(|t| !t.is_empty());
+    let param = |name| {
+        request
+            .as_ref()
+            .and_then(|r| http::param(r.query, name))
+            .filter(|t| !t.is_empty())
+    };
+    let mut upgrade = Upgrade {
+        token: param("token"),
+        room: param("room"),
+        since: param("since"),
+    };
     // Behind an HTTP proxy: the client it names (no port: the header carries none).
     let addr = match request
         .as_ref()
@@ -336,7 +349,12 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
             return;
         }
     };
-    let slot = match daemon.admit(Arc::clone(&sock), addr, format, token.is_some()) {
+    // `?since=` is the subprotocol's: a plain client's replay is the room's `--history`.
+    if format != Format::Json {
+        upgrade.since = None;
+    }
+    let token = upgrade.token.is_some();
+    let slot = match daemon.admit(Arc::clone(&sock), addr, format, token, upgrade.recovers()) {
         Ok(slot) => slot,
         Err(refusal) => return refuse_websocket(daemon, &sock, addr, refusal, format),
     };
@@ -348,7 +366,7 @@ fn serve_websocket(daemon: &Arc<Daemon>, sock: Arc<TcpStream>, addr: SocketAddr,
     // touched stack pages an idle client would keep for its whole life, and a thread's stack
     // is given back when it ends: 1,000 idle browsers cost 19.2 KiB each so, 33.9 KiB on the
     // thread that did the handshake (2026-12-03).
-    start_client(daemon, slot, addr, transport, token);
+    start_client(daemon, slot, addr, transport, upgrade);
 }
 
 /// Logs why a connection is refused, and returns what it is told (nothing if it is not

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::daemon::{Daemon, NameError};
 use crate::delivery::chunk::{Chunk, Sender};
 use crate::delivery::json_event::Kind;
-use crate::delivery::line_id::now_ms;
+use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::clean;
 use crate::delivery::peer::Peer;
 use crate::delivery::registry::{LOBBY, Members, is_id};
@@ -87,6 +87,14 @@ pub fn parse(line: &[u8]) -> Input {
         }
         None => Input::Text(text),
     }
+}
+
+/// What a client whose `since` is not a line id is told.
+pub(crate) fn bad_since(since: Option<&str>) -> String {
+    format!(
+        "since {:?} is not a line id, entered without it",
+        since.unwrap_or_default()
+    )
 }
 
 /// Whether `message`, a browser's message as lines each ending with `\n`, is a command
@@ -486,7 +494,7 @@ impl Chat {
         }
     }
 
-    fn join(&mut self, daemon: &Daemon, peer: &Arc<Peer>, room: &str, _since: Option<&str>) {
+    fn join(&mut self, daemon: &Daemon, peer: &Arc<Peer>, room: &str, since: Option<&str>) {
         if !valid_room(room) {
             let line = format!("relayd: invalid room {room:?} (1-32 letters, digits, _ - .)");
             return self.reply(daemon, peer, &line);
@@ -518,7 +526,15 @@ impl Chat {
             );
         }
         let notices = daemon.notices();
-        let moved = daemon.change_room(peer, room, |online| vec![notices.now_in(room, online)]);
+        let since = since.and_then(|s| {
+            let id = LineId::parse(s);
+            if id.is_none() {
+                self.reply(daemon, peer, &format!("relayd: {}", bad_since(Some(s))));
+            }
+            id
+        });
+        let greet = |online| vec![notices.now_in(room, online)];
+        let moved = daemon.change_room(peer, room, since, greet);
         let Some((left, joined)) = moved else {
             return;
         };

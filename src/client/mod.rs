@@ -25,6 +25,7 @@ use crate::client::censor::Censor;
 use crate::client::chat::Chat;
 use crate::daemon::{Daemon, Slot};
 use crate::delivery::chunk::Chunk;
+use crate::delivery::line_id::LineId;
 use crate::delivery::notice::Departure;
 use crate::delivery::peer::Peer;
 use crate::delivery::registry::{LOBBY, Members};
@@ -67,6 +68,23 @@ impl Transport {
             Transport::Tcp(tcp) => tcp.set_read_timeout(timeout),
             Transport::Ws(ws) => ws.set_read_timeout(timeout),
         }
+    }
+}
+
+/// What a browser's upgrade URL asks for: `?token=` (its `/auth TOKEN`), `?room=R` (enter R
+/// at once) and, for a JSON client, `?since=ID` (recovering R's lines after ID).
+#[derive(Debug, Default)]
+pub(crate) struct Upgrade {
+    pub(crate) token: Option<String>,
+    pub(crate) room: Option<String>,
+    pub(crate) since: Option<String>,
+}
+
+impl Upgrade {
+    /// Whether the client is to enter the lobby with a `since`: then its own thread enters
+    /// it, not its admission.
+    pub(crate) fn recovers(&self) -> bool {
+        self.since.is_some() && self.room.as_deref().is_none_or(|r| r == LOBBY)
     }
 }
 
@@ -125,27 +143,41 @@ struct Client {
     /// When it last sent something: with a token's `exp`, the read timeout is no longer the
     /// idle timeout, which then counts from here.
     heard: Instant,
+    /// A JSON client's `?since=` for the lobby, until it enters it.
+    lobby_since: Option<LineId>,
+    /// `?room=R` (and its `since`): joined as soon as the client is in the lobby.
+    pending_join: Option<(String, Option<String>)>,
 }
 
 /// Serves one admitted client until it leaves. Runs on the client's own thread. `token`: a
 /// browser's `?token=`.
-pub(crate) fn serve(
-    daemon: Arc<Daemon>,
-    mut slot: Slot,
-    transport: Transport,
-    token: Option<String>,
-) {
+pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Transport, upgrade: Upgrade) {
     slot.set_departure(Departure::Panicked);
     let config = daemon.config();
     let deadline = Instant::now() + config.auth_timeout;
     let settings = daemon.settings();
+    let recovers = upgrade.recovers();
+    let Upgrade { token, room, since } = upgrade;
+    let mut lobby_since = None;
+    let mut pending_join = None;
+    match room.filter(|r| r != LOBBY && config.chat) {
+        Some(room) => pending_join = Some((room, since)),
+        None if recovers => {
+            lobby_since = since.as_deref().and_then(LineId::parse);
+            if lobby_since.is_none() {
+                let error = daemon.notices().error(chat::bad_since(since.as_deref()));
+                daemon.reply(slot.peer(), &error);
+            }
+        }
+        None => {}
+    }
     // Without keys a `?token=` means nothing: the browser is a guest.
     let token = token.filter(|_| !settings.keys.is_empty());
     let phase = match (&settings.secret, daemon.awaits_token(token.is_some())) {
         (Some(_), _) => Phase::AwaitingSecret { deadline },
         (None, true) => Phase::AwaitingToken { deadline },
         (None, false) => {
-            let lobby = slot.take_lobby();
+            let lobby = slot.take_lobby(lobby_since.take());
             let name = daemon.guest_name(slot.peer().id());
             joined_phase(&daemon, slot.peer(), lobby, name)
         }
@@ -167,6 +199,8 @@ pub(crate) fn serve(
         ws_token: token,
         signed_in: None,
         heard: Instant::now(),
+        lobby_since,
+        pending_join,
     };
     let why = client.run();
     client.slot.set_departure(why);
@@ -226,7 +260,15 @@ impl Client {
                     }
                     self.transport.set_read_timeout(Some(left));
                 }
-                _ => {
+                Phase::Chat(ref mut chat) => {
+                    if let Some((room, since)) = self.pending_join.take() {
+                        chat.join_since(&self.daemon, self.slot.peer(), &room, since.as_deref());
+                    }
+                    if let Some(why) = self.arm_expiry() {
+                        return why;
+                    }
+                }
+                Phase::Raw(..) => {
                     if let Some(why) = self.arm_expiry() {
                         return why;
                     }
@@ -492,7 +534,7 @@ impl Client {
             self.phase = Phase::AwaitingToken { deadline };
             return self.await_token();
         }
-        let lobby = self.daemon.enter(&peer);
+        let lobby = self.daemon.enter(&peer, self.lobby_since.take());
         // Logged once it is in, so that a log reader can count on it.
         info!("client {}: authenticated", peer.id());
         let name = self.daemon.guest_name(peer.id());

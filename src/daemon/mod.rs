@@ -41,6 +41,7 @@ use crate::delivery::chunk::{Chunk, Format};
 use crate::delivery::deliverer::Deliverer;
 use crate::delivery::echo::Echo;
 use crate::delivery::history::OriginId;
+use crate::delivery::line_id::LineId;
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Peer, PeerId, Share};
 use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
@@ -222,13 +223,15 @@ impl Daemon {
     /// are registered in the order they connected; unless the lobby's history is first to be
     /// read from Redis, which may take up to the cluster's query timeout: the client's own
     /// thread enters it then (see [`Slot::take_lobby`]), so that this, on the accept loop,
-    /// never waits for Redis.
+    /// never waits for Redis; or a JSON client's upgrade URL asked to recover the lobby's
+    /// lines (`recovers`): its thread enters with its `since`.
     pub(crate) fn admit(
         self: &Arc<Self>,
         sock: Arc<TcpStream>,
         addr: SocketAddr,
         format: Format,
         token: bool,
+        recovers: bool,
     ) -> Result<Slot, Refusal> {
         let config = &self.config;
         let settings = sync::read(&self.settings);
@@ -257,7 +260,7 @@ impl Daemon {
         let mut slot = Slot::new(Arc::clone(self), peer, addr);
         let secret = settings.secret.is_some();
         drop(settings);
-        if !secret && !self.awaits_token(token) && !self.reads_redis(LOBBY) {
+        if !secret && !self.awaits_token(token) && !self.reads_redis(LOBBY) && !recovers {
             slot.enter_lobby();
         }
         Ok(slot)
@@ -272,7 +275,7 @@ impl Daemon {
     /// Puts an admitted client into the lobby; in chat mode its welcome (and any history) is
     /// queued under the registry lock and sent once the lock is free, so nothing relayed can
     /// come between them. Returns the lobby's members, itself included.
-    pub(crate) fn enter(&self, peer: &Arc<Peer>) -> Option<Members> {
+    pub(crate) fn enter(&self, peer: &Arc<Peer>, since: Option<LineId>) -> Option<Members> {
         let (notices, config) = (self.notices, &self.config);
         let settings = self.settings();
         let seed = self.seed(LOBBY);
@@ -282,7 +285,7 @@ impl Daemon {
             0
         };
         let mut named = None;
-        let members = self.registry.enter(peer.id(), seed, |name, online| {
+        let members = self.registry.enter(peer.id(), seed, since, |name, online| {
             named = Some(name.to_string());
             if config.chat {
                 vec![notices.welcome(name, online + elsewhere, &settings.motd, LOBBY)]
@@ -358,6 +361,7 @@ impl Daemon {
         &self,
         peer: &Arc<Peer>,
         room: &str,
+        since: Option<LineId>,
         greet: impl FnOnce(usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
         self.registry.settle(peer, Share::Own);
@@ -365,7 +369,9 @@ impl Daemon {
         let elsewhere = self.presence.count_in(room, &HashSet::new());
         let moved = self
             .registry
-            .change_room(peer.id(), room, seed, |_, online| greet(online + elsewhere));
+            .change_room(peer.id(), room, seed, since, |_, online| {
+                greet(online + elsewhere)
+            });
         peer.start_sending();
         self.settle(peer);
         moved

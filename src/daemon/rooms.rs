@@ -134,9 +134,12 @@ impl Daemon {
             }
             let notices = self.notices;
             let line = notices.moderation("kick", Some(room), format_args!("relayd: {why}"));
-            let Some((_, lobby)) = self.registry.change_room(peer.id(), LOBBY, None, |_, n| {
-                vec![line, notices.now_in(LOBBY, n)]
-            }) else {
+            let Some((_, lobby)) =
+                self.registry
+                    .change_room(peer.id(), LOBBY, None, None, |_, n| {
+                        vec![line, notices.now_in(LOBBY, n)]
+                    })
+            else {
                 continue;
             };
             // Recorded before the client can read that it moved, so that whatever it sends

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 
+use crate::delivery::line_id::LineId;
 use crate::delivery::notice::Departure;
 use crate::delivery::peer::Peer;
 use crate::delivery::registry::Members;
@@ -51,7 +52,7 @@ impl Slot {
     /// Puts the client into the lobby at admission, keeping who was there for its arrival
     /// notice.
     pub(super) fn enter_lobby(&mut self) {
-        self.lobby = Some(self.daemon.enter(&self.peer));
+        self.lobby = Some(self.daemon.enter(&self.peer, None));
     }
 
     pub(crate) fn peer(&self) -> &Arc<Peer> {
@@ -60,11 +61,12 @@ impl Slot {
 
     /// The lobby as it was when the client entered it, once: at admission, or now, on the
     /// client's own thread, if admission left that to it (the lobby's history was to be read
-    /// from Redis first, which the accept loop must not wait for).
-    pub(crate) fn take_lobby(&mut self) -> Option<Members> {
+    /// from Redis first, which the accept loop must not wait for, or a JSON client recovers
+    /// the lobby's lines after `since`).
+    pub(crate) fn take_lobby(&mut self, since: Option<LineId>) -> Option<Members> {
         match self.lobby.take() {
             Some(lobby) => lobby,
-            None => self.daemon.enter(&self.peer),
+            None => self.daemon.enter(&self.peer, since),
         }
     }
 

@@ -16,7 +16,7 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::delivery::json_event::{self, Notice};
+use crate::delivery::json_event::{self, Lines, Notice};
 use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::ws_frame;
 
@@ -258,11 +258,25 @@ impl Chunk {
                 .0
                 .ws
                 .get_or_init(|| ws_frame::text_frames(&self.0.bytes)),
-            Format::Json => self
-                .0
-                .json
-                .get_or_init(|| json_event::frames(&self.0.bytes, None, self.0.notice.as_deref())),
+            Format::Json => self.0.json.get_or_init(|| self.json_events()),
         }
+    }
+
+    /// Its `relayd.v1.json` events: `line` events if it is relayed lines placed in a room,
+    /// else notices.
+    fn json_events(&self) -> Box<[u8]> {
+        let sender = self.0.sender.as_deref();
+        let lines = self.0.placed.get().map(|placed| Lines {
+            room: &placed.room,
+            first: placed.first,
+            numbered: placed.numbered,
+            from: sender.map(|s| &*s.name),
+            user: sender.and_then(|s| s.user.as_deref()),
+            prefix: sender.map_or(0, |s| s.prefix),
+            time: self.0.time_ms,
+            me: sender.is_some_and(|s| s.me),
+        });
+        json_event::frames(&self.0.bytes, lines, self.0.notice.as_deref())
     }
 
     fn new(bytes: Arc<[u8]>, read_at: u64, lines: u64, frames: bool) -> Chunk {

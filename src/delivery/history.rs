@@ -13,6 +13,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::delivery::chunk::Chunk;
+use crate::delivery::line_id::LineId;
 
 /// A relayed chunk's identity across the cluster: its origin node and that node's sequence
 /// number for it.
@@ -101,6 +102,30 @@ impl History {
     /// The ids of the chunks remembered.
     fn ids(&self) -> HashSet<OriginId> {
         self.chunks.iter().filter_map(|e| e.id.clone()).collect()
+    }
+
+    /// Every line kept after `after` (an id of this node's, in this life of the room), oldest
+    /// first, and the id of the first of them: a JSON client's recovery, which gets every
+    /// line kept, not only the last `cap`.
+    pub(crate) fn since(&self, after: LineId) -> (Vec<Chunk>, Option<LineId>) {
+        let mut out = Vec::new();
+        let mut first = None;
+        // The oldest chunk's lines past `cap` are not kept, as for a replay.
+        let mut excess = self.lines.saturating_sub(self.cap);
+        for e in &self.chunks {
+            let trimmed = std::mem::take(&mut excess);
+            let Some(placed) = e.chunk.placed().filter(|p| p.numbered) else {
+                continue;
+            };
+            let start = placed.first;
+            if start.a != after.a || start.b + e.lines as u64 <= after.b + 1 {
+                continue;
+            }
+            let skip = (after.b.saturating_sub(start.b - 1) as usize).max(trimmed);
+            first.get_or_insert(start.nth(skip, true));
+            out.push(e.chunk.lines_from(skip));
+        }
+        (out, first)
     }
 
     /// The last `cap` lines, oldest first.

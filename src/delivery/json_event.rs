@@ -8,8 +8,11 @@
 //! it was, or one from another node) is still never lost: each line becomes a notice, of
 //! kind `error` if it starts `relayd: `, else `info`.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
+use crate::delivery::line_id::LineId;
 use crate::delivery::ws_frame;
 use crate::framing::without_line_end;
 
@@ -88,8 +91,10 @@ pub(crate) enum Role {
 /// follow it), who sent them, and how many bytes of each are its chat prefix (`<alice> `).
 pub(crate) struct Lines<'a> {
     pub(crate) room: &'a str,
-    /// The id of each line in turn, as clients see it.
-    pub(crate) ids: &'a mut dyn Iterator<Item = String>,
+    pub(crate) first: LineId,
+    /// Ids numbered one by one (one node's), not parts of one Redis entry.
+    pub(crate) numbered: bool,
+    /// `None`: raw mode, where lines are from nobody in particular.
     pub(crate) from: Option<&'a str>,
     pub(crate) user: Option<&'a str>,
     pub(crate) prefix: usize,
@@ -103,9 +108,9 @@ pub(crate) fn frames(bytes: &[u8], lines: Option<Lines<'_>>, notice: Option<&Not
     let mut out = Vec::with_capacity(bytes.len() * 2 + 64);
     let mut each = bytes.split_inclusive(|&b| b == b'\n').map(without_line_end);
     match (lines, notice) {
-        (Some(mut lines), _) => {
-            for line in each {
-                out.extend_from_slice(&line_event(&mut lines, line));
+        (Some(lines), _) => {
+            for (k, line) in each.enumerate() {
+                push(&mut out, &line_event(&lines, k, line));
             }
         }
         (None, Some(notice)) => {
@@ -145,6 +150,16 @@ pub(crate) struct Presence<'a> {
     pub(crate) members: &'a [Member],
 }
 
+/// `{"type":"resumed","room":R,"recovered":B,"missed":N|null}`.
+#[derive(Serialize)]
+pub(crate) struct Resumed<'a> {
+    #[serde(rename = "type")]
+    pub(crate) kind: &'static str,
+    pub(crate) room: &'a str,
+    pub(crate) recovered: bool,
+    pub(crate) missed: Option<u64>,
+}
+
 /// Events are written from structs, so their fields come in the order the README shows.
 #[derive(Serialize)]
 struct LineEvent<'a> {
@@ -154,7 +169,7 @@ struct LineEvent<'a> {
     id: String,
     from: Option<&'a str>,
     user: Option<&'a str>,
-    text: &'a str,
+    text: Cow<'a, str>,
     time: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     me: bool,
@@ -201,19 +216,17 @@ fn push(out: &mut Vec<u8>, event: &impl Serialize) {
     ws_frame::push_text(out, &text);
 }
 
-fn line_event(lines: &mut Lines<'_>, line: &[u8]) -> Vec<u8> {
-    let id = lines.ids.next().unwrap_or_default();
-    let body = String::from_utf8_lossy(line.get(lines.prefix..).unwrap_or_default());
-    frame(&LineEvent {
+fn line_event<'a>(lines: &'a Lines<'_>, k: usize, line: &'a [u8]) -> LineEvent<'a> {
+    LineEvent {
         kind: "line",
         room: lines.room,
-        id,
+        id: lines.first.nth(k, lines.numbered).to_string(),
         from: lines.from,
         user: lines.user,
-        text: &body,
+        text: String::from_utf8_lossy(line.get(lines.prefix..).unwrap_or_default()),
         time: lines.time,
         me: lines.me,
-    })
+    }
 }
 
 fn notice_event(notice: Option<&Notice>, line: &[u8]) -> Vec<u8> {

@@ -79,6 +79,12 @@ impl Json {
         assert_eq!(self.event(), want);
     }
 
+    /// Closes the connection as a browser does, and waits for relayd's close.
+    pub fn close(&mut self) {
+        self.ws.close(None).unwrap();
+        while self.ws.read().is_ok() {}
+    }
+
     /// The events up to and including the first for which `last` holds.
     pub fn until(&mut self, mut last: impl FnMut(&Value) -> bool) -> Vec<Value> {
         let mut seen = Vec::new();

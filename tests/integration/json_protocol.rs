@@ -5,9 +5,9 @@
 use serde_json::{Value, json};
 use tungstenite::Message;
 
-use crate::common::Client;
 use crate::common::json::{Json, PROTOCOL, handshake};
 use crate::common::ws::{Browsers, ws_text};
+use crate::common::{Client, eventually};
 
 /// A chat daemon with `--ws-bind` and an admin socket.
 fn chat(more: &[&str]) -> Browsers {
@@ -138,7 +138,13 @@ fn every_message_type() {
 
     j.send(json!({"type": "send", "text": "hello"}));
     nc.expect(b"<guest2> hello\n");
-    assert_eq!(k.event()["text"], "hello");
+    let line = k.event();
+    let (id, time) = (line["id"].as_str().unwrap(), line["time"].as_u64().unwrap());
+    assert_eq!(
+        line,
+        json!({"type": "line", "room": "lobby", "id": id, "from": "guest2", "user": null,
+               "text": "hello", "time": time})
+    );
     j.send(json!({"type": "nick", "name": "ann"}));
     j.expect(json!({"type": "notice", "kind": "info", "room": null, "text": "* you are now ann"}));
     nc.expect(b"* guest2 is now ann\n");
@@ -246,4 +252,230 @@ fn a_kick_is_a_moderation_notice_before_the_close() {
         Ok(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1008),
         other => panic!("expected a close frame, got {other:?}"),
     }
+}
+
+/// A chat daemon (with `more` options), a TCP client `nc` in room `games` and a JSON client
+/// that joined it, each having read the other's arrival.
+fn in_games(more: &[&str]) -> (Browsers, Client, Json) {
+    let r = chat(more);
+    let mut nc = tcp_named(&r, "nc");
+    nc.send(b"/join games\n");
+    nc.expect(b"* you are now in games (1 online)\n");
+    let mut j = json(&r, "");
+    j.welcomed();
+    j.send(json!({"type": "join", "room": "games"}));
+    j.until(|e| e["type"] == "presence");
+    nc.expect(b"* guest2 joined (2 online)\n");
+    (r, nc, j)
+}
+
+/// [`in_games`] with `--history HISTORY`, where `nc` said `zero`: its id, as `j` got it.
+fn zero_in_games(history: &str) -> (Browsers, Client, Json, String) {
+    let (r, mut nc, mut j) = in_games(&["--history", history]);
+    nc.send(b"zero\n");
+    let id = lines(&mut j, 1).pop().unwrap().1;
+    (r, nc, j, id)
+}
+
+/// The next `n` events, which must be `line`s from `nc` in `games`: their texts and ids.
+fn lines(j: &mut Json, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|_| {
+            let e = j.event();
+            assert_eq!(
+                (&e["type"], &e["room"], &e["from"]),
+                (&json!("line"), &json!("games"), &json!("nc")),
+                "{e}"
+            );
+            (
+                e["text"].as_str().unwrap().to_string(),
+                e["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn texts(lines: &[(String, String)]) -> Vec<&str> {
+    lines.iter().map(|(t, _)| t.as_str()).collect()
+}
+
+/// Waits until `nc`'s line `text` is in the history of `games`: sent, so a join after this
+/// finds it either recovered or live.
+fn kept(r: &Browsers, text: &str) {
+    let line = format!("<nc> {text}\n");
+    eventually(&format!("{text:?} in the history"), || {
+        r.admin("history games").contains(&line)
+    });
+}
+
+/// Joins `games` again with `since`, reading up to its presence there.
+fn rejoin(j: &mut Json, since: &str) {
+    j.send(json!({"type": "join", "room": "games", "since": since}));
+    j.until(|e| e["type"] == "presence");
+}
+
+/// Leaves `games` for the lobby, reading up to its presence there.
+fn leave_games(j: &mut Json, nc: &mut Client) {
+    j.send(json!({"type": "join", "room": "lobby"}));
+    j.until(|e| e["type"] == "presence");
+    nc.expect(b"* guest2 left (joined lobby) (1 online)\n");
+}
+
+/// Proves: a JSON client that leaves a room and joins it again with `since` (the last id it
+/// saw) gets exactly the lines sent meanwhile, once each, in order, then `resumed`
+/// (recovered, 0 missed), then live lines; each line's id is the next of the room's. Fails
+/// without recovery: the rejoin would replay `--history` (lines it had already) instead.
+#[test]
+fn a_rejoin_with_since_gets_exactly_the_lines_missed() {
+    let (r, mut nc, mut j) = in_games(&["--history", "100"]);
+    nc.send(b"one\ntwo\n");
+    let seen = lines(&mut j, 2);
+    assert_eq!(texts(&seen), ["one", "two"]);
+    let (life, n) = seen[0].1.split_once('-').unwrap();
+    assert_eq!(
+        seen[1].1,
+        format!("{life}-{}", n.parse::<u64>().unwrap() + 1)
+    );
+    leave_games(&mut j, &mut nc);
+    nc.send(b"three\nfour\n");
+    nc.send(b"five\n");
+    kept(&r, "five");
+    rejoin(&mut j, &seen[1].1);
+    let missed = lines(&mut j, 3);
+    assert_eq!(texts(&missed), ["three", "four", "five"]);
+    j.expect(json!({"type": "resumed", "room": "games", "recovered": true, "missed": 0}));
+    nc.expect(b"* guest2 joined (2 online)\n");
+    nc.send(b"six\n");
+    assert_eq!(texts(&lines(&mut j, 1)), ["six"]);
+}
+
+/// Proves: the same across a new connection, with `?room=&since=` on the upgrade URL: the
+/// client goes through the lobby (welcome, presence), enters the room, gets the lines it
+/// missed and `resumed`.
+#[test]
+fn a_reconnect_with_room_and_since_on_the_url_recovers() {
+    let (r, mut nc, mut j) = in_games(&["--history", "100"]);
+    nc.send(b"one\n");
+    let last = lines(&mut j, 1).pop().unwrap().1;
+    j.close();
+    nc.expect(b"* guest2 left (closed by client) (1 online)\n");
+    nc.send(b"two\nthree\n");
+    kept(&r, "three");
+    let mut j = json(&r, &format!("room=games&since={last}"));
+    j.welcomed();
+    assert_eq!(j.event()["text"], "* you are now in games (2 online)");
+    let presence = j.event();
+    assert_eq!(presence["type"], "presence");
+    assert_eq!(texts(&lines(&mut j, 2)), ["two", "three"]);
+    j.expect(json!({"type": "resumed", "room": "games", "recovered": true, "missed": 0}));
+}
+
+/// Proves: lines after `since` no longer kept (`--history 3`, 5 sent meanwhile): the client
+/// gets the 3 kept and `resumed` says not recovered, 2 missed; a `since` that is the room's
+/// newest line: nothing, recovered, 0 missed.
+#[test]
+fn beyond_the_history_it_says_how_many_it_missed() {
+    let (r, mut nc, mut j, last) = zero_in_games("3");
+    leave_games(&mut j, &mut nc);
+    nc.send(b"1\n2\n3\n4\n5\n");
+    kept(&r, "5");
+    rejoin(&mut j, &last);
+    let kept = lines(&mut j, 3);
+    assert_eq!(texts(&kept), ["3", "4", "5"]);
+    j.expect(json!({"type": "resumed", "room": "games", "recovered": false, "missed": 2}));
+    nc.expect(b"* guest2 joined (2 online)\n");
+
+    leave_games(&mut j, &mut nc);
+    rejoin(&mut j, &kept[2].1);
+    j.expect(json!({"type": "resumed", "room": "games", "recovered": true, "missed": 0}));
+}
+
+/// Proves: a `since` that is not an id, or an id this room never gave, is an error notice,
+/// and the client enters as without one (the ordinary `--history` replay, no `resumed`); an
+/// id from an earlier life of the room (it emptied and came back) is not recovered, with
+/// the count unknown.
+#[test]
+fn a_since_never_given_is_an_error_and_an_old_life_s_is_unknown() {
+    let (r, mut nc, mut j, last) = zero_in_games("1");
+    let (life, n) = last.split_once('-').unwrap();
+    let never = format!("{life}-{}", n.parse::<u64>().unwrap() + 7);
+    for (since, error) in [
+        (
+            "banana",
+            "relayd: since \"banana\" is not a line id, entered without it".to_string(),
+        ),
+        (
+            never.as_str(),
+            format!("relayd: since {never}: not a line of games, entered without it"),
+        ),
+    ] {
+        leave_games(&mut j, &mut nc);
+        j.send(json!({"type": "join", "room": "games", "since": since}));
+        let mut got = j.until(|e| e["type"] == "line");
+        assert_eq!(got.pop().unwrap()["text"], "zero");
+        assert!(
+            got.contains(&json!({"type": "notice", "kind": "error", "room": null, "text": error})),
+            "{got:?}"
+        );
+        nc.expect(b"* guest2 joined (2 online)\n");
+    }
+    // The room empties and comes back: a new life, whose ids an old one's are told from.
+    leave_games(&mut j, &mut nc);
+    nc.send(b"/join lobby\n");
+    nc.line();
+    j.event(); // nc joined the lobby
+    nc.send(b"/join games\n");
+    nc.line();
+    nc.send(b"new\n");
+    kept(&r, "new");
+    rejoin(&mut j, &last);
+    assert_eq!(texts(&lines(&mut j, 1)), ["new"]);
+    j.expect(json!({"type": "resumed", "room": "games", "recovered": false, "missed": null}));
+}
+
+/// Proves: no gap and no duplicate while lines keep coming: a TCP sender sends 300 numbered
+/// lines, paced; the JSON client leaves the room after line 50 and comes back with `since`
+/// while the sender goes on. Counting the lines it got before leaving, those recovered and
+/// the live ones, it holds 0..299 exactly once each, in order, with consecutive ids.
+#[test]
+fn no_gap_and_no_duplicate_while_lines_keep_coming() {
+    let (r, mut nc, mut j) = in_games(&["--history", "1000"]);
+    let sender = std::thread::spawn(move || {
+        for i in 0..300 {
+            nc.send(format!("{i}\n").as_bytes());
+            std::thread::sleep(std::time::Duration::from_millis(3));
+        }
+        nc
+    });
+    let mut got: Vec<(String, String)> = Vec::new();
+    let take = |events: Vec<Value>, got: &mut Vec<(String, String)>| {
+        for e in events.into_iter().filter(|e| e["type"] == "line") {
+            got.push((
+                e["text"].as_str().unwrap().into(),
+                e["id"].as_str().unwrap().into(),
+            ));
+        }
+    };
+    let events = j.until(|e| e["type"] == "line" && e["text"] == "50");
+    take(events, &mut got);
+    j.send(json!({"type": "join", "room": "lobby"}));
+    // Every line queued before the move comes before the lobby's presence.
+    let events = j.until(|e| e["type"] == "presence");
+    take(events, &mut got);
+    let since = got.last().unwrap().1.clone();
+    j.send(json!({"type": "join", "room": "games", "since": since}));
+    let events = j.until(|e| e["type"] == "resumed");
+    assert_eq!(events.last().unwrap()["recovered"], true);
+    take(events, &mut got);
+    let events = j.until(|e| e["type"] == "line" && e["text"] == "299");
+    take(events, &mut got);
+    sender.join().unwrap();
+    let want: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    assert_eq!(texts(&got), want);
+    let numbers: Vec<u64> = got
+        .iter()
+        .map(|(_, id)| id.split_once('-').unwrap().1.parse().unwrap())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    drop(r);
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use crate::config::Config;
-use crate::delivery::chunk::{Chunk, Format, Placed};
+use crate::delivery::chunk::{Chunk, Placed};
 use crate::delivery::history::{Entry as HistoryEntry, History, OriginId};
 use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::{Departure, Notices};
@@ -50,11 +50,13 @@ use crate::sync::lock;
 
 mod live;
 mod presence;
+mod recovery;
 mod users;
 
 use live::{Gated, LiveRoom, LiveRooms};
+use recovery::Place;
 
-pub(crate) use presence::member;
+pub(crate) use presence::{Members, member};
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
 
@@ -71,6 +73,8 @@ pub(crate) struct Registry {
     stats: Arc<Stats>,
     /// In chat mode: how relayd's own lines are written (a live room's busy notice).
     notices: Option<Notices>,
+    /// The same in any mode (a recovery's error).
+    said: Notices,
     /// The moderators the operator made for rooms: part of who a room's members are, for
     /// JSON clients.
     rules: Arc<RoomRules>,
@@ -171,41 +175,6 @@ pub(crate) struct ClientInfo {
     pub(crate) peer: Arc<Peer>,
 }
 
-/// A room's members just after someone entered or left it: who is told about it. Taken in
-/// the same critical section as the change, so the notice reaches exactly those who were
-/// there, and none who arrive later.
-pub(crate) struct Members {
-    list: Arc<Vec<Member>>,
-}
-
-impl Members {
-    /// How many are in the room: people, so a user's connections count once.
-    pub(crate) fn online(&self) -> usize {
-        let mut users = HashSet::new();
-        self.list
-            .iter()
-            .filter(|m| {
-                m.user
-                    .as_ref()
-                    .is_none_or(|sub| users.insert(Arc::clone(sub)))
-            })
-            .count()
-    }
-
-    /// The users among them, by `sub`.
-    pub(crate) fn users(&self) -> HashSet<Arc<str>> {
-        self.list.iter().filter_map(|m| m.user.clone()).collect()
-    }
-
-    /// Whether a connection of user `sub` other than `except` is among them: then the room
-    /// has seen the user arrive already, and does not see it leave yet.
-    pub(crate) fn has_user(&self, sub: &str, except: PeerId) -> bool {
-        self.list
-            .iter()
-            .any(|m| m.peer.id() != except && m.user.as_deref() == Some(sub))
-    }
-}
-
 /// Where a client was when it left.
 pub(crate) struct Left {
     pub(crate) name: String,
@@ -217,13 +186,6 @@ pub(crate) struct Left {
     pub(crate) room: Option<String>,
     /// Who is still in the room it left; `None` if it never entered one.
     pub(crate) members: Option<Members>,
-}
-
-/// Why a rename was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum RenameError {
-    Taken,
-    Gone,
 }
 
 impl Registry {
@@ -241,6 +203,7 @@ impl Registry {
             history: config.history,
             stats,
             notices: config.chat.then(|| Notices::new(config)),
+            said: Notices::new(config),
             rules,
             seeding: Arc::default(),
         }
@@ -288,6 +251,7 @@ impl Registry {
         &self,
         id: PeerId,
         seed: Option<Seed>,
+        since: Option<LineId>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Option<Members> {
         let mut inner = lock(&self.inner);
@@ -296,7 +260,12 @@ impl Registry {
         let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
         let user = entry.user.as_ref().map(|u| Arc::clone(&u.sub));
         add_name(&mut inner.names, &name, id);
-        Some(self.enter_room(&mut inner, &peer, &name, user, LOBBY, seed, greet))
+        let place = Place {
+            room: LOBBY,
+            seed,
+            since,
+        };
+        Some(self.enter_room(&mut inner, &peer, &name, user, place, greet))
     }
 
     /// Moves a client to `room` (created on demand), queuing `greet`'s lines and the room's
@@ -307,6 +276,7 @@ impl Registry {
         id: PeerId,
         room: &str,
         seed: Option<Seed>,
+        since: Option<LineId>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Option<(Members, Members)> {
         let mut inner = lock(&self.inner);
@@ -318,7 +288,8 @@ impl Registry {
         let (peer, name) = (Arc::clone(&entry.peer), entry.name.clone());
         let user = entry.user.as_ref().map(|u| Arc::clone(&u.sub));
         let left = self.leave_room(&mut inner, &peer, &old);
-        let joined = self.enter_room(&mut inner, &peer, &name, user, room, seed, greet);
+        let place = Place { room, seed, since };
+        let joined = self.enter_room(&mut inner, &peer, &name, user, place, greet);
         Some((left, joined))
     }
 
@@ -329,15 +300,13 @@ impl Registry {
         self.history > 0 && lock(&self.inner).rooms.get(room).is_none_or(|r| !r.seeded)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn enter_room(
         &self,
         inner: &mut Inner,
         peer: &Arc<Peer>,
         name: &str,
         user: Option<Arc<str>>,
-        room: &str,
-        seed: Option<Seed>,
+        Place { room, seed, since }: Place<'_>,
         greet: impl FnOnce(&str, usize) -> Vec<Chunk>,
     ) -> Members {
         let history = self.history;
@@ -395,17 +364,7 @@ impl Registry {
             epoch: 0,
             before_seed: false,
         };
-        if peer.format() == Format::Json {
-            let mut members = room.members.to_vec();
-            members.push(joiner.clone());
-            lines.push(presence::presence(
-                clients,
-                &self.rules,
-                room_name,
-                &members,
-            ));
-        }
-        lines.extend(room.history.replay());
+        lines.extend(self.arrival(clients, room, &joiner, since));
         peer.set_live(room.live.as_ref().map(|l| &l.drops));
         let epoch = peer.enter_room(&lines);
         Arc::make_mut(&mut room.members).push(Member { epoch, ..joiner });
@@ -469,37 +428,6 @@ impl Registry {
             return Some(left);
         }
         self.remove(&mut inner, id).map(|(_, left)| left)
-    }
-
-    /// Renames a client; `Ok` holds the old name.
-    pub(crate) fn rename(&self, id: PeerId, new: &str) -> Result<String, RenameError> {
-        let mut inner = lock(&self.inner);
-        let key = new.to_lowercase();
-        if inner
-            .names
-            .get(&key)
-            .is_some_and(|holders| holders.iter().any(|&h| h != id))
-        {
-            return Err(RenameError::Taken);
-        }
-        let entry = inner.clients.get_mut(&id).ok_or(RenameError::Gone)?;
-        let old = std::mem::replace(&mut entry.name, new.to_string());
-        remove_name(&mut inner.names, &old, id);
-        add_name(&mut inner.names, new, id);
-        Ok(old)
-    }
-
-    /// The client with this id (all digits) or else this name (case-insensitively; names are
-    /// never all digits, so the two cannot be confused): its name and peer.
-    pub(crate) fn find(&self, id_or_name: &str) -> Option<(String, Arc<Peer>)> {
-        let inner = lock(&self.inner);
-        let id = if is_id(id_or_name) {
-            id_or_name.parse::<PeerId>().ok()?
-        } else {
-            *inner.names.get(&id_or_name.to_lowercase())?.first()?
-        };
-        let entry = inner.clients.get(&id)?;
-        Some((entry.name.clone(), Arc::clone(&entry.peer)))
     }
 
     /// Client `id`: its name, peer and room (`None`: not authenticated yet).
@@ -876,7 +804,7 @@ mod tests {
         registry
             .admit(Arc::clone(&peer), addr, format!("guest{id}"))
             .unwrap();
-        registry.enter(id, None, |_, _| Vec::new());
+        registry.enter(id, None, None, |_, _| Vec::new());
         (peer, client)
     }
 
@@ -947,7 +875,7 @@ mod tests {
             asked,
             _reading: reading,
         };
-        registry.change_room(1, "games", Some(seed), |_, _| Vec::new());
+        registry.change_room(1, "games", Some(seed), None, |_, _| Vec::new());
         peer.start_sending();
         arrive(&registry, "games", &b); // pub/sub later than Redis's answer: not again
         arrive(&registry, "games", &d);
@@ -967,7 +895,7 @@ mod tests {
         let registry = Registry::new(&config, Arc::default(), Arc::default());
         let (first, mut first_sock) = client(&registry, 1, &config);
         let (second, mut second_sock) = client(&registry, 2, &config);
-        registry.change_room(1, "games", None, |_, _| Vec::new());
+        registry.change_room(1, "games", None, None, |_, _| Vec::new());
         first.start_sending();
         assert!(registry.needs_seed("games"));
         let (a, b) = (line("n", 1, "a\n"), line("n", 2, "b\n"));
@@ -976,7 +904,7 @@ mod tests {
             asked: Instant::now(),
             _reading: registry.seeding(),
         };
-        registry.change_room(2, "games", Some(seed), |_, _| Vec::new());
+        registry.change_room(2, "games", Some(seed), None, |_, _| Vec::new());
         second.start_sending();
         arrive(&registry, "games", &a);
         arrive(&registry, "games", &b);

@@ -1,7 +1,9 @@
-//! Who is in a room, as `relayd.v1.json` clients see it: each member's name, user and role
-//! (`presence` on entering a room; `join`, `leave` and `nick` notices carry one member).
+//! Who is in a room: its members as a notice about someone's coming or going reaches them
+//! ([`Members`]), and as `relayd.v1.json` clients see them: each member's name, user and
+//! role (`presence` on entering a room; `join`, `leave` and `nick` notices carry one).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use crate::delivery::chunk::Chunk;
 use crate::delivery::json_event::{self, Member, Presence, Role as MemberRole};
@@ -10,6 +12,41 @@ use crate::policy::token::Role;
 
 use super::{Entry, Member as RoomMember};
 use crate::delivery::peer::PeerId;
+
+/// A room's members just after someone entered or left it: who is told about it. Taken in
+/// the same critical section as the change, so the notice reaches exactly those who were
+/// there, and none who arrive later.
+pub(crate) struct Members {
+    pub(super) list: Arc<Vec<RoomMember>>,
+}
+
+impl Members {
+    /// How many are in the room: people, so a user's connections count once.
+    pub(crate) fn online(&self) -> usize {
+        let mut users = HashSet::new();
+        self.list
+            .iter()
+            .filter(|m| {
+                m.user
+                    .as_ref()
+                    .is_none_or(|sub| users.insert(Arc::clone(sub)))
+            })
+            .count()
+    }
+
+    /// The users among them, by `sub`.
+    pub(crate) fn users(&self) -> HashSet<Arc<str>> {
+        self.list.iter().filter_map(|m| m.user.clone()).collect()
+    }
+
+    /// Whether a connection of user `sub` other than `except` is among them: then the room
+    /// has seen the user arrive already, and does not see it leave yet.
+    pub(crate) fn has_user(&self, sub: &str, except: PeerId) -> bool {
+        self.list
+            .iter()
+            .any(|m| m.peer.id() != except && m.user.as_deref() == Some(sub))
+    }
+}
 
 /// What `name`, user `sub` with its token's `role` (`None`: a guest), is in `room`: a
 /// moderator (its token's role, or one the operator made for the room), a signed-in user,

@@ -1,6 +1,6 @@
-//! Signed-in users in the registry: a client taking on its token's name (a guest holding it
-//! made a guest again), a name held by every connection of one user, and finding a user's
-//! connections.
+//! Names and signed-in users in the registry: renaming a client and finding one by name, a
+//! client taking on its token's name (a guest holding it made a guest again), a name held by
+//! every connection of one user, and finding a user's connections.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +10,13 @@ use crate::policy::token::Role;
 use crate::sync::lock;
 
 use super::{Registry, is_id};
+
+/// Why a rename was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RenameError {
+    Taken,
+    Gone,
+}
 
 /// A signed-in user, as its token says: its connections share the `sub`.
 #[derive(Debug, Clone)]
@@ -36,6 +43,37 @@ pub(crate) struct Identified {
 pub(crate) struct OtherUser;
 
 impl Registry {
+    /// Renames a client; `Ok` holds the old name.
+    pub(crate) fn rename(&self, id: PeerId, new: &str) -> Result<String, RenameError> {
+        let mut inner = lock(&self.inner);
+        let key = new.to_lowercase();
+        if inner
+            .names
+            .get(&key)
+            .is_some_and(|holders| holders.iter().any(|&h| h != id))
+        {
+            return Err(RenameError::Taken);
+        }
+        let entry = inner.clients.get_mut(&id).ok_or(RenameError::Gone)?;
+        let old = std::mem::replace(&mut entry.name, new.to_string());
+        remove_name(&mut inner.names, &old, id);
+        add_name(&mut inner.names, new, id);
+        Ok(old)
+    }
+
+    /// The client with this id (all digits) or else this name (case-insensitively; names are
+    /// never all digits, so the two cannot be confused): its name and peer.
+    pub(crate) fn find(&self, id_or_name: &str) -> Option<(String, Arc<Peer>)> {
+        let inner = lock(&self.inner);
+        let id = if is_id(id_or_name) {
+            id_or_name.parse::<PeerId>().ok()?
+        } else {
+            *inner.names.get(&id_or_name.to_lowercase())?.first()?
+        };
+        let entry = inner.clients.get(&id)?;
+        Some((entry.name.clone(), Arc::clone(&entry.peer)))
+    }
+
     /// Makes client `id` user `user`, named `name` (its token's): the name is the user's on
     /// all its connections, and a guest that holds it becomes `guest(its id)` again. Refused
     /// if another user holds the name.
