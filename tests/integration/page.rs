@@ -167,12 +167,12 @@ fn a_kicked_page_reconnects_and_holds_every_line_once_in_order() {
 
 /// Proves the same beyond what the room keeps: the network between the page and relayd is
 /// cut (a TCP link the test cuts, not relayd's doing) while 1,100 lines are sent, more than
-/// the 1,000 a room keeps for recovery with `--history 5`; once the link is back, the page
+/// the 1,000 a room keeps with `--history 1000`; once the link is back, the page
 /// reconnects by itself, shows "missed 100 lines" and holds the lines after those, in order,
 /// each once, up to the last.
 #[test]
 fn a_page_cut_off_longer_than_the_history_says_how_many_lines_it_missed() {
-    let (d, _admin) = daemon(&["--history", "5"]);
+    let (d, _admin) = daemon(&["--history", "1000"]);
     let link = Link::to(d.ws_addr());
     let mut sender = tcp_in(&d, "sender", "stream");
     let mut observer = tcp_in(&d, "observer", "stream");
