@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Takes the README's pictures of the page: a real relayd in chat mode, a few clients over TCP
 # talking in a room (one line of HTML among them, shown as text; a moderator the operator made,
-# marked in the member list, muting a spammer; an operator's announcement), and headless
+# marked in the member list, muting a spammer), and headless
 # Chromium (Debian's chromium) on the chat view and on the danmaku view.
 #
 #   contrib/screenshots.sh            # writes docs/chat-view.png and docs/danmaku-view.png
@@ -41,7 +41,6 @@ talk lee "88888888" "lol" "what a comeback" "the commentary is great tonight"
 sleep 0.3
 target/release/relayd ctl --admin "$tmp/sock" op mod stream >/dev/null
 sleep 0.7
-target/release/relayd ctl --admin "$tmp/sock" publish stream "the final starts in 5 minutes" >/dev/null
 
 npm install --silent --prefix "$tmp/pw" playwright-core@1 >/dev/null
 cat >"$tmp/shoot.js" <<'JS'
