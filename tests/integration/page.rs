@@ -220,6 +220,37 @@ fn a_page_cut_off_longer_than_the_history_says_how_many_lines_it_missed() {
     assert_eq!(shown, want[want.len() - shown.len()..]);
 }
 
+/// Proves that the page's own lines are not shown twice by a recovery: relayd does not send
+/// a client its own lines live, so the page shows what it sent at once; after a cut, the
+/// recovery replays that line (it came after the page's last line from relayd), and the page
+/// takes it for the one it shows (giving it its id), not a new one.
+#[test]
+fn a_recovery_does_not_show_the_page_its_own_line_twice() {
+    let (d, _admin) = daemon(&["--history", "1000"]);
+    let link = Link::to(d.ws_addr());
+    let mut sender = tcp_in(&d, "sender", "stream");
+    let mut observer = tcp_in(&d, "observer", "stream");
+    let mut page = Page::open(&format!("http://{}/?room=stream&name=viewer", link.addr));
+    entered(&mut page, "stream", "viewer");
+    sender.send(b"hello\n");
+    page.wait("sender's line", |v| lines(v) == ["<sender> hello"]);
+    page.type_line("mine");
+    while text(&observer.line()) != "<viewer> mine\n" {}
+
+    link.cut();
+    page.wait("the cut", |v| v["up"] == false);
+    link.restore();
+    let view = page.wait("the recovery", |v| !v["resumed"].is_null());
+    assert_eq!(view["resumed"]["recovered"], true, "{view:#}");
+    let view = page.wait("its line, with its id", |v| {
+        lines(v) == ["<sender> hello", "<viewer> mine"]
+    });
+    assert!(
+        !notices(&view).iter().any(|(_, t)| t == "<viewer> mine"),
+        "{view:#}"
+    );
+}
+
 /// Proves point 4 in the page: a moderator's page (its token's role `mod`; its own member
 /// marked `mod` in the member list) offers recall on a line, and clicking it takes the line
 /// off the page; the operator's `recall ROOM ID` takes another off too; the rest stays.
