@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Takes the README's pictures of the page: a real relayd in chat mode, a few clients over TCP
-# talking in a room (one line of HTML among them, shown as text), and headless Chromium
-# (Debian's chromium) on the chat view and on the danmaku view.
+# talking in a room (one line of HTML among them, shown as text; a moderator the operator made,
+# marked in the member list, muting a spammer), and headless
+# Chromium (Debian's chromium) on the chat view and on the danmaku view.
 #
 #   contrib/screenshots.sh            # writes docs/chat-view.png and docs/danmaku-view.png
 #
@@ -17,7 +18,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 port=$((20000 + RANDOM % 20000))
 wsport=$((port + 1))
 target/release/relayd --chat --history 30 --bind 127.0.0.1:$port --ws-bind 127.0.0.1:$wsport \
-    -q 2>"$tmp/log" &
+    --admin "$tmp/sock" -q 2>"$tmp/log" &
 for _ in $(seq 50); do nc -z 127.0.0.1 $wsport 2>/dev/null && break; sleep 0.1; done
 
 # Viewers and a bot in room "stream", talking while the pictures are taken (one line of HTML
@@ -31,12 +32,15 @@ talk() { # NAME LINES...
         done
     } | nc 127.0.0.1 $port >/dev/null &
 }
-talk mod "welcome to the stream! be nice" "first-timers: say hi"
+talk mod "welcome to the stream! be nice" "first-timers: say hi" "/mute spammer 10m selling followers"
+talk spammer "BUY CHEAP FOLLOWERS http://spam.example"
 talk bot "<img src=x onerror=alert(1)> shows as text, not an image"
 talk ana "hi all" "that last play was amazing" "replay please!!"
 talk kenji "hello from Osaka" "GG"
 talk lee "88888888" "lol" "what a comeback" "the commentary is great tonight"
-sleep 1
+sleep 0.3
+target/release/relayd ctl --admin "$tmp/sock" op mod stream >/dev/null
+sleep 0.7
 
 npm install --silent --prefix "$tmp/pw" playwright-core@1 >/dev/null
 cat >"$tmp/shoot.js" <<'JS'

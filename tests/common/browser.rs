@@ -8,6 +8,11 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// Headless Chromium on `url`, with a fresh profile, and the flags a machine without a
 /// network and a root user need (no sandbox as root; no calls home).
 pub fn chromium(url: &str, profile: &Path) -> Child {
+    chromium_with(url, profile, &[])
+}
+
+/// [`chromium`] with more flags (`--remote-debugging-port=0`, say).
+pub fn chromium_with(url: &str, profile: &Path, extra: &[&str]) -> Child {
     Command::new(CHROMIUM)
         .args([
             "--headless",
@@ -20,6 +25,7 @@ pub fn chromium(url: &str, profile: &Path) -> Child {
             "--disable-sync",
             "--window-size=1000,700",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .stdin(Stdio::null())

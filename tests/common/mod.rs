@@ -9,13 +9,16 @@
 //! on this module (`super`), never the other way round: `chat`, a chat-mode server with its
 //! control socket and clients of its own; `cluster`, a `redis-server` and relayd nodes; `ws`,
 //! WebSocket clients; `json`, `relayd.v1.json` clients; `api`, the HTTP API with curl;
-//! `tokens`, signed tokens; `browser`, headless Chromium.
+//! `tokens`, signed tokens; `browser`, headless Chromium; `page`, relayd's page in it, read
+//! and driven through DevTools; `link`, a TCP link the test can cut.
 
 pub mod api;
 pub mod browser;
 pub mod chat;
 pub mod cluster;
 pub mod json;
+pub mod link;
+pub mod page;
 pub mod tls;
 pub mod tokens;
 pub mod ws;

@@ -2,6 +2,9 @@
 //! JSON client gets (each parsed with serde_json here, its fields asserted exactly), every
 //! message it sends, what it is told when a message is wrong, and recovery with `since`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -480,4 +483,70 @@ fn no_gap_and_no_duplicate_while_lines_keep_coming() {
         .collect();
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
     drop(r);
+}
+
+/// Proves: a `/me` line is a `line` event with `"me":true` and the action as its text; in raw
+/// mode (no `--chat`) a line is from nobody (`from` and `user` null), and `send` relays.
+#[test]
+fn me_lines_and_raw_mode_lines() {
+    let (_r, mut nc, mut j) = in_games(&[]);
+    nc.send(b"/me waves\n");
+    let e = j.event();
+    assert_eq!(
+        e,
+        json!({"type": "line", "room": "games", "id": e["id"], "from": "nc", "user": null,
+               "text": "waves", "time": e["time"], "me": true})
+    );
+    assert!(e["id"].is_string() && e["time"].is_u64(), "{e}");
+
+    let raw = Browsers::spawn(&[]);
+    let mut nc = raw.tcp();
+    let mut j = json(&raw, "");
+    j.expect(json!({"type": "presence", "room": "lobby",
+                    "members": [guest("guest1"), guest("guest2")]}));
+    nc.send(b"hi\n");
+    let e = j.event();
+    assert_eq!(
+        e,
+        json!({"type": "line", "room": "lobby", "id": e["id"], "from": null, "user": null,
+               "text": "hi", "time": e["time"]})
+    );
+    assert!(e["id"].is_string() && e["time"].is_u64(), "{e}");
+    j.send(json!({"type": "send", "text": "back"}));
+    nc.expect(b"back\n");
+    j.send(json!({"type": "join", "room": "games"}));
+    j.expect(json!({"type": "notice", "kind": "error", "room": null,
+                    "text": "relayd: no names or rooms here: send and auth only"}));
+}
+
+/// Proves: a live room's busy sign is a `live` notice with the rates it shows.
+#[test]
+fn a_live_room_s_busy_sign_is_a_live_notice() {
+    let (_r, mut nc, mut j) = in_games(&["--live-room", "games", "--live-rate", "1"]);
+    let done = Arc::new(AtomicBool::new(false));
+    let stop = Arc::clone(&done);
+    let sender = std::thread::spawn(move || {
+        // Paced bursts for up to 5 s, far over 1 line/s: the room drops, and says so each second.
+        for _ in 0..50 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            nc.send(b"a\nb\nc\n");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    let live = j.until(|e| e["type"] == "notice").pop().unwrap();
+    let (shown, sent) = (
+        live["shown"].as_u64().unwrap(),
+        live["sent"].as_u64().unwrap(),
+    );
+    assert!(shown < sent, "{live}");
+    assert_eq!(
+        live,
+        json!({"type": "notice", "kind": "live", "room": "games",
+               "text": format!("* live: showing {shown} of {sent} lines/s"),
+               "shown": shown, "sent": sent})
+    );
+    done.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
 }

@@ -37,6 +37,7 @@ mod memory;
 mod metrics;
 mod moderation;
 mod operator;
+mod page;
 mod proxy;
 mod recall;
 mod relay;
