@@ -20,6 +20,8 @@ struct Shared {
     closed: AtomicBool,
     /// Both ends of every connection through the link, to close them when it is cut.
     open: Mutex<Vec<TcpStream>>,
+    /// Where new connections go (see [`Link::retarget`]).
+    target: Mutex<SocketAddr>,
 }
 
 impl Link {
@@ -31,6 +33,7 @@ impl Link {
             up: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             open: Mutex::new(Vec::new()),
+            target: Mutex::new(target),
         });
         let s = Arc::clone(&shared);
         thread::spawn(move || {
@@ -43,6 +46,7 @@ impl Link {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
+                let target = *s.target.lock().unwrap();
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
                 };
@@ -62,6 +66,12 @@ impl Link {
         for s in self.shared.open.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Sends connections made from now on to `target` (another node of a cluster, as a load
+    /// balancer would after a node went away); those open stay where they are.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.shared.target.lock().unwrap() = target;
     }
 
     /// Lets connections through again.
