@@ -373,6 +373,47 @@ fn a_reconnect_with_room_and_since_on_the_url_recovers() {
     j.expect(json!({"type": "resumed", "room": "games", "recovered": true, "missed": 0}));
 }
 
+/// Proves: `?since=` without `?room=` recovers the lobby's lines, in chat mode and in raw
+/// mode, where the lobby is the only room.
+#[test]
+fn since_on_the_url_alone_recovers_the_lobby() {
+    for chat_mode in [true, false] {
+        let r = match chat_mode {
+            true => chat(&["--history", "10"]),
+            false => Browsers::spawn(&["--history", "10"]),
+        };
+        let mut nc = r.tcp();
+        let mut j = json(&r, "");
+        if chat_mode {
+            nc.line();
+            j.welcomed();
+            nc.line();
+        } else {
+            j.event(); // presence
+        }
+        nc.send(b"one\n");
+        let last = j.until(|e| e["type"] == "line").pop().unwrap()["id"].clone();
+        j.close();
+        r.wait_clients(1);
+        nc.send(b"two\n");
+        eventually("two in the history", || {
+            r.admin("history lobby").contains("two")
+        });
+        let mut j = json(&r, &format!("since={}", last.as_str().unwrap()));
+        let mut events = j.until(|e| e["type"] == "resumed");
+        assert_eq!(
+            events.pop().unwrap(),
+            json!({"type": "resumed", "room": "lobby", "recovered": true, "missed": 0})
+        );
+        let line = events.pop().unwrap();
+        assert_eq!(
+            (&line["type"], &line["text"]),
+            (&json!("line"), &json!("two"))
+        );
+        assert!(events.iter().all(|e| e["type"] != "line"), "{events:?}");
+    }
+}
+
 /// Proves: lines after `since` no longer kept (`--history 3`, 5 sent meanwhile): the client
 /// gets the 3 kept and `resumed` says not recovered, 2 missed; a `since` that is the room's
 /// newest line: nothing, recovered, 0 missed.
