@@ -353,6 +353,9 @@ pub(crate) struct Ws {
     pinged: Option<Instant>,
     /// It speaks `relayd.v1.json`: a message is one JSON object, not lines.
     json: bool,
+    /// Bytes the kernel held for it unacknowledged when its pong was last overdue (see
+    /// `still_reading`).
+    unacked: Option<usize>,
 }
 
 impl Ws {
@@ -372,6 +375,7 @@ impl Ws {
             heard: Instant::now(),
             pinged: None,
             json,
+            unacked: None,
         }
     }
 
@@ -388,7 +392,13 @@ impl Ws {
             if deadline.is_some_and(|d| now >= d) {
                 return Err(ReadError::Io(io::ErrorKind::TimedOut.into()));
             }
-            let ping_due = match self.pinged {
+            let ping_due = match self.pinged.as_ref().copied() {
+                // A client still being sent what was queued before the ping cannot have read
+                // the ping yet: while it makes progress, the pong's clock starts again.
+                Some(at) if now >= at + self.pong_timeout && self.still_reading() => {
+                    self.pinged = Some(now);
+                    continue;
+                }
                 Some(at) if now >= at + self.pong_timeout => {
                     info!("websocket client: no answer to a ping");
                     return Err(ReadError::Departure(Departure::NoPong));
@@ -432,7 +442,10 @@ impl Ws {
                     }
                 }
                 Message::Binary(_) => return Err(ReadError::Departure(Departure::BinaryMessage)),
-                Message::Pong(_) => self.pinged = None,
+                Message::Pong(_) => {
+                    self.pinged = None;
+                    self.unacked = None;
+                }
                 Message::Close(_) => {
                     // Sends tungstenite's reply to the close, queued by the read.
                     let _ = self.socket.flush();
@@ -466,6 +479,25 @@ impl Ws {
     /// How long a read may wait for a message: `None` for ever.
     pub(crate) fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
+    }
+
+    /// Whether the client, not having answered a ping, is still reading what came before
+    /// it: relayd still has bytes queued for it (a client that stops reading is then cut
+    /// off by `--write-timeout` or as a slow consumer), or the kernel holds fewer of them
+    /// unacknowledged than at the last look (one that does not is not reading).
+    fn still_reading(&mut self) -> bool {
+        let duplex = self.socket.get_ref();
+        if duplex
+            .queue
+            .as_ref()
+            .is_some_and(|(_, peer)| peer.pending() > 0)
+        {
+            self.unacked = None;
+            return true;
+        }
+        let now = crate::sys::unacknowledged(&duplex.sock).unwrap_or(0);
+        let before = self.unacked.replace(now);
+        now > 0 && before.is_none_or(|b| now < b)
     }
 
     fn ping(&mut self) {
