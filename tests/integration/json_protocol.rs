@@ -589,3 +589,30 @@ fn a_live_room_s_busy_sign_is_a_live_notice() {
     done.store(true, Ordering::Relaxed);
     sender.join().unwrap();
 }
+
+/// Proves: members' `user` and `role` as presence and notices give them: a token's `mod`, a
+/// signed-in `user` (by `?token=`, and by the `auth` message), a guest.
+#[test]
+fn presence_tells_moderators_users_and_guests_apart() {
+    use crate::common::tokens::{SECRET, key_file, mint, now, token};
+    let keys = key_file("json-key", &format!("{SECRET}\n"));
+    let r = chat(&["--token-key", keys.to_str().unwrap()]);
+    let claims = json!({"sub": "u-ann", "name": "ann", "role": "mod", "exp": now() + 3600});
+    let mut ann = json(&r, &format!("token={}", mint(&claims, SECRET, None)));
+    ann.welcomed();
+    let mut g = json(&r, "");
+    g.welcomed();
+    ann.event(); // guest2 joined
+    g.send(json!({"type": "auth", "token": token("u-bob", "bob")}));
+    ann.expect(json!({"type": "notice", "kind": "nick", "room": "lobby",
+                      "text": "* guest2 is now bob",
+                      "member": {"name": "bob", "user": "u-bob", "role": "user"},
+                      "old": "guest2"}));
+    let mut third = json(&r, "");
+    third.event(); // welcome
+    third.expect(json!({"type": "presence", "room": "lobby", "members": [
+        {"name": "ann", "user": "u-ann", "role": "mod"},
+        {"name": "bob", "user": "u-bob", "role": "user"},
+        guest("guest3"),
+    ]}));
+}
