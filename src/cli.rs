@@ -175,9 +175,15 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) crlf: bool,
 
-    /// Relayed lines each room keeps and replays to whoever joins it.
+    /// Relayed lines each room replays to whoever joins it (without `since`).
     #[arg(long, value_name = "N", default_value_t = 0)]
     history: usize,
+
+    /// How long a room keeps its lines (at least its last 1000) for a client that comes back
+    /// to recover what it missed: 30s, 10m, 2h; 0: no recovery, --history lines kept however
+    /// old.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = history_age)]
+    history_age: Duration,
 
     /// In chat mode, send the lines of FILE after the welcome line.
     #[arg(long, value_name = "FILE")]
@@ -399,6 +405,7 @@ impl Args {
             binary: self.binary,
             crlf: self.crlf,
             history: self.history,
+            history_age: self.history_age,
             motd: settings.motd,
             token_keys: settings.keys,
             api_key: settings.api_key,
@@ -463,5 +470,29 @@ pub(crate) fn one_line(text: &str) -> String {
         first.to_owned()
     } else {
         format!("{first} {}", listed.join(", "))
+    }
+}
+
+/// `--history-age`: `0`, or a number and a unit, `s`, `m`, `h` (up to a day: what a room
+/// keeps is bounded by lines anyway).
+fn history_age(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let bad = || format!("{s}: not a duration (0, 30s, 10m, 2h)");
+    let unit = match s.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        _ => return Err(bad()),
+    };
+    let digits = &s[..s.len() - 1];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    match n.checked_mul(unit) {
+        Some(secs) if secs <= 24 * 3600 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{s}: at most 24h")),
     }
 }

@@ -54,8 +54,11 @@ pub struct Config {
     pub binary: bool,
     /// End the lines the daemon writes in chat mode with `\r\n` instead of `\n`.
     pub crlf: bool,
-    /// Relayed lines each room keeps and replays to whoever joins it; 0: none.
+    /// Relayed lines each room replays to whoever joins it without `since`; 0: none.
     pub history: usize,
+    /// How long a room keeps a line for a client that comes back to recover it (`since`),
+    /// as well as the `history` lines; zero: no recovery, `history` lines kept however old.
+    pub history_age: Duration,
     /// Lines sent after the welcome line in chat mode (the contents of `--motd FILE`), at
     /// startup.
     pub motd: Vec<String>,
@@ -137,6 +140,7 @@ impl Default for Config {
             binary: false,
             crlf: false,
             history: 0,
+            history_age: Duration::from_secs(300),
             motd: Vec::new(),
             token_keys: Keys::default(),
             token_audience: None,

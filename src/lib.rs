@@ -33,7 +33,7 @@
 //!   `operator` (clients, kick, send, broadcast, publish, presence, history, stats), `users`
 //!   (signed-in users: their names, and every connection of one user), `moderation` (bans and
 //!   mutes: the operator's verbs and the checks), `rooms` (a room's moderators, its bans,
-//!   mutes and slow mode), `remote` (what other nodes say), `live` (the operator's
+//!   mutes and slow mode), `recall` (a line taken back), `remote` (what other nodes say), `live` (the operator's
 //!   `live ROOM on|off`).
 //! - `cluster/`: `--redis` — `mod` (the handle and its queue), `wire` (every message's bytes),
 //!   `link` (up or down, logged once each way), `publisher`, `subscriber`, `heartbeat`,
@@ -43,14 +43,18 @@
 //!   names, renames, and signed-in users' connections; `registry/live`: which rooms are live,
 //!   and each live room's gate; `registry/presence`: a room's members, as notices reach them
 //!   and as JSON clients see them; `registry/recovery`: what a client entering a room is
-//!   queued, a JSON client's recovery after `since` included), `peer` (a client's bounded
-//!   queue, its role and the slow-consumer rule; `peer/write`: writing it to the socket, and
-//!   writer threads; `peer/live`: a viewer in a live room, its age limit and small send
-//!   buffer), `deliverer` (the one delivery thread), `chunk` (a line's shared bytes, who sent
-//!   them and where they went, and how each kind of peer is written; `ws_frame`, their
-//!   WebSocket frames; `json_event`, their `relayd.v1.json` events), `line_id` (a relayed
-//!   line's id in its room), `history`, `notice` (every line relayd writes itself, what it
-//!   is to JSON clients, and why a client left), `echo` (`--console`'s printed copy).
+//!   queued, a JSON client's recovery after `since` included; `registry/empty`: rooms
+//!   nobody is in, kept for their history;
+//!   `registry/recall`: a line out of it; `registry/stream`: in a cluster, a room's lines in
+//!   its Redis stream's order, with the stream's ids), `peer` (a client's bounded queue, its
+//!   role and the slow-consumer rule; `peer/write`: writing it to the socket, and writer
+//!   threads; `peer/live`: a viewer in a live room, its age limit and small send buffer),
+//!   `deliverer` (the one delivery thread), `chunk` (a line's shared bytes, who sent them and
+//!   where they went, and how each kind of peer is written; `ws_frame`, their WebSocket
+//!   frames; `json_event`, their `relayd.v1.json` events), `line_id` (a relayed line's id in
+//!   its room), `history` (what a room keeps: replay, recovery, recall), `notice` (every line
+//!   relayd writes itself, what it is to JSON clients, and why a client left), `echo`
+//!   (`--console`'s printed copy).
 //! - `stats/` (counters; `latency`, the line-wait histogram), `policy/` (`access` rules,
 //!   `secret`, `api_key` (the HTTP API's key), `token` (signed tokens: their keys, and who a
 //!   token says a client is), `names` (what a chat name or room may be), `rate`, `filter`

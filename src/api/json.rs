@@ -75,11 +75,21 @@ pub(super) struct Room {
     pub(super) members: usize,
 }
 
-/// `GET /api/history`.
+/// `GET /api/history`: `ids[i]` is the id of `lines[i]` (`null` where not known), what
+/// `POST /api/recall` takes.
 #[derive(Serialize)]
 pub(super) struct History<'a> {
     pub(super) room: &'a str,
     pub(super) lines: Vec<String>,
+    pub(super) ids: Vec<Option<String>>,
+}
+
+/// `POST /api/recall`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Recall {
+    pub(super) room: String,
+    pub(super) id: String,
 }
 
 /// `POST /api/ban` and `/api/mute`: `duration` as `30s`, `10m`, `2h`, `7d`; none: until

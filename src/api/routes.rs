@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use crate::daemon::{Daemon, ModerationError};
+use crate::daemon::{Daemon, ModerationError, RecallError};
 use crate::ops::metrics;
 use crate::policy::moderation::Kind;
 
@@ -31,6 +31,7 @@ pub(super) enum Endpoint {
     Bans,
     Op,
     Deop,
+    Recall,
 }
 
 impl Endpoint {
@@ -54,6 +55,7 @@ impl Endpoint {
             "/api/bans" => Endpoint::Bans,
             "/api/op" => Endpoint::Op,
             "/api/deop" => Endpoint::Deop,
+            "/api/recall" => Endpoint::Recall,
             _ => return None,
         })
     }
@@ -71,7 +73,8 @@ impl Endpoint {
             | Endpoint::Unmute
             | Endpoint::Live
             | Endpoint::Op
-            | Endpoint::Deop => "POST",
+            | Endpoint::Deop
+            | Endpoint::Recall => "POST",
             _ => "GET",
         }
     }
@@ -132,13 +135,14 @@ pub(super) fn get(daemon: &Daemon, endpoint: Endpoint, query: &str) -> Answer {
             Err(answer) => answer,
         },
         Endpoint::History => match room(query) {
-            Ok(room) => Answer::json(
-                200,
-                &json::History {
-                    room,
-                    lines: daemon.history(room),
-                },
-            ),
+            Ok(room) => {
+                let (ids, lines) = daemon
+                    .history(room)
+                    .into_iter()
+                    .map(|(id, line)| (id.map(|id| id.to_string()), line))
+                    .unzip();
+                Answer::json(200, &json::History { room, lines, ids })
+            }
             Err(answer) => answer,
         },
         _ if !query.is_empty() => Answer::error(400, "this endpoint takes no query"),
@@ -230,6 +234,16 @@ pub(super) fn post(daemon: &Daemon, endpoint: Endpoint, body: &[u8]) -> Answer {
                 .op(&o.user, &o.room, endpoint == Endpoint::Op, "api")
                 .map_err(moderation_error)?;
             Ok(json!({}))
+        }),
+        Endpoint::Recall => read(body).and_then(|r: json::Recall| {
+            let kept = daemon.recall(&r.room, &r.id, "api").map_err(|e| {
+                let status = match e {
+                    RecallError::NoSuchLine(..) => 404,
+                    _ => 400,
+                };
+                Answer::error(status, &e.to_string())
+            })?;
+            Ok(json!({ "in_history": kept }))
         }),
         _ => Err(Answer::not_allowed("GET")),
     };

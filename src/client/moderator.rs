@@ -1,7 +1,7 @@
-//! A room's moderator's commands (`/kick`, `/mute`, `/unmute`, `/ban`, `/unban`, `/slow`),
-//! run in the room the moderator is in, and the slow mode each client keeps to. Who is a
-//! moderator and what each action does is the daemon's (`daemon/rooms.rs`); here: reading
-//! the command, answering, and what the room is told.
+//! A room's moderator's commands (`/kick`, `/mute`, `/unmute`, `/ban`, `/unban`, `/slow`,
+//! `/recall`), run in the room the moderator is in, and the slow mode each client keeps to.
+//! Who is a moderator and what each action does is the daemon's (`daemon/rooms.rs`); here:
+//! reading the command, answering, and what the room is told.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,13 +23,14 @@ pub(crate) const HELP: &[&str] = &[
     "*   /ban NAME [DURATION] [REASON]    NAME cannot join the room again until then",
     "*   /unban NAME                      lift it",
     "*   /slow SECONDS                    one line per SECONDS for each user (0: off)",
+    "*   /recall ID                       take line ID back (pages remove it; terminals keep it)",
 ];
 
 /// Whether `command` is a moderator's.
 pub(crate) fn is_command(command: &str) -> bool {
     matches!(
         command,
-        "kick" | "mute" | "unmute" | "ban" | "unban" | "slow"
+        "kick" | "mute" | "unmute" | "ban" | "unban" | "slow" | "recall"
     )
 }
 
@@ -48,6 +49,7 @@ impl Moderator<'_> {
             return self.reply("relayd: you are not a moderator here");
         }
         let done = match command {
+            "recall" => return self.recall(arg),
             "slow" => self.slow(arg),
             _ => self.on_user(command, arg),
         };
@@ -138,6 +140,21 @@ impl Moderator<'_> {
             0 => format!("* {} ended slow mode", self.name),
             n => format!("* {} set slow mode: one line every {n} s", self.name),
         })
+    }
+
+    /// `/recall ID`: the moderator alone is answered; the room's JSON clients get the
+    /// recall itself, and nothing is said to the others (see `daemon/recall.rs`).
+    fn recall(&self, arg: &str) {
+        if arg.is_empty() || arg.contains([' ', '\t']) {
+            return self.reply("relayd: usage: /recall ID");
+        }
+        match self.daemon.recall(self.room, arg, self.name) {
+            Ok(true) => self.reply(&format!("* line {arg} recalled")),
+            Ok(false) => self.reply(&format!(
+                "* line {arg} recalled (it was no longer in the history)"
+            )),
+            Err(e) => self.reply(&format!("relayd: {e}")),
+        }
     }
 
     fn reply(&self, line: &str) {

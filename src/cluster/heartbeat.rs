@@ -77,13 +77,11 @@ impl Shared {
         for (sub, name) in &local.users {
             pipe.add_command(self.take_cmd(sub, name));
         }
-        if self.history > 0 {
-            let rooms: BTreeSet<&str> = local.clients.iter().map(|c| c.room.as_str()).collect();
-            for room in rooms {
-                pipe.cmd("EXPIRE")
-                    .arg(self.history_key(room))
-                    .arg(HISTORY_IDLE.as_secs());
-            }
+        let rooms: BTreeSet<&str> = local.clients.iter().map(|c| c.room.as_str()).collect();
+        for room in rooms {
+            pipe.cmd("EXPIRE")
+                .arg(self.history_key(room))
+                .arg(HISTORY_IDLE.as_secs());
         }
         if pipe.cmd_iter().next().is_none() {
             return;

@@ -9,8 +9,10 @@
 //!   queue is bounded in bytes (like a peer's): a reader only appends to it, and what does
 //!   not fit while Redis is slow or gone is dropped and counted, never waited for.
 //! - the subscriber (`subscriber.rs`) receives the other nodes' messages and hands them to
-//!   the `deliver` hook given at start. It skips this node's own messages, and nothing it
-//!   delivers is published again, so nothing loops.
+//!   the `deliver` hook given at start. It skips this node's own messages but its lines,
+//!   which come back from Redis with their ids in the room's history stream (the publisher
+//!   appends and publishes them in one script), and nothing it delivers is published again,
+//!   so nothing loops.
 //! - the heartbeat (`heartbeat.rs`) queues this node's clients every third of `ttl` (so
 //!   other nodes forget a node that went silent, and its clients, after `ttl`), and renews
 //!   over a connection of its own this node's id (`node.rs`), the name keys its clients
@@ -41,7 +43,7 @@ mod query;
 mod subscriber;
 mod wire;
 
-pub(crate) use wire::{Direct, Event};
+pub(crate) use wire::{Direct, Event, Stamp};
 
 use std::collections::VecDeque;
 use std::io;
@@ -56,8 +58,9 @@ use crate::cluster::node::NodeKey;
 use crate::cluster::presence::Present;
 use crate::cluster::query::Pool;
 use crate::config::{ClusterConfig, is_token};
-use crate::delivery::chunk::Chunk;
-use crate::delivery::history::Entry;
+use crate::delivery::chunk::{Chunk, Placed, Sender};
+use crate::delivery::history::{Entry, RECOVERY_LINES};
+use crate::delivery::line_id::LineId;
 use crate::stats::{Stats, add};
 use crate::sync::{self, lock};
 
@@ -189,8 +192,12 @@ struct Shared {
     url: String,
     client: redis::Client,
     ttl: Duration,
-    /// `--history`: lines kept per room in Redis.
-    history: usize,
+    /// Entries a room's history stream keeps at least (`MAXLEN ~`): what a room keeps,
+    /// `max(--history, RECOVERY_LINES)` lines with `--history-age`, else `--history`'s
+    /// (each entry holds one line or more; one at least, whose id every line needs).
+    keep: usize,
+    /// `--history-age`: older entries are trimmed too (`MINID ~`); `None`: 0, no recovery.
+    age: Option<Duration>,
     stats: Arc<Stats>,
     hooks: Hooks,
     queue: Mutex<Queue>,
@@ -227,20 +234,30 @@ struct Queue {
 }
 
 enum Item {
-    /// A message for the channel; `room`: also appended to that room's history.
+    /// A message for the channel; `stream`: lines, appended to their room's history stream
+    /// first and published stamped with their entry's id.
     Publish {
         message: Vec<u8>,
         lines: u64,
-        room: Option<String>,
+        stream: Option<Stream>,
     },
     /// Frees a name key that this value (`node \0 id`) holds.
     Release { key: String, value: Vec<u8> },
 }
 
+/// Where lines go in Redis: their room's stream, with who sent them.
+struct Stream {
+    room: String,
+    /// `wire::sender`'s bytes.
+    sender: Vec<u8>,
+}
+
 impl Item {
     fn len(&self) -> usize {
         match self {
-            Item::Publish { message, .. } => message.len(),
+            Item::Publish {
+                message, stream, ..
+            } => message.len() + stream.as_ref().map_or(0, |s| s.room.len() + s.sender.len()),
             Item::Release { key, value } => key.len() + value.len(),
         }
     }
@@ -258,7 +275,7 @@ impl Cluster {
     /// background: a Redis that is not there yet costs one log line, not the node's start.
     pub(crate) fn start(
         config: &ClusterConfig,
-        history: usize,
+        history: (usize, Duration),
         stats: Arc<Stats>,
         hooks: Hooks,
     ) -> io::Result<Cluster> {
@@ -292,9 +309,10 @@ impl Cluster {
         self.shared.has_left()
     }
 
-    /// Queues local client `from`'s lines (`seq`: this node's number for them) for the other
-    /// nodes, and for the room's history in Redis; drops them (counted) if the queue is full.
-    /// Never blocks on Redis.
+    /// Queues local client `from`'s lines (`seq`: this node's number for them; `from` 0: the
+    /// operator's) for the room's history stream in Redis and, stamped with their entry's id,
+    /// for every node, this one included (see `publisher.rs`); drops them (counted) if the
+    /// queue is full. Never blocks on Redis.
     pub(crate) fn publish_lines(
         &self,
         room: &str,
@@ -302,10 +320,14 @@ impl Cluster {
         from: u64,
         bytes: &[u8],
         lines: usize,
+        sender: Option<&Sender>,
     ) {
         let m = wire::lines(&self.shared.node, room, seq, from, bytes, lines);
-        let history = (self.shared.history > 0).then(|| room.to_string());
-        self.shared.push(m, lines as u64, history);
+        let stream = Stream {
+            room: room.to_string(),
+            sender: wire::sender(sender),
+        };
+        self.shared.push(m, lines as u64, Some(stream));
     }
 
     /// Queues a notice for everyone in `room` on the other nodes.
@@ -419,11 +441,12 @@ impl Cluster {
         }
     }
 
-    /// The last `--history` lines of `room` as Redis keeps them, oldest first; `None` if
-    /// Redis cannot say. Runs on a client's thread, at most [`QUERY_TIMEOUT`].
+    /// What Redis keeps of `room`'s history (the last [`Shared::keep`] entries), oldest
+    /// first, each placed with its stream id; `None` if Redis cannot say. Runs on a client's
+    /// thread, at most [`QUERY_TIMEOUT`].
     pub(crate) fn history(&self, room: &str) -> Option<Vec<Entry>> {
         let s = &self.shared;
-        if s.history == 0 || !self.is_up() {
+        if !self.is_up() {
             return None;
         }
         let mut cmd = redis::cmd("XREVRANGE");
@@ -431,29 +454,50 @@ impl Cluster {
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(s.history);
+            .arg(s.keep);
         let entries: Vec<(String, Vec<Vec<u8>>)> = s.query(&cmd)?;
+        let name: Arc<str> = Arc::from(room);
         let mut out = Vec::with_capacity(entries.len());
-        for (_, fields) in entries.into_iter().rev() {
-            let Some(message) = fields.get(1) else {
+        for (id, fields) in entries.into_iter().rev() {
+            // Fields `m` (the `L` message) and `s` (its sender; none from a relayd before
+            // line ids), in that order.
+            let (Some(message), Some(id)) = (fields.get(1), LineId::parse(&id)) else {
                 continue;
             };
-            if let Some((
-                _,
-                Event::Lines {
-                    id, lines, bytes, ..
-                },
-            )) = wire::decode(message)
-            {
-                out.push(Entry {
-                    chunk: Chunk::from(bytes),
-                    lines,
-                    id: Some(id),
-                });
-            }
+            let Some((_, Event::Lines { lines, bytes, .. })) = wire::decode(message) else {
+                continue;
+            };
+            let sender = fields
+                .get(3)
+                .and_then(|s| wire::decode_sender(s))
+                .and_then(|(author, _)| author.map(sender_of));
+            let chunk = match &sender {
+                Some(sender) => Chunk::relayed_from(bytes, lines, sender).unstamped(),
+                None => Chunk::from(bytes),
+            };
+            chunk.place(Placed {
+                room: Arc::clone(&name),
+                first: id,
+                numbered: false,
+            });
+            out.push(Entry {
+                chunk,
+                lines,
+                id: Some(id),
+            });
         }
         Some(out)
     }
+}
+
+/// A sender as the chunks of its lines hold it.
+pub(crate) fn sender_of(author: wire::Author<'_>) -> Arc<Sender> {
+    Arc::new(Sender {
+        name: Arc::from(author.name),
+        user: author.user.map(Arc::from),
+        prefix: author.prefix,
+        me: author.me,
+    })
 }
 
 impl Drop for Cluster {
@@ -469,10 +513,15 @@ impl Drop for Cluster {
 impl Shared {
     fn new(
         config: &ClusterConfig,
-        history: usize,
+        (history, age): (usize, Duration),
         stats: Arc<Stats>,
         hooks: Hooks,
     ) -> io::Result<Shared> {
+        let age = (!age.is_zero()).then_some(age);
+        let keep = match age {
+            Some(_) => history.max(RECOVERY_LINES),
+            None => history,
+        };
         let bad_url = |e| io::Error::other(format!("--redis {}: {e}", config.url));
         let client = client(&config.url).map_err(bad_url)?;
         let queries = query_client(&client).map_err(bad_url)?;
@@ -483,7 +532,8 @@ impl Shared {
             url: config.url.clone(),
             client,
             ttl: config.ttl,
-            history,
+            keep: keep.max(1),
+            age,
             stats,
             hooks,
             queue: Mutex::new(Queue::default()),
@@ -550,9 +600,9 @@ impl Shared {
     }
 
     /// Queues a message, or drops it (its lines counted) if the queue is full.
-    fn push(&self, message: Vec<u8>, lines: u64, room: Option<String>) {
+    fn push(&self, message: Vec<u8>, lines: u64, stream: Option<Stream>) {
         let mut queue = lock(&self.queue);
-        self.enqueue(&mut queue, message, lines, room);
+        self.enqueue(&mut queue, message, lines, stream);
         drop(queue);
         self.queued.notify_one();
     }
@@ -573,11 +623,11 @@ impl Shared {
         queue.items.push_back(item);
     }
 
-    fn enqueue(&self, queue: &mut Queue, message: Vec<u8>, lines: u64, room: Option<String>) {
+    fn enqueue(&self, queue: &mut Queue, message: Vec<u8>, lines: u64, stream: Option<Stream>) {
         let item = Item::Publish {
             message,
             lines,
-            room,
+            stream,
         };
         if self.has_left() || queue.bytes + item.len() > QUEUE_LIMIT {
             add(&self.stats.cluster_dropped, lines);

@@ -1,6 +1,7 @@
 //! The subscriber thread: receives the other nodes' messages on the channel, over a
 //! connection of its own, and hands them to the daemon's `deliver` hook. When it loses Redis
-//! it has the publisher make its connection again too (see `outages`).
+//! it has the publisher make its connection again too (see `outages`). Of this node's own
+//! messages it hands on only its lines, which come back with their stream ids.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -68,7 +69,10 @@ impl Shared {
             warn!("cluster: malformed message on {}", self.channel);
             return;
         };
-        if node == &*self.node {
+        // This node's own lines come back stamped with their ids, for its JSON clients;
+        // nothing else of its own is for it.
+        let own = node == &*self.node;
+        if own && !matches!(event, Event::Lines { stamp: Some(_), .. }) {
             return;
         }
         if let Err(why) = wire::check(node, &event) {
@@ -76,7 +80,7 @@ impl Shared {
             return;
         }
         match event {
-            Event::Lines { lines, .. } => add(&self.stats.cluster_received, lines as u64),
+            Event::Lines { lines, .. } if !own => add(&self.stats.cluster_received, lines as u64),
             Event::Direct { to, .. } if to != &*self.node => return,
             Event::Snapshot { hello: true, .. } => self.wake(|w| w.answer = true),
             _ => {}

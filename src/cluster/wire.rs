@@ -5,24 +5,26 @@
 //! and by the chat parser respectively), so a NUL ends each of them; numbers are big-endian.
 //! Each kind's builder and its reading sit side by side here, so that the two cannot drift.
 
-use std::sync::Arc;
-
 use crate::cluster::MAX_NODE_ID;
 use crate::cluster::presence::Present;
 use crate::config::{is_token, valid_name, valid_room};
-use crate::delivery::history::OriginId;
+use crate::delivery::chunk::Sender;
+use crate::delivery::line_id::LineId;
 
 /// A message from another node, as the `deliver` hook gets it.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Event<'a> {
-    /// `L`: a client's lines for a room (kept in its history).
+    /// `K` (or `L`, from a node of a relayd before line ids): a client's lines for a room.
     Lines {
-        id: OriginId,
+        /// The origin node's number for them.
+        seq: u64,
         /// The sender's id on its node.
         from: u64,
         room: &'a str,
         lines: usize,
         bytes: &'a [u8],
+        /// `K`: their entry in the room's history stream; `None` for `L`.
+        stamp: Option<Stamp<'a>>,
     },
     /// `N`: a notice for everyone in a room (joined, left, renamed).
     Notice { room: &'a str, bytes: &'a [u8] },
@@ -47,6 +49,24 @@ pub(crate) enum Event<'a> {
     Moderation { set: bool, entry: &'a [u8] },
     /// `V`: the operator made a room live or lossless (`live ROOM on|off`).
     Live { room: &'a str, live: bool },
+}
+
+/// Where Redis's stream put a [`Event::Lines`] message, and who sent it.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Stamp<'a> {
+    /// The stream entry's id: its first line's id, in every node's history of the room.
+    pub(crate) id: LineId,
+    /// `None` in raw mode, and for the operator's lines.
+    pub(crate) sender: Option<Author<'a>>,
+}
+
+/// Who sent lines, as [`Sender`] says it, for the JSON clients of the other nodes.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Author<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) user: Option<&'a str>,
+    pub(crate) prefix: usize,
+    pub(crate) me: bool,
 }
 
 /// What a [`Event::Direct`] message is.
@@ -97,6 +117,50 @@ pub(crate) fn lines(
     m.extend_from_slice(&u32::try_from(lines).unwrap_or(u32::MAX).to_be_bytes());
     m.extend_from_slice(bytes);
     m
+}
+
+/// The kind byte of a `K` message. The publisher never builds one: `STAMP`, the script
+/// that appends lines to their room's stream, publishes the `L` message it stored with its
+/// new id and its sender after this byte, as `K id \0 sender` then `L`'s payload, so that
+/// the channel's order is the stream's (see `publisher.rs`).
+pub(crate) const STAMPED: u8 = b'K';
+
+/// Who sent lines, for a `K` message and its stream entry: `name \0`, `user \0` (empty for
+/// a guest), the prefix's length (4 bytes), `/me` (1 byte); two NULs alone when unknown.
+pub(crate) fn sender(sender: Option<&Sender>) -> Vec<u8> {
+    let Some(s) = sender else {
+        return vec![0, 0];
+    };
+    let user = s.user.as_deref().unwrap_or_default();
+    let mut m = Vec::with_capacity(s.name.len() + user.len() + 7);
+    m.extend_from_slice(s.name.as_bytes());
+    m.push(0);
+    m.extend_from_slice(user.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&u32::try_from(s.prefix).unwrap_or(0).to_be_bytes());
+    m.push(u8::from(s.me));
+    m
+}
+
+/// Reads what [`sender`] wrote, and what follows it.
+pub(crate) fn decode_sender(bytes: &[u8]) -> Option<(Option<Author<'_>>, &[u8])> {
+    if bytes.first() == Some(&0) {
+        // No name: no sender (an empty name and user, written as two NULs, no numbers).
+        return Some((None, bytes.get(2..)?));
+    }
+    let (name, rest) = split_nul(bytes)?;
+    let (user, rest) = split_nul(rest)?;
+    let (prefix, rest) = rest.split_first_chunk::<4>()?;
+    let (&me, rest) = rest.split_first()?;
+    let from = Author {
+        name: std::str::from_utf8(name).ok()?,
+        user: (!user.is_empty())
+            .then(|| std::str::from_utf8(user).ok())
+            .flatten(),
+        prefix: u32::from_be_bytes(*prefix) as usize,
+        me: me == 1,
+    };
+    Some((Some(from), rest))
 }
 
 /// `N`: a notice for `room`: `room \0`, the bytes.
@@ -195,21 +259,12 @@ pub(crate) fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
     let node = std::str::from_utf8(node).ok()?;
     let (&kind, rest) = rest.split_first()?;
     let event = match kind {
-        b'L' => {
-            let (seq, rest) = rest.split_first_chunk::<8>()?;
-            let (from, rest) = rest.split_first_chunk::<8>()?;
-            let (room, rest) = split_nul(rest)?;
-            let (lines, bytes) = rest.split_first_chunk::<4>()?;
-            Event::Lines {
-                id: OriginId {
-                    node: Arc::from(node),
-                    seq: u64::from_be_bytes(*seq),
-                },
-                from: u64::from_be_bytes(*from),
-                room: std::str::from_utf8(room).ok()?,
-                lines: u32::from_be_bytes(*lines) as usize,
-                bytes,
-            }
+        b'L' => decode_lines(rest, None)?,
+        STAMPED => {
+            let (id, rest) = split_nul(rest)?;
+            let id = LineId::parse(std::str::from_utf8(id).ok()?)?;
+            let (sender, rest) = decode_sender(rest)?;
+            decode_lines(rest, Some(Stamp { id, sender }))?
         }
         b'N' => {
             let (room, bytes) = split_nul(rest)?;
@@ -263,6 +318,22 @@ pub(crate) fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
         _ => return None,
     };
     Some((node, event))
+}
+
+/// An `L` message's payload (after its kind), stamped or not.
+fn decode_lines<'a>(rest: &'a [u8], stamp: Option<Stamp<'a>>) -> Option<Event<'a>> {
+    let (seq, rest) = rest.split_first_chunk::<8>()?;
+    let (from, rest) = rest.split_first_chunk::<8>()?;
+    let (room, rest) = split_nul(rest)?;
+    let (lines, bytes) = rest.split_first_chunk::<4>()?;
+    Some(Event::Lines {
+        seq: u64::from_be_bytes(*seq),
+        from: u64::from_be_bytes(*from),
+        room: std::str::from_utf8(room).ok()?,
+        lines: u32::from_be_bytes(*lines) as usize,
+        bytes,
+        stamp,
+    })
 }
 
 /// Whether the node ids, names and rooms a message names follow the rules this node's own
@@ -334,6 +405,7 @@ fn split_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -359,37 +431,69 @@ mod tests {
         event
     }
 
+    /// What the `STAMP` script publishes for the `L` message `m`: its kind made `K`, then
+    /// the stream id and the sender, then `L`'s payload.
+    fn stamped(m: &[u8], id: &str, sender: &[u8]) -> Vec<u8> {
+        let at = memchr::memchr(0, m).unwrap() + 2;
+        let mut k = m[..at - 1].to_vec();
+        k.push(STAMPED);
+        k.extend_from_slice(id.as_bytes());
+        k.push(0);
+        k.extend_from_slice(sender);
+        k.extend_from_slice(&m[at..]);
+        k
+    }
+
     #[test]
     fn lines_round_trip() {
         let m = lines("node-1", "lobby", 42, 7, b"a\0b\nc\n", 2);
-        let id = OriginId {
-            node: Arc::from("node-1"),
+        let event = |stamp| Event::Lines {
             seq: 42,
+            from: 7,
+            room: "lobby",
+            lines: 2,
+            bytes: b"a\0b\nc\n",
+            stamp,
+        };
+        assert_eq!(read(&m), event(None));
+        // Stamped by the script, with and without a sender.
+        let id = LineId::new(1765100000000, 3);
+        assert_eq!(
+            read(&stamped(&m, "1765100000000-3", &sender(None))),
+            event(Some(Stamp { id, sender: None }))
+        );
+        let alice = Sender {
+            name: "alice".into(),
+            user: Some("u-1".into()),
+            prefix: 8,
+            me: false,
+        };
+        let author = Author {
+            name: "alice",
+            user: Some("u-1"),
+            prefix: 8,
+            me: false,
         };
         assert_eq!(
-            read(&m),
-            Event::Lines {
+            read(&stamped(&m, "1765100000000-3", &sender(Some(&alice)))),
+            event(Some(Stamp {
                 id,
-                from: 7,
-                room: "lobby",
-                lines: 2,
-                bytes: b"a\0b\nc\n",
-            }
+                sender: Some(author),
+            }))
         );
+        // Not an id: dropped as malformed.
+        assert_eq!(decode(&stamped(&m, "17-x", &sender(None))), None);
         // An empty room and no bytes are still a message.
         let m = lines("node-1", "", u64::MAX, 0, b"", 0);
-        let id = OriginId {
-            node: Arc::from("node-1"),
-            seq: u64::MAX,
-        };
         assert_eq!(
             read(&m),
             Event::Lines {
-                id,
+                seq: u64::MAX,
                 from: 0,
                 room: "",
                 lines: 0,
                 bytes: b"",
+                stamp: None,
             }
         );
     }
@@ -552,7 +656,13 @@ mod tests {
             }),
             lost_name: Box::new(|_, _| {}),
         };
-        Shared::new(&config, 10, Arc::new(Stats::default()), hooks).unwrap()
+        Shared::new(
+            &config,
+            (10, Duration::ZERO),
+            Arc::new(Stats::default()),
+            hooks,
+        )
+        .unwrap()
     }
 
     /// What the queue holds, as messages.
@@ -578,7 +688,7 @@ mod tests {
             room: "games".into(),
             user: Some("u-1".into()),
         };
-        cluster.publish_lines("lobby", 42, 7, b"a\0b\nc\n", 2);
+        cluster.publish_lines("lobby", 42, 7, b"a\0b\nc\n", 2, None);
         cluster.publish_notice("games", &Chunk::from(&b"* bob joined\n"[..]));
         cluster.publish_enter(&alice);
         cluster.publish_leave(7);
@@ -590,16 +700,14 @@ mod tests {
         assert!(events.iter().all(|(node, _)| *node == "node-1"));
         match &events[0].1 {
             Event::Lines {
-                id,
+                seq,
                 from,
                 room,
                 lines,
                 bytes,
+                stamp: None,
             } => {
-                assert_eq!(
-                    (&*id.node, id.seq, *from, *room, *lines),
-                    ("node-1", 42, 7, "lobby", 2)
-                );
+                assert_eq!((*seq, *from, *room, *lines), (42, 7, "lobby", 2));
                 assert_eq!(*bytes, b"a\0b\nc\n");
             }
             _ => panic!("not lines"),

@@ -20,6 +20,7 @@
 mod live;
 mod moderation;
 mod operator;
+mod recall;
 mod remote;
 mod rooms;
 mod slot;
@@ -40,11 +41,10 @@ use crate::config::Config;
 use crate::delivery::chunk::{Chunk, Format};
 use crate::delivery::deliverer::Deliverer;
 use crate::delivery::echo::Echo;
-use crate::delivery::history::OriginId;
 use crate::delivery::line_id::LineId;
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Peer, PeerId, Share};
-use crate::delivery::registry::{LOBBY, Members, Registry, Seed, Which};
+use crate::delivery::registry::{LOBBY, Members, Origin, Registry, Seed, Which};
 use crate::policy::access::PerAddress;
 use crate::policy::moderation::Moderation;
 use crate::policy::rooms::RoomRules;
@@ -57,6 +57,7 @@ use crate::systemd::Notifier;
 
 pub(crate) use moderation::ModerationError;
 pub(crate) use operator::{Found, NoSuchClient};
+pub(crate) use recall::RecallError;
 pub(crate) use slot::Slot;
 
 pub(crate) struct Daemon {
@@ -156,9 +157,14 @@ impl Daemon {
         let mut failed = None;
         let daemon = Arc::new_cyclic(|weak: &Weak<Daemon>| {
             let cluster = cluster_config.and_then(|c| {
-                Cluster::start(&c, config.history, Arc::clone(&stats), remote::hooks(weak))
-                    .map_err(|e| failed = Some(e))
-                    .ok()
+                Cluster::start(
+                    &c,
+                    (config.history, config.history_age),
+                    Arc::clone(&stats),
+                    remote::hooks(weak),
+                )
+                .map_err(|e| failed = Some(e))
+                .ok()
             });
             Daemon {
                 notices: Notices::new(&config),
@@ -384,24 +390,32 @@ impl Daemon {
     }
 
     /// Relays `chunk` (`lines` lines) from `from` to the others in `room`, and, with
-    /// `--redis`, queues it for the other nodes (after the local delivery, so one sender's
-    /// lines are queued in its order).
+    /// `--redis`, queues it for Redis (after the local delivery, so one sender's lines are
+    /// queued in its order), which stamps it with its id and hands it back to every node.
     pub(crate) fn relay(&self, room: &str, from: PeerId, chunk: &Chunk, lines: usize) {
-        let id = self.cluster.as_ref().map(|c| OriginId {
-            node: Arc::clone(c.node()),
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        });
-        let seq = id.as_ref().map(|id| id.seq);
+        let (origin, seq) = self.origin();
         if self
             .registry
-            .deliver(room, Some(from), false, chunk, lines, id)
+            .deliver(room, Some(from), false, chunk, lines, origin)
         {
             if let (Some(cluster), Some(seq)) = (&self.cluster, seq) {
-                cluster.publish_lines(room, seq, from, chunk, lines);
+                cluster.publish_lines(room, seq, from, chunk, lines, chunk.sender());
             }
             if let Some(echo) = &self.echo {
                 echo.echo(from, chunk);
             }
+        }
+    }
+
+    /// Where a line relayed here now comes from: in a cluster, this node's next number for
+    /// it, which Redis hands back with its id.
+    fn origin(&self) -> (Origin, Option<u64>) {
+        match &self.cluster {
+            Some(_) => {
+                let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                (Origin::Sent(seq), Some(seq))
+            }
+            None => (Origin::Here, None),
         }
     }
 

@@ -5,13 +5,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::cluster::presence::Present;
 use crate::cluster::{Cluster, Direct};
 use crate::config::{valid_name, valid_room};
 use crate::delivery::chunk::{Chunk, Sender};
-use crate::delivery::history::OriginId;
+use crate::delivery::line_id::LineId;
 use crate::delivery::notice::{Departure, clean};
 use crate::delivery::peer::{Peer, PeerId};
 use crate::delivery::registry::{ClientInfo, Which, is_id};
@@ -267,15 +266,11 @@ impl Daemon {
         let chunk = Chunk::relayed_from(line.as_bytes(), 1, &sender);
         self.check_length(&chunk)?;
         // As a line from another node's client: nobody here is its sender.
-        let id = self.cluster.as_ref().map(|c| OriginId {
-            node: Arc::clone(c.node()),
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-        });
-        let seq = id.as_ref().map(|id| id.seq);
-        self.registry.deliver(room, None, true, &chunk, 1, id);
+        let (origin, seq) = self.origin();
+        self.registry.deliver(room, None, true, &chunk, 1, origin);
         if let (Some(cluster), Some(seq)) = (&self.cluster, seq) {
             // Client 0: no client's id (they start at 1).
-            cluster.publish_lines(room, seq, 0, &chunk, 1);
+            cluster.publish_lines(room, seq, 0, &chunk, 1, chunk.sender());
         }
         Ok(self.registry.members(room).online())
     }
@@ -319,20 +314,28 @@ impl Daemon {
         members
     }
 
-    /// The last `--history` lines said in `room`, oldest first, without their line ends: as
-    /// Redis keeps them in a cluster (as this node does if Redis cannot say), else as this
-    /// node does, which is nothing for a room nobody is in.
-    pub(crate) fn history(&self, room: &str) -> Vec<String> {
-        let chunks = match self.cluster.as_ref().and_then(|c| c.history(room)) {
-            Some(entries) => entries.into_iter().map(|e| e.chunk).collect(),
-            None => self.registry.history(room),
+    /// The lines said in `room` that its history keeps, oldest first, each with its id (`None`
+    /// where not known) and without its line end: as Redis keeps them in a cluster (as this
+    /// node does if Redis cannot say), else as this node does (see `delivery/history.rs`).
+    pub(crate) fn history(&self, room: &str) -> Vec<(Option<LineId>, String)> {
+        let (chunks, cap) = match self.cluster.as_ref().and_then(|c| c.history(room)) {
+            Some(entries) => (
+                entries.into_iter().map(|e| e.chunk).collect(),
+                self.config.history,
+            ),
+            None => (self.registry.history(room), usize::MAX),
         };
-        let mut lines: Vec<String> = chunks
+        let mut lines: Vec<(Option<LineId>, String)> = chunks
             .iter()
-            .flat_map(|chunk| chunk.split_inclusive(|&b| b == b'\n'))
-            .map(clean)
+            .flat_map(|chunk| {
+                let placed = chunk.placed();
+                chunk
+                    .split_inclusive(|&b| b == b'\n')
+                    .enumerate()
+                    .map(move |(k, line)| (placed.map(|p| p.first.nth(k, p.numbered)), clean(line)))
+            })
             .collect();
-        let excess = lines.len().saturating_sub(self.config.history);
+        let excess = lines.len().saturating_sub(cap);
         lines.drain(..excess);
         lines
     }

@@ -10,10 +10,10 @@ use std::time::Instant;
 use log::{debug, info, warn};
 
 use crate::cluster::presence::Present;
-use crate::cluster::{Direct, Event, Hooks, Local};
+use crate::cluster::{Direct, Event, Hooks, Local, Stamp, sender_of};
 use crate::delivery::chunk::Chunk;
 use crate::delivery::peer::PeerId;
-use crate::delivery::registry::Displaced;
+use crate::delivery::registry::{Displaced, Echo, Origin};
 use crate::sync::lock;
 
 use super::{Daemon, claimed};
@@ -53,17 +53,33 @@ impl Daemon {
     fn remote(&self, node: &str, event: Event<'_>) {
         match event {
             Event::Lines {
-                id,
+                seq,
                 from,
                 room,
                 lines,
                 bytes,
+                stamp,
             } => {
                 debug!("cluster: {lines} lines for {room} from client {from} of node {node}");
-                let chunk = Chunk::relayed(bytes, lines);
+                let (chunk, origin) = match stamp {
+                    Some(Stamp { id, sender }) => {
+                        let chunk = match sender {
+                            Some(s) => Chunk::relayed_from(bytes, lines, &sender_of(s)),
+                            None => Chunk::relayed(bytes, lines),
+                        };
+                        let own = self.cluster.as_ref().is_some_and(|c| **c.node() == *node);
+                        let echo = own.then_some(Echo {
+                            seq,
+                            from: (from != 0).then_some(from),
+                        });
+                        (chunk, Origin::Stream { id, echo })
+                    }
+                    // A relayd before line ids: no stream id to agree on.
+                    None => (Chunk::relayed(bytes, lines), Origin::Here),
+                };
                 // Client 0 is no client: the operator's `publish` on that node.
                 self.registry
-                    .deliver(room, None, from == 0, &chunk, lines, Some(id));
+                    .deliver(room, None, from == 0, &chunk, lines, origin);
             }
             Event::Notice { room, bytes } => {
                 let members = self.registry.members(room);

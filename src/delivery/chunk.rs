@@ -183,6 +183,18 @@ impl Chunk {
         )))
     }
 
+    /// Its first `take` lines, with their sender and ids, unstamped: what is left before a
+    /// line recalled from within a chunk.
+    pub(crate) fn lines_before(&self, take: usize) -> Chunk {
+        let cut = match take {
+            0 => 0,
+            n => memchr::memchr_iter(b'\n', &self.0.bytes)
+                .nth(n - 1)
+                .map_or(self.0.bytes.len(), |i| i + 1),
+        };
+        Chunk(Arc::new(self.0.same(self.0.bytes[..cut].into(), 0, 0, 0)))
+    }
+
     /// Relayd's own line(s), `notice` saying what they are to JSON clients.
     pub(crate) fn notice(bytes: &[u8], notice: Notice) -> Chunk {
         Chunk(Arc::new(Inner {

@@ -47,7 +47,8 @@ publish ROOM TEXT          push TEXT to everyone in ROOM
 publish-as ROOM NAME TEXT  say TEXT in ROOM as NAME (kept in its history)
 presence ROOM              one line per member: id name transport node
 rooms                      one line per room: room members
-history ROOM               ROOM's last --history lines
+history ROOM               the lines ROOM's history keeps, oldest first: id line
+recall ROOM ID             take line ID back: out of ROOM's history, off its JSON clients' screens
 live ROOM on|off           make ROOM live (no sender waits; viewers shown --live-rate) or lossless
 stats                      counters, one 'key value' line each
 ban TARGET [DURATION] [REASON]   ban a user (sub or guest name) or address/network: 30s 10m 2h 7d,
@@ -356,8 +357,19 @@ fn execute(daemon: &Daemon, command: &str) -> String {
         "history" if !arg.is_empty() => daemon
             .history(arg)
             .into_iter()
-            .map(|line| line + "\n")
+            .map(|(id, line)| match id {
+                Some(id) => format!("{id} {line}\n"),
+                None => format!("- {line}\n"),
+            })
             .collect(),
+        "recall" if !split_word(arg).1.is_empty() => {
+            let (room, id) = split_word(arg);
+            match daemon.recall(room, id, "operator") {
+                Ok(true) => "ok\n".into(),
+                Ok(false) => format!("ok: {id} was no longer in {room}'s history\n"),
+                Err(e) => format!("error: {e}\n"),
+            }
+        }
         "live" => live(daemon, arg),
         "stats" => daemon.stats_report(),
         "reload" => match reload::reload(daemon) {
@@ -398,6 +410,7 @@ fn execute(daemon: &Daemon, command: &str) -> String {
         "broadcast" => "error: usage: broadcast TEXT\n".into(),
         "presence" => "error: usage: presence ROOM\n".into(),
         "history" => "error: usage: history ROOM\n".into(),
+        "recall" => "error: usage: recall ROOM ID\n".into(),
         _ => "error: unknown command\n".into(),
     }
 }

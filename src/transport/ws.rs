@@ -351,11 +351,11 @@ pub(crate) struct Ws {
     heard: Instant,
     /// When relayd pinged it, if it has not answered yet.
     pinged: Option<Instant>,
-    /// It speaks `relayd.v1.json`: a message is one JSON object, not lines.
-    json: bool,
     /// Bytes the kernel held for it unacknowledged when its pong was last overdue (see
     /// `still_reading`).
     unacked: Option<usize>,
+    /// It speaks `relayd.v1.json`: a message is one JSON object, not lines.
+    json: bool,
 }
 
 impl Ws {
@@ -374,8 +374,8 @@ impl Ws {
             pong_timeout,
             heard: Instant::now(),
             pinged: None,
-            json,
             unacked: None,
+            json,
         }
     }
 

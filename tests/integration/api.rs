@@ -36,10 +36,13 @@ fn publish_reaches_the_room_and_a_users_line_enters_its_history() {
     carol.expect(b"* [server] x\n");
 
     // A user's line is part of the conversation; the server's line, like every notice, not.
+    // Each line with its id (`LIFE-1`: the room's first line), in `ids`.
     let history = get(&api, "/api/history?room=lobby");
+    let id = history["ids"][0].as_str().unwrap_or_default().to_string();
+    assert!(id.ends_with("-1"), "{history}");
     assert_eq!(
         history,
-        json!({"room": "lobby", "lines": ["<bob> hi from the web"]})
+        json!({"room": "lobby", "lines": ["<bob> hi from the web"], "ids": [id]})
     );
     let mut late = d.connect();
     until(&mut late, "* welcome to relayd");
@@ -344,7 +347,9 @@ fn the_control_socket_has_the_same_verbs() {
         "ok\n"
     );
     alice.expect(b"<bob> hi there\n");
-    assert_eq!(admin_command(&admin, "history lobby"), "<bob> hi there\n");
+    let history = admin_command(&admin, "history lobby");
+    let (id, line) = history.split_once(' ').unwrap();
+    assert_eq!(line, "<bob> hi there\n");
     assert_eq!(admin_command(&admin, "presence lobby"), "1 alice tcp - -\n");
     assert_eq!(admin_command(&admin, "rooms"), "lobby 1\n");
     assert_eq!(
@@ -354,7 +359,7 @@ fn the_control_socket_has_the_same_verbs() {
     // And what one does, the other sees.
     assert_eq!(
         get(&api, "/api/history?room=lobby"),
-        json!({"room": "lobby", "lines": ["<bob> hi there"]})
+        json!({"room": "lobby", "lines": ["<bob> hi there"], "ids": [id]})
     );
 }
 
@@ -403,8 +408,8 @@ fn in_a_cluster_publish_send_and_kick_reach_another_nodes_client() {
     bob.expect(b"<web> hi\n");
     // Kept in Redis, where every node reads it.
     assert_eq!(
-        get(&api, "/api/history?room=lobby"),
-        json!({"room": "lobby", "lines": ["<web> hi"]})
+        get(&api, "/api/history?room=lobby")["lines"],
+        json!(["<web> hi"])
     );
     post(&api, "/api/send", r#"{"user":"bob","text":"psst"}"#);
     bob.expect(b"* [server] psst\n");

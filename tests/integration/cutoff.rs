@@ -173,8 +173,8 @@ fn a_client_that_never_reads_cannot_grow_memory_through_commands() {
     reader
         .expect("* welcome to relayd, you are guest1 (1 online) — /help for commands\n".as_bytes());
 
-    // Rooms a and b, each with a member who keeps it (a room is forgotten, history and all,
-    // when its last member leaves) and five lines of history. /who answers only after the
+    // Rooms a and b, each with a member who keeps it (a room nobody is in keeps its history
+    // only for --history-age) and five lines of history. /who answers only after the
     // lines before it were delivered (and so kept).
     let text = "x".repeat(200);
     let mut keepers = Vec::new();

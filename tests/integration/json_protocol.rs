@@ -274,7 +274,9 @@ fn in_games(more: &[&str]) -> (Browsers, Client, Json) {
 
 /// [`in_games`] with `--history HISTORY`, where `nc` said `zero`: its id, as `j` got it.
 fn zero_in_games(history: &str) -> (Browsers, Client, Json, String) {
-    let (r, mut nc, mut j) = in_games(&["--history", history]);
+    // No recovery buffer (--history-age 0): the room keeps exactly --history lines, and goes
+    // with its last member.
+    let (r, mut nc, mut j) = in_games(&["--history", history, "--history-age", "0"]);
     nc.send(b"zero\n");
     let id = lines(&mut j, 1).pop().unwrap().1;
     (r, nc, j, id)

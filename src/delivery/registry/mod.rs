@@ -10,9 +10,9 @@
 //! the history snapshot and becomes a member in one critical section, so every line reaches a
 //! joiner exactly once, either replayed or live. The replay is only *queued* under the lock
 //! ([`Peer::enter_room`]); the caller sends it after releasing it. In a cluster (`--redis`) a
-//! room's history also holds what Redis keeps of it, merged in when the first client here
-//! enters the room; every line carries its origin node's id for it, which keeps that seam
-//! exact too ([`Room::expected`], [`Inner::recent`]). A snapshot remembers each
+//! room's history is in the order of its Redis stream, with the stream's ids, and also holds
+//! what Redis keeps of it, merged in when the first client here enters the room; the ids
+//! keep that seam exact too (`stream.rs`, [`Inner::recent`]). A snapshot remembers each
 //! member's stay in the room (its epoch), so a sender that waits for a full member before
 //! handing it a line cannot hand it to one that left, or left and came back, meanwhile.
 //!
@@ -39,7 +39,7 @@ use log::warn;
 
 use crate::config::Config;
 use crate::delivery::chunk::{Chunk, Placed};
-use crate::delivery::history::{Entry as HistoryEntry, History, OriginId};
+use crate::delivery::history::{Entry as HistoryEntry, History};
 use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::{Departure, Notices};
 use crate::delivery::peer::{Offer, Peer, PeerId, Share, Wait};
@@ -48,15 +48,22 @@ use crate::policy::token::Role;
 use crate::stats::{Stats, add};
 use crate::sync::lock;
 
+mod empty;
 mod live;
 mod presence;
+mod recall;
 mod recovery;
+mod stream;
 mod users;
 
+use empty::Emptied;
 use live::{Gated, LiveRoom, LiveRooms};
 use recovery::Place;
+use stream::{Order, remember_recent};
 
 pub(crate) use presence::{Members, member};
+pub(crate) use recall::Recalled;
+pub(crate) use stream::{Echo, Origin};
 pub(crate) use users::{Displaced, Identified, OtherUser, User};
 use users::{add_name, remove_name};
 
@@ -69,7 +76,8 @@ const WAIT_STEP: Duration = Duration::from_millis(5);
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     max_clients: usize,
-    history: usize,
+    /// `--history` and `--history-age`.
+    history: (usize, Duration),
     stats: Arc<Stats>,
     /// In chat mode: how relayd's own lines are written (a live room's busy notice).
     notices: Option<Notices>,
@@ -90,19 +98,18 @@ struct Inner {
     /// guest or by every connection of one signed-in user.
     names: HashMap<String, Vec<PeerId>>,
     rooms: BTreeMap<String, Room>,
+    /// Rooms nobody is in, kept for their history (see `empty.rs`).
+    emptied: Emptied,
     /// Clients taken out by [`Registry::expel`] whose threads have not left yet: where they
     /// were, for the leave notice.
     expelled: HashMap<PeerId, Left>,
     /// In a cluster with `--history`, while a seed is read ([`Registry::seeding`]): the other
     /// nodes' latest lines for rooms nobody here is in, oldest first, so that a room's first member here gets those that reached this node
-    /// after it read the room's history from Redis and before it entered (see [`RECENT`]).
+    /// after it read the room's history from Redis and before it entered (see
+    /// [`stream::RECENT`]).
     recent: VecDeque<(String, HistoryEntry, Instant)>,
     live: LiveRooms,
 }
-
-/// How many, and for how long, lines for rooms without members here are kept: enough to
-/// bridge the moment between reading a room's history from Redis and entering the room.
-const RECENT: (usize, Duration) = (1024, Duration::from_secs(2));
 
 struct Entry {
     peer: Arc<Peer>,
@@ -126,10 +133,8 @@ struct Room {
     history: History,
     /// In a cluster: whether the room's history in Redis has been merged into `history`.
     seeded: bool,
-    /// Lines merged in from Redis that may still arrive live (Redis had them before this
-    /// node's subscriber delivered them): when one does, only the members that were here
-    /// before the merge get it, since everyone who joined later had it replayed.
-    expected: HashSet<OriginId>,
+    /// In a cluster: where the room is in its Redis stream (see `stream.rs`).
+    order: Order,
     /// Its delivery is live (see `live.rs`), not lossless: its state then.
     live: Option<LiveRoom>,
 }
@@ -141,7 +146,7 @@ struct Member {
     /// Its user's `sub`: a user's connections in one room count as one.
     user: Option<Arc<str>>,
     epoch: u64,
-    /// Joined before the room's history was merged from Redis (see [`Room::expected`]).
+    /// Joined before the room's history was merged from Redis (see `stream.rs`).
     before_seed: bool,
 }
 
@@ -195,12 +200,13 @@ impl Registry {
                 clients: BTreeMap::new(),
                 names: HashMap::new(),
                 rooms: BTreeMap::new(),
+                emptied: Emptied::default(),
                 expelled: HashMap::new(),
                 recent: VecDeque::new(),
                 live: LiveRooms::new(config),
             }),
             max_clients: config.max_clients,
-            history: config.history,
+            history: (config.history, config.history_age),
             stats,
             notices: config.chat.then(|| Notices::new(config)),
             said: Notices::new(config),
@@ -297,7 +303,8 @@ impl Registry {
     /// `--history`, the daemon reads that before the first client here enters the room, and
     /// hands it to [`Registry::enter`] or [`Registry::change_room`].
     pub(crate) fn needs_seed(&self, room: &str) -> bool {
-        self.history > 0 && lock(&self.inner).rooms.get(room).is_none_or(|r| !r.seeded)
+        let keeps = self.history.0 > 0 || !self.history.1.is_zero();
+        keeps && lock(&self.inner).rooms.get(room).is_none_or(|r| !r.seeded)
     }
 
     fn enter_room(
@@ -312,22 +319,26 @@ impl Registry {
         let history = self.history;
         let Inner {
             rooms,
+            emptied,
             recent,
             live,
             clients,
             ..
         } = inner;
+        emptied.refill(room, rooms);
         let room_name = room;
         let room = rooms.entry(room.to_string()).or_insert_with(|| Room {
             name: Arc::from(room_name),
             members: Arc::new(Vec::new()),
             life: now_ms(),
             numbered: 0,
-            history: History::new(history),
+            history: History::new(history.0, history.1),
             seeded: false,
-            expected: HashSet::new(),
+            order: Order::default(),
             live: live.for_room(room_name),
         });
+        // What has aged out goes before anything is replayed or recovered.
+        room.history.expire();
         if let Some(Seed {
             mut entries, asked, ..
         }) = seed.filter(|_| !room.seeded)
@@ -341,12 +352,7 @@ impl Registry {
             {
                 entries.push(entry.clone());
             }
-            room.expected = room.history.seed(entries);
-            if !room.expected.is_empty() {
-                for m in Arc::make_mut(&mut room.members) {
-                    m.before_seed = true;
-                }
-            }
+            room.seed(entries);
         }
         let online = {
             let before = Members {
@@ -373,8 +379,8 @@ impl Registry {
         }
     }
 
-    /// Removes `peer` from `room`'s members and returns those left. Rooms other than the
-    /// lobby go away when their last member leaves, so that rooms cannot pile up.
+    /// Removes `peer` from `room`'s members and returns those left. A room other than the
+    /// lobby that its last member leaves is kept while its history is (`empty.rs`).
     fn leave_room(&self, inner: &mut Inner, peer: &Peer, room: &str) -> Members {
         peer.leave_room();
         peer.set_live(None);
@@ -388,7 +394,7 @@ impl Registry {
             list: Arc::clone(&r.members),
         };
         if r.members.is_empty() && room != LOBBY {
-            inner.rooms.remove(room);
+            inner.emptied.keep(room, &mut inner.rooms);
         }
         left
     }
@@ -465,13 +471,13 @@ impl Registry {
             .collect()
     }
 
-    /// What `room`'s history holds here, oldest first (none for a room nobody here is in:
-    /// it went with its last member).
+    /// Every line `room`'s history keeps here, oldest first (none for a room that went
+    /// with its last member).
     pub(crate) fn history(&self, room: &str) -> Vec<Chunk> {
         lock(&self.inner)
             .rooms
-            .get(room)
-            .map(|r| r.history.replay())
+            .get_mut(room)
+            .map(|r| r.history.kept())
             .unwrap_or_default()
     }
 
@@ -525,9 +531,10 @@ impl Registry {
     }
 
     /// Delivers `chunk`, which holds `lines` relayed lines, to every member of `room` except
-    /// `from` (`None`: another node's client), and remembers it in the room's history with
-    /// its cluster `id`. Nothing is delivered for a sender that is no longer registered
-    /// (kicked or cut off), and no line with an id is delivered to anyone twice.
+    /// `from` (`None`: another node's client), gives them their ids and remembers them in
+    /// the room's history; in a cluster, when and to whom as their `origin` says (see
+    /// `stream.rs`). Nothing is delivered for a sender that is no longer registered (kicked
+    /// or cut off), and no line from the stream is delivered to anyone twice.
     ///
     /// Peers with room take it at once. If some are full, the caller waits for all of them
     /// together, against one deadline `--stall-timeout` from now, so N stuck peers cost one
@@ -547,7 +554,7 @@ impl Registry {
         operator: bool,
         chunk: &Chunk,
         lines: usize,
-        id: Option<OriginId>,
+        origin: Origin,
     ) -> bool {
         let (members, kept, shown) = {
             let mut inner = lock(&self.inner);
@@ -560,31 +567,26 @@ impl Registry {
             };
             let kept = operator || sender == Some(Role::Mod);
             let Some(r) = inner.rooms.get_mut(room) else {
-                if let (Some(id), true) = (id, self.seeding.load(Ordering::SeqCst) > 0) {
+                if let (Origin::Stream { id, echo: None }, true) =
+                    (origin, self.seeding.load(Ordering::SeqCst) > 0)
+                {
                     remember_recent(&mut inner.recent, room, chunk, lines, id);
                 }
                 return true;
             };
-            let members = match id {
-                Some(id) if !r.expected.is_empty() && r.expected.remove(&id) => {
-                    let before: Vec<Member> = r
-                        .members
-                        .iter()
-                        .filter(|m| m.before_seed)
-                        .cloned()
-                        .collect();
-                    Arc::new(before)
-                }
-                id => {
+            let members = match origin {
+                Origin::Here => {
                     chunk.place(Placed {
                         room: Arc::clone(&r.name),
                         first: LineId::new(r.life, r.numbered + 1),
                         numbered: true,
                     });
                     r.numbered += lines as u64;
-                    r.history.push(chunk, lines, id);
+                    r.history.push(chunk, lines, None);
                     Arc::clone(&r.members)
                 }
+                Origin::Sent(seq) => r.sent(seq),
+                Origin::Stream { id, echo } => r.stamped(chunk, lines, id, echo),
             };
             let gated = match r.live.as_mut() {
                 Some(live) if !kept => Some(self.gate(room, live, &members, from, chunk, lines)),
@@ -724,30 +726,6 @@ impl Registry {
     }
 }
 
-/// Keeps another node's line for a room nobody here is in, for a while (see
-/// [`Inner::recent`]).
-fn remember_recent(
-    recent: &mut VecDeque<(String, HistoryEntry, Instant)>,
-    room: &str,
-    chunk: &Chunk,
-    lines: usize,
-    id: OriginId,
-) {
-    let now = Instant::now();
-    while recent
-        .front()
-        .is_some_and(|(.., at)| recent.len() >= RECENT.0 || now - *at > RECENT.1)
-    {
-        recent.pop_front();
-    }
-    let entry = HistoryEntry {
-        chunk: Chunk::clone(chunk),
-        lines,
-        id: Some(id),
-    };
-    recent.push_back((room.to_string(), entry, now));
-}
-
 /// Whether `s` reads as a client id (all digits), which a name never does.
 pub(crate) fn is_id(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
@@ -777,20 +755,21 @@ mod tests {
     use super::*;
     use crate::delivery::peer::tests::{connection, numbered_peer};
 
-    fn line(node: &str, seq: u64, text: &str) -> HistoryEntry {
+    fn line(seq: u64, text: &str) -> HistoryEntry {
         HistoryEntry {
             chunk: Chunk::from(text.as_bytes()),
             lines: 1,
-            id: Some(OriginId {
-                node: Arc::from(node),
-                seq,
-            }),
+            id: Some(LineId::new(17, seq)),
         }
     }
 
     /// Another node's line, arriving through the subscriber.
     fn arrive(registry: &Registry, room: &str, entry: &HistoryEntry) {
-        registry.deliver(room, None, false, &entry.chunk, 1, entry.id.clone());
+        let origin = Origin::Stream {
+            id: entry.id.unwrap(),
+            echo: None,
+        };
+        registry.deliver(room, None, false, &entry.chunk, 1, origin);
     }
 
     /// A client in the lobby, and the socket it reads.
@@ -808,6 +787,16 @@ mod tests {
         (peer, client)
     }
 
+    /// A registry whose rooms keep 10 lines, and its config.
+    fn keeping_ten() -> (Config, Registry) {
+        let config = Config {
+            history: 10,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::default(), Arc::default());
+        (config, registry)
+    }
+
     fn read_exactly(sock: &mut TcpStream, n: usize) -> String {
         let mut buf = vec![0; n];
         sock.read_exact(&mut buf).unwrap();
@@ -818,8 +807,10 @@ mod tests {
     /// replay that starts within a chunk starts with the id of its first line.
     #[test]
     fn lines_are_numbered_in_their_room_and_replayed_with_their_ids() {
+        // No recovery: the history keeps the 3 lines it replays.
         let config = Config {
             history: 3,
+            history_age: Duration::ZERO,
             ..Config::default()
         };
         let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
@@ -828,7 +819,7 @@ mod tests {
         let one = Chunk::relayed(b"c\n", 1);
         let more = Chunk::relayed(b"d\n", 1);
         for (chunk, n) in [(&two, 2), (&one, 1), (&more, 1)] {
-            assert!(registry.deliver(LOBBY, Some(1), false, chunk, n, None));
+            assert!(registry.deliver(LOBBY, Some(1), false, chunk, n, Origin::Here));
         }
         let first = two.placed().unwrap().first;
         assert_eq!(first.b, 1);
@@ -842,28 +833,61 @@ mod tests {
         assert_eq!(replay[2].placed().unwrap().first, first.nth(3, true));
     }
 
+    /// A room its last member left keeps its history and its numbering while it has lines,
+    /// and at most [`empty::EMPTY_ROOMS`] such rooms are kept, the longest empty going first.
+    #[test]
+    fn empty_rooms_are_kept_for_their_history_up_to_a_bound() {
+        let config = Config {
+            history: 2,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::new(Stats::default()), Arc::default());
+        let (_peer, _sock) = client(&registry, 1, &config);
+        let say = |room: &str| {
+            let chunk = Chunk::relayed(b"x\n", 1);
+            assert!(registry.deliver(room, Some(1), false, &chunk, 1, Origin::Here));
+            chunk.placed().unwrap().first
+        };
+        let mut first = Vec::new();
+        for i in 0..=empty::EMPTY_ROOMS {
+            let room = format!("r{i}");
+            registry.change_room(1, &room, None, None, |_, _| Vec::new());
+            first.push(say(&room));
+        }
+        assert_eq!(lock(&registry.inner).emptied.len(), empty::EMPTY_ROOMS);
+        assert_eq!(registry.history("r0").len(), 1);
+        registry.change_room(1, LOBBY, None, None, |_, _| Vec::new());
+        assert_eq!(lock(&registry.inner).emptied.len(), empty::EMPTY_ROOMS);
+        assert!(registry.history("r0").is_empty(), "the longest empty went");
+        assert_eq!(registry.history("r1").len(), 1);
+        // Back in r1: the same life of the room, its numbering going on.
+        registry.change_room(1, "r1", None, None, |_, _| Vec::new());
+        assert_eq!(say("r1"), first[1].nth(1, true));
+        assert_eq!(lock(&registry.inner).emptied.len(), empty::EMPTY_ROOMS - 1);
+        // A room without lines is not kept.
+        registry.change_room(1, "quiet", None, None, |_, _| Vec::new());
+        registry.change_room(1, LOBBY, None, None, |_, _| Vec::new());
+        assert!(!lock(&registry.inner).rooms.contains_key("quiet"));
+    }
+
     /// The seams of a room's history across the cluster: what Redis had, what reached this
     /// node while nobody here was in the room, and what arrives late through pub/sub. Each
     /// line reaches the joiner once, in order.
     #[test]
     fn a_seeded_room_replays_each_line_once() {
-        let config = Config {
-            history: 10,
-            ..Config::default()
-        };
-        let registry = Registry::new(&config, Arc::default(), Arc::default());
+        let (config, registry) = keeping_ten();
         let (peer, mut sock) = client(&registry, 1, &config);
         let (a, b, c, d) = (
-            line("n", 1, "a\n"),
-            line("n", 2, "b\n"),
-            line("n", 3, "c\n"),
-            line("n", 4, "d\n"),
+            line(1, "a\n"),
+            line(2, "b\n"),
+            line(3, "c\n"),
+            line(4, "d\n"),
         );
         // Another joiner's seed is being read already, so lines for the room are kept.
         let earlier = registry.seeding();
         // Before Redis was asked: too old for its answer (past --history there), so not
         // replayed after what it has.
-        arrive(&registry, "games", &line("n", 0, "z\n"));
+        arrive(&registry, "games", &line(0, "z\n"));
         arrive(&registry, "games", &a); // before Redis was asked: in its answer
         let reading = registry.seeding();
         let asked = Instant::now();
@@ -888,17 +912,13 @@ mod tests {
     /// member who was there before, since the joiner had it replayed.
     #[test]
     fn a_line_merged_from_redis_arriving_late_goes_only_to_earlier_members() {
-        let config = Config {
-            history: 10,
-            ..Config::default()
-        };
-        let registry = Registry::new(&config, Arc::default(), Arc::default());
+        let (config, registry) = keeping_ten();
         let (first, mut first_sock) = client(&registry, 1, &config);
         let (second, mut second_sock) = client(&registry, 2, &config);
         registry.change_room(1, "games", None, None, |_, _| Vec::new());
         first.start_sending();
         assert!(registry.needs_seed("games"));
-        let (a, b) = (line("n", 1, "a\n"), line("n", 2, "b\n"));
+        let (a, b) = (line(1, "a\n"), line(2, "b\n"));
         let seed = Seed {
             entries: vec![a.clone()],
             asked: Instant::now(),
@@ -911,8 +931,49 @@ mod tests {
         assert_eq!(read_exactly(&mut first_sock, 4), "a\nb\n");
         assert_eq!(read_exactly(&mut second_sock, 4), "a\nb\n");
         // Nothing more for either: the next line is the next thing each reads.
-        arrive(&registry, "games", &line("n", 3, "c\n"));
+        arrive(&registry, "games", &line(3, "c\n"));
         assert_eq!(read_exactly(&mut first_sock, 2), "c\n");
         assert_eq!(read_exactly(&mut second_sock, 2), "c\n");
+    }
+
+    /// In a cluster, a line from a client here goes at once to the members here who were
+    /// there, and, when Redis hands it back with its id, to whoever entered meanwhile; it
+    /// enters the history then, with its stream id, in the stream's order.
+    #[test]
+    fn a_line_sent_here_reaches_who_came_before_its_id_came_back_once() {
+        let (config, registry) = keeping_ten();
+        let (sender, mut sender_sock) = client(&registry, 1, &config);
+        let (early, mut early_sock) = client(&registry, 2, &config);
+        for peer in [&sender, &early] {
+            peer.start_sending();
+        }
+        let sent = Chunk::relayed(b"a\n", 1);
+        assert!(registry.deliver(LOBBY, Some(1), false, &sent, 1, Origin::Sent(7)));
+        assert!(
+            registry.history(LOBBY).is_empty(),
+            "kept before its id came"
+        );
+        let (late, mut late_sock) = client(&registry, 3, &config);
+        late.start_sending();
+        let back = line(5, "a\n");
+        let echo = Echo {
+            seq: 7,
+            from: Some(1),
+        };
+        let origin = Origin::Stream {
+            id: back.id.unwrap(),
+            echo: Some(echo),
+        };
+        registry.deliver(LOBBY, None, false, &back.chunk, 1, origin);
+        arrive(&registry, LOBBY, &line(6, "b\n"));
+        assert_eq!(read_exactly(&mut early_sock, 4), "a\nb\n");
+        assert_eq!(read_exactly(&mut late_sock, 4), "a\nb\n");
+        assert_eq!(read_exactly(&mut sender_sock, 2), "b\n");
+        let replay = registry.history(LOBBY);
+        let ids: Vec<String> = replay
+            .iter()
+            .map(|c| c.placed().unwrap().first.to_string())
+            .collect();
+        assert_eq!(ids, ["17-5", "17-6"]);
     }
 }

@@ -27,7 +27,7 @@ impl Registry {
     pub(super) fn arrival(
         &self,
         clients: &BTreeMap<PeerId, Entry>,
-        room: &Room,
+        room: &mut Room,
         joiner: &Member,
         since: Option<LineId>,
     ) -> Vec<Chunk> {
@@ -52,7 +52,10 @@ impl Registry {
 
 /// What a joiner with `since` gets of `room` in place of its replay: the lines after it (or,
 /// for an id this room never gave, the error and the ordinary replay), then `resumed`.
-fn recover(room: &Room, since: LineId, notices: &Notices) -> Vec<Chunk> {
+fn recover(room: &mut Room, since: LineId, notices: &Notices) -> Vec<Chunk> {
+    if room.in_stream() {
+        return recover_in_stream(room, since);
+    }
     let (life, given) = (room.life, room.numbered);
     // An id of an earlier life of the room (before it emptied, or the daemon restarted):
     // what came after it then is gone, how much is not known.
@@ -75,6 +78,21 @@ fn recover(room: &Room, since: LineId, notices: &Notices) -> Vec<Chunk> {
     let next = first.map_or(given + 1, |f| f.b);
     let missed = next - since.b - 1;
     lines.push(resumed(&room.name, missed == 0, Some(missed)));
+    lines
+}
+
+/// [`recover`] in a cluster, where ids are the room's Redis stream's, the same on every
+/// node, and not dense: every line kept after `since`; recovered if nothing after `since`
+/// can have gone (it is not older than the newest line forgotten here, nor than the oldest
+/// line read from Redis, which may have trimmed older ones), else not, how many missed
+/// unknown. A `since` newer than every line: recovered, nothing missed.
+fn recover_in_stream(room: &Room, since: LineId) -> Vec<Chunk> {
+    let (mut lines, _) = room.history.since(since);
+    let recovered = [room.history.forgotten(), room.seed_floor()]
+        .into_iter()
+        .flatten()
+        .all(|gone_before| since >= gone_before);
+    lines.push(resumed(&room.name, recovered, recovered.then_some(0)));
     lines
 }
 

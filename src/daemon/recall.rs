@@ -1,0 +1,61 @@
+//! Recall: a line taken back, by a room's moderator (`/recall ID`), the operator (`recall
+//! ROOM ID`) or the HTTP API (`POST /api/recall`), all through [`Daemon::recall`]. The line
+//! leaves the room's history, so nobody is replayed it again, and the room's JSON clients are
+//! told (`{"type":"recall"}`) so that a page can take it off the screen; a TCP client's
+//! screen is its terminal's, which relayd cannot take anything back from, so it is told
+//! nothing.
+
+use std::fmt;
+
+use log::info;
+
+use crate::config::valid_room;
+use crate::delivery::line_id::LineId;
+use crate::delivery::registry::Recalled;
+
+use super::Daemon;
+
+/// Why a line was not recalled.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RecallError {
+    BadRoom,
+    /// Not an id relayd writes.
+    BadId(String),
+    /// An id the room never gave (or a room that is gone).
+    NoSuchLine(String, String),
+}
+
+impl fmt::Display for RecallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecallError::BadRoom => f.write_str("a room is 1-32 letters, digits, _ - ."),
+            RecallError::BadId(id) => write!(f, "{id}: not a line id"),
+            RecallError::NoSuchLine(room, id) => write!(f, "{room} has no line {id}"),
+        }
+    }
+}
+
+impl Daemon {
+    /// Takes line `id` of `room` back, for `by` (`operator`, `api`, or a moderator's name).
+    /// `Ok(false)`: the room gave it, but it was no longer in its history (its JSON clients
+    /// are told all the same: a page may still show it).
+    pub(crate) fn recall(&self, room: &str, id: &str, by: &str) -> Result<bool, RecallError> {
+        if !valid_room(room) {
+            return Err(RecallError::BadRoom);
+        }
+        let line = LineId::parse(id).ok_or_else(|| RecallError::BadId(id.into()))?;
+        let found = self
+            .registry
+            .recall(room, line)
+            .ok_or_else(|| RecallError::NoSuchLine(room.into(), id.into()))?;
+        let kept = found == Recalled::Removed;
+        info!(
+            "{by}: recalled line {id} in {room}{}",
+            match kept {
+                true => "",
+                false => " (no longer in its history)",
+            }
+        );
+        Ok(kept)
+    }
+}
