@@ -73,7 +73,8 @@ impl Transport {
 
 /// What a browser's upgrade URL asks for: `?token=` (its `/auth TOKEN`), `?room=R` (enter R
 /// at once) and, for a JSON client, `?since=ID` (recovering R's lines after ID).
-#[derive(Debug, Default)]
+// No `Debug`: it holds a token, which is never logged.
+#[derive(Default)]
 pub(crate) struct Upgrade {
     pub(crate) token: Option<String>,
     pub(crate) room: Option<String>,

@@ -388,4 +388,17 @@ mod tests {
         let frames = Chunk::frames(b"\x89\x00");
         assert_eq!(frames.wire(Format::WebSocket), b"\x89\x00");
     }
+
+    /// TCP and plain WebSocket recipients never make a chunk build its JSON events; the
+    /// first JSON recipient does, once, for all.
+    #[test]
+    fn the_json_form_is_built_only_for_json_recipients_and_shared() {
+        let chunk = Chunk::relayed(b"relayd: x\n", 1);
+        chunk.wire(Format::Text);
+        chunk.wire(Format::WebSocket);
+        assert!(chunk.0.json.get().is_none());
+        let first = chunk.wire(Format::Json);
+        assert!(std::ptr::eq(first, chunk.clone().wire(Format::Json)));
+        assert!(first.ends_with(br#""text":"relayd: x"}"#), "{first:?}");
+    }
 }

@@ -375,6 +375,47 @@ fn a_reconnect_with_room_and_since_on_the_url_recovers() {
     j.expect(json!({"type": "resumed", "room": "games", "recovered": true, "missed": 0}));
 }
 
+/// Proves: `?since=` without `?room=` recovers the lobby's lines, in chat mode and in raw
+/// mode, where the lobby is the only room.
+#[test]
+fn since_on_the_url_alone_recovers_the_lobby() {
+    for chat_mode in [true, false] {
+        let r = match chat_mode {
+            true => chat(&["--history", "10"]),
+            false => Browsers::spawn(&["--history", "10"]),
+        };
+        let mut nc = r.tcp();
+        let mut j = json(&r, "");
+        if chat_mode {
+            nc.line();
+            j.welcomed();
+            nc.line();
+        } else {
+            j.event(); // presence
+        }
+        nc.send(b"one\n");
+        let last = j.until(|e| e["type"] == "line").pop().unwrap()["id"].clone();
+        j.close();
+        r.wait_clients(1);
+        nc.send(b"two\n");
+        eventually("two in the history", || {
+            r.admin("history lobby").contains("two")
+        });
+        let mut j = json(&r, &format!("since={}", last.as_str().unwrap()));
+        let mut events = j.until(|e| e["type"] == "resumed");
+        assert_eq!(
+            events.pop().unwrap(),
+            json!({"type": "resumed", "room": "lobby", "recovered": true, "missed": 0})
+        );
+        let line = events.pop().unwrap();
+        assert_eq!(
+            (&line["type"], &line["text"]),
+            (&json!("line"), &json!("two"))
+        );
+        assert!(events.iter().all(|e| e["type"] != "line"), "{events:?}");
+    }
+}
+
 /// Proves: lines after `since` no longer kept (`--history 3`, 5 sent meanwhile): the client
 /// gets the 3 kept and `resumed` says not recovered, 2 missed; a `since` that is the room's
 /// newest line: nothing, recovered, 0 missed.
@@ -549,4 +590,31 @@ fn a_live_room_s_busy_sign_is_a_live_notice() {
     );
     done.store(true, Ordering::Relaxed);
     sender.join().unwrap();
+}
+
+/// Proves: members' `user` and `role` as presence and notices give them: a token's `mod`, a
+/// signed-in `user` (by `?token=`, and by the `auth` message), a guest.
+#[test]
+fn presence_tells_moderators_users_and_guests_apart() {
+    use crate::common::tokens::{SECRET, key_file, mint, now, token};
+    let keys = key_file("json-key", &format!("{SECRET}\n"));
+    let r = chat(&["--token-key", keys.to_str().unwrap()]);
+    let claims = json!({"sub": "u-ann", "name": "ann", "role": "mod", "exp": now() + 3600});
+    let mut ann = json(&r, &format!("token={}", mint(&claims, SECRET, None)));
+    ann.welcomed();
+    let mut g = json(&r, "");
+    g.welcomed();
+    ann.event(); // guest2 joined
+    g.send(json!({"type": "auth", "token": token("u-bob", "bob")}));
+    ann.expect(json!({"type": "notice", "kind": "nick", "room": "lobby",
+                      "text": "* guest2 is now bob",
+                      "member": {"name": "bob", "user": "u-bob", "role": "user"},
+                      "old": "guest2"}));
+    let mut third = json(&r, "");
+    third.event(); // welcome
+    third.expect(json!({"type": "presence", "room": "lobby", "members": [
+        {"name": "ann", "user": "u-ann", "role": "mod"},
+        {"name": "bob", "user": "u-bob", "role": "user"},
+        guest("guest3"),
+    ]}));
 }
