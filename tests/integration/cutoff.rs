@@ -641,7 +641,12 @@ fn a_websocket_client_reading_through_a_backlog_is_not_closed_for_its_late_pong(
         "--stall-timeout",
         "60000",
     ]);
-    let mut ws = crate::common::ws::ws_connect(d.ws_addr(), None);
+    // A small receive buffer, as a slow link gives: what the browser has not read waits on
+    // relayd's side (in its queue and the kernel's send buffer), where relayd can see it move.
+    // (Bytes a client's kernel took and its program has not read are out of relayd's sight.)
+    let addr = d.ws_addr();
+    let sock = connect_small_rcvbuf(addr, 16 * 1024);
+    let mut ws = crate::common::ws::ws_handshake(sock, addr, &[]).unwrap();
     let mut sender = d.connect();
     // 3 MiB of 1 KiB lines, read at about 512 KiB/s: some 6 s behind, where the ping, sent
     // after 1 s of silence from the browser, is answered at the earliest once what was queued
