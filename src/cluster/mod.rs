@@ -356,6 +356,12 @@ impl Cluster {
     }
 
     /// Tells the other nodes that the operator made `room` live or lossless.
+    pub(crate) fn publish_recall(&self, room: &str, id: &str) {
+        let m = wire::recall(&self.shared.node, room, id);
+        self.shared.push(m, 0, None);
+    }
+
+    /// Tells the other nodes the operator made `room` live or lossless.
     pub(crate) fn publish_live(&self, room: &str, live: bool) {
         let m = wire::live(&self.shared.node, room, live);
         self.shared.push(m, 0, None);
@@ -490,6 +496,37 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The lines of `room` recalled while Redis kept its history, so that a node reading
+    /// that history leaves them out; none if Redis cannot say. At most [`QUERY_TIMEOUT`].
+    pub(crate) fn recalled(&self, room: &str) -> Vec<LineId> {
+        if !self.is_up() {
+            return Vec::new();
+        }
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(self.shared.recalled_key(room));
+        let ids: Vec<String> = self.shared.query(&cmd).unwrap_or_default();
+        ids.iter().filter_map(|id| LineId::parse(id)).collect()
+    }
+
+    /// Remembers in Redis that line `id` of `room` was recalled, for as long as the room's
+    /// stream may hold it ([`Cluster::recalled`]). At most [`QUERY_TIMEOUT`]; `false` if
+    /// Redis did not take it.
+    pub(crate) fn remember_recall(&self, room: &str, id: &str) -> bool {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REMEMBER_RECALL)
+            .arg(1)
+            .arg(self.shared.recalled_key(room))
+            .arg(id)
+            .arg(HISTORY_IDLE.as_secs());
+        self.shared.query::<i64>(&cmd).is_some()
+    }
+}
+
+/// Adds a recalled id to the room's set and gives the set the stream's idle expiry.
+const REMEMBER_RECALL: &str = "redis.call('SADD', KEYS[1], ARGV[1]) \
+    return redis.call('EXPIRE', KEYS[1], ARGV[2])";
+
 /// A sender as the chunks of its lines hold it.
 pub(crate) fn sender_of(author: wire::Author<'_>) -> Arc<Sender> {
     Arc::new(Sender {
@@ -561,6 +598,10 @@ impl Shared {
 
     fn history_key(&self, room: &str) -> String {
         format!("{}:history:{room}", self.name)
+    }
+
+    fn recalled_key(&self, room: &str) -> String {
+        format!("{}:recalled:{room}", self.name)
     }
 
     /// [`CLAIM`] of `name` for client `id`, freeing `old`.

@@ -49,6 +49,8 @@ pub(crate) enum Event<'a> {
     Moderation { set: bool, entry: &'a [u8] },
     /// `V`: the operator made a room live or lossless (`live ROOM on|off`).
     Live { room: &'a str, live: bool },
+    /// `R`: a line of a room recalled (its stream id, as text).
+    Recall { room: &'a str, id: &'a str },
 }
 
 /// Where Redis's stream put a [`Event::Lines`] message, and who sent it.
@@ -232,6 +234,15 @@ pub(crate) fn live(node: &str, room: &str, live: bool) -> Vec<u8> {
     m
 }
 
+/// `R`: line `id` (a stream id as text) of `room` recalled: the room, a NUL, the id.
+pub(crate) fn recall(node: &str, room: &str, id: &str) -> Vec<u8> {
+    let mut m = start(node, b'R', room.len() + 1 + id.len());
+    m.extend_from_slice(room.as_bytes());
+    m.push(0);
+    m.extend_from_slice(id.as_bytes());
+    m
+}
+
 /// A message's start: `node` and the kind, with room for `capacity` bytes more.
 fn start(node: &str, kind: u8, capacity: usize) -> Vec<u8> {
     let mut m = Vec::with_capacity(node.len() + 2 + capacity);
@@ -315,6 +326,13 @@ pub(crate) fn decode(message: &[u8]) -> Option<(&str, Event<'_>)> {
             let room = std::str::from_utf8(room).ok()?;
             Event::Live { room, live }
         }
+        b'R' => {
+            let (room, id) = split_nul(rest)?;
+            Event::Recall {
+                room: std::str::from_utf8(room).ok()?,
+                id: std::str::from_utf8(id).ok()?,
+            }
+        }
         _ => return None,
     };
     Some((node, event))
@@ -345,9 +363,10 @@ pub(crate) fn check(node: &str, event: &Event<'_>) -> Result<(), &'static str> {
         return Err("invalid node id");
     }
     match event {
-        Event::Lines { room, .. } | Event::Notice { room, .. } | Event::Live { room, .. } => {
-            check_room(room)
-        }
+        Event::Lines { room, .. }
+        | Event::Notice { room, .. }
+        | Event::Live { room, .. }
+        | Event::Recall { room, .. } => check_room(room),
         Event::Enter(client) => check_present(node, client),
         Event::Snapshot { clients, .. } => clients.iter().try_for_each(|p| check_present(node, p)),
         Event::Direct { to, .. } if !is_token(to, MAX_NODE_ID) => Err("invalid node id"),
@@ -583,6 +602,18 @@ mod tests {
             }
         );
         assert!(decode(b"node-1\0Tnode-2\0\0\0\0\0\0\0\0\x09xspam").is_none());
+    }
+
+    #[test]
+    fn recall_round_trip() {
+        assert_eq!(
+            read(&recall("node-1", "show.1", "1765100000000-3.1")),
+            Event::Recall {
+                room: "show.1",
+                id: "1765100000000-3.1"
+            }
+        );
+        assert!(decode(b"node-1\0Rshow.1").is_none());
     }
 
     #[test]

@@ -338,8 +338,10 @@ impl Daemon {
         let reading = self.registry.seeding();
         let asked = Instant::now();
         let entries = cluster.history(room)?;
+        let recalled = cluster.recalled(room);
         Some(Seed {
             entries,
+            recalled,
             asked,
             _reading: reading,
         })

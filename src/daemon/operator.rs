@@ -318,11 +318,16 @@ impl Daemon {
     /// where not known) and without its line end: as Redis keeps them in a cluster (as this
     /// node does if Redis cannot say), else as this node does (see `delivery/history.rs`).
     pub(crate) fn history(&self, room: &str) -> Vec<(Option<LineId>, String)> {
+        let mut recalled = Vec::new();
         let (chunks, cap) = match self.cluster.as_ref().and_then(|c| c.history(room)) {
-            Some(entries) => (
-                entries.into_iter().map(|e| e.chunk).collect(),
-                self.config.history,
-            ),
+            Some(entries) => {
+                recalled = self
+                    .cluster
+                    .as_ref()
+                    .map_or(Vec::new(), |c| c.recalled(room));
+                // Every line the stream keeps, as a room here shows every line it keeps.
+                (entries.into_iter().map(|e| e.chunk).collect(), usize::MAX)
+            }
             None => (self.registry.history(room), usize::MAX),
         };
         let mut lines: Vec<(Option<LineId>, String)> = chunks
@@ -335,6 +340,7 @@ impl Daemon {
                     .map(move |(k, line)| (placed.map(|p| p.first.nth(k, p.numbered)), clean(line)))
             })
             .collect();
+        lines.retain(|(id, _)| id.is_none_or(|id| !recalled.contains(&id)));
         let excess = lines.len().saturating_sub(cap);
         lines.drain(..excess);
         lines

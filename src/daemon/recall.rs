@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use log::info;
+use log::{info, warn};
 
 use crate::config::valid_room;
 use crate::delivery::line_id::LineId;
@@ -44,10 +44,21 @@ impl Daemon {
             return Err(RecallError::BadRoom);
         }
         let line = LineId::parse(id).ok_or_else(|| RecallError::BadId(id.into()))?;
-        let found = self
-            .registry
-            .recall(room, line)
-            .ok_or_else(|| RecallError::NoSuchLine(room.into(), id.into()))?;
+        let found = self.registry.recall(room, line);
+        // In a cluster the line may be another node's to show and Redis's to keep even
+        // where this node has nobody in the room: the others and Redis are told all the
+        // same (an id the room never gave then finds nothing anywhere).
+        let found = match (&self.cluster, found) {
+            (None, None) => return Err(RecallError::NoSuchLine(room.into(), id.into())),
+            (None, Some(found)) => found,
+            (Some(cluster), found) => {
+                cluster.publish_recall(room, id);
+                if !cluster.remember_recall(room, id) {
+                    warn!("recall of line {id} in {room}: not kept in Redis (unreachable)");
+                }
+                found.unwrap_or(Recalled::NotKept)
+            }
+        };
         let kept = found == Recalled::Removed;
         info!(
             "{by}: recalled line {id} in {room}{}",
@@ -57,5 +68,17 @@ impl Daemon {
             }
         );
         Ok(kept)
+    }
+
+    /// Line `id` of `room` recalled on node `node`: out of this node's history, and its JSON
+    /// clients in the room told.
+    pub(super) fn recalled_elsewhere(&self, node: &str, room: &str, id: &str) {
+        let Some(line) = LineId::parse(id) else {
+            warn!("cluster: node {node} recalled {id:?} in {room}: not a line id");
+            return;
+        };
+        if self.registry.recalled_elsewhere(room, line).is_some() {
+            info!("node {node}: recalled line {id} in {room}");
+        }
     }
 }

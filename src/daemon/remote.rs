@@ -113,6 +113,7 @@ impl Daemon {
             Event::Live { room, live } => {
                 self.set_live_here(room, live);
             }
+            Event::Recall { room, id } => self.recalled_elsewhere(node, room, id),
         }
     }
 

@@ -276,3 +276,46 @@ fn latency_of_a_json_member_in_a_cluster() {
         );
     }
 }
+
+/// Proves (issue 22, recall in a cluster): the operator of node a recalls a line: a JSON
+/// client on node b is told (`recall`, the line's stream id), node b's and Redis's history
+/// no longer hold it, and a JSON client entering the room on a node started afterwards (so
+/// its history comes from Redis) is not replayed it.
+#[test]
+fn a_recall_on_one_node_reaches_the_others_and_redis() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, &["a", "b"]);
+    let mut on_a = json_in(&nodes[0], "games", None);
+    let mut on_b = json_in(&nodes[1], "games", None);
+    let mut alice = tcp_in(&nodes[0], "alice", "games");
+    alice.send(b"keep one\nrecall me\nkeep two\n");
+    // Node a's history has the lines once its JSON client has them (both in the stream's
+    // order, after Redis gave them their ids).
+    lines_until(&mut on_a, "keep two");
+    let (lines, _) = lines_until(&mut on_b, "keep two");
+    let id = lines
+        .iter()
+        .find(|(t, _)| t == "recall me")
+        .map(|(_, id)| id.clone())
+        .unwrap();
+    assert_eq!(
+        nodes[0].node.admin(&format!("recall games {id}")),
+        "ok\n",
+        "recall on node a"
+    );
+    on_a.expect(json!({"type": "recall", "room": "games", "id": id}));
+    on_b.expect(json!({"type": "recall", "room": "games", "id": id}));
+    for n in &nodes {
+        let history = n.node.admin("history games");
+        assert!(!history.contains("recall me"), "{history}");
+        assert!(history.contains("keep two"), "{history}");
+    }
+    // A node started now reads the room's history from Redis as its first client enters.
+    let c = cluster(&redis, &["c"]).pop().unwrap();
+    let mut on_c = Json::connect(c.ws, "");
+    on_c.welcomed();
+    on_c.send(json!({"type": "join", "room": "games", "since": lines[0].1}));
+    let (replayed, _) = lines_until(&mut on_c, "keep two");
+    let texts: Vec<&str> = replayed.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(texts, ["keep two"], "after {}", lines[0].1);
+}

@@ -153,6 +153,8 @@ struct Member {
 /// A room's history as Redis kept it, oldest first, and when Redis was asked for it.
 pub(crate) struct Seed {
     pub(crate) entries: Vec<HistoryEntry>,
+    /// Lines of it recalled meanwhile, to leave out.
+    pub(crate) recalled: Vec<LineId>,
     pub(crate) asked: Instant,
     /// Taken before `asked`; held for its `Drop`.
     pub(crate) _reading: Seeding,
@@ -340,7 +342,10 @@ impl Registry {
         // What has aged out goes before anything is replayed or recovered.
         room.history.expire();
         if let Some(Seed {
-            mut entries, asked, ..
+            mut entries,
+            asked,
+            recalled,
+            ..
         }) = seed.filter(|_| !room.seeded)
         {
             room.seeded = true;
@@ -353,6 +358,9 @@ impl Registry {
                 entries.push(entry.clone());
             }
             room.seed(entries);
+            for id in recalled {
+                room.history.recall(id);
+            }
         }
         let online = {
             let before = Members {
@@ -895,6 +903,7 @@ mod tests {
         arrive(&registry, "games", &b); // in Redis's answer too, and arrived after the ask
         arrive(&registry, "games", &c); // after Redis answered, before the joiner entered
         let seed = Seed {
+            recalled: Vec::new(),
             entries: vec![a.clone(), b.clone()],
             asked,
             _reading: reading,
@@ -920,6 +929,7 @@ mod tests {
         assert!(registry.needs_seed("games"));
         let (a, b) = (line(1, "a\n"), line(2, "b\n"));
         let seed = Seed {
+            recalled: Vec::new(),
             entries: vec![a.clone()],
             asked: Instant::now(),
             _reading: registry.seeding(),

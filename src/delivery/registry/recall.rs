@@ -35,9 +35,22 @@ impl Registry {
     /// was still kept or not (a page may still show it). `None` if the room here never gave
     /// that id.
     pub(crate) fn recall(&self, room: &str, id: LineId) -> Option<Recalled> {
+        self.take_back(room, id, false)
+    }
+
+    /// [`Registry::recall`] of a line another node recalled: whatever this node saw of the
+    /// room, its history loses the line and its JSON clients are told.
+    pub(crate) fn recalled_elsewhere(&self, room: &str, id: LineId) -> Option<Recalled> {
+        self.take_back(room, id, true)
+    }
+
+    fn take_back(&self, room: &str, id: LineId, elsewhere: bool) -> Option<Recalled> {
         let (found, told) = {
             let mut inner = lock(&self.inner);
-            let r = inner.rooms.get_mut(room).filter(|r| r.gave(id))?;
+            let r = inner
+                .rooms
+                .get_mut(room)
+                .filter(|r| elsewhere || r.gave(id))?;
             let found = match r.history.recall(id) {
                 true => Recalled::Removed,
                 false => Recalled::NotKept,
@@ -65,8 +78,13 @@ impl Registry {
 }
 
 impl Room {
-    /// Whether this room, in this life, gave line `id`.
+    /// Whether this room, in this life, gave line `id`: one this node numbered, or in a
+    /// cluster one of the room's stream up to the newest this node has seen.
     fn gave(&self, id: LineId) -> bool {
+        // By entry: the newest id here is its entry's (its first line's).
+        if let Some(last) = self.order.newest() {
+            return (id.a, id.b) <= (last.a, last.b);
+        }
         id.a == self.life && id.c == 0 && (1..=self.numbered).contains(&id.b)
     }
 }

@@ -67,6 +67,13 @@ pub(super) struct Order {
     sent: VecDeque<(u64, Arc<Vec<Member>>)>,
 }
 
+impl Order {
+    /// The newest stream id in the room's history here, if it has any (in a cluster).
+    pub(super) fn newest(&self) -> Option<LineId> {
+        self.last
+    }
+}
+
 impl Member {
     /// Whether it takes a room's lines in the stream's order only, with their ids: a JSON
     /// client (`relayd.v1.json`).
