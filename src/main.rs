@@ -43,6 +43,9 @@ fn main() -> ExitCode {
     env_logger::Builder::new()
         .filter_level(args.log_level())
         .parse_default_env()
+        // tungstenite traces every message it reads, a JSON client's `auth` token with it:
+        // never below info, whatever RUST_LOG says (secrets never reach a log line).
+        .filter_module("tungstenite", log::LevelFilter::Info)
         .format_timestamp_millis()
         .init();
     match serve(&args, explicit_bind) {

@@ -253,8 +253,12 @@ impl Daemon {
     /// Starts `cmd` (relayd, or a program that runs it) with its log captured, without
     /// waiting for anything.
     pub fn start(mut cmd: Command) -> Daemon {
+        // The test's own RUST_LOG is not the daemon's; one the test gives it (`spawn_env`)
+        // is.
+        if !cmd.get_envs().any(|(k, v)| k == "RUST_LOG" && v.is_some()) {
+            cmd.env_remove("RUST_LOG");
+        }
         let mut child = cmd
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -618,3 +618,43 @@ fn presence_tells_moderators_users_and_guests_apart() {
         guest("guest3"),
     ]}));
 }
+
+/// Proves: a token sent in the `auth` message never reaches the log, even with
+/// `RUST_LOG=trace` (tungstenite traces every message it reads: relayd holds it at info) or
+/// `-vv`.
+#[test]
+fn an_auth_message_s_token_never_reaches_the_log() {
+    use crate::common::tokens::{SECRET, key_file, token};
+    let keys = key_file("json-trace-key", &format!("{SECRET}\n"));
+    let admin = crate::common::temp_path("json-trace-admin");
+    let d = crate::common::Daemon::spawn_env(
+        &[
+            "--chat",
+            "--ws-bind",
+            "127.0.0.1:0",
+            "--admin",
+            admin.to_str().unwrap(),
+            "--token-key",
+            keys.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    let mut j = Json::connect(d.ws_addr(), "");
+    j.welcomed();
+    let t = token("u-tracy", "tracy");
+    j.send(json!({"type": "auth", "token": t}));
+    j.until(|e| e["text"] == "* you are now tracy");
+    j.send(json!({"type": "send", "text": "after auth"}));
+    j.close();
+    drop(j);
+    let log = d.log_until("disconnected");
+    let signature = t.rsplit('.').next().unwrap();
+    assert!(
+        log.iter().any(|l| l.contains("signed in as tracy")),
+        "{log:?}"
+    );
+    for line in &log {
+        assert!(!line.contains(signature), "the token in the log: {line}");
+        assert!(!line.contains(SECRET), "the key in the log: {line}");
+    }
+}
