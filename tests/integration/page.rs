@@ -101,6 +101,34 @@ fn entered(page: &mut Page, room: &str, me: &str) -> Value {
     })
 }
 
+/// Lines [`stream`] sends.
+const STREAMED: usize = 500;
+
+/// Sends `line-0000` … `line-0499` from `sender`, 100 a second, on a thread of its own.
+fn stream(mut sender: Client) -> thread::JoinHandle<Client> {
+    thread::spawn(move || {
+        for i in 0..STREAMED {
+            sender.send(format!("line-{i:04}\n").as_bytes());
+            // Pacing, not synchronisation: lines keep coming while the page is away.
+            thread::sleep(Duration::from_millis(10));
+        }
+        sender
+    })
+}
+
+/// Asserts that the page holds every line [`stream`] sent by `sender`, once each, in order,
+/// each with its own id.
+fn holds_every_streamed_line_once(view: &Value) {
+    let want: Vec<String> = (0..STREAMED)
+        .map(|i| format!("<sender> line-{i:04}"))
+        .collect();
+    assert_eq!(lines(view), want);
+    let mut unique = ids(view);
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), STREAMED, "ids are not one per line");
+}
+
 /// Proves point 3's recovery in the page: a TCP sender sends 100 lines/s into the room; the
 /// page's connection is cut by the operator's `kick` of it after its first 100 lines; the
 /// page says it was kicked and why (the `moderation` notice before the close) and that it
@@ -109,18 +137,12 @@ fn entered(page: &mut Page, room: &str, me: &str) -> Value {
 #[test]
 fn a_kicked_page_reconnects_and_holds_every_line_once_in_order() {
     let (d, admin) = daemon(&[]);
-    let mut sender = tcp_in(&d, "sender", "stream");
+    let sender = tcp_in(&d, "sender", "stream");
     let mut page = Page::open(&format!("http://{}/?room=stream&name=viewer", d.ws_addr()));
     entered(&mut page, "stream", "viewer");
 
-    let total = 500;
-    let sending = thread::spawn(move || {
-        for i in 0..total {
-            sender.send(format!("line-{i:04}\n").as_bytes());
-            thread::sleep(Duration::from_millis(10));
-        }
-        sender
-    });
+    let total = STREAMED;
+    let sending = stream(sender);
     page.wait("the first 100 lines", |v| lines(v).len() >= 100);
     assert_eq!(admin_command(&admin, "kick viewer cut by the test"), "ok\n");
     let kicked = page.wait("the kick, and why", |v| {
@@ -146,14 +168,7 @@ fn a_kicked_page_reconnects_and_holds_every_line_once_in_order() {
     let view = page.wait("every line, after the reconnect", |v| {
         !v["resumed"].is_null() && lines(v).last() == Some(&last)
     });
-    let want: Vec<String> = (0..total)
-        .map(|i| format!("<sender> line-{i:04}"))
-        .collect();
-    assert_eq!(lines(&view), want);
-    let mut unique = ids(&view);
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), total, "ids are not one per line");
+    holds_every_streamed_line_once(&view);
     assert_eq!(
         view["resumed"],
         json!({"recovered": true, "missed": 0, "text": "reconnected: nothing missed"})
@@ -430,18 +445,12 @@ fn a_page_cut_off_node_a_recovers_on_node_b() {
     a.wait_linked();
     b.wait_linked();
     let link = Link::to(a.daemon.ws_addr());
-    let mut sender = tcp_in(&a.daemon, "sender", "stream");
+    let sender = tcp_in(&a.daemon, "sender", "stream");
     let mut page = Page::open(&format!("http://{}/?room=stream&name=viewer", link.addr));
     entered(&mut page, "stream", "viewer");
 
-    let total = 500;
-    let sending = thread::spawn(move || {
-        for i in 0..total {
-            sender.send(format!("line-{i:04}\n").as_bytes());
-            thread::sleep(Duration::from_millis(10));
-        }
-        sender
-    });
+    let total = STREAMED;
+    let sending = stream(sender);
     page.wait("the first 100 lines", |v| lines(v).len() >= 100);
     link.retarget(b.daemon.ws_addr());
     link.cut();
@@ -452,14 +461,7 @@ fn a_page_cut_off_node_a_recovers_on_node_b() {
     let view = page.wait("every line, after the reconnect to node b", |v| {
         v["up"] == true && !v["resumed"].is_null() && lines(v).last() == Some(&last)
     });
-    let want: Vec<String> = (0..total)
-        .map(|i| format!("<sender> line-{i:04}"))
-        .collect();
-    assert_eq!(lines(&view), want);
-    let mut unique = ids(&view);
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), total, "ids are not one per line");
+    holds_every_streamed_line_once(&view);
     assert_eq!(
         view["resumed"],
         json!({"recovered": true, "missed": 0, "text": "reconnected: nothing missed"})
