@@ -180,6 +180,18 @@ fn a_kicked_page_reconnects_and_holds_every_line_once_in_order() {
     assert!(view["up"].as_bool().unwrap(), "{view:#}");
 }
 
+/// A daemon keeping 1,000 lines a room, TCP clients `sender` and `observer` in `stream`, and
+/// the page in it as `viewer` through a link the test can cut.
+fn behind_a_link() -> (Daemon, Link, Client, Client, Page) {
+    let (d, _admin) = daemon(&["--history", "1000"]);
+    let link = Link::to(d.ws_addr());
+    let sender = tcp_in(&d, "sender", "stream");
+    let observer = tcp_in(&d, "observer", "stream");
+    let mut page = Page::open(&format!("http://{}/?room=stream&name=viewer", link.addr));
+    entered(&mut page, "stream", "viewer");
+    (d, link, sender, observer, page)
+}
+
 /// Proves the same beyond what the room keeps: the network between the page and relayd is
 /// cut (a TCP link the test cuts, not relayd's doing) while 1,100 lines are sent, more than
 /// the 1,000 a room keeps with `--history 1000`; once the link is back, the page
@@ -187,12 +199,7 @@ fn a_kicked_page_reconnects_and_holds_every_line_once_in_order() {
 /// each once, up to the last.
 #[test]
 fn a_page_cut_off_longer_than_the_history_says_how_many_lines_it_missed() {
-    let (d, _admin) = daemon(&["--history", "1000"]);
-    let link = Link::to(d.ws_addr());
-    let mut sender = tcp_in(&d, "sender", "stream");
-    let mut observer = tcp_in(&d, "observer", "stream");
-    let mut page = Page::open(&format!("http://{}/?room=stream&name=viewer", link.addr));
-    entered(&mut page, "stream", "viewer");
+    let (_d, link, mut sender, mut observer, mut page) = behind_a_link();
     for i in 0..20 {
         sender.send(format!("before-{i:02}\n").as_bytes());
     }
@@ -241,12 +248,7 @@ fn a_page_cut_off_longer_than_the_history_says_how_many_lines_it_missed() {
 /// takes it for the one it shows (giving it its id), not a new one.
 #[test]
 fn a_recovery_does_not_show_the_page_its_own_line_twice() {
-    let (d, _admin) = daemon(&["--history", "1000"]);
-    let link = Link::to(d.ws_addr());
-    let mut sender = tcp_in(&d, "sender", "stream");
-    let mut observer = tcp_in(&d, "observer", "stream");
-    let mut page = Page::open(&format!("http://{}/?room=stream&name=viewer", link.addr));
-    entered(&mut page, "stream", "viewer");
+    let (_d, link, mut sender, mut observer, mut page) = behind_a_link();
     sender.send(b"hello\n");
     page.wait("sender's line", |v| lines(v) == ["<sender> hello"]);
     page.type_line("mine");
