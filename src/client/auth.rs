@@ -93,7 +93,7 @@ impl Client {
         let peer = Arc::clone(self.peer());
         self.identify(&identity)?;
         let signed_in = SignedIn::new(&identity);
-        let lobby = self.daemon.enter(&peer, self.lobby_since.take());
+        let lobby = self.daemon.enter(&peer, self.lobby_since.take(), None);
         self.phase = joined_as(
             &self.daemon,
             &peer,

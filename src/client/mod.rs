@@ -535,7 +535,7 @@ impl Client {
             self.phase = Phase::AwaitingToken { deadline };
             return self.await_token();
         }
-        let lobby = self.daemon.enter(&peer, self.lobby_since.take());
+        let lobby = self.daemon.enter(&peer, self.lobby_since.take(), None);
         // Logged once it is in, so that a log reader can count on it.
         info!("client {}: authenticated", peer.id());
         let name = self.daemon.guest_name(peer.id());

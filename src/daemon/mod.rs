@@ -24,6 +24,7 @@ mod recall;
 mod remote;
 mod rooms;
 mod slot;
+mod turns;
 mod users;
 
 use std::collections::{HashMap, HashSet};
@@ -59,6 +60,7 @@ pub(crate) use moderation::ModerationError;
 pub(crate) use operator::{Found, NoSuchClient};
 pub(crate) use recall::RecallError;
 pub(crate) use slot::Slot;
+use turns::{Turn, Turns};
 
 pub(crate) struct Daemon {
     config: Config,
@@ -108,6 +110,9 @@ pub(crate) struct Daemon {
     /// room each client's thread is to take on at its next read, as `renames`.
     moves: Mutex<HashMap<PeerId, String>>,
     moves_pending: AtomicUsize,
+    /// Clients admitted whose own threads enter the lobby, so that they enter in the order
+    /// they were admitted.
+    turns: Arc<Turns>,
 }
 
 /// Why a connection is not admitted.
@@ -198,6 +203,7 @@ impl Daemon {
                 room_rules,
                 moves: Mutex::new(HashMap::new()),
                 moves_pending: AtomicUsize::new(0),
+                turns: Arc::default(),
             }
         });
         match failed {
@@ -229,8 +235,9 @@ impl Daemon {
     /// are registered in the order they connected; unless the lobby's history is first to be
     /// read from Redis, which may take up to the cluster's query timeout: the client's own
     /// thread enters it then (see [`Slot::take_lobby`]), so that this, on the accept loop,
-    /// never waits for Redis; or a JSON client's upgrade URL asked to recover the lobby's
-    /// lines (`recovers`): its thread enters with its `since`.
+    /// never waits for Redis, and so do those admitted after it until it has (`turns.rs`),
+    /// which keeps the order; or a JSON client's upgrade URL asked to recover the lobby's
+    /// lines (`recovers`): its thread enters with its `since`, in turn too.
     pub(crate) fn admit(
         self: &Arc<Self>,
         sock: Arc<TcpStream>,
@@ -266,8 +273,12 @@ impl Daemon {
         let mut slot = Slot::new(Arc::clone(self), peer, addr);
         let secret = settings.secret.is_some();
         drop(settings);
-        if !secret && !self.awaits_token(token) && !self.reads_redis(LOBBY) && !recovers {
-            slot.enter_lobby();
+        if !secret && !self.awaits_token(token) {
+            if self.reads_redis(LOBBY) || recovers || self.turns.any() {
+                slot.wait_turn(Turns::take(&self.turns, id));
+            } else {
+                slot.enter_lobby();
+            }
         }
         Ok(slot)
     }
@@ -281,10 +292,20 @@ impl Daemon {
     /// Puts an admitted client into the lobby; in chat mode its welcome (and any history) is
     /// queued under the registry lock and sent once the lock is free, so nothing relayed can
     /// come between them. Returns the lobby's members, itself included.
-    pub(crate) fn enter(&self, peer: &Arc<Peer>, since: Option<LineId>) -> Option<Members> {
+    /// `turn`: the client's place among those whose threads enter (see [`Daemon::admit`]),
+    /// awaited once the lobby's history is read.
+    pub(crate) fn enter(
+        &self,
+        peer: &Arc<Peer>,
+        since: Option<LineId>,
+        turn: Option<&Turn>,
+    ) -> Option<Members> {
         let (notices, config) = (self.notices, &self.config);
-        let settings = self.settings();
         let seed = self.seed(LOBBY);
+        if let Some(turn) = turn {
+            turn.wait();
+        }
+        let settings = self.settings();
         let elsewhere = if config.chat {
             self.presence.count_in(LOBBY, &HashSet::new())
         } else {

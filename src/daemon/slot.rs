@@ -15,7 +15,7 @@ use crate::delivery::registry::Members;
 use crate::stats::add;
 use crate::sync::lock;
 
-use super::{Daemon, claimed};
+use super::{Daemon, Turn, claimed};
 
 /// A client's hold on the daemon, from admission to the end of its thread. Dropping it takes
 /// the client out (telling its room), flushes and closes its peer, and frees its slot, its
@@ -30,6 +30,9 @@ pub(crate) struct Slot {
     /// `Some` once the client entered the lobby at admission: who was there then, for its
     /// arrival notice.
     lobby: Option<Option<Members>>,
+    /// Until its own thread has entered the lobby, if that was left to it: its place among
+    /// those that do (`turns.rs`).
+    turn: Option<Turn>,
     /// Why the client is leaving, as its own thread saw it; a cut-off recorded on the peer
     /// (kick, too slow) takes precedence. Until the thread sets it, leaving is a panic.
     departure: Departure,
@@ -45,6 +48,7 @@ impl Slot {
             peer,
             addr,
             lobby: None,
+            turn: None,
             departure: Departure::Panicked,
         }
     }
@@ -52,7 +56,7 @@ impl Slot {
     /// Puts the client into the lobby at admission, keeping who was there for its arrival
     /// notice.
     pub(super) fn enter_lobby(&mut self) {
-        self.lobby = Some(self.daemon.enter(&self.peer, None));
+        self.lobby = Some(self.daemon.enter(&self.peer, None, None));
     }
 
     pub(crate) fn peer(&self) -> &Arc<Peer> {
@@ -66,8 +70,18 @@ impl Slot {
     pub(crate) fn take_lobby(&mut self, since: Option<LineId>) -> Option<Members> {
         match self.lobby.take() {
             Some(lobby) => lobby,
-            None => self.daemon.enter(&self.peer, since),
+            None => {
+                let lobby = self.daemon.enter(&self.peer, since, self.turn.as_ref());
+                self.turn = None;
+                lobby
+            }
         }
+    }
+
+    /// Leaves entering the lobby to the client's own thread, after those admitted before it
+    /// ([`Slot::take_lobby`]).
+    pub(super) fn wait_turn(&mut self, turn: Turn) {
+        self.turn = Some(turn);
     }
 
     pub(crate) fn set_departure(&mut self, why: Departure) {

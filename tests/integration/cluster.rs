@@ -188,6 +188,25 @@ fn redis_down_at_start_then_up() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Proves: clients whose own threads enter the lobby (its history is first to be read from
+/// Redis, here not running) enter it in the order they connected: a line from the last of
+/// 40, sent as soon as it is connected, reaches each of the 39 before it.
+#[test]
+fn clients_enter_the_lobby_in_the_order_they_connected_while_redis_is_asked() {
+    let dir = temp_path("cluster-order");
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("redis+unix://{}", dir.join("redis.sock").display());
+    let a = Node::start(&url, "a");
+    let mut clients: Vec<Client> = (0..40).map(|_| a.connect()).collect();
+    let (last, others) = clients.split_last_mut().unwrap();
+    last.send(b"last\n");
+    for (i, c) in others.iter_mut().enumerate() {
+        assert_eq!(c.line(), b"last\n", "client {i}");
+    }
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Proves: Redis killed mid-run does not stop local relaying; what A cannot publish waits in
 /// its queue up to 8 MiB and the rest is dropped and counted; the log says the link was lost
 /// and for how long; once Redis is back lines cross again, at most once and in order.
