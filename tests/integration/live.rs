@@ -127,7 +127,12 @@ fn a_viewer_that_never_reads_slows_no_sender_and_others_get_the_live_rate() {
     );
     let stats = admin_command(&admin, "stats");
     assert_eq!(stat_in(&stats, "slow_consumer_kicks"), 0, "{stats}");
-    assert!(stat_in(&stats, "live_dropped") >= 2 * 5000 - 2 * most as u64);
+    // Each of the two viewers misses at most all 5,000; the sender is not counted.
+    let dropped_in_all = stat_in(&stats, "live_dropped");
+    assert!(
+        (2 * 5000 - 2 * most as u64..=2 * 5000).contains(&dropped_in_all),
+        "{stats}"
+    );
     assert_eq!(dropped(&admin, "guest2") as usize, 5000 - got.len());
     // The stuck viewer is still there, having missed lines, not cut off.
     assert!(dropped(&admin, "guest1") > 0);

@@ -11,11 +11,11 @@ use crate::config::Config;
 use crate::delivery::chunk::Chunk;
 use crate::delivery::json_event::Kind;
 use crate::delivery::notice::Notices;
-use crate::delivery::peer::{Gate, Limits, PeerId};
+use crate::delivery::peer::{Gate, Limits};
 use crate::stats::add;
 use crate::sync::lock;
 
-use super::{Member, Registry};
+use super::Registry;
 
 /// A live room's own state: which of its lines its viewers are shown, and how many it
 /// dropped for every viewer.
@@ -115,16 +115,17 @@ impl Registry {
         r.members.len()
     }
 
-    /// What of `chunk` (`lines` relayed lines from `from`) a live room's viewers are shown:
-    /// all of it, its newest line, or nothing, as the room's gate says; what is not shown is
-    /// counted as dropped for each of `members`. Called under the registry lock, in the order
-    /// the room's lines are delivered.
+    /// What of `chunk` (`lines` relayed lines) a live room's viewers are shown: all of it,
+    /// its newest line, or nothing, as the room's gate says; what is not shown is counted as
+    /// dropped for each of its `viewers` (the members it was for, its sender not among them).
+    /// Called under the registry lock, in the order the room's lines are delivered, for every
+    /// line: it costs the same whatever the room's size (walking 10,000 members to count
+    /// them, for each of 2,000 lines a second, took a tenth of the machine).
     pub(super) fn gate(
         &self,
         room: &str,
         live: &mut LiveRoom,
-        members: &[Member],
-        from: Option<PeerId>,
+        viewers: usize,
         chunk: &Chunk,
         lines: usize,
     ) -> Gated {
@@ -139,7 +140,6 @@ impl Registry {
         if dropped > 0 {
             live.drops
                 .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
-            let viewers = members.iter().filter(|m| Some(m.peer.id()) != from).count();
             add(&self.stats.live_dropped, dropped * viewers as u64);
         }
         let shown = match shown {

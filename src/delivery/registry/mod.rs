@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use crate::config::Config;
-use crate::delivery::chunk::{Chunk, Placed};
+use crate::delivery::chunk::{Chunk, Format, Placed};
 use crate::delivery::history::{Entry as HistoryEntry, History};
 use crate::delivery::line_id::{LineId, now_ms};
 use crate::delivery::notice::{Departure, Notices};
@@ -566,12 +566,20 @@ impl Registry {
     ) -> bool {
         let (members, kept, shown) = {
             let mut inner = lock(&self.inner);
-            let sender = match from {
+            // The sender's role, and whether it is among the members handed the line (in its
+            // room, and for a line of this node's not yet back from Redis, not a JSON client:
+            // see `Room::sent`), so that nobody counts it by walking the members.
+            let (sender, listed) = match from {
                 Some(id) => match inner.clients.get(&id) {
-                    Some(entry) => entry.user.as_ref().map(|u| u.role),
+                    Some(entry) => (
+                        entry.user.as_ref().map(|u| u.role),
+                        entry.room.as_deref() == Some(room)
+                            && !(matches!(origin, Origin::Sent(_))
+                                && entry.peer.format() == Format::Json),
+                    ),
                     None => return false,
                 },
-                None => None,
+                None => (None, false),
             };
             let kept = operator || sender == Some(Role::Mod);
             let Some(r) = inner.rooms.get_mut(room) else {
@@ -597,7 +605,10 @@ impl Registry {
                 Origin::Stream { id, echo } => r.stamped(chunk, lines, id, echo),
             };
             let gated = match r.live.as_mut() {
-                Some(live) if !kept => Some(self.gate(room, live, &members, from, chunk, lines)),
+                Some(live) if !kept => {
+                    let viewers = members.len() - usize::from(listed);
+                    Some(self.gate(room, live, viewers, chunk, lines))
+                }
                 _ => None,
             };
             (members, kept && r.live.is_some(), gated)
