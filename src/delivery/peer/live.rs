@@ -76,6 +76,8 @@ pub(crate) struct Gate {
     flooded: bool,
     /// The last line shown opened a pair: the next one goes with it, if a token is left.
     paired: bool,
+    /// The last line shown completed a pair.
+    completed: bool,
 }
 
 impl Gate {
@@ -86,6 +88,7 @@ impl Gate {
             at: Instant::now(),
             flooded: false,
             paired: false,
+            completed: false,
         }
     }
 
@@ -111,11 +114,17 @@ impl Gate {
             u64::from(self.tokens >= 1.0 + reserve)
         };
         self.tokens -= admitted as f64;
+        self.completed = self.paired && admitted > 0;
         self.paired = reserve > 0.0 && admitted > 0;
         if admitted < lines {
             self.flooded = true;
         }
         admitted
+    }
+
+    /// Whether the line [`Gate::admit`] last let through completed a pair.
+    pub(crate) fn completed_pair(&self) -> bool {
+        self.completed
     }
 }
 
@@ -283,6 +292,25 @@ mod tests {
         for w in after.chunks(2).collect::<Vec<_>>().windows(2) {
             let gap = f64::from(w[1][0] - w[0][0]) * 0.5;
             assert!((66.0..=68.0).contains(&gap), "{gap} ms: {after:?}");
+        }
+    }
+
+    #[test]
+    fn the_gate_says_which_shown_line_completed_a_pair() {
+        let (mut gate, t0) = gate(30.0);
+        let every = Duration::from_micros(500);
+        let mut completed = Vec::new();
+        for i in 0..4000u32 {
+            if gate.admit(t0 + every * i, 1) == 1 {
+                completed.push(gate.completed_pair());
+            }
+        }
+        // The burst's lines go one by one; then every second one completes a pair.
+        let flood = completed.iter().position(|&c| c).unwrap();
+        let pairs: Vec<bool> = completed[flood - 1..].to_vec();
+        assert!(pairs.len() > 40, "{pairs:?}");
+        for (i, c) in pairs.iter().enumerate() {
+            assert_eq!(*c, i % 2 == 1, "{pairs:?}");
         }
     }
 

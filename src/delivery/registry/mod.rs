@@ -606,21 +606,20 @@ impl Registry {
             };
             let gated = match r.live.as_mut() {
                 Some(live) if !kept => {
-                    let viewers = members.len() - usize::from(listed);
-                    Some(self.gate(room, live, viewers, chunk, lines))
+                    Some(self.gate(room, live, members.len(), listed, chunk, lines))
                 }
                 _ => None,
             };
             (members, kept && r.live.is_some(), gated)
         };
         match shown {
-            Some(Gated { shown, busy }) => {
+            Some(Gated { shown, busy, first }) => {
                 if let Some(busy) = busy {
                     self.offer_all(&members, None, &busy, 0);
                 }
                 if let Some(shown) = shown {
                     let n = shown.relayed_lines().map_or(0, |(_, n)| n);
-                    self.offer_all(&members, from, &shown, n);
+                    self.offer(&members, first, from, &shown, n, Epochs::Check);
                 }
             }
             None if kept => self.offer_all(&members, from, &chunk.kept(), lines as u64),
@@ -647,19 +646,21 @@ impl Registry {
                 before_seed: false,
             })
             .collect();
-        self.offer(&members, None, chunk, lines as u64, Epochs::Ignore);
+        self.offer(&members, 0, None, chunk, lines as u64, Epochs::Ignore);
     }
 
     fn offer_all(&self, members: &[Member], from: Option<PeerId>, chunk: &Chunk, lines: u64) {
-        self.offer(members, from, chunk, lines, Epochs::Check);
+        self.offer(members, 0, from, chunk, lines, Epochs::Check);
     }
 
     /// Offers `chunk`, holding `lines` relayed lines, to `members` except `from` (see
-    /// [`Registry::deliver`]). Counted before it is sent, so that a reader who has it can
-    /// rely on the counters.
+    /// [`Registry::deliver`]), starting with the one at `first` (a live room's viewers
+    /// take turns at being first). Counted before it is sent, so that a reader who has it
+    /// can rely on the counters.
     fn offer(
         &self,
         members: &[Member],
+        first: usize,
         from: Option<PeerId>,
         chunk: &Chunk,
         lines: u64,
@@ -671,7 +672,8 @@ impl Registry {
         let epoch = |m: &Member| (epochs == Epochs::Check).then_some(m.epoch);
         let mut full = Vec::new();
         let mut sender = None;
-        for m in members {
+        let first = first.min(members.len());
+        for m in members[first..].iter().chain(&members[..first]) {
             if Some(m.peer.id()) == from {
                 sender = Some(&*m.peer);
                 continue;
