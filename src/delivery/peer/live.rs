@@ -136,6 +136,11 @@ impl State {
     /// Drops from the queue the relayed lines older than `max_age` (never the chunk a write
     /// stopped in) and returns how many lines it dropped.
     pub(super) fn drop_stale(&mut self, format: Format, max_age: Duration) -> u64 {
+        let skip = usize::from(self.head > 0);
+        // Most offers find a live viewer's queue empty: no clock reading for those.
+        if self.queue.len() <= skip {
+            return 0;
+        }
         let now = Instant::now();
         let stale = |chunk: &Chunk| {
             chunk.droppable()
@@ -143,7 +148,6 @@ impl State {
                     .relayed_lines()
                     .is_some_and(|(read_at, _)| now.saturating_duration_since(read_at) > max_age)
         };
-        let skip = usize::from(self.head > 0);
         if !self.queue.iter().skip(skip).any(stale) {
             return 0;
         }
