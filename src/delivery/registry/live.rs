@@ -200,3 +200,36 @@ impl LiveRoom {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines shown one by one each start their fanout with another member, spread over the
+    /// room, so that no viewer is always the last to get a line.
+    #[test]
+    fn each_line_shown_goes_first_to_another_member() {
+        let config = Config {
+            live_rate: 30,
+            ..Config::default()
+        };
+        let registry = Registry::new(&config, Arc::default(), Arc::default());
+        let mut live = LiveRooms::new(&config).new_room();
+        let chunk = Chunk::from(&b"x\n"[..]);
+        let members = 10_000;
+        // The bucket's burst (7 lines at 30 a second) goes one by one.
+        let starts: Vec<usize> = (0..7)
+            .map(|_| registry.gate("lobby", &mut live, members, false, &chunk, 1))
+            .map(|gated| {
+                assert!(gated.shown.is_some());
+                gated.first
+            })
+            .collect();
+        for (i, a) in starts.iter().enumerate() {
+            for b in &starts[i + 1..] {
+                let apart = a.abs_diff(*b).min(members - a.abs_diff(*b));
+                assert!(apart >= 500, "{starts:?}");
+            }
+        }
+    }
+}
