@@ -175,8 +175,14 @@ pub(crate) fn serve(daemon: Arc<Daemon>, mut slot: Slot, transport: Transport, u
     // Without keys a `?token=` means nothing: the browser is a guest.
     let token = token.filter(|_| !settings.keys.is_empty());
     let phase = match (&settings.secret, daemon.awaits_token(token.is_some())) {
-        (Some(_), _) => Phase::AwaitingSecret { deadline },
-        (None, true) => Phase::AwaitingToken { deadline },
+        (Some(_), _) => {
+            slot.give_up_turn();
+            Phase::AwaitingSecret { deadline }
+        }
+        (None, true) => {
+            slot.give_up_turn();
+            Phase::AwaitingToken { deadline }
+        }
         (None, false) => {
             let lobby = slot.take_lobby(lobby_since.take());
             let name = daemon.guest_name(slot.peer().id());

@@ -84,6 +84,13 @@ impl Slot {
         self.turn = Some(turn);
     }
 
+    /// Gives up the client's turn: it enters the lobby only once it has authenticated (a
+    /// reload set `--secret-file` after it was admitted), and those admitted after it must
+    /// not wait for that.
+    pub(crate) fn give_up_turn(&mut self) {
+        self.turn = None;
+    }
+
     pub(crate) fn set_departure(&mut self, why: Departure) {
         self.departure = why;
     }

@@ -10,9 +10,15 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::delivery::peer::PeerId;
-use crate::sync::{lock, wait_while};
+use crate::sync::{lock, wait_while_until};
+
+/// How long a client waits for its turn at most. A turn comes within one Redis query's time
+/// (a second) of the one before it; this only keeps a client that never took its turn, which
+/// should not happen, from holding up every later one for good: they then enter out of order.
+const PATIENCE: Duration = Duration::from_secs(5);
 
 /// The clients admitted and not yet in the lobby whose own threads enter it, in the order
 /// they were admitted.
@@ -48,12 +54,13 @@ impl Turns {
 }
 
 impl Turn {
-    /// Waits until every client queued before this one has entered the lobby or gone. Those
-    /// each wait at most for one Redis query of their own, which their turn does not hold
-    /// up: callers read the seed first.
+    /// Waits until every client queued before this one has entered the lobby or gone, or
+    /// [`PATIENCE`] has passed. Those each wait at most for one Redis query of their own,
+    /// which their turn does not hold up: callers read the seed first.
     pub(crate) fn wait(&self) {
         let waiting = lock(&self.turns.waiting);
-        let _waiting = wait_while(&self.turns.moved, waiting, |w| {
+        let deadline = Instant::now() + PATIENCE;
+        let _waiting = wait_while_until(&self.turns.moved, waiting, deadline, |w| {
             w.front().is_some_and(|&first| first != self.id)
         });
     }
@@ -72,7 +79,6 @@ impl Drop for Turn {
 mod tests {
     use std::sync::mpsc;
     use std::thread;
-    use std::time::Duration;
 
     use super::*;
 
