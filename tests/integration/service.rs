@@ -210,13 +210,14 @@ fn socket_activation_serves_passed_sockets() {
     let (status, body) = http(metrics, "GET", "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(body.contains("\nrelayd_clients 2\n"), "{body}");
-    let later = d.log_so_far();
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(), Some(0));
+    let later = d.log_to_end();
+    assert!(later.iter().any(|l| l.contains("stopped")), "{later:?}");
     assert!(
         !later.iter().any(|l| l.contains("listening on")),
         "relayd bound an address of its own besides the passed socket: {later:?}"
     );
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(), Some(0));
 }
 
 /// Proves: a passed socket of a kind relayd does not serve (one named `irc`, say) is a

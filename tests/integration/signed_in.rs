@@ -65,10 +65,16 @@ fn who(c: &mut Client) -> String {
     }
 }
 
-/// Asserts that no log line so far holds any of `secrets`.
-fn assert_log_clean(d: &Daemon, secrets: &[&str]) {
-    let log = d.log_so_far();
-    assert!(!log.is_empty());
+/// Stops `d` and asserts that no line of its whole log holds any of `secrets` (the whole
+/// log: what was read so far may lag behind what the daemon wrote).
+fn assert_log_clean(mut d: Daemon, secrets: &[&str]) {
+    d.signal(libc::SIGTERM);
+    d.wait_exit();
+    let log = d.log_to_end();
+    assert!(
+        log.iter().any(|l| l.contains("relayd::server] stopped")),
+        "{log:?}"
+    );
     for line in log {
         for s in secrets {
             assert!(!line.contains(s), "a secret in the log: {line}");
@@ -144,7 +150,7 @@ fn a_token_fixes_the_name_and_guests_cannot_take_it() {
     assert_eq!(users, ["-", "u-1", "u-3"], "{clients}");
     let stats = admin_command(&admin, "stats");
     assert_eq!(stat_in(&stats, "tokens_accepted"), 2);
-    assert_log_clean(&d, &[&alice_token, &carol_token, SECRET]);
+    assert_log_clean(d, &[&alice_token, &carol_token, SECRET]);
 }
 
 /// Proves: the `rooms` claim is the rooms the user may join (the lobby is everyone's), and
@@ -312,7 +318,7 @@ fn each_bad_token_gets_its_line_and_is_counted() {
         assert!(body.contains(&line), "{line} not in {body}");
     }
     let tokens: Vec<&str> = cases.iter().map(|(t, _)| t.as_str()).collect();
-    assert_log_clean(&d, &[&tokens[..], &[SECRET, OTHER]].concat());
+    assert_log_clean(d, &[&tokens[..], &[SECRET, OTHER]].concat());
 
     let plain = Daemon::spawn(&["--chat"]);
     let mut c = guest(&plain);
@@ -461,7 +467,7 @@ fn a_websocket_client_signs_in_with_its_query() {
     );
     let mut bad = open("x.y.z");
     assert_eq!(ws_text(&mut bad), "relayd: bad token: malformed");
-    assert_log_clean(&d, &[&t, "x.y.z", SECRET]);
+    assert_log_clean(d, &[&t, "x.y.z", SECRET]);
 }
 
 /// A chat client of cluster node `node` that read its welcome as a guest.
