@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::link::Link;
-use crate::common::page::Page;
+use crate::common::page::{PAGE_TIMEOUT, Page};
 use crate::common::tokens::{SECRET, mint, moderated, now, wait_admin};
-use crate::common::{Client, Daemon, admin_command, temp_path};
+use crate::common::{Client, Daemon, admin_command, eventually_within, temp_path};
 
 /// A chat daemon with browsers on `--ws-bind` and a control socket, and `more` arguments.
 fn daemon(more: &[&str]) -> (Daemon, PathBuf) {
@@ -333,6 +333,12 @@ fn the_chat_view_keeps_the_last_thousand_lines() {
     assert_eq!(view["items"], 1000);
     let want: Vec<String> = (4000..5000).map(|i| format!("<sender> n-{i:04}")).collect();
     assert_eq!(lines(&view), want);
+    // It was at the bottom when the lines came: it follows them (scrolled once a frame).
+    let at_bottom = "chat.scrollHeight > chat.clientHeight \
+        && chat.scrollTop + chat.clientHeight >= chat.scrollHeight - 4";
+    eventually_within("the page to scroll to its last line", PAGE_TIMEOUT, || {
+        page.eval(at_bottom) == json!(true)
+    });
 }
 
 /// Proves point 5's room view: the page shows its room's name, the online count and the
