@@ -542,6 +542,8 @@ fn me_lines_and_raw_mode_lines() {
 
     let raw = Browsers::spawn(&[]);
     let mut nc = raw.tcp();
+    // Registered (as guest1) before the browser comes, whose presence lists it.
+    raw.wait_clients(1);
     let mut j = json(&raw, "");
     j.expect(json!({"type": "presence", "room": "lobby",
                     "members": [guest("guest1"), guest("guest2")]}));
