@@ -11,9 +11,9 @@
 //! under `--max-pending` at once; each drop is counted, for the viewer and in all. What a
 //! viewer of a flooded room sees is a sample in time: the first line after every second
 //! token comes back and the line after it, so its lines are spread evenly over the second,
-//! in pairs, and each sender is shown in proportion to how much it says. Lines a live room never drops ([`Chunk::droppable`]):
-//! relayd's own notices, moderators' and the operator's lines; they skip the gate and the
-//! age limit.
+//! in pairs, and each sender is shown in proportion to how much it says. Lines a live room
+//! never drops ([`Chunk::droppable`]): relayd's own notices, moderators' and the operator's
+//! lines; they skip the gate and the age limit.
 //!
 //! "Delivered" is what the viewer reads, so what the kernel holds for it is bounded too: a
 //! live peer's socket gets a small send buffer ([`LIVE_SNDBUF`]) instead of loopback's

@@ -139,7 +139,7 @@ impl Registry {
         chunk: &Chunk,
         lines: usize,
     ) -> Gated {
-        let viewers = members - usize::from(listed);
+        let viewers = members.saturating_sub(usize::from(listed));
         let lines = lines as u64;
         let now = Instant::now();
         let shown = live.gate.admit(now, lines);
