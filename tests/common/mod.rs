@@ -315,6 +315,17 @@ impl Daemon {
         self.log.try_iter().collect()
     }
 
+    /// Stops the daemon (SIGTERM), and returns its whole log, which it checks reached the
+    /// daemon's last line: for checks of what was never logged, which the lines read so far
+    /// cannot prove (the reading thread may lag behind).
+    pub fn stop_and_read_log(&mut self) -> (Option<i32>, Vec<String>) {
+        self.signal(libc::SIGTERM);
+        let code = self.wait_exit();
+        let log = self.log_to_end();
+        assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
+        (code, log)
+    }
+
     /// Every log line until its stderr ends (the process exited and the reading thread
     /// passed on all it read), within [`TIMEOUT`]: after [`Daemon::wait_exit`], what
     /// `log_so_far` may not have yet.

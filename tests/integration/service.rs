@@ -210,10 +210,8 @@ fn socket_activation_serves_passed_sockets() {
     let (status, body) = http(metrics, "GET", "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(body.contains("\nrelayd_clients 2\n"), "{body}");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(), Some(0));
-    let later = d.log_to_end();
-    assert!(later.iter().any(|l| l.contains("stopped")), "{later:?}");
+    let (code, later) = d.stop_and_read_log();
+    assert_eq!(code, Some(0));
     assert!(
         !later.iter().any(|l| l.contains("listening on")),
         "relayd bound an address of its own besides the passed socket: {later:?}"
