@@ -65,16 +65,18 @@ pub fn until(c: &mut Client, prefix: &str) -> String {
 /// answering once this returns) and `more` arguments.
 pub fn moderated(more: &[&str]) -> (Daemon, PathBuf) {
     let keys = key_file("moderation-key", &format!("{SECRET}\n"));
-    let admin = temp_path("moderation-admin");
-    let mut args = vec![
-        "--chat",
-        "--token-key",
-        keys.to_str().unwrap(),
-        "--admin",
-        admin.to_str().unwrap(),
-    ];
+    let mut args = vec!["--chat", "--token-key", keys.to_str().unwrap()];
     args.extend_from_slice(more);
-    let d = Daemon::spawn(&args);
+    with_admin("moderation-admin", &args)
+}
+
+/// A daemon started with `args` and a control socket of its own, named after `what` (its
+/// path returned, answering once this returns).
+pub fn with_admin(what: &str, args: &[&str]) -> (Daemon, PathBuf) {
+    let admin = temp_path(what);
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--admin", admin.to_str().unwrap()]);
+    let d = Daemon::spawn(&all);
     wait_admin(&admin);
     (d, admin)
 }

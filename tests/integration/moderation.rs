@@ -12,7 +12,9 @@ use tungstenite::Message;
 use crate::common::api::{call, post};
 use crate::common::chat::Client;
 use crate::common::cluster::{Node, Redis};
-use crate::common::tokens::{SECRET, connect, key_file, token, until as read_until, wait_admin};
+use crate::common::tokens::{
+    SECRET, connect, key_file, token, until as read_until, wait_admin, with_admin,
+};
 use crate::common::ws::{ws_connect, ws_text};
 use crate::common::{Daemon, admin_command, eventually, temp_path};
 
@@ -454,14 +456,10 @@ fn a_ban_on_one_node_closes_and_refuses_the_user_on_another() {
 #[test]
 fn a_muted_raw_client_is_not_relayed() {
     let keys = key_file("moderation-raw-key", &format!("{SECRET}\n"));
-    let admin = temp_path("moderation-raw-admin");
-    let d = Daemon::spawn(&[
-        "--token-key",
-        keys.to_str().unwrap(),
-        "--admin",
-        admin.to_str().unwrap(),
-    ]);
-    wait_admin(&admin);
+    let (d, admin) = with_admin(
+        "moderation-raw-admin",
+        &["--token-key", keys.to_str().unwrap()],
+    );
     let mut a = d.connect();
     let mut b = d.connect();
     b.send(format!("/auth {}\nhello\n", token("u-1", "alice")).as_bytes());

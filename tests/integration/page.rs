@@ -11,23 +11,14 @@ use serde_json::{Value, json};
 
 use crate::common::link::Link;
 use crate::common::page::{PAGE_TIMEOUT, Page};
-use crate::common::tokens::{SECRET, mint, moderated, now, wait_admin};
-use crate::common::{Client, Daemon, admin_command, eventually_within, temp_path};
+use crate::common::tokens::{SECRET, mint, moderated, now, with_admin};
+use crate::common::{Client, Daemon, admin_command, eventually_within};
 
 /// A chat daemon with browsers on `--ws-bind` and a control socket, and `more` arguments.
 fn daemon(more: &[&str]) -> (Daemon, PathBuf) {
-    let admin = temp_path("page-admin");
-    let mut args = vec![
-        "--chat",
-        "--ws-bind",
-        "127.0.0.1:0",
-        "--admin",
-        admin.to_str().unwrap(),
-    ];
+    let mut args = vec!["--chat", "--ws-bind", "127.0.0.1:0"];
     args.extend_from_slice(more);
-    let d = Daemon::spawn(&args);
-    wait_admin(&admin);
-    (d, admin)
+    with_admin("page-admin", &args)
 }
 
 /// A TCP client of `d` named `name`, in `room` once this returns.
