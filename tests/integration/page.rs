@@ -43,20 +43,20 @@ fn text(line: &[u8]) -> String {
 
 /// The lines the page shows, as a TCP client would get them (`<alice> hi`).
 fn lines(view: &Value) -> Vec<String> {
-    view["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["text"].as_str().unwrap().to_string())
-        .collect()
+    of_each_line(view, "text")
 }
 
 fn ids(view: &Value) -> Vec<String> {
+    of_each_line(view, "id")
+}
+
+/// Field `key` of each line the page shows.
+fn of_each_line(view: &Value, key: &str) -> Vec<String> {
     view["lines"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["id"].as_str().unwrap().to_string())
+        .map(|l| l[key].as_str().unwrap().to_string())
         .collect()
 }
 
