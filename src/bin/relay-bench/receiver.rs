@@ -9,7 +9,8 @@
 //! (tungstenite's, see `scenario.rs`): one `read` of the raw socket into the same buffer,
 //! behind what the last read left unfinished, then the buffer's frames are walked in place.
 //! Each frame's header is parsed by tungstenite's [`FrameHeader::parse`] (nothing here parses
-//! a header by hand), and a text frame's payload is a line without its `\n`: it goes, as a
+//! a header by hand; a header byte for byte the same as the last line's is taken to be the
+//! same header), and a text frame's payload is a line without its `\n`: it goes, as a
 //! slice of the buffer, through the same checks as a TCP line. No message is allocated and no
 //! payload copied or checked as UTF-8 (the line check rejects what is not a line); going
 //! through tungstenite's `WebSocket::read` for this cost the receiving thread three times
@@ -275,22 +276,7 @@ pub fn receive(
         c.sock.set_nonblocking(true)?;
         epoll.add(c.sock.as_raw_fd(), i as u64)?;
     }
-    let mut rep = RxReport {
-        delivered: 0,
-        expected: 0,
-        out_of_order: 0,
-        corrupt: 0,
-        notices: 0,
-        disconnected: 0,
-        bytes: 0,
-        local_latency: Histogram::new(),
-        remote_latency: Histogram::new(),
-        first_ns: 0,
-        last_ns: 0,
-        timed_out: false,
-        viewers: Vec::new(),
-        viewer_age: Histogram::new(),
-    };
+    let mut rep = RxReport::empty();
     let mut buf = vec![0u8; READ_BUF];
     let mut events = vec![sys::empty_event(); MAX_EVENTS];
     let mut open = conns.len();
@@ -354,6 +340,26 @@ fn with_viewers(mut rep: RxReport, conns: Vec<Conn>) -> RxReport {
 }
 
 impl RxReport {
+    /// Nothing seen yet.
+    fn empty() -> RxReport {
+        RxReport {
+            delivered: 0,
+            expected: 0,
+            out_of_order: 0,
+            corrupt: 0,
+            notices: 0,
+            disconnected: 0,
+            bytes: 0,
+            local_latency: Histogram::new(),
+            remote_latency: Histogram::new(),
+            first_ns: 0,
+            last_ns: 0,
+            timed_out: false,
+            viewers: Vec::new(),
+            viewer_age: Histogram::new(),
+        }
+    }
+
     /// The latency of every delivery, local and remote.
     pub fn latency(&self) -> Histogram {
         let mut all = Histogram::new();
@@ -429,7 +435,25 @@ fn read_once(
     }
     rep.bytes += n as u64;
     let mut pos = 0;
-    while let Some(nl) = memchr(b'\n', &data[pos..]) {
+    loop {
+        // A generated line is the run's size, and `decode` checks each of its bytes, so one
+        // that decodes holds no newline but its last: where the byte a line of that size
+        // would end on is a newline and the line decodes, there is no need to scan for it.
+        // That scan was most of what a TCP delivery cost the receiver beyond a WebSocket
+        // one (whose frame says its length). Anything else (notices, chat names, damage) is
+        // found by scanning, as before.
+        let end = pos + size - 1;
+        if end < data.len() && data[end] == b'\n' {
+            let line = payload::decode(&data[pos..end], size);
+            if matches!(line, Line::Data { .. } | Line::Probe) {
+                count_line(c, line, now, progress, rep, advanced);
+                pos = end + 1;
+                continue;
+            }
+        }
+        let Some(nl) = memchr(b'\n', &data[pos..]) else {
+            break;
+        };
         let line = &data[pos..pos + nl];
         pos += nl + 1;
         check_line(c, line, now, size, progress, rep, advanced);
@@ -461,7 +485,27 @@ fn walk_frames(
 ) -> bool {
     let mut cur = io::Cursor::new(data);
     let mut pos = 0;
+    // The last whole line's frame in `data`: where its header began, the header's length and
+    // the payload's. relayd sends runs of lines of one length, and a header that is byte for
+    // byte the same as that one is the same header: a final, unmasked text frame of that
+    // length. Comparing those few bytes costs the receiver far less than asking tungstenite
+    // again, which is what made it pay more per WebSocket delivery than per TCP one.
+    let mut line_frame: Option<(usize, usize, usize)> = None;
     let open = loop {
+        if let Some((at, head, len)) = line_frame
+            && data.len() >= pos + head
+            && data[pos..pos + head] == data[at..at + head]
+        {
+            let (start, end) = (pos + head, pos + head + len);
+            if end > data.len() {
+                break true;
+            }
+            rep.bytes += len as u64 + 1;
+            check_line(c, &data[start..end], now, size, progress, rep, advanced);
+            pos = end;
+            continue;
+        }
+        cur.set_position(pos as u64);
         let (header, len) = match FrameHeader::parse(&mut cur) {
             Ok(Some(h)) => h,
             Ok(None) => break true,
@@ -480,8 +524,8 @@ fn walk_frames(
         if end > data.len() {
             break true;
         }
+        let header_at = pos;
         pos = end;
-        cur.set_position(end as u64);
         let payload = &data[start..end];
         if header.mask.is_some() || header.rsv1 || header.rsv2 || header.rsv3 {
             break false;
@@ -491,6 +535,7 @@ fn walk_frames(
                 // As for TCP, the bytes of the line with its newline.
                 rep.bytes += payload.len() as u64 + 1;
                 check_line(c, payload, now, size, progress, rep, advanced);
+                line_frame = Some((header_at, start - header_at, payload.len()));
             }
             OpCode::Data(Data::Text) if c.fragments.is_none() => {
                 c.fragments = Some(payload.to_vec());
@@ -576,7 +621,19 @@ fn check_line(
     rep: &mut RxReport,
     advanced: &mut u64,
 ) {
-    match payload::decode(line, size) {
+    count_line(c, payload::decode(line, size), now, progress, rep, advanced);
+}
+
+/// Counts one line that arrived at `now`, as `decode` found it.
+fn count_line(
+    c: &mut Conn,
+    line: Line,
+    now: u64,
+    progress: &Progress,
+    rep: &mut RxReport,
+    advanced: &mut u64,
+) {
+    match line {
         Line::Data { sender, seq, ts } => {
             let s = sender as usize;
             if s >= c.next.len() || c.own == Some(sender) {
@@ -617,5 +674,174 @@ fn check_line(
         }
         Line::Notice => rep.notices += 1,
         Line::Corrupt => rep.corrupt += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    const SIZE: usize = 64;
+
+    /// A WebSocket client's connection on a real loopback socket, and the server's end of it
+    /// (where the client's replies arrive).
+    fn ws_conn() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let conn = Conn {
+            sock: Arc::new(client),
+            ws: true,
+            own: None,
+            node: 0,
+            partial: Vec::new(),
+            fragments: None,
+            out: Vec::new(),
+            next: vec![0],
+            viewer: None,
+            ready: true,
+            open: true,
+        };
+        (conn, server)
+    }
+
+    fn frame(payload: &[u8], opcode: OpCode) -> Vec<u8> {
+        let mut out = Vec::new();
+        Frame::message(payload.to_vec(), opcode, true)
+            .format(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// Sender 0's line number `seq`, as relayd frames it: a text frame without the newline.
+    fn line(seq: u64) -> Vec<u8> {
+        let mut text = Vec::new();
+        payload::encode(&mut text, false, 0, seq, now_ns(), SIZE);
+        frame(&text[..SIZE - 1], OpCode::Data(Data::Text))
+    }
+
+    /// Walks `reads` one after another, as `read_once` would, what one left unfinished before
+    /// the next. Returns what was counted and whether the connection is still open.
+    fn walk(c: &mut Conn, reads: &[Vec<u8>]) -> (RxReport, bool) {
+        let progress = Progress::new(1);
+        let mut rep = RxReport::empty();
+        let mut advanced = 0;
+        let mut open = true;
+        for read in reads {
+            let mut data = std::mem::take(&mut c.partial);
+            data.extend_from_slice(read);
+            open = walk_frames(c, &data, now_ns(), SIZE, &progress, &mut rep, &mut advanced);
+            if !open {
+                break;
+            }
+        }
+        (rep, open)
+    }
+
+    /// Sender 0's line number `seq`, as a TCP client gets it.
+    fn tcp_line(seq: u64) -> Vec<u8> {
+        let mut text = Vec::new();
+        payload::encode(&mut text, false, 0, seq, now_ns(), SIZE);
+        text
+    }
+
+    #[test]
+    fn each_tcp_line_is_counted_once_whether_it_is_the_run_s_size_or_not() {
+        let (mut c, mut server) = ws_conn();
+        c.ws = false;
+        c.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut damaged = tcp_line(3);
+        damaged[40] ^= 1;
+        // A notice, a chat name in front of a line, and a notice as long as a line: each is
+        // found by scanning, not taken for a line of the run's size.
+        let long_notice = [&b"relayd: "[..], &[b'x'; SIZE - 9], b"\n"].concat();
+        let four = tcp_line(4);
+        let first = [
+            &tcp_line(0)[..],
+            b"relayd: a notice\n",
+            &[&b"<bob> "[..], &tcp_line(1)].concat(),
+            &long_notice,
+            &tcp_line(2),
+            &damaged,
+            &four[..SIZE / 2],
+        ]
+        .concat();
+        let second = [&four[SIZE / 2..], &tcp_line(5)].concat();
+        let progress = Progress::new(1);
+        let mut rep = RxReport::empty();
+        let (mut advanced, mut buf) = (0, vec![0; READ_BUF]);
+        for read in [first, second] {
+            server.write_all(&read).unwrap();
+            assert!(read_once(
+                &mut c,
+                &mut buf,
+                SIZE,
+                &progress,
+                &mut rep,
+                &mut advanced
+            ));
+        }
+        assert_eq!(rep.delivered, 5);
+        assert_eq!((rep.notices, rep.corrupt, rep.out_of_order), (2, 1, 0));
+        assert!(c.partial.is_empty());
+    }
+
+    #[test]
+    fn each_frame_is_counted_once_whether_its_header_repeats_or_not() {
+        let (mut c, mut server) = ws_conn();
+        let notice = frame(b"relayd: a notice", OpCode::Data(Data::Text));
+        let ping = {
+            let mut out = Vec::new();
+            Frame::ping(b"hi".to_vec()).format(&mut out).unwrap();
+            out
+        };
+        let mut first = [line(0), line(1), notice, line(2), ping, line(3)].concat();
+        // Line 4 ends in the next read, its header too: the read boundary falls inside it.
+        let four = line(4);
+        first.extend_from_slice(&four[..1]);
+        let second = [&four[1..], &line(5)[..], &line(6)[..]].concat();
+        let (rep, open) = walk(&mut c, &[first, second]);
+        assert!(open);
+        assert_eq!(rep.delivered, 7);
+        assert_eq!((rep.notices, rep.corrupt, rep.out_of_order), (1, 0, 0));
+        assert_eq!(
+            rep.bytes,
+            7 * SIZE as u64 + b"relayd: a notice\n".len() as u64
+        );
+        assert!(c.partial.is_empty());
+        // The ping was answered with a pong of the same payload, masked as a client's must be.
+        let mut pong = [0u8; 8];
+        server.read_exact(&mut pong).unwrap();
+        assert_eq!(pong[..2], [0x8a, 0x80 | 2]);
+        let mask = &pong[2..6];
+        assert_eq!([pong[6] ^ mask[0], pong[7] ^ mask[1]], *b"hi");
+    }
+
+    #[test]
+    fn a_frame_like_the_last_line_but_for_its_header_is_not_taken_for_one() {
+        // The same length, but bytes: no line.
+        let (mut c, _server) = ws_conn();
+        let mut text = Vec::new();
+        payload::encode(&mut text, false, 0, 1, now_ns(), SIZE);
+        let binary = frame(&text[..SIZE - 1], OpCode::Data(Data::Binary));
+        let (rep, open) = walk(&mut c, &[[line(0), binary, line(2)].concat()]);
+        assert!(open);
+        assert_eq!((rep.delivered, rep.corrupt), (2, 1));
+        // The same length, but masked, which no server may send: the connection is done.
+        let (mut c, _server) = ws_conn();
+        let mut masked = Frame::message(text[..SIZE - 1].to_vec(), OpCode::Data(Data::Text), true);
+        masked.header_mut().mask = Some([1, 2, 3, 4]);
+        let mut bytes = Vec::new();
+        masked.format(&mut bytes).unwrap();
+        let (rep, open) = walk(&mut c, &[[line(0), bytes, line(2)].concat()]);
+        assert!(!open);
+        assert_eq!(rep.delivered, 1);
     }
 }
