@@ -647,6 +647,9 @@ fn a_websocket_client_reading_through_a_backlog_is_not_closed_for_its_late_pong(
     let addr = d.ws_addr();
     let sock = connect_small_rcvbuf(addr, 16 * 1024);
     let mut ws = crate::common::ws::ws_handshake(sock, addr, &[]).unwrap();
+    // relayd answers the handshake before it registers the browser: under load, lines sent
+    // at once could come before it is in the room.
+    d.wait_log("over WebSocket");
     let mut sender = d.connect();
     // 3 MiB of 1 KiB lines, read at about 512 KiB/s: some 6 s behind, where the ping, sent
     // after 1 s of silence from the browser, is answered at the earliest once what was queued
