@@ -133,15 +133,13 @@ fn burst(limits: &Limits) -> f64 {
 }
 
 impl State {
-    /// Drops from the queue the relayed lines older than `max_age` (never the chunk a write
-    /// stopped in) and returns how many lines it dropped.
-    pub(super) fn drop_stale(&mut self, format: Format, max_age: Duration) -> u64 {
+    /// Drops from the queue the relayed lines older than `max_age` at `now` (never the chunk
+    /// a write stopped in) and returns how many lines it dropped.
+    pub(super) fn drop_stale(&mut self, format: Format, max_age: Duration, now: Instant) -> u64 {
         let skip = usize::from(self.head > 0);
-        // Most offers find a live viewer's queue empty: no clock reading for those.
         if self.queue.len() <= skip {
             return 0;
         }
-        let now = Instant::now();
         let stale = |chunk: &Chunk| {
             chunk.droppable()
                 && chunk
@@ -225,12 +223,13 @@ impl Peer {
         self: &Arc<Self>,
         mut st: std::sync::MutexGuard<'_, State>,
         chunk: &Chunk,
+        now: Instant,
     ) {
         if !chunk.droppable() {
             self.hand_over(st, chunk);
             return;
         }
-        let stale = st.drop_stale(self.format, self.live_limits.max_age);
+        let stale = st.drop_stale(self.format, self.live_limits.max_age, now);
         self.count_dropped(stale);
         if st.pending > 0 && st.cost() + self.wire(chunk).len() + CHUNK_COST > self.max_pending {
             self.count_dropped(chunk.relayed_lines().map_or(0, |(_, n)| n));

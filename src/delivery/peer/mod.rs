@@ -345,6 +345,7 @@ impl Peer {
         wait: Option<Wait>,
         epoch: Option<u64>,
         sender: Option<&Peer>,
+        now: Instant,
     ) -> Offer {
         let mut st = lock(&self.state);
         loop {
@@ -355,7 +356,7 @@ impl Peer {
                 return Offer::Taken;
             }
             if st.live.is_some() {
-                self.offer_live(st, chunk);
+                self.offer_live(st, chunk, now);
                 return Offer::Taken;
             }
             if self.fits(&st, chunk) {
@@ -716,13 +717,19 @@ pub(crate) mod tests {
         let filler = [b'x'; 65536];
         while send_dontwait(&peer.sock, &filler).is_ok() {}
         let chunk = Chunk::from(&[b'y'; 3000][..]);
-        assert_eq!(peer.offer(&chunk, None, None, None), Offer::Taken);
+        assert_eq!(
+            peer.offer(&chunk, None, None, None, Instant::now()),
+            Offer::Taken
+        );
         let start = Instant::now();
         let wait = Wait {
             since: start,
             until: start + Duration::from_secs(5),
         };
-        assert_eq!(peer.offer(&chunk, Some(wait), None, None), Offer::Stuck);
+        assert_eq!(
+            peer.offer(&chunk, Some(wait), None, None, Instant::now()),
+            Offer::Stuck
+        );
         let waited = start.elapsed();
         assert!(
             waited >= stall - Duration::from_millis(50),
@@ -747,7 +754,10 @@ pub(crate) mod tests {
         while send_dontwait(&peer.sock, &filler).is_ok() {}
         let others = Chunk::from(&[b'o'; 1000][..]);
         while peer.pending() < 12 * 1024 {
-            assert_eq!(peer.offer(&others, None, None, None), Offer::Taken);
+            assert_eq!(
+                peer.offer(&others, None, None, None, Instant::now()),
+                Offer::Taken
+            );
         }
         let reply = Chunk::from(&b"* a reply\n"[..]);
         let start = Instant::now();
@@ -761,9 +771,15 @@ pub(crate) mod tests {
         );
         assert!(!peer.reply(&reply), "a reply past the share was queued");
         assert!(lock(&peer.state).own <= config.max_pending / OWN_SHARE);
-        assert_eq!(peer.offer(&others, None, None, None), Offer::Taken);
+        assert_eq!(
+            peer.offer(&others, None, None, None, Instant::now()),
+            Offer::Taken
+        );
         let long = Chunk::from(&[b'l'; 4000][..]);
-        assert_eq!(peer.offer(&long, None, None, None), Offer::Taken);
+        assert_eq!(
+            peer.offer(&long, None, None, None, Instant::now()),
+            Offer::Taken
+        );
     }
 
     /// Everything queued counts, with its bookkeeping: tiny chunks fill the limit long before
@@ -780,7 +796,7 @@ pub(crate) mod tests {
         while send_dontwait(&peer.sock, &filler).is_ok() {}
         let tiny = Chunk::from(&b"a\n"[..]);
         let mut taken = 0;
-        while peer.offer(&tiny, None, None, None) == Offer::Taken {
+        while peer.offer(&tiny, None, None, None, Instant::now()) == Offer::Taken {
             taken += 1;
             assert!(taken < 100, "a 2-byte chunk is counted as 2 bytes");
         }

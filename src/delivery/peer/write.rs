@@ -152,7 +152,8 @@ impl Peer {
                 }
                 let live = st.live.is_some();
                 if live {
-                    let stale = st.drop_stale(self.format, self.live_limits.max_age);
+                    let stale =
+                        st.drop_stale(self.format, self.live_limits.max_age, Instant::now());
                     self.count_dropped(stale);
                 }
                 if st.queue.is_empty() {

@@ -143,6 +143,9 @@ struct Room {
 #[derive(Clone)]
 struct Member {
     peer: Arc<Peer>,
+    /// The peer's id, kept here so that finding the sender among 10,000 members reads this
+    /// list alone, not each member's peer (a cache miss apiece, for every line).
+    id: PeerId,
     /// Its user's `sub`: a user's connections in one room count as one.
     user: Option<Arc<str>>,
     epoch: u64,
@@ -374,6 +377,7 @@ impl Registry {
         let mut lines = greet(name, online);
         let joiner = Member {
             peer: Arc::clone(peer),
+            id: peer.id(),
             user,
             epoch: 0,
             before_seed: false,
@@ -397,7 +401,7 @@ impl Registry {
                 list: Arc::new(Vec::new()),
             };
         };
-        Arc::make_mut(&mut r.members).retain(|m| m.peer.id() != peer.id());
+        Arc::make_mut(&mut r.members).retain(|m| m.id != peer.id());
         let left = Members {
             list: Arc::clone(&r.members),
         };
@@ -474,7 +478,7 @@ impl Registry {
         let mut seen = HashSet::new();
         r.members
             .iter()
-            .filter_map(|m| inner.clients.get(&m.peer.id()).map(|c| c.name.clone()))
+            .filter_map(|m| inner.clients.get(&m.id).map(|c| c.name.clone()))
             .filter(|name| seen.insert(name.to_lowercase()))
             .collect()
     }
@@ -641,6 +645,7 @@ impl Registry {
             .iter()
             .map(|peer| Member {
                 peer: Arc::clone(peer),
+                id: peer.id(),
                 user: None,
                 epoch: 0,
                 before_seed: false,
@@ -666,22 +671,25 @@ impl Registry {
         lines: u64,
         epochs: Epochs,
     ) {
-        let to = members.len() - usize::from(members.iter().any(|m| Some(m.peer.id()) == from));
+        let to = members.len() - usize::from(members.iter().any(|m| Some(m.id) == from));
         add(&self.stats.lines_out, lines * to as u64);
         add(&self.stats.bytes_out, (chunk.len() * to) as u64);
         let epoch = |m: &Member| (epochs == Epochs::Check).then_some(m.epoch);
         let mut full = Vec::new();
         let mut sender = None;
+        // One clock reading for every member: a live viewer's queue is checked for stale
+        // lines at each offer, and reading the clock per viewer was a tenth of the fanout.
+        let now = Instant::now();
         let first = first.min(members.len());
         for m in members[first..].iter().chain(&members[..first]) {
-            if Some(m.peer.id()) == from {
+            if Some(m.id) == from {
                 sender = Some(&*m.peer);
                 continue;
             }
             if lines > 0 {
                 m.peer.count_out(lines);
             }
-            if m.peer.offer(chunk, None, epoch(m), None) == Offer::Full {
+            if m.peer.offer(chunk, None, epoch(m), None, now) == Offer::Full {
                 full.push(m);
             }
         }
@@ -698,7 +706,10 @@ impl Registry {
                 since,
                 until: Instant::now() + WAIT_STEP,
             };
-            match m.peer.offer(chunk, Some(wait), epoch(m), sender) {
+            match m
+                .peer
+                .offer(chunk, Some(wait), epoch(m), sender, Instant::now())
+            {
                 Offer::Taken => {
                     full.remove(i);
                 }

@@ -44,7 +44,7 @@ impl Members {
     pub(crate) fn has_user(&self, sub: &str, except: PeerId) -> bool {
         self.list
             .iter()
-            .any(|m| m.peer.id() != except && m.user.as_deref() == Some(sub))
+            .any(|m| m.id != except && m.user.as_deref() == Some(sub))
     }
 }
 
@@ -85,7 +85,7 @@ pub(super) fn presence(
     let list: Vec<Member> = members
         .iter()
         .filter(|m| m.user.as_ref().is_none_or(|sub| users.insert(sub)))
-        .filter_map(|m| clients.get(&m.peer.id()))
+        .filter_map(|m| clients.get(&m.id))
         .map(|e: &Entry| {
             let sub = e.user.as_ref().map(|u| &*u.sub);
             member(rules, room, &e.name, sub, e.user.as_ref().map(|u| u.role))

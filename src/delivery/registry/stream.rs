@@ -127,14 +127,13 @@ impl Room {
             (fresh || m.before_seed)
                 && match echo {
                     None => true,
-                    Some(e) if Some(m.peer.id()) == e.from => false,
+                    Some(e) if Some(m.id) == e.from => false,
                     // Those who were handed it at once are those not ordered who were here
                     // then (this stay in the room); when that is forgotten, all of those.
                     Some(_) => {
                         m.ordered()
                             || had.as_ref().is_some_and(|had| {
-                                !had.iter()
-                                    .any(|h| h.peer.id() == m.peer.id() && h.epoch == m.epoch)
+                                !had.iter().any(|h| h.id == m.id && h.epoch == m.epoch)
                             })
                     }
                 }

@@ -116,7 +116,7 @@ impl Registry {
         add_name(&mut inner.names, name, id);
         if let Some(r) = room.as_ref().and_then(|r| inner.rooms.get_mut(r)) {
             for m in Arc::make_mut(&mut r.members) {
-                if m.peer.id() == id {
+                if m.id == id {
                     m.user = Some(Arc::clone(&sub));
                 }
             }
