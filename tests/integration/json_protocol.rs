@@ -385,9 +385,13 @@ fn since_on_the_url_alone_recovers_the_lobby() {
             false => Browsers::spawn(&["--history", "10"]),
         };
         let mut nc = r.tcp();
+        if chat_mode {
+            // Its welcome: it is in the lobby before the browser comes, and so is told of it
+            // (the two listeners' clients are admitted by different threads).
+            nc.line();
+        }
         let mut j = json(&r, "");
         if chat_mode {
-            nc.line();
             j.welcomed();
             nc.line();
         } else {
