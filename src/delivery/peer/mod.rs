@@ -338,7 +338,9 @@ impl Peer {
     /// a peer the slow-consumer policy gives up on (see [`Peer::gives_up_at`]) is `Stuck`.
     /// With `epoch`, the chunk is for the room stay it names and is dropped if the peer has
     /// moved on since; with `sender`, it is dropped if the sender is cut off (kicked) while
-    /// this waits, so that nothing it sent reaches anyone after its leave notice.
+    /// this waits, so that nothing it sent reaches anyone after its leave notice. `now`: when
+    /// the offer is made (read once for a whole fanout), against which a live viewer's queue is
+    /// checked for stale lines.
     pub(crate) fn offer(
         self: &Arc<Self>,
         chunk: &Chunk,
