@@ -720,9 +720,7 @@ mod tests {
 
     /// Sender 0's line number `seq`, as relayd frames it: a text frame without the newline.
     fn line(seq: u64) -> Vec<u8> {
-        let mut text = Vec::new();
-        payload::encode(&mut text, false, 0, seq, now_ns(), SIZE);
-        frame(&text[..SIZE - 1], OpCode::Data(Data::Text))
+        frame(&tcp_line(seq)[..SIZE - 1], OpCode::Data(Data::Text))
     }
 
     /// Walks `reads` one after another, as `read_once` would, what one left unfinished before
@@ -828,8 +826,7 @@ mod tests {
     fn a_frame_like_the_last_line_but_for_its_header_is_not_taken_for_one() {
         // The same length, but bytes: no line.
         let (mut c, _server) = ws_conn();
-        let mut text = Vec::new();
-        payload::encode(&mut text, false, 0, 1, now_ns(), SIZE);
+        let text = tcp_line(1);
         let binary = frame(&text[..SIZE - 1], OpCode::Data(Data::Binary));
         let (rep, open) = walk(&mut c, &[[line(0), binary, line(2)].concat()]);
         assert!(open);
